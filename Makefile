@@ -1,0 +1,45 @@
+# Every target creates the virtual environment itself: a fresh clone needs only Python 3.11+.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_WORKERS ?= 2
+
+.PHONY: venv test test-fast lint format demo bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e . --group dev
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## make test: the whole suite (unit, golden, integration against loopback stand-ins)
+test: venv
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+
+## make test-fast: skip the slow integration tier
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: venv
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+format: venv
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+## make demo: generate the sandbox world, serve it on loopback, run `churn run` end to end
+demo: venv
+	$(BIN)/churn sandbox demo
+
+## make bench: the benchmark suite; figures printed and written to benchmarks/results.json
+bench: venv
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from churn.pipelines.cli import main
+
+main()

@@ -1,0 +1,3 @@
+"""The Streamlit dashboard: reads marts through one query module, never writes."""
+
+from __future__ import annotations

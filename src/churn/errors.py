@@ -1,0 +1,86 @@
+"""The service's error tree.
+
+Every error the service raises on purpose derives from :class:`ChurnError`, so a caller
+(the CLI, the scheduler, a notebook) can catch one class. Subclasses say what went wrong
+precisely enough to decide what to do next; each message names the stream, request or
+setting involved and never contains a secret.
+"""
+
+from __future__ import annotations
+
+
+class ChurnError(Exception):
+    """Root of every error the service raises on purpose."""
+
+    #: Process exit code the CLI uses when this error ends a command.
+    exit_code: int = 1
+
+
+class ConfigError(ChurnError):
+    """A setting is missing or malformed; the message names the variable or TOML key."""
+
+    exit_code = 2
+
+
+class WarehouseError(ChurnError):
+    """The DuckDB warehouse cannot be opened, migrated or written."""
+
+
+class MigrationError(WarehouseError):
+    """A numbered migration failed; the warehouse is left at the previous version."""
+
+
+class LockHeldError(ChurnError):
+    """Another run holds the warehouse's run lock; this one did not start."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again later
+
+
+class ExtractError(ChurnError):
+    """An extract could not complete. What landed before the failure is committed."""
+
+
+class StripeExtractError(ExtractError):
+    """Stripe answered with an error that retrying will not fix (or retries ran out).
+
+    The message names the stream and the request that failed.
+    """
+
+
+class ModeMismatchError(StripeExtractError):
+    """A live key met test-mode objects, or a test key met live ones; nothing is landed."""
+
+
+class SalesforceExtractError(ExtractError):
+    """Salesforce answered with an error that retrying will not fix."""
+
+
+class ApiBudgetExhaustedError(ChurnError):
+    """The org's daily API budget (Sforce-Limit-Info) is spent down to the reserve.
+
+    The run stops cleanly: cursors stay at the last complete page, the next run resumes.
+    """
+
+    exit_code = 3
+
+
+class PartialRunError(ChurnError):
+    """A run landed some of its work but not all; the message says what landed."""
+
+    exit_code = 3
+
+
+class PushError(ChurnError):
+    """The push to Salesforce could not complete."""
+
+
+class ProductionSafetyError(PushError):
+    """Refused: test-mode Stripe data would reach a production Salesforce org."""
+
+
+class ScoringError(ChurnError):
+    """Scoring could not run over the warehouse's history (missing tables, bad as_of)."""
+
+
+class SandboxError(ChurnError):
+    """The sandbox world or its loopback servers could not be built or started."""

@@ -1,0 +1,109 @@
+"""The DuckDB warehouse: open, migrate, and small helpers for transactional writes.
+
+Migrations are the numbered ``migrations/NNN_name.sql`` files beside this module, applied
+in order on open, each in its own transaction with its row in ``schema_migrations``; a
+failed migration leaves the warehouse at the previous version.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+
+import duckdb
+
+from churn.errors import MigrationError, WarehouseError
+
+_MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def migrations() -> list[Migration]:
+    """Every migration shipped with the package, in version order."""
+    found = []
+    for entry in resources.files("churn.pipelines.migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text()))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"two migrations share a version number: {versions}")
+    return found
+
+
+def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse file (creating it and its folder), and bring its schema up to date.
+
+    ``read_only`` opens without migrating, for the dashboard and notebooks.
+    """
+    path = Path(path)
+    try:
+        if read_only:
+            return duckdb.connect(str(path), read_only=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect(str(path))
+    except duckdb.Error as exc:
+        raise WarehouseError(f"cannot open the warehouse {path}: {exc}") from exc
+    con.execute("SET TimeZone = 'UTC'")
+    migrate(con)
+    return con
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
+    """Apply the migrations not yet applied; returns their versions."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
+    )
+    rows = con.execute("SELECT version FROM schema_migrations").fetchall()
+    done = {int(r[0]) for r in rows}
+    applied = []
+    for migration in migrations():
+        if migration.version in done:
+            continue
+        try:
+            with transaction(con):
+                con.execute(migration.sql)
+                con.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                    [migration.version, migration.name, utcnow()],
+                )
+        except duckdb.Error as exc:
+            raise MigrationError(
+                f"migration {migration.version:03d}_{migration.name} failed: {exc}"
+            ) from exc
+        applied.append(migration.version)
+    return applied
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """One DuckDB transaction: committed on success, rolled back on any exception."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    else:
+        con.execute("COMMIT")
+
+
+def utcnow() -> datetime:
+    """Wall-clock UTC as a naive datetime, the warehouse's timestamp convention.
+
+    Only extract and bookkeeping code calls this; scoring takes an explicit ``as_of``.
+    """
+    return datetime.now(UTC).replace(tzinfo=None)

@@ -1,0 +1,258 @@
+"""One frozen settings object, loaded once and passed down explicitly.
+
+Sources, later over earlier: defaults, an optional TOML file (``CHURN_CONFIG`` or the
+``config_path`` argument), then environment variables:
+
+- ``CHURN_DB``: the DuckDB file;
+- ``STRIPE_<FIELD>`` for :class:`StripeSettings` (``STRIPE_API_KEY``, ``STRIPE_API_BASE``, ...);
+- ``SALESFORCE_<FIELD>`` for :class:`SalesforceSettings`;
+- ``CHURN_<SECTION>__<FIELD>`` for any other section, e.g.
+  ``CHURN_SIGNALS__CARD_EXPIRY_HORIZON_DAYS=45``.
+
+The TOML file uses the same names: top-level ``db``, then tables ``[stripe]``,
+``[salesforce]``, ``[signals]``, ``[push]``, ``[usage]``, ``[run]``.
+
+Secrets are :class:`pydantic.SecretStr`: masked in every repr, str and log line.
+Errors name the variable (or TOML key) at fault, never its value.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from churn.errors import ConfigError
+
+STRIPE_DEFAULT_API_BASE = "https://api.stripe.com"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StripeSettings(_Section):
+    """Stripe access and extract behaviour (env ``STRIPE_*``)."""
+
+    api_key: SecretStr | None = None
+    api_base: str = STRIPE_DEFAULT_API_BASE
+    page_size: int = Field(100, ge=1, le=100)
+    max_retries: int = Field(5, ge=0, le=20)
+    backoff_base_seconds: float = Field(0.5, ge=0)
+    backoff_max_seconds: float = Field(30.0, ge=0)
+    timeout_seconds: float = Field(80.0, gt=0)
+    #: Stripe keeps events for 30 days; a cursor older than this forces a reconciliation.
+    event_retention_days: int = Field(30, ge=1)
+    #: Re-list the mutable streams and diff at least this often (hours); 0 turns it off.
+    reconcile_every_hours: float = Field(24.0, ge=0)
+
+    @field_validator("api_base")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+    @property
+    def key_mode(self) -> str | None:
+        """``live`` or ``test`` from the key's prefix, None without a key."""
+        if self.api_key is None:
+            return None
+        key = self.api_key.get_secret_value()
+        if key.startswith(("sk_live_", "rk_live_")):
+            return "live"
+        if key.startswith(("sk_test_", "rk_test_")):
+            return "test"
+        return None
+
+
+class SalesforceSettings(_Section):
+    """Salesforce access (env ``SALESFORCE_*``): a session, a password login or OAuth."""
+
+    instance_url: str | None = None
+    session_id: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    security_token: SecretStr | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    #: ``login`` for production, ``test`` for sandboxes, or a My Domain host.
+    domain: str = "login"
+    api_version: str = "62.0"
+    #: A PEM bundle to trust in addition to the system's (the sandbox's own CA).
+    ca_bundle: Path | None = None
+    #: Stop before the org's remaining daily API calls fall below this many.
+    api_reserve: int = Field(500, ge=0)
+    #: Overlap each incremental query with the last cursor by this many seconds.
+    lookback_seconds: int = Field(300, ge=0)
+    #: Above this many rows, an extract query goes through Bulk API 2.0.
+    bulk_threshold: int = Field(10_000, ge=1)
+    #: Custom field names this service reads and writes.
+    account_stripe_customer_field: str = "Stripe_Customer_Id__c"
+    task_external_id_field: str = "Churn_Episode_Key__c"
+
+    @property
+    def configured(self) -> bool:
+        return bool(
+            (self.instance_url and self.session_id)
+            or (self.username and self.password)
+            or (self.client_id and self.client_secret)
+        )
+
+
+class UsageSettings(_Section):
+    """The product usage feed (seats per account per day)."""
+
+    #: A folder of CSV or Parquet files: columns account_id (or customer_id), day, active_seats.
+    folder: Path | None = None
+    #: Alternatively, a Salesforce Account field holding active seats.
+    account_field: str | None = None
+
+
+class SignalSettings(_Section):
+    """Windows and thresholds of the five signals and the risk score."""
+
+    card_expiry_horizon_days: int = Field(60, ge=1)
+    downgrade_window_days: int = Field(90, ge=1)
+    seat_window_days: int = Field(30, ge=1)
+    seat_low_utilization: float = Field(0.5, ge=0, le=1)
+    seat_expansion_utilization: float = Field(0.9, ge=0)
+    count_temporary_discounts: bool = False
+    reporting_currency: str = "USD"
+    churn_horizon_days: int = Field(90, ge=1)
+
+
+class PushSettings(_Section):
+    """The push to Salesforce."""
+
+    collection_size: int = Field(200, ge=1, le=200)
+    bulk_threshold: int = Field(2_000, ge=1)
+    #: A risk score moves in Salesforce only when it changes by more than this.
+    risk_score_margin: int = Field(5, ge=0, le=100)
+    fallback_owner_id: str | None = None
+    escalate_after_hours: int = Field(24, ge=1)
+    outreach_after_hours: int = Field(72, ge=1)
+    allow_test_data_in_production: bool = False
+
+
+class RunSettings(_Section):
+    """The scheduled job."""
+
+    every: str = "15m"
+    lock_path: Path | None = None
+
+
+class Settings(_Section):
+    """Everything the service reads from its environment, validated once."""
+
+    db: Path = Path("data/churn.duckdb")
+    stripe: StripeSettings = StripeSettings()
+    salesforce: SalesforceSettings = SalesforceSettings()
+    usage: UsageSettings = UsageSettings()
+    signals: SignalSettings = SignalSettings()
+    push: PushSettings = PushSettings()
+    run: RunSettings = RunSettings()
+
+    def with_overrides(self, **sections: Mapping[str, Any] | Any) -> Settings:
+        """A copy with some fields replaced, validated again (for CLI options and tests)."""
+        data = self.model_dump()
+        for key, value in sections.items():
+            if isinstance(value, Mapping) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        return _validate(data, {})
+
+
+_PREFIXED_SECTIONS = {"STRIPE_": "stripe", "SALESFORCE_": "salesforce"}
+_SECTIONS = ("stripe", "salesforce", "usage", "signals", "push", "run")
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, config_path: Path | str | None = None
+) -> Settings:
+    """Load and validate settings from a TOML file and the environment.
+
+    Raises :class:`ConfigError` naming the variable at fault.
+    """
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    origin: dict[tuple[str, ...], str] = {}
+    path = config_path or env.get("CHURN_CONFIG")
+    if path:
+        data, origin = _read_toml(Path(path))
+    for name, value in env.items():
+        target = _env_target(name)
+        if target is None:
+            continue
+        section, field = target
+        if section is None:
+            data[field] = value
+            origin[(field,)] = name
+        else:
+            data.setdefault(section, {})[field] = value
+            origin[(section, field)] = name
+    return _validate(data, origin)
+
+
+def _env_target(name: str) -> tuple[str | None, str] | None:
+    if name == "CHURN_DB":
+        return None, "db"
+    for prefix, section in _PREFIXED_SECTIONS.items():
+        if name.startswith(prefix):
+            field = name[len(prefix) :].lower()
+            return (section, field) if field in _fields(section) else None
+    if name.startswith("CHURN_") and "__" in name:
+        section, _, field = name[len("CHURN_") :].lower().partition("__")
+        if section in _SECTIONS:
+            return section, field
+    return None
+
+
+def _fields(section: str) -> set[str]:
+    model = Settings.model_fields[section].annotation
+    assert isinstance(model, type) and issubclass(model, BaseModel)
+    return set(model.model_fields)
+
+
+def _read_toml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} (CHURN_CONFIG) does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    origin: dict[tuple[str, ...], str] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            for sub in value:
+                origin[(key, sub)] = f"{path}: [{key}] {sub}"
+        else:
+            origin[(key,)] = f"{path}: {key}"
+    return raw, origin
+
+
+def _validate(data: dict[str, Any], origin: dict[tuple[str, ...], str]) -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(str(part) for part in err["loc"])
+            where = origin.get(loc) or _env_name(loc)
+            problems.append(f"{where}: {err['msg']}")
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None
+
+
+def _env_name(loc: tuple[str, ...]) -> str:
+    if loc == ("db",):
+        return "CHURN_DB"
+    if len(loc) >= 2 and loc[0] in ("stripe", "salesforce"):
+        return f"{loc[0].upper()}_{loc[1].upper()}"
+    if len(loc) >= 2:
+        return f"CHURN_{loc[0].upper()}__{loc[1].upper()}"
+    return ".".join(loc)

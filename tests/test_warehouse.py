@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from churn.errors import MigrationError
+from churn.pipelines import warehouse
+
+
+def test_open_applies_every_migration_once(db_path: Path) -> None:
+    con = warehouse.connect(db_path)
+    versions = [r[0] for r in con.execute("SELECT version FROM schema_migrations").fetchall()]
+    assert versions == [m.version for m in warehouse.migrations()]
+    con.close()
+    con = warehouse.connect(db_path)  # reopening applies nothing new
+    assert warehouse.migrate(con) == []
+    con.close()
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        "raw_stripe_customer",
+        "raw_stripe_subscription",
+        "raw_stripe_invoice",
+        "raw_stripe_charge",
+        "raw_stripe_refund",
+        "raw_stripe_payment_method",
+        "raw_stripe_price",
+        "raw_stripe_product",
+        "raw_stripe_event",
+        "raw_sf_account",
+        "sync_state",
+        "quarantine",
+        "run_log",
+        "core_customers",
+        "core_subscriptions",
+        "history_subscriptions",
+        "history_subscription_items",
+    ],
+)
+def test_schema_has_the_documented_tables(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    assert con.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+
+
+def test_transaction_rolls_back_on_error(con: duckdb.DuckDBPyConnection) -> None:
+    with pytest.raises(RuntimeError), warehouse.transaction(con):
+        con.execute("INSERT INTO sync_state VALUES ('s', 'c', NULL, NULL, TIMESTAMP '2024-01-01')")
+        raise RuntimeError("crash mid-transaction")
+    assert con.execute("SELECT count(*) FROM sync_state").fetchone() == (0,)
+
+
+def test_failed_migration_leaves_previous_version(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    con = warehouse.connect(db_path)
+    good = warehouse.migrations()
+    bad = warehouse.Migration(999, "broken", "CREATE TABLE t999 (a INT); SELECT * FROM nowhere;")
+    monkeypatch.setattr(warehouse, "migrations", lambda: [*good, bad])
+    with pytest.raises(MigrationError, match="999_broken"):
+        warehouse.migrate(con)
+    assert con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 't999'"
+    ).fetchone() == (0,)
+    assert con.execute("SELECT max(version) FROM schema_migrations").fetchone() == (
+        good[-1].version,
+    )
