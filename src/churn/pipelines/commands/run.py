@@ -1,14 +1,87 @@
-"""`churn run`."""
+"""`churn run` and `churn schedule`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Console
+
+from churn.pipelines.commands import guarded
 
 if TYPE_CHECKING:
     from churn.pipelines.commands import CliState
+    from churn.pipelines.job import JobResult
+
+out = Console()
+
+
+def _print_summary(result: JobResult, db: object) -> None:
+    from churn.pipelines import summary, warehouse
+
+    try:
+        con = warehouse.connect(db, read_only=True)  # type: ignore[arg-type]
+    except Exception:  # the summary is best effort; the run_log row is the record
+        con = None
+    try:
+        out.print(summary.render(result, con))
+    finally:
+        if con is not None:
+            con.close()
 
 
 def register(app: typer.Typer, state: CliState) -> None:
     """Add this module's commands to the churn app."""
+
+    @app.command("run")
+    def run_cmd(
+        dry_run: Annotated[
+            bool,
+            typer.Option("--dry-run", help="Plan the push, store and print it; write nothing."),
+        ] = False,
+    ) -> None:
+        """Extract (Stripe, Salesforce, usage), link, score and push, as one locked job.
+
+        Exit codes: 0 success, 3 partial, 1 failed, 75 another run holds the lock.
+        """
+        from churn.pipelines.job import run_job
+
+        settings = state.settings
+        with out.status("churn run") as status:
+            result = guarded(
+                lambda: run_job(
+                    settings, dry_run=dry_run, on_step=lambda n: status.update(f"churn run: {n}")
+                )
+            )
+        _print_summary(result, settings.db)
+        raise typer.Exit(result.exit_code)
+
+    @app.command("schedule")
+    def schedule_cmd(
+        every: Annotated[
+            str | None, typer.Option("--every", help="Cadence such as 15m (or run.every).")
+        ] = None,
+        dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+        max_runs: Annotated[int | None, typer.Option("--max-runs", hidden=True)] = None,
+    ) -> None:
+        """Run the job on a cadence until SIGTERM/SIGINT (the current step finishes first)."""
+        from churn.pipelines.schedule import parse_every, schedule
+
+        settings = state.settings
+        seconds = guarded(lambda: parse_every(every or settings.run.every))
+
+        def report(result: JobResult | None, skipped: str | None) -> None:
+            if result is None:
+                out.print(f"[yellow]skipped:[/] {skipped}")
+            else:
+                out.print(f"{result.run_id}: {result.status} in {result.seconds:.1f}s")
+
+        guarded(
+            lambda: schedule(
+                settings,
+                every_seconds=seconds,
+                dry_run=dry_run,
+                max_runs=max_runs,
+                on_result=report,
+            )
+        )

@@ -1,0 +1,258 @@
+"""`churn run`: extract (Stripe, Salesforce, usage), links, score, push as one job.
+
+The job holds an OS-level lock (``flock`` on a file beside the warehouse) for its whole
+run, taken *before* the warehouse is opened, so two runs never overlap: the second raises
+:class:`~churn.errors.LockHeldError` (exit 75). Each run writes one ``run_log`` row with
+per-step counts, API calls and durations, and its status: ``success``, ``partial`` (some
+steps landed, exit 3) or ``failed`` (exit 1).
+
+Steps are looked up by the contract's names at run time, so the job works with whichever
+of the other engineers' modules are installed; a missing one makes the run partial, never
+a silent success.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import duckdb
+
+from churn.errors import ChurnError, LockHeldError, PartialRunError
+from churn.pipelines import warehouse
+from churn.settings import Settings
+
+
+class StepResult(Protocol):
+    counts: dict[str, int]
+    api_calls: int
+
+
+StepFn = Callable[[Settings, duckdb.DuckDBPyConnection, bool], Any]
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    run: StepFn
+
+
+@dataclass
+class StepOutcome:
+    name: str
+    status: str  # success | failed | unavailable | skipped
+    counts: dict[str, int] = field(default_factory=dict)
+    api_calls: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    exit_code: int = 0
+
+
+@dataclass
+class JobResult:
+    run_id: str
+    status: str  # success | partial | failed
+    steps: list[StepOutcome]
+    seconds: float
+
+    @property
+    def exit_code(self) -> int:
+        return {"success": 0, "partial": 3}.get(self.status, 1)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {f"{s.name}.{k}": v for s in self.steps for k, v in s.counts.items()}
+
+    @property
+    def api_calls(self) -> int:
+        return sum(s.api_calls for s in self.steps)
+
+
+def lock_path_for(settings: Settings) -> Path:
+    if settings.run.lock_path is not None:
+        return settings.run.lock_path
+    return settings.db.with_name(settings.db.name + ".lock")
+
+
+@contextmanager
+def run_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive, non-blocking ``flock``; the OS drops it if the process dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise LockHeldError(
+                f"another churn run holds the lock {path} (pid {holder}); not started"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _call(module: str, func: str) -> Callable[..., Any]:
+    """Import a contract entry point lazily; ImportError means that part is not installed."""
+    mod = importlib.import_module(module)
+    fn: Callable[..., Any] = getattr(mod, func)
+    return fn
+
+
+def _stripe(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
+    return _call("churn.pipelines.stripe_extract", "extract_stripe")(s, con, progress=True)
+
+
+def _salesforce(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
+    fn = _call("churn.pipelines.salesforce_extract", "extract_salesforce")
+    return fn(s, con, progress=True)
+
+
+def _usage(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
+    return _call("churn.pipelines.usage", "load_usage")(s, con)
+
+
+def _links(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
+    return _call("churn.pipelines.links", "link_customers")(s, con)
+
+
+def _score(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
+    return _call("churn.pipelines.score", "score")(s, con, as_of=warehouse.utcnow())
+
+
+def _push(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
+    return _call("churn.pipelines.push", "push")(s, con, dry_run=dry_run)
+
+
+DEFAULT_STEPS: tuple[Step, ...] = (
+    Step("stripe", _stripe),
+    Step("salesforce", _salesforce),
+    Step("usage", _usage),
+    Step("links", _links),
+    Step("score", _score),
+    Step("push", _push),
+)
+# A failed extract leaves stale data: scoring and pushing over it would mislead owners.
+_NEEDS_EXTRACTS = {"links", "score", "push"}
+
+
+def _run_step(step: Step, settings: Settings, con: Any, dry_run: bool) -> StepOutcome:
+    started = time.perf_counter()
+    try:
+        result = step.run(settings, con, dry_run)
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("churn."):
+            raise
+        return StepOutcome(
+            step.name, "unavailable", error=f"{step.name}: module {exc.name} is not installed"
+        )
+    except ChurnError as exc:
+        return StepOutcome(
+            step.name,
+            "failed",
+            seconds=time.perf_counter() - started,
+            error=f"{step.name}: {type(exc).__name__}: {exc}",
+            exit_code=exc.exit_code,
+        )
+    return StepOutcome(
+        step.name,
+        "success",
+        counts=dict(getattr(result, "counts", {}) or {}),
+        api_calls=int(getattr(result, "api_calls", 0) or 0),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def overall_status(outcomes: Sequence[StepOutcome]) -> str:
+    """success when every step succeeded; failed when none did; partial in between.
+
+    A step that raised an error meant as partial (budget exhausted, PartialRunError) makes
+    the run partial even if it was the only step.
+    """
+    ok = [o for o in outcomes if o.status == "success"]
+    if len(ok) == len(outcomes):
+        return "success"
+    if ok or any(o.exit_code == PartialRunError.exit_code for o in outcomes):
+        return "partial"
+    return "failed"
+
+
+def run_job(
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    steps: Sequence[Step] = DEFAULT_STEPS,
+    on_step: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> JobResult:
+    """Run every step under the lock and record one run_log row.
+
+    ``should_stop`` is asked between steps (the scheduler's SIGTERM): the remaining steps
+    are marked skipped and the run ends partial, with what landed committed.
+    """
+    with run_lock(lock_path_for(settings)):
+        con = warehouse.connect(settings.db)
+        try:
+            return _run_locked(settings, con, dry_run, steps, on_step, should_stop)
+        finally:
+            con.close()
+
+
+def _run_locked(
+    settings: Settings,
+    con: duckdb.DuckDBPyConnection,
+    dry_run: bool,
+    steps: Sequence[Step],
+    on_step: Callable[[str], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> JobResult:
+    run_id = f"run_{uuid.uuid4().hex[:16]}"
+    started_at = warehouse.utcnow()
+    t0 = time.perf_counter()
+    command = "run --dry-run" if dry_run else "run"
+    con.execute(
+        "INSERT INTO run_log (run_id, command, started_at, status) VALUES (?, ?, ?, 'running')",
+        [run_id, command, started_at],
+    )
+    outcomes: list[StepOutcome] = []
+    extract_failed = False
+    for step in steps:
+        if should_stop is not None and should_stop():
+            outcomes.append(StepOutcome(step.name, "skipped", error="stopped by signal"))
+            continue
+        if extract_failed and step.name in _NEEDS_EXTRACTS:
+            outcomes.append(StepOutcome(step.name, "skipped", error="an extract failed"))
+            continue
+        if on_step is not None:
+            on_step(step.name)
+        outcome = _run_step(step, settings, con, dry_run)
+        outcomes.append(outcome)
+        if outcome.status != "success" and step.name in {"stripe", "salesforce", "usage"}:
+            extract_failed = True
+    status = overall_status(outcomes)
+    errors = "; ".join(o.error for o in outcomes if o.error) or None
+    con.execute(
+        "UPDATE run_log SET finished_at = ?, status = ?, counts = ?, api_calls = ?,"
+        " durations = ?, error = ? WHERE run_id = ?",
+        [
+            warehouse.utcnow(),
+            status,
+            json.dumps({o.name: o.counts for o in outcomes}),
+            json.dumps({o.name: o.api_calls for o in outcomes}),
+            json.dumps({o.name: round(o.seconds, 3) for o in outcomes}),
+            errors,
+            run_id,
+        ],
+    )
+    return JobResult(run_id, status, outcomes, time.perf_counter() - t0)

@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import duckdb
+import pytest
+
+from churn.errors import ApiBudgetExhaustedError, LockHeldError, StripeExtractError
+from churn.pipelines import warehouse
+from churn.pipelines.job import Step, run_job, run_lock
+from churn.pipelines.schedule import parse_every, schedule
+from churn.settings import load_settings
+
+
+def _settings(tmp_path: Path) -> Any:
+    return load_settings(env={"CHURN_DB": str(tmp_path / "w.duckdb")})
+
+
+def _ok(counts: dict[str, int], calls: int) -> Any:
+    def run(s: Any, con: duckdb.DuckDBPyConnection, dry: bool) -> Any:
+        return SimpleNamespace(counts=counts, api_calls=calls)
+
+    return run
+
+
+def _raises(exc: Exception) -> Any:
+    def run(s: Any, con: duckdb.DuckDBPyConnection, dry: bool) -> Any:
+        raise exc
+
+    return run
+
+
+def _run_log(tmp_path: Path) -> list[tuple[Any, ...]]:
+    con = warehouse.connect(tmp_path / "w.duckdb")
+    try:
+        return con.execute(
+            "SELECT status, counts, api_calls, durations, error, finished_at FROM run_log"
+        ).fetchall()
+    finally:
+        con.close()
+
+
+def test_success_writes_one_run_log_row_with_counts_and_calls(tmp_path: Path) -> None:
+    steps = [Step("stripe", _ok({"customer": 3}, 2)), Step("score", _ok({"accounts": 3}, 0))]
+    result = run_job(_settings(tmp_path), steps=steps)
+    assert (result.status, result.exit_code, result.api_calls) == ("success", 0, 2)
+    [(status, counts, calls, durations, error, finished)] = _run_log(tmp_path)
+    assert status == "success" and error is None and finished is not None
+    assert json.loads(counts) == {"stripe": {"customer": 3}, "score": {"accounts": 3}}
+    assert json.loads(calls) == {"stripe": 2, "score": 0}
+    assert set(json.loads(durations)) == {"stripe", "score"}
+
+
+def test_failed_extract_skips_scoring_and_the_run_is_partial(tmp_path: Path) -> None:
+    steps = [
+        Step("stripe", _raises(StripeExtractError("stream invoices: GET /v1/invoices 400"))),
+        Step("salesforce", _ok({"account": 1}, 1)),
+        Step("score", _ok({}, 0)),
+    ]
+    result = run_job(_settings(tmp_path), steps=steps)
+    assert result.status == "partial" and result.exit_code == 3
+    assert [o.status for o in result.steps] == ["failed", "success", "skipped"]
+    [(status, _c, _a, _d, error, _f)] = _run_log(tmp_path)
+    assert status == "partial" and "GET /v1/invoices 400" in error
+
+
+def test_only_step_failing_is_failure_budget_is_partial(tmp_path: Path) -> None:
+    s = _settings(tmp_path)
+    assert run_job(s, steps=[Step("stripe", _raises(StripeExtractError("x")))]).exit_code == 1
+    budget = [Step("salesforce", _raises(ApiBudgetExhaustedError("reserve reached")))]
+    assert run_job(s, steps=budget).exit_code == 3
+
+
+def test_missing_module_is_reported_not_a_success(tmp_path: Path) -> None:
+    def missing(s: Any, con: Any, dry: bool) -> Any:
+        raise ModuleNotFoundError("no", name="churn.pipelines.nothing_here")
+
+    result = run_job(_settings(tmp_path), steps=[Step("score", missing), Step("x", _ok({}, 0))])
+    assert result.status == "partial"
+    assert "churn.pipelines.nothing_here" in (result.steps[0].error or "")
+
+
+def test_second_run_while_locked_raises_lock_held(tmp_path: Path) -> None:
+    s = _settings(tmp_path)
+    with (
+        run_lock(tmp_path / "w.duckdb.lock"),
+        pytest.raises(LockHeldError, match="another churn run holds the lock"),
+    ):
+        run_job(s, steps=[Step("stripe", _ok({}, 0))])
+    assert run_job(s, steps=[Step("stripe", _ok({}, 0))]).status == "success"
+
+
+@pytest.mark.slow
+def test_two_churn_runs_started_together_one_exits_75(tmp_path: Path) -> None:
+    """Two real `churn run` processes: the one that finds the lock held says so and exits 75.
+
+    The first holds the lock for a while through a step that waits on a file, so the
+    race has one outcome without sleeping on timing.
+    """
+    gate = tmp_path / "gate"
+    holder_code = (
+        "import sys, time, pathlib\n"
+        "from types import SimpleNamespace\n"
+        "from churn.pipelines.job import Step, run_job\n"
+        "from churn.settings import load_settings\n"
+        "gate = pathlib.Path(sys.argv[1])\n"
+        "def wait(s, con, dry):\n"
+        "    print('holding', flush=True)\n"
+        "    while not gate.exists(): time.sleep(0.05)\n"
+        "    return SimpleNamespace(counts={}, api_calls=0)\n"
+        "print(run_job(load_settings(), steps=[Step('stripe', wait)]).status)\n"
+    )
+    env = {**os.environ, "CHURN_DB": str(tmp_path / "w.duckdb"), "PYTHONPATH": "src"}
+    first = subprocess.Popen(
+        [sys.executable, "-c", holder_code, str(gate)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert first.stdout is not None
+    assert first.stdout.readline().strip() == "holding"
+    second = subprocess.run(
+        [sys.executable, "-m", "churn", "run"], env=env, capture_output=True, text=True, timeout=60
+    )
+    gate.touch()
+    assert first.wait(timeout=60) == 0
+    assert second.returncode == 75
+    assert "another churn run holds the lock" in second.stderr
+    assert first.stdout.read().strip() == "success"
+
+
+def test_parse_every() -> None:
+    assert parse_every("15m") == 900 and parse_every("30s") == 30 and parse_every("1h") == 3600
+    with pytest.raises(Exception, match="--every"):
+        parse_every("fifteen")
+
+
+def test_schedule_stops_between_steps_when_asked(tmp_path: Path, monkeypatch: Any) -> None:
+    stop = threading.Event()
+    seen: list[str] = []
+
+    def first(s: Any, con: Any, dry: bool) -> Any:
+        stop.set()  # a SIGTERM arriving during this step
+        return SimpleNamespace(counts={}, api_calls=0)
+
+    steps = (Step("stripe", first), Step("score", _ok({}, 0)))
+    monkeypatch.setattr("churn.pipelines.job.DEFAULT_STEPS", steps)
+    import churn.pipelines.schedule as sched
+
+    def fake_run_job(settings: Any, **kw: Any) -> Any:
+        return run_job(settings, steps=steps, **kw)
+
+    monkeypatch.setattr(sched, "run_job", fake_run_job)
+    runs = schedule(
+        _settings(tmp_path),
+        every_seconds=3600,
+        stop=stop,
+        on_result=lambda r, e: seen.append(",".join(o.status for o in r.steps) if r else e or ""),
+    )
+    assert runs == 1
+    assert seen == ["success,skipped"]
