@@ -1,0 +1,456 @@
+"""A fast loopback Stripe stand-in serving a world folder (docs/world-format.md).
+
+It answers list, retrieve and ``/v1/events`` the way Stripe documents them, so any Stripe
+client can read a world: newest first (``created`` then id, descending), cursor paging by
+``starting_after`` / ``ending_before`` with ``limit`` 1..100 and ``has_more``, ``created``
+range filters (``created[gt|gte|lt|lte]`` or an exact ``created``), ``customer`` and
+``status`` filters (subscriptions hide ``canceled`` unless ``status=all`` or asked),
+``expand[]`` of id fields (``data.`` prefixed on lists), ``type`` and ``types[]`` on events,
+Bearer-key auth, Stripe's error bodies ``{"error": {type, message, code, param}}``, and
+429 with ``Retry-After`` once a request rate is exceeded.
+
+Objects are held in memory, indexed by id and sorted once per type; requests are served
+by a thread per connection. :meth:`StripeWorld.advance` changes a share of the world's
+subscriptions and emits the matching events, for incremental runs.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import gzip
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from churn.errors import SandboxError
+
+# URL path segment -> object type in the world folder.
+RESOURCES: dict[str, str] = {
+    "customers": "customer",
+    "subscriptions": "subscription",
+    "invoices": "invoice",
+    "charges": "charge",
+    "refunds": "refund",
+    "payment_methods": "payment_method",
+    "products": "product",
+    "prices": "price",
+    "coupons": "coupon",
+    "events": "event",
+}
+ID_PREFIXES: dict[str, str] = {
+    "cus_": "customer",
+    "sub_": "subscription",
+    "in_": "invoice",
+    "ch_": "charge",
+    "re_": "refund",
+    "pm_": "payment_method",
+    "prod_": "product",
+    "price_": "price",
+    "evt_": "event",
+}
+FILTERS = ("customer", "subscription", "status", "type", "product", "currency", "invoice")
+
+
+class _ApiError(Exception):
+    def __init__(
+        self, status: int, etype: str, message: str, code: str | None, param: str | None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.body = (
+            status,
+            {"error": {"type": etype, "message": message, "code": code, "param": param}},
+        )
+
+
+def _key(obj: dict[str, Any]) -> tuple[int, str]:
+    # Sort ascending; lists are served reversed (newest first).
+    return (int(obj.get("created") or 0), str(obj["id"]))
+
+
+class _Table:
+    """One object type: by id, and ids in (created, id) order for range and cursor paging."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.by_id = {r["id"]: r for r in rows}
+        self.keys = sorted(_key(r) for r in rows)
+
+    def put(self, obj: dict[str, Any]) -> None:
+        old = self.by_id.get(obj["id"])
+        if old is None:
+            bisect.insort(self.keys, _key(obj))
+        self.by_id[obj["id"]] = obj
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+class StripeWorld:
+    """The world's Stripe side in memory, safe for concurrent readers and one writer."""
+
+    def __init__(self, folder: Path) -> None:
+        stripe = folder / "stripe"
+        if not stripe.is_dir():
+            raise SandboxError(f"{folder} is not a world folder (no stripe/ inside)")
+        self.tables: dict[str, _Table] = {}
+        for kind in set(RESOURCES.values()):
+            path = next((p for p in (stripe / f"{kind}.jsonl.gz", stripe / f"{kind}.jsonl")
+                         if p.exists()), None)  # fmt: skip
+            self.tables[kind] = _Table(_read_jsonl(path) if path else [])
+        self.lock = threading.RLock()
+        manifest = folder / "world.json"
+        self.now = int(json.loads(manifest.read_text())["now"]) if manifest.exists() else 0
+        self._n = 0
+
+    def get(self, oid: str) -> dict[str, Any] | None:
+        for prefix, kind in ID_PREFIXES.items():
+            if oid.startswith(prefix):
+                return self.tables[kind].by_id.get(oid)
+        return None
+
+    def advance(self, share: float, *, seconds: int = 3600, seed: int = 0) -> int:
+        """Change ``share`` of the live subscriptions (a seat more or less) and emit events.
+
+        The world's clock moves ``seconds`` forward; returns how many subscriptions changed.
+        """
+        import random
+
+        rnd = random.Random(seed)
+        with self.lock:
+            self.now += seconds
+            subs = [s for s in self.tables["subscription"].by_id.values()
+                    if s["status"] in ("active", "past_due", "trialing")]  # fmt: skip
+            chosen = rnd.sample(subs, k=min(len(subs), max(1, round(len(subs) * share))))
+            for i, old in enumerate(chosen):
+                sub = copy.deepcopy(old)
+                item = sub["items"]["data"][0]
+                prev = {"items": copy.deepcopy(old["items"])}
+                item["quantity"] = max(1, int(item["quantity"]) + rnd.choice((-1, 1)))
+                self.tables["subscription"].put(sub)
+                self._n += 1
+                event = {
+                    "id": f"evt_adv{seed:04d}{self._n:012d}",
+                    "object": "event",
+                    "api_version": "2025-09-30.clover",
+                    "created": self.now - seconds + 1 + i * seconds // max(1, len(chosen)),
+                    "data": {"object": sub, "previous_attributes": prev},
+                    "livemode": False,
+                    "pending_webhooks": 0,
+                    "request": {"id": None, "idempotency_key": None},
+                    "type": "customer.subscription.updated",
+                }
+                self.tables["event"].put(event)
+            return len(chosen)
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def list_objects(self, kind: str, params: dict[str, list[str]], path: str) -> dict[str, Any]:
+        limit = _int_param(params, "limit", 10)
+        if not 1 <= limit <= 100:
+            raise _ApiError(400, "invalid_request_error",
+                            "Invalid integer: limit must be between 1 and 100", None, "limit")  # fmt: skip
+        lo, hi = _created_range(params)
+        table = self.tables[kind]
+        filters = {f: params[f][-1] for f in FILTERS if f in params}
+        # types[]=a or types[0]=a (the SDKs' encoding) or types=a.
+        types = [
+            v for k, vs in params.items() if k == "types" or k.startswith("types[") for v in vs
+        ]
+        if "type" in filters and kind == "event":
+            types = [*types, filters.pop("type")]
+        status = filters.pop("status", None)
+        # Stripe hides canceled subscriptions unless asked for status=all (or canceled).
+        statuses: set[str] | None = {status} if status and status != "all" else None
+        hide_canceled = kind == "subscription" and status is None
+        after = params.get("starting_after", [None])[-1]
+        before = params.get("ending_before", [None])[-1]
+        with self.lock:
+            keys = table.keys
+            # Newest first: walk descending from the cursor.
+            if after:
+                anchor = table.by_id.get(after)
+                if anchor is None:
+                    raise _ApiError(400, "invalid_request_error",
+                                    f"No such object: '{after}'", "resource_missing",
+                                    "starting_after")  # fmt: skip
+                idx = bisect.bisect_left(keys, _key(anchor)) - 1
+                step = -1
+            elif before:
+                anchor = table.by_id.get(before)
+                if anchor is None:
+                    raise _ApiError(400, "invalid_request_error",
+                                    f"No such object: '{before}'", "resource_missing",
+                                    "ending_before")  # fmt: skip
+                idx = bisect.bisect_right(keys, _key(anchor))
+                step = 1
+            else:
+                idx, step = len(keys) - 1, -1
+            page: list[dict[str, Any]] = []
+            has_more = False
+            while 0 <= idx < len(keys):
+                created, oid = keys[idx]
+                idx += step
+                if (lo is not None and created < lo) or (hi is not None and created > hi):
+                    if (step == -1 and lo is not None and created < lo) or (
+                        step == 1 and hi is not None and created > hi
+                    ):
+                        break
+                    continue
+                obj = table.by_id[oid]
+                if not _matches(kind, obj, filters, statuses, hide_canceled, types):
+                    continue
+                if len(page) == limit:
+                    has_more = True
+                    break
+                page.append(obj)
+            if step == 1:
+                page.reverse()
+            expand = [e[5:] for e in _expands(params) if e.startswith("data.")]
+            data = [self.expand(o, expand) for o in page]
+        return {"object": "list", "data": data, "has_more": has_more, "url": path}
+
+    def expand(self, obj: dict[str, Any], paths: list[str]) -> dict[str, Any]:
+        if not paths:
+            return obj
+        obj = copy.deepcopy(obj)
+        for path in paths:
+            _expand_path(obj, path.split("."), self)
+        return obj
+
+
+def _expand_path(node: Any, parts: list[str], world: StripeWorld) -> None:
+    if not isinstance(node, dict) or not parts:
+        return
+    head, rest = parts[0], parts[1:]
+    value = node.get(head)
+    if not rest:
+        if isinstance(value, str):
+            found = world.get(value)
+            if found is not None:
+                node[head] = copy.deepcopy(found)
+        return
+    _expand_path(value, rest, world)
+
+
+def _matches(
+    kind: str,
+    obj: dict[str, Any],
+    filters: dict[str, str],
+    statuses: set[str] | None,
+    hide_canceled: bool,
+    types: list[str],
+) -> bool:
+    for name, value in filters.items():
+        if name == "subscription" and kind == "invoice":
+            parent = (obj.get("parent") or {}).get("subscription_details") or {}
+            if parent.get("subscription") != value:
+                return False
+        elif str(obj.get(name)) != value:
+            return False
+    if statuses is not None and obj.get("status") not in statuses:
+        return False
+    if hide_canceled and obj.get("status") == "canceled":
+        return False
+    return not (types and not any(_type_match(obj.get("type", ""), t) for t in types))
+
+
+def _type_match(etype: str, pattern: str) -> bool:
+    return etype.startswith(pattern[:-1]) if pattern.endswith("*") else etype == pattern
+
+
+def _int_param(params: dict[str, list[str]], name: str, default: int) -> int:
+    if name not in params:
+        return default
+    try:
+        return int(params[name][-1])
+    except ValueError:
+        raise _ApiError(400, "invalid_request_error", f"Invalid integer: {params[name][-1]}",
+                        None, name) from None  # fmt: skip
+
+
+def _created_range(params: dict[str, list[str]]) -> tuple[int | None, int | None]:
+    lo: int | None = None
+    hi: int | None = None
+    if "created" in params:
+        exact = _int_param(params, "created", 0)
+        return exact, exact
+    for op in ("gt", "gte", "lt", "lte"):
+        name = f"created[{op}]"
+        if name in params:
+            v = _int_param(params, name, 0)
+            if op == "gt":
+                lo = v + 1
+            elif op == "gte":
+                lo = v
+            elif op == "lt":
+                hi = v - 1
+            else:
+                hi = v
+    return lo, hi
+
+
+def _expands(params: dict[str, list[str]]) -> list[str]:
+    out: list[str] = []
+    for k, vs in params.items():
+        if k == "expand[]" or k == "expand" or (k.startswith("expand[") and k.endswith("]")):
+            out.extend(vs)
+    return out
+
+
+class _RateLimiter:
+    """A sliding one-second window; past ``per_second`` requests, answer 429."""
+
+    def __init__(self, per_second: int | None) -> None:
+        self.per_second = per_second
+        self.lock = threading.Lock()
+        self.stamps: list[float] = []
+
+    def allow(self) -> bool:
+        if not self.per_second:
+            return True
+        now = time.monotonic()
+        with self.lock:
+            self.stamps = [t for t in self.stamps if now - t < 1.0]
+            if len(self.stamps) >= self.per_second:
+                return False
+            self.stamps.append(now)
+            return True
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        return
+
+    def _send(
+        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
+        data = json.dumps(body, separators=(",", ":")).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Request-Id", f"req_{id(self):x}{time.monotonic_ns() % 10**9}")
+        self.send_header("Stripe-Version", "2025-09-30.clover")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        srv = self.server
+        with srv.count_lock:
+            srv.requests += 1
+        try:
+            self._get()
+        except _ApiError as exc:
+            self._send(exc.status, exc.body)
+
+    def _get(self) -> None:
+        srv = self.server
+        auth = self.headers.get("Authorization", "")
+        if auth != f"Bearer {srv.api_key}":
+            raise _ApiError(401, "invalid_request_error",
+                            "Invalid API Key provided.", "api_key_invalid", None)  # fmt: skip
+        if not srv.limiter.allow():
+            self._send(429, {"error": {"type": "invalid_request_error",
+                                       "message": "Too many requests hit the API too quickly.",
+                                       "code": "rate_limit", "param": None}},
+                       {"Retry-After": "1"})  # fmt: skip
+            return
+        url = urlsplit(self.path)
+        params: dict[str, list[str]] = {}
+        for k, v in parse_qsl(url.query, keep_blank_values=True):
+            params.setdefault(k, []).append(v)
+        parts = [p for p in url.path.split("/") if p]
+        if len(parts) < 2 or parts[0] != "v1" or parts[1] not in RESOURCES:
+            raise _ApiError(404, "invalid_request_error",
+                            f"Unrecognized request URL (GET: {url.path}).", None, None)  # fmt: skip
+        kind = RESOURCES[parts[1]]
+        world = srv.world
+        if len(parts) == 2:
+            self._send(200, world.list_objects(kind, params, url.path))
+            return
+        if len(parts) == 3:
+            with world.lock:
+                obj = world.tables[kind].by_id.get(parts[2])
+                if obj is None:
+                    raise _ApiError(404, "invalid_request_error",
+                                    f"No such {kind}: '{parts[2]}'", "resource_missing", "id")  # fmt: skip
+                self._send(200, world.expand(obj, _expands(params)))
+            return
+        raise _ApiError(404, "invalid_request_error",
+                        f"Unrecognized request URL (GET: {url.path}).", None, None)  # fmt: skip
+
+    def do_POST(self) -> None:
+        self._send(405, {"error": {"type": "invalid_request_error", "code": None, "param": None,
+                                   "message": "The sandbox Stripe stand-in is read-only."}})  # fmt: skip
+
+    do_DELETE = do_POST
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, world: StripeWorld, api_key: str, rate: int | None, port: int) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
+        self.world, self.api_key, self.limiter = world, api_key, _RateLimiter(rate)
+        self.requests = 0
+        self.count_lock = threading.Lock()
+
+
+@dataclass
+class RunningStripe:
+    api_base: str
+    api_key: str
+    world: StripeWorld
+    _server: _Server
+    _thread: threading.Thread
+
+    @property
+    def requests(self) -> int:
+        return self._server.requests
+
+    def settings_env(self) -> dict[str, str]:
+        return {"STRIPE_API_KEY": self.api_key, "STRIPE_API_BASE": self.api_base}
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def start_stripe_server(
+    world: Path | StripeWorld,
+    *,
+    api_key: str = "sk_test_sandbox",
+    rate_per_second: int | None = None,
+    port: int = 0,
+) -> RunningStripe:
+    """Serve a world folder on 127.0.0.1 (port 0: a free one) in a background thread."""
+    loaded = world if isinstance(world, StripeWorld) else StripeWorld(world)
+    server = _Server(loaded, api_key, rate_per_second, port)
+    thread = threading.Thread(target=server.serve_forever, name="stripe-standin", daemon=True)
+    thread.start()
+    host, bound = server.server_address[:2]
+    return RunningStripe(f"http://{host!s}:{bound}", api_key, loaded, server, thread)
+
+
+@contextmanager
+def stripe_server(world: Path | StripeWorld, **kwargs: Any) -> Iterator[RunningStripe]:
+    running = start_stripe_server(world, **kwargs)
+    try:
+        yield running
+    finally:
+        running.stop()

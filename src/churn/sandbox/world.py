@@ -1,0 +1,773 @@
+"""A seeded synthetic B2B SaaS world: Stripe objects and events, Salesforce records, usage.
+
+Every account has a hidden health (a standard normal) that drives seat growth, seat
+usage, payment failures and voluntary churn, with noise so that churn is learnable but
+not certain. The world is written in the folder format of ``docs/world-format.md``:
+``stripe/<object>.jsonl.gz`` (each line an object as Stripe's current API returns it,
+expandable fields as ids), ``stripe/event.jsonl.gz``, ``salesforce/<SObject>.jsonl.gz``,
+``usage/usage.csv`` and, apart, ``truth.csv`` (hidden health and who churned) for
+measurement only.
+
+Per-account draws are vectorised with numpy; objects are built as dicts and written in
+bulk, one gzip JSON Lines file per object type.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import gzip
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+API_VERSION = "2025-09-30.clover"
+DAY = 86_400
+MONTH = 30 * DAY
+CURRENCIES = ("usd", "eur", "gbp", "jpy")
+CURRENCY_WEIGHTS = (0.55, 0.25, 0.1, 0.1)
+# Per-seat monthly amount in minor units (JPY has no minor unit).
+SEAT_PRICE = {"usd": 2_000, "eur": 1_800, "gbp": 1_600, "jpy": 2_800}
+FLAT_PRICE = {"usd": 9_900, "eur": 8_900, "gbp": 7_900, "jpy": 14_000}
+PLANS = (("starter", "flat"), ("team", "per_seat"), ("business", "per_seat"))
+PLAN_MULT = {"starter": 1, "team": 1, "business": 2}
+DECLINE_CODES = (
+    ("card_declined", "insufficient_funds"),
+    ("card_declined", "generic_decline"),
+    ("card_declined", "do_not_honor"),
+    ("expired_card", "expired_card"),
+    ("card_declined", "lost_card"),
+)
+# Stripe's Smart Retries land over a few weeks; we use a fixed schedule of days.
+RETRY_DAYS = (3, 5, 7)
+
+
+@dataclass
+class World:
+    """Everything generated, by object type; written by :func:`write_world`."""
+
+    now: int
+    stripe: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    salesforce: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    usage: list[tuple[str, str, int, int]] = field(default_factory=list)
+    truth: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Ids:
+    def __init__(self, rng: np.random.Generator) -> None:
+        self._n = 0
+        self._salt = int(rng.integers(1 << 30))
+
+    def new(self, prefix: str) -> str:
+        self._n += 1
+        return f"{prefix}_{self._salt:08x}{self._n:010d}"
+
+    def sf(self, prefix: str) -> str:
+        self._n += 1
+        return f"{prefix}{self._n:015d}"[:18].ljust(18, "A")
+
+
+def _sf_time(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+
+
+class _Builder:
+    def __init__(self, n: int, seed: int, now: int, months: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.ids = _Ids(self.rng)
+        self.n = n
+        self.now = now
+        self.start = now - months * MONTH
+        self.w = World(now=now)
+        for kind in [
+            "product",
+            "price",
+            "coupon",
+            "customer",
+            "payment_method",
+            "subscription",
+            "invoice",
+            "charge",
+            "refund",
+        ]:
+            self.w.stripe[kind] = []
+        self.prices: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+    def event(self, etype: str, obj: dict[str, Any], ts: int, prev: dict[str, Any] | None) -> None:
+        data: dict[str, Any] = {"object": copy.deepcopy(obj)}
+        if prev is not None:
+            data["previous_attributes"] = prev
+        self.w.events.append(
+            {
+                "id": self.ids.new("evt"),
+                "object": "event",
+                "api_version": API_VERSION,
+                "created": int(ts),
+                "data": data,
+                "livemode": False,
+                "pending_webhooks": 0,
+                "request": {"id": None, "idempotency_key": None},
+                "type": etype,
+            }
+        )
+
+    def catalogue(self) -> None:
+        t0 = self.start - 30 * DAY
+        for plan, scheme in PLANS:
+            prod = {
+                "id": f"prod_{plan}",
+                "object": "product",
+                "active": True,
+                "created": t0,
+                "name": plan.title(),
+                "metadata": {"pricing": scheme},
+                "livemode": False,
+                "updated": t0,
+            }
+            self.w.stripe["product"].append(prod)
+            self.event("product.created", prod, t0, None)
+            for cur in CURRENCIES:
+                for interval in ("month", "year"):
+                    base = (SEAT_PRICE if scheme == "per_seat" else FLAT_PRICE)[cur]
+                    amount = base * PLAN_MULT[plan] * (10 if interval == "year" else 1)
+                    price = {
+                        "id": f"price_{plan}_{cur}_{interval}",
+                        "object": "price",
+                        "active": True,
+                        "billing_scheme": "per_unit",
+                        "created": t0,
+                        "currency": cur,
+                        "livemode": False,
+                        "lookup_key": f"{plan}_{cur}_{interval}",
+                        "metadata": {},
+                        "nickname": f"{plan.title()} {interval}ly {cur.upper()}",
+                        "product": prod["id"],
+                        "recurring": {
+                            "interval": interval,
+                            "interval_count": 1,
+                            "meter": None,
+                            "usage_type": "licensed",
+                            "trial_period_days": None,
+                        },
+                        "tax_behavior": "unspecified",
+                        "type": "recurring",
+                        "unit_amount": amount,
+                        "unit_amount_decimal": str(amount),
+                    }
+                    self.prices[(plan, cur, interval)] = price
+                    self.w.stripe["price"].append(price)
+                    self.event("price.created", price, t0, None)
+        coupon: dict[str, Any] = {
+            "id": "WELCOME20",
+            "object": "coupon",
+            "amount_off": None,
+            "currency": None,
+            "created": t0,
+            "duration": "repeating",
+            "duration_in_months": 3,
+            "livemode": False,
+            "max_redemptions": None,
+            "metadata": {},
+            "name": "Welcome 20%",
+            "percent_off": 20.0,
+            "times_redeemed": 0,
+            "valid": True,
+        }
+        self.w.stripe["coupon"].append(coupon)
+        self.event("coupon.created", coupon, t0, None)
+
+    def salesforce_users(self) -> list[str]:
+        users: list[dict[str, Any]] = []
+        for i in range(max(8, self.n // 150)):
+            uid = self.ids.sf("005")
+            users.append(
+                {
+                    "attributes": {"type": "User"},
+                    "Id": uid,
+                    "Name": f"Owner {i}",
+                    "Email": f"owner{i}@seller.example",
+                    "IsActive": bool(i % 7 != 6),  # some owners left the company
+                    "SystemModstamp": _sf_time(self.start),
+                    "IsDeleted": False,
+                }
+            )
+        self.w.salesforce["User"] = users
+        self.w.salesforce["Account"] = []
+        self.w.salesforce["Opportunity"] = []
+        self.w.salesforce["Contact"] = []
+        return [str(u["Id"]) for u in users]
+
+    def build(self) -> World:
+        self.catalogue()
+        owners = self.salesforce_users()
+        rng, n = self.rng, self.n
+        health = rng.normal(size=n)
+        created = self.start + (rng.random(n) * 0.75 * (self.now - self.start)).astype(np.int64)
+        currency = rng.choice(len(CURRENCIES), size=n, p=CURRENCY_WEIGHTS)
+        plan = rng.choice(len(PLANS), size=n, p=(0.3, 0.5, 0.2))
+        yearly = rng.random(n) < 0.2
+        seats = np.maximum(1, rng.lognormal(2.0, 0.8, size=n).astype(int))
+        trial = rng.random(n) < 0.2
+        coupon = rng.random(n) < 0.15
+        # Which SF shape: 0 linked by metadata, 1 linked by field, 2 domain only, 3 no Account,
+        # 4 second customer of the previous Account.
+        sf_shape = rng.choice(5, size=n, p=(0.5, 0.2, 0.15, 0.08, 0.07))
+        for i in range(n):
+            self.account(i, float(health[i]), int(created[i]), CURRENCIES[int(currency[i])],
+                         PLANS[int(plan[i])][0], bool(yearly[i]), int(seats[i]), bool(trial[i]),
+                         bool(coupon[i]), int(sf_shape[i]), owners)  # fmt: skip
+        return self.w
+
+    def account(
+        self,
+        i: int,
+        h: float,
+        created: int,
+        cur: str,
+        plan: str,
+        yearly: bool,
+        seats: int,
+        trial: bool,
+        coupon: bool,
+        sf_shape: int,
+        owners: list[str],
+    ) -> None:
+        rng = self.rng
+        company = f"Company {i:06d}"
+        domain = f"company{i:06d}.example"
+        cus_id = self.ids.new("cus")
+        # Salesforce side.
+        acct_id: str | None = None
+        prev_accounts = self.w.salesforce["Account"]
+        if sf_shape == 4 and prev_accounts:
+            acct_id = prev_accounts[-1]["Id"]
+        elif sf_shape != 3:
+            acct_id = self.ids.sf("001")
+            owner = owners[int(rng.integers(len(owners)))]
+            prev_accounts.append(
+                {
+                    "attributes": {"type": "Account"},
+                    "Id": acct_id,
+                    "Name": company,
+                    "Website": f"https://www.{domain}",
+                    "OwnerId": owner,
+                    "Stripe_Customer_Id__c": cus_id if sf_shape == 1 else None,
+                    "SystemModstamp": _sf_time(created),
+                    "IsDeleted": False,
+                }
+            )
+            self.w.salesforce["Opportunity"].append(
+                {
+                    "attributes": {"type": "Opportunity"},
+                    "Id": self.ids.sf("006"),
+                    "AccountId": acct_id,
+                    "Name": f"{company} renewal",
+                    "StageName": "Closed Won",
+                    "Amount": None,
+                    "CloseDate": datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%d"),
+                    "OwnerId": owner,
+                    "SystemModstamp": _sf_time(created),
+                    "IsDeleted": False,
+                }
+            )
+            self.w.salesforce["Contact"].append(
+                {
+                    "attributes": {"type": "Contact"},
+                    "Id": self.ids.sf("003"),
+                    "AccountId": acct_id,
+                    "LastName": f"Admin {i}",
+                    "Email": f"admin@{domain}",
+                    "SystemModstamp": _sf_time(created),
+                    "IsDeleted": False,
+                }
+            )
+        # Stripe customer and card.
+        pm = self.card(cus_id, created, months_valid=int(rng.integers(6, 48)))
+        customer: dict[str, Any] = {
+            "id": cus_id,
+            "object": "customer",
+            "address": None,
+            "balance": 0,
+            "created": created,
+            "currency": cur,
+            "default_source": None,
+            "delinquent": False,
+            "description": company,
+            "email": f"billing@{domain}",
+            "invoice_prefix": cus_id[-8:].upper(),
+            "invoice_settings": {
+                "custom_fields": None,
+                "default_payment_method": pm["id"],
+                "footer": None,
+                "rendering_options": None,
+            },
+            "livemode": False,
+            "metadata": {"salesforce_account_id": acct_id} if sf_shape in (0, 4) else {},
+            "name": company,
+            "phone": None,
+            "preferred_locales": [],
+            "shipping": None,
+            "tax_exempt": "none",
+            "test_clock": None,
+        }
+        self.w.stripe["customer"].append(customer)
+        self.event("customer.created", customer, created, None)
+        self.event("payment_method.attached", pm, created, None)
+        self.subscription(i, h, customer, pm, plan, cur, yearly, seats, trial, coupon, acct_id)
+
+    def card(self, cus_id: str, ts: int, months_valid: int) -> dict[str, Any]:
+        exp = datetime.fromtimestamp(ts + months_valid * MONTH, UTC)
+        pm = {
+            "id": self.ids.new("pm"),
+            "object": "payment_method",
+            "billing_details": {"email": None, "name": None},
+            "card": {
+                "brand": "visa",
+                "country": "US",
+                "exp_month": exp.month,
+                "exp_year": exp.year,
+                "funding": "credit",
+                "last4": f"{int(self.rng.integers(10_000)):04d}",
+            },
+            "created": ts,
+            "customer": cus_id,
+            "livemode": False,
+            "metadata": {},
+            "type": "card",
+        }
+        self.w.stripe["payment_method"].append(pm)
+        return pm
+
+    def subscription(
+        self,
+        i: int,
+        h: float,
+        customer: dict[str, Any],
+        pm: dict[str, Any],
+        plan: str,
+        cur: str,
+        yearly: bool,
+        seats: int,
+        trial: bool,
+        coupon: bool,
+        acct_id: str | None,
+    ) -> None:
+        rng = self.rng
+        created = int(customer["created"])
+        interval = "year" if yearly else "month"
+        period = 365 * DAY if yearly else MONTH
+        price = self.prices[(plan, cur, interval)]
+        per_seat = plan != "starter"
+        qty = seats if per_seat else 1
+        sub_id = self.ids.new("sub")
+        trial_end = created + 14 * DAY if trial else None
+        start = trial_end or created
+        item: dict[str, Any] = {
+            "id": self.ids.new("si"),
+            "object": "subscription_item",
+            "created": created,
+            "current_period_start": created,
+            "current_period_end": trial_end or created + period,
+            "discounts": [],
+            "metadata": {},
+            "price": price,
+            "quantity": qty,
+            "subscription": sub_id,
+            "tax_rates": [],
+        }
+        sub: dict[str, Any] = {
+            "id": sub_id,
+            "object": "subscription",
+            "billing_cycle_anchor": start,
+            "cancel_at": None,
+            "cancel_at_period_end": False,
+            "canceled_at": None,
+            "cancellation_details": {"comment": None, "feedback": None, "reason": None},
+            "collection_method": "charge_automatically",
+            "created": created,
+            "currency": cur,
+            "customer": customer["id"],
+            "default_payment_method": None,
+            "discounts": [],
+            "ended_at": None,
+            "items": {
+                "object": "list",
+                "data": [item],
+                "has_more": False,
+                "total_count": 1,
+                "url": f"/v1/subscription_items?subscription={sub_id}",
+            },
+            "latest_invoice": None,
+            "livemode": False,
+            "metadata": {},
+            "start_date": created,
+            "status": "trialing" if trial else "active",
+            "trial_end": trial_end,
+            "trial_start": created if trial else None,
+        }
+        discount_months = 0
+        if coupon:
+            sub["discounts"] = [self.ids.new("di")]
+            discount_months = 3
+        self.event("customer.subscription.created", sub, created, None)
+        # Hazards: health moves everything, noise keeps it from being deterministic.
+        vol_hazard = 1 / (1 + np.exp(4.3 + 1.3 * h)) * (3 if yearly else 1)
+        fail_p = 1 / (1 + np.exp(3.4 + 0.9 * h))
+        recover_p = 1 / (1 + np.exp(-0.6 - 1.0 * h))
+        t = start
+        if trial:
+            if rng.random() < 0.12 + 0.1 * max(0.0, -h):
+                self.cancel(sub, trial_end or t, "trial_not_converted", immediate=True)
+                self.finish(i, h, sub, acct_id, "voluntary", trial_end or t)
+                return
+            prev = {"status": "trialing"}
+            sub["status"] = "active"
+            self.event("customer.subscription.updated", sub, t, prev)
+        churn_type: str | None = None
+        churn_at: int | None = None
+        n_periods = 0
+        while t < self.now:
+            n_periods += 1
+            period_end = t + period
+            item["current_period_start"], item["current_period_end"] = t, period_end
+            disc = discount_months > 0
+            discount_months -= 1
+            ok = self.invoice(sub, item, customer, pm, t, fail_p, recover_p, disc)
+            if not ok:
+                churn_type, churn_at = "involuntary", t + 20 * DAY
+                self.cancel(sub, min(churn_at, self.now - 1), "payment_failed", immediate=True)
+                break
+            usage_share = float(np.clip(0.72 + 0.18 * h + rng.normal(0, 0.12), 0.05, 1.0))
+            self.w.usage.append(
+                (customer["id"], _day(t), round(usage_share * item["quantity"]),
+                 int(item["quantity"]))
+            )  # fmt: skip
+            # Seat and plan changes mid-period.
+            mid = t + period // 2
+            if mid < self.now and per_seat and rng.random() < 0.18:
+                step = int(max(1, round(item["quantity"] * 0.15)))
+                new_q = max(1, item["quantity"] + (step if rng.normal(h, 1) > 0 else -step))
+                if new_q != item["quantity"]:
+                    prev_items = copy.deepcopy(sub["items"])
+                    item["quantity"] = new_q
+                    self.event("customer.subscription.updated", sub, mid, {"items": prev_items})
+            elif mid < self.now and rng.random() < 0.03:
+                order = [p for p, _ in PLANS]
+                j = order.index(plan) + (1 if rng.normal(h, 1) > 0.5 else -1)
+                if 0 <= j < len(order) and order[j] != plan:
+                    prev_items = copy.deepcopy(sub["items"])
+                    plan = order[j]
+                    item["price"] = self.prices[(plan, cur, interval)]
+                    per_seat = plan != "starter"
+                    item["quantity"] = max(1, seats) if per_seat else 1
+                    self.event("customer.subscription.updated", sub, mid, {"items": prev_items})
+            # Voluntary churn: schedule at period end, sometimes withdrawn.
+            if rng.random() < vol_hazard * (period / MONTH):
+                decide = t + int(period * 0.6)
+                if decide >= self.now:
+                    break
+                sub["cancel_at_period_end"], sub["cancel_at"] = True, period_end
+                sub["canceled_at"] = decide
+                sub["cancellation_details"] = {
+                    "comment": None,
+                    "feedback": "too_expensive" if h < 0 else "switched_service",
+                    "reason": "cancellation_requested",
+                }
+                self.event(
+                    "customer.subscription.updated",
+                    sub,
+                    decide,
+                    {"cancel_at_period_end": False, "cancel_at": None, "canceled_at": None},
+                )
+                withdraw_at = decide + 5 * DAY
+                if rng.random() < 0.3 and withdraw_at < self.now:
+                    sub["cancel_at_period_end"], sub["cancel_at"] = False, None
+                    sub["canceled_at"] = None
+                    sub["cancellation_details"] = {
+                        "comment": None,
+                        "feedback": None,
+                        "reason": None,
+                    }
+                    self.event(
+                        "customer.subscription.updated",
+                        sub,
+                        withdraw_at,
+                        {"cancel_at_period_end": True, "cancel_at": period_end},
+                    )
+                elif period_end < self.now:
+                    churn_type, churn_at = "voluntary", period_end
+                    self.cancel(sub, period_end, "cancellation_requested", immediate=False)
+                    break
+                else:
+                    churn_type, churn_at = "scheduled", period_end
+                    break
+            # Cards expire; healthy accounts replace them.
+            exp = pm["card"]["exp_year"] * 12 + pm["card"]["exp_month"]
+            now_m = datetime.fromtimestamp(period_end, UTC)
+            if (
+                exp <= now_m.year * 12 + now_m.month
+                and period_end - DAY < self.now
+                and rng.random() < recover_p
+            ):
+                pm = self.card(customer["id"], period_end - DAY, int(rng.integers(24, 60)))
+                prev_settings = dict(customer["invoice_settings"])
+                customer["invoice_settings"]["default_payment_method"] = pm["id"]
+                self.event("payment_method.attached", pm, period_end - DAY, None)
+                self.event(
+                    "customer.updated",
+                    customer,
+                    period_end - DAY,
+                    {"invoice_settings": prev_settings},
+                )
+            t = period_end
+        self.finish(i, h, sub, acct_id, churn_type, churn_at)
+
+    def cancel(self, sub: dict[str, Any], ts: int, reason: str, *, immediate: bool) -> None:
+        sub["status"] = "canceled"
+        sub["ended_at"] = ts
+        sub["canceled_at"] = sub["canceled_at"] or ts
+        sub["cancellation_details"] = {"comment": None, "feedback": None, "reason": reason}
+        self.event("customer.subscription.deleted", sub, ts, None)
+
+    def finish(
+        self,
+        i: int,
+        h: float,
+        sub: dict[str, Any],
+        acct_id: str | None,
+        churn_type: str | None,
+        churn_at: int | None,
+    ) -> None:
+        self.w.stripe["subscription"].append(sub)
+        self.w.truth.append(
+            {
+                "customer_id": sub["customer"],
+                "account_id": acct_id,
+                "health": round(h, 4),
+                "churned": churn_type is not None,
+                "churn_type": churn_type or "",
+                "churn_at": churn_at or "",
+            }
+        )
+
+    def invoice(
+        self,
+        sub: dict[str, Any],
+        item: dict[str, Any],
+        customer: dict[str, Any],
+        pm: dict[str, Any],
+        ts: int,
+        fail_p: float,
+        recover_p: float,
+        discounted: bool,
+    ) -> bool:
+        """One period's invoice and its charge attempts; False when it was never paid."""
+        rng = self.rng
+        amount = int(item["price"]["unit_amount"]) * int(item["quantity"])
+        if discounted:
+            amount -= amount // 5
+        inv_id = self.ids.new("in")
+        exp = pm["card"]["exp_year"] * 12 + pm["card"]["exp_month"]
+        t_m = datetime.fromtimestamp(ts, UTC)
+        expired = exp < t_m.year * 12 + t_m.month
+        inv: dict[str, Any] = {
+            "id": inv_id,
+            "object": "invoice",
+            "amount_due": amount,
+            "amount_paid": 0,
+            "amount_remaining": amount,
+            "attempt_count": 0,
+            "attempted": False,
+            "billing_reason": "subscription_cycle",
+            "collection_method": "charge_automatically",
+            "created": ts,
+            "currency": sub["currency"],
+            "customer": customer["id"],
+            "lines": {
+                "object": "list",
+                "has_more": False,
+                "total_count": 1,
+                "url": f"/v1/invoices/{inv_id}/lines",
+                "data": [
+                    {
+                        "id": self.ids.new("il"),
+                        "object": "line_item",
+                        "amount": amount,
+                        "currency": sub["currency"],
+                        "invoice": inv_id,
+                        "period": {
+                            "start": item["current_period_start"],
+                            "end": item["current_period_end"],
+                        },
+                        "pricing": {
+                            "price_details": {
+                                "price": item["price"]["id"],
+                                "product": item["price"]["product"],
+                            },
+                            "type": "price_details",
+                        },
+                        "quantity": item["quantity"],
+                        "parent": {
+                            "subscription_item_details": {
+                                "subscription": sub["id"],
+                                "subscription_item": item["id"],
+                            },
+                            "type": "subscription_item_details",
+                        },
+                    }
+                ],
+            },
+            "livemode": False,
+            "next_payment_attempt": None,
+            "parent": {
+                "quote_details": None,
+                "subscription_details": {"metadata": {}, "subscription": sub["id"]},
+                "type": "subscription_details",
+            },
+            "period_end": ts,
+            "period_start": ts,
+            "status": "open",
+            "status_transitions": {"finalized_at": ts, "paid_at": None},
+            "subtotal": amount,
+            "total": amount,
+        }
+        sub["latest_invoice"] = inv_id
+        self.event("invoice.created", inv, ts, None)
+        fails = expired or rng.random() < fail_p
+        attempts = [ts] + [ts + d * DAY for d in RETRY_DAYS] if fails else [ts]
+        paid = False
+        for k, at in enumerate(attempts):
+            if at >= self.now:
+                break
+            last = k == len(attempts) - 1
+            success = not fails or (k > 0 and not expired and rng.random() < recover_p / 2)
+            if fails and last and not success and k > 0:
+                success = False
+            code = DECLINE_CODES[int(rng.integers(len(DECLINE_CODES)))]
+            if expired:
+                code = ("expired_card", "expired_card")
+            charge = self.charge(inv, pm, at, amount, None if success else code)
+            inv["attempt_count"], inv["attempted"] = k + 1, True
+            if success:
+                inv.update(status="paid", amount_paid=amount, amount_remaining=0)
+                inv["status_transitions"] = {"finalized_at": ts, "paid_at": at}
+                inv["next_payment_attempt"] = None
+                self.event("charge.succeeded", charge, at, None)
+                self.event("invoice.paid", inv, at, None)
+                paid = True
+                break
+            inv["next_payment_attempt"] = attempts[k + 1] if not last else None
+            self.event("charge.failed", charge, at, None)
+            self.event("invoice.payment_failed", inv, at, None)
+            if sub["status"] == "active":
+                sub["status"] = "past_due"
+                self.event("customer.subscription.updated", sub, at, {"status": "active"})
+        if paid and sub["status"] == "past_due":
+            sub["status"] = "active"
+            self.event("customer.subscription.updated", sub, inv["status_transitions"]["paid_at"],
+                       {"status": "past_due"})  # fmt: skip
+        if not paid and attempts[-1] < self.now:
+            inv["status"] = "uncollectible"
+            self.event("invoice.marked_uncollectible", inv, attempts[-1] + DAY, None)
+        self.w.stripe["invoice"].append(inv)
+        return paid or attempts[-1] >= self.now
+
+    def charge(
+        self,
+        inv: dict[str, Any],
+        pm: dict[str, Any],
+        ts: int,
+        amount: int,
+        failure: tuple[str, str] | None,
+    ) -> dict[str, Any]:
+        charge = {
+            "id": self.ids.new("ch"),
+            "object": "charge",
+            "amount": amount,
+            "amount_captured": 0 if failure else amount,
+            "amount_refunded": 0,
+            "captured": failure is None,
+            "created": ts,
+            "currency": inv["currency"],
+            "customer": inv["customer"],
+            "failure_code": failure[0] if failure else None,
+            "failure_message": "Your card was declined." if failure else None,
+            "livemode": False,
+            "outcome": {
+                "network_status": "declined_by_network" if failure else "approved_by_network",
+                "reason": failure[1] if failure else None,
+                "risk_level": "normal",
+                "seller_message": "The bank did not return any further details."
+                if failure
+                else "Payment complete.",
+                "type": "issuer_declined" if failure else "authorized",
+            },
+            "paid": failure is None,
+            "payment_method": pm["id"],
+            "payment_method_details": {
+                "card": {
+                    "brand": pm["card"]["brand"],
+                    "exp_month": pm["card"]["exp_month"],
+                    "exp_year": pm["card"]["exp_year"],
+                    "last4": pm["card"]["last4"],
+                    "decline_code": failure[1] if failure else None,
+                },
+                "type": "card",
+            },
+            "refunded": False,
+            "status": "failed" if failure else "succeeded",
+        }
+        self.w.stripe["charge"].append(charge)
+        return charge
+
+
+def _day(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+
+
+def generate_world(
+    accounts: int, seed: int, *, now: datetime | None = None, months: int = 19
+) -> World:
+    """Build a world in memory: ``accounts`` Stripe customers over ``months`` months."""
+    now = now or datetime(2026, 11, 1, tzinfo=UTC)
+    return _Builder(accounts, seed, int(now.timestamp()), months).build()
+
+
+def _jsonl(path: Path, rows: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", compresslevel=1) as fh:
+        fh.writelines(json.dumps(r, separators=(",", ":")) + "\n" for r in rows)
+
+
+def write_world(world: World, out: Path, *, seed: int | None = None) -> None:
+    """Write the folder format (docs/world-format.md)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for kind, rows in world.stripe.items():
+        _jsonl(out / "stripe" / f"{kind}.jsonl.gz", rows)
+    _jsonl(out / "stripe" / "event.jsonl.gz", world.events)
+    for sobject, rows in world.salesforce.items():
+        _jsonl(out / "salesforce" / f"{sobject}.jsonl.gz", rows)
+    (out / "usage").mkdir(exist_ok=True)
+    with (out / "usage" / "usage.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["customer_id", "date", "active_seats", "licensed_seats"])
+        w.writerows(world.usage)
+    with (out / "truth.csv").open("w", newline="") as fh:
+        dw = csv.DictWriter(fh, fieldnames=list(world.truth[0]) if world.truth else ["x"])
+        dw.writeheader()
+        dw.writerows(world.truth)
+    manifest = {
+        "format": "churn-world/1",
+        "api_version": API_VERSION,
+        "now": world.now,
+        "seed": seed,
+        "accounts": len(world.truth),
+        "counts": {k: len(v) for k, v in world.stripe.items()} | {"event": len(world.events)},
+    }
+    (out / "world.json").write_text(json.dumps(manifest, indent=2) + "\n")

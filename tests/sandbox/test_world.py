@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from collections import Counter
+from pathlib import Path
+
+from sklearn.metrics import roc_auc_score
+
+from churn.sandbox.world import World, generate_world
+
+
+def test_same_seed_same_world_other_seed_other_world() -> None:
+    a, b, c = generate_world(30, seed=5), generate_world(30, seed=5), generate_world(30, seed=6)
+    assert a.events == b.events and a.truth == b.truth
+    assert a.truth != c.truth
+
+
+def test_world_covers_what_the_issue_lists(small_world: tuple[World, Path]) -> None:
+    world, _ = small_world
+    big = generate_world(400, seed=2)
+    currencies = {s["currency"] for s in big.stripe["subscription"]}
+    assert {"jpy", "eur", "usd"} <= currencies
+    intervals = {
+        s["items"]["data"][0]["price"]["recurring"]["interval"] for s in big.stripe["subscription"]
+    }
+    assert intervals == {"month", "year"}
+    types = Counter(e["type"] for e in big.events)
+    for t in ("invoice.payment_failed", "charge.failed", "customer.subscription.deleted",
+              "customer.subscription.updated", "payment_method.attached", "invoice.paid"):  # fmt: skip
+        assert types[t] > 0, t
+    codes = {c["outcome"]["reason"] for c in big.stripe["charge"] if c["status"] == "failed"}
+    assert {"insufficient_funds", "expired_card"} <= codes
+    assert any(s["trial_start"] for s in big.stripe["subscription"])
+    assert any(s["discounts"] for s in big.stripe["subscription"])
+    withdrawn = [e for e in big.events if e["type"] == "customer.subscription.updated"
+                 and e["data"]["previous_attributes"].get("cancel_at_period_end") is True]  # fmt: skip
+    assert withdrawn, "some scheduled cancellations are withdrawn"
+    owners = big.salesforce["User"]
+    assert any(not u["IsActive"] for u in owners)
+    linked = Counter(t["account_id"] for t in big.truth)
+    assert linked[None] > 0 and max(n for a, n in linked.items() if a) >= 2
+    assert all(e["created"] <= big.now for e in big.events)
+    assert len(world.truth) == 60
+
+
+def test_current_api_shapes(small_world: tuple[World, Path]) -> None:
+    world, _ = small_world
+    sub = world.stripe["subscription"][0]
+    assert "current_period_end" not in sub
+    assert "current_period_end" in sub["items"]["data"][0]
+    inv = world.stripe["invoice"][0]
+    assert inv["parent"]["subscription_details"]["subscription"].startswith("sub_")
+    assert "subscription" not in inv and "invoice" not in world.stripe["charge"][0]
+
+
+def test_folder_format_round_trips(small_world: tuple[World, Path]) -> None:
+    world, folder = small_world
+    manifest = json.loads((folder / "world.json").read_text())
+    assert manifest["counts"]["customer"] == 60 and manifest["now"] == world.now
+    with gzip.open(folder / "stripe" / "invoice.jsonl.gz", "rt") as fh:
+        assert [json.loads(x)["id"] for x in fh] == [i["id"] for i in world.stripe["invoice"]]
+    with (folder / "usage" / "usage.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and int(rows[0]["active_seats"]) <= int(rows[0]["licensed_seats"])
+    assert (folder / "salesforce" / "Account.jsonl.gz").exists()
+
+
+def test_churn_is_learnable_but_not_trivial() -> None:
+    """Hidden health predicts churn well but not perfectly (the signals see less still)."""
+    world = generate_world(1500, seed=9)
+    y = [t["churned"] for t in world.truth]
+    risk = [-t["health"] for t in world.truth]
+    auc = roc_auc_score(y, risk)
+    assert 0.1 < sum(y) / len(y) < 0.6
+    assert 0.65 < auc < 0.95, auc
