@@ -49,6 +49,8 @@ class StripeSettings(_Section):
     event_retention_days: int = Field(30, ge=1)
     #: Re-list the mutable streams and diff at least this often (hours); 0 turns it off.
     reconcile_every_hours: float = Field(24.0, ge=0)
+    #: Each events read starts this many seconds before the cursor (ids de-duplicate).
+    events_overlap_seconds: int = Field(300, ge=0)
 
     @field_validator("api_base")
     @classmethod
