@@ -26,11 +26,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
+import stripe
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-import stripe
 from churn.errors import (
     ModeMismatchError,
     PartialRunError,
@@ -237,7 +237,7 @@ class _Run:
     ) -> int:
         """Land listed objects and what they embed; inside the caller's transaction."""
         check_mode(self.settings.stripe.key_mode, objects, f"stream {stream.name}")
-        as_of = fetched.replace(microsecond=0)
+        as_of = fetched
         main: list[tuple[dict[str, Any], Version]] = []
         embedded: list[tuple[dict[str, Any], Version]] = []
         for obj in objects:
@@ -305,7 +305,7 @@ class _Run:
         overlap = timedelta(seconds=self.settings.stripe.events_overlap_seconds)
         since = (cursor_ts or polled) - overlap
         task = self._task("events")
-        fetched: dict[str, dict[str, Any]] = {}
+        fetched: dict[str, dict[str, Any]] = {}  # in the API's order, first sighting kept
         starting_after: str | None = None
         while True:
             params: dict[str, Any] = {
@@ -317,19 +317,22 @@ class _Run:
             page = self.api.get("events", "/v1/events", params)
             data = [e for e in page.get("data") or [] if isinstance(e, dict) and "id" in e]
             for event in data:
-                fetched[event["id"]] = event
+                fetched.setdefault(event["id"], event)
             if not (page.get("has_more") and data):
                 break
             starting_after = data[-1]["id"]
-        new = self._unseen(list(fetched.values()))
-        new.sort(key=lambda e: (int(e.get("created") or 0), e["id"]))
+        ordered = stripe_land.sequence_events(
+            list(fetched.values()), self.settings.stripe.events_order
+        )
+        unseen = {e["id"] for e in self._unseen(list(fetched.values()))}
+        new = [(e, seq) for e, seq in ordered if e["id"] in unseen]
         self.result.add("events_seen", len(fetched))
         cursor = cursor_ts or polled
         for start in range(0, max(len(new), 1), EVENT_CHUNK):
             chunk = new[start : start + EVENT_CHUNK]
             done = start + EVENT_CHUNK >= len(new)
-            cursor = max([cursor, *(_from_epoch(e.get("created")) for e in chunk)])
-            state = {**details, "last_event": chunk[-1]["id"] if chunk else None}
+            cursor = max([cursor, *(_from_epoch(e.get("created")) for e, _ in chunk)])
+            state = {**details, "last_event": chunk[-1][0]["id"] if chunk else None}
             if done:
                 state["polled_at"] = polled.isoformat()
             with transaction(self.con):
@@ -348,53 +351,12 @@ class _Run:
         seen = {r[0] for r in rows}
         return [e for e in events if e["id"] not in seen]
 
-    def _apply_events(self, events: list[dict[str, Any]]) -> None:
+    def _apply_events(self, events: list[tuple[dict[str, Any], int]]) -> None:
         if not events:
             return
-        fetched = utcnow()
-        objects = [(e, (e.get("data") or {}).get("object")) for e in events]
-        check_mode(self.settings.stripe.key_mode, events, "stream events")
-        by_table: dict[str, list[tuple[dict[str, Any], Version]]] = {}
-        rows = []
-        for event, obj in objects:
-            kind = obj.get("object") if isinstance(obj, dict) else None
-            table = OBJECT_TABLES.get(kind) if isinstance(kind, str) else None
-            rows.append(
-                (
-                    event["id"],
-                    str(event.get("type")),
-                    _from_epoch(event.get("created")),
-                    event.get("api_version"),
-                    kind,
-                    obj.get("id") if isinstance(obj, dict) else None,
-                    event.get("livemode") if isinstance(event.get("livemode"), bool) else None,
-                    stripe_land.dumps(event),
-                    fetched,
-                )
-            )
-            if table is None or not isinstance(obj, dict) or "id" not in obj:
-                continue
-            flat, inner = flatten(obj)
-            version = Version(
-                "event",
-                _from_epoch(event.get("created")),
-                stripe_land.event_seq(event["id"]),
-                event["id"],
-                event.get("api_version"),
-                deleted=str(event.get("type", "")).endswith(".deleted") and kind != "subscription",
-            )
-            by_table.setdefault(table, []).append((flat, version))
-            for e in inner:
-                by_table.setdefault("payment_method", []).append((e, version))
-        self.con.executemany(
-            "INSERT INTO raw_stripe_event VALUES (?, ?, ?, ?, ?, ?, ?, ?::JSON, ?) "
-            "ON CONFLICT DO NOTHING",
-            rows,
+        self.result.add(
+            "events", apply_events(self.con, events, self.settings.stripe.key_mode, self.result)
         )
-        for table, items in sorted(by_table.items()):
-            land(self.con, table, items, fetched)
-            self.result.add(f"objects_{table}", len(items))
-        self.result.add("events", len(events))
 
     # -- reconciliation ----------------------------------------------------------------
 
@@ -434,7 +396,7 @@ class _Run:
         gone = [k for k in stored if k not in flat]
         with transaction(self.con):
             self._land_listed(stream, list(listed.values()), fetched, "reconcile")
-            mark_deleted(self.con, stream.name, gone, fetched.replace(microsecond=0))
+            mark_deleted(self.con, stream.name, gone, fetched)
         self.result.add(f"reconcile_new_{stream.name}", len(new))
         self.result.add(f"reconcile_changed_{stream.name}", len(changed))
         self.result.add(f"reconcile_deleted_{stream.name}", len(gone))
@@ -442,6 +404,60 @@ class _Run:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC).replace(tzinfo=None)
+
+
+def apply_events(
+    con: duckdb.DuckDBPyConnection,
+    events: list[tuple[dict[str, Any], int]],
+    key_mode: str | None,
+    result: StripeExtractResult | None = None,
+) -> int:
+    """Store events (once each) and land their objects newer-over-older.
+
+    ``events`` pairs each event with its sequence in its second (see
+    :func:`~churn.pipelines.stripe_land.sequence_events`); the caller's transaction.
+    """
+    fetched = utcnow()
+    check_mode(key_mode, [e for e, _ in events], "stream events")
+    by_table: dict[str, list[tuple[dict[str, Any], Version]]] = {}
+    rows = []
+    for event, seq in events:
+        obj = (event.get("data") or {}).get("object")
+        kind = obj.get("object") if isinstance(obj, dict) else None
+        table = OBJECT_TABLES.get(kind) if isinstance(kind, str) else None
+        rows.append(
+            (
+                event["id"],
+                str(event.get("type")),
+                _from_epoch(event.get("created")),
+                event.get("api_version"),
+                kind,
+                obj.get("id") if isinstance(obj, dict) else None,
+                event.get("livemode") if isinstance(event.get("livemode"), bool) else None,
+                stripe_land.dumps(event),
+                fetched,
+            )
+        )
+        if table is None or not isinstance(obj, dict) or "id" not in obj:
+            continue
+        flat, inner = flatten(obj)
+        version = Version(
+            "event",
+            _from_epoch(event.get("created")),
+            seq,
+            event["id"],
+            event.get("api_version"),
+            deleted=str(event.get("type", "")).endswith(".deleted") and kind != "subscription",
+        )
+        by_table.setdefault(table, []).append((flat, version))
+        for e in inner:
+            by_table.setdefault("payment_method", []).append((e, version))
+    stripe_land.store_events(con, rows)
+    for table, items in sorted(by_table.items()):
+        land(con, table, items, fetched)
+        if result is not None:
+            result.add(f"objects_{table}", len(items))
+    return len(events)
 
 
 def _from_epoch(value: Any) -> datetime:

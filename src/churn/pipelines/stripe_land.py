@@ -5,18 +5,20 @@ replaces the stored one only when its version (``version_ts``, ``version_seq``, 
 payload text as a last, arbitrary but fixed, tie-break) is greater. The order is total,
 so landing the same payloads twice, or in any order, leaves the same rows.
 
-Versions: an event's object is as of the event's ``created`` second, with a sequence
-derived from the event id; a listed object is as of the second it was fetched, with
-sequence 0, so an event in that same second wins (it cannot be older than the list's
-view by more than that second).
+Versions: an event's object is as of the start of the event's ``created`` second, with
+its rank among that second's events (:func:`sequence_events`); a listed object is as of
+the microsecond it was fetched, sequence 0. So an event replayed after a list of the
+same object never overwrites the list's newer view; the price is that an event created
+in the very second of a list fetch, after it, is only picked up by the next
+reconciliation.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -60,9 +62,33 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-def event_seq(event_id: str) -> int:
-    """A fixed tie-break between events of the same second (Stripe gives no finer order)."""
-    return 1 + zlib.crc32(event_id.encode())
+def sequence_events(
+    events: Sequence[dict[str, Any]], order: str = "auto"
+) -> list[tuple[dict[str, Any], int]]:
+    """Each event with its sequence within its ``created`` second (1, 2, ...; oldest first).
+
+    Stripe stamps events to the second, so the API's listing order is the only witness of
+    which of two same-second events is newer. ``events`` is one read in the order the API
+    listed it; ``order`` says how it lists (Stripe: newest first; some stand-ins: oldest
+    first); ``auto`` reads it from the timestamps and falls back to Stripe's documented
+    newest-first. Computed once per read, the sequences make applying the events in any
+    order, or twice, give the same state.
+    """
+    created = [int(e.get("created") or 0) for e in events]
+    if order == "auto":
+        ascending = any(a < b for a, b in itertools.pairwise(created))
+        descending = any(a > b for a, b in itertools.pairwise(created))
+        order = "oldest_first" if ascending and not descending else "newest_first"
+    listed = list(events) if order == "oldest_first" else list(reversed(events))
+    # Stable sort by second keeps the API's order inside each second.
+    listed.sort(key=lambda e: int(e.get("created") or 0))
+    out: list[tuple[dict[str, Any], int]] = []
+    rank: dict[int, int] = {}
+    for event in listed:
+        second = int(event.get("created") or 0)
+        rank[second] = rank.get(second, 0) + 1
+        out.append((event, rank[second]))
+    return out
 
 
 def payload_hash(text: str) -> str:
@@ -189,3 +215,35 @@ def mark_deleted(
         [ts, list(ids)],
     )
     return len(ids)
+
+
+_EVENT_COLUMNS = (
+    "id",
+    "type",
+    "created",
+    "api_version",
+    "object_type",
+    "object_id",
+    "livemode",
+    "payload",
+    "fetched_at",
+)
+
+
+def store_events(con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Append events to ``raw_stripe_event`` as one batch; an id already there is skipped."""
+    if not rows:
+        return
+    batch = pa.Table.from_pydict(
+        {name: [r[i] for r in rows] for i, name in enumerate(_EVENT_COLUMNS)}
+    )
+    con.register("_event_batch", batch)
+    try:
+        con.execute(
+            "INSERT INTO raw_stripe_event SELECT id, type, created, api_version, object_type, "
+            "object_id, livemode, payload::JSON, fetched_at FROM _event_batch "
+            "QUALIFY row_number() OVER (PARTITION BY id) = 1 ON CONFLICT DO NOTHING"
+        )
+    finally:
+        with contextlib.suppress(duckdb.Error):
+            con.unregister("_event_batch")

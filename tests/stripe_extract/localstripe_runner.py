@@ -1,6 +1,6 @@
 """Run localstripe bound to 127.0.0.1 on a free port, without its pickle persistence.
 
-``python tests/stripe/localstripe_runner.py`` prints ``PORT <n>`` once it listens.
+``python tests/stripe_extract/localstripe_runner.py`` prints ``PORT <n>`` once it listens.
 localstripe's own command binds every interface and rewrites /tmp/localstripe.pickle
 (shared by all instances) on every write; both are wrong for parallel tests.
 """
