@@ -99,7 +99,7 @@ class World:
     declining_customer: str = ""
 
 
-def _card(c: stripe.StripeClient, customer: str, number: str) -> str:
+def add_card(c: stripe.StripeClient, customer: str, number: str) -> str:
     pm = c.v1.payment_methods.create(
         {
             "type": "card",
@@ -136,7 +136,7 @@ def build_world(c: stripe.StripeClient, n_customers: int = 16) -> World:
     for i in range(n_customers):
         cus = c.v1.customers.create({"email": f"owner{i}@acme{i}.example", "name": f"Acme {i}"})
         w.customers.append(cus.id)
-        _card(c, cus.id, "4242424242424242")
+        add_card(c, cus.id, "4242424242424242")
         sub = c.v1.subscriptions.create(
             {"customer": cus.id, "items": [{"plan": plans[i % 3], "quantity": 1 + i % 5}]}
         )
@@ -145,7 +145,7 @@ def build_world(c: stripe.StripeClient, n_customers: int = 16) -> World:
         w.items[role] = sub["items"]["data"][0]["id"]
     # A declining card: the first invoice fails, the subscription stays incomplete.
     bad = c.v1.customers.create({"email": "ap@declined.example", "name": "Declined Ltd"})
-    _card(c, bad.id, "4000000000000341")
+    add_card(c, bad.id, "4000000000000341")
     with contextlib.suppress(stripe.CardError):
         c.v1.subscriptions.create({"customer": bad.id, "items": [{"plan": "pro-monthly"}]})
     w.declining_customer = bad.id

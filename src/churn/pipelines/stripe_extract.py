@@ -51,8 +51,6 @@ log = logging.getLogger(__name__)
 EVENTS = "stripe:events"
 RECONCILE = "stripe:reconcile"
 BACKFILL_PREFIX = "stripe:backfill:"
-#: Events applied per transaction (the cursor moves with each chunk).
-EVENT_CHUNK = 500
 
 
 @dataclass
@@ -328,9 +326,10 @@ class _Run:
         new = [(e, seq) for e, seq in ordered if e["id"] in unseen]
         self.result.add("events_seen", len(fetched))
         cursor = cursor_ts or polled
-        for start in range(0, max(len(new), 1), EVENT_CHUNK):
-            chunk = new[start : start + EVENT_CHUNK]
-            done = start + EVENT_CHUNK >= len(new)
+        size = self.settings.stripe.page_size  # a page's worth per transaction
+        for start in range(0, max(len(new), 1), size):
+            chunk = new[start : start + size]
+            done = start + size >= len(new)
             cursor = max([cursor, *(_from_epoch(e.get("created")) for e, _ in chunk)])
             state = {**details, "last_event": chunk[-1][0]["id"] if chunk else None}
             if done:
