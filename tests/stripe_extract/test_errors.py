@@ -185,3 +185,95 @@ def test_live_key_with_test_objects_is_refused(server: tuple[str, Script], db_pa
         extract_stripe(_settings(db_path, base, key="rk_live_abc"), con, progress=False)
     assert con.execute("SELECT count(*) FROM raw_stripe_product").fetchone() == (0,)
     con.close()
+
+
+def _customer(i: int, name: str) -> dict[str, Any]:
+    return {
+        "id": f"cus_{i}",
+        "object": "customer",
+        "name": name,
+        "created": 1_700_000_000,
+        "livemode": False,
+        "email": f"a@c{i}.example",
+        "invoice_settings": {},
+    }
+
+
+def _page(*objects: dict[str, Any]) -> dict[str, Any]:
+    return {**EMPTY, "data": list(objects)}
+
+
+def _backfilled(db_path: Path, base: str, script: Script) -> duckdb.DuckDBPyConnection:
+    script.add("/v1/customers", 200, _page(_customer(1, "One"), _customer(2, "Two")))
+    con = warehouse.connect(db_path)
+    assert extract_stripe(_settings(db_path, base), con, progress=False).mode == "backfill"
+    return con
+
+
+def test_stale_cursor_forces_a_reconciliation(server: tuple[str, Script], db_path: Path) -> None:
+    base, script = server
+    con = _backfilled(db_path, base, script)
+    # The events cursor is older than Stripe keeps events: events alone would leave a gap.
+    con.execute(
+        "UPDATE sync_state SET details = json_object('polled_at', "
+        "strftime(now()::TIMESTAMP - INTERVAL 40 DAY, '%Y-%m-%dT%H:%M:%S')) "
+        "WHERE stream = 'stripe:events'"
+    )
+    script.add("/v1/customers", 200, _page(_customer(1, "One renamed"), _customer(3, "Three")))
+    script.requests.clear()
+    result = extract_stripe(_settings(db_path, base), con, progress=False)
+    assert result.reconciled and script.requests[0] == "/v1/events"
+    assert "/v1/customers" in script.requests
+    assert result.counts["reconcile_new_customer"] == 1
+    assert result.counts["reconcile_changed_customer"] == 1
+    assert result.counts["reconcile_deleted_customer"] == 1
+    rows = con.execute(
+        "SELECT customer_id, name, is_deleted FROM core_customers ORDER BY 1"
+    ).fetchall()
+    assert rows == [
+        ("cus_1", "One renamed", False),
+        ("cus_2", "Two", True),
+        ("cus_3", "Three", False),
+    ]
+
+    # Now current: the next run reads events only.
+    script.requests.clear()
+    result = extract_stripe(_settings(db_path, base), con, progress=False)
+    assert not result.reconciled and script.requests == ["/v1/events"]
+    con.close()
+
+
+def test_reconciliation_runs_on_its_cadence(server: tuple[str, Script], db_path: Path) -> None:
+    base, script = server
+    con = _backfilled(db_path, base, script)
+    settings = _settings(db_path, base).with_overrides(stripe={"reconcile_every_hours": 1})
+    script.requests.clear()
+    assert not extract_stripe(settings, con, progress=False).reconciled
+    con.execute(
+        "UPDATE sync_state SET cursor_ts = now()::TIMESTAMP - INTERVAL 2 HOUR "
+        "WHERE stream = 'stripe:reconcile'"
+    )
+    assert extract_stripe(settings, con, progress=False).reconciled
+    assert not extract_stripe(settings, con, progress=False).reconciled
+    con.close()
+
+
+def test_resume_after_a_vanished_object_lists_the_stream_again(
+    server: tuple[str, Script], db_path: Path
+) -> None:
+    base, script = server
+    script.add("/v1/customers", 200, {**_page(_customer(1, "One")), "has_more": True})
+    script.add("/v1/customers", 500, _error("api_error", "down"))
+    script.add("/v1/customers", 500, _error("api_error", "down"))
+    con = warehouse.connect(db_path)
+    with pytest.raises(PartialRunError):
+        extract_stripe(_settings(db_path, base), con, progress=False)
+    # cus_1 was deleted meanwhile: Stripe refuses starting_after=cus_1.
+    script.add("/v1/customers", 400, _error("invalid_request_error", "No such customer: cus_1"))
+    script.add("/v1/customers", 200, _page(_customer(2, "Two")))
+    extract_stripe(_settings(db_path, base), con, progress=False)
+    assert con.execute("SELECT id FROM raw_stripe_customer ORDER BY 1").fetchall() == [
+        ("cus_1",),
+        ("cus_2",),
+    ]
+    con.close()

@@ -96,8 +96,10 @@ def extract_stripe(
             if backfilling:
                 run.backfill(full=full)
             else:
+                # Decided before reading events, which move the cursor forward.
+                due = reconcile or run.reconcile_due()
                 run.events()
-                if reconcile or run.reconcile_due():
+                if due:
                     run.reconcile()
     except StripeExtractError as exc:
         failure = exc
@@ -206,6 +208,7 @@ class _Run:
         self, stream: Stream, starting_after: str | None, path: str
     ) -> Iterator[tuple[list[dict[str, Any]], bool, str]]:
         """Pages of one list endpoint: (objects, has_more, path asked)."""
+        resuming = starting_after is not None
         while True:
             params: dict[str, Any] = {"limit": self.settings.stripe.page_size, **stream.params}
             if starting_after:
@@ -213,6 +216,16 @@ class _Run:
             try:
                 page = self.api.get(stream.name, path, params)
             except StripeRequestError as exc:
+                if exc.http_status in (400, 404) and starting_after and resuming:
+                    # The object a resumed backfill continues after is gone: list the
+                    # stream from its start again (landing is idempotent).
+                    log.warning(
+                        "stream %s: cannot resume after %s; listing from the start",
+                        stream.name,
+                        starting_after,
+                    )
+                    starting_after, resuming = None, False
+                    continue
                 if exc.http_status == 404 and stream.fallback_path and path != stream.fallback_path:
                     log.info(
                         "stream %s: %s not found, listing %s",
@@ -225,6 +238,7 @@ class _Run:
                 raise
             objects = [o for o in page.get("data") or [] if isinstance(o, dict) and "id" in o]
             has_more = bool(page.get("has_more")) and bool(objects)
+            resuming = False
             yield objects, has_more, path
             if not has_more:
                 return
