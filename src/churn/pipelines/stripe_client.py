@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import stripe
+
 from churn.errors import ConfigError, StripeExtractError, StripeRequestError
 from churn.settings import StripeSettings
 
@@ -46,6 +47,8 @@ class StripeApi:
     calls: int = 0
     retries: int = 0
     calls_by_stream: dict[str, int] = field(default_factory=dict)
+    #: The API version the last answer was rendered in (its Stripe-Version header).
+    api_version: str | None = None
 
     def get(self, stream: str, path: str, params: Mapping[str, Any]) -> dict[str, Any]:
         """One GET; retries 429 (honouring Retry-After), 409 and 5xx up to ``max_retries``."""
@@ -79,6 +82,7 @@ class StripeApi:
                 if self.settings.api_key is not None:
                     message = message.replace(self.settings.api_key.get_secret_value(), "***")
                 raise StripeRequestError(message, exc.http_status) from None
+            self.api_version = _header(response.headers or {}, "stripe-version") or self.api_version
             data = response.data
             if not isinstance(data, dict):
                 raise StripeExtractError(

@@ -32,10 +32,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from churn.errors import (
+    ChurnError,
     ModeMismatchError,
     PartialRunError,
     StripeExtractError,
     StripeRequestError,
+    WarehouseError,
 )
 from churn.pipelines import stripe_land
 from churn.pipelines.stripe_client import StripeApi, make_stripe_client
@@ -90,7 +92,7 @@ def extract_stripe(
     result.run_id = run.run_id
     run.result = result
     _log_start(con, run.run_id)
-    failure: StripeExtractError | None = None
+    failure: ChurnError | None = None
     try:
         with run.progress_bar():
             if backfilling:
@@ -103,6 +105,8 @@ def extract_stripe(
                     run.reconcile()
     except StripeExtractError as exc:
         failure = exc
+    except duckdb.Error as exc:
+        failure = WarehouseError(f"Stripe extract could not write the warehouse: {exc}")
     finally:
         result.api_calls = api.calls
     with transaction(con):
@@ -254,8 +258,8 @@ class _Run:
         embedded: list[tuple[dict[str, Any], Version]] = []
         for obj in objects:
             flat, inner = flatten(obj)
-            main.append((flat, Version(source, as_of, 0, "", None)))
-            embedded.extend((e, Version(source, as_of, 0, "", None)) for e in inner)
+            main.append((flat, Version(source, as_of, 0, "", self.api.api_version)))
+            embedded.extend((e, Version(source, as_of, 0, "", self.api.api_version)) for e in inner)
         land(self.con, stream.name, main, fetched)
         if embedded:
             check_mode(
@@ -338,7 +342,7 @@ class _Run:
         )
         unseen = {e["id"] for e in self._unseen(list(fetched.values()))}
         new = [(e, seq) for e, seq in ordered if e["id"] in unseen]
-        self.result.add("events_seen", len(fetched))
+        self.result.add("seen_events", len(fetched))
         cursor = cursor_ts or polled
         size = self.settings.stripe.page_size  # a page's worth per transaction
         for start in range(0, max(len(new), 1), size):
