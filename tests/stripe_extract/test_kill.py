@@ -83,19 +83,25 @@ def _env(db: Path, base: str) -> dict[str, str]:
     return env
 
 
+COMMITTED = b"page committed"
+
+
 def _cli(db: Path, base: str) -> subprocess.Popen[bytes]:
+    # -v: the extract logs each committed page, which lets the kills land mid-run.
     return subprocess.Popen(
-        [sys.executable, "-m", "churn", "extract", "stripe", "--no-progress"],
+        [sys.executable, "-m", "churn", "-v", "extract", "stripe", "--no-progress"],
         env=_env(db, base),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
 
 
-def _clean_run(db: Path, base: str) -> float:
-    started = time.monotonic()
-    assert _cli(db, base).wait(timeout=120) == 0
-    return time.monotonic() - started
+def _clean_run(db: Path, base: str) -> int:
+    """Runs to the end; returns how many pages it committed."""
+    process = _cli(db, base)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err[-2000:]
+    return err.count(COMMITTED)
 
 
 def _rerun(db: Path, base: str) -> None:
@@ -130,13 +136,19 @@ def _progress(db: Path) -> tuple[int, bool]:
     return len(rows) + (events[0] if events else 0), done
 
 
-def _kill_at(db: Path, base: str, delay: float) -> None:
+def _kill_after(db: Path, base: str, commits: int, jitter: float) -> None:
+    """SIGKILL ``jitter`` seconds after the ``commits``-th committed page (0: after start)."""
     process = _cli(db, base)
-    try:
-        process.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
+    assert process.stderr is not None
+    seen = 0
+    while seen < commits:
+        line = process.stderr.readline()
+        if not line:
+            break
+        seen += COMMITTED in line
+    time.sleep(jitter)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=30)
 
 
 def _phase(
@@ -151,20 +163,22 @@ def _phase(
         return db
 
     clean = fresh("clean")
-    seconds = _clean_run(clean, base)
+    pages = _clean_run(clean, base)
+    assert pages >= 2 * KILLS_PER_PHASE
     _rerun(clean, base)  # a rerun after a clean run changes nothing either
     expected = _contents(clean)
     rng = random.Random(seed)
     points = []
     for i in range(KILLS_PER_PHASE):
-        # Spread over the run, past the interpreter's start-up (~40% of it).
-        delay = seconds * rng.uniform(0.35, 0.9)
+        # a random page, then a random moment after it (mid-fetch, mid-transaction...)
+        after = rng.randrange(0, pages)
+        jitter = rng.uniform(0, 0.03)
         db = fresh(f"kill{i}")
-        _kill_at(db, base, delay)
+        _kill_after(db, base, after, jitter)
         committed, _ = _progress(db)
-        points.append((round(delay, 2), committed))
+        points.append((after, committed))
         _rerun(db, base)
-        assert _contents(db) == expected, f"{name}: killed at {delay:.2f}s of {seconds:.2f}s"
+        assert _contents(db) == expected, f"{name}: killed {jitter:.3f}s after page {after}"
     return points
 
 
@@ -191,12 +205,11 @@ def test_sigkill_backfill_and_incremental_then_rerun(
     c.v1.customers.delete(world.customers[6])
     incremental_points = _phase(tmp_path, localstripe.base, base_db, "incremental", seed=2)
 
-    # The kills must have landed mid-run, not only before or after all work.
+    # The kills landed mid-run, not only before or after all work.
     for points in (backfill_points, incremental_points):
-        committed = [n for _, n in points]
-        assert len(set(committed)) >= 3, points
+        assert len({n for _, n in points}) >= 3, points
     print(
-        "kill points (seconds, rows committed before the kill):",
+        "kill points (page, state rows at the kill):",
         backfill_points,
         incremental_points,
     )

@@ -310,6 +310,7 @@ class _Run:
                 n = self._land_listed(stream, objects, fetched, "list")
                 last = objects[-1]["id"] if objects else cursor
                 self._set_state(key, last, fetched, {"done": not has_more, "path": path})
+            log.debug("stream %s: page committed (%d objects, after %s)", stream.name, n, last)
             self._advance(task, n)
         self._finish(task)
 
@@ -355,6 +356,7 @@ class _Run:
             with transaction(self.con):
                 self._apply_events(chunk)
                 self._set_state(EVENTS, None, cursor, state)
+            log.debug("stream events: page committed (%d events, cursor %s)", len(chunk), cursor)
             self._advance(task, len(chunk))
         self._finish(task)
 
