@@ -277,3 +277,26 @@ def test_resume_after_a_vanished_object_lists_the_stream_again(
         ("cus_2",),
     ]
     con.close()
+
+
+def test_cli_partial_run_exits_3_naming_the_stream(
+    server: tuple[str, Script], db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from churn.pipelines.cli import app
+
+    base, script = server
+    script.add("/v1/products", 200, _page(_product(1)))
+    script.add("/v1/customers", 401, _error("authentication_error", "Invalid API Key"))
+    for name, value in {
+        "CHURN_DB": str(db_path),
+        "STRIPE_API_KEY": KEY,
+        "STRIPE_API_BASE": base,
+        "STRIPE_MAX_RETRIES": "0",
+    }.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(app, ["extract", "stripe", "--no-progress"])
+    assert result.exit_code == 3
+    assert "stream customer" in result.output and "objects_product=1" in result.output
+    assert KEY not in result.output

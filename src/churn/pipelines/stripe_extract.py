@@ -203,8 +203,11 @@ class _Run:
 
     def _finish(self, task: Any) -> None:
         assert self._progress is not None
-        done = self._progress.tasks[task].completed if task < len(self._progress.tasks) else 0
-        self._progress.update(task, total=max(done, 1), completed=max(done, 1) if done else 1)
+        done = self._progress.tasks[-1].completed if self._progress.tasks else 0
+        for t in self._progress.tasks:
+            if t.id == task:
+                done = t.completed
+        self._progress.update(task, total=done, completed=done)
 
     # -- listing -----------------------------------------------------------------------
 
