@@ -291,3 +291,28 @@ def test_live_key_refuses_test_events(
     with pytest.raises(ModeMismatchError, match="live-mode key"), transaction(con):
         apply_events(con, events, "live")
     assert con.execute("SELECT count(*) FROM raw_stripe_event").fetchone() == (0,)
+
+
+def test_subscription_first_seen_canceled_was_active_until_it_ended(
+    con: duckdb.DuckDBPyConnection, resources: dict[str, Any]
+) -> None:
+    sub = _subscription(resources, "price_a", 2)
+    sub.update(status="canceled", canceled_at=T0 + 40 * DAY, ended_at=T0 + 41 * DAY)
+    _apply(
+        con,
+        [
+            sequence_events(
+                [_event(resources, "evt_c", "customer.subscription.deleted", T0 + 50 * DAY, sub)],
+                "oldest_first",
+            )
+        ],
+    )
+    history = con.execute(
+        "SELECT epoch(valid_from)::BIGINT, epoch(valid_to)::BIGINT, status "
+        "FROM history_subscriptions ORDER BY valid_from"
+    ).fetchall()
+    assert history == [(T0, T0 + 41 * DAY, "active"), (T0 + 41 * DAY, None, "canceled")]
+    items = con.execute(
+        "SELECT epoch(valid_from)::BIGINT, valid_to, quantity FROM history_subscription_items"
+    ).fetchall()
+    assert items == [(T0, None, 2)]

@@ -5,7 +5,10 @@ Versions are the event payloads and list snapshots kept in
 state of each version (the columns of ``history_subscriptions``; the set of items with
 their price and quantity) starts an interval that lasts until the next version whose
 state differs; consecutive versions in the same state merge. The earliest known state is
-taken to hold from the subscription's ``created`` time (nothing earlier is knowable).
+taken to hold from the subscription's ``created`` time (nothing earlier is knowable),
+with one inference: a subscription first seen already canceled (a backfill of an old
+account) was active, with the same items, from ``created`` until it ended
+(``ended_at``, else ``canceled_at``), so churn before the first extract is not lost.
 A version that lands late or twice changes nothing: the build is a pure function of the
 set of versions, rebuilt whole in SQL.
 """
@@ -27,8 +30,9 @@ _VERSIONS = f"""
         QUALIFY row_number() OVER (PARTITION BY subscription_id, version_ts
                                    ORDER BY version_seq DESC, version_key DESC) = 1
     )
+    , s AS (
     SELECT subscription_id, version_ts,
-           row_number() OVER (PARTITION BY subscription_id ORDER BY version_ts) AS n,
+           version_ts = min(version_ts) OVER (PARTITION BY subscription_id) AS is_first,
            stripe_ts(payload->'$.created') AS created_at,
            stripe_id(payload->'$.customer') AS customer_id,
            payload->>'$.status' AS status,
@@ -53,6 +57,30 @@ _VERSIONS = f"""
            stripe_id(payload->'$.default_payment_method') AS default_payment_method,
            {_ITEMS} AS items
     FROM v
+    ), inferred AS (
+        SELECT *, is_first AND status = 'canceled'
+                  AND coalesce(ended_at, canceled_at) > created_at AS ended_unseen
+        FROM s
+    ), versions AS (
+        -- the first state seen, or from when it ended if it was seen canceled
+        SELECT * REPLACE (CASE WHEN ended_unseen
+                               THEN least(version_ts, coalesce(ended_at, canceled_at))
+                               ELSE version_ts END AS version_ts)
+        FROM inferred
+        UNION ALL
+        -- before it ended: active, with the same items
+        SELECT * REPLACE (created_at AS version_ts, 'active' AS status,
+                          NULL::TIMESTAMP AS canceled_at, NULL::TIMESTAMP AS ended_at)
+        FROM inferred WHERE ended_unseen
+    )
+    , distinct_instants AS (
+        SELECT * EXCLUDE (is_first) FROM versions
+        QUALIFY row_number() OVER (PARTITION BY subscription_id, version_ts
+                                   ORDER BY ended_unseen) = 1
+    )
+    SELECT * EXCLUDE (ended_unseen),
+           row_number() OVER (PARTITION BY subscription_id ORDER BY version_ts) AS n
+    FROM distinct_instants
 """
 
 # Each version's start: its own time, the first one's pulled back to `created`.
