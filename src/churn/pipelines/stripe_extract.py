@@ -203,10 +203,7 @@ class _Run:
 
     def _finish(self, task: Any) -> None:
         assert self._progress is not None
-        done = self._progress.tasks[-1].completed if self._progress.tasks else 0
-        for t in self._progress.tasks:
-            if t.id == task:
-                done = t.completed
+        done = next((t.completed for t in self._progress.tasks if t.id == task), 0)
         self._progress.update(task, total=done, completed=done)
 
     # -- listing -----------------------------------------------------------------------
@@ -256,13 +253,20 @@ class _Run:
     ) -> int:
         """Land listed objects and what they embed; inside the caller's transaction."""
         check_mode(self.settings.stripe.key_mode, objects, f"stream {stream.name}")
-        as_of = fetched
+        # Lists of the same second: the later fetch wins (sequence = its microsecond).
+        version = Version(
+            source,
+            stripe_land.list_version_ts(fetched),
+            fetched.microsecond,
+            "",
+            self.api.api_version,
+        )
         main: list[tuple[dict[str, Any], Version]] = []
         embedded: list[tuple[dict[str, Any], Version]] = []
         for obj in objects:
             flat, inner = flatten(obj)
-            main.append((flat, Version(source, as_of, 0, "", self.api.api_version)))
-            embedded.extend((e, Version(source, as_of, 0, "", self.api.api_version)) for e in inner)
+            main.append((flat, version))
+            embedded.extend((e, version) for e in inner)
         land(self.con, stream.name, main, fetched)
         if embedded:
             check_mode(
@@ -418,7 +422,7 @@ class _Run:
         gone = [k for k in stored if k not in flat]
         with transaction(self.con):
             self._land_listed(stream, list(listed.values()), fetched, "reconcile")
-            mark_deleted(self.con, stream.name, gone, fetched)
+            mark_deleted(self.con, stream.name, gone, stripe_land.list_version_ts(fetched))
         self.result.add(f"reconcile_new_{stream.name}", len(new))
         self.result.add(f"reconcile_changed_{stream.name}", len(changed))
         self.result.add(f"reconcile_deleted_{stream.name}", len(gone))

@@ -7,10 +7,11 @@ so landing the same payloads twice, or in any order, leaves the same rows.
 
 Versions: an event's object is as of the start of the event's ``created`` second, with
 its rank among that second's events (:func:`sequence_events`); a listed object is as of
-the microsecond it was fetched, sequence 0. So an event replayed after a list of the
-same object never overwrites the list's newer view; the price is that an event created
-in the very second of a list fetch, after it, is only picked up by the next
-reconciliation.
+just before the second it was fetched in (sequence 0). Stripe stamps events to the
+second, so an event of that very second may be older or newer than the list's view; it
+wins, and since every later change has a later (or higher-ranked) event, the newest
+event of the second carries the state the list saw or a newer one. Only a change that
+emits no event, made in the same second after an event, waits for a reconciliation.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import duckdb
@@ -55,6 +56,11 @@ class Version:
     key: str  # the event id, or '' for a snapshot (keyed by its hash when kept)
     api_version: str | None
     deleted: bool = False
+
+
+def list_version_ts(fetched: datetime) -> datetime:
+    """A listed object's version: just before the second it was fetched in."""
+    return fetched.replace(microsecond=0) - timedelta(microseconds=1)
 
 
 def dumps(obj: Any) -> str:
