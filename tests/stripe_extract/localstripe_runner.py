@@ -22,6 +22,8 @@ def main() -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
+    # Listening before saying so: connections wait in the backlog until aiohttp accepts.
+    sock.listen(128)
     print(f"PORT {sock.getsockname()[1]}", flush=True)
     web.run_app(server.app, sock=sock, access_log=None, print=None)
 
