@@ -63,6 +63,7 @@ def test_backfill_events_and_reconcile(localstripe: LocalStripe, tmp_path: Path)
         assert _ids(con, "raw_stripe_invoice") == list_ids(c, "/v1/invoices")
         assert _ids(con, "raw_stripe_charge") == list_ids(c, "/v1/charges")
         assert _ids(con, "raw_stripe_price") == set(world.plans)
+        assert _ids(con, "raw_stripe_product") == list_ids(c, "/v1/products")
         assert len(_ids(con, "raw_stripe_customer")) >= 15
         # the default payment methods came embedded: no call per customer
         assert con.execute("SELECT count(*) FROM core_payment_methods").fetchone() == (
