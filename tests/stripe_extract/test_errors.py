@@ -300,3 +300,20 @@ def test_cli_partial_run_exits_3_naming_the_stream(
     assert result.exit_code == 3
     assert "stream customer" in result.output and "objects_product=1" in result.output
     assert KEY not in result.output
+
+
+def test_full_lists_every_stream_again(server: tuple[str, Script], db_path: Path) -> None:
+    base, script = server
+    con = _backfilled(db_path, base, script)
+    script.add("/v1/customers", 200, _page(_customer(1, "One again")))
+    script.requests.clear()
+    result = extract_stripe(_settings(db_path, base), con, progress=False, full=True)
+    assert result.mode == "backfill"
+    assert {"/v1/products", "/v1/customers", "/v1/subscriptions", "/v1/invoices"} <= set(
+        script.requests
+    )
+    assert "/v1/events" not in script.requests
+    assert con.execute(
+        "SELECT name FROM core_customers WHERE customer_id = 'cus_1'"
+    ).fetchone() == ("One again",)
+    con.close()
