@@ -47,6 +47,14 @@ class StripeExtractError(ExtractError):
     """
 
 
+class StripeRequestError(StripeExtractError):
+    """One Stripe request failed for good; ``http_status`` is None when nothing answered."""
+
+    def __init__(self, message: str, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
 class ModeMismatchError(StripeExtractError):
     """A live key met test-mode objects, or a test key met live ones; nothing is landed."""
 

@@ -22,7 +22,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -49,6 +49,11 @@ class StripeSettings(_Section):
     event_retention_days: int = Field(30, ge=1)
     #: Re-list the mutable streams and diff at least this often (hours); 0 turns it off.
     reconcile_every_hours: float = Field(24.0, ge=0)
+    #: Each events read starts this many seconds before the cursor (ids de-duplicate).
+    events_overlap_seconds: int = Field(300, ge=0)
+    #: How the API lists events: Stripe lists newest first; ``auto`` reads it from the
+    #: timestamps of each read (the order decides between events of the same second).
+    events_order: Literal["auto", "newest_first", "oldest_first"] = "auto"
 
     @field_validator("api_base")
     @classmethod

@@ -1,0 +1,125 @@
+"""The Stripe client: one ``stripe.StripeClient`` per run, and our own bounded retries.
+
+The SDK's own retries are switched off (``max_network_retries=0``) so that 429 with
+``Retry-After`` and 5xx backoff are decided here, with a bound from settings, and every
+HTTP request is counted. Nothing here touches ``stripe.api_key``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import stripe
+
+from churn.errors import ConfigError, StripeExtractError, StripeRequestError
+from churn.settings import StripeSettings
+
+log = logging.getLogger(__name__)
+
+_RETRYABLE_STATUS = frozenset({409, 429, 500, 502, 503, 504})
+
+
+def make_stripe_client(
+    stripe_settings: StripeSettings, http_client: stripe.HTTPClient | None = None
+) -> stripe.StripeClient:
+    """A client for this run, pointed at ``api_base``; the SDK never retries by itself."""
+    if stripe_settings.api_key is None:
+        raise ConfigError("STRIPE_API_KEY is not set")
+    return stripe.StripeClient(
+        stripe_settings.api_key.get_secret_value(),
+        base_addresses={"api": stripe_settings.api_base},
+        max_network_retries=0,
+        http_client=http_client or stripe.RequestsClient(timeout=stripe_settings.timeout_seconds),
+    )
+
+
+@dataclass
+class StripeApi:
+    """GET requests with bounded retries, counted; errors name the stream and request."""
+
+    client: stripe.StripeClient
+    settings: StripeSettings
+    sleep: Callable[[float], None] = time.sleep
+    calls: int = 0
+    retries: int = 0
+    calls_by_stream: dict[str, int] = field(default_factory=dict)
+    #: The API version the last answer was rendered in (its Stripe-Version header).
+    api_version: str | None = None
+
+    def get(self, stream: str, path: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """One GET; retries 429 (honouring Retry-After), 409 and 5xx up to ``max_retries``."""
+        attempt = 0
+        while True:
+            self.calls += 1
+            self.calls_by_stream[stream] = self.calls_by_stream.get(stream, 0) + 1
+            try:
+                response = self.client.raw_request("get", path, **dict(params))
+            except stripe.StripeError as exc:
+                status = exc.http_status
+                retryable = status in _RETRYABLE_STATUS or (
+                    status is None and isinstance(exc, stripe.APIConnectionError)
+                )
+                if retryable and attempt < self.settings.max_retries:
+                    delay = self._delay(attempt, exc.headers or {})
+                    log.warning(
+                        "stream %s: GET %s answered %s; retry %d/%d in %.1fs",
+                        stream,
+                        path,
+                        status or "no response",
+                        attempt + 1,
+                        self.settings.max_retries,
+                        delay,
+                    )
+                    attempt += 1
+                    self.retries += 1
+                    self.sleep(delay)
+                    continue
+                message = _describe(stream, path, params, exc, attempt, retryable)
+                if self.settings.api_key is not None:
+                    message = message.replace(self.settings.api_key.get_secret_value(), "***")
+                raise StripeRequestError(message, exc.http_status) from None
+            self.api_version = _header(response.headers or {}, "stripe-version") or self.api_version
+            data = response.data
+            if not isinstance(data, dict):
+                raise StripeExtractError(
+                    f"stream {stream}: GET {path} answered a body that is not a JSON object"
+                )
+            return data
+
+    def _delay(self, attempt: int, headers: Mapping[str, str]) -> float:
+        retry_after = _header(headers, "retry-after")
+        cap = self.settings.backoff_max_seconds
+        if retry_after is not None:
+            try:
+                return min(max(float(retry_after), 0.0), cap)
+            except ValueError:
+                pass
+        return float(min(self.settings.backoff_base_seconds * (2**attempt), cap))
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _describe(
+    stream: str,
+    path: str,
+    params: Mapping[str, Any],
+    exc: stripe.StripeError,
+    attempt: int,
+    retryable: bool,
+) -> str:
+    shown = {k: v for k, v in params.items() if k != "expand"}
+    request = f"GET {path}" + (f" {shown}" if shown else "")
+    status = exc.http_status if exc.http_status is not None else "no response"
+    # The SDK's message carries Stripe's explanation; it never contains the key itself.
+    reason = (exc.user_message or str(exc) or type(exc).__name__).strip()
+    after = f" after {attempt} retries" if retryable and attempt else ""
+    return f"stream {stream}: {request} failed{after} ({status} {type(exc).__name__}): {reason}"

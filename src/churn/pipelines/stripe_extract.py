@@ -1,0 +1,538 @@
+"""The Stripe extract: backfill, events, reconciliation, then core and history.
+
+- First run (or ``full``): list every stream, a page per transaction together with the
+  stream's progress in ``sync_state`` (``backfill:<stream>``), so a killed backfill
+  resumes after its last committed page without duplicates.
+- Later runs: ``/v1/events`` from the stored cursor minus an overlap, de-duplicated by
+  event id against ``raw_stripe_event``, sorted by ``created`` here (servers differ in
+  order), applied newer-over-older in chunks, each chunk in one transaction with the
+  cursor it advances to.
+- Reconciliation (``reconcile``, or by itself when the events cursor is older than
+  Stripe's event retention or the last one is older than ``reconcile_every_hours``):
+  re-list the mutable streams, diff against the raw tables, land what events missed and
+  count each difference (new, changed, gone -> kept as deleted).
+- Then ``core_*`` and the history are rebuilt from raw, in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import duckdb
+import stripe
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from churn.errors import (
+    ChurnError,
+    ModeMismatchError,
+    PartialRunError,
+    StripeExtractError,
+    StripeRequestError,
+    WarehouseError,
+)
+from churn.pipelines import stripe_land
+from churn.pipelines.stripe_client import StripeApi, make_stripe_client
+from churn.pipelines.stripe_history import build_history
+from churn.pipelines.stripe_land import Version, check_mode, land, mark_deleted
+from churn.pipelines.stripe_normalise import normalise
+from churn.pipelines.stripe_streams import OBJECT_TABLES, STREAMS, Stream, flatten
+from churn.pipelines.warehouse import transaction, utcnow
+from churn.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EVENTS = "stripe:events"
+RECONCILE = "stripe:reconcile"
+BACKFILL_PREFIX = "stripe:backfill:"
+
+
+@dataclass
+class StripeExtractResult:
+    """What one extract did: ``counts`` by kind, ``api_calls`` made (retries included)."""
+
+    mode: str  # backfill | incremental
+    counts: dict[str, int] = field(default_factory=dict)
+    api_calls: int = 0
+    seconds: float = 0.0
+    reconciled: bool = False
+    run_id: str = ""
+
+    def add(self, key: str, n: int) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+
+
+def extract_stripe(
+    settings: Settings,
+    con: duckdb.DuckDBPyConnection,
+    *,
+    reconcile: bool = False,
+    full: bool = False,
+    progress: bool = True,
+    http_client: stripe.HTTPClient | None = None,
+) -> StripeExtractResult:
+    """Land Stripe in the warehouse; see the module docstring.
+
+    Raises :class:`PartialRunError` (saying what landed) when a failure came after some
+    work was committed, the :class:`StripeExtractError` itself when nothing landed.
+    """
+    started = time.monotonic()
+    api = StripeApi(make_stripe_client(settings.stripe, http_client), settings.stripe)
+    run = _Run(settings, con, api, progress)
+    backfilling = full or not run.backfill_complete()
+    result = StripeExtractResult(mode="backfill" if backfilling else "incremental")
+    result.run_id = run.run_id
+    run.result = result
+    _log_start(con, run.run_id)
+    failure: ChurnError | None = None
+    try:
+        with run.progress_bar():
+            if backfilling:
+                run.backfill(full=full)
+            else:
+                # Decided before reading events, which move the cursor forward.
+                due = reconcile or run.reconcile_due()
+                run.events()
+                if due:
+                    run.reconcile()
+    except StripeExtractError as exc:
+        failure = exc
+    except duckdb.Error as exc:
+        failure = WarehouseError(f"Stripe extract could not write the warehouse: {exc}")
+    finally:
+        result.api_calls = api.calls
+    with transaction(con):
+        result.add("quarantined", normalise(con, run.run_id))
+        result.add("history_intervals", build_history(con))
+    result.seconds = round(time.monotonic() - started, 3)
+    landed = {k: v for k, v in result.counts.items() if v and k.startswith(("objects", "events"))}
+    _log_end(con, result, failure, partial=bool(landed))
+    if progress:
+        _summary(result)
+    if failure is not None:
+        if landed and not isinstance(failure, ModeMismatchError):
+            raise PartialRunError(
+                f"Stripe extract stopped part-way: {failure}. Landed before that: "
+                + ", ".join(f"{k}={v}" for k, v in sorted(landed.items()))
+                + f"; {result.api_calls} API calls. Rerun to resume."
+            ) from failure
+        raise failure
+    return result
+
+
+class _Run:
+    def __init__(
+        self, settings: Settings, con: duckdb.DuckDBPyConnection, api: StripeApi, progress: bool
+    ) -> None:
+        self.settings = settings
+        self.con = con
+        self.api = api
+        self.show = progress
+        self.run_id = f"stripe-{uuid.uuid4().hex[:12]}"
+        self.result = StripeExtractResult(mode="")
+        self._progress: Progress | None = None
+
+    # -- state -------------------------------------------------------------------------
+
+    def _state(self, stream: str) -> tuple[str | None, datetime | None, dict[str, Any]]:
+        row = self.con.execute(
+            "SELECT cursor, cursor_ts, details FROM sync_state WHERE stream = ?", [stream]
+        ).fetchone()
+        if row is None:
+            return None, None, {}
+        return row[0], row[1], json.loads(row[2]) if row[2] else {}
+
+    def _set_state(
+        self,
+        stream: str,
+        cursor: str | None,
+        cursor_ts: datetime | None,
+        details: dict[str, Any],
+    ) -> None:
+        self.con.execute(
+            "INSERT OR REPLACE INTO sync_state VALUES (?, ?, ?, ?::JSON, ?)",
+            [stream, cursor, cursor_ts, json.dumps(details), utcnow()],
+        )
+
+    def backfill_complete(self) -> bool:
+        _, _, details = self._state(BACKFILL_PREFIX + "all")
+        return bool(details.get("done"))
+
+    def reconcile_due(self) -> bool:
+        now = utcnow()
+        _, _, ev = self._state(EVENTS)
+        polled = ev.get("polled_at")
+        retention = timedelta(days=self.settings.stripe.event_retention_days)
+        if polled is None or datetime.fromisoformat(polled) < now - retention:
+            return True
+        hours = self.settings.stripe.reconcile_every_hours
+        if hours <= 0:
+            return False
+        _, last, _ = self._state(RECONCILE)
+        return last is None or last < now - timedelta(hours=hours)
+
+    # -- progress ----------------------------------------------------------------------
+
+    def progress_bar(self) -> Progress:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description:<22}"),
+            BarColumn(),
+            TextColumn("{task.completed} objects"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            disable=not self.show,
+            transient=False,
+        )
+        return self._progress
+
+    def _task(self, description: str) -> Any:
+        assert self._progress is not None
+        return self._progress.add_task(description, total=None)
+
+    def _advance(self, task: Any, n: int) -> None:
+        assert self._progress is not None
+        self._progress.advance(task, n)
+
+    def _finish(self, task: Any) -> None:
+        assert self._progress is not None
+        done = next((t.completed for t in self._progress.tasks if t.id == task), 0)
+        self._progress.update(task, total=done, completed=done)
+
+    # -- listing -----------------------------------------------------------------------
+
+    def _pages(
+        self, stream: Stream, starting_after: str | None, path: str
+    ) -> Iterator[tuple[list[dict[str, Any]], bool, str]]:
+        """Pages of one list endpoint: (objects, has_more, path asked)."""
+        resuming = starting_after is not None
+        while True:
+            params: dict[str, Any] = {"limit": self.settings.stripe.page_size, **stream.params}
+            if starting_after:
+                params["starting_after"] = starting_after
+            try:
+                page = self.api.get(stream.name, path, params)
+            except StripeRequestError as exc:
+                if exc.http_status in (400, 404) and starting_after and resuming:
+                    # The object a resumed backfill continues after is gone: list the
+                    # stream from its start again (landing is idempotent).
+                    log.warning(
+                        "stream %s: cannot resume after %s; listing from the start",
+                        stream.name,
+                        starting_after,
+                    )
+                    starting_after, resuming = None, False
+                    continue
+                if exc.http_status == 404 and stream.fallback_path and path != stream.fallback_path:
+                    log.info(
+                        "stream %s: %s not found, listing %s",
+                        stream.name,
+                        path,
+                        stream.fallback_path,
+                    )
+                    path = stream.fallback_path
+                    continue
+                raise
+            objects = [o for o in page.get("data") or [] if isinstance(o, dict) and "id" in o]
+            has_more = bool(page.get("has_more")) and bool(objects)
+            resuming = False
+            yield objects, has_more, path
+            if not has_more:
+                return
+            starting_after = objects[-1]["id"]
+
+    def _land_listed(
+        self, stream: Stream, objects: list[dict[str, Any]], fetched: datetime, source: str
+    ) -> int:
+        """Land listed objects and what they embed; inside the caller's transaction."""
+        check_mode(self.settings.stripe.key_mode, objects, f"stream {stream.name}")
+        # Lists of the same second: the later fetch wins (sequence = its microsecond).
+        version = Version(
+            source,
+            stripe_land.list_version_ts(fetched),
+            fetched.microsecond,
+            "",
+            self.api.api_version,
+        )
+        main: list[tuple[dict[str, Any], Version]] = []
+        embedded: list[tuple[dict[str, Any], Version]] = []
+        for obj in objects:
+            flat, inner = flatten(obj)
+            main.append((flat, version))
+            embedded.extend((e, version) for e in inner)
+        land(self.con, stream.name, main, fetched)
+        if embedded:
+            check_mode(
+                self.settings.stripe.key_mode, [e for e, _ in embedded], f"stream {stream.name}"
+            )
+            land(self.con, "payment_method", embedded, fetched)
+            self.result.add("objects_payment_method", len(embedded))
+        self.result.add(f"objects_{stream.name}", len(main))
+        return len(main)
+
+    # -- backfill ----------------------------------------------------------------------
+
+    def backfill(self, *, full: bool) -> None:
+        started = utcnow()
+        with transaction(self.con):
+            if full:
+                self.con.execute(
+                    "DELETE FROM sync_state WHERE starts_with(stream, ?)", [BACKFILL_PREFIX]
+                )
+            _, cursor_ts, _ = self._state(EVENTS)
+            if cursor_ts is None:
+                # Events from now on are read after the backfill: nothing falls between.
+                self._set_state(EVENTS, None, started, {"polled_at": started.isoformat()})
+            _, _, meta = self._state(BACKFILL_PREFIX + "all")
+            if "started_at" not in meta:
+                self._set_state(
+                    BACKFILL_PREFIX + "all", None, started, {"started_at": started.isoformat()}
+                )
+        for stream in STREAMS:
+            self._backfill_stream(stream)
+        with transaction(self.con):
+            _, _, meta = self._state(BACKFILL_PREFIX + "all")
+            began = datetime.fromisoformat(meta.get("started_at", started.isoformat()))
+            self._set_state(BACKFILL_PREFIX + "all", None, began, {**meta, "done": True})
+            self._set_state(RECONCILE, None, began, {"by": "backfill"})
+
+    def _backfill_stream(self, stream: Stream) -> None:
+        key = BACKFILL_PREFIX + stream.name
+        cursor, _, details = self._state(key)
+        if details.get("done"):
+            return
+        task = self._task(stream.name)
+        for objects, has_more, path in self._pages(
+            stream, cursor, details.get("path", stream.path)
+        ):
+            fetched = utcnow()
+            with transaction(self.con):
+                n = self._land_listed(stream, objects, fetched, "list")
+                last = objects[-1]["id"] if objects else cursor
+                self._set_state(key, last, fetched, {"done": not has_more, "path": path})
+            log.debug("stream %s: page committed (%d objects, after %s)", stream.name, n, last)
+            self._advance(task, n)
+        self._finish(task)
+
+    # -- events ------------------------------------------------------------------------
+
+    def events(self) -> None:
+        polled = utcnow()
+        _, cursor_ts, details = self._state(EVENTS)
+        overlap = timedelta(seconds=self.settings.stripe.events_overlap_seconds)
+        since = (cursor_ts or polled) - overlap
+        task = self._task("events")
+        fetched: dict[str, dict[str, Any]] = {}  # in the API's order, first sighting kept
+        starting_after: str | None = None
+        while True:
+            params: dict[str, Any] = {
+                "limit": self.settings.stripe.page_size,
+                "created": {"gte": _epoch(since)},
+            }
+            if starting_after:
+                params["starting_after"] = starting_after
+            page = self.api.get("events", "/v1/events", params)
+            data = [e for e in page.get("data") or [] if isinstance(e, dict) and "id" in e]
+            for event in data:
+                fetched.setdefault(event["id"], event)
+            if not (page.get("has_more") and data):
+                break
+            starting_after = data[-1]["id"]
+        ordered = stripe_land.sequence_events(
+            list(fetched.values()), self.settings.stripe.events_order
+        )
+        unseen = {e["id"] for e in self._unseen(list(fetched.values()))}
+        new = [(e, seq) for e, seq in ordered if e["id"] in unseen]
+        self.result.add("seen_events", len(fetched))
+        cursor = cursor_ts or polled
+        size = self.settings.stripe.page_size  # a page's worth per transaction
+        for start in range(0, max(len(new), 1), size):
+            chunk = new[start : start + size]
+            done = start + size >= len(new)
+            cursor = max([cursor, *(_from_epoch(e.get("created")) for e, _ in chunk)])
+            state = {**details, "last_event": chunk[-1][0]["id"] if chunk else None}
+            if done:
+                state["polled_at"] = polled.isoformat()
+            with transaction(self.con):
+                self._apply_events(chunk)
+                self._set_state(EVENTS, None, cursor, state)
+            log.debug("stream events: page committed (%d events, cursor %s)", len(chunk), cursor)
+            self._advance(task, len(chunk))
+        self._finish(task)
+
+    def _unseen(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not events:
+            return []
+        rows = self.con.execute(
+            "SELECT id FROM raw_stripe_event WHERE id IN (SELECT unnest(?::VARCHAR[]))",
+            [[e["id"] for e in events]],
+        ).fetchall()
+        seen = {r[0] for r in rows}
+        return [e for e in events if e["id"] not in seen]
+
+    def _apply_events(self, events: list[tuple[dict[str, Any], int]]) -> None:
+        if not events:
+            return
+        self.result.add(
+            "events", apply_events(self.con, events, self.settings.stripe.key_mode, self.result)
+        )
+
+    # -- reconciliation ----------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        started = utcnow()
+        self.result.reconciled = True
+        for stream in STREAMS:
+            if stream.mutable:
+                self._reconcile_stream(stream)
+        with transaction(self.con):
+            self._set_state(RECONCILE, None, started, {"by": "reconcile"})
+            _, cursor_ts, details = self._state(EVENTS)
+            # After a full re-list, events older than it add nothing: never a gap.
+            self._set_state(
+                EVENTS,
+                None,
+                max(cursor_ts or started, started - timedelta(seconds=1)),
+                {**details, "polled_at": max(details.get("polled_at", ""), started.isoformat())},
+            )
+
+    def _reconcile_stream(self, stream: Stream) -> None:
+        task = self._task(f"reconcile {stream.name}")
+        listed: dict[str, dict[str, Any]] = {}
+        fetched = utcnow()
+        for objects, _, _path in self._pages(stream, None, stream.path):
+            for obj in objects:
+                listed[obj["id"]] = obj
+            self._advance(task, len(objects))
+        flat = {k: flatten(v)[0] for k, v in listed.items()}
+        stored = dict(
+            self.con.execute(
+                f"SELECT id, payload::VARCHAR FROM raw_stripe_{stream.name} WHERE NOT is_deleted"
+            ).fetchall()
+        )
+        new = [k for k in flat if k not in stored]
+        changed = [k for k in flat if k in stored and stripe_land.dumps(flat[k]) != stored[k]]
+        gone = [k for k in stored if k not in flat]
+        with transaction(self.con):
+            self._land_listed(stream, list(listed.values()), fetched, "reconcile")
+            mark_deleted(self.con, stream.name, gone, stripe_land.list_version_ts(fetched))
+        self.result.add(f"reconcile_new_{stream.name}", len(new))
+        self.result.add(f"reconcile_changed_{stream.name}", len(changed))
+        self.result.add(f"reconcile_deleted_{stream.name}", len(gone))
+        self._finish(task)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC).replace(tzinfo=None)
+
+
+def apply_events(
+    con: duckdb.DuckDBPyConnection,
+    events: list[tuple[dict[str, Any], int]],
+    key_mode: str | None,
+    result: StripeExtractResult | None = None,
+) -> int:
+    """Store events (once each) and land their objects newer-over-older.
+
+    ``events`` pairs each event with its sequence in its second (see
+    :func:`~churn.pipelines.stripe_land.sequence_events`); the caller's transaction.
+    """
+    fetched = utcnow()
+    check_mode(key_mode, [e for e, _ in events], "stream events")
+    by_table: dict[str, list[tuple[dict[str, Any], Version]]] = {}
+    rows = []
+    for event, seq in events:
+        obj = (event.get("data") or {}).get("object")
+        kind = obj.get("object") if isinstance(obj, dict) else None
+        table = OBJECT_TABLES.get(kind) if isinstance(kind, str) else None
+        rows.append(
+            (
+                event["id"],
+                str(event.get("type")),
+                _from_epoch(event.get("created")),
+                event.get("api_version"),
+                kind,
+                obj.get("id") if isinstance(obj, dict) else None,
+                event.get("livemode") if isinstance(event.get("livemode"), bool) else None,
+                stripe_land.dumps(event),
+                fetched,
+            )
+        )
+        if table is None or not isinstance(obj, dict) or "id" not in obj:
+            continue
+        flat, inner = flatten(obj)
+        version = Version(
+            "event",
+            _from_epoch(event.get("created")),
+            seq,
+            event["id"],
+            event.get("api_version"),
+            deleted=str(event.get("type", "")).endswith(".deleted") and kind != "subscription",
+        )
+        by_table.setdefault(table, []).append((flat, version))
+        for e in inner:
+            by_table.setdefault("payment_method", []).append((e, version))
+    stripe_land.store_events(con, rows)
+    for table, items in sorted(by_table.items()):
+        land(con, table, items, fetched)
+        if result is not None:
+            result.add(f"objects_{table}", len(items))
+    return len(events)
+
+
+def _from_epoch(value: Any) -> datetime:
+    return _EPOCH + timedelta(seconds=int(value or 0))
+
+
+def _epoch(value: datetime) -> int:
+    return int((value - _EPOCH).total_seconds())
+
+
+def _log_start(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    with transaction(con):
+        con.execute(
+            "INSERT INTO run_log (run_id, command, started_at, status) "
+            "VALUES (?, 'extract stripe', ?, 'running')",
+            [run_id, utcnow()],
+        )
+
+
+def _log_end(
+    con: duckdb.DuckDBPyConnection,
+    result: StripeExtractResult,
+    failure: Exception | None,
+    *,
+    partial: bool,
+) -> None:
+    status = "success" if failure is None else "partial" if partial else "failed"
+    with transaction(con):
+        con.execute(
+            "UPDATE run_log SET finished_at = ?, status = ?, counts = ?::JSON, "
+            "api_calls = ?::JSON, durations = ?::JSON, error = ? WHERE run_id = ?",
+            [
+                utcnow(),
+                status,
+                json.dumps(result.counts),
+                json.dumps({"stripe": result.api_calls}),
+                json.dumps({"stripe": result.seconds}),
+                str(failure) if failure else None,
+                result.run_id,
+            ],
+        )
+
+
+def _summary(result: StripeExtractResult) -> None:
+    table = Table(title=f"Stripe extract ({result.mode})", show_header=True)
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for key, value in sorted(result.counts.items()):
+        table.add_row(key, str(value))
+    table.add_row("API calls", str(result.api_calls))
+    table.add_row("seconds", f"{result.seconds:.1f}")
+    Console(stderr=True).print(table)

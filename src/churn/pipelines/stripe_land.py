@@ -1,0 +1,255 @@
+"""Landing Stripe payloads in ``raw_stripe_*``: a batch at a time, newer over older.
+
+A batch becomes one Arrow table and one ``INSERT ... ON CONFLICT DO UPDATE``: a payload
+replaces the stored one only when its version (``version_ts``, ``version_seq``, then the
+payload text as a last, arbitrary but fixed, tie-break) is greater. The order is total,
+so landing the same payloads twice, or in any order, leaves the same rows.
+
+Versions: an event's object is as of the start of the event's ``created`` second, with
+its rank among that second's events (:func:`sequence_events`); a listed object is as of
+just before the second it was fetched in (sequence 0). Stripe stamps events to the
+second, so an event of that very second may be older or newer than the list's view; it
+wins, and since every later change has a later (or higher-ranked) event, the newest
+event of the second carries the state the list saw or a newer one. Only a change that
+emits no event, made in the same second after an event, waits for a reconciliation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from churn.errors import ModeMismatchError
+
+_RAW_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("payload", pa.string()),
+        ("api_version", pa.string()),
+        ("source", pa.string()),
+        ("version_ts", pa.timestamp("us")),
+        ("version_seq", pa.int64()),
+        ("fetched_at", pa.timestamp("us")),
+        ("is_deleted", pa.bool_()),
+        ("livemode", pa.bool_()),
+        ("version_key", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Version:
+    """Where one payload came from and how new it is."""
+
+    source: str  # list | event | reconcile
+    ts: datetime
+    seq: int
+    key: str  # the event id, or '' for a snapshot (keyed by its hash when kept)
+    api_version: str | None
+    deleted: bool = False
+
+
+def list_version_ts(fetched: datetime) -> datetime:
+    """A listed object's version: just before the second it was fetched in."""
+    return fetched.replace(microsecond=0) - timedelta(microseconds=1)
+
+
+def dumps(obj: Any) -> str:
+    """Canonical JSON: the same object always gives the same text."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def sequence_events(
+    events: Sequence[dict[str, Any]], order: str = "auto"
+) -> list[tuple[dict[str, Any], int]]:
+    """Each event with its sequence within its ``created`` second (1, 2, ...; oldest first).
+
+    Stripe stamps events to the second, so the API's listing order is the only witness of
+    which of two same-second events is newer. ``events`` is one read in the order the API
+    listed it; ``order`` says how it lists (Stripe: newest first; some stand-ins: oldest
+    first); ``auto`` reads it from the timestamps and falls back to Stripe's documented
+    newest-first. Computed once per read, the sequences make applying the events in any
+    order, or twice, give the same state.
+    """
+    created = [int(e.get("created") or 0) for e in events]
+    if order == "auto":
+        ascending = any(a < b for a, b in itertools.pairwise(created))
+        descending = any(a > b for a, b in itertools.pairwise(created))
+        order = "oldest_first" if ascending and not descending else "newest_first"
+    listed = list(events) if order == "oldest_first" else list(reversed(events))
+    # Stable sort by second keeps the API's order inside each second.
+    listed.sort(key=lambda e: int(e.get("created") or 0))
+    out: list[tuple[dict[str, Any], int]] = []
+    rank: dict[int, int] = {}
+    for event in listed:
+        second = int(event.get("created") or 0)
+        rank[second] = rank.get(second, 0) + 1
+        out.append((event, rank[second]))
+    return out
+
+
+def payload_hash(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def check_mode(key_mode: str | None, objects: Sequence[dict[str, Any]], where: str) -> None:
+    """Refuse objects of the other mode than the key's (before anything lands)."""
+    if key_mode is None:
+        return
+    want_live = key_mode == "live"
+    for obj in objects:
+        live = obj.get("livemode")
+        if isinstance(live, bool) and live != want_live:
+            mode = "live" if live else "test"
+            raise ModeMismatchError(
+                f"{where}: a {key_mode}-mode key (STRIPE_API_KEY) received {mode}-mode "
+                f"object {obj.get('id')!r}; refusing to land it"
+            )
+
+
+def land(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    items: Sequence[tuple[dict[str, Any], Version]],
+    fetched_at: datetime,
+) -> int:
+    """Upsert payloads into ``raw_stripe_<table>``; returns how many were offered."""
+    if not items:
+        return 0
+    texts = [dumps(obj) for obj, _ in items]
+    batch = pa.Table.from_pydict(
+        {
+            "id": [obj["id"] for obj, _ in items],
+            "payload": texts,
+            "api_version": [v.api_version for _, v in items],
+            "source": [v.source for _, v in items],
+            "version_ts": [v.ts for _, v in items],
+            "version_seq": [v.seq for _, v in items],
+            "fetched_at": [fetched_at] * len(items),
+            "is_deleted": [v.deleted or obj.get("deleted") is True for obj, v in items],
+            "livemode": [
+                obj["livemode"] if isinstance(obj.get("livemode"), bool) else None
+                for obj, _ in items
+            ],
+            "version_key": [v.key for _, v in items],
+        },
+        schema=_RAW_SCHEMA,
+    )
+    con.register("_land_batch", batch)
+    try:
+        con.execute(
+            f"""
+            INSERT INTO raw_stripe_{table}
+            SELECT id, payload::JSON, api_version, source, version_ts, version_seq,
+                   fetched_at, is_deleted, livemode
+            FROM _land_batch
+            QUALIFY row_number() OVER (
+                PARTITION BY id ORDER BY version_ts DESC, version_seq DESC, payload DESC) = 1
+            ON CONFLICT (id) DO UPDATE SET
+                payload = excluded.payload, api_version = excluded.api_version,
+                source = excluded.source, version_ts = excluded.version_ts,
+                version_seq = excluded.version_seq, fetched_at = excluded.fetched_at,
+                is_deleted = excluded.is_deleted, livemode = excluded.livemode
+            WHERE excluded.version_ts > raw_stripe_{table}.version_ts
+               OR (excluded.version_ts = raw_stripe_{table}.version_ts
+                   AND (excluded.version_seq > raw_stripe_{table}.version_seq
+                        OR (excluded.version_seq = raw_stripe_{table}.version_seq
+                            AND excluded.payload::VARCHAR > raw_stripe_{table}.payload::VARCHAR)))
+            """
+        )
+        if table == "subscription":
+            _add_subscription_versions(con)
+    finally:
+        # After a failed statement the transaction is aborted; the original error matters.
+        with contextlib.suppress(duckdb.Error):
+            con.unregister("_land_batch")
+    return len(items)
+
+
+def _add_subscription_versions(con: duckdb.DuckDBPyConnection) -> None:
+    """Keep every version of a subscription for the history.
+
+    Event payloads are kept once per event; a list snapshot only when it differs from
+    the latest version already kept, so reruns over the same state add nothing.
+    """
+    con.execute(
+        """
+        INSERT INTO stripe_subscription_versions
+        SELECT b.id, b.version_key, b.version_ts,
+               b.version_seq, b.source, b.payload::JSON
+        FROM _land_batch b WHERE b.source = 'event'
+        ON CONFLICT DO NOTHING
+        """
+    )
+    con.execute(
+        """
+        WITH latest AS (
+            SELECT subscription_id, payload::VARCHAR AS payload
+            FROM stripe_subscription_versions
+            QUALIFY row_number() OVER (
+                PARTITION BY subscription_id
+                ORDER BY version_ts DESC, version_seq DESC, version_key DESC) = 1
+        )
+        INSERT INTO stripe_subscription_versions
+        SELECT b.id, 'list:' || md5(b.payload) || ':' || epoch(b.version_ts), b.version_ts,
+               b.version_seq, b.source, b.payload::JSON
+        FROM _land_batch b LEFT JOIN latest l ON l.subscription_id = b.id
+        WHERE b.source <> 'event' AND (l.payload IS NULL OR l.payload <> b.payload)
+        ON CONFLICT DO NOTHING
+        """
+    )
+
+
+def mark_deleted(
+    con: duckdb.DuckDBPyConnection, table: str, ids: Sequence[str], ts: datetime
+) -> int:
+    """Flag objects a full re-list no longer shows as deleted (kept, never dropped)."""
+    if not ids:
+        return 0
+    con.execute(
+        f"UPDATE raw_stripe_{table} SET is_deleted = TRUE, version_ts = ?, source = 'reconcile' "
+        f"WHERE id IN (SELECT unnest(?::VARCHAR[])) AND NOT is_deleted",
+        [ts, list(ids)],
+    )
+    return len(ids)
+
+
+_EVENT_COLUMNS = (
+    "id",
+    "type",
+    "created",
+    "api_version",
+    "object_type",
+    "object_id",
+    "livemode",
+    "payload",
+    "fetched_at",
+)
+
+
+def store_events(con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Append events to ``raw_stripe_event`` as one batch; an id already there is skipped."""
+    if not rows:
+        return
+    batch = pa.Table.from_pydict(
+        {name: [r[i] for r in rows] for i, name in enumerate(_EVENT_COLUMNS)}
+    )
+    con.register("_event_batch", batch)
+    try:
+        con.execute(
+            "INSERT INTO raw_stripe_event SELECT id, type, created, api_version, object_type, "
+            "object_id, livemode, payload::JSON, fetched_at FROM _event_batch "
+            "QUALIFY row_number() OVER (PARTITION BY id) = 1 ON CONFLICT DO NOTHING"
+        )
+    finally:
+        with contextlib.suppress(duckdb.Error):
+            con.unregister("_event_batch")

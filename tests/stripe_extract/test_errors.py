@@ -1,0 +1,319 @@
+"""Retries, failures and refusals, against a tiny scripted loopback Stripe."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from churn.errors import ModeMismatchError, PartialRunError, StripeRequestError
+from churn.pipelines import warehouse
+from churn.pipelines.stripe_client import StripeApi, make_stripe_client
+from churn.pipelines.stripe_extract import extract_stripe
+from churn.settings import Settings, StripeSettings
+
+pytestmark = pytest.mark.slow
+
+KEY = "sk_test_secret_never_shown"
+EMPTY = {"object": "list", "data": [], "has_more": False, "url": "/v1/x"}
+
+
+def _error(kind: str, message: str) -> dict[str, Any]:
+    return {"error": {"type": kind, "message": message}}
+
+
+class Script:
+    """Queued answers per path; an empty list page once a path's queue is spent."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, list[tuple[int, dict[str, str], Any]]] = {}
+        self.requests: list[str] = []
+
+    def add(self, path: str, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        self.queues.setdefault(path, []).append((status, headers or {}, body))
+
+    def answer(self, path: str) -> tuple[int, dict[str, str], Any]:
+        self.requests.append(path)
+        queue = self.queues.get(path)
+        return queue.pop(0) if queue else (200, {}, EMPTY)
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, Script]]:
+    script = Script()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, headers, body = script.answer(self.path.split("?", 1)[0])
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", script
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _api(base: str, **kw: Any) -> tuple[StripeApi, list[float]]:
+    settings = StripeSettings(api_key=KEY, api_base=base, **kw)
+    slept: list[float] = []
+    return StripeApi(make_stripe_client(settings), settings, sleep=slept.append), slept
+
+
+def test_429_waits_for_retry_after(server: tuple[str, Script]) -> None:
+    base, script = server
+    script.add(
+        "/v1/customers", 429, _error("invalid_request_error", "Too many"), {"Retry-After": "7"}
+    )
+    api, slept = _api(base)
+    assert api.get("customer", "/v1/customers", {"limit": 100}) == EMPTY
+    assert slept == [7.0]
+    assert api.calls == 2
+
+
+def test_5xx_backs_off_then_succeeds(server: tuple[str, Script]) -> None:
+    base, script = server
+    for status in (500, 502, 503):
+        script.add("/v1/invoices", status, _error("api_error", "boom"))
+    api, slept = _api(base, backoff_base_seconds=0.5)
+    assert api.get("invoice", "/v1/invoices", {}) == EMPTY
+    assert slept == [0.5, 1.0, 2.0]
+
+
+def test_5xx_retries_are_bounded(server: tuple[str, Script]) -> None:
+    base, script = server
+    for _ in range(10):
+        script.add("/v1/charges", 503, _error("api_error", "unavailable"))
+    api, slept = _api(base, max_retries=2, backoff_max_seconds=0.75)
+    with pytest.raises(StripeRequestError) as info:
+        api.get("charge", "/v1/charges", {"limit": 100})
+    assert api.calls == 3 and slept == [0.5, 0.75]
+    message = str(info.value)
+    assert "stream charge" in message and "GET /v1/charges" in message
+    assert "after 2 retries" in message and info.value.http_status == 503
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"), [(400, "invalid_request_error"), (401, "authentication_error")]
+)
+def test_client_errors_fail_at_once_naming_the_stream(
+    server: tuple[str, Script], status: int, kind: str
+) -> None:
+    base, script = server
+    script.add("/v1/subscriptions", status, _error(kind, f"Invalid API Key provided: {KEY}"))
+    api, slept = _api(base)
+    with pytest.raises(StripeRequestError) as info:
+        api.get("subscription", "/v1/subscriptions", {"status": "all"})
+    assert api.calls == 1 and slept == []
+    message = str(info.value)
+    assert "stream subscription" in message and "GET /v1/subscriptions" in message
+    assert str(status) in message and KEY not in message
+
+
+def _settings(db: Path, base: str, key: str = KEY) -> Settings:
+    return Settings(
+        db=db,
+        stripe=StripeSettings(
+            api_key=key,
+            api_base=base,
+            max_retries=1,
+            backoff_base_seconds=0,
+            reconcile_every_hours=0,
+        ),
+    )
+
+
+def _product(i: int, live: bool = False) -> dict[str, Any]:
+    return {
+        "id": f"prod_{i}",
+        "object": "product",
+        "name": f"P{i}",
+        "created": 1_700_000_000,
+        "livemode": live,
+        "active": True,
+    }
+
+
+def test_partial_run_says_what_landed_and_resumes(
+    server: tuple[str, Script], db_path: Path
+) -> None:
+    base, script = server
+    script.add("/v1/products", 200, {**EMPTY, "data": [_product(1), _product(2)]})
+    script.add("/v1/prices", 200, EMPTY)
+    script.add("/v1/customers", 400, _error("invalid_request_error", "No such parameter"))
+    con = warehouse.connect(db_path)
+    with pytest.raises(PartialRunError) as info:
+        extract_stripe(_settings(db_path, base), con, progress=False)
+    message = str(info.value)
+    assert "stream customer" in message and "GET /v1/customers" in message
+    assert "objects_product=2" in message
+    assert con.execute("SELECT status FROM run_log").fetchall() == [("partial",)]
+    assert con.execute("SELECT count(*) FROM core_products").fetchone() == (2,)
+
+    # The rerun resumes at customers: products are not listed again.
+    script.requests.clear()
+    result = extract_stripe(_settings(db_path, base), con, progress=False)
+    assert "/v1/products" not in script.requests and script.requests[0] == "/v1/customers"
+    assert result.mode == "backfill"
+    con.close()
+
+
+def test_live_key_with_test_objects_is_refused(server: tuple[str, Script], db_path: Path) -> None:
+    base, script = server
+    script.add("/v1/products", 200, {**EMPTY, "data": [_product(1, live=False)]})
+    con: duckdb.DuckDBPyConnection = warehouse.connect(db_path)
+    with pytest.raises(ModeMismatchError, match="live-mode key"):
+        extract_stripe(_settings(db_path, base, key="rk_live_abc"), con, progress=False)
+    assert con.execute("SELECT count(*) FROM raw_stripe_product").fetchone() == (0,)
+    con.close()
+
+
+def _customer(i: int, name: str) -> dict[str, Any]:
+    return {
+        "id": f"cus_{i}",
+        "object": "customer",
+        "name": name,
+        "created": 1_700_000_000,
+        "livemode": False,
+        "email": f"a@c{i}.example",
+        "invoice_settings": {},
+    }
+
+
+def _page(*objects: dict[str, Any]) -> dict[str, Any]:
+    return {**EMPTY, "data": list(objects)}
+
+
+def _backfilled(db_path: Path, base: str, script: Script) -> duckdb.DuckDBPyConnection:
+    script.add("/v1/customers", 200, _page(_customer(1, "One"), _customer(2, "Two")))
+    con = warehouse.connect(db_path)
+    assert extract_stripe(_settings(db_path, base), con, progress=False).mode == "backfill"
+    return con
+
+
+def test_stale_cursor_forces_a_reconciliation(server: tuple[str, Script], db_path: Path) -> None:
+    base, script = server
+    con = _backfilled(db_path, base, script)
+    # The events cursor is older than Stripe keeps events: events alone would leave a gap.
+    con.execute(
+        "UPDATE sync_state SET details = json_object('polled_at', "
+        "strftime(now()::TIMESTAMP - INTERVAL 40 DAY, '%Y-%m-%dT%H:%M:%S')) "
+        "WHERE stream = 'stripe:events'"
+    )
+    script.add("/v1/customers", 200, _page(_customer(1, "One renamed"), _customer(3, "Three")))
+    script.requests.clear()
+    result = extract_stripe(_settings(db_path, base), con, progress=False)
+    assert result.reconciled and script.requests[0] == "/v1/events"
+    assert "/v1/customers" in script.requests
+    assert result.counts["reconcile_new_customer"] == 1
+    assert result.counts["reconcile_changed_customer"] == 1
+    assert result.counts["reconcile_deleted_customer"] == 1
+    rows = con.execute(
+        "SELECT customer_id, name, is_deleted FROM core_customers ORDER BY 1"
+    ).fetchall()
+    assert rows == [
+        ("cus_1", "One renamed", False),
+        ("cus_2", "Two", True),
+        ("cus_3", "Three", False),
+    ]
+
+    # Now current: the next run reads events only.
+    script.requests.clear()
+    result = extract_stripe(_settings(db_path, base), con, progress=False)
+    assert not result.reconciled and script.requests == ["/v1/events"]
+    con.close()
+
+
+def test_reconciliation_runs_on_its_cadence(server: tuple[str, Script], db_path: Path) -> None:
+    base, script = server
+    con = _backfilled(db_path, base, script)
+    settings = _settings(db_path, base).with_overrides(stripe={"reconcile_every_hours": 1})
+    script.requests.clear()
+    assert not extract_stripe(settings, con, progress=False).reconciled
+    con.execute(
+        "UPDATE sync_state SET cursor_ts = now()::TIMESTAMP - INTERVAL 2 HOUR "
+        "WHERE stream = 'stripe:reconcile'"
+    )
+    assert extract_stripe(settings, con, progress=False).reconciled
+    assert not extract_stripe(settings, con, progress=False).reconciled
+    con.close()
+
+
+def test_resume_after_a_vanished_object_lists_the_stream_again(
+    server: tuple[str, Script], db_path: Path
+) -> None:
+    base, script = server
+    script.add("/v1/customers", 200, {**_page(_customer(1, "One")), "has_more": True})
+    script.add("/v1/customers", 500, _error("api_error", "down"))
+    script.add("/v1/customers", 500, _error("api_error", "down"))
+    con = warehouse.connect(db_path)
+    with pytest.raises(PartialRunError):
+        extract_stripe(_settings(db_path, base), con, progress=False)
+    # cus_1 was deleted meanwhile: Stripe refuses starting_after=cus_1.
+    script.add("/v1/customers", 400, _error("invalid_request_error", "No such customer: cus_1"))
+    script.add("/v1/customers", 200, _page(_customer(2, "Two")))
+    extract_stripe(_settings(db_path, base), con, progress=False)
+    assert con.execute("SELECT id FROM raw_stripe_customer ORDER BY 1").fetchall() == [
+        ("cus_1",),
+        ("cus_2",),
+    ]
+    con.close()
+
+
+def test_cli_partial_run_exits_3_naming_the_stream(
+    server: tuple[str, Script], db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from churn.pipelines.cli import app
+
+    base, script = server
+    script.add("/v1/products", 200, _page(_product(1)))
+    script.add("/v1/customers", 401, _error("authentication_error", "Invalid API Key"))
+    for name, value in {
+        "CHURN_DB": str(db_path),
+        "STRIPE_API_KEY": KEY,
+        "STRIPE_API_BASE": base,
+        "STRIPE_MAX_RETRIES": "0",
+    }.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(app, ["extract", "stripe", "--no-progress"])
+    assert result.exit_code == 3
+    assert "stream customer" in result.output and "objects_product=1" in result.output
+    assert KEY not in result.output
+
+
+def test_full_lists_every_stream_again(server: tuple[str, Script], db_path: Path) -> None:
+    base, script = server
+    con = _backfilled(db_path, base, script)
+    script.add("/v1/customers", 200, _page(_customer(1, "One again")))
+    script.requests.clear()
+    result = extract_stripe(_settings(db_path, base), con, progress=False, full=True)
+    assert result.mode == "backfill"
+    assert {"/v1/products", "/v1/customers", "/v1/subscriptions", "/v1/invoices"} <= set(
+        script.requests
+    )
+    assert "/v1/events" not in script.requests
+    assert con.execute(
+        "SELECT name FROM core_customers WHERE customer_id = 'cus_1'"
+    ).fetchone() == ("One again",)
+    con.close()
