@@ -169,8 +169,6 @@ class PushSettings(_Section):
     sponsor_before_final_retry_hours: int = Field(48, ge=1)
     #: Due date of a Task for a signal without an escalation ladder, in days from as_of.
     task_due_days: int = Field(3, ge=0)
-    #: How many seconds to wait for a Bulk API 2.0 job before giving up on this run.
-    bulk_wait_seconds: int = Field(300, ge=1)
 
     @field_validator("account_fields", mode="before")
     @classmethod
