@@ -85,13 +85,17 @@ def _default_connect(settings: Settings) -> Callable[[], Salesforce]:
 
 
 def check_safety(settings: Settings, con: duckdb.DuckDBPyConnection, sf: Salesforce) -> None:
-    """Refuse to push test-mode Stripe data into a production org."""
-    if settings.push.allow_test_data_in_production or not has_test_data(settings, con):
-        return
+    """Refuse to push test-mode Stripe data into a production org.
+
+    The query runs on every push that has work, so the first reading of the API budget
+    comes from a read, before any write.
+    """
     answer = sf.query("SELECT IsSandbox FROM Organization LIMIT 1")
     records = answer.get("records") or []
     if not records:
         raise PushError("SELECT IsSandbox FROM Organization returned no record")
+    if settings.push.allow_test_data_in_production or not has_test_data(settings, con):
+        return
     if not records[0].get("IsSandbox"):
         raise ProductionSafetyError(
             "refused: the warehouse holds test-mode Stripe data and the Salesforce org is "
