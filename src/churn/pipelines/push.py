@@ -61,18 +61,49 @@ def push(
     result.counts.update({f"planned_{k}": v for k, v in plan.counts().items()})
     if dry_run or not plan.changes:
         return result
+    started = utcnow()
+    _log_run(con, run_id, started, "running", result)
     sf = salesforce or (connect or _default_connect(settings))()
     meter, detach = attach_meter(sf, settings.salesforce.api_reserve)
     try:
         meter.check(1, "the Organization safety query")
         check_safety(settings, con, sf)
         outcome = apply_plan(sf, con, plan.changes, settings, run_id, meter)
+    except Exception as exc:
+        result.api_calls = meter.calls
+        _log_run(con, run_id, started, "failed", result, error=str(exc))
+        raise
     finally:
         result.api_calls = meter.calls
         detach()
     result.counts.update(outcome.counts)
     result.rejected = outcome.rejected
+    _log_run(con, run_id, started, "partial" if result.rejected else "success", result)
     return result
+
+
+def _log_run(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    started: datetime,
+    status: str,
+    result: PushResult,
+    error: str | None = None,
+) -> None:
+    """The push's row in ``run_log`` (running, then success / partial / failed)."""
+    con.execute(
+        "INSERT OR REPLACE INTO run_log (run_id, command, started_at, finished_at, status, "
+        "counts, api_calls, error) VALUES (?, 'push', ?, ?, ?, ?, ?, ?)",
+        [
+            run_id,
+            started,
+            None if status == "running" else utcnow(),
+            status,
+            json.dumps(result.counts),
+            json.dumps({"salesforce": result.api_calls}),
+            error,
+        ],
+    )
 
 
 def _default_connect(settings: Settings) -> Callable[[], Salesforce]:
