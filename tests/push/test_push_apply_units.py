@@ -10,7 +10,7 @@ import requests
 from simple_salesforce.exceptions import SalesforceRefusedRequest
 
 from churn.errors import ApiBudgetExhaustedError, PushError
-from churn.pipelines.push_apply import CallMeter, _call_error, json_body
+from churn.pipelines.push_apply import CallMeter, call_error, json_body
 
 
 def test_json_body_writes_decimals_exactly() -> None:
@@ -41,10 +41,10 @@ def test_request_limit_exceeded_is_a_budget_error_and_others_name_the_request() 
     limit = SalesforceRefusedRequest(
         "u", 403, "r", [{"errorCode": "REQUEST_LIMIT_EXCEEDED", "message": "TotalRequests"}]
     )
-    assert isinstance(_call_error(limit, "PATCH composite/sobjects"), ApiBudgetExhaustedError)
+    assert isinstance(call_error(limit, "PATCH composite/sobjects"), ApiBudgetExhaustedError)
     other = SalesforceRefusedRequest(
         "u", 403, "r", [{"errorCode": "INSUFFICIENT_ACCESS", "message": "no access"}]
     )
-    err = _call_error(other, "PATCH composite/sobjects")
+    err = call_error(other, "PATCH composite/sobjects")
     assert isinstance(err, PushError) and not isinstance(err, ApiBudgetExhaustedError)
     assert "PATCH composite/sobjects" in str(err) and "INSUFFICIENT_ACCESS: no access" in str(err)

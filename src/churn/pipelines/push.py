@@ -18,9 +18,16 @@ from typing import Any
 import duckdb
 import polars as pl
 from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import SalesforceError
 
 from churn.errors import ProductionSafetyError, PushError
-from churn.pipelines.push_apply import Rejection, apply_plan, attach_meter, json_body
+from churn.pipelines.push_apply import (
+    Rejection,
+    apply_plan,
+    attach_meter,
+    call_error,
+    json_body,
+)
 from churn.pipelines.push_plan import (
     AccountInput,
     Episode,
@@ -121,7 +128,11 @@ def check_safety(settings: Settings, con: duckdb.DuckDBPyConnection, sf: Salesfo
     The query runs on every push that has work, so the first reading of the API budget
     comes from a read, before any write.
     """
-    answer = sf.query("SELECT IsSandbox FROM Organization LIMIT 1")
+    soql = "SELECT IsSandbox FROM Organization LIMIT 1"
+    try:
+        answer = sf.query(soql)
+    except SalesforceError as exc:
+        raise call_error(exc, soql) from exc
     records = answer.get("records") or []
     if not records:
         raise PushError("SELECT IsSandbox FROM Organization returned no record")

@@ -166,7 +166,7 @@ def _send_collection(
             path, method="PATCH", data=json_body({"allOrNone": False, "records": records})
         )
     except SalesforceError as exc:
-        raise _call_error(exc, f"PATCH {path}") from exc
+        raise call_error(exc, f"PATCH {path}") from exc
     results = answer if isinstance(answer, list) else []
     if len(results) != len(batch):
         raise PushError(f"PATCH {path}: {len(results)} results for {len(batch)} records")
@@ -213,7 +213,7 @@ def _send_bulk(
         else:
             jobs = handler.upsert(records=records, external_id_field=key_field, wait=1)
     except SalesforceError as exc:
-        raise _call_error(exc, f"Bulk API 2.0 {sobject} job") from exc
+        raise call_error(exc, f"Bulk API 2.0 {sobject} job") from exc
     except Exception as exc:  # simple-salesforce raises plain errors for failed jobs
         raise PushError(f"Bulk API 2.0 {sobject} job failed: {exc}") from exc
     by_key = {c.record_key: c for c in group}
@@ -251,7 +251,7 @@ def _csv_rows(text: str | None) -> Iterator[dict[str, str]]:
         yield from csv.DictReader(io.StringIO(text))
 
 
-def _call_error(exc: SalesforceError, what: str) -> Exception:
+def call_error(exc: SalesforceError, what: str) -> Exception:
     raw: Any = exc.content
     content: list[Any] = raw if isinstance(raw, list) else [raw]
     codes = [c.get("errorCode") for c in content if isinstance(c, dict)]
