@@ -13,6 +13,8 @@ TLS on 127.0.0.1 with a throw-away CA (simple-salesforce always speaks https).
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
 import re
@@ -45,6 +47,7 @@ class Org:
     rules: list[Rule] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)
     write_delay: float = 0.0
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -105,6 +108,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._budget():
             return
         url = urlsplit(self.path)
+        job = re.search(r"/jobs/ingest/(\w+)(?:/(\w+))?/?$", url.path)
+        if job:
+            self._job_info(job[1], job[2])
+            return
         if url.path.rstrip("/").endswith("/query"):
             soql = parse_qs(url.query).get("q", [""])[0]
             if re.fullmatch(r"SELECT IsSandbox FROM Organization( LIMIT 1)?", soql.strip()):
@@ -123,6 +130,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._budget():
             return
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        job = re.search(r"/jobs/ingest/(\w+)$", urlsplit(self.path).path)
+        if job:
+            self._close_job(job[1], body)
+            return
         match = re.search(r"/composite/sobjects(?:/(\w+)/(\w+))?$", urlsplit(self.path).path)
         if not match:
             self._send(
@@ -190,6 +201,101 @@ class _Handler(BaseHTTPRequestHandler):
             return {"id": rec_id, "success": True, "errors": [], "created": True}
         self.org.tasks[existing["Id"]] = merged
         return {"id": existing["Id"], "success": True, "errors": [], "created": False}
+
+    # Bulk API 2.0 ingest: create, upload CSV, UploadComplete (processed at once), results.
+    def do_POST(self) -> None:
+        if not self._budget():
+            return
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        if not urlsplit(self.path).path.rstrip("/").endswith("/jobs/ingest"):
+            self._send(404, [{"message": "not found", "errorCode": "NOT_FOUND"}])
+            return
+        job_id = f"750{next(self.org._ids):015d}"
+        job = {
+            "id": job_id,
+            "operation": body["operation"],
+            "object": body["object"],
+            "externalIdFieldName": body.get("externalIdFieldName"),
+            "state": "Open",
+            "contentType": "CSV",
+            "data": "",
+            "results": [],
+        }
+        self.org.jobs[job_id] = job
+        self._send(200, {k: v for k, v in job.items() if k not in ("data", "results")})
+
+    def do_PUT(self) -> None:
+        if not self._budget():
+            return
+        match = re.search(r"/jobs/ingest/(\w+)/batches$", urlsplit(self.path).path)
+        data = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+        job = self.org.jobs.get(match[1]) if match else None
+        if job is None or job["state"] != "Open":
+            self._send(400, [{"message": "job not open", "errorCode": "INVALIDJOBSTATE"}])
+            return
+        job["data"] += data
+        self.send_response(201)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _close_job(self, job_id: str, body: dict[str, Any]) -> None:
+        job = self.org.jobs.get(job_id)
+        if job is None:
+            self._send(404, [{"message": "job not found", "errorCode": "NOT_FOUND"}])
+            return
+        if body.get("state") == "UploadComplete":
+            rows = list(csv.DictReader(io.StringIO(job["data"])))
+            with self.org.lock:
+                for row in rows:
+                    record = {k: (None if v == "#N/A" else v) for k, v in row.items() if v != ""}
+                    record["attributes"] = {"type": job["object"]}
+                    if job["operation"] == "update":
+                        result = self._update(record)
+                    else:
+                        result = self._upsert(job["object"], job["externalIdFieldName"], record)
+                    job["results"].append((row, result))
+            job["state"] = "JobComplete"
+        self._send(200, self._job_summary(job))
+
+    def _job_summary(self, job: dict[str, Any]) -> dict[str, Any]:
+        failed = sum(1 for _, r in job["results"] if not r["success"])
+        return {
+            "id": job["id"],
+            "state": job["state"],
+            "operation": job["operation"],
+            "object": job["object"],
+            "numberRecordsProcessed": len(job["results"]),
+            "numberRecordsFailed": failed,
+        }
+
+    def _job_info(self, job_id: str, results: str | None) -> None:
+        job = self.org.jobs.get(job_id)
+        if job is None:
+            self._send(404, [{"message": "job not found", "errorCode": "NOT_FOUND"}])
+            return
+        if results is None:
+            self._send(200, self._job_summary(job))
+            return
+        ok = results == "successfulResults"
+        out = io.StringIO()
+        picked = [(row, r) for row, r in job["results"] if r["success"] == ok]
+        columns = list(picked[0][0]) if picked else []
+        head = ["sf__Id", "sf__Created" if ok else "sf__Error"]
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(head + columns)
+        for row, r in picked:
+            if ok:
+                extra = [r["id"], str(r.get("created", False)).lower()]
+            else:
+                err = r["errors"][0]
+                extra = ["", f"{err['statusCode']}:{err['message']}:{','.join(err['fields'])} --"]
+            writer.writerow(extra + [row[c] for c in columns])
+        data = out.getvalue().encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/csv")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
 
 @dataclass

@@ -16,7 +16,7 @@ import pytest
 from push_world import AS_OF, World, account_id
 from sf_standin import RunningStandin, standin
 
-from churn.errors import ApiBudgetExhaustedError
+from churn.errors import ApiBudgetExhaustedError, ProductionSafetyError
 from churn.pipelines.push import PushResult, push
 from churn.settings import Settings
 
@@ -220,3 +220,48 @@ def test_kill_during_apply_then_rerun_no_duplicate_task_no_lost_update(
         assert push(_settings(db_path), con, salesforce=sf.client()).counts == {"planned": 0}
     finally:
         con.close()
+
+
+def test_test_mode_data_never_reaches_a_production_org(
+    world: World, sf: RunningStandin, db_path: Path
+) -> None:
+    ids = _seed(world, sf, 2)
+    world.con.execute("INSERT INTO core_customers (customer_id, livemode) VALUES ('cus_t', false)")
+    sf.org.is_sandbox = False
+    with pytest.raises(ProductionSafetyError, match=r"IsSandbox"):
+        _push(world, sf, db_path)
+    assert sf.org.writes() == 0
+    assert all("Payment_Health__c" not in sf.org.accounts[a] for a in ids)
+    sf.org.is_sandbox = True
+    assert _push(world, sf, db_path).counts["update_account"] == 2
+
+
+def test_dry_run_contacts_nothing(world: World, sf: RunningStandin, db_path: Path) -> None:
+    _seed(world, sf, 3)
+    result = push(_settings(db_path), world.con, dry_run=True, salesforce=sf.client())
+    assert result.counts["planned_update_account"] == 3
+    assert sf.org.requests == []
+
+
+def test_above_the_bulk_threshold_bulk_api_2_carries_the_push(
+    world: World, sf: RunningStandin, db_path: Path
+) -> None:
+    ids = _seed(world, sf, 5, payment_health="At Risk")
+    world.signals([{"account_id": a, "episode_key": f"pf:{a}"} for a in ids])
+    message = "Accounts in legal review are read-only"
+    sf.org.rules.append(lambda obj, rec: message if rec.get("Id") == ids[3] else None)
+    result = _push(world, sf, db_path, bulk_threshold=3)
+    assert sf.org.calls("PATCH", "/composite/sobjects") == 0
+    assert sorted(j["operation"] for j in sf.org.jobs.values()) == ["update", "upsert"]
+    assert result.counts["update_account"] == 4 and result.counts["create_task"] == 5
+    assert [(r.record_key, r.error_code, r.message) for r in result.rejected] == [
+        (ids[3], "FIELD_CUSTOM_VALIDATION_EXCEPTION", message)
+    ]
+    assert sf.org.accounts[ids[0]]["Payment_Health__c"] == "At Risk"
+    assert sorted(sf.org.tasks_by_key(EXT)) == sorted(f"pf:{a}" for a in ids)
+    transports = world.con.execute("SELECT DISTINCT transport FROM push_log").fetchall()
+    assert transports == [("bulk2",)]
+    sf.org.rules.clear()
+    retry = _push(world, sf, db_path, bulk_threshold=3)
+    assert [c.record_key for c in retry.plan.changes] == [ids[3]]
+    assert retry.counts["update_account"] == 1

@@ -227,11 +227,22 @@ def _send_bulk(
         for line in _csv_rows(handler.get_failed_records(job_id)):
             failed = _take(by_key, line.get(key_field, ""))
             if failed is not None:
-                code, _, message = (line.get("sf__Error") or "").partition(":")
-                rows.append(_Result(failed, False, None, code, message.strip() or code))
+                code, message = _bulk_error(line.get("sf__Error") or "")
+                rows.append(_Result(failed, False, None, code, message))
     for change in by_key.values():  # unprocessed: retried next run
         rows.append(_Result(change, False, None, "UNPROCESSED", "not processed by the job"))
     _record(con, rows, "bulk2", run_id, outcome)
+
+
+_BULK_ERROR = re.compile(r"^(\w+):(.*?)(?::[^:]*--)?$", re.DOTALL)
+
+
+def _bulk_error(text: str) -> tuple[str, str]:
+    """``CODE:message:fields --`` (Bulk API 2.0's sf__Error) to code and message."""
+    match = _BULK_ERROR.match(text.strip())
+    if not match:
+        return "UNKNOWN", text
+    return match[1], match[2].strip() or match[1]
 
 
 def _take(pending: dict[str, Change], key: str) -> Change | None:
