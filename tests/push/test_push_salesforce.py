@@ -120,18 +120,14 @@ def test_recovered_payment_closes_its_task(world: World, sf: RunningStandin, db_
     assert task["OwnerId"] == OWNER and task["Subject"].startswith("Payment failed")
     later = AS_OF + timedelta(days=1)
     world.health([{"account_id": ids[0]}], as_of=later)
-    world.signals([], as_of=later)
-    world.con.execute(
-        "INSERT INTO signal_events (account_id, signal, as_of, episode_key) "
-        "VALUES (?, 'seat_utilization', ?, 'seats:1')",
-        [ids[0], later],
-    )
+    world.signals([], as_of=later)  # the latest scoring has no signal at all
     result = _push(world, sf, db_path)
     assert result.counts["close_task"] == 1
     closed = sf.org.tasks_by_key(EXT)["payment_failure:in_9"]
     assert len(closed) == 1 and closed[0]["Status"] == "Completed"
     assert "the invoice was paid" in closed[0]["Description"]
-    assert len(sf.org.tasks) == 2  # the closed one and the new seats Task
+    assert len(sf.org.tasks) == 1
+    assert _push(world, sf, db_path).counts == {"planned": 0}
 
 
 def test_inactive_owner_gets_the_fallback(world: World, sf: RunningStandin, db_path: Path) -> None:

@@ -254,19 +254,31 @@ def build_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
             """
         ).fetchall()
     }
-    episodes: list[Episode] = []
+    # The latest scoring's as_of: account_health has a row per account every run, while
+    # signal_events may have none when every episode has resolved.
+    marts = [t for t in ("account_health", "signal_events") if _table_exists(con, t)]
     as_of: datetime | None = None
-    if _table_exists(con, "signal_events"):
-        events = _dicts(
-            con,
+    if marts:
+        latest = con.execute(
+            "SELECT greatest(" + ", ".join(f"(SELECT max(as_of) FROM {t})" for t in marts) + ")"
+        ).fetchone()
+        as_of = latest[0] if latest else None
+    episodes: list[Episode] = []
+    if as_of is not None and "signal_events" in marts:
+        seen: set[str] = set()
+        rows = con.execute(
             """
-            SELECT * FROM signal_events
-            WHERE as_of = (SELECT max(as_of) FROM signal_events) AND episode_key IS NOT NULL
-            ORDER BY episode_key
+            SELECT * FROM signal_events WHERE as_of = ? AND episode_key IS NOT NULL
+            ORDER BY episode_key, score DESC NULLS LAST
             """,
+            [as_of],
         )
-        for row in events:
-            as_of = row["as_of"]
+        names = [d[0] for d in rows.description or []]
+        for values in rows.fetchall():
+            row = dict(zip(names, values, strict=True))
+            if row["episode_key"] in seen:
+                continue
+            seen.add(row["episode_key"])
             evidence = row.get("evidence")
             episodes.append(
                 Episode(
@@ -279,9 +291,6 @@ def build_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
                     evidence=json.loads(evidence) if isinstance(evidence, str) else {},
                 )
             )
-        if as_of is None:
-            latest = con.execute("SELECT max(as_of) FROM signal_events").fetchone()
-            as_of = latest[0] if latest else None
     if isinstance(as_of, date) and not isinstance(as_of, datetime):
         as_of = datetime.combine(as_of, time())
     state = [
