@@ -261,3 +261,29 @@ def test_above_the_bulk_threshold_bulk_api_2_carries_the_push(
     retry = _push(world, sf, db_path, bulk_threshold=3)
     assert [c.record_key for c in retry.plan.changes] == [ids[3]]
     assert retry.counts["update_account"] == 1
+
+
+def test_cli_ends_non_zero_when_the_budget_runs_out_then_completes(
+    world: World, sf: RunningStandin, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from churn.pipelines import push as push_module
+    from churn.pipelines.cli import app
+
+    ids = _seed(world, sf, 4)
+    world.con.close()
+    # The CLI's client factory, pointed at the stand-in (the factory itself is tested by
+    # engineer "salesforce"); everything else is the real command.
+    monkeypatch.setattr(push_module, "_default_connect", lambda settings: sf.client)
+    monkeypatch.setenv("CHURN_PUSH__COLLECTION_SIZE", "1")
+    monkeypatch.setenv("SALESFORCE_API_RESERVE", "0")
+    sf.org.daily_limit = 3
+    out = CliRunner().invoke(app, ["--db", str(db_path), "push"])
+    assert out.exit_code == 3, out.output
+    assert "daily API budget" in out.output
+    sf.org.used, sf.org.daily_limit = 0, 100
+    out = CliRunner().invoke(app, ["--db", str(db_path), "push"])
+    assert out.exit_code == 0, out.output
+    assert "update_account 2" in out.output
+    assert all(sf.org.accounts[a]["Payment_Health__c"] == "Healthy" for a in ids)
