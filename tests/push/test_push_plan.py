@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from churn.pipelines.push_plan import (
     ACCOUNT,
     TASK,
@@ -199,3 +202,43 @@ def test_make_plan_orders_accounts_before_tasks_and_carries_last_errors() -> Non
     assert [c.sobject for c in plan.changes] == [ACCOUNT, TASK]
     assert plan.changes[0].last_error is not None
     assert plan.counts() == {"update_account": 1, "create_task": 1}
+
+
+_values_strategy = st.fixed_dictionaries(
+    {
+        "payment_health": st.sampled_from(["Failed", "At Risk", "No Payment Method", "Healthy"]),
+        "risk_score": st.integers(0, 100),
+        "total_mrr": st.integers(0, 10**12).map(lambda m: minor_to_decimal(m, "usd")),
+        "next_renewal_date": st.none() | st.dates(date(2020, 1, 1), date(2040, 1, 1)),
+        "days_since_last_payment": st.none() | st.integers(0, 5000),
+        "subscription_count": st.integers(0, 50),
+        "stripe_customer_id": st.text(min_size=1, max_size=30),
+        "top_reason": st.none() | st.text(max_size=300),
+    }
+)
+
+
+@given(first=_values_strategy, second=_values_strategy)
+def test_a_pushed_plan_replanned_is_empty_and_the_score_never_flaps(
+    first: dict[str, object], second: dict[str, object]
+) -> None:
+    """Once Salesforce accepted a plan, the same desired values plan nothing; a new set
+    writes exactly the fields that changed, the score only past the margin."""
+    [created] = plan_accounts([AccountInput("001A", first)], {}, MAPPING, 5) or [None]
+    state = (
+        {"001A": _state("001A", {})}
+        if created is None
+        else {"001A": PushedState(ACCOUNT, "001A", created.state, AS_OF)}
+    )
+    assert plan_accounts([AccountInput("001A", first)], state, MAPPING, 5) == []
+    changes = plan_accounts([AccountInput("001A", second)], state, MAPPING, 5)
+    written = set(changes[0].fields) if changes else set()
+    for logical, field in MAPPING.items():
+        old, new = canon(created.state.get(field) if created else None), canon(second[logical])
+        if logical == "top_reason" and isinstance(second[logical], str):
+            new = canon(str(second[logical])[:255])
+        if logical == "risk_score":
+            moved = abs(int(second[logical]) - int(first[logical])) > 5  # type: ignore[call-overload]
+            assert (field in written) == moved
+        else:
+            assert (field in written) == (old != new), logical

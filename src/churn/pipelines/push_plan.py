@@ -22,7 +22,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from churn.settings import PushSettings
@@ -192,6 +192,16 @@ def _sf_value(logical: str, value: Any) -> Any:
     return value
 
 
+def _within(desired: Any, held: str | None, margin: int) -> bool:
+    """Whether a score is within ``margin`` of the held one (never, when either is unknown)."""
+    if desired is None or held is None:
+        return False
+    try:
+        return abs(Decimal(str(desired)) - Decimal(held)) <= margin
+    except InvalidOperation:
+        return False
+
+
 def plan_accounts(
     accounts: Iterable[AccountInput],
     state: Mapping[str, PushedState],
@@ -219,12 +229,7 @@ def plan_accounts(
                 held = pushed.fields.get(sf_field)
             else:
                 held = None
-            if (
-                logical == "risk_score"
-                and desired is not None
-                and held is not None
-                and abs(Decimal(str(desired)) - Decimal(held)) <= risk_score_margin
-            ):
+            if logical == "risk_score" and _within(desired, held, risk_score_margin):
                 continue
             if canon(desired) != held:
                 send[sf_field] = desired
