@@ -287,3 +287,17 @@ def test_cli_ends_non_zero_when_the_budget_runs_out_then_completes(
     assert out.exit_code == 0, out.output
     assert "update_account 2" in out.output
     assert all(sf.org.accounts[a]["Payment_Health__c"] == "Healthy" for a in ids)
+
+
+def test_salesforce_unreachable_is_a_push_error_naming_the_request(
+    world: World, tmp_path: Path, db_path: Path
+) -> None:
+    from churn.errors import PushError
+
+    with standin(tmp_path) as gone:
+        client = gone.client()
+        _seed(world, gone, 1)
+    # The server is shut down: nothing listens on its port any more.
+    with pytest.raises(PushError, match="Organization LIMIT 1: no answer from Salesforce"):
+        push(_settings(db_path), world.con, salesforce=client)
+    assert world.con.execute("SELECT count(*) FROM push_state").fetchone() == (0,)

@@ -17,6 +17,7 @@ from typing import Any
 
 import duckdb
 import polars as pl
+import requests
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError
 
@@ -133,6 +134,8 @@ def check_safety(settings: Settings, con: duckdb.DuckDBPyConnection, sf: Salesfo
         answer = sf.query(soql)
     except SalesforceError as exc:
         raise call_error(exc, soql) from exc
+    except requests.RequestException as exc:
+        raise PushError(f"{soql}: no answer from Salesforce ({type(exc).__name__})") from exc
     records = answer.get("records") or []
     if not records:
         raise PushError("SELECT IsSandbox FROM Organization returned no record")

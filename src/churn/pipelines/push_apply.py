@@ -167,6 +167,8 @@ def _send_collection(
         )
     except SalesforceError as exc:
         raise call_error(exc, f"PATCH {path}") from exc
+    except requests.RequestException as exc:
+        raise PushError(f"PATCH {path}: no answer from Salesforce ({type(exc).__name__})") from exc
     results = answer if isinstance(answer, list) else []
     if len(results) != len(batch):
         raise PushError(f"PATCH {path}: {len(results)} results for {len(batch)} records")
