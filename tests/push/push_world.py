@@ -6,25 +6,29 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
 
 AS_OF = datetime(2026, 11, 26, 6, 0, tzinfo=UTC).replace(tzinfo=None)  # naive UTC
+RENEWAL = datetime(2026, 12, 31, 9, 30, tzinfo=UTC).replace(tzinfo=None)
 
 # The marts as engineer "signals" defines them; created here only until their migration is
 # merged (IF NOT EXISTS: theirs wins once it exists).
 MART_DDL = """
-CREATE TABLE IF NOT EXISTS account_health (
-    account_id VARCHAR, as_of TIMESTAMP, payment_health VARCHAR, risk_score INTEGER,
-    total_mrr BIGINT, currency VARCHAR, mrr_at_risk BIGINT, next_renewal_date DATE,
-    days_since_last_payment INTEGER, subscription_count INTEGER, top_reasons JSON,
-    stripe_customer_ids JSON
-);
 CREATE TABLE IF NOT EXISTS signal_events (
-    account_id VARCHAR, signal VARCHAR, score DOUBLE, severity VARCHAR, reason VARCHAR,
-    evidence JSON, as_of TIMESTAMP, episode_key VARCHAR
+    account_id VARCHAR NOT NULL, signal VARCHAR NOT NULL, score DOUBLE NOT NULL,
+    severity VARCHAR NOT NULL, reason VARCHAR NOT NULL, evidence JSON,
+    as_of TIMESTAMP NOT NULL, episode_key VARCHAR NOT NULL, PRIMARY KEY (as_of, episode_key)
+);
+CREATE TABLE IF NOT EXISTS account_health (
+    account_id VARCHAR NOT NULL, as_of TIMESTAMP NOT NULL, payment_health VARCHAR NOT NULL,
+    risk_score INTEGER NOT NULL, known_churn BOOLEAN NOT NULL, churn_effective_at TIMESTAMP,
+    reporting_currency VARCHAR NOT NULL, total_mrr_minor BIGINT, mrr_at_risk_minor BIGINT,
+    next_renewal_at TIMESTAMP, last_successful_payment_at TIMESTAMP,
+    days_since_last_payment INTEGER, subscription_count INTEGER NOT NULL, top_reasons JSON,
+    stripe_customer_ids JSON, PRIMARY KEY (as_of, account_id)
 );
 """
 
@@ -58,17 +62,17 @@ class World:
         for r in rows:
             self.con.execute(
                 "INSERT INTO account_health (account_id, as_of, payment_health, risk_score, "
-                "total_mrr, currency, next_renewal_date, days_since_last_payment, "
-                "subscription_count, top_reasons, stripe_customer_ids) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "known_churn, total_mrr_minor, reporting_currency, next_renewal_at, "
+                "days_since_last_payment, subscription_count, top_reasons, "
+                "stripe_customer_ids) VALUES (?, ?, ?, ?, false, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     r["account_id"],
                     as_of,
                     r.get("payment_health", "Healthy"),
                     r.get("risk_score", 10),
                     r.get("total_mrr", 10_000),
-                    r.get("currency", "usd"),
-                    r.get("next_renewal_date", date(2026, 12, 31)),
+                    r.get("currency", "USD"),
+                    r.get("next_renewal_date", RENEWAL),
                     r.get("days_since_last_payment", 5),
                     r.get("subscription_count", 1),
                     json.dumps(r.get("top_reasons", [])),

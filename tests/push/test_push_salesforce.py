@@ -63,6 +63,8 @@ def test_second_run_with_nothing_changed_makes_no_write_call(
     assert first.counts["update_account"] == 3 and first.counts["create_task"] == 1
     assert sf.org.accounts[ids[0]]["Payment_Health__c"] == "At Risk"
     assert sf.org.accounts[ids[0]]["Total_MRR__c"] == 1234.5
+    assert sf.org.accounts[ids[0]]["Next_Renewal_Date__c"] == "2026-12-31"
+    assert sf.org.accounts[ids[0]]["Stripe_Customer_Id__c"] == "cus_0000"
     writes, requests = sf.org.writes(), len(sf.org.requests)
     second = _push(world, sf, db_path)
     assert second.counts == {"planned": 0} and second.api_calls == 0

@@ -60,7 +60,13 @@ _EXPONENTS = {
 _MAX_TEXT = 255
 _MAX_DESCRIPTION = 32_000
 
-SEVERITY_PRIORITY = {"critical": "High", "high": "High", "medium": "Normal", "low": "Low"}
+SEVERITY_PRIORITY = {
+    "critical": "High",
+    "high": "High",
+    "medium": "Normal",
+    "low": "Low",
+    "info": "Low",
+}
 
 #: Why a Task is closed, by the signal that opened it.
 _RESOLUTION = {
