@@ -242,3 +242,20 @@ def test_a_pushed_plan_replanned_is_empty_and_the_score_never_flaps(
             assert (field in written) == moved
         else:
             assert (field in written) == (old != new), logical
+
+
+def test_ladder_reads_the_payment_failure_signal_evidence() -> None:
+    """The evidence as the payment-failure signal writes it (DuckDB json_object text)."""
+    evidence = {
+        "invoice_id": "in_1",
+        "attempts": 3,
+        "dunning_stage": "retry_3",
+        "next_retry_at": (AS_OF + timedelta(hours=30)).strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    first_seen = AS_OF - timedelta(hours=80)
+    state = {"pf:in_1": PushedState(TASK, "pf:in_1", {}, first_seen, "open", first_seen)}
+    [change] = _tasks([_failure(**evidence)], state)
+    assert str(change.fields["Subject"]).startswith("Executive sponsor")
+    evidence["attempts"] = 1
+    [change] = _tasks([_failure(**evidence)], state)
+    assert str(change.fields["Subject"]).startswith("CSM outreach")  # 80 h since first seen

@@ -308,7 +308,7 @@ def ladder(episode: Episode, as_of: datetime, started_at: datetime, settings: Pu
     if "payment" not in episode.signal or "fail" not in episode.signal:
         return Rung(0, _label(episode.signal), today + timedelta(days=settings.task_due_days), None)
     hours = (as_of - started_at).total_seconds() / 3600
-    attempts = episode.evidence.get("attempt_count")
+    attempts = _first(episode.evidence, "attempts", "attempt_count")
     next_try = _instant(_first(episode.evidence, "next_payment_attempt", "next_retry_at"))
     final_next = isinstance(attempts, int) and attempts >= settings.dunning_attempts - 1
     retries_spent = isinstance(attempts, int) and attempts >= settings.dunning_attempts
