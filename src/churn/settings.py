@@ -154,7 +154,7 @@ class PushSettings(_Section):
     account_fields: dict[str, str] = Field(
         default_factory=lambda: {
             "payment_health": "Payment_Health__c",
-            "risk_score": "Churn_Risk_Score__c",
+            "risk_score": "Churn_Risk__c",
             "total_mrr": "Total_MRR__c",
             "next_renewal_date": "Next_Renewal_Date__c",
             "days_since_last_payment": "Days_Since_Last_Payment__c",

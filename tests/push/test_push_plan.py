@@ -91,16 +91,16 @@ def test_only_the_changed_field_is_written() -> None:
     )
     assert dict(change.fields) == {"Payment_Health__c": "Healthy"}
     assert change.state["Payment_Health__c"] == "Healthy"
-    assert change.state["Churn_Risk_Score__c"] == "60"
+    assert change.state["Churn_Risk__c"] == "60"
 
 
 def test_risk_score_moves_only_past_the_margin() -> None:
-    state = {"001A": _state("001A", {"Churn_Risk_Score__c": 60})}
-    mapping = {"risk_score": "Churn_Risk_Score__c"}
+    state = {"001A": _state("001A", {"Churn_Risk__c": 60})}
+    mapping = {"risk_score": "Churn_Risk__c"}
     within = plan_accounts([AccountInput("001A", {"risk_score": 65})], state, mapping, 5)
     past = plan_accounts([AccountInput("001A", {"risk_score": 66})], state, mapping, 5)
     assert within == []
-    assert dict(past[0].fields) == {"Churn_Risk_Score__c": 66}
+    assert dict(past[0].fields) == {"Churn_Risk__c": 66}
 
 
 def test_salesforce_edit_after_our_push_is_the_baseline() -> None:
