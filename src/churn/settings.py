@@ -18,6 +18,7 @@ Errors name the variable (or TOML key) at fault, never its value.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -29,6 +30,17 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from churn.errors import ConfigError
 
 STRIPE_DEFAULT_API_BASE = "https://api.stripe.com"
+#: The Account fields the push can own (keys of ``PushSettings.account_fields``).
+ACCOUNT_FIELD_NAMES = (
+    "payment_health",
+    "risk_score",
+    "total_mrr",
+    "next_renewal_date",
+    "days_since_last_payment",
+    "subscription_count",
+    "stripe_customer_id",
+    "top_reason",
+)
 
 
 class _Section(BaseModel):
@@ -142,6 +154,40 @@ class PushSettings(_Section):
     escalate_after_hours: int = Field(24, ge=1)
     outreach_after_hours: int = Field(72, ge=1)
     allow_test_data_in_production: bool = False
+    #: Account fields the service owns: logical name -> Salesforce field API name. Only these
+    #: are ever written; drop an entry to stop writing that field.
+    account_fields: dict[str, str] = Field(
+        default_factory=lambda: {
+            "payment_health": "Payment_Health__c",
+            "risk_score": "Churn_Risk__c",
+            "total_mrr": "Total_MRR__c",
+            "next_renewal_date": "Next_Renewal_Date__c",
+            "days_since_last_payment": "Days_Since_Last_Payment__c",
+            "subscription_count": "Subscription_Count__c",
+            "stripe_customer_id": "Stripe_Customer_Id__c",
+            "top_reason": "Churn_Top_Reason__c",
+        }
+    )
+    #: Stripe's dunning: how many attempts it makes in all (Billing > Revenue recovery).
+    dunning_attempts: int = Field(4, ge=1)
+    #: Flag an executive sponsor this many hours before Stripe's final retry.
+    sponsor_before_final_retry_hours: int = Field(48, ge=1)
+    #: Due date of a Task for a signal without an escalation ladder, in days from as_of.
+    task_due_days: int = Field(3, ge=0)
+
+    @field_validator("account_fields", mode="before")
+    @classmethod
+    def _json_from_env(cls, v: Any) -> Any:
+        # An environment variable carries the mapping as a JSON object.
+        return json.loads(v) if isinstance(v, str) else v
+
+    @field_validator("account_fields")
+    @classmethod
+    def _known_fields(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = set(v) - set(ACCOUNT_FIELD_NAMES)
+        if unknown:
+            raise ValueError(f"unknown logical field(s) {sorted(unknown)}")
+        return v
 
 
 class RunSettings(_Section):

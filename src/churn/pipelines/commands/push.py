@@ -2,13 +2,60 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 if TYPE_CHECKING:
     from churn.pipelines.commands import CliState
+    from churn.pipelines.push import PushResult
 
 
 def register(app: typer.Typer, state: CliState) -> None:
     """Add this module's commands to the churn app."""
+
+    @app.command("push")
+    def push_command(
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="Print and store the plan; write nothing.")
+        ] = False,
+    ) -> None:
+        """Push Account health fields and Tasks to Salesforce."""
+        from churn.pipelines import warehouse
+        from churn.pipelines.commands import guarded
+        from churn.pipelines.push import push
+
+        def run() -> PushResult:
+            con = warehouse.connect(state.settings.db)
+            try:
+                return push(state.settings, con, dry_run=dry_run)
+            finally:
+                con.close()
+
+        result = guarded(run)
+        _report(result)
+
+
+def _report(result: PushResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console()
+    if result.dry_run:
+        table = Table(title=f"push plan {result.run_id} (dry run: nothing written)")
+        for column in ("object", "record", "action", "fields", "last error"):
+            table.add_column(column, overflow="fold")
+        for change in result.plan.changes:
+            fields = ", ".join(f"{k}={v}" for k, v in change.fields.items())
+            table.add_row(
+                change.sobject, change.record_key, change.action, fields, change.last_error or ""
+            )
+        out.print(table)
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
+    out.print(f"push {result.run_id}: {summary}; {result.api_calls} API calls", highlight=False)
+    for rejection in result.rejected:
+        out.print(
+            f"[yellow]rejected[/] {rejection.sobject} {rejection.record_key}: "
+            f"{rejection.error_code}: {rejection.message}",
+            highlight=False,
+        )

@@ -1,0 +1,361 @@
+"""Send a push plan to Salesforce: sObject Collections or Bulk API 2.0, per-batch state.
+
+Each batch is one call (a collection of up to 200 records, or one Bulk API 2.0 job); its
+per-record results go to ``push_log`` and the accepted records to ``push_state`` in one
+DuckDB transaction after the call returns. A kill between the call and the commit leaves
+the old state, so the next run plans the same changes again and resends them: Accounts are
+updated by Id and Tasks upserted by their external id, so the resend neither duplicates a
+Task nor loses an update. A rejected record stays out of ``push_state``, so it is planned
+and retried next run, with its error kept in ``push_log``.
+
+Before every call the org's remaining daily API calls (``Sforce-Limit-Info``, read and
+write share it) are checked against ``salesforce.api_reserve``; when the next call would
+cross it the run stops with :class:`ApiBudgetExhaustedError`, what was sent is kept, and
+the next run resumes with the rest.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+import polars as pl
+import requests
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import SalesforceError
+
+from churn.errors import ApiBudgetExhaustedError, PushError
+from churn.pipelines.push_plan import ACCOUNT, Change, canon
+from churn.pipelines.warehouse import transaction, utcnow
+from churn.settings import Settings
+
+_LIMIT_INFO = re.compile(r"api-usage=(\d+)/(\d+)")
+#: Bulk API 2.0 CSV: an empty cell leaves a field alone; this sets it to null.
+_BULK_NULL = "#N/A"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    sobject: str
+    record_key: str
+    error_code: str
+    message: str
+
+
+@dataclass
+class ApplyOutcome:
+    counts: dict[str, int] = field(default_factory=dict)
+    rejected: list[Rejection] = field(default_factory=list)
+
+    def add(self, key: str, n: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+
+
+class CallMeter:
+    """Counts every HTTP call the client makes and keeps the latest API usage reading.
+
+    Hooked into the client's ``requests.Session`` so Bulk API 2.0's polling counts too.
+    """
+
+    def __init__(self, reserve: int) -> None:
+        self.reserve = reserve
+        self.calls = 0
+        self.used: int | None = None
+        self.total: int | None = None
+
+    def hook(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self.calls += 1
+        match = _LIMIT_INFO.search(response.headers.get("Sforce-Limit-Info", ""))
+        if match:
+            self.used, self.total = int(match[1]), int(match[2])
+
+    @property
+    def remaining(self) -> int | None:
+        if self.used is None or self.total is None:
+            return None
+        return self.total - self.used
+
+    def check(self, needed: int, what: str) -> None:
+        """Raise before a call that would take the org below its reserve."""
+        remaining = self.remaining
+        if remaining is not None and remaining - needed < self.reserve:
+            raise ApiBudgetExhaustedError(
+                f"Salesforce daily API budget: {remaining} calls left, reserve "
+                f"{self.reserve} (salesforce.api_reserve); stopped before {what}. "
+                "What was sent is kept; the next run resumes."
+            )
+
+
+def attach_meter(sf: Salesforce, reserve: int) -> tuple[CallMeter, Callable[[], None]]:
+    """Hook a :class:`CallMeter` into the client's session; returns it and its remover."""
+    meter = CallMeter(reserve)
+    hooks = sf.session.hooks.setdefault("response", [])
+    hooks.append(meter.hook)
+    return meter, lambda: hooks.remove(meter.hook)
+
+
+def json_body(payload: Any) -> str:
+    """JSON with Decimals written exactly (money never goes through a float)."""
+    marks: dict[str, str] = {}
+
+    def default(value: Any) -> Any:
+        if isinstance(value, Decimal):
+            mark = f"\u0000dec{len(marks)}\u0000"
+            marks[mark] = format(value, "f")
+            return mark
+        raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+    text = json.dumps(payload, default=default, separators=(",", ":"))
+    for mark, number in marks.items():
+        text = text.replace(json.dumps(mark), number)
+    return text
+
+
+def apply_plan(
+    sf: Salesforce,
+    con: duckdb.DuckDBPyConnection,
+    changes: Sequence[Change],
+    settings: Settings,
+    run_id: str,
+    meter: CallMeter,
+) -> ApplyOutcome:
+    """Send the changes, grouped by object, a batch at a time; record every result."""
+    outcome = ApplyOutcome()
+    groups: dict[tuple[str, str], list[Change]] = {}
+    for change in changes:
+        groups.setdefault((change.sobject, change.key_field), []).append(change)
+    # Accounts first: a Task's WhatId should never point at an Account we failed to reach.
+    for (sobject, key_field), group in sorted(groups.items(), key=lambda g: g[0][0] != ACCOUNT):
+        if len(group) > settings.push.bulk_threshold:
+            _send_bulk(sf, con, sobject, key_field, group, settings, run_id, meter, outcome)
+        else:
+            size = settings.push.collection_size
+            for start in range(0, len(group), size):
+                batch = group[start : start + size]
+                _send_collection(sf, con, sobject, key_field, batch, run_id, meter, outcome)
+    return outcome
+
+
+def _send_collection(
+    sf: Salesforce,
+    con: duckdb.DuckDBPyConnection,
+    sobject: str,
+    key_field: str,
+    batch: Sequence[Change],
+    run_id: str,
+    meter: CallMeter,
+    outcome: ApplyOutcome,
+) -> None:
+    records = [{"attributes": {"type": sobject}, **c.fields} for c in batch]
+    if key_field == "Id":
+        for record, change in zip(records, batch, strict=True):
+            record["Id"] = change.record_key
+        path = "composite/sobjects"
+    else:
+        path = f"composite/sobjects/{sobject}/{key_field}"
+    meter.check(1, f"PATCH {path} ({len(batch)} {sobject} records)")
+    try:
+        answer = sf.restful(
+            path, method="PATCH", data=json_body({"allOrNone": False, "records": records})
+        )
+    except SalesforceError as exc:
+        raise call_error(exc, f"PATCH {path}") from exc
+    except requests.RequestException as exc:
+        raise PushError(f"PATCH {path}: no answer from Salesforce ({type(exc).__name__})") from exc
+    results = answer if isinstance(answer, list) else []
+    if len(results) != len(batch):
+        raise PushError(f"PATCH {path}: {len(results)} results for {len(batch)} records")
+    rows = []
+    for change, result in zip(batch, results, strict=True):
+        errors = result.get("errors") or []
+        first = errors[0] if errors else {}
+        rows.append(
+            _Result(
+                change,
+                bool(result.get("success")),
+                result.get("id"),
+                first.get("statusCode"),
+                first.get("message"),
+            )
+        )
+    _record(con, rows, "collections", run_id, outcome)
+
+
+def _send_bulk(
+    sf: Salesforce,
+    con: duckdb.DuckDBPyConnection,
+    sobject: str,
+    key_field: str,
+    group: Sequence[Change],
+    settings: Settings,
+    run_id: str,
+    meter: CallMeter,
+    outcome: ApplyOutcome,
+) -> None:
+    """One Bulk API 2.0 ingest job for the group (update by Id, or upsert by external id)."""
+    # A job takes about six calls plus polling; keep room for them.
+    meter.check(10, f"a Bulk API 2.0 {sobject} job ({len(group)} records)")
+    records = []
+    for change in group:
+        row = {k: _bulk_cell(v) for k, v in change.fields.items()}
+        if key_field == "Id":
+            row["Id"] = change.record_key
+        records.append(row)
+    handler = getattr(sf.bulk2, sobject)
+    try:
+        if key_field == "Id":
+            jobs = handler.update(records=records, wait=1)
+        else:
+            jobs = handler.upsert(records=records, external_id_field=key_field, wait=1)
+    except SalesforceError as exc:
+        raise call_error(exc, f"Bulk API 2.0 {sobject} job") from exc
+    except Exception as exc:  # simple-salesforce raises plain errors for failed jobs
+        raise PushError(f"Bulk API 2.0 {sobject} job failed: {exc}") from exc
+    by_key = {c.record_key: c for c in group}
+    rows: list[_Result] = []
+    for job in jobs:
+        job_id = job["job_id"]
+        for line in _csv_rows(handler.get_successful_records(job_id)):
+            done = _take(by_key, line.get(key_field, ""))
+            if done is not None:
+                rows.append(_Result(done, True, line.get("sf__Id") or None, None, None))
+        for line in _csv_rows(handler.get_failed_records(job_id)):
+            failed = _take(by_key, line.get(key_field, ""))
+            if failed is not None:
+                code, message = _bulk_error(line.get("sf__Error") or "")
+                rows.append(_Result(failed, False, None, code, message))
+    for change in by_key.values():  # unprocessed: retried next run
+        rows.append(_Result(change, False, None, "UNPROCESSED", "not processed by the job"))
+    _record(con, rows, "bulk2", run_id, outcome)
+
+
+_BULK_ERROR = re.compile(r"^(\w+):(.*?)(?::[^:]*--)?$", re.DOTALL)
+
+
+def _bulk_error(text: str) -> tuple[str, str]:
+    """``CODE:message:fields --`` (Bulk API 2.0's sf__Error) to code and message."""
+    match = _BULK_ERROR.match(text.strip())
+    if not match:
+        return "UNKNOWN", text
+    return match[1], match[2].strip() or match[1]
+
+
+def _take(pending: dict[str, Change], key: str) -> Change | None:
+    return pending.pop(key) if key in pending else None
+
+
+def _bulk_cell(value: Any) -> str:
+    if value is None:
+        return _BULK_NULL
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return canon(value) or ""
+
+
+def _csv_rows(text: str | None) -> Iterator[dict[str, str]]:
+    if text:
+        yield from csv.DictReader(io.StringIO(text))
+
+
+def call_error(exc: SalesforceError, what: str) -> Exception:
+    raw: Any = exc.content
+    content: list[Any] = raw if isinstance(raw, list) else [raw]
+    codes = [c.get("errorCode") for c in content if isinstance(c, dict)]
+    if "REQUEST_LIMIT_EXCEEDED" in codes:
+        return ApiBudgetExhaustedError(
+            f"{what}: Salesforce answered REQUEST_LIMIT_EXCEEDED; the next run resumes"
+        )
+    messages = "; ".join(
+        f"{c.get('errorCode')}: {c.get('message')}" for c in content if isinstance(c, dict)
+    )
+    return PushError(f"{what} failed with HTTP {exc.status}: {messages or raw!r}")
+
+
+@dataclass(frozen=True)
+class _Result:
+    change: Change
+    success: bool
+    sf_id: str | None
+    error_code: str | None
+    message: str | None
+
+
+def _record(
+    con: duckdb.DuckDBPyConnection,
+    results: Sequence[_Result],
+    transport: str,
+    run_id: str,
+    outcome: ApplyOutcome,
+) -> None:
+    """One batch's results: push_log for all, push_state for the accepted, one transaction."""
+    now = utcnow()
+    log = pl.DataFrame(
+        {
+            "run_id": [run_id] * len(results),
+            "idempotency_key": [r.change.idempotency_key for r in results],
+            "sobject": [r.change.sobject for r in results],
+            "record_key": [r.change.record_key for r in results],
+            "action": [r.change.action for r in results],
+            "transport": [transport] * len(results),
+            "success": [r.success for r in results],
+            "sf_id": [r.sf_id for r in results],
+            "error_code": [r.error_code for r in results],
+            "error_message": [r.message for r in results],
+            "fields": [json_body(dict(r.change.fields)) for r in results],
+            "logged_at": [now] * len(results),
+        },
+        schema_overrides={"sf_id": pl.Utf8, "error_code": pl.Utf8, "error_message": pl.Utf8},
+    )
+    accepted = [r for r in results if r.success]
+    state = pl.DataFrame(
+        {
+            "sobject": [r.change.sobject for r in accepted],
+            "record_key": [r.change.record_key for r in accepted],
+            "sf_id": [r.sf_id for r in accepted],
+            "fields": [json.dumps(dict(r.change.state), sort_keys=True) for r in accepted],
+            "status": [r.change.status for r in accepted],
+            "first_seen_at": [r.change.first_seen_at for r in accepted],
+            "pushed_at": [now] * len(accepted),
+            "idempotency_key": [r.change.idempotency_key for r in accepted],
+        },
+        schema_overrides={
+            "sf_id": pl.Utf8,
+            "status": pl.Utf8,
+            "first_seen_at": pl.Datetime("us"),
+            "pushed_at": pl.Datetime("us"),
+        },
+    )
+    with transaction(con):
+        con.register("_push_log_batch", log)
+        con.execute("INSERT INTO push_log BY NAME SELECT * FROM _push_log_batch")
+        con.register("_push_state_batch", state)
+        con.execute(
+            "INSERT OR REPLACE INTO push_state BY NAME "
+            "SELECT * REPLACE (coalesce(sf_id, (SELECT p.sf_id FROM push_state p "
+            "WHERE p.sobject = b.sobject AND p.record_key = b.record_key)) AS sf_id) "
+            "FROM _push_state_batch b"
+        )
+        con.unregister("_push_log_batch")
+        con.unregister("_push_state_batch")
+    outcome.add("sent", len(results))
+    outcome.add("accepted", len(accepted))
+    for r in results:
+        if r.success:
+            outcome.add(r.change.action)
+        else:
+            outcome.add("rejected")
+            outcome.rejected.append(
+                Rejection(
+                    r.change.sobject,
+                    r.change.record_key,
+                    r.error_code or "UNKNOWN",
+                    r.message or "",
+                )
+            )

@@ -1,0 +1,508 @@
+"""The push plan, pure: what Salesforce should hold, against what it was last told.
+
+Inputs are plain values gathered by :mod:`churn.pipelines.push` (the marts, the push state,
+the extracted Accounts and Users); the output is a list of :class:`Change`, each with an
+idempotency key that depends only on what it writes, so the same change planned twice
+(a rerun after a kill) has the same key. No clock, no network, no warehouse here.
+
+Rules:
+- only the fields in ``PushSettings.account_fields`` are ever written, and a field only
+  when its value differs from what Salesforce holds: our last push, unless the Account was
+  modified after it (then the value the extract saw);
+- the churn risk score moves only when it differs by more than ``risk_score_margin``;
+- one Task per signal episode, upserted by ``episode_key`` in the Task external-id field,
+  climbing the escalation ladder as the episode ages; a Task whose episode is gone from
+  the latest scores is closed with a comment saying why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from churn.settings import PushSettings
+
+ACCOUNT = "Account"
+TASK = "Task"
+
+#: Decimal places of currencies that do not have two (ISO 4217); every other has two.
+_EXPONENTS = {
+    **dict.fromkeys(
+        [
+            "bif",
+            "clp",
+            "djf",
+            "gnf",
+            "isk",
+            "jpy",
+            "kmf",
+            "krw",
+            "mga",
+            "pyg",
+            "rwf",
+            "ugx",
+            "vnd",
+            "vuv",
+            "xaf",
+            "xof",
+            "xpf",
+        ],
+        0,
+    ),
+    **dict.fromkeys(["bhd", "jod", "kwd", "omr", "tnd", "iqd", "lyd"], 3),
+}
+
+_MAX_TEXT = 255
+_MAX_DESCRIPTION = 32_000
+
+SEVERITY_PRIORITY = {
+    "critical": "High",
+    "high": "High",
+    "medium": "Normal",
+    "low": "Low",
+    "info": "Low",
+}
+
+#: Why a Task is closed, by the signal that opened it.
+_RESOLUTION = {
+    "payment_failure": "the invoice was paid, voided or written off",
+    "cancel_at_period_end": "the scheduled cancellation was withdrawn",
+    "card_expiry": "a usable payment method is now on file",
+    "downgrade": "the downgrade is out of the scoring window",
+    "seat_utilization": "seat utilization recovered",
+}
+
+
+def minor_to_decimal(amount: int, currency: str) -> Decimal:
+    """Minor units to a decimal amount, with the currency's own exponent (JPY 0, KWD 3)."""
+    return Decimal(amount).scaleb(-_EXPONENTS.get(currency.lower(), 2))
+
+
+@dataclass(frozen=True)
+class AccountInput:
+    """One Account's desired values (logical name -> value) and what the extract saw."""
+
+    account_id: str
+    values: Mapping[str, Any]
+    sf_values: Mapping[str, Any] | None = None  # Salesforce field name -> value, as extracted
+    sf_modstamp: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PushedState:
+    """What the service last told Salesforce about one record (a ``push_state`` row)."""
+
+    sobject: str
+    record_key: str
+    fields: Mapping[str, Any]
+    pushed_at: datetime
+    status: str | None = None
+    first_seen_at: datetime | None = None
+    sf_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One open signal episode (a ``signal_events`` row of the latest scoring)."""
+
+    episode_key: str
+    account_id: str
+    signal: str
+    severity: str | None
+    reason: str
+    score: float | None = None
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Owner:
+    owner_id: str | None
+    active: bool | None  # None: the owner's User was not extracted
+
+
+@dataclass(frozen=True)
+class Change:
+    """One record to write. ``fields`` is exactly what is sent; ``state`` is what
+    ``push_state`` holds for the record once Salesforce accepts it."""
+
+    sobject: str
+    record_key: str
+    key_field: str  # Id for Accounts, the external-id field for Tasks
+    action: str  # update_account | create_task | update_task | close_task
+    fields: Mapping[str, Any]
+    state: Mapping[str, Any]
+    status: str | None
+    idempotency_key: str
+    last_error: str | None = None
+    first_seen_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    as_of: datetime | None
+    changes: tuple[Change, ...]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for change in self.changes:
+            out[change.action] = out.get(change.action, 0) + 1
+        return out
+
+
+def canon(value: Any) -> str | None:
+    """The comparable text of a field value, equal for equal values whatever their type.
+
+    Salesforce returns numbers as JSON numbers (``42.0``), the marts hold ints and Decimals.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        value = Decimal(repr(value))
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Decimal):
+        text = format(value.normalize(), "f")
+        return "0" if text in ("-0", "0") else text
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def idempotency_key(sobject: str, record_key: str, action: str, fields: Mapping[str, Any]) -> str:
+    body = json.dumps(
+        [sobject, record_key, action, {k: canon(v) for k, v in sorted(fields.items())}],
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(body.encode()).hexdigest()[:32]
+
+
+def _sf_value(logical: str, value: Any) -> Any:
+    """A desired value in the form sent to Salesforce."""
+    if value is None:
+        return None
+    if logical == "top_reason" and isinstance(value, str):
+        return value[:_MAX_TEXT]
+    if isinstance(value, datetime):
+        return value.date().isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def _within(desired: Any, held: str | None, margin: int) -> bool:
+    """Whether a score is within ``margin`` of the held one (never, when either is unknown)."""
+    if desired is None or held is None:
+        return False
+    try:
+        return abs(Decimal(str(desired)) - Decimal(held)) <= margin
+    except InvalidOperation:
+        return False
+
+
+def plan_accounts(
+    accounts: Iterable[AccountInput],
+    state: Mapping[str, PushedState],
+    mapping: Mapping[str, str],
+    risk_score_margin: int,
+    last_errors: Mapping[str, str] | None = None,
+) -> list[Change]:
+    """Account field updates: only owned fields, only changed values, the score with a margin."""
+    last_errors = last_errors or {}
+    changes = []
+    for account in accounts:
+        pushed = state.get(account.account_id)
+        use_sf = account.sf_values is not None and (
+            pushed is None
+            or (account.sf_modstamp is not None and account.sf_modstamp > pushed.pushed_at)
+        )
+        send: dict[str, Any] = {}
+        for logical, sf_field in mapping.items():
+            if logical not in account.values:
+                continue
+            desired = _sf_value(logical, account.values[logical])
+            if use_sf and account.sf_values is not None and sf_field in account.sf_values:
+                held = canon(account.sf_values[sf_field])
+            elif pushed is not None:
+                held = pushed.fields.get(sf_field)
+            else:
+                held = None
+            if logical == "risk_score" and _within(desired, held, risk_score_margin):
+                continue
+            if canon(desired) != held:
+                send[sf_field] = desired
+        if not send:
+            continue
+        new_state = dict(pushed.fields) if pushed else {}
+        new_state.update({k: canon(v) for k, v in send.items()})
+        changes.append(
+            Change(
+                sobject=ACCOUNT,
+                record_key=account.account_id,
+                key_field="Id",
+                action="update_account",
+                fields=send,
+                state=new_state,
+                status=None,
+                idempotency_key=idempotency_key(
+                    ACCOUNT, account.account_id, "update_account", send
+                ),
+                last_error=last_errors.get(account.account_id),
+            )
+        )
+    return changes
+
+
+def _instant(value: Any) -> datetime | None:
+    """A naive-UTC datetime from evidence (ISO text or Unix seconds), None when absent."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC).replace(tzinfo=None)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
+    return None
+
+
+def _first(evidence: Mapping[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if evidence.get(key) is not None:
+            return evidence[key]
+    return None
+
+
+@dataclass(frozen=True)
+class Rung:
+    """A rung of the escalation ladder: its label, priority override and due date."""
+
+    stage: int
+    label: str
+    due: date
+    priority: str | None
+
+
+def ladder(episode: Episode, as_of: datetime, started_at: datetime, settings: PushSettings) -> Rung:
+    """Where an episode stands on the escalation ladder at ``as_of``.
+
+    The ladder follows Stripe's dunning: a payment failure gets a Task at once; after
+    ``escalate_after_hours`` without recovery it escalates; after ``outreach_after_hours``
+    a CSM reaches out; when the next retry is Stripe's last and comes within
+    ``sponsor_before_final_retry_hours``, an executive sponsor is flagged. Other signals
+    sit on the first rung, due ``task_due_days`` after as_of.
+    """
+    today = as_of.date()
+    if "payment" not in episode.signal or "fail" not in episode.signal:
+        return Rung(0, _label(episode.signal), today + timedelta(days=settings.task_due_days), None)
+    hours = (as_of - started_at).total_seconds() / 3600
+    attempts = _first(episode.evidence, "attempts", "attempt_count")
+    next_try = _instant(_first(episode.evidence, "next_payment_attempt", "next_retry_at"))
+    final_next = isinstance(attempts, int) and attempts >= settings.dunning_attempts - 1
+    retries_spent = isinstance(attempts, int) and attempts >= settings.dunning_attempts
+    if retries_spent or (
+        final_next
+        and next_try is not None
+        and (next_try - as_of).total_seconds() / 3600 <= settings.sponsor_before_final_retry_hours
+    ):
+        return Rung(3, "Executive sponsor: final payment retry", today, "High")
+    if hours >= settings.outreach_after_hours:
+        due = max(next_try.date(), today) if next_try else today + timedelta(days=1)
+        return Rung(2, "CSM outreach: payment still failing", due, "High")
+    if hours >= settings.escalate_after_hours:
+        due = (started_at + timedelta(hours=settings.outreach_after_hours)).date()
+        return Rung(1, "Escalation: payment still failing", max(due, today), "High")
+    due = (started_at + timedelta(hours=settings.escalate_after_hours)).date()
+    return Rung(0, "Payment failed", max(due, today), None)
+
+
+def _label(signal: str) -> str:
+    return signal.replace("_", " ").capitalize()
+
+
+def _resolution(signal: str) -> str:
+    for name, why in _RESOLUTION.items():
+        if name in signal:
+            return why
+    return "the signal no longer holds"
+
+
+def plan_tasks(
+    episodes: Sequence[Episode],
+    owners: Mapping[str, Owner],
+    state: Mapping[str, PushedState],
+    settings: PushSettings,
+    external_id_field: str,
+    as_of: datetime,
+    last_errors: Mapping[str, str] | None = None,
+) -> list[Change]:
+    """Task upserts for open episodes and closes for resolved ones.
+
+    ``owners`` holds the Accounts Salesforce has (Account Id -> owner); an episode of an
+    account not there (an unlinked Stripe customer) has nowhere to go and is skipped.
+    """
+    last_errors = last_errors or {}
+    changes: list[Change] = []
+    open_keys = set()
+    for episode in episodes:
+        owner = owners.get(episode.account_id)
+        if owner is None:
+            continue
+        open_keys.add(episode.episode_key)
+        pushed = state.get(episode.episode_key)
+        started = (
+            _instant(
+                _first(episode.evidence, "first_failed_at", "failed_at", "started_at", "since")
+            )
+            or (pushed.first_seen_at if pushed else None)
+            or as_of
+        )
+        rung = ladder(episode, as_of, started, settings)
+        priority = rung.priority or SEVERITY_PRIORITY.get(
+            (episode.severity or "").lower(), "Normal"
+        )
+        owner_id = owner.owner_id if owner.active is not False else settings.fallback_owner_id
+        desired: dict[str, Any] = {
+            external_id_field: episode.episode_key,
+            "WhatId": episode.account_id,
+            "Subject": f"{rung.label}: {episode.reason}"[:_MAX_TEXT],
+            "Description": _description(episode)[:_MAX_DESCRIPTION],
+            "Priority": priority,
+            "ActivityDate": rung.due.isoformat(),
+        }
+        if owner_id:
+            desired["OwnerId"] = owner_id
+        if pushed is None or pushed.status == "closed":
+            action = "create_task" if pushed is None else "update_task"
+            send = {**desired, "Status": "Not Started"}
+        else:
+            action = "update_task"
+            send = {k: v for k, v in desired.items() if canon(v) != pushed.fields.get(k)}
+            if not send:
+                continue
+            send[external_id_field] = episode.episode_key
+        new_state = dict(pushed.fields) if pushed else {}
+        new_state.update({k: canon(v) for k, v in send.items()})
+        new_state["_signal"] = episode.signal  # says why, when the Task is closed
+        changes.append(
+            _task_change(
+                episode.episode_key,
+                external_id_field,
+                action,
+                send,
+                new_state,
+                "open",
+                last_errors,
+                pushed.first_seen_at if pushed and pushed.first_seen_at else as_of,
+            )
+        )
+    for key, pushed in sorted(state.items()):
+        if pushed.sobject != TASK or pushed.status != "open" or key in open_keys:
+            continue
+        signal = str(pushed.fields.get("_signal") or "")
+        why = _resolution(signal)
+        description = (pushed.fields.get("Description") or "") + (
+            f"\n\nClosed by the churn service on {as_of.date().isoformat()}: {why}."
+        )
+        send = {
+            external_id_field: key,
+            "Status": "Completed",
+            "Description": description[:_MAX_DESCRIPTION],
+        }
+        new_state = {**pushed.fields, **{k: canon(v) for k, v in send.items()}}
+        changes.append(
+            _task_change(
+                key,
+                external_id_field,
+                "close_task",
+                send,
+                new_state,
+                "closed",
+                last_errors,
+                pushed.first_seen_at,
+            )
+        )
+    return changes
+
+
+def _task_change(
+    key: str,
+    external_id_field: str,
+    action: str,
+    send: dict[str, Any],
+    new_state: dict[str, Any],
+    status: str,
+    last_errors: Mapping[str, str],
+    first_seen_at: datetime | None,
+) -> Change:
+    return Change(
+        sobject=TASK,
+        record_key=key,
+        key_field=external_id_field,
+        action=action,
+        fields=send,
+        state=new_state,
+        status=status,
+        idempotency_key=idempotency_key(TASK, key, action, send),
+        last_error=last_errors.get(key),
+        first_seen_at=first_seen_at,
+    )
+
+
+def _description(episode: Episode) -> str:
+    severity = f", severity {episode.severity}" if episode.severity else ""
+    return (
+        f"{episode.reason}\n\nSignal: {episode.signal}{severity}. Episode: {episode.episode_key}."
+    )
+
+
+def make_plan(
+    *,
+    accounts: Iterable[AccountInput],
+    episodes: Sequence[Episode],
+    owners: Mapping[str, Owner],
+    state: Iterable[PushedState],
+    settings: PushSettings,
+    task_external_id_field: str,
+    as_of: datetime | None,
+    last_errors: Mapping[tuple[str, str], str] | None = None,
+) -> Plan:
+    """The whole plan: Account updates first, then Task upserts and closes."""
+    last_errors = last_errors or {}
+    by_kind: dict[str, dict[str, PushedState]] = {ACCOUNT: {}, TASK: {}}
+    for row in state:
+        by_kind.setdefault(row.sobject, {})[row.record_key] = row
+    errors_of = {
+        kind: {key: msg for (sobject, key), msg in last_errors.items() if sobject == kind}
+        for kind in (ACCOUNT, TASK)
+    }
+    changes = plan_accounts(
+        accounts,
+        by_kind[ACCOUNT],
+        settings.account_fields,
+        settings.risk_score_margin,
+        errors_of[ACCOUNT],
+    )
+    if as_of is not None:
+        changes += plan_tasks(
+            episodes,
+            owners,
+            by_kind[TASK],
+            settings,
+            task_external_id_field,
+            as_of,
+            errors_of[TASK],
+        )
+    return Plan(as_of=as_of, changes=tuple(changes))
