@@ -141,6 +141,21 @@ class SignalSettings(_Section):
     count_temporary_discounts: bool = False
     reporting_currency: str = "USD"
     churn_horizon_days: int = Field(90, ge=1)
+    #: A downgrade counts when MRR (or seats) fall by at least this share over the window.
+    downgrade_min_drop: float = Field(0.05, ge=0, le=1)
+    #: The seat-expansion signal needs at least this many usage days in the window.
+    seat_min_days: int = Field(7, ge=1)
+    #: Risk-score weight of each risk signal (0..1); expansion and known churn are apart.
+    risk_weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "payment_failure": 0.9,
+            "downgrade": 0.6,
+            "card_expiry": 0.5,
+            "seat_utilization": 0.5,
+        }
+    )
+    #: First month of ``mrr_movements`` (earlier history is summed into that month's start).
+    movements_months: int = Field(24, ge=1, le=240)
 
 
 class PushSettings(_Section):
