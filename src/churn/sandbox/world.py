@@ -756,7 +756,7 @@ def write_world(world: World, out: Path, *, seed: int | None = None) -> None:
     (out / "usage").mkdir(exist_ok=True)
     with (out / "usage" / "usage.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["customer_id", "date", "active_seats", "licensed_seats"])
+        w.writerow(["customer_id", "day", "active_seats", "licensed_seats"])
         w.writerows(world.usage)
     with (out / "truth.csv").open("w", newline="") as fh:
         dw = csv.DictWriter(fh, fieldnames=list(world.truth[0]) if world.truth else ["x"])

@@ -1,14 +1,93 @@
-"""`churn sandbox`."""
+"""`churn sandbox`: generate a world, serve it on loopback, run the demo."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Console
+
+from churn.pipelines.commands import guarded
 
 if TYPE_CHECKING:
     from churn.pipelines.commands import CliState
 
+out = Console()
+
 
 def register(app: typer.Typer, state: CliState) -> None:
     """Add this module's commands to the churn app."""
+    sandbox = typer.Typer(help="The synthetic world and its loopback Stripe and Salesforce.")
+    app.add_typer(sandbox, name="sandbox")
+
+    @sandbox.command("generate")
+    def generate(
+        out_dir: Annotated[Path, typer.Option("--out", help="World folder to write.")],
+        accounts: Annotated[int, typer.Option("--accounts")] = 2_000,
+        seed: Annotated[int, typer.Option("--seed")] = 42,
+    ) -> None:
+        """Write a seeded world folder (docs/world-format.md)."""
+        from churn.sandbox.world import generate_world, write_world
+
+        started = time.perf_counter()
+        world = generate_world(accounts, seed)
+        write_world(world, out_dir, seed=seed)
+        out.print(
+            f"{accounts} accounts, {len(world.events)} events -> {out_dir} "
+            f"in {time.perf_counter() - started:.1f}s"
+        )
+
+    @sandbox.command("serve")
+    def serve(
+        world: Annotated[Path, typer.Argument(help="A world folder.")],
+        stripe_port: Annotated[int, typer.Option("--stripe-port")] = 0,
+        salesforce_port: Annotated[int, typer.Option("--salesforce-port")] = 0,
+    ) -> None:
+        """Serve a world on 127.0.0.1 until Ctrl-C; prints the env vars to point churn at it."""
+        from churn.sandbox.demo import serve_world
+
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        with guarded(lambda: serve_world(world, stripe_port=stripe_port,
+                                         sf_port=salesforce_port)) as box:  # fmt: skip
+            for k, v in box.env().items():
+                print(f"export {k}={v}", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                stop.wait()
+
+    @sandbox.command("demo")
+    def demo(
+        check: Annotated[bool, typer.Option("--check", help="Assert the result (CI).")] = False,
+        accounts: Annotated[int, typer.Option("--accounts")] = 2_000,
+        seed: Annotated[int, typer.Option("--seed")] = 42,
+        data: Annotated[Path, typer.Option("--data", help="Cache and demo warehouse.")] = Path(
+            "data"
+        ),
+    ) -> None:
+        """Generate (cached) the default world, serve it, `churn run` twice, summarise."""
+        from churn.pipelines import summary, warehouse
+        from churn.sandbox.demo import run_demo
+
+        started = time.perf_counter()
+        with out.status("sandbox demo: generating / serving / running"):
+            _box, report = guarded(lambda: run_demo(data, accounts=accounts, seed=seed))
+        con = warehouse.connect(data / "demo.duckdb", read_only=True)
+        try:
+            out.print(summary.render(report.runs[0], con))
+        finally:
+            con.close()
+        out.print(f"second run: {report.runs[1].status}, "
+                  f"push {next((s.counts for s in report.runs[1].steps if s.name == 'push'), {})}")  # fmt: skip
+        for name, passed, detail in report.checks:
+            mark = "[green]ok[/]" if passed else "[red]FAIL[/]"
+            out.print(f"{mark} {name}: {detail}")
+        for k, v in report.figures.items():
+            out.print(f"{k}: {v}")
+        out.print(f"demo took {time.perf_counter() - started:.1f}s")
+        if check and not report.ok:
+            raise typer.Exit(1)
