@@ -35,7 +35,7 @@ format: venv
 
 ## make demo: generate the sandbox world, serve it on loopback, run `churn run` end to end
 demo: venv
-	$(BIN)/churn sandbox demo
+	$(BIN)/churn sandbox demo $(DEMO_ARGS)
 
 ## make bench: the benchmark suite; figures printed and written to benchmarks/results.json
 bench: venv
