@@ -46,3 +46,20 @@ def register_salesforce(app: typer.Typer, state: CliState) -> None:
             typer.echo(f"salesforce: {counts}; api calls {result.api_calls}")
 
         guarded(go)
+
+    @group.command("usage")
+    def extract_usage_cmd() -> None:
+        """Load active seats per account per day from the usage feed."""
+        from churn.pipelines.commands import guarded
+        from churn.pipelines.usage import load_usage
+        from churn.pipelines.warehouse import connect
+
+        def go() -> None:
+            con = connect(state.settings.db)
+            try:
+                result = load_usage(state.settings, con)
+            finally:
+                con.close()
+            typer.echo("usage: " + ", ".join(f"{k}={v}" for k, v in result.counts.items()))
+
+        guarded(go)
