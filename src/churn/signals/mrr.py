@@ -10,7 +10,8 @@ subscription discount):
   week x 52 / (12 x count); day x 365 / (12 x count);
 - zero for trials (status ``trialing``), metered prices and one-time prices; tax is never in
   a price so it is never in MRR;
-- counted while the subscription is ``active`` or ``past_due``, and after a cancellation
+- counted while the subscription is ``active`` or ``past_due`` (``trialing`` appears with
+  zero MRR, so its seats are known), and after a cancellation
   until the end of the period already paid for (churn is recognised at period end);
 - discounts: ``forever`` lowers MRR; ``once`` and ``repeating`` only with
   ``count_temporary_discounts`` and while they run; percent first, then amount off
@@ -30,7 +31,7 @@ from churn.settings import SignalSettings
 from churn.signals.money import sql_convert, sql_round_div
 from churn.signals.tables import Tables
 
-LIVE_STATUSES = ("active", "past_due")
+LIVE_STATUSES = ("active", "past_due", "trialing")
 
 ACCOUNT_KEY = "COALESCE(l.account_id, {cust})"
 

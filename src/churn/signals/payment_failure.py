@@ -50,17 +50,23 @@ WITH inv AS (
     -- timestamp still resolves the episode
     AND status NOT IN ('draft')
 ),
-fails AS (
-  SELECT i.invoice_id, count(*) AS failed_attempts,
-         arg_max(COALESCE(ch.decline_code, ch.failure_code), ch.created_at) AS decline_code,
-         max(ch.created_at) AS last_failed_at
+linked AS (
+  SELECT i.invoice_id, ch.* EXCLUDE (invoice_id)
   FROM inv i JOIN core_charges ch
     ON (ch.invoice_id = i.invoice_id OR (ch.payment_intent_id IS NOT NULL
                                           AND ch.payment_intent_id = i.payment_intent_id))
-  WHERE ch.status = 'failed' AND ch.created_at <= $as_of
-  GROUP BY i.invoice_id
+),
+fails AS (
+  SELECT invoice_id, count(*) FILTER (WHERE status = 'failed' AND created_at <= $as_of)
+           AS failed_attempts,
+         arg_max(COALESCE(decline_code, failure_code), created_at)
+           FILTER (WHERE status = 'failed' AND created_at <= $as_of) AS decline_code,
+         max(created_at) FILTER (WHERE status = 'failed' AND created_at <= $as_of)
+           AS last_failed_at
+  FROM linked GROUP BY invoice_id
 ),
 open_failed AS (
+  -- without any charge data for the invoice, fall back to today's attempt_count
   SELECT i.*, COALESCE(f.failed_attempts, i.attempt_count) AS attempts, f.decline_code,
          f.last_failed_at
   FROM inv i LEFT JOIN fails f USING (invoice_id)
