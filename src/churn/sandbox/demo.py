@@ -169,9 +169,11 @@ def check_demo(
             checks.append((f"salesforce {sobject} landed", n > 0, str(n)))
         n_usage = count("core_usage")
         checks.append(("usage landed", n_usage > 0, str(n_usage)))
+        # Accounts with a live subscription get a health row; fully churned ones need none.
         expected = con.execute(
-            "SELECT count(DISTINCT coalesce(l.account_id, c.customer_id)) FROM core_customers c"
-            " LEFT JOIN core_account_links l USING (customer_id)"
+            "SELECT count(DISTINCT coalesce(l.account_id, s.customer_id))"
+            " FROM core_subscriptions s LEFT JOIN core_account_links l USING (customer_id)"
+            " WHERE s.status <> 'canceled'"
         ).fetchone()
         scored = count(
             "(SELECT DISTINCT account_id FROM account_health"
@@ -191,32 +193,71 @@ def check_demo(
         checks.append(("second run pushes nothing new",
                        push2 is not None and push2.status == "success" and written == 0,
                        json.dumps(push2.counts if push2 else None)))  # fmt: skip
-        figures.update(separation(con, sandbox))
     finally:
         con.close()
+    figures.update(backtest_separation(settings, sandbox))
     return checks, figures
 
 
-def separation(con: Any, sandbox: Sandbox) -> dict[str, float]:
-    """ROC AUC of the pushed risk score against who really churned (truth.csv)."""
+def backtest_separation(settings: Settings, sandbox: Sandbox, days: int = 90) -> dict[str, float]:
+    """ROC AUC of the risk score at ``now - days`` against who churned after it (truth.csv).
+
+    Scored on a copy of the demo warehouse (signals read history, so a past date can be
+    re-scored), over the accounts live at that date; scheduled-but-not-yet-ended
+    cancellations count as churn.
+    """
+    import tempfile
+
     from sklearn.metrics import roc_auc_score
 
+    from churn.pipelines.score import score
+
+    manifest = json.loads((sandbox.folder / "world.json").read_text())
+    now = int(manifest["now"])
+    as_of_ts = now - days * 86_400
+    as_of = datetime.fromtimestamp(as_of_ts, UTC).replace(tzinfo=None)
+    with tempfile.TemporaryDirectory(prefix="churn-backtest-") as tmp:
+        copy = Path(tmp) / "backtest.duckdb"
+        shutil.copy(settings.db, copy)
+        con = warehouse.connect(copy)
+        try:
+            score(settings.with_overrides(db=copy), con, as_of=as_of)
+            rows = con.execute(
+                "SELECT h.account_id, h.risk_score, coalesce(max(e.score), 0)"
+                " FROM account_health h LEFT JOIN signal_events e"
+                "   ON e.account_id = h.account_id AND e.as_of = h.as_of"
+                " WHERE h.as_of = ? GROUP BY ALL",
+                [as_of],
+            ).fetchall()
+            created = dict(
+                con.execute("SELECT customer_id, epoch(created_at) FROM core_customers").fetchall()
+            )
+        finally:
+            con.close()
+    risk = {str(a): (float(r), float(m)) for a, r, m in rows}
     with (sandbox.folder / "truth.csv").open() as fh:
         truth = list(csv.DictReader(fh))
-    try:
-        rows = con.execute(
-            "SELECT account_id, risk_score FROM account_health"
-            " WHERE as_of = (SELECT max(as_of) FROM account_health)"
-        ).fetchall()
-    except Exception:
-        return {}
-    risk = {str(a): float(r) for a, r in rows}
-    y, s = [], []
+    y: list[bool] = []
+    r_score: list[float] = []
+    s_score: list[float] = []
+    seen: set[str] = set()
     for t in truth:
-        key = sandbox.sf_ids.get(t["account_id"] or "", t["customer_id"])
-        if key in risk and t["churn_type"] != "scheduled":
-            y.append(t["churned"] == "True")
-            s.append(risk[key])
+        key = t["account_id"] or t["customer_id"]
+        churn_at = int(t["churn_at"]) if t["churn_at"] else None
+        if key in seen or key not in risk or (churn_at is not None and churn_at <= as_of_ts):
+            continue
+        if float(created.get(t["customer_id"], now)) > as_of_ts:
+            continue
+        seen.add(key)
+        y.append(churn_at is not None)
+        r_score.append(risk[key][0])
+        s_score.append(risk[key][1])
     if len(set(y)) < 2:
-        return {}
-    return {"risk_auc_vs_truth": round(float(roc_auc_score(y, s)), 3), "accounts": float(len(y))}
+        return {"backtest_accounts": float(len(y))}
+    return {
+        "backtest_days": float(days),
+        "backtest_accounts": float(len(y)),
+        "backtest_churned": float(sum(y)),
+        "risk_score_auc_vs_truth": round(float(roc_auc_score(y, r_score)), 3),
+        "max_signal_auc_vs_truth": round(float(roc_auc_score(y, s_score)), 3),
+    }
