@@ -14,7 +14,6 @@ bulk, one gzip JSON Lines file per object type.
 
 from __future__ import annotations
 
-import copy
 import csv
 import gzip
 import json
@@ -59,6 +58,11 @@ class World:
     truth: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _clone(obj: Any) -> Any:
+    """A deep copy of JSON-shaped data; the C json codec is ~10x faster than deepcopy."""
+    return json.loads(json.dumps(obj))
+
+
 class _Ids:
     def __init__(self, rng: np.random.Generator) -> None:
         self._n = 0
@@ -100,7 +104,7 @@ class _Builder:
         self.prices: dict[tuple[str, str, str], dict[str, Any]] = {}
 
     def event(self, etype: str, obj: dict[str, Any], ts: int, prev: dict[str, Any] | None) -> None:
-        data: dict[str, Any] = {"object": copy.deepcopy(obj)}
+        data: dict[str, Any] = {"object": _clone(obj)}
         if prev is not None:
             data["previous_attributes"] = prev
         self.w.events.append(
@@ -454,14 +458,14 @@ class _Builder:
                 step = int(max(1, round(item["quantity"] * 0.15)))
                 new_q = max(1, item["quantity"] + (step if rng.normal(h, 1) > 0 else -step))
                 if new_q != item["quantity"]:
-                    prev_items = copy.deepcopy(sub["items"])
+                    prev_items = _clone(sub["items"])
                     item["quantity"] = new_q
                     self.event("customer.subscription.updated", sub, mid, {"items": prev_items})
             elif mid < self.now and rng.random() < 0.03:
                 order = [p for p, _ in PLANS]
                 j = order.index(plan) + (1 if rng.normal(h, 1) > 0.5 else -1)
                 if 0 <= j < len(order) and order[j] != plan:
-                    prev_items = copy.deepcopy(sub["items"])
+                    prev_items = _clone(sub["items"])
                     plan = order[j]
                     item["price"] = self.prices[(plan, cur, interval)]
                     per_seat = plan != "starter"
