@@ -163,3 +163,39 @@ def test_schedule_stops_between_steps_when_asked(tmp_path: Path, monkeypatch: An
     )
     assert runs == 1
     assert seen == ["success,skipped"]
+
+
+@pytest.mark.slow
+def test_churn_schedule_stops_on_sigterm(tmp_path: Path) -> None:
+    """A real `churn schedule`: after its first run it waits; SIGTERM ends it at once, cleanly."""
+    import signal
+    import time
+
+    env = {
+        **os.environ,
+        "CHURN_DB": str(tmp_path / "w.duckdb"),
+        "PYTHONPATH": "src",
+        # Nothing listens on the discard port: the Stripe step fails fast, on loopback only.
+        "STRIPE_API_KEY": "sk_test_x",
+        "STRIPE_API_BASE": "http://127.0.0.1:9",
+        "STRIPE_MAX_RETRIES": "0",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "churn", "schedule", "--every", "1h"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("run_"), line
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert time.monotonic() - started < 10
+    con = warehouse.connect(tmp_path / "w.duckdb")
+    try:
+        rows = con.execute(
+            "SELECT status, finished_at FROM run_log WHERE command = 'run'"
+        ).fetchall()
+    finally:
+        con.close()
+    assert len(rows) == 1 and rows[0][1] is not None
