@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -160,16 +161,23 @@ def test_kill_at_random_points_then_rerun_equals_clean_run(tmp_path: Path) -> No
         cmd = [sys.executable, "-m", "churn", "extract", "salesforce"]
         subprocess.run(cmd, env={**env, "CHURN_DB": str(clean)}, check=True, capture_output=True)
         killed = tmp_path / "killed.duckdb"
-        for delay in (0.9, 1.3):
+        partial = []
+        for nth in sorted(random.Random(7).sample(range(6, 18), 2)):
+            # SIGKILL once the run has sent its nth query call: mid-extract, not during imports.
+            before = running.calls(contains="/query")
             proc = subprocess.Popen(
                 cmd,
                 env={**env, "CHURN_DB": str(killed)},
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            time.sleep(delay)
+            deadline = time.monotonic() + 30
+            while running.calls(contains="/query") - before < nth and time.monotonic() < deadline:
+                time.sleep(0.002)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+            partial.append(len(snapshot(killed)))
+        assert any(0 < n < 3000 for n in partial), partial
         subprocess.run(cmd, env={**env, "CHURN_DB": str(killed)}, check=True, capture_output=True)
         assert snapshot(killed) == snapshot(clean)
         assert len(snapshot(clean)) == 3000
