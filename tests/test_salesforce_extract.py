@@ -135,9 +135,10 @@ def test_same_systemmodstamp_across_page_boundary_both_land(tmp_path: Path) -> N
 def test_budget_exhausted_mid_extract_then_next_run_finishes(tmp_path: Path) -> None:
     with start_salesforce_server(batch_size=200, api_budget=10_000) as running:
         running.seed("Contact", [{"LastName": f"C{i:04d}"} for i in range(1000)])
-        settings = _settings(running, tmp_path / "w.duckdb", api_reserve=9_995)
+        settings = _settings(running, tmp_path / "w.duckdb", api_reserve=9_991)
         con = connect(settings.db)
-        # 5 calls allowed: describe, User, Account, Opportunity, then Contact's first page.
+        # 9 calls allowed: describe, COUNT() + page for User, Account, Opportunity, then
+        # Contact COUNT() and its first page.
         with pytest.raises(ApiBudgetExhaustedError, match="SALESFORCE_API_RESERVE"):
             extract_salesforce(settings, con, progress=False)
         assert _rows(con, "SELECT count(*) FROM core_contacts") == [(200,)]
@@ -181,3 +182,23 @@ def test_kill_at_random_points_then_rerun_equals_clean_run(tmp_path: Path) -> No
         subprocess.run(cmd, env={**env, "CHURN_DB": str(killed)}, check=True, capture_output=True)
         assert snapshot(killed) == snapshot(clean)
         assert len(snapshot(clean)) == 3000
+
+
+@pytest.mark.slow
+def test_bulk_query_above_threshold_lands_everything(tmp_path: Path) -> None:
+    with start_salesforce_server() as running:
+        running.seed(
+            "Contact", [{"LastName": f"C{i:04d}", "Email": f"c{i}@x.io"} for i in range(450)]
+        )
+        (gone,) = running.seed("Contact", [{"LastName": "Gone"}])
+        running.delete("Contact", gone)
+        settings = _settings(running, tmp_path / "w.duckdb", bulk_threshold=100, bulk_page_size=200)
+        con = connect(settings.db)
+        result = extract_salesforce(settings, con, progress=False)
+        assert result.counts["contact"] == 451
+        assert running.calls("POST", "/jobs/query") == 1  # only Contact is above the threshold
+        assert running.calls("GET", "/results") == 3  # 451 rows, 200 per results page
+        assert _rows(con, "SELECT count(*), count(*) FILTER (is_deleted) FROM core_contacts") == [
+            (451, 1)
+        ]
+        assert _rows(con, "SELECT email FROM core_contacts WHERE name = 'C0007'") == [("c7@x.io",)]
