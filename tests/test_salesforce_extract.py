@@ -202,3 +202,17 @@ def test_bulk_query_above_threshold_lands_everything(tmp_path: Path) -> None:
             (451, 1)
         ]
         assert _rows(con, "SELECT email FROM core_contacts WHERE name = 'C0007'") == [("c7@x.io",)]
+
+
+@pytest.mark.slow
+def test_cli_exits_3_when_the_budget_runs_out(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from churn.pipelines.cli import app
+
+    with start_salesforce_server(api_budget=505) as running:  # default reserve 500
+        env = {**running.settings_env(), "CHURN_DB": str(tmp_path / "w.duckdb")}
+        result = CliRunner().invoke(app, ["extract", "salesforce"], env=env)
+        assert result.exit_code == 3, result.output
+        assert "SALESFORCE_API_RESERVE" in result.output
+        assert running.session_id not in result.output

@@ -209,3 +209,16 @@ def test_bulk2_ingest_upsert_with_failed_results() -> None:
         assert ok.splitlines()[0].startswith('"sf__Id","sf__Created"') and "cus_1" in ok
         (acc,) = [r for r in running.records["Account"].values()]
         assert acc["Name"] == "One" and acc["Total_MRR__c"] == 10.0
+
+
+def test_batch_size_header_and_total_size_on_every_page(sf_server: RunningSalesforce) -> None:
+    sf_server.seed("User", [{"Name": f"U{i}", "IsActive": True} for i in range(250)])
+    sf = _client(sf_server)
+    sf.headers["Sforce-Query-Options"] = "batchSize=50"  # below 200: Salesforce uses 200
+    try:
+        first = sf.query("SELECT Id FROM User WHERE Name LIKE 'U%'")
+        second = sf.query_more(first["nextRecordsUrl"], identifier_is_url=True)
+    finally:
+        del sf.headers["Sforce-Query-Options"]
+    assert len(first["records"]) == 200 and len(second["records"]) == 50
+    assert first["totalSize"] == second["totalSize"] == 250 and second["done"] is True

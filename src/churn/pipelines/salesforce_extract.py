@@ -21,6 +21,7 @@ from typing import Any
 
 import duckdb
 import polars as pl
+import requests
 from simple_salesforce import Salesforce, format_soql
 from simple_salesforce.exceptions import SalesforceError
 
@@ -297,6 +298,10 @@ def extract_stream(
     except SalesforceError as exc:
         raise SalesforceExtractError(
             f"Salesforce stream {stream.name}: {exc.__class__.__name__} from {exc.url}: {_codes(exc)}"
+        ) from None
+    except requests.RequestException as exc:
+        raise SalesforceExtractError(
+            f"Salesforce stream {stream.name}: {type(exc).__name__} talking to the instance"
         ) from None
 
 

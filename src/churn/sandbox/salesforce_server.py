@@ -71,7 +71,7 @@ class OrgState:
     batch_size: int = DEFAULT_BATCH
     rules: list[ValidationRule] = field(default_factory=list)
     request_log: list[tuple[str, str]] = field(default_factory=list)
-    cursors: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    cursors: dict[str, tuple[list[dict[str, Any]], int]] = field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     tokens: set[str] = field(default_factory=set)
     users: dict[str, str] = field(default_factory=dict)  # username -> password+token
@@ -191,7 +191,9 @@ class OrgState:
         return self.insert(od.name, {**values, fd.name: ext_value}), True
 
     # ---- reads --------------------------------------------------------------------
-    def query(self, text: str, *, include_deleted: bool) -> dict[str, Any]:
+    def query(
+        self, text: str, *, include_deleted: bool, batch_size: int | None = None
+    ) -> dict[str, Any]:
         try:
             q = soql.parse(text)
         except soql.SoqlError as exc:
@@ -222,7 +224,7 @@ class OrgState:
         if q.count:
             return {"totalSize": len(rows), "done": True, "records": []}
         out = [self.shape(od, row["__rec"], selected) for row in rows]
-        return self.page(out, len(out))
+        return self.page(out, len(out), batch_size)
 
     def obj_for_query(self, name: str) -> ObjectDef:
         try:
@@ -248,12 +250,15 @@ class OrgState:
             body[name] = record.get(name)
         return body
 
-    def page(self, rows: list[dict[str, Any]], total: int) -> dict[str, Any]:
-        first, rest = rows[: self.batch_size], rows[self.batch_size :]
+    def page(
+        self, rows: list[dict[str, Any]], total: int, batch_size: int | None = None
+    ) -> dict[str, Any]:
+        size = batch_size or self.batch_size
+        first, rest = rows[:size], rows[size:]
         body: dict[str, Any] = {"totalSize": total, "done": not rest, "records": first}
         if rest:
             token = f"01g{uuid.uuid4().hex[:15]}"
-            self.cursors[token] = rest
+            self.cursors[token] = (rest, total)
             body["nextRecordsUrl"] = (
                 f"/services/data/v{API_VERSION}/query/{token}-{self.batch_size}"
             )
@@ -261,13 +266,12 @@ class OrgState:
 
     def more(self, locator: str) -> dict[str, Any]:
         token = locator.rsplit("-", 1)[0]
-        rest = self.cursors.pop(token, None)
-        if rest is None:
+        found = self.cursors.pop(token, None)
+        if found is None:
             raise ApiFault(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
-        total_done = 0
-        body = self.page(rest, 0)
-        body["totalSize"] = total_done + len(rest)  # callers use totalSize from the first page
-        return body
+        rest, total = found
+        size = int(locator.rsplit("-", 1)[1]) if "-" in locator else self.batch_size
+        return self.page(rest, total, size)
 
 
 API_VERSION = "62.0"
@@ -347,6 +351,15 @@ class _Handler(BaseHTTPRequestHandler):
             )
         self._send(status, body, {"Sforce-Limit-Info": f"api-usage={org.api_used}/{org.api_max}"})
 
+    def _batch_size(self) -> int | None:
+        """``Sforce-Query-Options: batchSize=N``: 200..2000, a hint Salesforce may lower."""
+        option = self.headers.get("Sforce-Query-Options", "")
+        for part in option.split(","):
+            key, _, value = part.strip().partition("=")
+            if key == "batchSize" and value.isdigit():
+                return max(200, min(int(value), DEFAULT_BATCH))
+        return None
+
     def _authorized(self) -> bool:
         auth = self.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ").removeprefix("OAuth ").strip()
@@ -412,7 +425,9 @@ class _Handler(BaseHTTPRequestHandler):
             if len(parts) > 1:
                 return 200, org.more(parts[1])
             text = (qs.get("q") or [""])[0]
-            return 200, org.query(text, include_deleted=head == "queryAll")
+            return 200, org.query(
+                text, include_deleted=head == "queryAll", batch_size=self._batch_size()
+            )
         if head == "sobjects":
             return self._sobjects(method, parts[1:], raw)
         if head == "composite" and len(parts) > 1 and parts[1] == "sobjects":
