@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -134,9 +135,10 @@ def test_same_systemmodstamp_across_page_boundary_both_land(tmp_path: Path) -> N
 def test_budget_exhausted_mid_extract_then_next_run_finishes(tmp_path: Path) -> None:
     with start_salesforce_server(batch_size=200, api_budget=10_000) as running:
         running.seed("Contact", [{"LastName": f"C{i:04d}"} for i in range(1000)])
-        settings = _settings(running, tmp_path / "w.duckdb", api_reserve=9_995)
+        settings = _settings(running, tmp_path / "w.duckdb", api_reserve=9_991)
         con = connect(settings.db)
-        # 5 calls allowed: describe, User, Account, Opportunity, then Contact's first page.
+        # 9 calls allowed: describe, COUNT() + page for User, Account, Opportunity, then
+        # Contact COUNT() and its first page.
         with pytest.raises(ApiBudgetExhaustedError, match="SALESFORCE_API_RESERVE"):
             extract_salesforce(settings, con, progress=False)
         assert _rows(con, "SELECT count(*) FROM core_contacts") == [(200,)]
@@ -160,16 +162,57 @@ def test_kill_at_random_points_then_rerun_equals_clean_run(tmp_path: Path) -> No
         cmd = [sys.executable, "-m", "churn", "extract", "salesforce"]
         subprocess.run(cmd, env={**env, "CHURN_DB": str(clean)}, check=True, capture_output=True)
         killed = tmp_path / "killed.duckdb"
-        for delay in (0.9, 1.3):
+        partial = []
+        for nth in sorted(random.Random(7).sample(range(6, 18), 2)):
+            # SIGKILL once the run has sent its nth query call: mid-extract, not during imports.
+            before = running.calls(contains="/query")
             proc = subprocess.Popen(
                 cmd,
                 env={**env, "CHURN_DB": str(killed)},
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            time.sleep(delay)
+            deadline = time.monotonic() + 30
+            while running.calls(contains="/query") - before < nth and time.monotonic() < deadline:
+                time.sleep(0.002)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+            partial.append(len(snapshot(killed)))
+        assert any(0 < n < 3000 for n in partial), partial
         subprocess.run(cmd, env={**env, "CHURN_DB": str(killed)}, check=True, capture_output=True)
         assert snapshot(killed) == snapshot(clean)
         assert len(snapshot(clean)) == 3000
+
+
+@pytest.mark.slow
+def test_bulk_query_above_threshold_lands_everything(tmp_path: Path) -> None:
+    with start_salesforce_server() as running:
+        running.seed(
+            "Contact", [{"LastName": f"C{i:04d}", "Email": f"c{i}@x.io"} for i in range(450)]
+        )
+        (gone,) = running.seed("Contact", [{"LastName": "Gone"}])
+        running.delete("Contact", gone)
+        settings = _settings(running, tmp_path / "w.duckdb", bulk_threshold=100, bulk_page_size=200)
+        con = connect(settings.db)
+        result = extract_salesforce(settings, con, progress=False)
+        assert result.counts["contact"] == 451
+        assert running.calls("POST", "/jobs/query") == 1  # only Contact is above the threshold
+        assert running.calls("GET", "/results") == 3  # 451 rows, 200 per results page
+        assert _rows(con, "SELECT count(*), count(*) FILTER (is_deleted) FROM core_contacts") == [
+            (451, 1)
+        ]
+        assert _rows(con, "SELECT email FROM core_contacts WHERE name = 'C0007'") == [("c7@x.io",)]
+
+
+@pytest.mark.slow
+def test_cli_exits_3_when_the_budget_runs_out(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from churn.pipelines.cli import app
+
+    with start_salesforce_server(api_budget=505) as running:  # default reserve 500
+        env = {**running.settings_env(), "CHURN_DB": str(tmp_path / "w.duckdb")}
+        result = CliRunner().invoke(app, ["extract", "salesforce"], env=env)
+        assert result.exit_code == 3, result.output
+        assert "SALESFORCE_API_RESERVE" in result.output
+        assert running.session_id not in result.output

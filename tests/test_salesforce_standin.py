@@ -184,3 +184,41 @@ def test_oauth_password_and_client_credentials(sf_server: RunningSalesforce) -> 
     with pytest.raises(SalesforceExtractError) as info:
         make_salesforce(wrong)
     assert "invalid_grant" in str(info.value) and "bad-secret" not in str(info.value)
+
+
+def test_bulk2_ingest_upsert_with_failed_results() -> None:
+    def no_negative(obj: str, rec: Any) -> str | None:
+        mrr = rec.get("Total_MRR__c")
+        return "MRR cannot be negative" if mrr is not None and mrr < 0 else None
+
+    with start_salesforce_server(rules=[no_negative]) as running:
+        sf = _client(running)
+        out = sf.bulk2.Account.upsert(
+            records=[
+                {"Stripe_Customer_Id__c": "cus_1", "Name": "One", "Total_MRR__c": "10"},
+                {"Stripe_Customer_Id__c": "cus_2", "Name": "Two", "Total_MRR__c": "-1"},
+            ],
+            external_id_field="Stripe_Customer_Id__c",
+            wait=0.05,  # type: ignore[arg-type]
+        )
+        assert out[0]["numberRecordsProcessed"] == 2 and out[0]["numberRecordsFailed"] == 1
+        job_id = str(out[0]["job_id"])
+        failed = sf.bulk2.Account.get_failed_records(job_id)
+        assert "FIELD_CUSTOM_VALIDATION_EXCEPTION:MRR cannot be negative" in failed
+        ok = sf.bulk2.Account.get_successful_records(job_id)
+        assert ok.splitlines()[0].startswith('"sf__Id","sf__Created"') and "cus_1" in ok
+        (acc,) = [r for r in running.records["Account"].values()]
+        assert acc["Name"] == "One" and acc["Total_MRR__c"] == 10.0
+
+
+def test_batch_size_header_and_total_size_on_every_page(sf_server: RunningSalesforce) -> None:
+    sf_server.seed("User", [{"Name": f"U{i}", "IsActive": True} for i in range(250)])
+    sf = _client(sf_server)
+    sf.headers["Sforce-Query-Options"] = "batchSize=50"  # below 200: Salesforce uses 200
+    try:
+        first = sf.query("SELECT Id FROM User WHERE Name LIKE 'U%'")
+        second = sf.query_more(first["nextRecordsUrl"], identifier_is_url=True)
+    finally:
+        del sf.headers["Sforce-Query-Options"]
+    assert len(first["records"]) == 200 and len(second["records"]) == 50
+    assert first["totalSize"] == second["totalSize"] == 250 and second["done"] is True

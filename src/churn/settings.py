@@ -108,6 +108,8 @@ class SalesforceSettings(_Section):
     lookback_seconds: int = Field(300, ge=0)
     #: Above this many rows, an extract query goes through Bulk API 2.0.
     bulk_threshold: int = Field(10_000, ge=1)
+    #: Rows per Bulk API 2.0 results page (maxRecords).
+    bulk_page_size: int = Field(50_000, ge=1)
     #: Custom field names this service reads and writes.
     account_stripe_customer_field: str = "Stripe_Customer_Id__c"
     task_external_id_field: str = "Churn_Episode_Key__c"

@@ -10,14 +10,18 @@ transaction: a run stopped anywhere (budget, kill) resumes from the last complet
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
 import polars as pl
+import requests
 from simple_salesforce import Salesforce, format_soql
 from simple_salesforce.exceptions import SalesforceError
 
@@ -210,7 +214,12 @@ def _core_sql(stream: str, settings: Settings) -> tuple[str, list[Any]] | None:
 
 
 def land_page(
-    con: duckdb.DuckDBPyConnection, stream: str, frame: pl.DataFrame, settings: Settings
+    con: duckdb.DuckDBPyConnection,
+    stream: str,
+    frame: pl.DataFrame,
+    settings: Settings,
+    *,
+    move_cursor: bool = True,
 ) -> datetime | None:
     """Upsert one page into raw and core and move the cursor, in one transaction."""
     if frame.is_empty():
@@ -234,17 +243,22 @@ def land_page(
             core = _core_sql(stream, settings)
             if core is not None:
                 con.execute(core[0], core[1])
-            con.execute(
-                """INSERT INTO sync_state (stream, cursor, cursor_ts, updated_at)
-                VALUES (?, NULL, ?, ?)
-                ON CONFLICT (stream) DO UPDATE SET
-                  cursor_ts = greatest(sync_state.cursor_ts, excluded.cursor_ts),
-                  updated_at = excluded.updated_at""",
-                [f"salesforce.{stream}", top, utcnow()],
-            )
+            if move_cursor:
+                _move_cursor(con, stream, top)
     finally:
         con.unregister("sf_page")
     return top
+
+
+def _move_cursor(con: duckdb.DuckDBPyConnection, stream: str, top: datetime) -> None:
+    con.execute(
+        """INSERT INTO sync_state (stream, cursor, cursor_ts, updated_at)
+        VALUES (?, NULL, ?, ?)
+        ON CONFLICT (stream) DO UPDATE SET
+          cursor_ts = greatest(sync_state.cursor_ts, excluded.cursor_ts),
+          updated_at = excluded.updated_at""",
+        [f"salesforce.{stream}", top, utcnow()],
+    )
 
 
 def _cursor(con: duckdb.DuckDBPyConnection, stream: str) -> datetime | None:
@@ -266,6 +280,11 @@ def extract_stream(
     soql = build_soql(stream, since)
     landed = 0
     try:
+        count_soql = soql.replace(f"SELECT {', '.join(stream.fields)} ", "SELECT COUNT() ", 1)
+        count_soql = count_soql.rsplit(" ORDER BY ", 1)[0]
+        total = int(sf.query(count_soql, include_deleted=True)["totalSize"])
+        if total > settings.salesforce.bulk_threshold:
+            return extract_stream_bulk(sf, con, stream, settings, soql)
         page = sf.query(soql, include_deleted=True)
         while True:
             frame = page_frame(page.get("records", []), utcnow())
@@ -280,6 +299,62 @@ def extract_stream(
         raise SalesforceExtractError(
             f"Salesforce stream {stream.name}: {exc.__class__.__name__} from {exc.url}: {_codes(exc)}"
         ) from None
+    except requests.RequestException as exc:
+        raise SalesforceExtractError(
+            f"Salesforce stream {stream.name}: {type(exc).__name__} talking to the instance"
+        ) from None
+
+
+def _bulk_value(text: str) -> Any:
+    if text == "":
+        return None
+    if text in ("true", "false"):
+        return text == "true"
+    return text
+
+
+def extract_stream_bulk(
+    sf: Salesforce, con: duckdb.DuckDBPyConnection, stream: Stream, settings: Settings, soql: str
+) -> int:
+    """One Bulk API 2.0 queryAll job; the cursor moves only once every result page landed."""
+    job = sf.restful("jobs/query", method="POST", json={"operation": "queryAll", "query": soql})
+    job_id = str((job or {})["id"])
+    delay = 0.05
+    while True:
+        info = sf.restful(f"jobs/query/{job_id}") or {}
+        state = info.get("state")
+        if state == "JobComplete":
+            break
+        if state in ("Failed", "Aborted"):
+            raise SalesforceExtractError(
+                f"Salesforce stream {stream.name}: bulk query job {job_id} {state}: {info.get('errorMessage')}"
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+    landed, top, locator = 0, None, ""
+    url = f"{sf.base_url}jobs/query/{job_id}/results"
+    while locator != "null":
+        params: dict[str, Any] = {"maxRecords": settings.salesforce.bulk_page_size}
+        if locator:
+            params["locator"] = locator
+        response = sf.session.get(url, params=params, headers=sf.headers, timeout=300)
+        if response.status_code != 200:
+            raise SalesforceExtractError(
+                f"Salesforce stream {stream.name}: bulk results of job {job_id}: HTTP {response.status_code}"
+            )
+        locator = response.headers.get("Sforce-Locator", "null")
+        reader = csv.DictReader(io.StringIO(response.text))
+        records = [{k: _bulk_value(v) for k, v in row.items()} for row in reader]
+        page_top = land_page(
+            con, stream.name, page_frame(records, utcnow()), settings, move_cursor=False
+        )
+        landed += len(records)
+        if page_top is not None and (top is None or page_top > top):
+            top = page_top
+    if top is not None:
+        with transaction(con):
+            _move_cursor(con, stream.name, top)
+    return landed
 
 
 def _codes(exc: SalesforceError) -> str:

@@ -13,6 +13,8 @@ shape: a JSON list of ``{message, errorCode, fields}``.
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
 import secrets
@@ -50,6 +52,14 @@ class ApiFault(Exception):
         self.body: Any = [{"message": message, "errorCode": code, "fields": fields or []}]
 
 
+@dataclass(frozen=True)
+class CsvBody:
+    """A text/csv answer (Bulk API 2.0 results) with its extra headers."""
+
+    text: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
 @dataclass
 class OrgState:
     """Everything the org holds; guarded by ``lock``."""
@@ -61,7 +71,8 @@ class OrgState:
     batch_size: int = DEFAULT_BATCH
     rules: list[ValidationRule] = field(default_factory=list)
     request_log: list[tuple[str, str]] = field(default_factory=list)
-    cursors: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    cursors: dict[str, tuple[list[dict[str, Any]], int]] = field(default_factory=dict)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     tokens: set[str] = field(default_factory=set)
     users: dict[str, str] = field(default_factory=dict)  # username -> password+token
     clients: dict[str, str] = field(default_factory=dict)  # client_id -> secret
@@ -180,7 +191,9 @@ class OrgState:
         return self.insert(od.name, {**values, fd.name: ext_value}), True
 
     # ---- reads --------------------------------------------------------------------
-    def query(self, text: str, *, include_deleted: bool) -> dict[str, Any]:
+    def query(
+        self, text: str, *, include_deleted: bool, batch_size: int | None = None
+    ) -> dict[str, Any]:
         try:
             q = soql.parse(text)
         except soql.SoqlError as exc:
@@ -211,7 +224,7 @@ class OrgState:
         if q.count:
             return {"totalSize": len(rows), "done": True, "records": []}
         out = [self.shape(od, row["__rec"], selected) for row in rows]
-        return self.page(out, len(out))
+        return self.page(out, len(out), batch_size)
 
     def obj_for_query(self, name: str) -> ObjectDef:
         try:
@@ -237,12 +250,15 @@ class OrgState:
             body[name] = record.get(name)
         return body
 
-    def page(self, rows: list[dict[str, Any]], total: int) -> dict[str, Any]:
-        first, rest = rows[: self.batch_size], rows[self.batch_size :]
+    def page(
+        self, rows: list[dict[str, Any]], total: int, batch_size: int | None = None
+    ) -> dict[str, Any]:
+        size = batch_size or self.batch_size
+        first, rest = rows[:size], rows[size:]
         body: dict[str, Any] = {"totalSize": total, "done": not rest, "records": first}
         if rest:
             token = f"01g{uuid.uuid4().hex[:15]}"
-            self.cursors[token] = rest
+            self.cursors[token] = (rest, total)
             body["nextRecordsUrl"] = (
                 f"/services/data/v{API_VERSION}/query/{token}-{self.batch_size}"
             )
@@ -250,13 +266,12 @@ class OrgState:
 
     def more(self, locator: str) -> dict[str, Any]:
         token = locator.rsplit("-", 1)[0]
-        rest = self.cursors.pop(token, None)
-        if rest is None:
+        found = self.cursors.pop(token, None)
+        if found is None:
             raise ApiFault(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
-        total_done = 0
-        body = self.page(rest, 0)
-        body["totalSize"] = total_done + len(rest)  # callers use totalSize from the first page
-        return body
+        rest, total = found
+        size = int(locator.rsplit("-", 1)[1]) if "-" in locator else self.batch_size
+        return self.page(rest, total, size)
 
 
 API_VERSION = "62.0"
@@ -281,16 +296,23 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
     def _body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
     def _send(self, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
-        raw = b"" if body is None else json.dumps(body).encode()
+        if isinstance(body, CsvBody):
+            raw = body.text.encode()
+            headers = {**(headers or {}), **body.headers, "Content-Type": "text/csv"}
+        else:
+            raw = b"" if body is None else json.dumps(body).encode()
         self.send_response(status)
         for k, v in (headers or {}).items():
             self.send_header(k, v)
-        if body is not None:
+        if body is not None and not isinstance(body, CsvBody):
             self.send_header("Content-Type", "application/json;charset=UTF-8")
         self.send_header("Content-Length", str(len(raw)))
         self.end_headers()
@@ -328,6 +350,15 @@ class _Handler(BaseHTTPRequestHandler):
                 ],
             )
         self._send(status, body, {"Sforce-Limit-Info": f"api-usage={org.api_used}/{org.api_max}"})
+
+    def _batch_size(self) -> int | None:
+        """``Sforce-Query-Options: batchSize=N``: 200..2000, a hint Salesforce may lower."""
+        option = self.headers.get("Sforce-Query-Options", "")
+        for part in option.split(","):
+            key, _, value = part.strip().partition("=")
+            if key == "batchSize" and value.isdigit():
+                return max(200, min(int(value), DEFAULT_BATCH))
+        return None
 
     def _authorized(self) -> bool:
         auth = self.headers.get("Authorization", "")
@@ -394,11 +425,15 @@ class _Handler(BaseHTTPRequestHandler):
             if len(parts) > 1:
                 return 200, org.more(parts[1])
             text = (qs.get("q") or [""])[0]
-            return 200, org.query(text, include_deleted=head == "queryAll")
+            return 200, org.query(
+                text, include_deleted=head == "queryAll", batch_size=self._batch_size()
+            )
         if head == "sobjects":
             return self._sobjects(method, parts[1:], raw)
         if head == "composite" and len(parts) > 1 and parts[1] == "sobjects":
             return self._collections(method, raw)
+        if head == "jobs" and len(parts) > 1 and parts[1] in ("query", "ingest"):
+            return bulk2(org, method, parts[1], parts[2:], qs, raw)
         raise ApiFault(404, "NOT_FOUND", "The requested resource does not exist")
 
     def _sobjects(self, method: str, parts: list[str], raw: bytes) -> tuple[int, Any]:
@@ -491,6 +526,198 @@ class _Handler(BaseHTTPRequestHandler):
                         ],
                     )
         return 200, results
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _to_csv(header: list[str], rows: Iterable[Iterable[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([_csv_value(v) for v in row])
+    return buf.getvalue()
+
+
+def _from_csv_value(od: ObjectDef, name: str, text: str) -> Any:
+    if text == "#N/A":
+        return None
+    fd = od.field_named(name)
+    kind = fd.type if fd else "string"
+    if kind in ("double", "currency", "percent"):
+        return float(text)
+    if kind == "int":
+        return int(text)
+    if kind == "boolean":
+        return text.lower() == "true"
+    return text
+
+
+def _job_info(job: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in job.items() if not k.startswith("_")}
+
+
+def bulk2(
+    org: OrgState, method: str, kind: str, parts: list[str], qs: dict[str, list[str]], raw: bytes
+) -> tuple[int, Any]:
+    """Bulk API 2.0: query jobs (results paged by Sforce-Locator) and CSV ingest jobs.
+
+    Jobs complete as soon as they are closed; clients still see the documented states.
+    """
+    now = soql.format_datetime(org.clock())
+    if not parts and method == "POST":
+        spec = json.loads(raw)
+        job_id = f"750{next(org.ids):012d}AAA"
+        job: dict[str, Any] = {
+            "id": job_id,
+            "operation": spec.get("operation"),
+            "createdDate": now,
+            "systemModstamp": now,
+            "concurrencyMode": "Parallel",
+            "contentType": "CSV",
+            "apiVersion": float(API_VERSION),
+            "lineEnding": "LF",
+            "columnDelimiter": "COMMA",
+        }
+        if kind == "query":
+            if spec.get("operation") not in ("query", "queryAll"):
+                raise ApiFault(400, "INVALIDJOB", "operation must be query or queryAll")
+            text = spec.get("query") or ""
+            q = soql.parse(text) if text else None
+            if q is None or q.count:
+                raise ApiFault(400, "INVALIDJOB", "Bulk API 2.0 query jobs need a field list")
+            first = org.query(text, include_deleted=spec["operation"] == "queryAll")
+            rows = list(first["records"])
+            locator = first.get("nextRecordsUrl")
+            while locator:
+                more = org.more(locator.rsplit("/", 1)[1])
+                rows.extend(more["records"])
+                locator = more.get("nextRecordsUrl")
+            fields = [od_name for od_name in q.fields]
+            od = org.obj(q.obj)
+            header = [od.field_named(f).name for f in fields]  # type: ignore[union-attr]
+            job.update(
+                object=od.name,
+                state="UploadComplete",
+                _header=header,
+                _rows=[[r[h] for h in header] for r in rows],
+            )
+        else:
+            od = org.obj(spec.get("object") or "")
+            if spec.get("operation") not in ("insert", "update", "upsert", "delete"):
+                raise ApiFault(400, "INVALIDJOB", "unsupported operation")
+            if spec.get("operation") == "upsert" and not spec.get("externalIdFieldName"):
+                raise ApiFault(400, "INVALIDJOB", "External ID was blank for upsert")
+            job.update(
+                object=od.name,
+                state="Open",
+                externalIdFieldName=spec.get("externalIdFieldName"),
+                _csv=[],
+            )
+        org.jobs[job_id] = job
+        return 200, _job_info(job)
+    found = org.jobs.get(parts[0]) if parts else None
+    if found is None:
+        raise ApiFault(404, "NOT_FOUND", "The requested resource does not exist")
+    job = found
+    rest = parts[1:]
+    if kind == "query":
+        if not rest and method == "GET":
+            job.update(state="JobComplete", numberRecordsProcessed=len(job["_rows"]))
+            return 200, _job_info(job)
+        if rest == ["results"] and method == "GET":
+            start = int((qs.get("locator") or ["0"])[0] or 0)
+            size = int((qs.get("maxRecords") or ["50000"])[0])
+            chunk = job["_rows"][start : start + size]
+            nxt = start + len(chunk)
+            locator = str(nxt) if nxt < len(job["_rows"]) else "null"
+            return 200, CsvBody(
+                _to_csv(job["_header"], chunk),
+                {"Sforce-Locator": locator, "Sforce-NumberOfRecords": str(len(chunk))},
+            )
+        if not rest and method == "DELETE":
+            del org.jobs[job["id"]]
+            return 204, None
+        raise ApiFault(405, "METHOD_NOT_ALLOWED", f"HTTP Method '{method}' not allowed")
+    if rest == ["batches"] and method == "PUT":
+        if job["state"] != "Open":
+            raise ApiFault(409, "INVALIDJOBSTATE", "Job is not open for data upload")
+        job["_csv"].append(raw.decode())
+        return 201, None
+    if not rest and method == "PATCH":
+        state = json.loads(raw).get("state")
+        if state == "Aborted":
+            job["state"] = "Aborted"
+        elif state == "UploadComplete" and job["state"] == "Open":
+            _run_ingest(org, job)
+        else:
+            raise ApiFault(
+                409, "INVALIDJOBSTATE", f"cannot move job from {job['state']} to {state}"
+            )
+        return 200, _job_info(job)
+    if not rest and method == "GET":
+        return 200, _job_info(job)
+    if not rest and method == "DELETE":
+        del org.jobs[job["id"]]
+        return 204, None
+    if rest in (["successfulResults"], ["failedResults"]) and method == "GET":
+        ok = rest[0] == "successfulResults"
+        result_rows = job.get("_ok" if ok else "_failed", [])
+        lead = ["sf__Id", "sf__Created"] if ok else ["sf__Id", "sf__Error"]
+        return 200, CsvBody(_to_csv(lead + job.get("_columns", []), result_rows))
+    raise ApiFault(405, "METHOD_NOT_ALLOWED", f"HTTP Method '{method}' not allowed")
+
+
+def _run_ingest(org: OrgState, job: dict[str, Any]) -> None:
+    od = org.obj(job["object"])
+    columns: list[str] = []
+    records: list[dict[str, str]] = []
+    for chunk in job["_csv"]:
+        reader = csv.DictReader(io.StringIO(chunk))
+        columns = columns or list(reader.fieldnames or [])
+        records.extend(reader)
+    ok: list[list[str]] = []
+    failed: list[list[str]] = []
+    for rec in records:
+        values = {k: _from_csv_value(od, k, v) for k, v in rec.items() if k != "Id" and v != ""}
+        line = [rec.get(c, "") for c in columns]
+        try:
+            op = job["operation"]
+            if op == "insert":
+                rid, created = org.insert(od.name, values), True
+            elif op == "update":
+                rid, created = rec.get("Id", ""), False
+                org.update(od.name, rid, values)
+            elif op == "delete":
+                rid, created = rec.get("Id", ""), False
+                org.delete(od.name, rid)
+            else:
+                ext = job["externalIdFieldName"]
+                key = values.pop(ext, None) or rec.get(ext, "")
+                rid, created = org.upsert(od.name, ext, str(key), values)
+            ok.append([rid, "true" if created else "false", *line])
+        except ApiFault as fault:
+            err = fault.body[0]
+            fields = ",".join(err["fields"])
+            failed.append(
+                [rec.get("Id", ""), f"{err['errorCode']}:{err['message']}:{fields}", *line]
+            )
+    now = soql.format_datetime(org.clock())
+    job.update(
+        state="JobComplete",
+        systemModstamp=now,
+        numberRecordsProcessed=len(records),
+        numberRecordsFailed=len(failed),
+        _columns=columns,
+        _ok=ok,
+        _failed=failed,
+    )
 
 
 def _describe(od: ObjectDef) -> dict[str, Any]:
