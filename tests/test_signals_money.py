@@ -146,3 +146,14 @@ def test_new_then_reactivation() -> None:
         }
     )
     assert classify_movements(series)["movement"].to_list() == ["new", "churn", "reactivation"]
+
+
+def test_configured_rates_are_exact_strings() -> None:
+    from pydantic import ValidationError
+
+    from churn.settings import SignalSettings
+
+    assert SignalSettings(currency_rates={"eur": 0.92}).currency_rates == {"EUR": "0.92"}
+    for bad in ({"EUR": "-1"}, {"EUR": "abc"}, {"E1": "1"}, {"EUR": "0.0000000001"}):
+        with pytest.raises(ValidationError):
+            SignalSettings(currency_rates=bad)

@@ -171,6 +171,18 @@ def subscription_mrr_sql(points: str, settings: SignalSettings) -> str:
     """
 
 
+def _configured_rates(settings: SignalSettings) -> str:
+    """The settings' fallback rates as a VALUES list (validated Decimals, upper-case codes)."""
+    rows = [
+        f"('{code.upper()}', CAST('{rate}' AS DECIMAL(18, 9)))"
+        for code, rate in sorted(settings.currency_rates.items())
+        if code.isalpha()
+    ]
+    if not rows:
+        return "SELECT CAST(NULL AS VARCHAR), CAST(NULL AS DECIMAL(18, 9)) WHERE FALSE"
+    return "VALUES " + ", ".join(rows)
+
+
 def account_mrr_sql(points: str, settings: SignalSettings) -> str:
     """Per account and original currency at each ``t``: MRR and its reporting value."""
     rep = settings.reporting_currency.upper()
@@ -181,8 +193,14 @@ def account_mrr_sql(points: str, settings: SignalSettings) -> str:
              count(*) AS subscription_count
       FROM subs GROUP BY ALL
     ),
-    rates AS (
+    core_rates AS (
       SELECT upper(iso_code) AS iso, conversion_rate FROM core_currency_rates WHERE is_active
+    ),
+    rates AS (
+      SELECT * FROM core_rates
+      UNION ALL
+      SELECT * FROM ({_configured_rates(settings)}) c(iso, conversion_rate)
+      WHERE iso NOT IN (SELECT iso FROM core_rates)
     )
     SELECT acc.t, acc.account_id, acc.currency, acc.mrr_minor, acc.subscription_count,
            '{rep}' AS reporting_currency,
