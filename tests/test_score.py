@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 import churn.signals
+from churn.errors import ScoringError
 from churn.pipelines import score as score_module
 from churn.pipelines.cli import app
 from churn.pipelines.score import score
@@ -245,8 +246,14 @@ def test_every_signal_returns_the_published_schema_on_an_empty_warehouse(
 def test_tables_refuse_writes(con: duckdb.DuckDBPyConnection) -> None:
     from churn.signals.tables import Tables
 
-    with pytest.raises(PermissionError):
-        Tables(con).frame("DELETE FROM core_customers")
+    for sql in (
+        "DELETE FROM core_customers",
+        "WITH x AS (SELECT 1) DELETE FROM core_customers",
+        "SELECT 1; DROP TABLE core_customers",
+    ):
+        with pytest.raises(ScoringError, match="only read"):
+            Tables(con).frame(sql)
+    assert con.execute("SELECT count(*) FROM core_customers").fetchone() == (0,)
 
 
 def test_cli_scores_a_past_date(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -179,8 +179,30 @@ class SignalSettings(_Section):
             "seat_utilization": 0.5,
         }
     )
-    #: First month of ``mrr_movements`` (earlier history is summed into that month's start).
+    #: How many months back ``mrr_movements`` goes on each run.
     movements_months: int = Field(24, ge=1, le=240)
+    #: Fallback rates (units per one unit of the corporate currency, like Salesforce's
+    #: CurrencyType) for currencies missing from core_currency_rates, e.g. {"EUR": "0.92"}.
+    currency_rates: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("currency_rates", mode="before")
+    @classmethod
+    def _rates_exact(cls, v: Any) -> Any:
+        # stored as exact decimal strings, so no float reaches the money arithmetic
+        from decimal import Decimal, InvalidOperation
+
+        if not isinstance(v, Mapping):
+            return v
+        out = {}
+        for code, rate in v.items():
+            try:
+                value = Decimal(str(rate))
+            except InvalidOperation:
+                raise ValueError(f"rate of {code} is not a number") from None
+            if not str(code).isalpha() or value <= 0 or value != round(value, 9):
+                raise ValueError(f"rate of {code}: a positive number with at most 9 decimals")
+            out[str(code).upper()] = str(value)
+        return out
 
 
 class PushSettings(_Section):

@@ -34,6 +34,8 @@ ZERO_DECIMAL = frozenset(
 THREE_DECIMAL = frozenset(["bhd", "jod", "kwd", "omr", "tnd"])
 #: Rates are DECIMAL(18, 9) in the warehouse: scaled by 10**9 they are exact integers.
 RATE_SCALE = 10**9
+#: Minor units are stored as BIGINT.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def exponent(currency: str) -> int:
@@ -94,7 +96,10 @@ def convert(
     shift = exponent(target) - exponent(source)
     num = minor * rate_units(target_rate) * 10 ** max(shift, 0)
     den = rate_units(source_rate) * 10 ** max(-shift, 0)
-    return round_div(num, den)
+    result = round_div(num, den)
+    if not INT64_MIN <= result <= INT64_MAX:
+        raise OverflowError(f"{minor} {source.upper()} in {target.upper()} exceeds BIGINT")
+    return result
 
 
 def sql_exponent(column: str) -> str:
@@ -114,10 +119,10 @@ def sql_round_div(num: str, den: str) -> str:
 
 
 def sql_convert(minor: str, source: str, target: str, source_rate: str, target_rate: str) -> str:
-    """SQL twin of :func:`convert`; NULL when a rate is NULL."""
+    """SQL twin of :func:`convert`; NULL when a rate is NULL or the result exceeds BIGINT."""
     shift = f"({sql_exponent(target)} - {sql_exponent(source)})"
     src = f"CAST(CAST({source_rate} AS DECIMAL(38, 9)) * {RATE_SCALE} AS HUGEINT)"
     tgt = f"CAST(CAST({target_rate} AS DECIMAL(38, 9)) * {RATE_SCALE} AS HUGEINT)"
     num = f"(CAST({minor} AS HUGEINT) * {tgt} * CAST(pow(10, greatest({shift}, 0)) AS HUGEINT))"
     den = f"({src} * CAST(pow(10, greatest(-{shift}, 0)) AS HUGEINT))"
-    return f"CAST({sql_round_div(num, den)} AS BIGINT)"
+    return f"TRY_CAST({sql_round_div(num, den)} AS BIGINT)"

@@ -49,14 +49,9 @@ def item_mrr_sql(points: str, settings: SignalSettings) -> str:
     live = ", ".join(f"'{s}'" for s in LIVE_STATUSES)
     period_amount = """
         CASE
-          WHEN p.billing_scheme = 'tiered' AND p.tiers_mode = 'volume' THEN (
-            SELECT COALESCE(max(tb.unit_amount * it.q + tb.flat_amount), 0) FROM tier_bounds tb
-            WHERE tb.price_id = p.price_id AND it.q > tb.lower
-              AND (tb.up_to IS NULL OR it.q <= tb.up_to))
-          WHEN p.billing_scheme = 'tiered' THEN (
-            SELECT COALESCE(sum((least(it.q, COALESCE(tb.up_to, it.q)) - tb.lower) * tb.unit_amount
-                                + tb.flat_amount), 0)
-            FROM tier_bounds tb WHERE tb.price_id = p.price_id AND it.q > tb.lower)
+          WHEN p.billing_scheme = 'tiered' AND p.tiers_mode = 'volume'
+            THEN COALESCE(ta.volume_amount, 0)
+          WHEN p.billing_scheme = 'tiered' THEN COALESCE(ta.graduated_amount, 0)
           ELSE COALESCE(p.unit_amount, 0) * it.q
         END"""
     return f"""
@@ -97,6 +92,21 @@ def item_mrr_sql(points: str, settings: SignalSettings) -> str:
         ON i.subscription_id = s.subscription_id
        AND i.valid_from <= s.t AND (i.valid_to IS NULL OR i.valid_to > s.t)
       JOIN core_prices p ON p.price_id = i.price_id
+    ),
+    -- each (tiered price, quantity) priced once, joined back: no per-row subquery
+    tq AS (
+      SELECT DISTINCT it.price_id, it.q FROM it
+      JOIN core_prices p ON p.price_id = it.price_id AND p.billing_scheme = 'tiered'
+    ),
+    tier_amount AS (
+      SELECT tq.price_id, tq.q,
+        max(CASE WHEN tq.q > tb.lower AND (tb.up_to IS NULL OR tq.q <= tb.up_to)
+                 THEN tb.unit_amount * tq.q + tb.flat_amount END) AS volume_amount,
+        sum(CASE WHEN tq.q > tb.lower
+                 THEN (least(tq.q, COALESCE(tb.up_to, tq.q)) - tb.lower) * tb.unit_amount
+                      + tb.flat_amount END) AS graduated_amount
+      FROM tq JOIN tier_bounds tb ON tb.price_id = tq.price_id
+      GROUP BY ALL
     )
     SELECT it.t, it.subscription_id, it.customer_id, it.item_id, it.price_id, it.quantity,
            lower(p.currency) AS currency, p.usage_type,
@@ -114,6 +124,7 @@ def item_mrr_sql(points: str, settings: SignalSettings) -> str:
     } AS BIGINT)
            END AS mrr_minor
     FROM it JOIN core_prices p ON p.price_id = it.price_id
+    LEFT JOIN tier_amount ta ON ta.price_id = it.price_id AND ta.q = it.q
     """
 
 
@@ -160,6 +171,18 @@ def subscription_mrr_sql(points: str, settings: SignalSettings) -> str:
     """
 
 
+def _configured_rates(settings: SignalSettings) -> str:
+    """The settings' fallback rates as a VALUES list (validated Decimals, upper-case codes)."""
+    rows = [
+        f"('{code.upper()}', CAST('{rate}' AS DECIMAL(18, 9)))"
+        for code, rate in sorted(settings.currency_rates.items())
+        if code.isalpha()
+    ]
+    if not rows:
+        return "SELECT CAST(NULL AS VARCHAR), CAST(NULL AS DECIMAL(18, 9)) WHERE FALSE"
+    return "VALUES " + ", ".join(rows)
+
+
 def account_mrr_sql(points: str, settings: SignalSettings) -> str:
     """Per account and original currency at each ``t``: MRR and its reporting value."""
     rep = settings.reporting_currency.upper()
@@ -170,8 +193,14 @@ def account_mrr_sql(points: str, settings: SignalSettings) -> str:
              count(*) AS subscription_count
       FROM subs GROUP BY ALL
     ),
-    rates AS (
+    core_rates AS (
       SELECT upper(iso_code) AS iso, conversion_rate FROM core_currency_rates WHERE is_active
+    ),
+    rates AS (
+      SELECT * FROM core_rates
+      UNION ALL
+      SELECT * FROM ({_configured_rates(settings)}) c(iso, conversion_rate)
+      WHERE iso NOT IN (SELECT iso FROM core_rates)
     )
     SELECT acc.t, acc.account_id, acc.currency, acc.mrr_minor, acc.subscription_count,
            '{rep}' AS reporting_currency,

@@ -46,9 +46,11 @@ WITH inv AS (
     AND NOT COALESCE(paid_at <= $as_of, FALSE)
     AND NOT COALESCE(voided_at <= $as_of, FALSE)
     AND NOT COALESCE(marked_uncollectible_at <= $as_of, FALSE)
-    -- today's status is only trusted for today's picture: a later paid/void without a
-    -- timestamp still resolves the episode
-    AND status NOT IN ('draft')
+    AND status <> 'draft'
+    -- resolved today without a recorded time: we cannot tell when, so never alarm on it
+    AND NOT (status = 'paid' AND paid_at IS NULL)
+    AND NOT (status = 'void' AND voided_at IS NULL)
+    AND NOT (status = 'uncollectible' AND marked_uncollectible_at IS NULL)
 ),
 linked AS (
   SELECT i.invoice_id, ch.* EXCLUDE (invoice_id)
