@@ -103,9 +103,34 @@ class SalesforceSettings(_Section):
     lookback_seconds: int = Field(300, ge=0)
     #: Above this many rows, an extract query goes through Bulk API 2.0.
     bulk_threshold: int = Field(10_000, ge=1)
+    #: Rows per Bulk API 2.0 results page (maxRecords).
+    bulk_page_size: int = Field(50_000, ge=1)
     #: Custom field names this service reads and writes.
     account_stripe_customer_field: str = "Stripe_Customer_Id__c"
     task_external_id_field: str = "Churn_Episode_Key__c"
+    #: Stripe customer metadata keys that may hold the Salesforce Account Id (first wins).
+    link_metadata_keys: tuple[str, ...] = ("salesforce_account_id", "sf_account_id")
+    #: Email domains that never identify a company (no domain match on these).
+    personal_email_domains: tuple[str, ...] = (
+        "gmail.com",
+        "googlemail.com",
+        "yahoo.com",
+        "hotmail.com",
+        "outlook.com",
+        "live.com",
+        "icloud.com",
+        "me.com",
+        "aol.com",
+        "proton.me",
+        "protonmail.com",
+        "gmx.com",
+        "gmx.de",
+        "mail.com",
+        "yandex.com",
+        "qq.com",
+        "163.com",
+        "msn.com",
+    )
 
     @property
     def configured(self) -> bool:

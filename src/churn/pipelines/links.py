@@ -1,0 +1,174 @@
+"""Identity: link each Stripe customer to one Salesforce Account.
+
+Rules, first that finds a candidate wins: ``metadata`` (a configured metadata key holds a
+live Account Id), ``account_field`` (the Account's Stripe Customer Id field names the
+customer), ``email_domain`` (billing-email domain = the Account's website domain; personal
+domains never match), ``name`` (exact normalised name). A rule finding several Accounts
+gives a ``conflict`` (no link); none at all gives ``unmatched``. The matching is pure, over
+polars frames; :func:`link_customers` reads and writes the warehouse around it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import duckdb
+import polars as pl
+
+from churn.pipelines.warehouse import transaction, utcnow
+from churn.settings import Settings
+
+RULES = ("metadata", "account_field", "email_domain", "name")
+
+
+@dataclass
+class LinkReport:
+    counts: dict[str, int] = field(default_factory=dict)
+    api_calls: int = 0
+    links: pl.DataFrame = field(default_factory=pl.DataFrame)
+    #: Accounts linked from several customers: account_id, customers (list).
+    shared_accounts: pl.DataFrame = field(default_factory=pl.DataFrame)
+
+
+def normalise_name(col: pl.Expr) -> pl.Expr:
+    """Lower case, punctuation dropped, whitespace collapsed."""
+    return (
+        col.str.to_lowercase()
+        .str.replace_all(r"[^\p{L}\p{N}\s]", "")
+        .str.replace_all(r"\s+", " ")
+        .str.strip_chars()
+    )
+
+
+def match_customers(
+    customers: pl.DataFrame,
+    accounts: pl.DataFrame,
+    *,
+    metadata_keys: tuple[str, ...],
+    personal_domains: tuple[str, ...],
+) -> pl.DataFrame:
+    """One row per customer: customer_id, account_id (None unless linked), method, detail.
+
+    ``customers``: customer_id, name, email_domain, metadata (JSON text).
+    ``accounts``: account_id, name, website_domain, stripe_customer_id (live ones only).
+    """
+    cust = customers.with_columns(
+        pl.coalesce(
+            [pl.col("metadata").str.json_path_match(f"$.{key}") for key in metadata_keys]
+            or [pl.lit(None, pl.Utf8)]
+        ).alias("meta_account"),
+        normalise_name(pl.col("name")).alias("name_norm"),
+        pl.col("email_domain").str.to_lowercase().alias("domain"),
+    )
+    acc = accounts.with_columns(
+        normalise_name(pl.col("name")).alias("name_norm"),
+        pl.col("website_domain").str.to_lowercase().alias("domain"),
+    ).select("account_id", "name_norm", "domain", "stripe_customer_id")
+    personal = [d.lower() for d in personal_domains]
+
+    def cands(
+        rank: int, method: str, left: pl.DataFrame, on_left: str, on_right: str
+    ) -> pl.DataFrame:
+        return (
+            left.filter(pl.col(on_left).is_not_null() & (pl.col(on_left) != ""))
+            .join(
+                acc.select("account_id", pl.col(on_right).alias("_k")),
+                left_on=on_left,
+                right_on="_k",
+            )
+            .select(
+                "customer_id",
+                "account_id",
+                pl.lit(rank).alias("rank"),
+                pl.lit(method).alias("method"),
+            )
+        )
+
+    by_meta = cust.filter(pl.col("meta_account").is_not_null()).join(
+        acc.select("account_id"), left_on="meta_account", right_on="account_id"
+    )
+    candidates = pl.concat(
+        [
+            by_meta.select(
+                "customer_id",
+                pl.col("meta_account").alias("account_id"),
+                pl.lit(0).alias("rank"),
+                pl.lit("metadata").alias("method"),
+            ),
+            cands(1, "account_field", cust, "customer_id", "stripe_customer_id"),
+            cands(
+                2,
+                "email_domain",
+                cust.filter(~pl.col("domain").is_in(personal)),
+                "domain",
+                "domain",
+            ),
+            cands(3, "name", cust, "name_norm", "name_norm"),
+        ]
+    )
+    best = (
+        candidates.group_by("customer_id", "rank", "method")
+        .agg(pl.col("account_id").unique().sort())
+        .sort("customer_id", "rank")
+        .group_by("customer_id", maintain_order=True)
+        .first()
+    )
+    out = (
+        cust.select("customer_id")
+        .join(best, on="customer_id", how="left")
+        .with_columns(n=pl.col("account_id").list.len().fill_null(0))
+        .select(
+            "customer_id",
+            pl.when(pl.col("n") == 1).then(pl.col("account_id").list.first()).alias("account_id"),
+            pl.when(pl.col("n") == 0)
+            .then(pl.lit("unmatched"))
+            .when(pl.col("n") > 1)
+            .then(pl.lit("conflict"))
+            .otherwise(pl.col("method"))
+            .alias("method"),
+            pl.when(pl.col("n") > 1)
+            .then(pl.col("method") + pl.lit(": ") + pl.col("account_id").list.join(", "))
+            .alias("detail"),
+        )
+        .sort("customer_id")
+    )
+    return out
+
+
+def link_customers(settings: Settings, con: duckdb.DuckDBPyConnection) -> LinkReport:
+    """Rebuild core_account_links from core_customers and core_accounts."""
+    customers = con.sql(
+        "SELECT customer_id, name, email_domain, CAST(metadata AS VARCHAR) AS metadata"
+        " FROM core_customers WHERE NOT is_deleted"
+    ).pl()
+    accounts = con.sql(
+        "SELECT account_id, name, website_domain, stripe_customer_id"
+        " FROM core_accounts WHERE NOT is_deleted"
+    ).pl()
+    links = match_customers(
+        customers,
+        accounts,
+        metadata_keys=settings.salesforce.link_metadata_keys,
+        personal_domains=settings.salesforce.personal_email_domains,
+    ).with_columns(pl.lit(utcnow()).alias("linked_at"))
+    con.register("new_links", links.to_arrow())
+    try:
+        with transaction(con):
+            con.execute("DELETE FROM core_account_links")
+            con.execute("INSERT INTO core_account_links BY NAME SELECT * FROM new_links")
+    finally:
+        con.unregister("new_links")
+    shared = (
+        links.filter(pl.col("account_id").is_not_null())
+        .group_by("account_id")
+        .agg(pl.col("customer_id").sort().alias("customers"))
+        .filter(pl.col("customers").list.len() > 1)
+        .sort("account_id")
+    )
+    counts = {
+        m: int(links.filter(pl.col("method") == m).height)
+        for m in (*RULES, "unmatched", "conflict")
+    }
+    counts["matched"] = sum(counts[m] for m in RULES)
+    counts["shared_accounts"] = shared.height
+    return LinkReport(counts=counts, links=links, shared_accounts=shared)

@@ -1,0 +1,132 @@
+"""Build a simple-salesforce client from the settings, with the daily API budget enforced.
+
+Logins: a session id with an instance URL, or OAuth at ``/services/oauth2/token`` (the
+username-password flow when a username is set, else client credentials). The session
+trusts ``ca_bundle`` when one is set; TLS checks are never turned off.
+
+Every response's ``Sforce-Limit-Info: api-usage=N/M`` is read; once the remaining calls
+fall to ``api_reserve`` the next request raises :class:`ApiBudgetExhaustedError` instead of
+going out.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import requests
+from simple_salesforce import Salesforce
+
+from churn.errors import ApiBudgetExhaustedError, ConfigError, SalesforceExtractError
+from churn.settings import SalesforceSettings
+
+_USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
+
+
+class BudgetedSession(requests.Session):
+    """A requests.Session that tracks Sforce-Limit-Info and refuses calls below the reserve."""
+
+    def __init__(self, reserve: int) -> None:
+        super().__init__()
+        self.reserve = reserve
+        self.used: int | None = None
+        self.limit: int | None = None
+        self.calls = 0
+
+    @property
+    def remaining(self) -> int | None:
+        if self.used is None or self.limit is None:
+            return None
+        return self.limit - self.used
+
+    def request(
+        self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        remaining = self.remaining
+        if remaining is not None and remaining <= self.reserve:
+            raise ApiBudgetExhaustedError(
+                f"Salesforce daily API budget: {remaining} calls left, reserve is"
+                f" {self.reserve} (SALESFORCE_API_RESERVE); stopping before {method!s} {_path(url)}"
+            )
+        # REQUESTS_CA_BUNDLE would override a session-level verify; a request-level one wins.
+        if isinstance(self.verify, str):
+            kwargs.setdefault("verify", self.verify)
+        response = super().request(method, url, *args, **kwargs)  # type: ignore[arg-type]
+        self.calls += 1
+        self.observe(response)
+        if response.status_code == 403 and "REQUEST_LIMIT_EXCEEDED" in response.text:
+            raise ApiBudgetExhaustedError(
+                f"Salesforce answered REQUEST_LIMIT_EXCEEDED to {method!s} {_path(url)}"
+            )
+        return response
+
+    def observe(self, response: requests.Response) -> None:
+        match = _USAGE.search(response.headers.get("Sforce-Limit-Info", ""))
+        if match:
+            self.used, self.limit = int(match[1]), int(match[2])
+
+
+def _path(url: str | bytes) -> str:
+    text = url.decode() if isinstance(url, bytes) else url
+    return text.split("?", 1)[0]
+
+
+def make_salesforce(
+    sf_settings: SalesforceSettings, session: requests.Session | None = None
+) -> Salesforce:
+    """A logged-in client. ``session`` defaults to a :class:`BudgetedSession`."""
+    if session is None:
+        session = BudgetedSession(sf_settings.api_reserve)
+    if sf_settings.ca_bundle is not None:
+        session.verify = str(sf_settings.ca_bundle)
+    version = sf_settings.api_version
+    if sf_settings.instance_url and sf_settings.session_id:
+        return Salesforce(
+            instance_url=sf_settings.instance_url,
+            session_id=sf_settings.session_id.get_secret_value(),
+            version=version,
+            session=session,
+        )
+    token, instance_url = _oauth(sf_settings, session)
+    return Salesforce(instance_url=instance_url, session_id=token, version=version, session=session)
+
+
+def _oauth(s: SalesforceSettings, session: requests.Session) -> tuple[str, str]:
+    if not (s.client_id and s.client_secret):
+        raise ConfigError(
+            "Salesforce login needs SALESFORCE_INSTANCE_URL + SALESFORCE_SESSION_ID, or"
+            " SALESFORCE_CLIENT_ID + SALESFORCE_CLIENT_SECRET (with SALESFORCE_USERNAME +"
+            " SALESFORCE_PASSWORD for the password flow)"
+        )
+    if s.instance_url:
+        base = s.instance_url.rstrip("/")
+    elif s.domain in ("login", "test"):
+        base = f"https://{s.domain}.salesforce.com"
+    else:
+        base = f"https://{s.domain}"
+    form = {"client_id": s.client_id, "client_secret": s.client_secret.get_secret_value()}
+    if s.username and s.password:
+        token = s.security_token.get_secret_value() if s.security_token else ""
+        form |= {
+            "grant_type": "password",
+            "username": s.username,
+            "password": s.password.get_secret_value() + token,
+        }
+    else:
+        form["grant_type"] = "client_credentials"
+    try:
+        response = session.post(f"{base}/services/oauth2/token", data=form, timeout=60)
+    except requests.RequestException as exc:
+        raise SalesforceExtractError(
+            f"Salesforce login at {base}/services/oauth2/token failed: {type(exc).__name__}"
+        ) from None
+    if response.status_code != 200:
+        try:
+            err = response.json().get("error", "unknown")
+        except ValueError:
+            err = f"HTTP {response.status_code}"
+        raise SalesforceExtractError(
+            f"Salesforce login ({form['grant_type']}) at {base}/services/oauth2/token refused: {err}"
+        )
+    body = response.json()
+    return str(body["access_token"]), str(body.get("instance_url") or base)

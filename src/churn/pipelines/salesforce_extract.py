@@ -1,0 +1,405 @@
+"""Extract Salesforce objects into raw_sf_<object> and the typed core tables.
+
+Each stream is read with ``queryAll`` (deleted rows included, IsDeleted tells) ordered by
+SystemModstamp, Id, starting ``lookback_seconds`` before the stream's cursor; ``>=`` plus
+the lookback makes rows sharing a SystemModstamp across a page boundary land on the next
+run as well, and landing is an upsert by Id (newer-or-equal stamp wins), so the overlap
+changes nothing. Each page lands, its core rows are rebuilt and the cursor moves in one
+transaction: a run stopped anywhere (budget, kill) resumes from the last complete page.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import duckdb
+import polars as pl
+from simple_salesforce import Salesforce, format_soql
+from simple_salesforce.exceptions import SalesforceError
+
+from churn.errors import ApiBudgetExhaustedError, ConfigError, SalesforceExtractError
+from churn.pipelines.salesforce_client import BudgetedSession, make_salesforce
+from churn.pipelines.warehouse import transaction, utcnow
+from churn.settings import Settings
+
+_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Stream:
+    name: str  # also the raw table suffix: raw_sf_<name>
+    sobject: str
+    fields: tuple[str, ...]
+    where: str = ""  # a fixed extra condition (identifiers only, no data)
+
+
+@dataclass
+class SalesforceExtractResult:
+    counts: dict[str, int] = field(default_factory=dict)
+    api_calls: int = 0
+    multi_currency: bool = False
+
+
+def _ident(name: str, setting: str) -> str:
+    if not _IDENT.match(name):
+        raise ConfigError(f"{setting} is not a Salesforce field name")
+    return name
+
+
+def streams(settings: Settings, *, multi_currency: bool) -> list[Stream]:
+    """The streams to read, with the configured custom field names."""
+    sf = settings.salesforce
+    stripe_field = _ident(
+        sf.account_stripe_customer_field, "SALESFORCE_ACCOUNT_STRIPE_CUSTOMER_FIELD"
+    )
+    task_field = _ident(sf.task_external_id_field, "SALESFORCE_TASK_EXTERNAL_ID_FIELD")
+    cur = ("CurrencyIsoCode",) if multi_currency else ()
+    account = ["Id", "Name", "Website", "OwnerId", *cur, stripe_field]
+    if settings.usage.account_field:
+        account.append(_ident(settings.usage.account_field, "CHURN_USAGE__ACCOUNT_FIELD"))
+    base = ("SystemModstamp", "IsDeleted")
+    out = [
+        Stream("user", "User", ("Id", "Name", "Email", "IsActive", *base)),
+        Stream("account", "Account", (*dict.fromkeys(account), *base)),
+        Stream(
+            "opportunity",
+            "Opportunity",
+            (
+                "Id",
+                "AccountId",
+                "Name",
+                "StageName",
+                "Amount",
+                *cur,
+                "CloseDate",
+                "IsClosed",
+                "IsWon",
+                *base,
+            ),
+        ),
+        Stream("contact", "Contact", ("Id", "AccountId", "Name", "Email", *base)),
+        Stream(
+            "task",
+            "Task",
+            ("Id", "WhatId", "OwnerId", "Subject", "Status", task_field, *base),
+            where=f"{task_field} != null",
+        ),
+    ]
+    if multi_currency:
+        out.append(
+            Stream(
+                "currencytype",
+                "CurrencyType",
+                (
+                    "Id",
+                    "IsoCode",
+                    "ConversionRate",
+                    "DecimalPlaces",
+                    "IsActive",
+                    "IsCorporate",
+                    "SystemModstamp",
+                ),
+            )
+        )
+    return out
+
+
+def parse_sf_datetime(text: str) -> datetime:
+    """``2024-01-01T00:00:00.000+0000`` as naive UTC."""
+    value = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z")
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def build_soql(stream: Stream, since: datetime | None) -> str:
+    """The stream's query; ``since`` (naive UTC) goes through format_soql."""
+    conds = [stream.where] if stream.where else []
+    if since is not None:
+        conds.append(format_soql("SystemModstamp >= {}", since.replace(tzinfo=UTC)))
+    where = f" WHERE {' AND '.join(conds)}" if conds else ""
+    return f"SELECT {', '.join(stream.fields)} FROM {stream.sobject}{where} ORDER BY SystemModstamp, Id"
+
+
+def page_frame(records: list[dict[str, Any]], fetched_at: datetime) -> pl.DataFrame:
+    """One page as the raw table's columns."""
+    rows = []
+    for rec in records:
+        payload = {k: v for k, v in rec.items() if k != "attributes"}
+        rows.append(
+            {
+                "id": str(rec["Id"]),
+                "payload": json.dumps(payload),
+                "system_modstamp": parse_sf_datetime(rec["SystemModstamp"]),
+                "is_deleted": bool(rec.get("IsDeleted") or False),
+                "fetched_at": fetched_at,
+            }
+        )
+    schema: dict[str, pl.DataType | type[pl.DataType]] = {
+        "id": pl.Utf8,
+        "payload": pl.Utf8,
+        "system_modstamp": pl.Datetime("us"),
+        "is_deleted": pl.Boolean,
+        "fetched_at": pl.Datetime("us"),
+    }
+    return pl.DataFrame(rows, schema=schema)
+
+
+def _core_sql(stream: str, settings: Settings) -> tuple[str, list[Any]] | None:
+    """SQL rebuilding the core rows of the ids in ``sf_page`` from the raw table."""
+    j = "json_extract_string(payload, ?)"
+    if stream == "account":
+        return (
+            f"""INSERT OR REPLACE INTO core_accounts
+            SELECT id, {j}, {j},
+              nullif(regexp_extract(lower({j}), '^(?:[a-z]+://)?(?:www\\.)?([^/:?#\\s]+)', 1), ''),
+              {j}, {j}, {j}, system_modstamp, is_deleted
+            FROM raw_sf_account WHERE id IN (SELECT id FROM sf_page)""",
+            [
+                "$.Name",
+                "$.Website",
+                "$.Website",
+                "$.OwnerId",
+                f"$.{settings.salesforce.account_stripe_customer_field}",
+                "$.CurrencyIsoCode",
+            ],
+        )
+    if stream == "user":
+        return (
+            f"""INSERT OR REPLACE INTO core_users
+            SELECT id, {j}, {j}, CAST({j} AS BOOLEAN), system_modstamp, is_deleted
+            FROM raw_sf_user WHERE id IN (SELECT id FROM sf_page)""",
+            ["$.Name", "$.Email", "$.IsActive"],
+        )
+    if stream == "opportunity":
+        return (
+            f"""INSERT OR REPLACE INTO core_opportunities
+            SELECT id, {j}, {j}, {j}, CAST({j} AS DECIMAL(18, 2)), {j}, CAST({j} AS DATE),
+              CAST({j} AS BOOLEAN), CAST({j} AS BOOLEAN), system_modstamp, is_deleted
+            FROM raw_sf_opportunity WHERE id IN (SELECT id FROM sf_page)""",
+            [
+                "$.AccountId",
+                "$.Name",
+                "$.StageName",
+                "$.Amount",
+                "$.CurrencyIsoCode",
+                "$.CloseDate",
+                "$.IsClosed",
+                "$.IsWon",
+            ],
+        )
+    if stream == "contact":
+        return (
+            f"""INSERT OR REPLACE INTO core_contacts
+            SELECT id, {j}, {j}, {j}, system_modstamp, is_deleted
+            FROM raw_sf_contact WHERE id IN (SELECT id FROM sf_page)""",
+            ["$.AccountId", "$.Name", "$.Email"],
+        )
+    if stream == "currencytype":
+        return (
+            f"""INSERT OR REPLACE INTO core_currency_rates
+            SELECT upper({j}), CAST({j} AS DECIMAL(18, 9)), CAST({j} AS INTEGER),
+              coalesce(CAST({j} AS BOOLEAN), FALSE), coalesce(CAST({j} AS BOOLEAN), TRUE),
+              system_modstamp
+            FROM raw_sf_currencytype WHERE id IN (SELECT id FROM sf_page) AND NOT is_deleted""",
+            ["$.IsoCode", "$.ConversionRate", "$.DecimalPlaces", "$.IsCorporate", "$.IsActive"],
+        )
+    return None
+
+
+def land_page(
+    con: duckdb.DuckDBPyConnection,
+    stream: str,
+    frame: pl.DataFrame,
+    settings: Settings,
+    *,
+    move_cursor: bool = True,
+) -> datetime | None:
+    """Upsert one page into raw and core and move the cursor, in one transaction."""
+    if frame.is_empty():
+        return None
+    top = frame["system_modstamp"].max()
+    assert isinstance(top, datetime)
+    con.register("sf_page", frame.to_arrow())
+    try:
+        with transaction(con):
+            # raw_sf_* other than account carry no key (CREATE TABLE AS), so no ON CONFLICT:
+            # replace the rows this page supersedes (newer-or-equal stamp), add the new ones.
+            con.execute(
+                f"""DELETE FROM raw_sf_{stream} WHERE id IN (
+                  SELECT p.id FROM sf_page p JOIN raw_sf_{stream} r USING (id)
+                  WHERE p.system_modstamp >= r.system_modstamp)"""
+            )
+            con.execute(
+                f"""INSERT INTO raw_sf_{stream} BY NAME SELECT * FROM sf_page
+                WHERE id NOT IN (SELECT id FROM raw_sf_{stream})"""
+            )
+            core = _core_sql(stream, settings)
+            if core is not None:
+                con.execute(core[0], core[1])
+            if move_cursor:
+                _move_cursor(con, stream, top)
+    finally:
+        con.unregister("sf_page")
+    return top
+
+
+def _move_cursor(con: duckdb.DuckDBPyConnection, stream: str, top: datetime) -> None:
+    con.execute(
+        """INSERT INTO sync_state (stream, cursor, cursor_ts, updated_at)
+        VALUES (?, NULL, ?, ?)
+        ON CONFLICT (stream) DO UPDATE SET
+          cursor_ts = greatest(sync_state.cursor_ts, excluded.cursor_ts),
+          updated_at = excluded.updated_at""",
+        [f"salesforce.{stream}", top, utcnow()],
+    )
+
+
+def _cursor(con: duckdb.DuckDBPyConnection, stream: str) -> datetime | None:
+    # fetchall, not fetchone: DuckDB 2 keeps an unfinished result busy on the connection
+    rows = con.execute(
+        "SELECT cursor_ts FROM sync_state WHERE stream = ?", [f"salesforce.{stream}"]
+    ).fetchall()
+    return rows[0][0] if rows and rows[0][0] is not None else None
+
+
+def extract_stream(
+    sf: Salesforce, con: duckdb.DuckDBPyConnection, stream: Stream, settings: Settings
+) -> int:
+    """Read one stream page by page from its cursor; returns rows landed."""
+    cursor = _cursor(con, stream.name)
+    since = (
+        None if cursor is None else cursor - timedelta(seconds=settings.salesforce.lookback_seconds)
+    )
+    soql = build_soql(stream, since)
+    landed = 0
+    try:
+        count_soql = soql.replace(f"SELECT {', '.join(stream.fields)} ", "SELECT COUNT() ", 1)
+        count_soql = count_soql.rsplit(" ORDER BY ", 1)[0]
+        total = int(sf.query(count_soql, include_deleted=True)["totalSize"])
+        if total > settings.salesforce.bulk_threshold:
+            return extract_stream_bulk(sf, con, stream, settings, soql)
+        page = sf.query(soql, include_deleted=True)
+        while True:
+            frame = page_frame(page.get("records", []), utcnow())
+            land_page(con, stream.name, frame, settings)
+            landed += frame.height
+            if page.get("done", True) or not page.get("nextRecordsUrl"):
+                return landed
+            page = sf.query_more(
+                page["nextRecordsUrl"], identifier_is_url=True, include_deleted=True
+            )
+    except SalesforceError as exc:
+        raise SalesforceExtractError(
+            f"Salesforce stream {stream.name}: {exc.__class__.__name__} from {exc.url}: {_codes(exc)}"
+        ) from None
+
+
+def _bulk_value(text: str) -> Any:
+    if text == "":
+        return None
+    if text in ("true", "false"):
+        return text == "true"
+    return text
+
+
+def extract_stream_bulk(
+    sf: Salesforce, con: duckdb.DuckDBPyConnection, stream: Stream, settings: Settings, soql: str
+) -> int:
+    """One Bulk API 2.0 queryAll job; the cursor moves only once every result page landed."""
+    job = sf.restful("jobs/query", method="POST", json={"operation": "queryAll", "query": soql})
+    job_id = str((job or {})["id"])
+    delay = 0.05
+    while True:
+        info = sf.restful(f"jobs/query/{job_id}") or {}
+        state = info.get("state")
+        if state == "JobComplete":
+            break
+        if state in ("Failed", "Aborted"):
+            raise SalesforceExtractError(
+                f"Salesforce stream {stream.name}: bulk query job {job_id} {state}: {info.get('errorMessage')}"
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+    landed, top, locator = 0, None, ""
+    url = f"{sf.base_url}jobs/query/{job_id}/results"
+    while locator != "null":
+        params: dict[str, Any] = {"maxRecords": settings.salesforce.bulk_page_size}
+        if locator:
+            params["locator"] = locator
+        response = sf.session.get(url, params=params, headers=sf.headers, timeout=300)
+        if response.status_code != 200:
+            raise SalesforceExtractError(
+                f"Salesforce stream {stream.name}: bulk results of job {job_id}: HTTP {response.status_code}"
+            )
+        locator = response.headers.get("Sforce-Locator", "null")
+        reader = csv.DictReader(io.StringIO(response.text))
+        records = [{k: _bulk_value(v) for k, v in row.items()} for row in reader]
+        page_top = land_page(
+            con, stream.name, page_frame(records, utcnow()), settings, move_cursor=False
+        )
+        landed += len(records)
+        if page_top is not None and (top is None or page_top > top):
+            top = page_top
+    if top is not None:
+        with transaction(con):
+            _move_cursor(con, stream.name, top)
+    return landed
+
+
+def _codes(exc: SalesforceError) -> str:
+    content = exc.content
+    if isinstance(content, list):
+        return ", ".join(
+            f"{e.get('errorCode')}: {e.get('message')}" for e in content if isinstance(e, dict)
+        )
+    return str(exc.status)
+
+
+def detect_multi_currency(sf: Salesforce) -> bool:
+    """Multi-currency orgs have CurrencyIsoCode on Account (describe tells)."""
+    try:
+        described = sf.restful("sobjects/Account/describe")
+    except SalesforceError as exc:
+        raise SalesforceExtractError(f"Salesforce describe Account failed: {_codes(exc)}") from None
+    fields = (described or {}).get("fields", [])
+    return any(f.get("name") == "CurrencyIsoCode" for f in fields)
+
+
+def extract_salesforce(
+    settings: Settings,
+    con: duckdb.DuckDBPyConnection,
+    *,
+    progress: bool = True,
+    sf: Salesforce | None = None,
+) -> SalesforceExtractResult:
+    """Extract every stream; raises ApiBudgetExhaustedError after landing what it could."""
+    session = BudgetedSession(settings.salesforce.api_reserve)
+    if sf is None:
+        if not settings.salesforce.configured:
+            raise ConfigError(
+                "Salesforce is not configured: set SALESFORCE_INSTANCE_URL and"
+                " SALESFORCE_SESSION_ID, or SALESFORCE_CLIENT_ID and SALESFORCE_CLIENT_SECRET"
+            )
+        sf = make_salesforce(settings.salesforce, session)
+    elif isinstance(sf.session, BudgetedSession):
+        session = sf.session
+    start_calls = session.calls
+    result = SalesforceExtractResult()
+    try:
+        result.multi_currency = detect_multi_currency(sf)
+        for stream in streams(settings, multi_currency=result.multi_currency):
+            result.counts[stream.name] = extract_stream(sf, con, stream, settings)
+            if progress:
+                print(f"salesforce {stream.name}: {result.counts[stream.name]} rows")
+    except ApiBudgetExhaustedError as exc:
+        result.api_calls = session.calls - start_calls
+        done = ", ".join(f"{k}={v}" for k, v in result.counts.items()) or "nothing"
+        raise ApiBudgetExhaustedError(f"{exc}; landed before stopping: {done}") from None
+    result.api_calls = session.calls - start_calls
+    return result

@@ -1,0 +1,146 @@
+"""The usage feed: active seats per account per day into core_usage.
+
+Sources: CSV or Parquet files in ``settings.usage.folder`` (columns ``account_id`` or
+``customer_id``, ``day``, ``active_seats``), and/or a Salesforce Account field
+(``settings.usage.account_field``) read from raw_sf_account, dated by its SystemModstamp.
+Loading is an upsert on (account_id, day): rerunning changes nothing. Bad rows go to
+quarantine with the reason, ``file:line`` as their object id.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from churn.errors import ConfigError, ExtractError
+from churn.pipelines.warehouse import transaction, utcnow
+from churn.settings import Settings
+
+_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+@dataclass
+class UsageResult:
+    counts: dict[str, int] = field(default_factory=dict)
+    api_calls: int = 0
+
+
+def read_usage_file(path: Path) -> pl.DataFrame:
+    """One file as strings plus its ``line`` (CSV: the file's line; Parquet: row number)."""
+    try:
+        if path.suffix.lower() == ".parquet":
+            frame = pl.read_parquet(path).with_row_index("line", offset=1)
+            frame = frame.with_columns(pl.exclude("line").cast(pl.Utf8))
+        else:
+            frame = pl.read_csv(path, infer_schema=False).with_row_index("line", offset=2)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise ExtractError(f"usage file {path} cannot be read: {exc}") from exc
+    if "account_id" not in frame.columns and "customer_id" in frame.columns:
+        frame = frame.rename({"customer_id": "account_id"})
+    missing = {"account_id", "day", "active_seats"} - set(frame.columns)
+    if missing:
+        raise ExtractError(f"usage file {path} lacks column(s) {sorted(missing)}")
+    return frame.select(
+        pl.lit(path.name).alias("file"),
+        pl.col("line").cast(pl.Int64),
+        "account_id",
+        "day",
+        "active_seats",
+    )
+
+
+def validate_usage(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split string rows into (good: account_id, day, active_seats, source) and (bad + reason)."""
+    parsed = raw.with_columns(
+        pl.col("account_id").str.strip_chars().alias("account_id"),
+        pl.col("day")
+        .str.strip_chars()
+        .str.slice(0, 10)
+        .str.to_date("%Y-%m-%d", strict=False)
+        .alias("day_p"),
+        pl.col("active_seats").str.strip_chars().cast(pl.Int64, strict=False).alias("seats_p"),
+    ).with_columns(
+        pl.when(pl.col("account_id").is_null() | (pl.col("account_id") == ""))
+        .then(pl.lit("missing account_id"))
+        .when(pl.col("day_p").is_null())
+        .then(pl.lit("day is not a YYYY-MM-DD date"))
+        .when(pl.col("seats_p").is_null())
+        .then(pl.lit("active_seats is not an integer"))
+        .when(pl.col("seats_p") < 0)
+        .then(pl.lit("active_seats is negative"))
+        .alias("reason")
+    )
+    good = (
+        parsed.filter(pl.col("reason").is_null())
+        .select(
+            "account_id",
+            pl.col("day_p").alias("day"),
+            pl.col("seats_p").alias("active_seats"),
+            pl.col("file").alias("source"),
+        )
+        .unique(subset=["account_id", "day"], keep="last", maintain_order=True)
+    )
+    bad = parsed.filter(pl.col("reason").is_not_null()).select(
+        (pl.col("file") + pl.lit(":") + pl.col("line").cast(pl.Utf8)).alias("object_id"),
+        "reason",
+        pl.struct("account_id", "day", "active_seats").struct.json_encode().alias("payload"),
+    )
+    return good, bad
+
+
+def load_usage(settings: Settings, con: duckdb.DuckDBPyConnection) -> UsageResult:
+    """Load every usage source configured; at least one must be."""
+    folder, account_field = settings.usage.folder, settings.usage.account_field
+    if folder is None and not account_field:
+        raise ConfigError("usage: set CHURN_USAGE__FOLDER or CHURN_USAGE__ACCOUNT_FIELD")
+    result = UsageResult(counts={"files": 0, "rows": 0, "quarantined": 0, "account_field": 0})
+    now = utcnow()
+    if folder is not None:
+        if not folder.is_dir():
+            raise ConfigError(f"CHURN_USAGE__FOLDER {folder} is not a folder")
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".csv", ".parquet"))
+        for path in files:
+            good, bad = validate_usage(read_usage_file(path))
+            _land(con, good.with_columns(pl.lit(now).alias("loaded_at")), bad, now)
+            result.counts["files"] += 1
+            result.counts["rows"] += good.height
+            result.counts["quarantined"] += bad.height
+    if account_field:
+        if not _FIELD.match(account_field):
+            raise ConfigError("CHURN_USAGE__ACCOUNT_FIELD is not a Salesforce field name")
+        with transaction(con):
+            rows = con.execute(
+                """INSERT OR REPLACE INTO core_usage
+                SELECT id, CAST(system_modstamp AS DATE),
+                  CAST(TRY_CAST(json_extract_string(payload, ?) AS DOUBLE) AS BIGINT),
+                  'salesforce:' || ?, ?
+                FROM raw_sf_account
+                WHERE NOT is_deleted
+                  AND TRY_CAST(json_extract_string(payload, ?) AS DOUBLE) >= 0""",
+                [f"$.{account_field}", account_field, now, f"$.{account_field}"],
+            ).fetchall()
+        result.counts["account_field"] = int(rows[0][0]) if rows else 0
+    return result
+
+
+def _land(
+    con: duckdb.DuckDBPyConnection, good: pl.DataFrame, bad: pl.DataFrame, now: object
+) -> None:
+    con.register("usage_good", good.to_arrow())
+    con.register("usage_bad", bad.to_arrow())
+    try:
+        with transaction(con):
+            con.execute("INSERT OR REPLACE INTO core_usage BY NAME SELECT * FROM usage_good")
+            con.execute(
+                """INSERT OR REPLACE INTO quarantine
+                  (source, stream, object_id, reason, payload, run_id, quarantined_at)
+                SELECT 'usage', 'usage', object_id, reason, payload, NULL, ? FROM usage_bad""",
+                [now],
+            )
+    finally:
+        con.unregister("usage_good")
+        con.unregister("usage_bad")

@@ -1,0 +1,881 @@
+"""A stateful loopback stand-in for Salesforce's REST API, served over TLS.
+
+simple-salesforce always builds ``https://`` URLs, so the server serves TLS with a
+certificate from a CA made by ``trustme`` at start-up; clients trust ``ca_path``.
+
+Follows the documented REST API for what this service uses: OAuth token login
+(password and client-credentials flows), ``query``/``queryAll`` with ``nextRecordsUrl``
+paging, sObject create/read/update/upsert/delete, sObject Collections, ``describe``,
+``limits`` and the ``Sforce-Limit-Info`` header with a daily budget, IsDeleted for deletes,
+validation rules answering FIELD_CUSTOM_VALIDATION_EXCEPTION. Errors use Salesforce's body
+shape: a JSON list of ``{message, errorCode, fields}``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import secrets
+import ssl
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import trustme
+
+from churn.errors import SandboxError
+from churn.sandbox import soql
+from churn.sandbox.sf_schema import ObjectDef, default_schema
+
+#: A validation rule: (sobject, merged record) -> an error message, or None to accept.
+ValidationRule = Callable[[str, Mapping[str, Any]], str | None]
+
+DEFAULT_BATCH = 2000
+COLLECTION_MAX = 200
+
+
+class ApiFault(Exception):
+    """An error answer: HTTP status plus Salesforce's error list."""
+
+    def __init__(self, status: int, code: str, message: str, fields: list[str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.body: Any = [{"message": message, "errorCode": code, "fields": fields or []}]
+
+
+@dataclass(frozen=True)
+class CsvBody:
+    """A text/csv answer (Bulk API 2.0 results) with its extra headers."""
+
+    text: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class OrgState:
+    """Everything the org holds; guarded by ``lock``."""
+
+    schema: dict[str, ObjectDef]
+    records: dict[str, dict[str, dict[str, Any]]]
+    api_max: int
+    api_used: int = 0
+    batch_size: int = DEFAULT_BATCH
+    rules: list[ValidationRule] = field(default_factory=list)
+    request_log: list[tuple[str, str]] = field(default_factory=list)
+    cursors: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tokens: set[str] = field(default_factory=set)
+    users: dict[str, str] = field(default_factory=dict)  # username -> password+token
+    clients: dict[str, str] = field(default_factory=dict)  # client_id -> secret
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    #: The clock for SystemModstamp; tests may pin it to make equal stamps.
+    clock: Callable[[], datetime] = field(
+        default_factory=lambda: lambda: datetime.now(UTC).replace(tzinfo=None)
+    )
+
+    def new_id(self, obj: str) -> str:
+        prefix = self.schema[obj].key_prefix
+        return f"{prefix}{next(self.ids):012d}AAA"
+
+    def obj(self, name: str) -> ObjectDef:
+        for key, od in self.schema.items():
+            if key.lower() == name.lower():
+                return od
+        raise ApiFault(404, "NOT_FOUND", f"The requested resource does not exist: {name}")
+
+    # ---- writes -------------------------------------------------------------------
+    def _check_fields(self, od: ObjectDef, values: Mapping[str, Any], op: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            if key == "attributes":
+                continue
+            fd = od.field_named(key)
+            if fd is None:
+                raise ApiFault(
+                    400,
+                    "INVALID_FIELD",
+                    f"No such column '{key}' on sobject of type {od.name}",
+                    [key],
+                )
+            if not fd.updateable:
+                raise ApiFault(
+                    400,
+                    "INVALID_FIELD_FOR_INSERT_UPDATE",
+                    f"Unable to create/update fields: {fd.name}. Please check the security"
+                    " settings of this field and verify that it is read/write for your profile"
+                    " or permission set.",
+                    [fd.name],
+                )
+            out[fd.name] = value
+        return out
+
+    def _validate(self, od: ObjectDef, merged: Mapping[str, Any]) -> None:
+        for rule in self.rules:
+            message = rule(od.name, merged)
+            if message:
+                raise ApiFault(400, "FIELD_CUSTOM_VALIDATION_EXCEPTION", message)
+
+    def insert(self, obj: str, values: Mapping[str, Any]) -> str:
+        od = self.obj(obj)
+        clean = self._check_fields(od, values, "insert")
+        now = soql.format_datetime(self.clock())
+        rid = self.new_id(od.name)
+        record: dict[str, Any] = {f: None for f in od.fields}
+        record.update(clean)
+        record.update(
+            Id=rid, IsDeleted=False, CreatedDate=now, LastModifiedDate=now, SystemModstamp=now
+        )
+        if od.name == "Contact":
+            record["Name"] = " ".join(
+                p for p in (record.get("FirstName"), record.get("LastName")) if p
+            )
+        self._validate(od, record)
+        self.records.setdefault(od.name, {})[rid] = record
+        return rid
+
+    def update(self, obj: str, rid: str, values: Mapping[str, Any]) -> None:
+        od = self.obj(obj)
+        record = self.live(od, rid)
+        clean = self._check_fields(od, values, "update")
+        merged = {**record, **clean}
+        self._validate(od, merged)
+        now = soql.format_datetime(self.clock())
+        merged.update(LastModifiedDate=now, SystemModstamp=now)
+        self.records[od.name][rid] = merged
+
+    def delete(self, obj: str, rid: str) -> None:
+        od = self.obj(obj)
+        record = self.live(od, rid)
+        now = soql.format_datetime(self.clock())
+        record.update(IsDeleted=True, LastModifiedDate=now, SystemModstamp=now)
+
+    def live(self, od: ObjectDef, rid: str) -> dict[str, Any]:
+        record = self.records.get(od.name, {}).get(rid)
+        if record is None:
+            raise ApiFault(404, "NOT_FOUND", "The requested resource does not exist")
+        if record["IsDeleted"]:
+            raise ApiFault(404, "ENTITY_IS_DELETED", "entity is deleted")
+        return record
+
+    def upsert(
+        self, obj: str, ext_field: str, ext_value: str, values: Mapping[str, Any]
+    ) -> tuple[str, bool]:
+        od = self.obj(obj)
+        fd = od.field_named(ext_field)
+        if fd is None or not (fd.external or fd.name == "Id"):
+            raise ApiFault(
+                404,
+                "NOT_FOUND",
+                f"Provided external ID field does not exist or is not accessible: {ext_field}",
+            )
+        matches = [
+            r
+            for r in self.records.get(od.name, {}).values()
+            if not r["IsDeleted"] and r.get(fd.name) == ext_value
+        ]
+        if len(matches) > 1:
+            raise ApiFault(300, "MULTIPLE_CHOICES", f"more than one record found for {fd.name}")
+        if matches:
+            self.update(od.name, matches[0]["Id"], values)
+            return matches[0]["Id"], False
+        return self.insert(od.name, {**values, fd.name: ext_value}), True
+
+    # ---- reads --------------------------------------------------------------------
+    def query(self, text: str, *, include_deleted: bool) -> dict[str, Any]:
+        try:
+            q = soql.parse(text)
+        except soql.SoqlError as exc:
+            raise ApiFault(400, exc.code, str(exc)) from exc
+        od = self.obj_for_query(q.obj)
+        names = []
+        for name in [*q.fields, *q.where_fields, *(o[0] for o in q.order)]:
+            fd = od.field_named(name)
+            if fd is None:
+                raise ApiFault(
+                    400,
+                    "INVALID_FIELD",
+                    f"\n{text}\n^\nERROR at Row:1:Column:1\nNo such column '{name}' on entity"
+                    f" '{od.name}'. If you are attempting to use a custom field, be sure to"
+                    " append the '__c' after the custom field name.",
+                )
+            names.append(fd.name)
+        selected = names[: len(q.fields)]
+        pool = [
+            {k.lower(): v for k, v in r.items()} | {"__rec": r}
+            for r in self.records.get(od.name, {}).values()
+            if include_deleted or not r["IsDeleted"]
+        ]
+        try:
+            rows = soql.run(q, pool)
+        except soql.SoqlError as exc:
+            raise ApiFault(400, exc.code, str(exc)) from exc
+        if q.count:
+            return {"totalSize": len(rows), "done": True, "records": []}
+        out = [self.shape(od, row["__rec"], selected) for row in rows]
+        return self.page(out, len(out))
+
+    def obj_for_query(self, name: str) -> ObjectDef:
+        try:
+            return self.obj(name)
+        except ApiFault:
+            raise ApiFault(
+                400,
+                "INVALID_TYPE",
+                f"sObject type '{name}' is not supported. If you are attempting to use a"
+                " custom object, be sure to append the '__c' after the entity name.",
+            ) from None
+
+    def shape(
+        self, od: ObjectDef, record: Mapping[str, Any], fields: Iterable[str]
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "attributes": {
+                "type": od.name,
+                "url": f"/services/data/v{API_VERSION}/sobjects/{od.name}/{record['Id']}",
+            }
+        }
+        for name in fields:
+            body[name] = record.get(name)
+        return body
+
+    def page(self, rows: list[dict[str, Any]], total: int) -> dict[str, Any]:
+        first, rest = rows[: self.batch_size], rows[self.batch_size :]
+        body: dict[str, Any] = {"totalSize": total, "done": not rest, "records": first}
+        if rest:
+            token = f"01g{uuid.uuid4().hex[:15]}"
+            self.cursors[token] = rest
+            body["nextRecordsUrl"] = (
+                f"/services/data/v{API_VERSION}/query/{token}-{self.batch_size}"
+            )
+        return body
+
+    def more(self, locator: str) -> dict[str, Any]:
+        token = locator.rsplit("-", 1)[0]
+        rest = self.cursors.pop(token, None)
+        if rest is None:
+            raise ApiFault(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
+        total_done = 0
+        body = self.page(rest, 0)
+        body["totalSize"] = total_done + len(rest)  # callers use totalSize from the first page
+        return body
+
+
+API_VERSION = "62.0"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return  # quiet: tests read the request log instead
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
+        if isinstance(body, CsvBody):
+            raw = body.text.encode()
+            headers = {**(headers or {}), **body.headers, "Content-Type": "text/csv"}
+        else:
+            raw = b"" if body is None else json.dumps(body).encode()
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        if body is not None and not isinstance(body, CsvBody):
+            self.send_header("Content-Type", "application/json;charset=UTF-8")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def _dispatch(self, method: str) -> None:
+        org = self.server.org
+        url = urlsplit(self.path)
+        path = url.path
+        raw = self._body()
+        with org.lock:
+            org.request_log.append((method, path))
+        if path == "/services/oauth2/token" and method == "POST":
+            self._token(raw)
+            return
+        try:
+            if not self._authorized():
+                raise ApiFault(401, "INVALID_SESSION_ID", "Session expired or invalid")
+            with org.lock:
+                if org.api_used >= org.api_max:
+                    raise ApiFault(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
+                org.api_used += 1
+                status, body = self._route(method, path, parse_qs(url.query), raw)
+        except ApiFault as fault:
+            status, body = fault.status, fault.body
+        except (ValueError, KeyError) as exc:
+            status, body = (
+                400,
+                [
+                    {
+                        "message": f"JSON_PARSER_ERROR: {exc}",
+                        "errorCode": "JSON_PARSER_ERROR",
+                        "fields": [],
+                    }
+                ],
+            )
+        self._send(status, body, {"Sforce-Limit-Info": f"api-usage={org.api_used}/{org.api_max}"})
+
+    def _authorized(self) -> bool:
+        auth = self.headers.get("Authorization", "")
+        token = auth.removeprefix("Bearer ").removeprefix("OAuth ").strip()
+        return token in self.server.org.tokens
+
+    def _token(self, raw: bytes) -> None:
+        org = self.server.org
+        form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
+        grant = form.get("grant_type")
+        ok = False
+        if grant == "password":
+            ok = org.clients.get(form.get("client_id", ""), None) == form.get(
+                "client_secret"
+            ) and org.users.get(form.get("username", "")) == form.get("password")
+        elif grant == "client_credentials":
+            ok = org.clients.get(form.get("client_id", ""), None) == form.get("client_secret")
+        else:
+            self._send(
+                400,
+                {
+                    "error": "unsupported_grant_type",
+                    "error_description": "grant type not supported",
+                },
+            )
+            return
+        if not ok:
+            self._send(
+                400, {"error": "invalid_grant", "error_description": "authentication failure"}
+            )
+            return
+        token = "00D000000000001!" + secrets.token_urlsafe(24)
+        with org.lock:
+            org.tokens.add(token)
+        self._send(
+            200,
+            {
+                "access_token": token,
+                "instance_url": self.server.instance_url,
+                "id": f"{self.server.instance_url}/id/00D000000000001AAA/005000000000001AAA",
+                "token_type": "Bearer",
+                "issued_at": str(int(datetime.now(UTC).timestamp() * 1000)),
+                "signature": secrets.token_urlsafe(16),
+            },
+        )
+
+    def _route(
+        self, method: str, path: str, qs: dict[str, list[str]], raw: bytes
+    ) -> tuple[int, Any]:
+        org = self.server.org
+        prefix = "/services/data/v"
+        if not path.startswith(prefix):
+            raise ApiFault(404, "NOT_FOUND", "The requested resource does not exist")
+        parts = [unquote(p) for p in path[len(prefix) :].strip("/").split("/")][1:]
+        head = parts[0] if parts else ""
+        if head == "limits" and method == "GET":
+            return 200, {
+                "DailyApiRequests": {
+                    "Max": org.api_max,
+                    "Remaining": max(org.api_max - org.api_used, 0),
+                }
+            }
+        if head in ("query", "queryAll") and method == "GET":
+            if len(parts) > 1:
+                return 200, org.more(parts[1])
+            text = (qs.get("q") or [""])[0]
+            return 200, org.query(text, include_deleted=head == "queryAll")
+        if head == "sobjects":
+            return self._sobjects(method, parts[1:], raw)
+        if head == "composite" and len(parts) > 1 and parts[1] == "sobjects":
+            return self._collections(method, raw)
+        if head == "jobs" and len(parts) > 1 and parts[1] in ("query", "ingest"):
+            return bulk2(org, method, parts[1], parts[2:], qs, raw)
+        raise ApiFault(404, "NOT_FOUND", "The requested resource does not exist")
+
+    def _sobjects(self, method: str, parts: list[str], raw: bytes) -> tuple[int, Any]:
+        org = self.server.org
+        if not parts:
+            return 200, {
+                "sobjects": [{"name": n, "keyPrefix": o.key_prefix} for n, o in org.schema.items()]
+            }
+        od = org.obj(parts[0])
+        if len(parts) == 1 and method == "POST":
+            rid = org.insert(od.name, json.loads(raw))
+            return 201, {"id": rid, "success": True, "errors": []}
+        if len(parts) == 2 and parts[1] == "describe":
+            return 200, _describe(od)
+        if len(parts) == 2:
+            rid = parts[1]
+            if method == "GET":
+                record = org.live(od, rid)
+                return 200, org.shape(od, record, od.fields)
+            if method == "PATCH":
+                org.update(od.name, rid, json.loads(raw))
+                return 204, None
+            if method == "DELETE":
+                org.delete(od.name, rid)
+                return 204, None
+        if len(parts) == 3 and method == "PATCH":
+            rid, created = org.upsert(od.name, parts[1], parts[2], json.loads(raw))
+            return (201 if created else 200), {
+                "id": rid,
+                "success": True,
+                "errors": [],
+                "created": created,
+            }
+        raise ApiFault(405, "METHOD_NOT_ALLOWED", f"HTTP Method '{method}' not allowed")
+
+    def _collections(self, method: str, raw: bytes) -> tuple[int, Any]:
+        org = self.server.org
+        body = json.loads(raw)
+        records = body.get("records") or []
+        all_or_none = bool(body.get("allOrNone", False))
+        if len(records) > COLLECTION_MAX:
+            raise ApiFault(
+                400,
+                "EXCEEDED_ID_LIMIT",
+                "record limit reached. cannot submit more than 200 records into this call",
+            )
+        results: list[dict[str, Any]] = []
+        snapshot = json.loads(json.dumps(org.records)) if all_or_none else None
+        failed = False
+        for rec in records:
+            obj = (rec.get("attributes") or {}).get("type")
+            try:
+                if not obj:
+                    raise ApiFault(400, "INVALID_TYPE", "Must send a concrete entity type.")
+                values = {k: v for k, v in rec.items() if k not in ("attributes", "Id")}
+                if method == "POST":
+                    if rec.get("Id"):
+                        raise ApiFault(
+                            400, "INVALID_FIELD", "cannot specify Id in an insert call", ["Id"]
+                        )
+                    rid = org.insert(obj, values)
+                elif method == "PATCH":
+                    rid = rec.get("Id") or ""
+                    if not rid:
+                        raise ApiFault(
+                            400, "MISSING_ARGUMENT", "Id not specified in an update call", ["Id"]
+                        )
+                    org.update(obj, rid, values)
+                else:
+                    raise ApiFault(405, "METHOD_NOT_ALLOWED", f"HTTP Method '{method}' not allowed")
+                results.append({"id": rid, "success": True, "errors": []})
+            except ApiFault as fault:
+                failed = True
+                err = dict(fault.body[0])
+                err["statusCode"] = err.pop("errorCode")
+                results.append({"success": False, "errors": [err]})
+        if all_or_none and failed and snapshot is not None:
+            org.records = snapshot
+            for r in results:
+                if r["success"]:
+                    r.pop("id", None)
+                    r.update(
+                        success=False,
+                        errors=[
+                            {
+                                "statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK",
+                                "message": "Record rolled back because not all records were valid and the request was using AllOrNone header",
+                                "fields": [],
+                            }
+                        ],
+                    )
+        return 200, results
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _to_csv(header: list[str], rows: Iterable[Iterable[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([_csv_value(v) for v in row])
+    return buf.getvalue()
+
+
+def _from_csv_value(od: ObjectDef, name: str, text: str) -> Any:
+    if text == "#N/A":
+        return None
+    fd = od.field_named(name)
+    kind = fd.type if fd else "string"
+    if kind in ("double", "currency", "percent"):
+        return float(text)
+    if kind == "int":
+        return int(text)
+    if kind == "boolean":
+        return text.lower() == "true"
+    return text
+
+
+def _job_info(job: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in job.items() if not k.startswith("_")}
+
+
+def bulk2(
+    org: OrgState, method: str, kind: str, parts: list[str], qs: dict[str, list[str]], raw: bytes
+) -> tuple[int, Any]:
+    """Bulk API 2.0: query jobs (results paged by Sforce-Locator) and CSV ingest jobs.
+
+    Jobs complete as soon as they are closed; clients still see the documented states.
+    """
+    now = soql.format_datetime(org.clock())
+    if not parts and method == "POST":
+        spec = json.loads(raw)
+        job_id = f"750{next(org.ids):012d}AAA"
+        job: dict[str, Any] = {
+            "id": job_id,
+            "operation": spec.get("operation"),
+            "createdDate": now,
+            "systemModstamp": now,
+            "concurrencyMode": "Parallel",
+            "contentType": "CSV",
+            "apiVersion": float(API_VERSION),
+            "lineEnding": "LF",
+            "columnDelimiter": "COMMA",
+        }
+        if kind == "query":
+            if spec.get("operation") not in ("query", "queryAll"):
+                raise ApiFault(400, "INVALIDJOB", "operation must be query or queryAll")
+            text = spec.get("query") or ""
+            q = soql.parse(text) if text else None
+            if q is None or q.count:
+                raise ApiFault(400, "INVALIDJOB", "Bulk API 2.0 query jobs need a field list")
+            first = org.query(text, include_deleted=spec["operation"] == "queryAll")
+            rows = list(first["records"])
+            locator = first.get("nextRecordsUrl")
+            while locator:
+                more = org.more(locator.rsplit("/", 1)[1])
+                rows.extend(more["records"])
+                locator = more.get("nextRecordsUrl")
+            fields = [od_name for od_name in q.fields]
+            od = org.obj(q.obj)
+            header = [od.field_named(f).name for f in fields]  # type: ignore[union-attr]
+            job.update(
+                object=od.name,
+                state="UploadComplete",
+                _header=header,
+                _rows=[[r[h] for h in header] for r in rows],
+            )
+        else:
+            od = org.obj(spec.get("object") or "")
+            if spec.get("operation") not in ("insert", "update", "upsert", "delete"):
+                raise ApiFault(400, "INVALIDJOB", "unsupported operation")
+            if spec.get("operation") == "upsert" and not spec.get("externalIdFieldName"):
+                raise ApiFault(400, "INVALIDJOB", "External ID was blank for upsert")
+            job.update(
+                object=od.name,
+                state="Open",
+                externalIdFieldName=spec.get("externalIdFieldName"),
+                _csv=[],
+            )
+        org.jobs[job_id] = job
+        return 200, _job_info(job)
+    found = org.jobs.get(parts[0]) if parts else None
+    if found is None:
+        raise ApiFault(404, "NOT_FOUND", "The requested resource does not exist")
+    job = found
+    rest = parts[1:]
+    if kind == "query":
+        if not rest and method == "GET":
+            job.update(state="JobComplete", numberRecordsProcessed=len(job["_rows"]))
+            return 200, _job_info(job)
+        if rest == ["results"] and method == "GET":
+            start = int((qs.get("locator") or ["0"])[0] or 0)
+            size = int((qs.get("maxRecords") or ["50000"])[0])
+            chunk = job["_rows"][start : start + size]
+            nxt = start + len(chunk)
+            locator = str(nxt) if nxt < len(job["_rows"]) else "null"
+            return 200, CsvBody(
+                _to_csv(job["_header"], chunk),
+                {"Sforce-Locator": locator, "Sforce-NumberOfRecords": str(len(chunk))},
+            )
+        if not rest and method == "DELETE":
+            del org.jobs[job["id"]]
+            return 204, None
+        raise ApiFault(405, "METHOD_NOT_ALLOWED", f"HTTP Method '{method}' not allowed")
+    if rest == ["batches"] and method == "PUT":
+        if job["state"] != "Open":
+            raise ApiFault(409, "INVALIDJOBSTATE", "Job is not open for data upload")
+        job["_csv"].append(raw.decode())
+        return 201, None
+    if not rest and method == "PATCH":
+        state = json.loads(raw).get("state")
+        if state == "Aborted":
+            job["state"] = "Aborted"
+        elif state == "UploadComplete" and job["state"] == "Open":
+            _run_ingest(org, job)
+        else:
+            raise ApiFault(
+                409, "INVALIDJOBSTATE", f"cannot move job from {job['state']} to {state}"
+            )
+        return 200, _job_info(job)
+    if not rest and method == "GET":
+        return 200, _job_info(job)
+    if not rest and method == "DELETE":
+        del org.jobs[job["id"]]
+        return 204, None
+    if rest in (["successfulResults"], ["failedResults"]) and method == "GET":
+        ok = rest[0] == "successfulResults"
+        result_rows = job.get("_ok" if ok else "_failed", [])
+        lead = ["sf__Id", "sf__Created"] if ok else ["sf__Id", "sf__Error"]
+        return 200, CsvBody(_to_csv(lead + job.get("_columns", []), result_rows))
+    raise ApiFault(405, "METHOD_NOT_ALLOWED", f"HTTP Method '{method}' not allowed")
+
+
+def _run_ingest(org: OrgState, job: dict[str, Any]) -> None:
+    od = org.obj(job["object"])
+    columns: list[str] = []
+    records: list[dict[str, str]] = []
+    for chunk in job["_csv"]:
+        reader = csv.DictReader(io.StringIO(chunk))
+        columns = columns or list(reader.fieldnames or [])
+        records.extend(reader)
+    ok: list[list[str]] = []
+    failed: list[list[str]] = []
+    for rec in records:
+        values = {k: _from_csv_value(od, k, v) for k, v in rec.items() if k != "Id" and v != ""}
+        line = [rec.get(c, "") for c in columns]
+        try:
+            op = job["operation"]
+            if op == "insert":
+                rid, created = org.insert(od.name, values), True
+            elif op == "update":
+                rid, created = rec.get("Id", ""), False
+                org.update(od.name, rid, values)
+            elif op == "delete":
+                rid, created = rec.get("Id", ""), False
+                org.delete(od.name, rid)
+            else:
+                ext = job["externalIdFieldName"]
+                key = values.pop(ext, None) or rec.get(ext, "")
+                rid, created = org.upsert(od.name, ext, str(key), values)
+            ok.append([rid, "true" if created else "false", *line])
+        except ApiFault as fault:
+            err = fault.body[0]
+            fields = ",".join(err["fields"])
+            failed.append(
+                [rec.get("Id", ""), f"{err['errorCode']}:{err['message']}:{fields}", *line]
+            )
+    now = soql.format_datetime(org.clock())
+    job.update(
+        state="JobComplete",
+        systemModstamp=now,
+        numberRecordsProcessed=len(records),
+        numberRecordsFailed=len(failed),
+        _columns=columns,
+        _ok=ok,
+        _failed=failed,
+    )
+
+
+def _describe(od: ObjectDef) -> dict[str, Any]:
+    return {
+        "name": od.name,
+        "keyPrefix": od.key_prefix,
+        "custom": False,
+        "fields": [
+            {
+                "name": f.name,
+                "type": f.type,
+                "externalId": f.external,
+                "updateable": f.updateable,
+                "createable": f.updateable,
+                "custom": f.custom,
+                "idLookup": f.external or f.name == "Id",
+            }
+            for f in od.fields.values()
+        ],
+    }
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    org: OrgState
+    instance_url: str
+
+
+@dataclass
+class RunningSalesforce:
+    """A started stand-in: where it listens, how to log in, and its store for assertions."""
+
+    instance_url: str
+    session_id: str
+    ca_path: Path
+    org: OrgState
+    _server: _Server
+    _thread: threading.Thread
+    _tmp: tempfile.TemporaryDirectory[str]
+    username: str = "churn@example.com"
+    password: str = "pw"
+    security_token: str = "tok"
+    client_id: str = "churn-client"
+    client_secret: str = "churn-secret"
+
+    @property
+    def request_log(self) -> list[tuple[str, str]]:
+        return self.org.request_log
+
+    @property
+    def records(self) -> dict[str, dict[str, dict[str, Any]]]:
+        return self.org.records
+
+    def settings_env(self) -> dict[str, str]:
+        """SALESFORCE_* variables pointing a client at this server with the session id."""
+        return {
+            "SALESFORCE_INSTANCE_URL": self.instance_url,
+            "SALESFORCE_SESSION_ID": self.session_id,
+            "SALESFORCE_CA_BUNDLE": str(self.ca_path),
+            "SALESFORCE_API_VERSION": API_VERSION,
+        }
+
+    def seed(self, obj: str, rows: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Insert records directly (no API call counted, no validation rules)."""
+        with self.org.lock:
+            rules, self.org.rules = self.org.rules, []
+            try:
+                return [self.org.insert(obj, row) for row in rows]
+            finally:
+                self.org.rules = rules
+
+    def update(self, obj: str, rid: str, values: Mapping[str, Any]) -> None:
+        with self.org.lock:
+            self.org.update(obj, rid, values)
+
+    def delete(self, obj: str, rid: str) -> None:
+        with self.org.lock:
+            self.org.delete(obj, rid)
+
+    def add_rule(self, rule: ValidationRule) -> None:
+        with self.org.lock:
+            self.org.rules.append(rule)
+
+    def set_api_budget(self, max_calls: int, used: int | None = None) -> None:
+        with self.org.lock:
+            self.org.api_max = max_calls
+            if used is not None:
+                self.org.api_used = used
+
+    def calls(self, method: str | None = None, contains: str = "") -> int:
+        return sum(
+            1
+            for m, p in list(self.org.request_log)
+            if (method is None or m == method) and contains in p
+        )
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+        self._tmp.cleanup()
+
+    def __enter__(self) -> RunningSalesforce:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_salesforce_server(
+    *,
+    port: int = 0,
+    api_budget: int = 15_000,
+    batch_size: int = DEFAULT_BATCH,
+    multi_currency: bool = True,
+    is_sandbox: bool = True,
+    seed: Mapping[str, Iterable[Mapping[str, Any]]] | None = None,
+    rules: Iterable[ValidationRule] = (),
+    clock: Callable[[], datetime] | None = None,
+) -> RunningSalesforce:
+    """Start the stand-in on 127.0.0.1 (port 0: a free one) in a background thread."""
+    tmp = tempfile.TemporaryDirectory(prefix="sf-standin-")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca_path = Path(tmp.name) / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(ctx)
+    org = OrgState(
+        schema=default_schema(multi_currency=multi_currency), records={}, api_max=api_budget
+    )
+    org.batch_size = batch_size
+    org.rules.extend(rules)
+    if clock is not None:
+        org.clock = clock
+    try:
+        server = _Server(("127.0.0.1", port), _Handler)
+    except OSError as exc:
+        tmp.cleanup()
+        raise SandboxError(
+            f"cannot bind the Salesforce stand-in to 127.0.0.1:{port}: {exc}"
+        ) from exc
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    server.org = org
+    bound = server.server_address[1]
+    server.instance_url = f"https://127.0.0.1:{bound}"
+    session_id = "00D000000000001!" + secrets.token_urlsafe(24)
+    org.tokens.add(session_id)
+    running = RunningSalesforce(
+        instance_url=server.instance_url,
+        session_id=session_id,
+        ca_path=ca_path,
+        org=org,
+        _server=server,
+        _thread=threading.Thread(target=server.serve_forever, name="sf-standin", daemon=True),
+        _tmp=tmp,
+    )
+    org.users[running.username] = running.password + running.security_token
+    org.clients[running.client_id] = running.client_secret
+    with org.lock:
+        org.insert("Organization", {"Name": "Churn Sandbox Org", "IsSandbox": is_sandbox})
+        if multi_currency:
+            org.insert(
+                "CurrencyType",
+                {
+                    "IsoCode": "USD",
+                    "ConversionRate": 1.0,
+                    "DecimalPlaces": 2,
+                    "IsActive": True,
+                    "IsCorporate": True,
+                },
+            )
+    for obj, rows in (seed or {}).items():
+        running.seed(obj, rows)
+    running._thread.start()
+    return running

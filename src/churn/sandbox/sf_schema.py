@@ -1,0 +1,143 @@
+"""The stand-in org's declared schema: the sObjects and fields the service reads and writes.
+
+Types follow describe's ``type`` values; ``external`` marks an External ID field (upsert key).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class FieldDef:
+    name: str
+    type: str = "string"
+    external: bool = False
+    updateable: bool = True
+    custom: bool = False
+
+
+@dataclass(frozen=True)
+class ObjectDef:
+    name: str
+    key_prefix: str
+    fields: dict[str, FieldDef] = field(default_factory=dict)
+
+    def field_named(self, name: str) -> FieldDef | None:
+        """Salesforce field names are case-insensitive."""
+        low = name.lower()
+        for f in self.fields.values():
+            if f.name.lower() == low:
+                return f
+        return None
+
+
+_SYSTEM = [
+    FieldDef("Id", "id", updateable=False),
+    FieldDef("IsDeleted", "boolean", updateable=False),
+    FieldDef("CreatedDate", "datetime", updateable=False),
+    FieldDef("LastModifiedDate", "datetime", updateable=False),
+    FieldDef("SystemModstamp", "datetime", updateable=False),
+]
+
+
+def _obj(name: str, prefix: str, *fields: FieldDef) -> ObjectDef:
+    allf = [*_SYSTEM, *fields]
+    return ObjectDef(name, prefix, {f.name: f for f in allf})
+
+
+def _c(name: str, type_: str = "string", external: bool = False) -> FieldDef:
+    return FieldDef(name, type_, external=external, custom=True)
+
+
+#: The custom fields the service owns on Account (it writes them in the push).
+ACCOUNT_CUSTOM_FIELDS = (
+    _c("Stripe_Customer_Id__c", external=True),
+    _c("Payment_Health__c", "picklist"),
+    _c("Churn_Risk__c", "double"),
+    _c("Total_MRR__c", "currency"),
+    _c("Next_Renewal_Date__c", "date"),
+    _c("Days_Since_Last_Payment__c", "double"),
+    _c("Subscription_Count__c", "double"),
+    _c("Churn_Top_Reason__c", "textarea"),
+    _c("Active_Seats__c", "double"),
+)
+
+
+def default_schema(*, multi_currency: bool = True) -> dict[str, ObjectDef]:
+    """The declared schema; ``multi_currency`` adds CurrencyIsoCode and CurrencyType."""
+    cur = [FieldDef("CurrencyIsoCode", "picklist")] if multi_currency else []
+    schema = [
+        _obj(
+            "Account",
+            "001",
+            FieldDef("Name"),
+            FieldDef("Website", "url"),
+            FieldDef("OwnerId", "reference"),
+            FieldDef("Type", "picklist"),
+            *cur,
+            *ACCOUNT_CUSTOM_FIELDS,
+        ),
+        _obj(
+            "Opportunity",
+            "006",
+            FieldDef("Name"),
+            FieldDef("AccountId", "reference"),
+            FieldDef("StageName", "picklist"),
+            FieldDef("Amount", "currency"),
+            FieldDef("CloseDate", "date"),
+            FieldDef("IsClosed", "boolean"),
+            FieldDef("IsWon", "boolean"),
+            FieldDef("OwnerId", "reference"),
+            *cur,
+        ),
+        _obj(
+            "Contact",
+            "003",
+            FieldDef("FirstName"),
+            FieldDef("LastName"),
+            FieldDef("Name", updateable=False),
+            FieldDef("Email", "email"),
+            FieldDef("AccountId", "reference"),
+        ),
+        _obj(
+            "User",
+            "005",
+            FieldDef("Name"),
+            FieldDef("Email", "email"),
+            FieldDef("IsActive", "boolean"),
+            FieldDef("ManagerId", "reference"),
+        ),
+        _obj(
+            "Task",
+            "00T",
+            FieldDef("Subject"),
+            FieldDef("Description", "textarea"),
+            FieldDef("WhatId", "reference"),
+            FieldDef("OwnerId", "reference"),
+            FieldDef("Status", "picklist"),
+            FieldDef("Priority", "picklist"),
+            FieldDef("ActivityDate", "date"),
+            FieldDef("IsClosed", "boolean"),
+            _c("Churn_Episode_Key__c", external=True),
+        ),
+        _obj(
+            "Organization",
+            "00D",
+            FieldDef("Name"),
+            FieldDef("IsSandbox", "boolean"),
+        ),
+    ]
+    if multi_currency:
+        schema.append(
+            _obj(
+                "CurrencyType",
+                "02u",
+                FieldDef("IsoCode", "picklist"),
+                FieldDef("ConversionRate", "double"),
+                FieldDef("DecimalPlaces", "int"),
+                FieldDef("IsActive", "boolean"),
+                FieldDef("IsCorporate", "boolean"),
+            )
+        )
+    return {o.name: o for o in schema}

@@ -1,0 +1,204 @@
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from churn.errors import ApiBudgetExhaustedError
+from churn.pipelines.salesforce_extract import build_soql, extract_salesforce, streams
+from churn.pipelines.warehouse import connect
+from churn.sandbox.salesforce_server import RunningSalesforce, start_salesforce_server
+from churn.settings import Settings, load_settings
+
+
+def _settings(running: RunningSalesforce, db: Path, **sf: object) -> Settings:
+    s = load_settings(env={**running.settings_env(), "CHURN_DB": str(db)})
+    return s.with_overrides(salesforce=sf) if sf else s
+
+
+def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple[object, ...]]:
+    return con.execute(sql).fetchall()
+
+
+def test_build_soql_formats_the_cursor_and_task_filter() -> None:
+    s = Settings()
+    task = next(x for x in streams(s, multi_currency=False) if x.name == "task")
+    q = build_soql(task, datetime(2024, 1, 2, 3, 4, 5, 678000))  # noqa: DTZ001
+    assert "Churn_Episode_Key__c != null AND SystemModstamp >= 2024-01-02T03:04:05+00:00" in q
+    assert q.endswith("ORDER BY SystemModstamp, Id")
+    bad = s.with_overrides(salesforce={"account_stripe_customer_field": "X__c FROM User--"})
+    with pytest.raises(Exception, match="SALESFORCE_ACCOUNT_STRIPE_CUSTOMER_FIELD"):
+        streams(bad, multi_currency=True)
+
+
+@pytest.mark.slow
+def test_insert_update_delete_and_typed_core(tmp_path: Path) -> None:
+    with start_salesforce_server() as running:
+        (user,) = running.seed(
+            "User", [{"Name": "Ann Owner", "Email": "ann@x.io", "IsActive": True}]
+        )
+        acme, globex = running.seed(
+            "Account",
+            [
+                {
+                    "Name": "Acme",
+                    "Website": "https://www.Acme.io/about",
+                    "OwnerId": user,
+                    "Stripe_Customer_Id__c": "cus_1",
+                    "CurrencyIsoCode": "EUR",
+                },
+                {"Name": "Globex", "Website": "globex.com"},
+            ],
+        )
+        running.seed(
+            "Opportunity",
+            [
+                {
+                    "AccountId": acme,
+                    "Name": "Renewal",
+                    "StageName": "Prospecting",
+                    "Amount": 1234.5,
+                    "CloseDate": "2025-03-01",
+                    "IsClosed": False,
+                    "IsWon": False,
+                }
+            ],
+        )
+        running.seed("Contact", [{"AccountId": acme, "LastName": "Doe", "Email": "d@acme.io"}])
+        running.seed(
+            "Task", [{"Subject": "ours", "Churn_Episode_Key__c": "ep1"}, {"Subject": "not ours"}]
+        )
+        running.seed(
+            "CurrencyType",
+            [
+                {
+                    "IsoCode": "EUR",
+                    "ConversionRate": 0.9,
+                    "DecimalPlaces": 2,
+                    "IsActive": True,
+                    "IsCorporate": False,
+                }
+            ],
+        )
+        settings = _settings(running, tmp_path / "w.duckdb")
+        con = connect(settings.db)
+        first = extract_salesforce(settings, con, progress=False)
+        assert first.multi_currency and first.counts["account"] == 2 and first.counts["task"] == 1
+        assert first.api_calls == running.org.api_used
+        assert _rows(
+            con,
+            "SELECT name, website_domain, owner_id, stripe_customer_id, currency_iso_code FROM core_accounts ORDER BY name",
+        ) == [("Acme", "acme.io", user, "cus_1", "EUR"), ("Globex", "globex.com", None, None, None)]
+        opp = _rows(con, "SELECT amount, close_date, is_closed FROM core_opportunities")[0]
+        assert str(opp[0]) == "1234.50" and str(opp[1]) == "2025-03-01" and opp[2] is False
+        assert _rows(
+            con,
+            "SELECT iso_code, CAST(conversion_rate AS VARCHAR), is_corporate FROM core_currency_rates ORDER BY 1",
+        ) == [("EUR", "0.900000000", False), ("USD", "1.000000000", True)]
+        assert _rows(con, "SELECT json_extract_string(payload, '$.Subject') FROM raw_sf_task") == [
+            ("ours",)
+        ]
+        time.sleep(0.002)
+        running.update("Account", acme, {"Name": "Acme Corp"})
+        running.delete("Account", globex)
+        extract_salesforce(settings, con, progress=False)
+        assert _rows(con, "SELECT name, is_deleted FROM core_accounts ORDER BY name") == [
+            ("Acme Corp", False),
+            ("Globex", True),
+        ]
+        assert _rows(con, "SELECT count(*) FROM raw_sf_account") == [(2,)]
+
+
+@pytest.mark.slow
+def test_same_systemmodstamp_across_page_boundary_both_land(tmp_path: Path) -> None:
+    stamp = [datetime(2024, 5, 1, 12, 0, 0)]  # noqa: DTZ001
+    with start_salesforce_server(batch_size=200, clock=lambda: stamp[0]) as running:
+        running.seed("Contact", [{"LastName": f"C{i}"} for i in range(200)])
+        settings = _settings(running, tmp_path / "w.duckdb", lookback_seconds=0)
+        con = connect(settings.db)
+        extract_salesforce(settings, con, progress=False)
+        # Two more rows sharing the cursor's exact stamp, ordered after the first page.
+        running.seed("Contact", [{"LastName": "late-1"}, {"LastName": "late-2"}])
+        extract_salesforce(settings, con, progress=False)
+        assert _rows(con, "SELECT count(*) FROM core_contacts") == [(202,)]
+
+
+@pytest.mark.slow
+def test_budget_exhausted_mid_extract_then_next_run_finishes(tmp_path: Path) -> None:
+    with start_salesforce_server(batch_size=200, api_budget=10_000) as running:
+        running.seed("Contact", [{"LastName": f"C{i:04d}"} for i in range(1000)])
+        settings = _settings(running, tmp_path / "w.duckdb", api_reserve=9_991)
+        con = connect(settings.db)
+        # 9 calls allowed: describe, COUNT() + page for User, Account, Opportunity, then
+        # Contact COUNT() and its first page.
+        with pytest.raises(ApiBudgetExhaustedError, match="SALESFORCE_API_RESERVE"):
+            extract_salesforce(settings, con, progress=False)
+        assert _rows(con, "SELECT count(*) FROM core_contacts") == [(200,)]
+        running.set_api_budget(20_000, used=0)  # a new day: plenty above the reserve
+        extract_salesforce(settings, con, progress=False)
+        assert _rows(con, "SELECT count(*) FROM core_contacts") == [(1000,)]
+
+
+@pytest.mark.slow
+def test_kill_at_random_points_then_rerun_equals_clean_run(tmp_path: Path) -> None:
+    def snapshot(db: Path) -> list[tuple[object, ...]]:
+        with duckdb.connect(str(db)) as con:
+            return con.execute(
+                "SELECT contact_id, name, is_deleted FROM core_contacts ORDER BY 1"
+            ).fetchall()
+
+    with start_salesforce_server(batch_size=200) as running:
+        running.seed("Contact", [{"LastName": f"C{i:05d}"} for i in range(3000)])
+        clean = tmp_path / "clean.duckdb"
+        env = {**os.environ, **running.settings_env(), "PYTHONPATH": "src"}
+        cmd = [sys.executable, "-m", "churn", "extract", "salesforce"]
+        subprocess.run(cmd, env={**env, "CHURN_DB": str(clean)}, check=True, capture_output=True)
+        killed = tmp_path / "killed.duckdb"
+        partial = []
+        for nth in sorted(random.Random(7).sample(range(6, 18), 2)):
+            # SIGKILL once the run has sent its nth query call: mid-extract, not during imports.
+            before = running.calls(contains="/query")
+            proc = subprocess.Popen(
+                cmd,
+                env={**env, "CHURN_DB": str(killed)},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + 30
+            while running.calls(contains="/query") - before < nth and time.monotonic() < deadline:
+                time.sleep(0.002)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            partial.append(len(snapshot(killed)))
+        assert any(0 < n < 3000 for n in partial), partial
+        subprocess.run(cmd, env={**env, "CHURN_DB": str(killed)}, check=True, capture_output=True)
+        assert snapshot(killed) == snapshot(clean)
+        assert len(snapshot(clean)) == 3000
+
+
+@pytest.mark.slow
+def test_bulk_query_above_threshold_lands_everything(tmp_path: Path) -> None:
+    with start_salesforce_server() as running:
+        running.seed(
+            "Contact", [{"LastName": f"C{i:04d}", "Email": f"c{i}@x.io"} for i in range(450)]
+        )
+        (gone,) = running.seed("Contact", [{"LastName": "Gone"}])
+        running.delete("Contact", gone)
+        settings = _settings(running, tmp_path / "w.duckdb", bulk_threshold=100, bulk_page_size=200)
+        con = connect(settings.db)
+        result = extract_salesforce(settings, con, progress=False)
+        assert result.counts["contact"] == 451
+        assert running.calls("POST", "/jobs/query") == 1  # only Contact is above the threshold
+        assert running.calls("GET", "/results") == 3  # 451 rows, 200 per results page
+        assert _rows(con, "SELECT count(*), count(*) FILTER (is_deleted) FROM core_contacts") == [
+            (451, 1)
+        ]
+        assert _rows(con, "SELECT email FROM core_contacts WHERE name = 'C0007'") == [("c7@x.io",)]
