@@ -431,7 +431,9 @@ class _Handler(BaseHTTPRequestHandler):
         if head == "sobjects":
             return self._sobjects(method, parts[1:], raw)
         if head == "composite" and len(parts) > 1 and parts[1] == "sobjects":
-            return self._collections(method, raw)
+            # PATCH composite/sobjects/{SObject}/{ExternalIdField}: upsert by external id.
+            upsert_key = parts[3] if len(parts) == 4 and method == "PATCH" else None
+            return self._collections(method, raw, upsert_key)
         if head == "jobs" and len(parts) > 1 and parts[1] in ("query", "ingest"):
             return bulk2(org, method, parts[1], parts[2:], qs, raw)
         raise ApiFault(404, "NOT_FOUND", "The requested resource does not exist")
@@ -469,7 +471,9 @@ class _Handler(BaseHTTPRequestHandler):
             }
         raise ApiFault(405, "METHOD_NOT_ALLOWED", f"HTTP Method '{method}' not allowed")
 
-    def _collections(self, method: str, raw: bytes) -> tuple[int, Any]:
+    def _collections(
+        self, method: str, raw: bytes, upsert_key: str | None = None
+    ) -> tuple[int, Any]:
         org = self.server.org
         body = json.loads(raw)
         records = body.get("records") or []
@@ -495,6 +499,10 @@ class _Handler(BaseHTTPRequestHandler):
                             400, "INVALID_FIELD", "cannot specify Id in an insert call", ["Id"]
                         )
                     rid = org.insert(obj, values)
+                elif method == "PATCH" and upsert_key is not None:
+                    rid, created = org.upsert(obj, upsert_key, str(rec.get(upsert_key)), values)
+                    results.append({"id": rid, "success": True, "errors": [], "created": created})
+                    continue
                 elif method == "PATCH":
                     rid = rec.get("Id") or ""
                     if not rid:
