@@ -75,3 +75,24 @@ def test_churn_is_learnable_but_not_trivial() -> None:
     auc = roc_auc_score(y, risk)
     assert 0.1 < sum(y) / len(y) < 0.6
     assert 0.65 < auc < 0.95, auc
+
+
+def test_chunked_world_has_unique_ids_and_one_catalogue(tmp_path: Path) -> None:
+    from churn.sandbox.world import generate_world_to
+
+    generate_world_to(tmp_path / "w", 50, 4, chunk=20)
+    manifest = json.loads((tmp_path / "w" / "world.json").read_text())
+
+    def ids(name: str, folder: str = "stripe") -> list[str]:
+        with gzip.open(tmp_path / "w" / folder / f"{name}.jsonl.gz", "rt") as fh:
+            return [json.loads(x).get("id") or json.loads(x)["Id"] for x in fh]
+
+    for kind in ("customer", "subscription", "invoice", "charge", "event", "price"):
+        got = ids(kind)
+        assert len(got) == len(set(got)) == manifest["counts"][kind], kind
+    assert manifest["counts"]["customer"] == 50 and manifest["counts"]["price"] == 24
+    accounts = ids("Account", "salesforce")
+    assert len(accounts) == len(set(accounts))
+    with gzip.open(tmp_path / "w/salesforce/Account.jsonl.gz", "rt") as fh:
+        owners = {json.loads(x)["OwnerId"] for x in fh}
+    assert owners <= set(ids("User", "salesforce"))

@@ -23,7 +23,7 @@ from churn.errors import SandboxError
 from churn.pipelines import warehouse
 from churn.pipelines.job import JobResult, run_job
 from churn.sandbox.stripe_server import RunningStripe, start_stripe_server
-from churn.sandbox.world import generate_world, write_world
+from churn.sandbox.world import generate_world_to
 from churn.settings import Settings, load_settings
 
 DEFAULT_ACCOUNTS = 2_000
@@ -45,7 +45,7 @@ def ensure_world(root: Path, accounts: int, seed: int, *, now: datetime | None =
         return folder
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    write_world(generate_world(accounts, seed, now=now), tmp, seed=seed)
+    generate_world_to(tmp, accounts, seed, now=now)
     tmp.rename(folder)
     return folder
 

@@ -64,8 +64,8 @@ def _clone(obj: Any) -> Any:
 
 
 class _Ids:
-    def __init__(self, rng: np.random.Generator) -> None:
-        self._n = 0
+    def __init__(self, rng: np.random.Generator, start: int = 0) -> None:
+        self._n = start
         self._salt = int(rng.integers(1 << 30))
 
     def new(self, prefix: str) -> str:
@@ -82,10 +82,20 @@ def _sf_time(ts: int) -> str:
 
 
 class _Builder:
-    def __init__(self, n: int, seed: int, now: int, months: int) -> None:
+    def __init__(
+        self,
+        n: int,
+        seed: int | list[int],
+        now: int,
+        months: int,
+        *,
+        id_start: int = 0,
+        n_owners: int | None = None,
+    ) -> None:
         self.rng = np.random.default_rng(seed)
-        self.ids = _Ids(self.rng)
+        self.ids = _Ids(self.rng, id_start)
         self.n = n
+        self.n_owners = n_owners or max(8, n // 150)
         self.now = now
         self.start = now - months * MONTH
         self.w = World(now=now)
@@ -188,8 +198,8 @@ class _Builder:
 
     def salesforce_users(self) -> list[str]:
         users: list[dict[str, Any]] = []
-        for i in range(max(8, self.n // 150)):
-            uid = self.ids.sf("005")
+        for i in range(self.n_owners):
+            uid = f"005{i:015d}"  # the same in every chunk of a large world
             users.append(
                 {
                     "attributes": {"type": "User"},
@@ -741,6 +751,82 @@ def generate_world(
     """Build a world in memory: ``accounts`` Stripe customers over ``months`` months."""
     now = now or datetime(2026, 11, 1, tzinfo=UTC)
     return _Builder(accounts, seed, int(now.timestamp()), months).build()
+
+
+def generate_world_to(
+    out: Path,
+    accounts: int,
+    seed: int,
+    *,
+    now: datetime | None = None,
+    months: int = 19,
+    chunk: int = 5_000,
+) -> None:
+    """Write a world of any size in chunks of ``chunk`` accounts, never all in memory.
+
+    Chunk k draws from ``default_rng([seed, k])``; the catalogue and the Salesforce Users
+    come from chunk 0, every chunk shares their ids.
+    """
+    now = now or datetime(2026, 11, 1, tzinfo=UTC)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stripe").mkdir(exist_ok=True)
+    (out / "salesforce").mkdir(exist_ok=True)
+    (out / "usage").mkdir(exist_ok=True)
+    writers: dict[Path, Any] = {}
+    counts: dict[str, int] = {}
+    n_owners = max(8, accounts // 150)
+
+    def emit(path: Path, rows: list[dict[str, Any]]) -> None:
+        fh = writers.get(path)
+        if fh is None:
+            fh = writers[path] = gzip.open(path, "wt", compresslevel=1)  # noqa: SIM115 - closed in finally
+        fh.writelines(json.dumps(r, separators=(",", ":")) + "\n" for r in rows)
+
+    usage = (out / "usage" / "usage.csv").open("w", newline="")
+    truth = (out / "truth.csv").open("w", newline="")
+    try:
+        uw = csv.writer(usage)
+        uw.writerow(["customer_id", "day", "active_seats", "licensed_seats"])
+        tw: csv.DictWriter[str] | None = None
+        for k, lo in enumerate(range(0, accounts, chunk)):
+            n = min(chunk, accounts - lo)
+            builder = _Builder(n, [seed, k], int(now.timestamp()), months,
+                               id_start=k * 10**9, n_owners=n_owners)  # fmt: skip
+            w = builder.build()
+            for kind, rows in w.stripe.items():
+                if k > 0 and kind in ("product", "price", "coupon"):
+                    continue
+                emit(out / "stripe" / f"{kind}.jsonl.gz", rows)
+                counts[kind] = counts.get(kind, 0) + len(rows)
+            events = w.events if k == 0 else [
+                e for e in w.events
+                if e["type"] not in ("product.created", "price.created", "coupon.created")
+            ]  # fmt: skip
+            emit(out / "stripe" / "event.jsonl.gz", events)
+            counts["event"] = counts.get("event", 0) + len(events)
+            for sobject, rows in w.salesforce.items():
+                if k > 0 and sobject == "User":
+                    continue
+                emit(out / "salesforce" / f"{sobject}.jsonl.gz", rows)
+            uw.writerows(w.usage)
+            if tw is None:
+                tw = csv.DictWriter(truth, fieldnames=list(w.truth[0]))
+                tw.writeheader()
+            tw.writerows(w.truth)
+    finally:
+        for fh in writers.values():
+            fh.close()
+        usage.close()
+        truth.close()
+    manifest = {
+        "format": "churn-world/1",
+        "api_version": API_VERSION,
+        "now": int(now.timestamp()),
+        "seed": seed,
+        "accounts": accounts,
+        "counts": counts,
+    }
+    (out / "world.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def _jsonl(path: Path, rows: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> None:
