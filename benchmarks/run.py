@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         results["backfill_calls_per_100_objects"] = round(
             100 * stripe_step.api_calls / max(1, stripe_objects), 3
         )
+        for step in backfill.steps:
+            results[f"backfill_{step.name}_seconds"] = round(step.seconds, 1)
         push_step = next(s for s in backfill.steps if s.name == "push")
         results["push_seconds"] = round(push_step.seconds, 1)
         results["push_status"] = push_step.status
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         incremental = run_job(settings)
         results["incremental_seconds"] = round(time.perf_counter() - t0, 1)
         results["incremental_status"] = incremental.status
+        results["incremental_api_calls"] = incremental.api_calls
     try:
         from churn.pipelines.score import score
 
