@@ -22,7 +22,7 @@ import gzip
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -82,18 +82,18 @@ class _Table:
     for range and cursor paging.
     """
 
-    def __init__(self, rows: list[dict[str, Any]]) -> None:
+    def __init__(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> None:
         self.raw: dict[str, str] = {}
         self.meta: dict[str, dict[str, Any]] = {}
         self.keys: list[tuple[int, str]] = []
-        for r in rows:
-            self._store(r)
+        for line, obj in rows:
+            self._store(obj, line)
         self.keys.sort()
 
-    def _store(self, obj: dict[str, Any]) -> bool:
+    def _store(self, obj: dict[str, Any], line: str | None = None) -> bool:
         oid = obj["id"]
         new = oid not in self.raw
-        self.raw[oid] = json.dumps(obj, separators=(",", ":"))
+        self.raw[oid] = line if line is not None else json.dumps(obj, separators=(",", ":"))
         parent = (obj.get("parent") or {}).get("subscription_details") or {}
         self.meta[oid] = {
             "created": int(obj.get("created") or 0),
@@ -116,10 +116,14 @@ class _Table:
         return len(self.raw)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each line as stored (served verbatim) and parsed (for the index); streamed."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        for line in fh:
+            text = line.strip()
+            if text:
+                yield text, json.loads(text)
 
 
 class StripeWorld:
@@ -133,7 +137,7 @@ class StripeWorld:
         for kind in set(RESOURCES.values()):
             path = next((p for p in (stripe / f"{kind}.jsonl.gz", stripe / f"{kind}.jsonl")
                          if p.exists()), None)  # fmt: skip
-            self.tables[kind] = _Table(_read_jsonl(path) if path else [])
+            self.tables[kind] = _Table(_read_jsonl(path) if path else ())
         self.lock = threading.RLock()
         manifest = folder / "world.json"
         self.now = int(json.loads(manifest.read_text())["now"]) if manifest.exists() else 0
