@@ -222,3 +222,19 @@ def test_batch_size_header_and_total_size_on_every_page(sf_server: RunningSalesf
         del sf.headers["Sforce-Query-Options"]
     assert len(first["records"]) == 200 and len(second["records"]) == 50
     assert first["totalSize"] == second["totalSize"] == 250 and second["done"] is True
+
+
+def test_collection_delete_reports_each_record(sf_server: RunningSalesforce) -> None:
+    (a,) = sf_server.seed("Account", [{"Name": "ToDelete"}])
+    sf = _client(sf_server)
+    out = sf.restful(
+        "composite/sobjects", method="DELETE", params={"ids": f"{a},001999999999999AAA"}
+    )
+    assert out[0] == {"id": a, "success": True, "errors": []}
+    assert out[1]["success"] is False and out[1]["errors"][0]["statusCode"] == "NOT_FOUND"
+    assert sf_server.records["Account"][a]["IsDeleted"] is True
+
+
+def test_list_settings_from_environment() -> None:
+    s = load_settings(env={"SALESFORCE_LINK_METADATA_KEYS": "crm_id, sfid"}).salesforce
+    assert s.link_metadata_keys == ("crm_id", "sfid")

@@ -137,6 +137,14 @@ class SalesforceSettings(_Section):
         "msn.com",
     )
 
+    @field_validator("link_metadata_keys", "personal_email_domains", mode="before")
+    @classmethod
+    def _split_list(cls, v: object) -> object:
+        # Environment variables carry lists as comma-separated text.
+        if isinstance(v, str):
+            return tuple(part.strip() for part in v.split(",") if part.strip())
+        return v
+
     @property
     def configured(self) -> bool:
         return bool(

@@ -431,6 +431,8 @@ class _Handler(BaseHTTPRequestHandler):
         if head == "sobjects":
             return self._sobjects(method, parts[1:], raw)
         if head == "composite" and len(parts) > 1 and parts[1] == "sobjects":
+            if method == "DELETE":
+                return self._collection_delete(qs)
             # PATCH composite/sobjects/{SObject}/{ExternalIdField}: upsert by external id.
             upsert_key = parts[3] if len(parts) == 4 and method == "PATCH" else None
             return self._collections(method, raw, upsert_key)
@@ -470,6 +472,30 @@ class _Handler(BaseHTTPRequestHandler):
                 "created": created,
             }
         raise ApiFault(405, "METHOD_NOT_ALLOWED", f"HTTP Method '{method}' not allowed")
+
+    def _collection_delete(self, qs: dict[str, list[str]]) -> tuple[int, Any]:
+        """DELETE /composite/sobjects?ids=a,b&allOrNone=false: per-record results."""
+        org = self.server.org
+        ids = [i for i in (qs.get("ids") or [""])[0].split(",") if i]
+        if len(ids) > COLLECTION_MAX:
+            raise ApiFault(
+                400,
+                "EXCEEDED_ID_LIMIT",
+                "record limit reached. cannot submit more than 200 records into this call",
+            )
+        results: list[dict[str, Any]] = []
+        for rid in ids:
+            od = next((o for o in org.schema.values() if rid.startswith(o.key_prefix)), None)
+            try:
+                if od is None:
+                    raise ApiFault(400, "MALFORMED_ID", f"malformed id {rid}")
+                org.delete(od.name, rid)
+                results.append({"id": rid, "success": True, "errors": []})
+            except ApiFault as fault:
+                err = dict(fault.body[0])
+                err["statusCode"] = err.pop("errorCode")
+                results.append({"id": rid, "success": False, "errors": [err]})
+        return 200, results
 
     def _collections(
         self, method: str, raw: bytes, upsert_key: str | None = None
