@@ -283,3 +283,10 @@ def test_cli_scores_a_past_date(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert "Known churn (scheduled cancellations): 1 accounts, 3000 USD" in again.output
     bad = CliRunner().invoke(app, ["--db", str(db), "score", "--as-of", "yesterday"])
     assert bad.exit_code != 0
+
+
+def test_scoring_an_empty_warehouse_writes_nothing(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    result = score(_settings(tmp_path), con, as_of=AS_OF)
+    assert result.counts == dict.fromkeys(score_module.MARTS, 0)
