@@ -270,5 +270,23 @@ def test_cli_scores_a_past_date(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert "c1" in result.output and "Failed" in result.output
     # the failed invoice, and no payment method on file for the next renewal
     assert "signal_events: 2" in result.output
+    cancelling = load_case(GOLDEN / "cancel_at_period_end" / "at_period_end.json")
+    con = connect(db)
+    seed(con, {k: v for k, v in cancelling["tables"].items() if k != "core_prices"} | {
+        "history_subscriptions": [{**cancelling["tables"]["history_subscriptions"][0],
+                                   "subscription_id": "s9", "customer_id": "c9"}],
+        "history_subscription_items": [{**cancelling["tables"]["history_subscription_items"][0],
+                                        "subscription_id": "s9", "item_id": "si9"}],
+    })  # fmt: skip
+    con.close()
+    again = CliRunner().invoke(app, ["--db", str(db), "score", "--as-of", "2026-02-15"])
+    assert "Known churn (scheduled cancellations): 1 accounts, 3000 USD" in again.output
     bad = CliRunner().invoke(app, ["--db", str(db), "score", "--as-of", "yesterday"])
     assert bad.exit_code != 0
+
+
+def test_scoring_an_empty_warehouse_writes_nothing(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    result = score(_settings(tmp_path), con, as_of=AS_OF)
+    assert result.counts == dict.fromkeys(score_module.MARTS, 0)

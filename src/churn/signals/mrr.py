@@ -294,7 +294,8 @@ def movements(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl.D
     points = f"""
       SELECT CAST(m AS TIMESTAMP) - INTERVAL 1 MICROSECOND AS t FROM range(
         date_trunc('month', CAST($as_of AS TIMESTAMP)) - INTERVAL {months} MONTH,
-        CAST($as_of AS TIMESTAMP), INTERVAL 1 MONTH) r(m)
+        -- a month start equal to as_of still closes the previous month
+        CAST($as_of AS TIMESTAMP) + INTERVAL 1 MICROSECOND, INTERVAL 1 MONTH) r(m)
       UNION SELECT CAST($as_of AS TIMESTAMP)
     """
     sql = f"""

@@ -76,4 +76,11 @@ def register(app: typer.Typer, state: CliState) -> None:
         result = guarded(run)
         out = Console()
         out.print(summary(result, top))
+        known = result.health.filter(result.health["known_churn"])
+        if known.height:
+            # scheduled cancellations are certain, not predicted: reported apart
+            mrr = known["total_mrr_minor"].sum()
+            currency = known["reporting_currency"][0]
+            out.print(f"Known churn (scheduled cancellations): {known.height} accounts, "
+                      f"{mrr} {currency} minor units of MRR")  # fmt: skip
         out.print(", ".join(f"{k}: {v}" for k, v in result.counts.items()))
