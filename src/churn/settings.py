@@ -161,6 +161,43 @@ class SignalSettings(_Section):
     count_temporary_discounts: bool = False
     reporting_currency: str = "USD"
     churn_horizon_days: int = Field(90, ge=1)
+    #: A downgrade counts when MRR (or seats) fall by at least this share over the window.
+    downgrade_min_drop: float = Field(0.05, ge=0, le=1)
+    #: The seat-expansion signal needs at least this many usage days in the window.
+    seat_min_days: int = Field(7, ge=1)
+    #: Risk-score weight of each risk signal (0..1); expansion and known churn are apart.
+    risk_weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "payment_failure": 0.9,
+            "downgrade": 0.6,
+            "card_expiry": 0.5,
+            "seat_utilization": 0.5,
+        }
+    )
+    #: How many months back ``mrr_movements`` goes on each run.
+    movements_months: int = Field(24, ge=1, le=240)
+    #: Fallback rates (units per one unit of the corporate currency, like Salesforce's
+    #: CurrencyType) for currencies missing from core_currency_rates, e.g. {"EUR": "0.92"}.
+    currency_rates: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("currency_rates", mode="before")
+    @classmethod
+    def _rates_exact(cls, v: Any) -> Any:
+        # stored as exact decimal strings, so no float reaches the money arithmetic
+        from decimal import Decimal, InvalidOperation
+
+        if not isinstance(v, Mapping):
+            return v
+        out = {}
+        for code, rate in v.items():
+            try:
+                value = Decimal(str(rate))
+            except InvalidOperation:
+                raise ValueError(f"rate of {code} is not a number") from None
+            if not str(code).isalpha() or value <= 0 or value != round(value, 9):
+                raise ValueError(f"rate of {code}: a positive number with at most 9 decimals")
+            out[str(code).upper()] = str(value)
+        return out
 
 
 class PushSettings(_Section):

@@ -1,0 +1,83 @@
+"""Card expiry: the card a renewal will be charged to expires first, and nothing else can pay.
+
+For each automatically charged live subscription at ``as_of`` whose next renewal (the
+current period end) falls within ``card_expiry_horizon_days``: the card used is the
+subscription's default payment method, else the customer's. A card is good through the
+last day of its expiry month. Fires when that card expires before the renewal and the
+customer has no other card (attached by ``as_of``) good past the renewal and no non-card
+method; fires too when the subscription has no payment method at all.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import polars as pl
+
+from churn.settings import SignalSettings
+from churn.signals.mrr import account_key
+from churn.signals.schema import finish
+from churn.signals.tables import Tables
+
+NAME = "card_expiry"
+
+SQL = f"""
+WITH h AS (
+  SELECT * FROM history_subscriptions
+  WHERE valid_from <= $as_of AND (valid_to IS NULL OR valid_to > $as_of)
+    AND status IN ('active', 'past_due', 'trialing', 'unpaid')
+    AND COALESCE(collection_method, 'charge_automatically') = 'charge_automatically'
+    AND NOT cancel_at_period_end
+),
+pm AS (
+  SELECT *, CASE WHEN card_exp_year IS NOT NULL
+                 THEN make_timestamp(card_exp_year, card_exp_month, 1, 0, 0, 0) + INTERVAL 1 MONTH
+            END AS good_until
+  FROM core_payment_methods
+  WHERE NOT is_deleted AND COALESCE(created_at, CAST($as_of AS TIMESTAMP)) <= $as_of
+),
+s AS (
+  SELECT h.subscription_id, h.customer_id, h.currency,
+    COALESCE(h.trial_end, h.current_period_end) AS renewal_at,
+    COALESCE(h.default_payment_method, c.default_payment_method, c.default_source) AS pm_id,
+    {account_key("h.customer_id")} AS account_id
+  FROM h LEFT JOIN core_customers c ON c.customer_id = h.customer_id
+  LEFT JOIN core_account_links l ON l.customer_id = h.customer_id
+),
+j AS (
+  SELECT s.*, pm.card_brand, pm.card_last4, pm.card_exp_month, pm.card_exp_year, pm.good_until,
+    (SELECT count(*) FROM pm o WHERE o.customer_id = s.customer_id
+       AND o.payment_method_id IS DISTINCT FROM s.pm_id
+       AND (o.good_until IS NULL OR o.good_until > s.renewal_at)) AS other_usable,
+    (SELECT count(*) FROM pm o WHERE o.customer_id = s.customer_id) AS attached
+  FROM s LEFT JOIN pm ON pm.payment_method_id = s.pm_id
+  WHERE s.renewal_at <= $horizon
+),
+hit AS (
+  SELECT *, CASE WHEN pm_id IS NULL AND attached = 0 THEN 'no_payment_method'
+                 WHEN good_until IS NOT NULL AND good_until <= renewal_at AND other_usable = 0
+                   THEN 'expires_before_renewal' END AS kind
+  FROM j
+)
+SELECT account_id,
+  CASE WHEN kind = 'no_payment_method' THEN 0.8
+       WHEN good_until <= $as_of THEN 0.9 ELSE 0.6 END AS score,
+  CASE WHEN kind = 'no_payment_method'
+       THEN 'Subscription ' || subscription_id || ' renews on ' || strftime(renewal_at, '%Y-%m-%d')
+            || ' and is charged automatically, but the customer has no payment method.'
+       ELSE 'The card ' || COALESCE(card_brand || ' ', '') || 'ending ' || COALESCE(card_last4, '?')
+            || ' expires ' || lpad(CAST(card_exp_month AS VARCHAR), 2, '0') || '/' || card_exp_year
+            || ', before the renewal on ' || strftime(renewal_at, '%Y-%m-%d')
+            || ', and there is no other card.' END AS reason,
+  json_object('kind', kind, 'subscription_id', subscription_id, 'payment_method_id', pm_id,
+    'card_exp_month', card_exp_month, 'card_exp_year', card_exp_year,
+    'renewal_at', renewal_at)::VARCHAR AS evidence,
+  'card_expiry:' || subscription_id || ':' || COALESCE(pm_id, 'none') || ':'
+    || strftime(renewal_at, '%Y-%m-%d') AS episode_key
+FROM hit WHERE kind IS NOT NULL
+"""
+
+
+def score(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl.DataFrame:
+    params = {"as_of": as_of, "horizon": as_of + timedelta(days=settings.card_expiry_horizon_days)}
+    return finish(tables.frame(SQL, params), NAME, as_of)

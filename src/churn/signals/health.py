@@ -1,0 +1,165 @@
+"""Payment Health, the churn risk score and the ``account_health`` rows.
+
+Payment Health, first rule that matches:
+
+1. ``Failed``: a ``payment_failure`` signal (an invoice open after a failed attempt);
+2. ``No Payment Method``: a ``card_expiry`` signal of kind ``no_payment_method``;
+3. ``At Risk``: a ``card_expiry`` signal (the card expires before the renewal);
+4. ``Healthy``: none of these.
+
+Risk score (0..100): ``100 x (1 - prod(1 - weight_s x score_s))`` over the account's risk
+signals, weights from settings. Known churn (a scheduled cancellation) and expansion are
+not in it: they are shown apart (``known_churn``). A trained model may replace
+:func:`risk_score`; it is the only place the number is made.
+
+MRR at risk: the whole MRR when payment health is Failed or churn is known, else MRR x
+risk score / 100 (rounded half up, integers only).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import polars as pl
+
+from churn.settings import SignalSettings
+from churn.signals.mrr import account_key
+from churn.signals.tables import Tables
+
+RISK_EXCLUDED = ("cancel_at_period_end", "seat_expansion")
+
+HEALTH_SCHEMA: dict[str, pl.DataType] = {
+    "account_id": pl.String(),
+    "as_of": pl.Datetime("us"),
+    "payment_health": pl.String(),
+    "risk_score": pl.Int32(),
+    "known_churn": pl.Boolean(),
+    "churn_effective_at": pl.Datetime("us"),
+    "reporting_currency": pl.String(),
+    "total_mrr_minor": pl.Int64(),
+    "mrr_at_risk_minor": pl.Int64(),
+    "next_renewal_at": pl.Datetime("us"),
+    "last_successful_payment_at": pl.Datetime("us"),
+    "days_since_last_payment": pl.Int32(),
+    "subscription_count": pl.Int32(),
+    "top_reasons": pl.List(pl.String()),
+    "stripe_customer_ids": pl.List(pl.String()),
+}
+
+
+def risk_score(signals: pl.DataFrame, settings: SignalSettings) -> pl.DataFrame:
+    """account_id, risk_score (0..100) from signal rows; the one place the score is made."""
+    weights = pl.DataFrame(
+        {"signal": list(settings.risk_weights), "weight": list(settings.risk_weights.values())},
+        schema={"signal": pl.String, "weight": pl.Float64},
+    )
+    risk = signals.filter(~pl.col("signal").is_in(RISK_EXCLUDED)).join(weights, on="signal")
+    return risk.group_by("account_id").agg(
+        risk_score=(100 * (1 - (1 - (pl.col("weight") * pl.col("score")).clip(0, 1)).product()))
+        .round(0)
+        .cast(pl.Int32)
+    )
+
+
+def payment_health(signals: pl.DataFrame) -> pl.DataFrame:
+    """account_id, payment_health by the written rules above (accounts with a signal)."""
+    kind = pl.col("evidence").str.json_path_match("$.kind")
+    return signals.group_by("account_id").agg(
+        payment_health=pl.when((pl.col("signal") == "payment_failure").any())
+        .then(pl.lit("Failed"))
+        .when(((pl.col("signal") == "card_expiry") & (kind == "no_payment_method")).any())
+        .then(pl.lit("No Payment Method"))
+        .when((pl.col("signal") == "card_expiry").any())
+        .then(pl.lit("At Risk"))
+        .otherwise(pl.lit("Healthy"))
+    )
+
+
+def _facts_sql() -> str:
+    return f"""
+WITH live AS (
+  SELECT h.*, {account_key("h.customer_id")} AS account_id
+  FROM history_subscriptions h LEFT JOIN core_account_links l ON l.customer_id = h.customer_id
+  WHERE h.valid_from <= $as_of AND (h.valid_to IS NULL OR h.valid_to > $as_of)
+    AND h.status IN ('active', 'past_due', 'trialing', 'unpaid')
+),
+paid AS (
+  SELECT {account_key("ch.customer_id")} AS account_id, max(ch.created_at) AS last_paid
+  FROM core_charges ch LEFT JOIN core_account_links l ON l.customer_id = ch.customer_id
+  WHERE ch.status = 'succeeded' AND ch.created_at <= $as_of GROUP BY ALL
+)
+SELECT account_id, count(DISTINCT subscription_id) AS subscription_count,
+  min(current_period_end) FILTER (WHERE current_period_end > $as_of) AS next_renewal_at,
+  list(DISTINCT customer_id ORDER BY customer_id) AS stripe_customer_ids,
+  min(paid.last_paid) AS last_successful_payment_at
+FROM live LEFT JOIN paid USING (account_id)
+GROUP BY account_id
+"""
+
+
+def account_health(
+    tables: Tables,
+    as_of: datetime,
+    settings: SignalSettings,
+    signals: pl.DataFrame,
+    mrr: pl.DataFrame,
+) -> pl.DataFrame:
+    """One row per account with a live subscription or a signal at ``as_of``."""
+    facts = tables.frame(_facts_sql(), {"as_of": as_of})
+    totals = mrr.group_by("account_id").agg(
+        total_mrr_minor=pl.when(pl.col("reporting_mrr_minor").is_null().any())
+        .then(None)
+        .otherwise(pl.col("reporting_mrr_minor").sum())
+        .cast(pl.Int64)
+    )
+    known = (
+        signals.filter(pl.col("signal") == "cancel_at_period_end")
+        .with_columns(
+            eff=pl.col("evidence")
+            .str.json_path_match("$.effective_at")
+            .str.to_datetime(strict=False)
+        )
+        .group_by("account_id")
+        .agg(churn_effective_at=pl.col("eff").min())
+    )
+    reasons = (
+        signals.filter(pl.col("signal") != "seat_expansion")
+        .sort("score", descending=True)
+        .group_by("account_id", maintain_order=True)
+        .agg(top_reasons=pl.col("reason").head(3))
+    )
+    accounts = pl.concat(
+        [facts.select("account_id"), signals.select("account_id"), totals.select("account_id")]
+    ).unique()
+    out = (
+        accounts.join(facts, on="account_id", how="left")
+        .join(totals, on="account_id", how="left")
+        .join(risk_score(signals, settings), on="account_id", how="left")
+        .join(payment_health(signals), on="account_id", how="left")
+        .join(known, on="account_id", how="left")
+        .join(reasons, on="account_id", how="left")
+        .with_columns(
+            as_of=pl.lit(as_of).cast(pl.Datetime("us")),
+            reporting_currency=pl.lit(settings.reporting_currency.upper()),
+            risk_score=pl.col("risk_score").fill_null(0),
+            payment_health=pl.col("payment_health").fill_null("Healthy"),
+            known_churn=pl.col("churn_effective_at").is_not_null(),
+            subscription_count=pl.col("subscription_count").fill_null(0),
+            total_mrr_minor=pl.col("total_mrr_minor").fill_null(0),
+            top_reasons=pl.col("top_reasons").fill_null(pl.lit([], dtype=pl.List(pl.String))),
+            stripe_customer_ids=pl.col("stripe_customer_ids").fill_null(
+                pl.lit([], dtype=pl.List(pl.String))
+            ),
+            days_since_last_payment=(
+                (pl.lit(as_of) - pl.col("last_successful_payment_at")).dt.total_days()
+            ),
+        )
+        .with_columns(
+            mrr_at_risk_minor=pl.when(
+                (pl.col("payment_health") == "Failed") | pl.col("known_churn")
+            )
+            .then(pl.col("total_mrr_minor"))
+            .otherwise((pl.col("total_mrr_minor") * pl.col("risk_score") * 2 + 100) // 200)
+        )
+    )
+    return out.select(pl.col(n).cast(t) for n, t in HEALTH_SCHEMA.items()).sort("account_id")

@@ -1,0 +1,326 @@
+"""The MRR engine: monthly-normalised recurring revenue from subscription history.
+
+Rules (all integer minor units, rounding half away from zero once per item and once per
+subscription discount):
+
+- an item's period amount: per-unit ``unit_amount x quantity`` (after ``transform_quantity``);
+  tiered ``volume``: the whole quantity at the tier it falls in, plus that tier's flat fee;
+  tiered ``graduated``: each tier's slice at its own price, plus each reached tier's flat fee;
+- normalised to a month: month / interval_count; year / (12 x count);
+  week x 52 / (12 x count); day x 365 / (12 x count);
+- zero for trials (status ``trialing``), metered prices and one-time prices; tax is never in
+  a price so it is never in MRR;
+- counted while the subscription is ``active`` or ``past_due`` (``trialing`` appears with
+  zero MRR, so its seats are known), and after a cancellation
+  until the end of the period already paid for (churn is recognised at period end);
+- discounts: ``forever`` lowers MRR; ``once`` and ``repeating`` only with
+  ``count_temporary_discounts`` and while they run; percent first, then amount off
+  (normalised by the subscription's interval), never below zero.
+
+The SQL takes a ``points`` query (one column ``t``): MRR is computed at every point at
+once, which is how movements get month ends for all accounts in one statement.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import polars as pl
+
+from churn.settings import SignalSettings
+from churn.signals.money import sql_convert, sql_round_div
+from churn.signals.tables import Tables
+
+LIVE_STATUSES = ("active", "past_due", "trialing")
+
+ACCOUNT_KEY = "COALESCE(l.account_id, {cust})"
+
+
+def account_key(customer_column: str) -> str:
+    """SQL for the marts' account key: linked Salesforce Account Id, else customer id.
+
+    Needs ``LEFT JOIN core_account_links l ON l.customer_id = <customer_column>``.
+    """
+    return ACCOUNT_KEY.format(cust=customer_column)
+
+
+def item_mrr_sql(points: str, settings: SignalSettings) -> str:
+    """Per subscription item at each point ``t``: its monthly MRR in minor units."""
+    live = ", ".join(f"'{s}'" for s in LIVE_STATUSES)
+    period_amount = """
+        CASE
+          WHEN p.billing_scheme = 'tiered' AND p.tiers_mode = 'volume'
+            THEN COALESCE(ta.volume_amount, 0)
+          WHEN p.billing_scheme = 'tiered' THEN COALESCE(ta.graduated_amount, 0)
+          ELSE COALESCE(p.unit_amount, 0) * it.q
+        END"""
+    return f"""
+    WITH pts AS ({points}),
+    tier_rows AS (
+      SELECT price_id, i AS idx,
+        TRY_CAST(json_extract_string(tiers, '$[' || i || '].up_to') AS BIGINT) AS up_to,
+        COALESCE(TRY_CAST(json_extract_string(tiers, '$[' || i || '].unit_amount') AS BIGINT), 0)
+          AS unit_amount,
+        COALESCE(TRY_CAST(json_extract_string(tiers, '$[' || i || '].flat_amount') AS BIGINT), 0)
+          AS flat_amount
+      FROM (SELECT price_id, tiers, UNNEST(range(CAST(json_array_length(tiers) AS BIGINT))) AS i
+            FROM core_prices WHERE billing_scheme = 'tiered' AND tiers IS NOT NULL)
+    ),
+    tier_bounds AS (
+      SELECT *, COALESCE(lag(up_to) OVER (PARTITION BY price_id ORDER BY idx), 0) AS lower
+      FROM tier_rows
+    ),
+    subs AS (
+      SELECT pts.t, h.subscription_id, h.customer_id, h.status, h.currency,
+             h.current_period_end, h.cancel_at_period_end, h.cancel_at
+      FROM pts JOIN history_subscriptions h
+        ON h.valid_from <= pts.t AND (h.valid_to IS NULL OR h.valid_to > pts.t)
+      WHERE h.status IN ({live})
+         OR (h.status = 'canceled' AND h.current_period_end > pts.t)
+    ),
+    it AS (
+      SELECT s.t, s.subscription_id, s.customer_id, s.status, i.item_id, i.price_id,
+             COALESCE(i.quantity, 1) AS quantity,
+             CASE WHEN COALESCE(p.transform_divide_by, 0) > 0 THEN
+                    CASE WHEN p.transform_round = 'up'
+                         THEN (COALESCE(i.quantity, 1) + p.transform_divide_by - 1)
+                              // p.transform_divide_by
+                         ELSE COALESCE(i.quantity, 1) // p.transform_divide_by END
+                  ELSE COALESCE(i.quantity, 1) END AS q
+      FROM subs s
+      JOIN history_subscription_items i
+        ON i.subscription_id = s.subscription_id
+       AND i.valid_from <= s.t AND (i.valid_to IS NULL OR i.valid_to > s.t)
+      JOIN core_prices p ON p.price_id = i.price_id
+    ),
+    -- each (tiered price, quantity) priced once, joined back: no per-row subquery
+    tq AS (
+      SELECT DISTINCT it.price_id, it.q FROM it
+      JOIN core_prices p ON p.price_id = it.price_id AND p.billing_scheme = 'tiered'
+    ),
+    tier_amount AS (
+      SELECT tq.price_id, tq.q,
+        max(CASE WHEN tq.q > tb.lower AND (tb.up_to IS NULL OR tq.q <= tb.up_to)
+                 THEN tb.unit_amount * tq.q + tb.flat_amount END) AS volume_amount,
+        sum(CASE WHEN tq.q > tb.lower
+                 THEN (least(tq.q, COALESCE(tb.up_to, tq.q)) - tb.lower) * tb.unit_amount
+                      + tb.flat_amount END) AS graduated_amount
+      FROM tq JOIN tier_bounds tb ON tb.price_id = tq.price_id
+      GROUP BY ALL
+    )
+    SELECT it.t, it.subscription_id, it.customer_id, it.item_id, it.price_id, it.quantity,
+           lower(p.currency) AS currency, p.usage_type,
+           p.recurring_interval AS interval, COALESCE(p.recurring_interval_count, 1) AS interval_count,
+           CASE
+             WHEN it.status = 'trialing' OR p.usage_type = 'metered'
+                  OR COALESCE(p.type, 'recurring') <> 'recurring' THEN CAST(0 AS BIGINT)
+             ELSE CAST({
+        sql_round_div(
+            f"({period_amount}) * CASE p.recurring_interval WHEN 'week' THEN 52 "
+            "WHEN 'day' THEN 365 ELSE 1 END",
+            "CASE p.recurring_interval WHEN 'month' THEN 1 ELSE 12 END"
+            " * COALESCE(p.recurring_interval_count, 1)",
+        )
+    } AS BIGINT)
+           END AS mrr_minor
+    FROM it JOIN core_prices p ON p.price_id = it.price_id
+    LEFT JOIN tier_amount ta ON ta.price_id = it.price_id AND ta.q = it.q
+    """
+
+
+def subscription_mrr_sql(points: str, settings: SignalSettings) -> str:
+    """Per subscription at each point ``t``: gross MRR, discount and MRR, with account key."""
+    temporary = "TRUE" if settings.count_temporary_discounts else "FALSE"
+    return f"""
+    WITH items AS ({item_mrr_sql(points, settings)}),
+    per_sub AS (
+      SELECT t, subscription_id, customer_id, min(currency) AS currency,
+             sum(mrr_minor) AS gross,
+             -- the interval used to spread an amount-off coupon over a month
+             min(interval) AS interval, min(interval_count) AS interval_count
+      FROM items GROUP BY ALL
+    ),
+    disc AS (
+      SELECT ps.t, ps.subscription_id,
+        least(sum(CAST(COALESCE(d.percent_off, 0) * 10000 AS BIGINT)), 1000000) AS pct_units,
+        sum(CASE WHEN lower(COALESCE(d.currency, ps.currency)) = ps.currency
+                 THEN COALESCE(d.amount_off, 0) ELSE 0 END) AS amount_off
+      FROM per_sub ps JOIN core_subscription_discounts d ON d.subscription_id = ps.subscription_id
+      WHERE (d.starts_at IS NULL OR d.starts_at <= ps.t)
+        AND (d.ends_at IS NULL OR d.ends_at > ps.t)
+        AND (d.duration = 'forever' OR (d.duration IN ('once', 'repeating') AND {temporary}))
+      GROUP BY ALL
+    ),
+    net AS (
+      SELECT ps.*,
+        {sql_round_div("ps.gross * (1000000 - COALESCE(d.pct_units, 0))", "1000000")}
+          AS after_pct,
+        {
+        sql_round_div(
+            "COALESCE(d.amount_off, 0) * CASE ps.interval WHEN 'week' THEN 52 "
+            "WHEN 'day' THEN 365 ELSE 1 END",
+            "CASE ps.interval WHEN 'month' THEN 1 ELSE 12 END * COALESCE(ps.interval_count, 1)",
+        )
+    } AS monthly_amount_off
+      FROM per_sub ps LEFT JOIN disc d USING (t, subscription_id)
+    )
+    SELECT n.t, n.subscription_id, n.customer_id, {account_key("n.customer_id")} AS account_id,
+           n.currency, CAST(n.gross AS BIGINT) AS gross_mrr_minor,
+           CAST(greatest(n.after_pct - n.monthly_amount_off, 0) AS BIGINT) AS mrr_minor
+    FROM net n LEFT JOIN core_account_links l ON l.customer_id = n.customer_id
+    """
+
+
+def _configured_rates(settings: SignalSettings) -> str:
+    """The settings' fallback rates as a VALUES list (validated Decimals, upper-case codes)."""
+    rows = [
+        f"('{code.upper()}', CAST('{rate}' AS DECIMAL(18, 9)))"
+        for code, rate in sorted(settings.currency_rates.items())
+        if code.isalpha()
+    ]
+    if not rows:
+        return "SELECT CAST(NULL AS VARCHAR), CAST(NULL AS DECIMAL(18, 9)) WHERE FALSE"
+    return "VALUES " + ", ".join(rows)
+
+
+def account_mrr_sql(points: str, settings: SignalSettings) -> str:
+    """Per account and original currency at each ``t``: MRR and its reporting value."""
+    rep = settings.reporting_currency.upper()
+    return f"""
+    WITH subs AS ({subscription_mrr_sql(points, settings)}),
+    acc AS (
+      SELECT t, account_id, currency, CAST(sum(mrr_minor) AS BIGINT) AS mrr_minor,
+             count(*) AS subscription_count
+      FROM subs GROUP BY ALL
+    ),
+    core_rates AS (
+      SELECT upper(iso_code) AS iso, conversion_rate FROM core_currency_rates WHERE is_active
+    ),
+    rates AS (
+      SELECT * FROM core_rates
+      UNION ALL
+      SELECT * FROM ({_configured_rates(settings)}) c(iso, conversion_rate)
+      WHERE iso NOT IN (SELECT iso FROM core_rates)
+    )
+    SELECT acc.t, acc.account_id, acc.currency, acc.mrr_minor, acc.subscription_count,
+           '{rep}' AS reporting_currency,
+           CASE WHEN upper(acc.currency) = '{rep}' THEN CAST(1 AS DECIMAL(18, 9))
+                ELSE src.conversion_rate END AS source_rate,
+           CASE WHEN upper(acc.currency) = '{rep}' THEN CAST(1 AS DECIMAL(18, 9))
+                ELSE tgt.conversion_rate END AS reporting_rate,
+           CASE WHEN upper(acc.currency) = '{rep}' THEN acc.mrr_minor
+                ELSE {
+        sql_convert(
+            "acc.mrr_minor",
+            "acc.currency",
+            f"'{rep}'",
+            "src.conversion_rate",
+            "tgt.conversion_rate",
+        )
+    } END AS reporting_mrr_minor
+    FROM acc
+    LEFT JOIN rates src ON src.iso = upper(acc.currency)
+    LEFT JOIN rates tgt ON tgt.iso = '{rep}'
+    """
+
+
+#: A points query of the single instant bound as ``$as_of`` (never formatted into SQL).
+AS_OF_POINT = "SELECT CAST($as_of AS TIMESTAMP) AS t"
+
+
+def account_mrr(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl.DataFrame:
+    """MRR per account and original currency at ``as_of`` (see :func:`account_mrr_sql`)."""
+    return tables.frame(account_mrr_sql(AS_OF_POINT, settings), {"as_of": as_of})
+
+
+def subscription_mrr(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl.DataFrame:
+    """MRR per subscription at ``as_of``."""
+    return tables.frame(subscription_mrr_sql(AS_OF_POINT, settings), {"as_of": as_of})
+
+
+MOVEMENT_SCHEMA: dict[str, pl.DataType] = {
+    "account_id": pl.String(),
+    "month": pl.Date(),
+    "movement": pl.String(),
+    "start_mrr_minor": pl.Int64(),
+    "end_mrr_minor": pl.Int64(),
+    "amount_minor": pl.Int64(),
+}
+
+
+def classify_movements(series: pl.DataFrame) -> pl.DataFrame:
+    """Movements from MRR at consecutive month boundaries, one row per changed account-month.
+
+    ``series``: account_id, month (Date), start_mrr_minor, end_mrr_minor (Int64; start of a
+    month equals the end of the previous one). ``amount_minor = end - start``, so the
+    movements of an account sum to its change in MRR. A month starting at zero is ``new``
+    when the account never had MRR before, else ``reactivation``; ending at zero is
+    ``churn``; otherwise ``expansion`` or ``contraction``.
+    """
+    s = series.sort("account_id", "month").with_columns(
+        had_before=(
+            (pl.col("start_mrr_minor") > 0).cum_max().over("account_id")
+            | (pl.col("end_mrr_minor").shift(1).over("account_id").fill_null(0) > 0)
+            .cum_max()
+            .over("account_id")
+        )
+    )
+    out = (
+        s.filter(pl.col("end_mrr_minor") != pl.col("start_mrr_minor"))
+        .with_columns(amount_minor=pl.col("end_mrr_minor") - pl.col("start_mrr_minor"))
+        .with_columns(
+            movement=pl.when(pl.col("start_mrr_minor") == 0)
+            .then(
+                pl.when(pl.col("had_before")).then(pl.lit("reactivation")).otherwise(pl.lit("new"))
+            )
+            .when(pl.col("end_mrr_minor") == 0)
+            .then(pl.lit("churn"))
+            .when(pl.col("amount_minor") > 0)
+            .then(pl.lit("expansion"))
+            .otherwise(pl.lit("contraction"))
+        )
+    )
+    return out.select(pl.col(name).cast(dtype) for name, dtype in MOVEMENT_SCHEMA.items())
+
+
+def movements(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl.DataFrame:
+    """``mrr_movements`` for the months up to ``as_of``, in the reporting currency.
+
+    MRR is taken just before every month start and at ``as_of`` (a month's movement is
+    the change between the end of the previous month and the end of this one); an account whose MRR cannot be
+    converted (missing rate) is left out rather than guessed.
+    """
+    months = settings.movements_months
+    points = f"""
+      SELECT CAST(m AS TIMESTAMP) - INTERVAL 1 MICROSECOND AS t FROM range(
+        date_trunc('month', CAST($as_of AS TIMESTAMP)) - INTERVAL {months} MONTH,
+        -- a month start equal to as_of still closes the previous month
+        CAST($as_of AS TIMESTAMP) + INTERVAL 1 MICROSECOND, INTERVAL 1 MONTH) r(m)
+      UNION SELECT CAST($as_of AS TIMESTAMP)
+    """
+    sql = f"""
+      WITH m AS ({account_mrr_sql(points, settings)}),
+      acc AS (
+        SELECT account_id, t, sum(reporting_mrr_minor) AS mrr,
+               bool_or(reporting_mrr_minor IS NULL) AS missing
+        FROM m GROUP BY ALL
+      ),
+      grid AS (
+        SELECT a.account_id, p.t FROM (SELECT DISTINCT account_id FROM acc) a
+        CROSS JOIN ({points}) p
+      ),
+      filled AS (
+        SELECT g.account_id, g.t, COALESCE(acc.mrr, 0) AS mrr, COALESCE(acc.missing, FALSE) AS missing
+        FROM grid g LEFT JOIN acc USING (account_id, t)
+      ),
+      bounds AS (
+        SELECT account_id, CAST(date_trunc('month', t) AS DATE) AS month, lag(t) OVER w AS prev_t,
+               lag(mrr) OVER w AS start_mrr, mrr AS end_mrr,
+               bool_or(missing) OVER (PARTITION BY account_id) AS any_missing
+        FROM filled WINDOW w AS (PARTITION BY account_id ORDER BY t)
+      )
+      SELECT account_id, month, CAST(start_mrr AS BIGINT) AS start_mrr_minor,
+             CAST(end_mrr AS BIGINT) AS end_mrr_minor
+      FROM bounds WHERE prev_t IS NOT NULL AND NOT any_missing
+    """
+    return classify_movements(tables.frame(sql, {"as_of": as_of}))

@@ -1,0 +1,66 @@
+"""Loads golden-case input rows into a fresh warehouse, with defaults for omitted columns.
+
+A case file: ``{"description", "as_of", "settings"?, "tables": {table: [row, ...]},
+"expected": [...]}``. Defaults keep the files to what each case is about.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+GOLDEN = Path(__file__).parent / "golden" / "signals"
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "history_subscriptions": {
+        "valid_to": None,
+        "status": "active",
+        "currency": "usd",
+        "collection_method": "charge_automatically",
+        "cancel_at_period_end": False,
+    },
+    "history_subscription_items": {"valid_to": None, "quantity": 1},
+    "core_prices": {
+        "currency": "usd",
+        "type": "recurring",
+        "billing_scheme": "per_unit",
+        "recurring_interval": "month",
+        "recurring_interval_count": 1,
+        "usage_type": "licensed",
+    },
+    "core_invoices": {"status": "open", "currency": "usd", "attempted": True},
+    "core_charges": {"currency": "usd"},
+    "core_payment_methods": {"type": "card", "card_brand": "visa", "card_last4": "4242"},
+    "core_account_links": {"method": "metadata", "linked_at": "2026-01-01T00:00:00"},
+    "core_usage": {"source": "golden", "loaded_at": "2026-01-01T00:00:00"},
+    "core_currency_rates": {"is_active": True},
+}
+
+JSON_COLUMNS = {("core_prices", "tiers")}
+
+
+def load_case(path: Path) -> dict[str, Any]:
+    case: dict[str, Any] = json.loads(path.read_text())
+    case["as_of_dt"] = datetime.fromisoformat(case["as_of"])
+    return case
+
+
+def seed(con: duckdb.DuckDBPyConnection, tables: dict[str, list[dict[str, Any]]]) -> None:
+    for table, rows in tables.items():
+        for row in rows:
+            full = {**DEFAULTS.get(table, {}), **row}
+            cols = list(full)
+            values = [
+                json.dumps(v) if (table, c) in JSON_COLUMNS and v is not None else v
+                for c, v in full.items()
+            ]
+            marks = ", ".join("?" for _ in cols)
+            con.execute(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})", values)
+
+
+def cases(kind: str) -> list[Path]:
+    return sorted((GOLDEN / kind).glob("*.json"))
