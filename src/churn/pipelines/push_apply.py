@@ -236,15 +236,15 @@ def _send_bulk(
     _record(con, rows, "bulk2", run_id, outcome)
 
 
-_BULK_ERROR = re.compile(r"^(\w+):(.*?)(?::[^:]*--)?$", re.DOTALL)
-
-
 def _bulk_error(text: str) -> tuple[str, str]:
-    """``CODE:message:fields --`` (Bulk API 2.0's sf__Error) to code and message."""
-    match = _BULK_ERROR.match(text.strip())
-    if not match:
+    """Bulk API 2.0's ``sf__Error`` (``CODE:message:fields``, sometimes ending ``--``) to
+    its code and message."""
+    text = text.strip().removesuffix("--").strip()
+    code, _, rest = text.partition(":")
+    if not rest:
         return "UNKNOWN", text
-    return match[1], match[2].strip() or match[1]
+    message = rest.rsplit(":", 1)[0] if ":" in rest else rest
+    return code, message.strip() or code
 
 
 def _take(pending: dict[str, Change], key: str) -> Change | None:

@@ -26,36 +26,10 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from churn.settings import PushSettings
+from churn.signals import money
 
 ACCOUNT = "Account"
 TASK = "Task"
-
-#: Decimal places of currencies that do not have two (ISO 4217); every other has two.
-_EXPONENTS = {
-    **dict.fromkeys(
-        [
-            "bif",
-            "clp",
-            "djf",
-            "gnf",
-            "isk",
-            "jpy",
-            "kmf",
-            "krw",
-            "mga",
-            "pyg",
-            "rwf",
-            "ugx",
-            "vnd",
-            "vuv",
-            "xaf",
-            "xof",
-            "xpf",
-        ],
-        0,
-    ),
-    **dict.fromkeys(["bhd", "jod", "kwd", "omr", "tnd", "iqd", "lyd"], 3),
-}
 
 _MAX_TEXT = 255
 _MAX_DESCRIPTION = 32_000
@@ -80,7 +54,7 @@ _RESOLUTION = {
 
 def minor_to_decimal(amount: int, currency: str) -> Decimal:
     """Minor units to a decimal amount, with the currency's own exponent (JPY 0, KWD 3)."""
-    return Decimal(amount).scaleb(-_EXPONENTS.get(currency.lower(), 2))
+    return money.to_decimal(amount, currency)
 
 
 @dataclass(frozen=True)

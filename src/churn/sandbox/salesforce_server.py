@@ -433,9 +433,7 @@ class _Handler(BaseHTTPRequestHandler):
         if head == "composite" and len(parts) > 1 and parts[1] == "sobjects":
             if method == "DELETE":
                 return self._collection_delete(qs)
-            # PATCH composite/sobjects/{SObject}/{ExternalIdField}: upsert by external id.
-            upsert_key = parts[3] if len(parts) == 4 and method == "PATCH" else None
-            return self._collections(method, raw, upsert_key)
+            return self._collections(method, raw, parts[2:])
         if head == "jobs" and len(parts) > 1 and parts[1] in ("query", "ingest"):
             return bulk2(org, method, parts[1], parts[2:], qs, raw)
         raise ApiFault(404, "NOT_FOUND", "The requested resource does not exist")
@@ -498,9 +496,12 @@ class _Handler(BaseHTTPRequestHandler):
         return 200, results
 
     def _collections(
-        self, method: str, raw: bytes, upsert_key: str | None = None
+        self, method: str, raw: bytes, target: list[str] | None = None
     ) -> tuple[int, Any]:
+        """Create (POST), update (PATCH), or upsert by external id (PATCH
+        ``composite/sobjects/{type}/{externalIdField}``), up to 200 records a call."""
         org = self.server.org
+        upsert_to = target if target and len(target) == 2 and method == "PATCH" else None
         body = json.loads(raw)
         records = body.get("records") or []
         all_or_none = bool(body.get("allOrNone", False))
@@ -519,16 +520,34 @@ class _Handler(BaseHTTPRequestHandler):
                 if not obj:
                     raise ApiFault(400, "INVALID_TYPE", "Must send a concrete entity type.")
                 values = {k: v for k, v in rec.items() if k not in ("attributes", "Id")}
+                if upsert_to is not None:
+                    if obj.lower() != upsert_to[0].lower():
+                        raise ApiFault(
+                            400, "INVALID_TYPE", f"records must be of type {upsert_to[0]}"
+                        )
+                    if rec.get("Id"):
+                        raise ApiFault(
+                            400, "INVALID_FIELD", "Id is not allowed in an upsert by external id"
+                        )
+                    key = next(
+                        (v for k, v in values.items() if k.lower() == upsert_to[1].lower()), None
+                    )
+                    if not key:
+                        raise ApiFault(
+                            400,
+                            "REQUIRED_FIELD_MISSING",
+                            f"Required fields are missing: [{upsert_to[1]}]",
+                            [upsert_to[1]],
+                        )
+                    rid, created = org.upsert(obj, upsert_to[1], str(key), values)
+                    results.append({"id": rid, "success": True, "errors": [], "created": created})
+                    continue
                 if method == "POST":
                     if rec.get("Id"):
                         raise ApiFault(
                             400, "INVALID_FIELD", "cannot specify Id in an insert call", ["Id"]
                         )
                     rid = org.insert(obj, values)
-                elif method == "PATCH" and upsert_key is not None:
-                    rid, created = org.upsert(obj, upsert_key, str(rec.get(upsert_key)), values)
-                    results.append({"id": rid, "success": True, "errors": [], "created": created})
-                    continue
                 elif method == "PATCH":
                     rid = rec.get("Id") or ""
                     if not rid:
