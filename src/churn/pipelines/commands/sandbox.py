@@ -32,13 +32,15 @@ def register(app: typer.Typer, state: CliState) -> None:
         seed: Annotated[int, typer.Option("--seed")] = 42,
     ) -> None:
         """Write a seeded world folder (docs/world-format.md)."""
-        from churn.sandbox.world import generate_world, write_world
+        import json
+
+        from churn.sandbox.world import generate_world_to
 
         started = time.perf_counter()
-        world = generate_world(accounts, seed)
-        write_world(world, out_dir, seed=seed)
+        generate_world_to(out_dir, accounts, seed)
+        counts = json.loads((out_dir / "world.json").read_text())["counts"]
         out.print(
-            f"{accounts} accounts, {len(world.events)} events -> {out_dir} "
+            f"{accounts} accounts, {counts.get('event', 0)} events -> {out_dir} "
             f"in {time.perf_counter() - started:.1f}s"
         )
 
