@@ -96,3 +96,18 @@ def test_chunked_world_has_unique_ids_and_one_catalogue(tmp_path: Path) -> None:
     with gzip.open(tmp_path / "w/salesforce/Account.jsonl.gz", "rt") as fh:
         owners = {json.loads(x)["OwnerId"] for x in fh}
     assert owners <= set(ids("User", "salesforce"))
+
+
+def test_cli_generate_writes_a_world(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from churn.pipelines.cli import app
+
+    out = tmp_path / "w"
+    result = CliRunner().invoke(
+        app, ["sandbox", "generate", "--accounts", "25", "--seed", "3", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "world.json").read_text())
+    assert manifest["accounts"] == 25 and manifest["counts"]["customer"] == 25
+    assert "25 accounts" in result.output
