@@ -176,11 +176,12 @@ class SignalSettings(_Section):
     churn_horizon_days: int = Field(90, ge=1)
     #: A downgrade counts when MRR (or seats) fall by at least this share over the window.
     downgrade_min_drop: float = Field(0.05, ge=0, le=1)
-    #: The seat-expansion signal needs at least this many usage days in the window.
+    #: Both seat signals (low use, expansion) need at least this many usage days in the window.
     seat_min_days: int = Field(7, ge=1)
     #: Risk-score weight of each risk signal (0..1); expansion and known churn are apart.
     risk_weights: dict[str, float] = Field(
         default_factory=lambda: {
+            "cancel_at_period_end": 1.0,
             "payment_failure": 0.9,
             "downgrade": 0.6,
             "card_expiry": 0.5,

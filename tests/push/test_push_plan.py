@@ -124,6 +124,31 @@ def test_salesforce_edit_after_our_push_is_the_baseline() -> None:
     assert plan_accounts([stale], state, mapping, 5) == []
 
 
+def test_a_field_salesforce_already_held_is_not_resent_after_a_push() -> None:
+    """The demo's second run re-sent Stripe_Customer_Id__c: the first plan skipped it
+    (Salesforce held it already) and push_state recorded only the sent fields, so the
+    next run, trusting push_state over an older extract, saw it as missing."""
+    mapping = {"payment_health": "Payment_Health__c", "stripe_customer_id": "Stripe_Customer_Id__c"}
+    values = {"payment_health": "Failed", "stripe_customer_id": "cus_1"}
+    seen = {"Payment_Health__c": "Healthy", "Stripe_Customer_Id__c": "cus_1"}
+    first = AccountInput("001A", values, sf_values=seen, sf_modstamp=AS_OF - timedelta(days=1))
+    [change] = plan_accounts([first], {}, mapping, 5)
+    assert dict(change.fields) == {"Payment_Health__c": "Failed"}
+    assert change.state["Stripe_Customer_Id__c"] == "cus_1"
+    state = {"001A": PushedState(ACCOUNT, "001A", change.state, AS_OF)}
+    # The next extract saw our write; its modstamp is a moment before pushed_at.
+    after = AccountInput(
+        "001A",
+        values,
+        sf_values={**seen, "Payment_Health__c": "Failed"},
+        sf_modstamp=AS_OF - timedelta(seconds=1),
+    )
+    assert plan_accounts([after], state, mapping, 5) == []
+    # A push_state from before the field was mapped falls back to the extracted value.
+    old = {"001A": PushedState(ACCOUNT, "001A", {"Payment_Health__c": "Failed"}, AS_OF)}
+    assert plan_accounts([after], old, mapping, 5) == []
+
+
 def test_idempotency_key_is_stable_and_depends_on_the_values() -> None:
     a = plan_accounts([AccountInput("001A", _values())], {}, MAPPING, 5)[0]
     b = plan_accounts([AccountInput("001A", _values())], {}, MAPPING, 5)[0]

@@ -199,24 +199,33 @@ def plan_accounts(
             or (account.sf_modstamp is not None and account.sf_modstamp > pushed.pushed_at)
         )
         send: dict[str, Any] = {}
+        # What Salesforce holds for every owned field once this change is accepted: the
+        # fields sent and the ones already right. Recording only the sent ones would make
+        # the next run, which trusts push_state over an older extract, re-send the rest.
+        confirmed: dict[str, str | None] = {}
+        sf_values = account.sf_values or {}
         for logical, sf_field in mapping.items():
             if logical not in account.values:
                 continue
             desired = _sf_value(logical, account.values[logical])
-            if use_sf and account.sf_values is not None and sf_field in account.sf_values:
-                held = canon(account.sf_values[sf_field])
-            elif pushed is not None:
-                held = pushed.fields.get(sf_field)
+            if use_sf and sf_field in sf_values:
+                held = canon(sf_values[sf_field])
+            elif pushed is not None and sf_field in pushed.fields:
+                held = pushed.fields[sf_field]
+            elif sf_field in sf_values:
+                held = canon(sf_values[sf_field])
             else:
                 held = None
             if logical == "risk_score" and _within(desired, held, risk_score_margin):
+                confirmed[sf_field] = held
                 continue
             if canon(desired) != held:
                 send[sf_field] = desired
+            confirmed[sf_field] = canon(desired)
         if not send:
             continue
         new_state = dict(pushed.fields) if pushed else {}
-        new_state.update({k: canon(v) for k, v in send.items()})
+        new_state.update(confirmed)
         changes.append(
             Change(
                 sobject=ACCOUNT,

@@ -4,8 +4,10 @@ Purchased seats: licensed quantities of the account's live subscriptions at ``as
 Active seats: the usage feed's daily counts in ``(as_of - seat_window_days, as_of]``
 (keyed by Account Id or by Stripe customer id, mapped through the links). Average use
 below ``seat_low_utilization`` is churn risk (``seat_utilization``); every day at or above
-``seat_expansion_utilization`` over at least ``seat_min_days`` days is an expansion
-signal (``seat_expansion``), kept apart from risk. No usage data: no row, never a guess.
+``seat_expansion_utilization`` is an expansion signal (``seat_expansion``), kept apart
+from risk. Both need at least ``seat_min_days`` days of usage in the window: a feed that
+started yesterday says nothing sustained (the demo flagged 0-of-1-seat accounts on one
+day's data). No usage data: no row, never a guess.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ SELECT account_id, 'seat_utilization' AS signal,
   json_object('purchased_seats', seats, 'avg_active_seats', round(avg_active, 2),
     'utilization', round(util, 4), 'days_with_data', days)::VARCHAR AS evidence,
   'seat_utilization:' || account_id AS episode_key
-FROM r WHERE util < $low
+FROM r WHERE util < $low AND days >= $min_days
 UNION ALL
 SELECT account_id, 'seat_expansion' AS signal, least(1.0, min_util) AS score,
   'All ' || seats || ' purchased seats are in use: at least '
