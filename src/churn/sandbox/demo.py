@@ -23,7 +23,7 @@ from churn.errors import SandboxError
 from churn.pipelines import warehouse
 from churn.pipelines.job import JobResult, run_job
 from churn.sandbox.stripe_server import RunningStripe, start_stripe_server
-from churn.sandbox.world import generate_world_to
+from churn.sandbox.world import GENERATOR_VERSION, generate_world_to
 from churn.settings import Settings, load_settings
 
 DEFAULT_ACCOUNTS = 2_000
@@ -34,7 +34,7 @@ _SF_SYSTEM = {"attributes", "Id", "SystemModstamp", "IsDeleted"}
 
 
 def world_folder(root: Path, accounts: int, seed: int, today: datetime) -> Path:
-    return root / f"world-{accounts}-s{seed}-{today:%Y%m%d}"
+    return root / f"world-v{GENERATOR_VERSION}-{accounts}-s{seed}-{today:%Y%m%d}"
 
 
 def ensure_world(root: Path, accounts: int, seed: int, *, now: datetime | None = None) -> Path:
@@ -227,7 +227,7 @@ def backtest_separation(settings: Settings, sandbox: Sandbox, days: int = 90) ->
             rows = con.execute(
                 "SELECT h.account_id, h.risk_score, coalesce(max(e.score), 0), h.known_churn"
                 " FROM account_health h LEFT JOIN signal_events e"
-                "   ON e.account_id = h.account_id AND e.as_of = h.as_of"
+                "   ON e.account_id = h.account_id AND e.as_of = h.as_of AND e.signal <> 'seat_expansion'"
                 " WHERE h.as_of = ? GROUP BY ALL",
                 [as_of],
             ).fetchall()

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 API_VERSION = "2025-09-30.clover"
+# Bumped whenever the generator changes what it writes, so cached worlds are remade.
+GENERATOR_VERSION = 2
 DAY = 86_400
 MONTH = 30 * DAY
 CURRENCIES = ("usd", "eur", "gbp", "jpy")
@@ -44,6 +46,10 @@ DECLINE_CODES = (
 )
 # Stripe's Smart Retries land over a few weeks; we use a fixed schedule of days.
 RETRY_DAYS = (3, 5, 7)
+# The usage feed holds daily active seats for the last USAGE_DAYS days (enough for a
+# 90-day backtest with a 30-day window), not the whole history: a real feed is usually
+# kept short, and 100k accounts x 18 months of days would be 50M rows.
+USAGE_DAYS = 120
 
 
 @dataclass
@@ -457,11 +463,11 @@ class _Builder:
                 churn_type, churn_at = "involuntary", t + 20 * DAY
                 self.cancel(sub, min(churn_at, self.now - 1), "payment_failed", immediate=True)
                 break
-            usage_share = float(np.clip(0.72 + 0.18 * h + rng.normal(0, 0.12), 0.05, 1.0))
-            self.w.usage.append(
-                (customer["id"], _day(t), round(usage_share * item["quantity"]),
-                 int(item["quantity"]))
-            )  # fmt: skip
+            # Drawn before the usage so that an account about to schedule its cancellation
+            # can disengage first: the lead that makes seat use worth watching.
+            leaving = rng.random() < vol_hazard * (period / MONTH)
+            share = float(np.clip(0.72 + 0.18 * h + rng.normal(0, 0.12), 0.05, 1.0))
+            self.daily_usage(customer["id"], item, t, period_end, share, leaving, rng)
             # Seat and plan changes mid-period.
             mid = t + period // 2
             if mid < self.now and per_seat and rng.random() < 0.18:
@@ -482,7 +488,7 @@ class _Builder:
                     item["quantity"] = max(1, seats) if per_seat else 1
                     self.event("customer.subscription.updated", sub, mid, {"items": prev_items})
             # Voluntary churn: schedule at period end, sometimes withdrawn.
-            if rng.random() < vol_hazard * (period / MONTH):
+            if leaving:
                 decide = t + int(period * 0.6)
                 if decide >= self.now:
                     break
@@ -541,6 +547,40 @@ class _Builder:
                 )
             t = period_end
         self.finish(i, h, sub, acct_id, churn_type, churn_at)
+
+    def daily_usage(
+        self,
+        customer_id: str,
+        item: dict[str, Any],
+        start: int,
+        end: int,
+        share: float,
+        leaving: bool,
+        rng: np.random.Generator,
+    ) -> None:
+        """Active seats per day of one period, for the days within ``USAGE_DAYS`` of now.
+
+        The period's share of seats in use is the account's (health plus noise); each day
+        wobbles around it; an account that will decide to leave this period fades out
+        over the days before its decision (60% of the way through the period).
+        """
+        cutoff = self.now - USAGE_DAYS * DAY
+        # Whole days from the period's start, so adjacent periods never share a date.
+        first = start + max(0, -(-(cutoff - start) // DAY)) * DAY
+        last = min(end, self.now)
+        if first >= last:
+            return
+        seats = int(item["quantity"])
+        days = np.arange(first, last, DAY)
+        daily = share + rng.normal(0, 0.05, len(days))
+        if leaving:
+            decide = start + int((end - start) * 0.6)
+            fade = np.clip((days - (decide - 45 * DAY)) / (45 * DAY), 0.0, 1.0)
+            daily = daily * (1.0 - 0.7 * fade)
+        active = np.rint(np.clip(daily, 0.0, 1.0) * seats).astype(int)
+        self.w.usage.extend(
+            (customer_id, _day(int(d)), int(a), seats) for d, a in zip(days, active, strict=True)
+        )
 
     def cancel(self, sub: dict[str, Any], ts: int, reason: str, *, immediate: bool) -> None:
         sub["status"] = "canceled"
