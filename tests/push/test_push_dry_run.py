@@ -40,6 +40,32 @@ def test_plan_reads_the_latest_marts_and_skips_unlinked(world: World, db_path: P
     assert first.fields["Payment_Health__c"] == "Failed"
 
 
+def test_a_guessed_link_is_never_written_back_as_the_stripe_customer_id(
+    world: World, db_path: Path
+) -> None:
+    """Links by metadata or by the Account's own field are written; links guessed by email
+    domain or name are not, else the next run would read them back as authoritative."""
+    a, b = account_id(1), account_id(2)
+    world.accounts([a, b])
+    world.users({"005000000000000OWN": True})
+    world.health(
+        [
+            {"account_id": a, "stripe_customer_ids": ["cus_meta", "cus_guess"]},
+            {"account_id": b, "stripe_customer_ids": ["cus_only_guess"]},
+        ]
+    )
+    world.con.executemany(
+        "INSERT INTO core_account_links (customer_id, account_id, method, linked_at)"
+        " VALUES (?, ?, ?, now())",
+        [("cus_meta", a, "metadata"), ("cus_guess", a, "email_domain"),
+         ("cus_only_guess", b, "name")],
+    )  # fmt: skip
+    fields = {c.record_key: c.fields for c in build_plan(_settings(db_path), world.con).changes}
+    assert fields[a]["Stripe_Customer_Id__c"] == "cus_meta"
+    assert "Stripe_Customer_Id__c" not in fields[b]
+    assert fields[b]["Payment_Health__c"] == "Healthy"
+
+
 def test_push_without_changes_needs_no_salesforce(world: World, db_path: Path) -> None:
     def never() -> None:
         raise AssertionError("no change: Salesforce must not be contacted")

@@ -208,7 +208,13 @@ def _desired_values(row: dict[str, Any], settings: Settings) -> dict[str, Any]:
     renewal = _first_of(row, "next_renewal_date", "next_renewal_at", "next_renewal")
     if isinstance(renewal, datetime):
         renewal = renewal.date()
-    customers = sorted(str(c) for c in _listish(_first_of(row, "stripe_customer_ids")))
+    # A link guessed by email domain or name is never written back as the Account's Stripe
+    # Customer Id: the next run's links would read it as an authoritative account_field
+    # link, and a wrong guess would be cemented.
+    guessed = set(_listish(row.get("_guessed_customer_ids")))
+    customers = sorted(
+        str(c) for c in _listish(_first_of(row, "stripe_customer_ids")) if c not in guessed
+    )
     values = {
         "payment_health": row.get("payment_health"),
         "risk_score": None if row.get("risk_score") is None else round(row["risk_score"]),
@@ -219,6 +225,8 @@ def _desired_values(row: dict[str, Any], settings: Settings) -> dict[str, Any]:
         "stripe_customer_id": ", ".join(customers)[:255] or None,
         "top_reason": _reason_text(_first_of(row, "top_reasons", "top_reason")),
     }
+    if not customers:
+        del values["stripe_customer_id"]  # nothing trusted to say: leave the field alone
     return {k: v for k, v in values.items() if k in settings.push.account_fields}
 
 
@@ -229,10 +237,15 @@ def build_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
         frame = _dicts(
             con,
             """
-            SELECT h.*, r.payload AS _sf_payload, r.system_modstamp AS _sf_modstamp
+            SELECT h.*, r.payload AS _sf_payload, r.system_modstamp AS _sf_modstamp,
+                   g.ids AS _guessed_customer_ids
             FROM account_health h
             JOIN core_accounts a ON a.account_id = h.account_id AND NOT a.is_deleted
             LEFT JOIN raw_sf_account r ON r.id = h.account_id
+            LEFT JOIN (
+                SELECT account_id, list(customer_id) AS ids FROM core_account_links
+                WHERE method IN ('email_domain', 'name') GROUP BY account_id
+            ) g ON g.account_id = h.account_id
             WHERE h.as_of = (SELECT max(as_of) FROM account_health)
             ORDER BY h.account_id
             """,
