@@ -104,6 +104,9 @@ class SalesforceSettings(_Section):
     ca_bundle: Path | None = None
     #: Stop before the org's remaining daily API calls fall below this many.
     api_reserve: int = Field(500, ge=0)
+    #: Retries of a call Salesforce answers 502/503/504 or that fails to connect (every
+    #: call this service makes is idempotent: queries, and upserts by Id or external id).
+    max_retries: int = Field(4, ge=0)
     #: Overlap each incremental query with the last cursor by this many seconds.
     lookback_seconds: int = Field(300, ge=0)
     #: Above this many rows, an extract query goes through Bulk API 2.0.

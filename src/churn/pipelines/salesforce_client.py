@@ -6,12 +6,15 @@ trusts ``ca_bundle`` when one is set; TLS checks are never turned off.
 
 Every response's ``Sforce-Limit-Info: api-usage=N/M`` is read; once the remaining calls
 fall to ``api_reserve`` the next request raises :class:`ApiBudgetExhaustedError` instead of
-going out.
+going out. Transient failures (502/503/504, a dropped connection) are retried with backoff,
+``max_retries`` times.
 """
 
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -23,15 +26,35 @@ from churn.settings import SalesforceSettings
 _USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
 
 
-class BudgetedSession(requests.Session):
-    """A requests.Session that tracks Sforce-Limit-Info and refuses calls below the reserve."""
+# Salesforce's transient answers: a gateway or an instance briefly unavailable.
+TRANSIENT_STATUS = frozenset({502, 503, 504})
 
-    def __init__(self, reserve: int) -> None:
+
+class BudgetedSession(requests.Session):
+    """A requests.Session that tracks Sforce-Limit-Info, refuses calls below the reserve,
+    and retries transient failures (502/503/504, a dropped connection) with backoff.
+
+    Retrying is safe because every call the service makes is idempotent: SOQL reads, and
+    writes that upsert by Id or by an external id.
+    """
+
+    def __init__(
+        self,
+        reserve: int,
+        *,
+        max_retries: int = 4,
+        backoff_seconds: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         super().__init__()
         self.reserve = reserve
         self.used: int | None = None
         self.limit: int | None = None
         self.calls = 0
+        self.retries = 0
+        self.max_retries = max_retries
+        self.backoff_seconds = backoff_seconds
+        self.sleep = sleep
 
     @property
     def remaining(self) -> int | None:
@@ -51,14 +74,34 @@ class BudgetedSession(requests.Session):
         # REQUESTS_CA_BUNDLE would override a session-level verify; a request-level one wins.
         if isinstance(self.verify, str):
             kwargs.setdefault("verify", self.verify)
-        response = super().request(method, url, *args, **kwargs)  # type: ignore[arg-type]
-        self.calls += 1
-        self.observe(response)
+        attempt = 0
+        while True:
+            try:
+                response = super().request(method, url, *args, **kwargs)  # type: ignore[arg-type]
+            except requests.ConnectionError:
+                if attempt >= self.max_retries:
+                    raise
+                self._wait(attempt, None)
+                attempt += 1
+                continue
+            self.calls += 1
+            self.observe(response)
+            if response.status_code not in TRANSIENT_STATUS or attempt >= self.max_retries:
+                break
+            self._wait(attempt, response.headers.get("Retry-After"))
+            attempt += 1
         if response.status_code == 403 and "REQUEST_LIMIT_EXCEEDED" in response.text:
             raise ApiBudgetExhaustedError(
                 f"Salesforce answered REQUEST_LIMIT_EXCEEDED to {method!s} {_path(url)}"
             )
         return response
+
+    def _wait(self, attempt: int, retry_after: str | None) -> None:
+        self.retries += 1
+        delay = self.backoff_seconds * 2**attempt
+        if retry_after and retry_after.isdigit():
+            delay = max(delay, float(retry_after))
+        self.sleep(min(delay, 60.0))
 
     def observe(self, response: requests.Response) -> None:
         match = _USAGE.search(response.headers.get("Sforce-Limit-Info", ""))
@@ -76,7 +119,7 @@ def make_salesforce(
 ) -> Salesforce:
     """A logged-in client. ``session`` defaults to a :class:`BudgetedSession`."""
     if session is None:
-        session = BudgetedSession(sf_settings.api_reserve)
+        session = BudgetedSession(sf_settings.api_reserve, max_retries=sf_settings.max_retries)
     if sf_settings.ca_bundle is not None:
         session.verify = str(sf_settings.ca_bundle)
     version = sf_settings.api_version

@@ -384,7 +384,9 @@ def extract_salesforce(
     sf: Salesforce | None = None,
 ) -> SalesforceExtractResult:
     """Extract every stream; raises ApiBudgetExhaustedError after landing what it could."""
-    session = BudgetedSession(settings.salesforce.api_reserve)
+    session = BudgetedSession(
+        settings.salesforce.api_reserve, max_retries=settings.salesforce.max_retries
+    )
     if sf is None:
         if not settings.salesforce.configured:
             raise ConfigError(

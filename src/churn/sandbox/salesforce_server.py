@@ -71,6 +71,8 @@ class OrgState:
     batch_size: int = DEFAULT_BATCH
     rules: list[ValidationRule] = field(default_factory=list)
     request_log: list[tuple[str, str]] = field(default_factory=list)
+    #: Statuses to answer the next API requests with (tests of transient outages).
+    outages: list[int] = field(default_factory=list)
     cursors: dict[str, tuple[list[dict[str, Any]], int]] = field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     tokens: set[str] = field(default_factory=set)
@@ -331,6 +333,11 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if not self._authorized():
                 raise ApiFault(401, "INVALID_SESSION_ID", "Session expired or invalid")
+            with org.lock:
+                outage = org.outages.pop(0) if org.outages else None
+            if outage is not None:
+                # What Salesforce's edge answers while an instance is unavailable.
+                raise ApiFault(outage, "SERVER_UNAVAILABLE", "Server unavailable, retry later")
             with org.lock:
                 if org.api_used >= org.api_max:
                     raise ApiFault(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
@@ -853,6 +860,11 @@ class RunningSalesforce:
     def add_rule(self, rule: ValidationRule) -> None:
         with self.org.lock:
             self.org.rules.append(rule)
+
+    def fail_next(self, count: int, status: int = 503) -> None:
+        """Answer the next ``count`` API requests with ``status`` (an outage)."""
+        with self.org.lock:
+            self.org.outages.extend([status] * count)
 
     def set_api_budget(self, max_calls: int, used: int | None = None) -> None:
         with self.org.lock:
