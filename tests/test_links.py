@@ -76,6 +76,34 @@ def test_each_rule_in_priority_order() -> None:
     assert got["cus_badmeta"] == (None, "unmatched", None)
 
 
+def test_account_field_may_list_several_customers() -> None:
+    """The push writes "cus_A, cus_B" for an Account with two customers; the next run must
+    read both back as account_field links (the demo's second run once re-sent them)."""
+    accounts = ACCOUNTS.with_columns(
+        stripe_customer_id=pl.when(pl.col("account_id") == "001C")
+        .then(pl.lit("cus_one, cus_two ,cus_three"))
+        .otherwise(pl.col("stripe_customer_id"))
+    )
+    out = match_customers(
+        _customers(
+            ("cus_one", None, None, None),
+            ("cus_two", None, None, None),
+            ("cus_three", None, None, None),
+            ("cus_on", None, None, None),
+        ),
+        accounts,
+        metadata_keys=(),
+        personal_domains=(),
+    )
+    got = {r["customer_id"]: (r["account_id"], r["method"]) for r in out.iter_rows(named=True)}
+    assert got == {
+        "cus_one": ("001C", "account_field"),
+        "cus_two": ("001C", "account_field"),
+        "cus_three": ("001C", "account_field"),
+        "cus_on": (None, "unmatched"),
+    }
+
+
 def test_metadata_key_order_is_a_setting() -> None:
     customers = _customers(
         ("c1", None, None, {"salesforce_account_id": "001B", "sf_account_id": "001A"})

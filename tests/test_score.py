@@ -124,8 +124,8 @@ def test_score_writes_the_marts_and_health_rules(
     assert {k: v[1] for k, v in health.items()} == {
         "c1": "Failed", "c2": "No Payment Method", "c3": "Healthy", "c4": "Healthy"
     }  # fmt: skip
-    # a scheduled cancellation is flagged as known churn and is the top of the risk scale
-    assert health["c3"][3] is True and health["c3"][2] == 100
+    # known churn is shown apart and does not make a risk score
+    assert health["c3"][3] is True and health["c3"][2] == 0
     assert health["c3"][5] == health["c3"][4] == 3000
     assert health["c1"][2] == 45 and health["c1"][5] == 1000  # 100 x 0.9 x 0.5; Failed: all MRR
     assert health["c4"][6] == 10 and health["c4"][7] == 1
@@ -156,10 +156,9 @@ def test_risk_score_uses_the_weights_in_settings() -> None:
         }
     )
     default = dict(risk_score(rows, SignalSettings()).iter_rows())
-    # 1 - (1 - 0.9)(1 - 0.3) = 0.93; a scheduled cancellation is risk, expansion is not
-    assert default == {"a": 93, "b": 100}
+    # 1 - (1 - 0.9)(1 - 0.3) = 0.93; known churn and expansion are not risk
+    assert default == {"a": 93}
     heavier = SignalSettings(risk_weights={"payment_failure": 1.0, "downgrade": 0.6})
-    # a signal without a weight (here cancel_at_period_end) does not count
     assert dict(risk_score(rows, heavier).iter_rows()) == {"a": 100}
 
 

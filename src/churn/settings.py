@@ -184,7 +184,6 @@ class SignalSettings(_Section):
     #: Risk-score weight of each risk signal (0..1); expansion and known churn are apart.
     risk_weights: dict[str, float] = Field(
         default_factory=lambda: {
-            "cancel_at_period_end": 1.0,
             "payment_failure": 0.9,
             "downgrade": 0.6,
             "card_expiry": 0.5,
@@ -241,6 +240,15 @@ class PushSettings(_Section):
             "stripe_customer_id": "Stripe_Customer_Id__c",
             "top_reason": "Churn_Top_Reason__c",
         }
+    )
+    #: Signals whose episodes become Tasks for the owner. ``seat_expansion`` (an upsell
+    #: lead, not a churn risk) is left out by default; add it to route it to owners too.
+    task_signals: tuple[str, ...] = (
+        "payment_failure",
+        "downgrade",
+        "cancel_at_period_end",
+        "card_expiry",
+        "seat_utilization",
     )
     #: Stripe's dunning: how many attempts it makes in all (Billing > Revenue recovery).
     dunning_attempts: int = Field(4, ge=1)

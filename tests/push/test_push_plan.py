@@ -199,6 +199,19 @@ def test_unlinked_account_gets_no_task() -> None:
     assert _tasks([Episode("x", "cus_9", "payment_failure", "high", "r")]) == []
 
 
+def test_expansion_is_not_tasked_unless_configured_and_an_old_task_is_left_open() -> None:
+    owners = {"001A": Owner("005A", True)}
+    lead = Episode("seat_expansion:001A", "001A", "seat_expansion", "info", "All 5 seats used")
+    assert plan_tasks([lead], owners, {}, SETTINGS, EXT, AS_OF) == []
+    opted = SETTINGS.model_copy(update={"task_signals": (*SETTINGS.task_signals, "seat_expansion")})
+    [created] = plan_tasks([lead], owners, {}, opted, EXT, AS_OF)
+    assert created.action == "create_task"
+    # Made under the old settings and still open: neither rewritten nor closed as resolved.
+    pushed = {lead.episode_key: _state(lead.episode_key, dict(created.state), sobject=TASK,
+                                       status="Not Started")}  # fmt: skip
+    assert plan_tasks([lead], owners, pushed, SETTINGS, EXT, AS_OF) == []
+
+
 def test_unchanged_task_is_not_rewritten_and_resolved_one_is_closed() -> None:
     [created] = _tasks([_failure(failed_at=AS_OF.isoformat())])
     state = {

@@ -2,7 +2,7 @@
 
 Rules, first that finds a candidate wins: ``metadata`` (a configured metadata key holds a
 live Account Id), ``account_field`` (the Account's Stripe Customer Id field names the
-customer), ``email_domain`` (billing-email domain = the Account's website domain; personal
+customer, alone or in a comma-separated list), ``email_domain`` (billing-email domain = the Account's website domain; personal
 domains never match), ``name`` (exact normalised name). A rule finding several Accounts
 gives a ``conflict`` (no link); none at all gives ``unmatched``. The matching is pure, over
 polars frames; :func:`link_customers` reads and writes the warehouse around it.
@@ -64,15 +64,26 @@ def match_customers(
         normalise_name(pl.col("name")).alias("name_norm"),
         pl.col("website_domain").str.to_lowercase().alias("domain"),
     ).select("account_id", "name_norm", "domain", "stripe_customer_id")
+    # The field may name several customers ("cus_A, cus_B"): people write lists, and so
+    # does the push for an Account with two customers.
+    acc_ids = acc.select(
+        "account_id",
+        pl.col("stripe_customer_id").str.split(",").list.eval(pl.element().str.strip_chars()),
+    ).explode("stripe_customer_id")
     personal = [d.lower() for d in personal_domains]
 
     def cands(
-        rank: int, method: str, left: pl.DataFrame, on_left: str, on_right: str
+        rank: int,
+        method: str,
+        left: pl.DataFrame,
+        on_left: str,
+        on_right: str,
+        right: pl.DataFrame = acc,
     ) -> pl.DataFrame:
         return (
             left.filter(pl.col(on_left).is_not_null() & (pl.col(on_left) != ""))
             .join(
-                acc.select("account_id", pl.col(on_right).alias("_k")),
+                right.select("account_id", pl.col(on_right).alias("_k")).unique(),
                 left_on=on_left,
                 right_on="_k",
             )
@@ -95,7 +106,7 @@ def match_customers(
                 pl.lit(0).alias("rank"),
                 pl.lit("metadata").alias("method"),
             ),
-            cands(1, "account_field", cust, "customer_id", "stripe_customer_id"),
+            cands(1, "account_field", cust, "customer_id", "stripe_customer_id", acc_ids),
             cands(
                 2,
                 "email_domain",

@@ -344,6 +344,8 @@ def plan_tasks(
         if owner is None:
             continue
         open_keys.add(episode.episode_key)
+        if episode.signal not in settings.task_signals:
+            continue  # not tasked; still open, so a Task made under older settings stays
         pushed = state.get(episode.episode_key)
         started = (
             _instant(

@@ -266,6 +266,13 @@ def backtest_separation(settings: Settings, sandbox: Sandbox, days: int = 90) ->
         "backtest_accounts": float(len(y)),
         "backtest_churned": float(sum(y)),
         "risk_score_auc_vs_truth": round(float(roc_auc_score(y, r_score)), 3),
+        # What a CSM sees: known churn first, then the predicted score.
+        "known_churn_or_risk_auc_vs_truth": round(
+            float(
+                roc_auc_score(y, [101.0 if k else r for r, k in zip(r_score, known, strict=True)])
+            ),
+            3,
+        ),
         "max_signal_auc_vs_truth": round(float(roc_auc_score(y, s_score)), 3),
         "known_churn_accounts": float(sum(known)),
         "risk_score_auc_without_known_churn": (

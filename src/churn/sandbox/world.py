@@ -27,7 +27,7 @@ import numpy as np
 
 API_VERSION = "2025-09-30.clover"
 # Bumped whenever the generator changes what it writes, so cached worlds are remade.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 DAY = 86_400
 MONTH = 30 * DAY
 CURRENCIES = ("usd", "eur", "gbp", "jpy")
@@ -467,7 +467,8 @@ class _Builder:
             # can disengage first: the lead that makes seat use worth watching.
             leaving = rng.random() < vol_hazard * (period / MONTH)
             share = float(np.clip(0.72 + 0.18 * h + rng.normal(0, 0.12), 0.05, 1.0))
-            self.daily_usage(customer["id"], item, t, period_end, share, leaving, rng)
+            if per_seat:  # a flat plan's quantity of 1 is not a seat count
+                self.daily_usage(customer["id"], item, t, period_end, share, leaving, rng)
             # Seat and plan changes mid-period.
             mid = t + period // 2
             if mid < self.now and per_seat and rng.random() < 0.18:

@@ -8,10 +8,11 @@ Payment Health, first rule that matches:
 4. ``Healthy``: none of these.
 
 Risk score (0..100): ``100 x (1 - prod(1 - weight_s x score_s))`` over the account's risk
-signals, weights from settings. A scheduled cancellation is in it (weight 1.0 by default):
-a churn-risk field reading 0 on an Account that has told us it is leaving would send a
-CSM sorting by risk to the wrong accounts. It is also flagged apart (``known_churn``).
-Expansion is not risk and is not in it. A trained model may replace
+signals, weights from settings. Known churn (a scheduled cancellation) and expansion are
+not in it: the score predicts churn nobody has announced, and known churn is shown apart
+(``known_churn``, the whole MRR at risk, the cancellation first in ``top_reasons`` and its
+own Task). Mixing them would let the announced cases, trivially predicted, hide how well
+the rest is predicted. A trained model may replace
 :func:`risk_score`; it is the only place the number is made.
 
 MRR at risk: the whole MRR when payment health is Failed or churn is known, else MRR x
@@ -28,8 +29,7 @@ from churn.settings import SignalSettings
 from churn.signals.mrr import account_key
 from churn.signals.tables import Tables
 
-# Expansion is good news, never risk.
-RISK_EXCLUDED = ("seat_expansion",)
+RISK_EXCLUDED = ("cancel_at_period_end", "seat_expansion")
 
 HEALTH_SCHEMA: dict[str, pl.DataType] = {
     "account_id": pl.String(),
