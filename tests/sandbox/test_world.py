@@ -111,3 +111,38 @@ def test_cli_generate_writes_a_world(tmp_path: Path) -> None:
     manifest = json.loads((out / "world.json").read_text())
     assert manifest["accounts"] == 25 and manifest["counts"]["customer"] == 25
     assert "25 accounts" in result.output
+
+
+def test_usage_is_daily_recent_per_seat_and_fades_before_a_cancellation() -> None:
+    from datetime import UTC, datetime
+
+    from churn.sandbox.world import DAY, USAGE_DAYS
+
+    world = generate_world(600, seed=4)
+    keys = Counter((c, d) for c, d, _a, _s in world.usage)
+    assert keys and max(keys.values()) == 1, "one row per customer and day"
+    first = datetime.fromtimestamp(world.now - (USAGE_DAYS + 1) * DAY, UTC).strftime("%Y-%m-%d")
+    assert min(d for _c, d, _a, _s in world.usage) >= first
+    assert all(0 <= a <= s for _c, _d, a, s in world.usage)
+    plans: dict[str, set[bool]] = {}
+    for e in world.events:
+        obj = e["data"]["object"]
+        if obj.get("object") == "subscription":
+            flat = obj["items"]["data"][0]["price"]["id"].startswith("price_starter")
+            plans.setdefault(obj["customer"], set()).add(flat)
+    always_flat = {c for c, kinds in plans.items() if kinds == {True}}
+    assert always_flat, "some customers stay on the flat plan"
+    assert not always_flat & {c for c, *_ in world.usage}, "a flat plan's quantity is not seats"
+    # Accounts that scheduled a cancellation use fewer of their seats than those that did not.
+    leaving = {
+        e["data"]["object"]["customer"]
+        for e in world.events
+        if e["type"] == "customer.subscription.updated"
+        and e["data"]["previous_attributes"].get("cancel_at_period_end") is False
+    }
+    share: dict[bool, list[float]] = {True: [], False: []}
+    for c, _d, a, s in world.usage:
+        share[c in leaving].append(a / s)
+    assert share[True] and share[False]
+    mean = {k: sum(v) / len(v) for k, v in share.items()}
+    assert mean[True] < mean[False] - 0.05, mean
