@@ -111,12 +111,14 @@ def _call(module: str, func: str) -> Callable[..., Any]:
 
 
 def _stripe(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
-    return _call("churn.pipelines.stripe_extract", "extract_stripe")(s, con, progress=True)
+    # Progress bars, but no per-step table: the job prints one summary at the end.
+    fn = _call("churn.pipelines.stripe_extract", "extract_stripe")
+    return fn(s, con, progress=True, summary=False)
 
 
 def _salesforce(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
     fn = _call("churn.pipelines.salesforce_extract", "extract_salesforce")
-    return fn(s, con, progress=True)
+    return fn(s, con, progress=False)
 
 
 def _usage(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:

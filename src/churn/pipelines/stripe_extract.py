@@ -77,6 +77,7 @@ def extract_stripe(
     reconcile: bool = False,
     full: bool = False,
     progress: bool = True,
+    summary: bool | None = None,
     http_client: stripe.HTTPClient | None = None,
 ) -> StripeExtractResult:
     """Land Stripe in the warehouse; see the module docstring.
@@ -115,7 +116,7 @@ def extract_stripe(
     result.seconds = round(time.monotonic() - started, 3)
     landed = {k: v for k, v in result.counts.items() if v and k.startswith(("objects", "events"))}
     _log_end(con, result, failure, partial=bool(landed))
-    if progress:
+    if progress if summary is None else summary:
         _summary(result)
     if failure is not None:
         if landed and not isinstance(failure, ModeMismatchError):
