@@ -199,3 +199,40 @@ def test_churn_schedule_stops_on_sigterm(tmp_path: Path) -> None:
     finally:
         con.close()
     assert len(rows) == 1 and rows[0][1] is not None
+
+
+@pytest.mark.slow
+def test_a_killed_run_is_marked_interrupted_by_the_next(tmp_path: Path) -> None:
+    """SIGKILL mid-step leaves run_log 'running'; the next run, holding the lock and the
+    warehouse, marks it 'interrupted' (never 'success') and runs normally."""
+    import signal
+
+    holder_code = (
+        "import time\n"
+        "from churn.pipelines.job import Step, run_job\n"
+        "from churn.settings import load_settings\n"
+        "def hang(s, con, dry):\n"
+        "    print('holding', flush=True)\n"
+        "    time.sleep(600)\n"
+        "run_job(load_settings(), steps=[Step('stripe', hang)])\n"
+    )
+    env = {**os.environ, "CHURN_DB": str(tmp_path / "w.duckdb"), "PYTHONPATH": "src"}
+    victim = subprocess.Popen([sys.executable, "-c", holder_code], env=env,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert victim.stdout is not None and victim.stdout.readline().strip() == "holding"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    result = run_job(_settings(tmp_path), steps=[Step("stripe", _ok({"objects": 1}, 1))])
+    assert result.status == "success"
+    rows = {r[0]: r[1:] for r in _run_log_status(tmp_path)}
+    assert rows.pop(result.run_id) == ("success", None)
+    [(status, error)] = rows.values()
+    assert status == "interrupted" and "killed or crashed" in error
+
+
+def _run_log_status(tmp_path: Path) -> list[tuple[Any, ...]]:
+    con = warehouse.connect(tmp_path / "w.duckdb")
+    try:
+        return con.execute("SELECT run_id, status, error FROM run_log").fetchall()
+    finally:
+        con.close()

@@ -211,6 +211,22 @@ def run_job(
             con.close()
 
 
+def close_interrupted_runs(con: duckdb.DuckDBPyConnection) -> int:
+    """Mark ``run_log`` rows still 'running' as 'interrupted'; returns how many.
+
+    Called with the job lock held and the warehouse open for writing, which DuckDB grants
+    to one process at a time: a row still 'running' then belongs to a process that was
+    killed or crashed. Its committed work stays (every step resumes from its cursors);
+    ``finished_at`` stays empty, since when it died is not known.
+    """
+    rows = con.execute(
+        "UPDATE run_log SET status = 'interrupted', error = coalesce(error,"
+        " 'the process stopped before finishing (killed or crashed); the next run resumed')"
+        " WHERE status = 'running' RETURNING run_id"
+    ).fetchall()
+    return len(rows)
+
+
 def _run_locked(
     settings: Settings,
     con: duckdb.DuckDBPyConnection,
@@ -223,6 +239,7 @@ def _run_locked(
     started_at = warehouse.utcnow()
     t0 = time.perf_counter()
     command = "run --dry-run" if dry_run else "run"
+    close_interrupted_runs(con)
     con.execute(
         "INSERT INTO run_log (run_id, command, started_at, status) VALUES (?, ?, ?, 'running')",
         [run_id, command, started_at],
