@@ -290,3 +290,50 @@ def test_scoring_an_empty_warehouse_writes_nothing(
 ) -> None:
     result = score(_settings(tmp_path), con, as_of=AS_OF)
     assert result.counts == dict.fromkeys(score_module.MARTS, 0)
+
+
+def test_mrr_without_a_rate_is_unknown_not_zero(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """An EUR subscription with no EUR rate: total MRR NULL (never 0), counted, and the push
+    leaves Total_MRR__c alone rather than telling Salesforce the customer pays nothing."""
+    seed(
+        con,
+        {
+            "core_prices": [
+                {"price_id": "pe", "unit_amount": 1000, "currency": "eur"},
+                {"price_id": "pu", "unit_amount": 1000, "currency": "usd"},
+            ],
+            "history_subscriptions": [
+                {
+                    "subscription_id": s,
+                    "customer_id": c,
+                    "valid_from": "2026-01-01",
+                    "current_period_end": "2026-03-01",
+                }
+                for s, c in (("se", "ceur"), ("su", "cusd"))
+            ],
+            "history_subscription_items": [
+                {
+                    "subscription_id": s,
+                    "item_id": f"i{s}",
+                    "valid_from": "2026-01-01",
+                    "price_id": p,
+                    "quantity": 1,
+                }
+                for s, p in (("se", "pe"), ("su", "pu"))
+            ],
+        },
+    )
+    result = score(_settings(tmp_path), con, as_of=AS_OF)
+    assert result.counts["accounts_mrr_missing_rate"] == 1
+    mrr = dict(
+        con.execute(
+            "SELECT account_id, total_mrr_minor FROM account_health WHERE as_of = ?", [AS_OF]
+        ).fetchall()
+    )
+    assert mrr == {"ceur": None, "cusd": 1000}
+    from churn.pipelines.push import _desired_values
+
+    row = {"total_mrr_minor": None, "reporting_currency": "USD", "payment_health": "Healthy"}
+    assert "total_mrr" not in _desired_values(row, _settings(tmp_path))

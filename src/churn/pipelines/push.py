@@ -227,6 +227,8 @@ def _desired_values(row: dict[str, Any], settings: Settings) -> dict[str, Any]:
     }
     if not customers:
         del values["stripe_customer_id"]  # nothing trusted to say: leave the field alone
+    if values["total_mrr"] is None:
+        del values["total_mrr"]  # unknown (no currency rate): not the same as none
     return {k: v for k, v in values.items() if k in settings.push.account_fields}
 
 

@@ -87,6 +87,21 @@ def score(settings: Settings, con: duckdb.DuckDBPyConnection, *, as_of: datetime
     except duckdb.Error as exc:
         raise ScoringError(f"scoring as_of {as_of.isoformat()} failed: {exc}") from exc
     counts = {name: marts[name].height for name in MARTS}
+    # Accounts whose MRR could not be converted (no rate for a currency): said, not hidden.
+    missing = marts["account_health"].filter(pl.col("total_mrr_minor").is_null()).height
+    if missing:
+        counts["accounts_mrr_missing_rate"] = missing
+        currencies = sorted(
+            marts["account_mrr"]
+            .filter(pl.col("reporting_mrr_minor").is_null())["currency"]
+            .unique()
+            .to_list()
+        )
+        log.warning(
+            "%d accounts have no MRR in %s: no rate for %s (Salesforce CurrencyType or"
+            " CHURN_SIGNALS__CURRENCY_RATES)",
+            missing, settings.signals.reporting_currency, ", ".join(currencies),
+        )  # fmt: skip
     log.info("scored as_of %s: %s", as_of.isoformat(), counts)
     return ScoreResult(
         as_of=as_of, counts=counts, signals=marts["signal_events"], health=marts["account_health"]

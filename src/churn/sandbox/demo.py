@@ -28,7 +28,7 @@ from churn.settings import Settings, load_settings
 
 DEFAULT_ACCOUNTS = 2_000
 DEFAULT_SEED = 42
-SF_OBJECTS = ("User", "Account", "Opportunity", "Contact")
+SF_OBJECTS = ("User", "Account", "Opportunity", "Contact", "CurrencyType")
 # Fields a stand-in org fills itself; the world keeps them for other tools.
 _SF_SYSTEM = {"attributes", "Id", "SystemModstamp", "IsDeleted"}
 
@@ -83,6 +83,11 @@ def _load_salesforce(running: Any, folder: Path) -> dict[str, str]:
     org = running.org
     for sobject in SF_OBJECTS:
         rows = read_sf(folder, sobject)
+        if sobject == "CurrencyType":
+            # The stand-in made the corporate currency itself; add the others.
+            with org.lock:
+                have = {r.get("IsoCode") for r in org.records.get("CurrencyType", {}).values()}
+            rows = [r for r in rows if r.get("IsoCode") not in have]
         clean = [{k: v for k, v in row.items() if k not in _SF_SYSTEM and v is not None}
                  for row in rows]  # fmt: skip
         new_ids = running.seed(sobject, clean)
@@ -184,6 +189,10 @@ def check_demo(
         missing = count(f"({live} EXCEPT {latest})")
         checks.append(("every account scored", n_live > 0 and missing == 0,
                        f"{n_live - missing} of {n_live} live accounts"))  # fmt: skip
+        no_mrr = count(f"(SELECT 1 FROM account_health WHERE total_mrr_minor IS NULL"
+                       f" AND account_id IN ({latest}))")  # fmt: skip
+        checks.append(("every MRR converted to the reporting currency", no_mrr == 0,
+                       f"{no_mrr} accounts without a rate"))  # fmt: skip
         records = sandbox.salesforce.records
         field = settings.salesforce.task_external_id_field
         tasks = [t for t in records.get("Task", {}).values() if t.get(field)]

@@ -27,7 +27,7 @@ import numpy as np
 
 API_VERSION = "2025-09-30.clover"
 # Bumped whenever the generator changes what it writes, so cached worlds are remade.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 DAY = 86_400
 MONTH = 30 * DAY
 CURRENCIES = ("usd", "eur", "gbp", "jpy")
@@ -44,6 +44,8 @@ DECLINE_CODES = (
     ("expired_card", "expired_card"),
     ("card_declined", "lost_card"),
 )
+# Salesforce CurrencyType rates: units of each currency per one US dollar (corporate).
+SF_RATES = {"usd": 1.0, "eur": 0.92, "gbp": 0.79, "jpy": 150.0}
 # Stripe's Smart Retries land over a few weeks; we use a fixed schedule of days.
 RETRY_DAYS = (3, 5, 7)
 # The usage feed holds daily active seats for the last USAGE_DAYS days (enough for a
@@ -218,6 +220,20 @@ class _Builder:
                 }
             )
         self.w.salesforce["User"] = users
+        # A multi-currency org: one CurrencyType per currency billed, USD corporate.
+        self.w.salesforce["CurrencyType"] = [
+            {
+                "attributes": {"type": "CurrencyType"},
+                "Id": f"02u{i:015d}",
+                "IsoCode": code.upper(),
+                "ConversionRate": rate,
+                "DecimalPlaces": 0 if code == "jpy" else 2,
+                "IsActive": True,
+                "IsCorporate": code == "usd",
+                "SystemModstamp": _sf_time(self.start),
+            }
+            for i, (code, rate) in enumerate(SF_RATES.items())
+        ]
         self.w.salesforce["Account"] = []
         self.w.salesforce["Opportunity"] = []
         self.w.salesforce["Contact"] = []
@@ -846,7 +862,7 @@ def generate_world_to(
             emit(out / "stripe" / "event.jsonl.gz", events)
             counts["event"] = counts.get("event", 0) + len(events)
             for sobject, rows in w.salesforce.items():
-                if k > 0 and sobject == "User":
+                if k > 0 and sobject in ("User", "CurrencyType"):
                     continue
                 emit(out / "salesforce" / f"{sobject}.jsonl.gz", rows)
             uw.writerows(w.usage)

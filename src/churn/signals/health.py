@@ -113,7 +113,8 @@ def account_health(
         total_mrr_minor=pl.when(pl.col("reporting_mrr_minor").is_null().any())
         .then(None)
         .otherwise(pl.col("reporting_mrr_minor").sum())
-        .cast(pl.Int64)
+        .cast(pl.Int64),
+        has_mrr=pl.lit(True),
     )
     known = (
         signals.filter(pl.col("signal") == "cancel_at_period_end")
@@ -148,7 +149,11 @@ def account_health(
             payment_health=pl.col("payment_health").fill_null("Healthy"),
             known_churn=pl.col("churn_effective_at").is_not_null(),
             subscription_count=pl.col("subscription_count").fill_null(0),
-            total_mrr_minor=pl.col("total_mrr_minor").fill_null(0),
+            # No MRR rows: 0. MRR rows with a missing rate: unknown (NULL), never 0, or
+            # Salesforce would be told an EUR customer pays nothing.
+            total_mrr_minor=pl.when(pl.col("has_mrr").is_null())
+            .then(0)
+            .otherwise(pl.col("total_mrr_minor")),
             top_reasons=pl.col("top_reasons").fill_null(pl.lit([], dtype=pl.List(pl.String))),
             stripe_customer_ids=pl.col("stripe_customer_ids").fill_null(
                 pl.lit([], dtype=pl.List(pl.String))
