@@ -337,3 +337,27 @@ def test_mrr_without_a_rate_is_unknown_not_zero(
 
     row = {"total_mrr_minor": None, "reporting_currency": "USD", "payment_health": "Healthy"}
     assert "total_mrr" not in _desired_values(row, _settings(tmp_path))
+
+
+@pytest.mark.slow
+def test_the_notebooks_run_read_only_on_a_scored_warehouse(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, db_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    _world(con)
+    score(_settings(tmp_path), con, as_of=AS_OF)
+    con.close()
+    before = db_path.stat().st_mtime_ns
+    notebooks = sorted((Path(__file__).parent.parent / "notebooks").glob("*.py"))
+    assert notebooks
+    for nb in notebooks:
+        run = subprocess.run(
+            [sys.executable, str(nb)], env={**os.environ, "CHURN_DB": str(db_path)},
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 0, nb.name + run.stderr[-2000:]
+        assert "Failed" in run.stdout and "payment_failure" in run.stdout
+    assert db_path.stat().st_mtime_ns == before, "notebooks never write"
