@@ -27,7 +27,7 @@ import numpy as np
 
 API_VERSION = "2025-09-30.clover"
 # Bumped whenever the generator changes what it writes, so cached worlds are remade.
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 DAY = 86_400
 MONTH = 30 * DAY
 CURRENCIES = ("usd", "eur", "gbp", "jpy")
@@ -244,7 +244,9 @@ class _Builder:
         owners = self.salesforce_users()
         rng, n = self.rng, self.n
         health = rng.normal(size=n)
-        created = self.start + (rng.random(n) * 0.75 * (self.now - self.start)).astype(np.int64)
+        # Sign-ups keep coming until a few weeks before now (a business that still sells),
+        # most of them early enough to have some history.
+        created = self.start + (rng.random(n) * 0.93 * (self.now - self.start)).astype(np.int64)
         currency = rng.choice(len(CURRENCIES), size=n, p=CURRENCY_WEIGHTS)
         plan = rng.choice(len(PLANS), size=n, p=(0.3, 0.5, 0.2))
         yearly = rng.random(n) < 0.2
@@ -743,7 +745,7 @@ class _Builder:
             sub["status"] = "active"
             self.event("customer.subscription.updated", sub, inv["status_transitions"]["paid_at"],
                        {"status": "past_due"})  # fmt: skip
-        if not paid and attempts[-1] < self.now:
+        if not paid and attempts[-1] + DAY < self.now:
             inv["status"] = "uncollectible"
             self.event("invoice.marked_uncollectible", inv, attempts[-1] + DAY, None)
         self.w.stripe["invoice"].append(inv)
