@@ -335,3 +335,42 @@ def test_salesforce_unreachable_is_a_push_error_naming_the_request(
     with pytest.raises(PushError, match="Organization LIMIT 1: no answer from Salesforce"):
         push(settings, world.con)
     assert world.con.execute("SELECT count(*) FROM push_state").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("bulk_threshold", [2_000, 1])
+def test_a_task_deleted_in_salesforce_is_not_recreated_by_an_update_or_a_close(
+    world: World, sf: RunningSalesforce, db_path: Path, bulk_threshold: int
+) -> None:
+    """A CSM deletes the service's Task (or it goes with its Account): escalating or closing
+    the episode later must not upsert a new, partial Task (no WhatId) into the org."""
+    ids = _seed(world, sf, 1)
+    keys = ("payment_failure:in_1", "payment_failure:in_2", "payment_failure:in_3")
+    world.signals([{"account_id": ids[0], "episode_key": k} for k in keys])
+    _push(world, sf, db_path, bulk_threshold=bulk_threshold)
+    tasks = {t[EXT]: t["Id"] for t in sf.records["Task"].values()}
+    sf.delete("Task", tasks[keys[0]])  # will escalate
+    sf.delete("Task", tasks[keys[1]])  # will resolve
+    later = AS_OF + timedelta(days=2)  # past 24 h: the open ones escalate
+    world.health([{"account_id": ids[0]}], as_of=later)
+    world.signals(
+        [{"account_id": ids[0], "episode_key": k} for k in (keys[0], keys[2])], as_of=later
+    )
+    result = _push(world, sf, db_path, bulk_threshold=bulk_threshold)
+    assert result.rejected == []
+    assert result.counts["task_deleted_in_salesforce"] == 2
+    live = [t for t in sf.records["Task"].values() if not t["IsDeleted"]]
+    assert [t[EXT] for t in live] == [keys[2]]  # nothing recreated
+    assert live[0]["Subject"].startswith("Escalation")  # the live one still escalates
+    assert len(sf.records["Task"]) == 3
+    status = dict(
+        world.con.execute(
+            "SELECT record_key, status FROM push_state WHERE sobject = 'Task'"
+        ).fetchall()
+    )
+    assert status == {keys[0]: "deleted", keys[1]: "deleted", keys[2]: "open"}
+    logged = world.con.execute(
+        "SELECT count(*) FROM push_log WHERE error_code = 'ENTITY_IS_DELETED'"
+    ).fetchone()
+    assert logged == (2,)
+    # Not retried: the deletion is the CSM's answer.
+    assert _push(world, sf, db_path, bulk_threshold=bulk_threshold).counts == {"planned": 0}
