@@ -374,3 +374,22 @@ def test_a_task_deleted_in_salesforce_is_not_recreated_by_an_update_or_a_close(
     assert logged == (2,)
     # Not retried: the deletion is the CSM's answer.
     assert _push(world, sf, db_path, bulk_threshold=bulk_threshold).counts == {"planned": 0}
+
+
+def test_budget_running_out_inside_a_bulk_job_is_a_budget_stop(
+    world: World, sf: RunningSalesforce, db_path: Path
+) -> None:
+    ids = _seed(world, sf, 3)
+
+    def spend_the_day(sobject: str, record: Mapping[str, Any]) -> None:
+        sf.org.api_max = sf.org.api_used  # the org's last call went on this job
+        return None
+
+    sf.add_rule(spend_the_day)
+    with pytest.raises(ApiBudgetExhaustedError):
+        _push(world, sf, db_path, bulk_threshold=1)
+    sf.org.rules.clear()
+    sf.set_api_budget(100, used=0)  # a new day
+    resumed = _push(world, sf, db_path, bulk_threshold=1)
+    assert resumed.counts["update_account"] == 3 and resumed.rejected == []
+    assert all(_account(sf, a)["Payment_Health__c"] == "Healthy" for a in ids)

@@ -210,28 +210,30 @@ def _send_bulk(
             row["Id"] = change.target
         records.append(row)
     handler = getattr(sf.bulk2, sobject)
+    by_key = {c.target if key_field == "Id" else c.record_key: c for c in group}
+    rows: list[_Result] = []
     try:
         if key_field == "Id":
             jobs = handler.update(records=records, wait=1)
         else:
             jobs = handler.upsert(records=records, external_id_field=key_field, wait=1)
+        for job in jobs:
+            job_id = job["job_id"]
+            for line in _csv_rows(handler.get_successful_records(job_id)):
+                done = _take(by_key, line.get(key_field, ""))
+                if done is not None:
+                    rows.append(_Result(done, True, line.get("sf__Id") or None, None, None))
+            for line in _csv_rows(handler.get_failed_records(job_id)):
+                failed = _take(by_key, line.get(key_field, ""))
+                if failed is not None:
+                    code, message = _bulk_error(line.get("sf__Error") or "")
+                    rows.append(_Result(failed, False, None, code, message))
     except SalesforceError as exc:
         raise call_error(exc, f"Bulk API 2.0 {sobject} job") from exc
+    except ApiBudgetExhaustedError:
+        raise  # the budget ran out during the job: the next run resends it (idempotent)
     except Exception as exc:  # simple-salesforce raises plain errors for failed jobs
         raise PushError(f"Bulk API 2.0 {sobject} job failed: {exc}") from exc
-    by_key = {c.target if key_field == "Id" else c.record_key: c for c in group}
-    rows: list[_Result] = []
-    for job in jobs:
-        job_id = job["job_id"]
-        for line in _csv_rows(handler.get_successful_records(job_id)):
-            done = _take(by_key, line.get(key_field, ""))
-            if done is not None:
-                rows.append(_Result(done, True, line.get("sf__Id") or None, None, None))
-        for line in _csv_rows(handler.get_failed_records(job_id)):
-            failed = _take(by_key, line.get(key_field, ""))
-            if failed is not None:
-                code, message = _bulk_error(line.get("sf__Error") or "")
-                rows.append(_Result(failed, False, None, code, message))
     for change in by_key.values():  # unprocessed: retried next run
         rows.append(_Result(change, False, None, "UNPROCESSED", "not processed by the job"))
     _record(con, rows, "bulk2", run_id, outcome)
