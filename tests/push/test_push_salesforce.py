@@ -330,7 +330,10 @@ def test_salesforce_unreachable_is_a_push_error_naming_the_request(
     with start_salesforce_server() as gone:
         _seed(world, gone, 1)
         ca = Path(shutil.copy(gone.ca_path, tmp_path / "ca.pem"))
-        settings = _settings(gone, db_path).with_overrides(salesforce={"ca_bundle": ca})
+        # No retries: their backoff (tested in test_salesforce_retries) would only add time.
+        settings = _settings(gone, db_path).with_overrides(
+            salesforce={"ca_bundle": ca, "max_retries": 0}
+        )
     # The server is shut down: nothing listens on its port any more.
     with pytest.raises(PushError, match="Organization LIMIT 1: no answer from Salesforce"):
         push(settings, world.con)
