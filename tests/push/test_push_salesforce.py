@@ -396,3 +396,20 @@ def test_budget_running_out_inside_a_bulk_job_is_a_budget_stop(
     resumed = _push(world, sf, db_path, bulk_threshold=1)
     assert resumed.counts["update_account"] == 3 and resumed.rejected == []
     assert all(_account(sf, a)["Payment_Health__c"] == "Healthy" for a in ids)
+
+
+def test_an_account_deleted_with_its_task_leaves_no_orphan_task(
+    world: World, sf: RunningSalesforce, db_path: Path
+) -> None:
+    ids = _seed(world, sf, 2)
+    world.signals([{"account_id": a, "episode_key": f"pf:{a}"} for a in ids])
+    _push(world, sf, db_path)
+    sf.delete("Account", ids[0])  # Salesforce deletes its Tasks with it
+    world.con.execute("UPDATE core_accounts SET is_deleted = true WHERE account_id = ?", [ids[0]])
+    later = AS_OF + timedelta(hours=1)
+    world.health([{"account_id": ids[1]}], as_of=later)
+    world.signals([{"account_id": ids[1], "episode_key": f"pf:{ids[1]}"}], as_of=later)
+    result = _push(world, sf, db_path)
+    assert result.counts.get("task_deleted_in_salesforce") == 1 and result.rejected == []
+    live = [t[EXT] for t in sf.records["Task"].values() if not t["IsDeleted"]]
+    assert live == [f"pf:{ids[1]}"]
