@@ -164,3 +164,38 @@ def test_link_customers_writes_links_and_cli_prints_tables(tmp_path: Path) -> No
     result = CliRunner().invoke(app, ["--db", str(db), "links"])
     assert result.exit_code == 0, result.output
     assert "cus_1, cus_2" in result.output and "cus_4" in result.output
+
+
+def test_metadata_account_id_matches_in_15_or_18_characters() -> None:
+    """Salesforce's UI and reports show 15-character Ids, the API 18: people paste either
+    into Stripe metadata, and both name the same Account."""
+    accounts = pl.DataFrame(
+        {
+            "account_id": ["001Ak00000ABCDEIAX", "001Ak00000abcdeIAX"],
+            "name": ["Upper", "Lower"],
+            "website_domain": [None, None],
+            "stripe_customer_id": [None, None],
+        },
+        schema={
+            "account_id": pl.Utf8,
+            "name": pl.Utf8,
+            "website_domain": pl.Utf8,
+            "stripe_customer_id": pl.Utf8,
+        },
+    )
+    out = match_customers(
+        _customers(
+            ("cus_15", "x", None, {"sf_account_id": "001Ak00000abcde"}),
+            ("cus_18", "y", None, {"sf_account_id": " 001Ak00000ABCDEIAX "}),
+            ("cus_other", "z", None, {"sf_account_id": "001Ak00000ZZZZZ"}),
+        ),
+        accounts,
+        metadata_keys=S.link_metadata_keys,
+        personal_domains=S.personal_email_domains,
+    )
+    got = {r["customer_id"]: (r["account_id"], r["method"]) for r in out.iter_rows(named=True)}
+    assert got == {
+        "cus_15": ("001Ak00000abcdeIAX", "metadata"),  # 15-character Ids are case-sensitive
+        "cus_18": ("001Ak00000ABCDEIAX", "metadata"),
+        "cus_other": (None, "unmatched"),
+    }

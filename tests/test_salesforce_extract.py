@@ -135,10 +135,10 @@ def test_same_systemmodstamp_across_page_boundary_both_land(tmp_path: Path) -> N
 def test_budget_exhausted_mid_extract_then_next_run_finishes(tmp_path: Path) -> None:
     with start_salesforce_server(batch_size=200, api_budget=10_000) as running:
         running.seed("Contact", [{"LastName": f"C{i:04d}"} for i in range(1000)])
-        settings = _settings(running, tmp_path / "w.duckdb", api_reserve=9_991)
+        settings = _settings(running, tmp_path / "w.duckdb", api_reserve=9_995)
         con = connect(settings.db)
-        # 9 calls allowed: describe, COUNT() + page for User, Account, Opportunity, then
-        # Contact COUNT() and its first page.
+        # 5 calls allowed: describe, a page each for User, Account, Opportunity, then
+        # Contact's first page.
         with pytest.raises(ApiBudgetExhaustedError, match="SALESFORCE_API_RESERVE"):
             extract_salesforce(settings, con, progress=False)
         assert _rows(con, "SELECT count(*) FROM core_contacts") == [(200,)]
@@ -229,7 +229,7 @@ def test_same_stamp_split_by_a_budget_stop_lands_on_resume(tmp_path: Path) -> No
     stamp = datetime(2024, 5, 1, 12, 0, 0)  # noqa: DTZ001
     with start_salesforce_server(batch_size=200, clock=lambda: stamp, api_budget=10_000) as running:
         running.seed("Contact", [{"LastName": f"C{i:03d}"} for i in range(201)])
-        settings = _settings(running, tmp_path / "w.duckdb", lookback_seconds=0, api_reserve=9_991)
+        settings = _settings(running, tmp_path / "w.duckdb", lookback_seconds=0, api_reserve=9_995)
         con = connect(settings.db)
         with pytest.raises(ApiBudgetExhaustedError):
             extract_salesforce(settings, con, progress=False)
@@ -242,3 +242,19 @@ def test_same_stamp_split_by_a_budget_stop_lands_on_resume(tmp_path: Path) -> No
         running.set_api_budget(20_000, used=0)
         extract_salesforce(settings, con, progress=False)
         assert _rows(con, "SELECT count(*) FROM core_contacts") == [(201,)]
+
+
+@pytest.mark.slow
+def test_an_incremental_run_costs_one_call_per_stream(tmp_path: Path) -> None:
+    """No COUNT() beside each stream's query: the first page's totalSize tells the size."""
+    with start_salesforce_server() as running:
+        running.seed("Contact", [{"LastName": f"C{i}"} for i in range(3)])
+        settings = _settings(running, tmp_path / "w.duckdb")
+        con = connect(settings.db)
+        first = extract_salesforce(settings, con, progress=False)
+        running.seed("Contact", [{"LastName": "new"}])
+        again = extract_salesforce(settings, con, progress=False)
+        streams = len(again.counts)
+        assert first.api_calls == again.api_calls == 1 + streams  # describe + one page each
+        assert again.counts["contact"] >= 1
+        assert _rows(con, "SELECT count(*) FROM core_contacts") == [(4,)]

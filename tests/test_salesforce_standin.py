@@ -235,6 +235,14 @@ def test_collection_delete_reports_each_record(sf_server: RunningSalesforce) -> 
     assert sf_server.records["Account"][a]["IsDeleted"] is True
 
 
+def test_deleting_an_account_deletes_its_tasks(sf_server: RunningSalesforce) -> None:
+    a, b = sf_server.seed("Account", [{"Name": "Gone"}, {"Name": "Stays"}])
+    t1, t2 = sf_server.seed("Task", [{"WhatId": a, "Subject": "x"}, {"WhatId": b}])
+    _client(sf_server).Account.delete(a)
+    assert sf_server.records["Task"][t1]["IsDeleted"] is True
+    assert sf_server.records["Task"][t2]["IsDeleted"] is False
+
+
 def test_list_settings_from_environment() -> None:
     s = load_settings(env={"SALESFORCE_LINK_METADATA_KEYS": "crm_id, sfid"}).salesforce
     assert s.link_metadata_keys == ("crm_id", "sfid")

@@ -330,8 +330,86 @@ def test_salesforce_unreachable_is_a_push_error_naming_the_request(
     with start_salesforce_server() as gone:
         _seed(world, gone, 1)
         ca = Path(shutil.copy(gone.ca_path, tmp_path / "ca.pem"))
-        settings = _settings(gone, db_path).with_overrides(salesforce={"ca_bundle": ca})
+        # No retries: their backoff (tested in test_salesforce_retries) would only add time.
+        settings = _settings(gone, db_path).with_overrides(
+            salesforce={"ca_bundle": ca, "max_retries": 0}
+        )
     # The server is shut down: nothing listens on its port any more.
     with pytest.raises(PushError, match="Organization LIMIT 1: no answer from Salesforce"):
         push(settings, world.con)
     assert world.con.execute("SELECT count(*) FROM push_state").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("bulk_threshold", [2_000, 1])
+def test_a_task_deleted_in_salesforce_is_not_recreated_by_an_update_or_a_close(
+    world: World, sf: RunningSalesforce, db_path: Path, bulk_threshold: int
+) -> None:
+    """A CSM deletes the service's Task (or it goes with its Account): escalating or closing
+    the episode later must not upsert a new, partial Task (no WhatId) into the org."""
+    ids = _seed(world, sf, 1)
+    keys = ("payment_failure:in_1", "payment_failure:in_2", "payment_failure:in_3")
+    world.signals([{"account_id": ids[0], "episode_key": k} for k in keys])
+    _push(world, sf, db_path, bulk_threshold=bulk_threshold)
+    tasks = {t[EXT]: t["Id"] for t in sf.records["Task"].values()}
+    sf.delete("Task", tasks[keys[0]])  # will escalate
+    sf.delete("Task", tasks[keys[1]])  # will resolve
+    later = AS_OF + timedelta(days=2)  # past 24 h: the open ones escalate
+    world.health([{"account_id": ids[0]}], as_of=later)
+    world.signals(
+        [{"account_id": ids[0], "episode_key": k} for k in (keys[0], keys[2])], as_of=later
+    )
+    result = _push(world, sf, db_path, bulk_threshold=bulk_threshold)
+    assert result.rejected == []
+    assert result.counts["task_deleted_in_salesforce"] == 2
+    live = [t for t in sf.records["Task"].values() if not t["IsDeleted"]]
+    assert [t[EXT] for t in live] == [keys[2]]  # nothing recreated
+    assert live[0]["Subject"].startswith("Escalation")  # the live one still escalates
+    assert len(sf.records["Task"]) == 3
+    status = dict(
+        world.con.execute(
+            "SELECT record_key, status FROM push_state WHERE sobject = 'Task'"
+        ).fetchall()
+    )
+    assert status == {keys[0]: "deleted", keys[1]: "deleted", keys[2]: "open"}
+    logged = world.con.execute(
+        "SELECT count(*) FROM push_log WHERE error_code = 'ENTITY_IS_DELETED'"
+    ).fetchone()
+    assert logged == (2,)
+    # Not retried: the deletion is the CSM's answer.
+    assert _push(world, sf, db_path, bulk_threshold=bulk_threshold).counts == {"planned": 0}
+
+
+def test_budget_running_out_inside_a_bulk_job_is_a_budget_stop(
+    world: World, sf: RunningSalesforce, db_path: Path
+) -> None:
+    ids = _seed(world, sf, 3)
+
+    def spend_the_day(sobject: str, record: Mapping[str, Any]) -> None:
+        sf.org.api_max = sf.org.api_used  # the org's last call went on this job
+        return None
+
+    sf.add_rule(spend_the_day)
+    with pytest.raises(ApiBudgetExhaustedError):
+        _push(world, sf, db_path, bulk_threshold=1)
+    sf.org.rules.clear()
+    sf.set_api_budget(100, used=0)  # a new day
+    resumed = _push(world, sf, db_path, bulk_threshold=1)
+    assert resumed.counts["update_account"] == 3 and resumed.rejected == []
+    assert all(_account(sf, a)["Payment_Health__c"] == "Healthy" for a in ids)
+
+
+def test_an_account_deleted_with_its_task_leaves_no_orphan_task(
+    world: World, sf: RunningSalesforce, db_path: Path
+) -> None:
+    ids = _seed(world, sf, 2)
+    world.signals([{"account_id": a, "episode_key": f"pf:{a}"} for a in ids])
+    _push(world, sf, db_path)
+    sf.delete("Account", ids[0])  # Salesforce deletes its Tasks with it
+    world.con.execute("UPDATE core_accounts SET is_deleted = true WHERE account_id = ?", [ids[0]])
+    later = AS_OF + timedelta(hours=1)
+    world.health([{"account_id": ids[1]}], as_of=later)
+    world.signals([{"account_id": ids[1], "episode_key": f"pf:{ids[1]}"}], as_of=later)
+    result = _push(world, sf, db_path)
+    assert result.counts.get("task_deleted_in_salesforce") == 1 and result.rejected == []
+    live = [t[EXT] for t in sf.records["Task"].values() if not t["IsDeleted"]]
+    assert live == [f"pf:{ids[1]}"]

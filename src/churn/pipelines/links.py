@@ -1,7 +1,7 @@
 """Identity: link each Stripe customer to one Salesforce Account.
 
 Rules, first that finds a candidate wins: ``metadata`` (a configured metadata key holds a
-live Account Id), ``account_field`` (the Account's Stripe Customer Id field names the
+live Account Id, in 15 or 18 characters), ``account_field`` (the Account's Stripe Customer Id field names the
 customer, alone or in a comma-separated list), ``email_domain`` (billing-email domain = the Account's website domain; personal
 domains never match), ``name`` (exact normalised name). A rule finding several Accounts
 gives a ``conflict`` (no link); none at all gives ``unmatched``. The matching is pure, over
@@ -95,14 +95,33 @@ def match_customers(
             )
         )
 
-    by_meta = cust.filter(pl.col("meta_account").is_not_null()).join(
-        acc.select("account_id"), left_on="meta_account", right_on="account_id"
+    # Salesforce shows a record's Id with 15 characters (case-sensitive: the UI, reports,
+    # Classic URLs) or 18 (the API): metadata copied from either must match. The 18-character
+    # Id starts with the 15-character one.
+    meta = cust.filter(pl.col("meta_account").is_not_null()).with_columns(
+        pl.col("meta_account").str.strip_chars().alias("_meta")
+    )
+    by_meta = pl.concat(
+        [
+            meta.join(acc.select("account_id"), left_on="_meta", right_on="account_id")
+            .with_columns(pl.col("_meta").alias("account_id"))
+            .select("customer_id", "account_id"),
+            meta.filter(pl.col("_meta").str.len_chars() == 15)
+            .join(
+                acc.filter(pl.col("account_id").str.len_chars() == 18).select(
+                    "account_id", pl.col("account_id").str.slice(0, 15).alias("_id15")
+                ),
+                left_on="_meta",
+                right_on="_id15",
+            )
+            .select("customer_id", "account_id"),
+        ]
     )
     candidates = pl.concat(
         [
             by_meta.select(
                 "customer_id",
-                pl.col("meta_account").alias("account_id"),
+                "account_id",
                 pl.lit(0).alias("rank"),
                 pl.lit("metadata").alias("method"),
             ),

@@ -4,8 +4,9 @@ Each batch is one call (a collection of up to 200 records, or one Bulk API 2.0 j
 per-record results go to ``push_log`` and the accepted records to ``push_state`` in one
 DuckDB transaction after the call returns. A kill between the call and the commit leaves
 the old state, so the next run plans the same changes again and resends them: Accounts are
-updated by Id and Tasks upserted by their external id, so the resend neither duplicates a
-Task nor loses an update. A rejected record stays out of ``push_state``, so it is planned
+updated by Id, Tasks created by an upsert on their external id (later updated by their Id),
+so the resend neither duplicates a Task nor loses an update. A Task update answered with
+ENTITY_IS_DELETED marks the Task ``deleted`` in ``push_state``: it is not retried. A rejected record stays out of ``push_state``, so it is planned
 and retried next run, with its error kept in ``push_log``.
 
 Before every call the org's remaining daily API calls (``Sforce-Limit-Info``, read and
@@ -32,7 +33,7 @@ from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError
 
 from churn.errors import ApiBudgetExhaustedError, PushError
-from churn.pipelines.push_plan import ACCOUNT, Change, canon
+from churn.pipelines.push_plan import ACCOUNT, DELETED, TASK, Change, canon
 from churn.pipelines.warehouse import transaction, utcnow
 from churn.settings import Settings
 
@@ -156,7 +157,7 @@ def _send_collection(
     records = [{"attributes": {"type": sobject}, **c.fields} for c in batch]
     if key_field == "Id":
         for record, change in zip(records, batch, strict=True):
-            record["Id"] = change.record_key
+            record["Id"] = change.target
         path = "composite/sobjects"
     else:
         path = f"composite/sobjects/{sobject}/{key_field}"
@@ -206,31 +207,33 @@ def _send_bulk(
     for change in group:
         row = {k: _bulk_cell(v) for k, v in change.fields.items()}
         if key_field == "Id":
-            row["Id"] = change.record_key
+            row["Id"] = change.target
         records.append(row)
     handler = getattr(sf.bulk2, sobject)
+    by_key = {c.target if key_field == "Id" else c.record_key: c for c in group}
+    rows: list[_Result] = []
     try:
         if key_field == "Id":
             jobs = handler.update(records=records, wait=1)
         else:
             jobs = handler.upsert(records=records, external_id_field=key_field, wait=1)
+        for job in jobs:
+            job_id = job["job_id"]
+            for line in _csv_rows(handler.get_successful_records(job_id)):
+                done = _take(by_key, line.get(key_field, ""))
+                if done is not None:
+                    rows.append(_Result(done, True, line.get("sf__Id") or None, None, None))
+            for line in _csv_rows(handler.get_failed_records(job_id)):
+                failed = _take(by_key, line.get(key_field, ""))
+                if failed is not None:
+                    code, message = _bulk_error(line.get("sf__Error") or "")
+                    rows.append(_Result(failed, False, None, code, message))
     except SalesforceError as exc:
         raise call_error(exc, f"Bulk API 2.0 {sobject} job") from exc
+    except ApiBudgetExhaustedError:
+        raise  # the budget ran out during the job: the next run resends it (idempotent)
     except Exception as exc:  # simple-salesforce raises plain errors for failed jobs
         raise PushError(f"Bulk API 2.0 {sobject} job failed: {exc}") from exc
-    by_key = {c.record_key: c for c in group}
-    rows: list[_Result] = []
-    for job in jobs:
-        job_id = job["job_id"]
-        for line in _csv_rows(handler.get_successful_records(job_id)):
-            done = _take(by_key, line.get(key_field, ""))
-            if done is not None:
-                rows.append(_Result(done, True, line.get("sf__Id") or None, None, None))
-        for line in _csv_rows(handler.get_failed_records(job_id)):
-            failed = _take(by_key, line.get(key_field, ""))
-            if failed is not None:
-                code, message = _bulk_error(line.get("sf__Error") or "")
-                rows.append(_Result(failed, False, None, code, message))
     for change in by_key.values():  # unprocessed: retried next run
         rows.append(_Result(change, False, None, "UNPROCESSED", "not processed by the job"))
     _record(con, rows, "bulk2", run_id, outcome)
@@ -287,6 +290,16 @@ class _Result:
     message: str | None
 
 
+def _task_gone(result: _Result) -> bool:
+    """An update by Id of a Task that is no longer in Salesforce."""
+    return (
+        not result.success
+        and result.change.sobject == TASK
+        and result.change.sf_id is not None
+        and result.error_code == "ENTITY_IS_DELETED"
+    )
+
+
 def _record(
     con: duckdb.DuckDBPyConnection,
     results: Sequence[_Result],
@@ -313,17 +326,20 @@ def _record(
         },
         schema_overrides={"sf_id": pl.Utf8, "error_code": pl.Utf8, "error_message": pl.Utf8},
     )
+    # A Task deleted in Salesforce: recorded as such, so it is neither recreated nor retried.
+    gone = [r for r in results if _task_gone(r)]
     accepted = [r for r in results if r.success]
+    kept = [*accepted, *gone]
     state = pl.DataFrame(
         {
-            "sobject": [r.change.sobject for r in accepted],
-            "record_key": [r.change.record_key for r in accepted],
-            "sf_id": [r.sf_id for r in accepted],
-            "fields": [json.dumps(dict(r.change.state), sort_keys=True) for r in accepted],
-            "status": [r.change.status for r in accepted],
-            "first_seen_at": [r.change.first_seen_at for r in accepted],
-            "pushed_at": [now] * len(accepted),
-            "idempotency_key": [r.change.idempotency_key for r in accepted],
+            "sobject": [r.change.sobject for r in kept],
+            "record_key": [r.change.record_key for r in kept],
+            "sf_id": [r.sf_id or r.change.sf_id for r in kept],
+            "fields": [json.dumps(dict(r.change.state), sort_keys=True) for r in kept],
+            "status": [r.change.status if r.success else DELETED for r in kept],
+            "first_seen_at": [r.change.first_seen_at for r in kept],
+            "pushed_at": [now] * len(kept),
+            "idempotency_key": [r.change.idempotency_key for r in kept],
         },
         schema_overrides={
             "sf_id": pl.Utf8,
@@ -349,6 +365,8 @@ def _record(
     for r in results:
         if r.success:
             outcome.add(r.change.action)
+        elif _task_gone(r):
+            outcome.add("task_deleted_in_salesforce")
         else:
             outcome.add("rejected")
             outcome.rejected.append(

@@ -10,9 +10,12 @@ Rules:
   when its value differs from what Salesforce holds: our last push, unless the Account was
   modified after it (then the value the extract saw);
 - the churn risk score moves only when it differs by more than ``risk_score_margin``;
-- one Task per signal episode, upserted by ``episode_key`` in the Task external-id field,
-  climbing the escalation ladder as the episode ages; a Task whose episode is gone from
-  the latest scores is closed with a comment saying why.
+- one Task per signal episode, created by an upsert on ``episode_key`` in the Task
+  external-id field (a resend after a kill matches it), then updated by its Id, climbing the
+  escalation ladder as the episode ages; a Task whose episode is gone from the latest
+  scores is closed with a comment saying why. A Task deleted in Salesforce (``push_state``
+  status ``deleted``) is left alone: updating by Id, never upserting, is what keeps a
+  later escalation or close from creating a new, partial Task in its place.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from churn.signals import money
 
 ACCOUNT = "Account"
 TASK = "Task"
+#: ``push_state.status`` of a Task deleted in Salesforce after the service made it.
+DELETED = "deleted"
 
 _MAX_TEXT = 255
 _MAX_DESCRIPTION = 32_000
@@ -114,6 +119,13 @@ class Change:
     idempotency_key: str
     last_error: str | None = None
     first_seen_at: datetime | None = None
+    #: Salesforce's Id of the record, when ``key_field`` is Id and ``record_key`` is not it.
+    sf_id: str | None = None
+
+    @property
+    def target(self) -> str:
+        """The value of ``key_field`` that names the record in Salesforce."""
+        return self.sf_id or self.record_key
 
 
 @dataclass(frozen=True)
@@ -347,6 +359,8 @@ def plan_tasks(
         if episode.signal not in settings.task_signals:
             continue  # not tasked; still open, so a Task made under older settings stays
         pushed = state.get(episode.episode_key)
+        if pushed is not None and pushed.status == DELETED:
+            continue  # deleted in Salesforce: the CSM's answer, not recreated
         started = (
             _instant(
                 _first(episode.evidence, "first_failed_at", "failed_at", "started_at", "since")
@@ -391,6 +405,7 @@ def plan_tasks(
                 "open",
                 last_errors,
                 pushed.first_seen_at if pushed and pushed.first_seen_at else as_of,
+                pushed.sf_id if pushed else None,
             )
         )
     for key, pushed in sorted(state.items()):
@@ -417,6 +432,7 @@ def plan_tasks(
                 "closed",
                 last_errors,
                 pushed.first_seen_at,
+                pushed.sf_id,
             )
         )
     return changes
@@ -431,11 +447,15 @@ def _task_change(
     status: str,
     last_errors: Mapping[str, str],
     first_seen_at: datetime | None,
+    sf_id: str | None = None,
 ) -> Change:
     return Change(
         sobject=TASK,
         record_key=key,
-        key_field=external_id_field,
+        # A Task Salesforce has answered for is updated by its Id: an update of a deleted
+        # Task fails with ENTITY_IS_DELETED where an upsert would create a new one.
+        key_field="Id" if sf_id else external_id_field,
+        sf_id=sf_id,
         action=action,
         fields=send,
         state=new_state,

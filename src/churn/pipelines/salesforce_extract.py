@@ -280,12 +280,13 @@ def extract_stream(
     soql = build_soql(stream, since)
     landed = 0
     try:
-        count_soql = soql.replace(f"SELECT {', '.join(stream.fields)} ", "SELECT COUNT() ", 1)
-        count_soql = count_soql.rsplit(" ORDER BY ", 1)[0]
-        total = int(sf.query(count_soql, include_deleted=True)["totalSize"])
+        # The first page's totalSize tells the size: no COUNT() call (a second scan of the
+        # same rows, and one more API call per stream per run). Above the threshold the page
+        # is dropped and a Bulk API 2.0 job reads everything.
+        page = sf.query(soql, include_deleted=True)
+        total = int(page.get("totalSize") or 0)
         if total > settings.salesforce.bulk_threshold:
             return extract_stream_bulk(sf, con, stream, settings, soql)
-        page = sf.query(soql, include_deleted=True)
         while True:
             frame = page_frame(page.get("records", []), utcnow())
             land_page(con, stream.name, frame, settings)

@@ -160,6 +160,10 @@ class OrgState:
         record = self.live(od, rid)
         now = soql.format_datetime(self.clock())
         record.update(IsDeleted=True, LastModifiedDate=now, SystemModstamp=now)
+        # Deleting a record deletes its activities (Tasks whose WhatId is the record).
+        for task in self.records.get("Task", {}).values():
+            if task.get("WhatId") == rid and not task["IsDeleted"]:
+                task.update(IsDeleted=True, LastModifiedDate=now, SystemModstamp=now)
 
     def live(self, od: ObjectDef, rid: str) -> dict[str, Any]:
         record = self.records.get(od.name, {}).get(rid)
