@@ -11,7 +11,8 @@
   Stripe's event retention or the last one is older than ``reconcile_every_hours``):
   re-list the mutable streams, diff against the raw tables, land what events missed and
   count each difference (new, changed, gone -> kept as deleted).
-- Then ``core_*`` and the history are rebuilt from raw, in one transaction.
+- Then ``core_*`` and the history are redone for the objects landed since the last
+  rebuild (``stripe_dirty``; ``full``: for all), in one transaction.
 """
 
 from __future__ import annotations
@@ -110,8 +111,9 @@ def extract_stripe(
     finally:
         result.api_calls = api.calls
     with transaction(con):
-        result.add("quarantined", normalise(con, run.run_id))
-        result.add("history_intervals", build_history(con))
+        quarantined, intervals = refresh_core(con, run.run_id, full=full)
+        result.add("quarantined", quarantined)
+        result.add("history_intervals", intervals)
     result.seconds = round(time.monotonic() - started, 3)
     landed = {k: v for k, v in result.counts.items() if v and k.startswith(("objects", "events"))}
     _log_end(con, result, failure, partial=bool(landed))
@@ -126,6 +128,18 @@ def extract_stripe(
             ) from failure
         raise failure
     return result
+
+
+def refresh_core(
+    con: duckdb.DuckDBPyConnection, run_id: str | None = None, *, full: bool = False
+) -> tuple[int, int]:
+    """Core and history for what landed since the last refresh (``full``: for everything),
+    then forget what was pending; the caller's transaction. Returns (quarantined, intervals).
+    """
+    quarantined = normalise(con, run_id, full=full)
+    intervals = build_history(con, full=full)
+    con.execute("DELETE FROM stripe_dirty")
+    return quarantined, intervals
 
 
 class _Run:
