@@ -317,3 +317,34 @@ def test_full_lists_every_stream_again(server: tuple[str, Script], db_path: Path
         "SELECT name FROM core_customers WHERE customer_id = 'cus_1'"
     ).fetchone() == ("One again",)
     con.close()
+
+
+def test_reconciliation_lands_page_by_page_and_deletes_only_after_a_whole_listing(
+    server: tuple[str, Script], db_path: Path
+) -> None:
+    base, script = server
+    con = _backfilled(db_path, base, script)
+    settings = _settings(db_path, base).with_overrides(stripe={"page_size": 1})
+    script.add("/v1/customers", 200, {**_page(_customer(1, "One renamed")), "has_more": True})
+    script.add("/v1/customers", 400, _error("invalid_request_error", "No such parameter"))
+    with pytest.raises(PartialRunError, match="stream customer"):
+        extract_stripe(settings, con, reconcile=True, progress=False)
+    # The first page landed in its own transaction; nothing is taken as gone yet.
+    assert con.execute(
+        "SELECT customer_id, name, is_deleted FROM core_customers ORDER BY 1"
+    ).fetchall() == [("cus_1", "One renamed", False), ("cus_2", "Two", False)]
+
+    script.add("/v1/customers", 200, {**_page(_customer(1, "One renamed")), "has_more": True})
+    script.add("/v1/customers", 200, _page(_customer(3, "Three")))
+    result = extract_stripe(settings, con, reconcile=True, progress=False)
+    counts = {k: v for k, v in result.counts.items() if k.endswith("_customer")}
+    assert counts == {
+        "objects_customer": 2,
+        "reconcile_new_customer": 1,
+        "reconcile_changed_customer": 0,
+        "reconcile_deleted_customer": 1,
+    }
+    assert con.execute(
+        "SELECT customer_id, is_deleted FROM core_customers ORDER BY 1"
+    ).fetchall() == [("cus_1", False), ("cus_2", True), ("cus_3", False)]
+    con.close()

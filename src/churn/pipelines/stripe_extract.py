@@ -418,27 +418,46 @@ class _Run:
             )
 
     def _reconcile_stream(self, stream: Stream) -> None:
+        """Re-list one stream a page at a time: each page diffed against the stored rows of
+        its ids and landed in its own transaction; the ids seen are kept in a temp table,
+        so memory stays one page whatever the stream's size. Stored objects the whole
+        listing did not show are then kept as deleted."""
         task = self._task(f"reconcile {stream.name}")
-        listed: dict[str, dict[str, Any]] = {}
-        fetched = utcnow()
+        began = utcnow()
+        table = f"raw_stripe_{stream.name}"
+        self.con.execute("CREATE OR REPLACE TEMP TABLE _reconcile_seen (id VARCHAR PRIMARY KEY)")
+        new = changed = 0
         for objects, _, _path in self._pages(stream, None, stream.path):
-            for obj in objects:
-                listed[obj["id"]] = obj
+            flat = {o["id"]: stripe_land.dumps(flatten(o)[0]) for o in objects}
+            stored = dict(
+                self.con.execute(
+                    f"SELECT id, payload::VARCHAR FROM {table} WHERE NOT is_deleted "
+                    "AND id IN (SELECT unnest(?::VARCHAR[]))",
+                    [list(flat)],
+                ).fetchall()
+            )
+            new += sum(1 for k in flat if k not in stored)
+            changed += sum(1 for k, text in flat.items() if k in stored and text != stored[k])
+            with transaction(self.con):
+                self._land_listed(stream, objects, utcnow(), "reconcile")
+                self.con.execute(
+                    "INSERT INTO _reconcile_seen SELECT DISTINCT unnest(?::VARCHAR[]) "
+                    "ON CONFLICT DO NOTHING",
+                    [list(flat)],
+                )
             self._advance(task, len(objects))
-        flat = {k: flatten(v)[0] for k, v in listed.items()}
-        stored = dict(
-            self.con.execute(
-                f"SELECT id, payload::VARCHAR FROM raw_stripe_{stream.name} WHERE NOT is_deleted"
-            ).fetchall()
-        )
-        new = [k for k in flat if k not in stored]
-        changed = [k for k in flat if k in stored and stripe_land.dumps(flat[k]) != stored[k]]
-        gone = [k for k in stored if k not in flat]
         with transaction(self.con):
-            self._land_listed(stream, list(listed.values()), fetched, "reconcile")
-            mark_deleted(self.con, stream.name, gone, stripe_land.list_version_ts(fetched))
-        self.result.add(f"reconcile_new_{stream.name}", len(new))
-        self.result.add(f"reconcile_changed_{stream.name}", len(changed))
+            gone = [
+                r[0]
+                for r in self.con.execute(
+                    f"SELECT id FROM {table} WHERE NOT is_deleted "
+                    "AND id NOT IN (SELECT id FROM _reconcile_seen)"
+                ).fetchall()
+            ]
+            mark_deleted(self.con, stream.name, gone, stripe_land.list_version_ts(began))
+        self.con.execute("DROP TABLE _reconcile_seen")
+        self.result.add(f"reconcile_new_{stream.name}", new)
+        self.result.add(f"reconcile_changed_{stream.name}", changed)
         self.result.add(f"reconcile_deleted_{stream.name}", len(gone))
         self._finish(task)
 

@@ -275,9 +275,11 @@ def quarantine(con: duckdb.DuckDBPyConnection, run_id: str | None, *, full: bool
         con.execute(
             f"""
             INSERT INTO quarantine
+            -- materialised first: DuckDB would otherwise test every row's JSON
+            WITH scoped AS MATERIALIZED (SELECT * FROM raw_stripe_{rule.stream} WHERE {scope})
             SELECT 'stripe', '{rule.stream}', id, ?, payload, ?, now()::TIMESTAMP
-            FROM raw_stripe_{rule.stream}
-            WHERE {scope} AND coalesce(({rule.broken}), FALSE)
+            FROM scoped
+            WHERE coalesce(({rule.broken}), FALSE)
             ON CONFLICT DO NOTHING
             """,
             [rule.reason, run_id],
