@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -347,4 +348,79 @@ def test_reconciliation_lands_page_by_page_and_deletes_only_after_a_whole_listin
     assert con.execute(
         "SELECT customer_id, is_deleted FROM core_customers ORDER BY 1"
     ).fetchall() == [("cus_1", False), ("cus_2", True), ("cus_3", False)]
+    con.close()
+
+
+def _item(i: int, price: str, quantity: int) -> dict[str, Any]:
+    return {
+        "id": f"si_{i}",
+        "object": "subscription_item",
+        "price": {"id": price, "object": "price", "currency": "usd"},
+        "quantity": quantity,
+        "created": 1_700_000_000 + i,
+    }
+
+
+def _subscription_with_more_items(quantity: int) -> dict[str, Any]:
+    return {
+        "id": "sub_1",
+        "object": "subscription",
+        "customer": "cus_1",
+        "status": "active",
+        "created": 1_700_000_000,
+        "livemode": False,
+        "items": {
+            "object": "list",
+            "data": [_item(1, "price_a", quantity)],
+            "has_more": True,
+            "total_count": 3,
+            "url": "/v1/subscription_items?subscription=sub_1",
+        },
+    }
+
+
+def test_items_beyond_the_embedded_page_are_fetched(
+    server: tuple[str, Script], db_path: Path
+) -> None:
+    base, script = server
+    script.add("/v1/subscriptions", 200, _page(_subscription_with_more_items(1)))
+    script.add(
+        "/v1/subscription_items",
+        200,
+        {**_page(_item(1, "price_a", 1), _item(2, "price_b", 2)), "has_more": True},
+    )
+    script.add("/v1/subscription_items", 200, _page(_item(3, "price_c", 3)))
+    con = warehouse.connect(db_path)
+    extract_stripe(_settings(db_path, base), con, progress=False)
+    items = "SELECT item_id, price_id, quantity FROM core_subscription_items ORDER BY 1"
+    assert con.execute(items).fetchall() == [
+        ("si_1", "price_a", 1),
+        ("si_2", "price_b", 2),
+        ("si_3", "price_c", 3),
+    ]
+
+    # An event's subscription: its own first page, the rest as listed now.
+    now = int(time.time())
+    event = {
+        "id": "evt_1",
+        "object": "event",
+        "type": "customer.subscription.updated",
+        "created": now,
+        "livemode": False,
+        "data": {"object": _subscription_with_more_items(5)},
+    }
+    script.add("/v1/events", 200, _page(event))
+    script.add(
+        "/v1/subscription_items",
+        200,
+        _page(_item(1, "price_a", 1), _item(2, "price_b", 2), _item(4, "price_d", 4)),
+    )
+    extract_stripe(_settings(db_path, base), con, progress=False)
+    assert con.execute(items).fetchall() == [
+        ("si_1", "price_a", 5),
+        ("si_2", "price_b", 2),
+        ("si_4", "price_d", 4),
+    ]
+    stored = con.execute("SELECT payload->>'$.data.object.items.has_more' FROM raw_stripe_event")
+    assert stored.fetchall() == [("true",)]  # the event is kept as Stripe sent it
     con.close()

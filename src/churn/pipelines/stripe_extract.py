@@ -256,11 +256,31 @@ class _Run:
                 raise
             objects = [o for o in page.get("data") or [] if isinstance(o, dict) and "id" in o]
             has_more = bool(page.get("has_more")) and bool(objects)
+            if stream.name == "subscription":
+                objects = [with_items(o, self._more_items(o)) for o in objects]
             resuming = False
             yield objects, has_more, path
             if not has_more:
                 return
             starting_after = objects[-1]["id"]
+
+    def _more_items(self, sub: dict[str, Any]) -> list[dict[str, Any]]:
+        """A subscription's items beyond the page embedded in it (``items.has_more``)."""
+        items = sub.get("items")
+        if not (isinstance(items, dict) and items.get("has_more")):
+            return []
+        found: list[dict[str, Any]] = []
+        after: str | None = None
+        while True:
+            params: dict[str, Any] = {"subscription": sub["id"], "limit": 100}
+            if after:
+                params["starting_after"] = after
+            page = self.api.get("subscription", "/v1/subscription_items", params)
+            data = [i for i in page.get("data") or [] if isinstance(i, dict) and "id" in i]
+            found.extend(data)
+            if not (page.get("has_more") and data):
+                return found
+            after = data[-1]["id"]
 
     def _land_listed(
         self, stream: Stream, objects: list[dict[str, Any]], fetched: datetime, source: str
@@ -364,6 +384,15 @@ class _Run:
         )
         unseen = {e["id"] for e in self._unseen(list(fetched.values()))}
         new = [(e, seq) for e, seq in ordered if e["id"] in unseen]
+        # Items beyond a subscription's embedded page: as listed now (the event's own
+        # page is kept as it was); one call per such subscription, not per event.
+        more_items: dict[str, list[dict[str, Any]]] = {}
+        for event, _ in new:
+            obj = (event.get("data") or {}).get("object")
+            if not (isinstance(obj, dict) and obj.get("object") == "subscription"):
+                continue
+            if obj.get("id") not in more_items and _has_more_items(obj):
+                more_items[obj["id"]] = self._more_items(obj)
         self.result.add("seen_events", len(fetched))
         cursor = cursor_ts or polled
         size = self.settings.stripe.page_size  # a page's worth per transaction
@@ -375,7 +404,7 @@ class _Run:
             if done:
                 state["polled_at"] = polled.isoformat()
             with transaction(self.con):
-                self._apply_events(chunk)
+                self._apply_events(chunk, more_items)
                 self._set_state(EVENTS, None, cursor, state)
             log.debug("stream events: page committed (%d events, cursor %s)", len(chunk), cursor)
             self._advance(task, len(chunk))
@@ -391,12 +420,15 @@ class _Run:
         seen = {r[0] for r in rows}
         return [e for e in events if e["id"] not in seen]
 
-    def _apply_events(self, events: list[tuple[dict[str, Any], int]]) -> None:
+    def _apply_events(
+        self,
+        events: list[tuple[dict[str, Any], int]],
+        more_items: dict[str, list[dict[str, Any]]],
+    ) -> None:
         if not events:
             return
-        self.result.add(
-            "events", apply_events(self.con, events, self.settings.stripe.key_mode, self.result)
-        )
+        key_mode = self.settings.stripe.key_mode
+        self.result.add("events", apply_events(self.con, events, key_mode, self.result, more_items))
 
     # -- reconciliation ----------------------------------------------------------------
 
@@ -470,11 +502,14 @@ def apply_events(
     events: list[tuple[dict[str, Any], int]],
     key_mode: str | None,
     result: StripeExtractResult | None = None,
+    more_items: dict[str, list[dict[str, Any]]] | None = None,
 ) -> int:
     """Store events (once each) and land their objects newer-over-older.
 
     ``events`` pairs each event with its sequence in its second (see
     :func:`~churn.pipelines.stripe_land.sequence_events`); the caller's transaction.
+    ``more_items``: by subscription id, the items its embedded page left out; the event
+    is stored as Stripe sent it, the subscription landed with them.
     """
     fetched = utcnow()
     check_mode(key_mode, [e for e, _ in events], "stream events")
@@ -499,6 +534,8 @@ def apply_events(
         )
         if table is None or not isinstance(obj, dict) or "id" not in obj:
             continue
+        if kind == "subscription" and more_items and obj["id"] in more_items:
+            obj = with_items(obj, more_items[obj["id"]])
         flat, inner = flatten(obj)
         version = Version(
             "event",
@@ -517,6 +554,24 @@ def apply_events(
         if result is not None:
             result.add(f"objects_{table}", len(items))
     return len(events)
+
+
+def _has_more_items(sub: dict[str, Any]) -> bool:
+    items = sub.get("items")
+    return isinstance(items, dict) and bool(items.get("has_more"))
+
+
+def with_items(sub: dict[str, Any], more: list[dict[str, Any]]) -> dict[str, Any]:
+    """The subscription with its whole item list: the embedded page, then the items
+    ``more`` adds (by id); ``has_more`` false. Unchanged when it had no more items."""
+    if not _has_more_items(sub):
+        return sub
+    items = dict(sub["items"])
+    data = [i for i in items.get("data") or [] if isinstance(i, dict)]
+    known = {i.get("id") for i in data}
+    items["data"] = data + [i for i in more if i.get("id") not in known]
+    items["has_more"] = False
+    return {**sub, "items": items}
 
 
 def _from_epoch(value: Any) -> datetime:
