@@ -153,6 +153,8 @@ class _Run:
         self.run_id = f"stripe-{uuid.uuid4().hex[:12]}"
         self.result = StripeExtractResult(mode="")
         self._progress: Progress | None = None
+        #: Streams whose ``expand`` the API refused in this run.
+        self._no_expand: set[str] = set()
 
     # -- state -------------------------------------------------------------------------
 
@@ -229,11 +231,24 @@ class _Run:
         resuming = starting_after is not None
         while True:
             params: dict[str, Any] = {"limit": self.settings.stripe.page_size, **stream.params}
+            if stream.name in self._no_expand:
+                params.pop("expand", None)
             if starting_after:
                 params["starting_after"] = starting_after
             try:
                 page = self.api.get(stream.name, path, params)
             except StripeRequestError as exc:
+                if exc.http_status == 400 and "expand" in params and "expand" in str(exc).lower():
+                    # An older API version (or stand-in) that cannot expand a field: list
+                    # without expanding; the embedded payment methods then come by events.
+                    log.warning(
+                        "stream %s: cannot expand %s (%s); listing without it",
+                        stream.name,
+                        params["expand"],
+                        exc,
+                    )
+                    self._no_expand.add(stream.name)
+                    continue
                 if exc.http_status in (400, 404) and starting_after and resuming:
                     # The object a resumed backfill continues after is gone: list the
                     # stream from its start again (landing is idempotent).
