@@ -316,3 +316,67 @@ def test_subscription_first_seen_canceled_was_active_until_it_ended(
         "SELECT epoch(valid_from)::BIGINT, valid_to, quantity FROM history_subscription_items"
     ).fetchall()
     assert items == [(T0, None, 2)]
+
+
+def test_incremental_refresh_matches_a_whole_rebuild_and_touches_only_changes(
+    con: duckdb.DuckDBPyConnection, resources: dict[str, Any]
+) -> None:
+    from churn.pipelines.stripe_extract import refresh_core
+    from churn.pipelines.stripe_land import mark_deleted
+
+    events = _world_events(resources)
+    broken = copy.deepcopy(events[1]["data"]["object"])
+    broken.update(id="sub_broken", customer=None)
+    broken["items"]["data"][0]["id"] = "si_broken"
+    events.append(_event(resources, "evt_b", "customer.subscription.created", T0, broken))
+    fixed = {**broken, "customer": "cus_cur"}
+    events.append(_event(resources, "evt_f", "customer.subscription.updated", T0 + DAY, fixed))
+    # Applied one event per run, each run refreshing only what it landed.
+    for event in sequence_events(events, "oldest_first"):
+        with transaction(con):
+            apply_events(con, [event], "test")
+            refresh_core(con, "run")
+    with transaction(con):
+        mark_deleted(con, "invoice", ["in_cur"], datetime_of(T0 + 20 * DAY))
+        refresh_core(con, "run")
+    assert con.execute("SELECT count(*) FROM stripe_dirty").fetchone() == (0,)
+    incremental = _snapshot(con)
+    assert con.execute("SELECT is_deleted FROM core_invoices").fetchall() == [(True,)]
+    assert {r[0] for r in incremental["core_subscriptions"]} == {"sub_cur", "sub_broken"}
+    with transaction(con):
+        refresh_core(con, "run", full=True)
+    assert _snapshot(con) == incremental
+
+    # A later run redoes the object that changed, and leaves every other row alone.
+    con.execute("UPDATE core_charges SET amount = -1")
+    con.execute(
+        "UPDATE history_subscriptions SET status = 'x' WHERE subscription_id = 'sub_broken'"
+    )
+    later = _subscription(resources, "price_c", 7)
+    with transaction(con):
+        apply_events(
+            con,
+            [
+                (
+                    _event(
+                        resources, "evt_l", "customer.subscription.updated", T0 + 30 * DAY, later
+                    ),
+                    1,
+                )
+            ],
+            "test",
+        )
+        refresh_core(con, "run")
+    assert con.execute(
+        "SELECT price_id, quantity FROM core_subscription_items WHERE subscription_id = 'sub_cur'"
+    ).fetchall() == [("price_c", 7)]
+    assert con.execute("SELECT DISTINCT amount FROM core_charges").fetchall() == [(-1,)]
+    assert con.execute(
+        "SELECT DISTINCT status FROM history_subscriptions WHERE subscription_id = 'sub_broken'"
+    ).fetchall() == [("x",)]
+
+
+def datetime_of(epoch: int) -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, UTC).replace(tzinfo=None)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import duckdb
 import pytest
@@ -34,6 +36,7 @@ class Script:
     def __init__(self) -> None:
         self.queues: dict[str, list[tuple[int, dict[str, str], Any]]] = {}
         self.requests: list[str] = []
+        self.queries: list[str] = []  # path and query string, as sent
 
     def add(self, path: str, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         self.queues.setdefault(path, []).append((status, headers or {}, body))
@@ -50,6 +53,7 @@ def server() -> Iterator[tuple[str, Script]]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            script.queries.append(unquote(self.path))
             status, headers, body = script.answer(self.path.split("?", 1)[0])
             data = json.dumps(body).encode()
             self.send_response(status)
@@ -316,4 +320,164 @@ def test_full_lists_every_stream_again(server: tuple[str, Script], db_path: Path
     assert con.execute(
         "SELECT name FROM core_customers WHERE customer_id = 'cus_1'"
     ).fetchone() == ("One again",)
+    con.close()
+
+
+def test_reconciliation_lands_page_by_page_and_deletes_only_after_a_whole_listing(
+    server: tuple[str, Script], db_path: Path
+) -> None:
+    base, script = server
+    con = _backfilled(db_path, base, script)
+    settings = _settings(db_path, base).with_overrides(stripe={"page_size": 1})
+    script.add("/v1/customers", 200, {**_page(_customer(1, "One renamed")), "has_more": True})
+    script.add("/v1/customers", 400, _error("invalid_request_error", "No such parameter"))
+    with pytest.raises(PartialRunError, match="stream customer"):
+        extract_stripe(settings, con, reconcile=True, progress=False)
+    # The first page landed in its own transaction; nothing is taken as gone yet.
+    assert con.execute(
+        "SELECT customer_id, name, is_deleted FROM core_customers ORDER BY 1"
+    ).fetchall() == [("cus_1", "One renamed", False), ("cus_2", "Two", False)]
+
+    script.add("/v1/customers", 200, {**_page(_customer(1, "One renamed")), "has_more": True})
+    script.add("/v1/customers", 200, _page(_customer(3, "Three")))
+    result = extract_stripe(settings, con, reconcile=True, progress=False)
+    counts = {k: v for k, v in result.counts.items() if k.endswith("_customer")}
+    assert counts == {
+        "objects_customer": 2,
+        "reconcile_new_customer": 1,
+        "reconcile_changed_customer": 0,
+        "reconcile_deleted_customer": 1,
+    }
+    assert con.execute(
+        "SELECT customer_id, is_deleted FROM core_customers ORDER BY 1"
+    ).fetchall() == [("cus_1", False), ("cus_2", True), ("cus_3", False)]
+    con.close()
+
+
+def _item(i: int, price: str, quantity: int) -> dict[str, Any]:
+    return {
+        "id": f"si_{i}",
+        "object": "subscription_item",
+        "price": {"id": price, "object": "price", "currency": "usd"},
+        "quantity": quantity,
+        "created": 1_700_000_000 + i,
+    }
+
+
+def _subscription_with_more_items(quantity: int) -> dict[str, Any]:
+    return {
+        "id": "sub_1",
+        "object": "subscription",
+        "customer": "cus_1",
+        "status": "active",
+        "created": 1_700_000_000,
+        "livemode": False,
+        "items": {
+            "object": "list",
+            "data": [_item(1, "price_a", quantity)],
+            "has_more": True,
+            "total_count": 3,
+            "url": "/v1/subscription_items?subscription=sub_1",
+        },
+    }
+
+
+def test_items_beyond_the_embedded_page_are_fetched(
+    server: tuple[str, Script], db_path: Path
+) -> None:
+    base, script = server
+    script.add("/v1/subscriptions", 200, _page(_subscription_with_more_items(1)))
+    script.add(
+        "/v1/subscription_items",
+        200,
+        {**_page(_item(1, "price_a", 1), _item(2, "price_b", 2)), "has_more": True},
+    )
+    script.add("/v1/subscription_items", 200, _page(_item(3, "price_c", 3)))
+    con = warehouse.connect(db_path)
+    extract_stripe(_settings(db_path, base), con, progress=False)
+    items = "SELECT item_id, price_id, quantity FROM core_subscription_items ORDER BY 1"
+    assert con.execute(items).fetchall() == [
+        ("si_1", "price_a", 1),
+        ("si_2", "price_b", 2),
+        ("si_3", "price_c", 3),
+    ]
+
+    # An event's subscription: its own first page, the rest as listed now.
+    now = int(time.time())
+    event = {
+        "id": "evt_1",
+        "object": "event",
+        "type": "customer.subscription.updated",
+        "created": now,
+        "livemode": False,
+        "data": {"object": _subscription_with_more_items(5)},
+    }
+    script.add("/v1/events", 200, _page(event))
+    script.add(
+        "/v1/subscription_items",
+        200,
+        _page(_item(1, "price_a", 1), _item(2, "price_b", 2), _item(4, "price_d", 4)),
+    )
+    extract_stripe(_settings(db_path, base), con, progress=False)
+    assert con.execute(items).fetchall() == [
+        ("si_1", "price_a", 5),
+        ("si_2", "price_b", 2),
+        ("si_4", "price_d", 4),
+    ]
+    stored = con.execute("SELECT payload->>'$.data.object.items.has_more' FROM raw_stripe_event")
+    assert stored.fetchall() == [("true",)]  # the event is kept as Stripe sent it
+    con.close()
+
+
+def _card(pid: str, exp_year: int) -> dict[str, Any]:
+    return {
+        "id": pid,
+        "object": "payment_method",
+        "type": "card",
+        "customer": "cus_1",
+        "card": {"brand": "visa", "last4": "4242", "exp_month": 4, "exp_year": exp_year},
+        "created": 1_700_000_000,
+        "livemode": False,
+    }
+
+
+def test_payment_methods_set_on_subscriptions_and_legacy_cards_come_embedded(
+    server: tuple[str, Script], db_path: Path
+) -> None:
+    base, script = server
+    legacy = {"id": "card_1", "object": "card", "brand": "Visa", "last4": "0005",
+              "exp_month": 1, "exp_year": 2027, "customer": "cus_1"}  # fmt: skip
+    script.add("/v1/customers", 200, _page({**_customer(1, "One"), "default_source": legacy}))
+    sub = {**_subscription_with_more_items(1), "default_payment_method": _card("pm_sub", 2028)}
+    sub["items"] = {**sub["items"], "has_more": False}
+    script.add("/v1/subscriptions", 200, _page(sub))
+    con = warehouse.connect(db_path)
+    extract_stripe(_settings(db_path, base), con, progress=False)
+    asked = [q for q in script.queries if q.startswith(("/v1/customers", "/v1/subscriptions"))]
+    assert "expand[0]=data.default_payment_method" in asked[1]
+    assert "data.default_source" in asked[0]
+    assert con.execute(
+        "SELECT payment_method_id, card_exp_year FROM core_payment_methods ORDER BY 1"
+    ).fetchall() == [("card_1", 2027), ("pm_sub", 2028)]
+    assert con.execute("SELECT default_payment_method FROM core_subscriptions").fetchall() == [
+        ("pm_sub",)
+    ]
+    assert con.execute("SELECT default_source FROM core_customers").fetchall() == [("card_1",)]
+    con.close()
+
+
+def test_a_refused_expand_lists_without_it(server: tuple[str, Script], db_path: Path) -> None:
+    base, script = server
+    refused = "This property cannot be expanded (default_payment_method)."
+    script.add("/v1/subscriptions", 400, _error("invalid_request_error", refused))
+    sub = {**_subscription_with_more_items(1), "default_payment_method": "pm_sub"}
+    sub["items"] = {**sub["items"], "has_more": False}
+    script.add("/v1/subscriptions", 200, {**_page(sub), "has_more": True})
+    script.add("/v1/subscriptions", 200, _page())
+    con = warehouse.connect(db_path)
+    assert extract_stripe(_settings(db_path, base), con, progress=False).mode == "backfill"
+    asked = [q for q in script.queries if q.startswith("/v1/subscriptions")]
+    assert len(asked) == 3 and "expand" in asked[0]
+    assert not any("expand" in q for q in asked[1:])  # once refused, not asked again
+    assert con.execute("SELECT subscription_id FROM core_subscriptions").fetchall() == [("sub_1",)]
     con.close()

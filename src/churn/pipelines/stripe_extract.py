@@ -11,7 +11,8 @@
   Stripe's event retention or the last one is older than ``reconcile_every_hours``):
   re-list the mutable streams, diff against the raw tables, land what events missed and
   count each difference (new, changed, gone -> kept as deleted).
-- Then ``core_*`` and the history are rebuilt from raw, in one transaction.
+- Then ``core_*`` and the history are redone for the objects landed since the last
+  rebuild (``stripe_dirty``; ``full``: for all), in one transaction.
 """
 
 from __future__ import annotations
@@ -111,8 +112,9 @@ def extract_stripe(
     finally:
         result.api_calls = api.calls
     with transaction(con):
-        result.add("quarantined", normalise(con, run.run_id))
-        result.add("history_intervals", build_history(con))
+        quarantined, intervals = refresh_core(con, run.run_id, full=full)
+        result.add("quarantined", quarantined)
+        result.add("history_intervals", intervals)
     result.seconds = round(time.monotonic() - started, 3)
     landed = {k: v for k, v in result.counts.items() if v and k.startswith(("objects", "events"))}
     _log_end(con, result, failure, partial=bool(landed))
@@ -129,6 +131,18 @@ def extract_stripe(
     return result
 
 
+def refresh_core(
+    con: duckdb.DuckDBPyConnection, run_id: str | None = None, *, full: bool = False
+) -> tuple[int, int]:
+    """Core and history for what landed since the last refresh (``full``: for everything),
+    then forget what was pending; the caller's transaction. Returns (quarantined, intervals).
+    """
+    quarantined = normalise(con, run_id, full=full)
+    intervals = build_history(con, full=full)
+    con.execute("DELETE FROM stripe_dirty")
+    return quarantined, intervals
+
+
 class _Run:
     def __init__(
         self, settings: Settings, con: duckdb.DuckDBPyConnection, api: StripeApi, progress: bool
@@ -140,6 +154,8 @@ class _Run:
         self.run_id = f"stripe-{uuid.uuid4().hex[:12]}"
         self.result = StripeExtractResult(mode="")
         self._progress: Progress | None = None
+        #: Streams whose ``expand`` the API refused in this run.
+        self._no_expand: set[str] = set()
 
     # -- state -------------------------------------------------------------------------
 
@@ -216,11 +232,24 @@ class _Run:
         resuming = starting_after is not None
         while True:
             params: dict[str, Any] = {"limit": self.settings.stripe.page_size, **stream.params}
+            if stream.name in self._no_expand:
+                params.pop("expand", None)
             if starting_after:
                 params["starting_after"] = starting_after
             try:
                 page = self.api.get(stream.name, path, params)
             except StripeRequestError as exc:
+                if exc.http_status == 400 and "expand" in params and "expand" in str(exc).lower():
+                    # An older API version (or stand-in) that cannot expand a field: list
+                    # without expanding; the embedded payment methods then come by events.
+                    log.warning(
+                        "stream %s: cannot expand %s (%s); listing without it",
+                        stream.name,
+                        params["expand"],
+                        exc,
+                    )
+                    self._no_expand.add(stream.name)
+                    continue
                 if exc.http_status in (400, 404) and starting_after and resuming:
                     # The object a resumed backfill continues after is gone: list the
                     # stream from its start again (landing is idempotent).
@@ -243,11 +272,31 @@ class _Run:
                 raise
             objects = [o for o in page.get("data") or [] if isinstance(o, dict) and "id" in o]
             has_more = bool(page.get("has_more")) and bool(objects)
+            if stream.name == "subscription":
+                objects = [with_items(o, self._more_items(o)) for o in objects]
             resuming = False
             yield objects, has_more, path
             if not has_more:
                 return
             starting_after = objects[-1]["id"]
+
+    def _more_items(self, sub: dict[str, Any]) -> list[dict[str, Any]]:
+        """A subscription's items beyond the page embedded in it (``items.has_more``)."""
+        items = sub.get("items")
+        if not (isinstance(items, dict) and items.get("has_more")):
+            return []
+        found: list[dict[str, Any]] = []
+        after: str | None = None
+        while True:
+            params: dict[str, Any] = {"subscription": sub["id"], "limit": 100}
+            if after:
+                params["starting_after"] = after
+            page = self.api.get("subscription", "/v1/subscription_items", params)
+            data = [i for i in page.get("data") or [] if isinstance(i, dict) and "id" in i]
+            found.extend(data)
+            if not (page.get("has_more") and data):
+                return found
+            after = data[-1]["id"]
 
     def _land_listed(
         self, stream: Stream, objects: list[dict[str, Any]], fetched: datetime, source: str
@@ -351,6 +400,15 @@ class _Run:
         )
         unseen = {e["id"] for e in self._unseen(list(fetched.values()))}
         new = [(e, seq) for e, seq in ordered if e["id"] in unseen]
+        # Items beyond a subscription's embedded page: as listed now (the event's own
+        # page is kept as it was); one call per such subscription, not per event.
+        more_items: dict[str, list[dict[str, Any]]] = {}
+        for event, _ in new:
+            obj = (event.get("data") or {}).get("object")
+            if not (isinstance(obj, dict) and obj.get("object") == "subscription"):
+                continue
+            if obj.get("id") not in more_items and _has_more_items(obj):
+                more_items[obj["id"]] = self._more_items(obj)
         self.result.add("seen_events", len(fetched))
         cursor = cursor_ts or polled
         size = self.settings.stripe.page_size  # a page's worth per transaction
@@ -362,7 +420,7 @@ class _Run:
             if done:
                 state["polled_at"] = polled.isoformat()
             with transaction(self.con):
-                self._apply_events(chunk)
+                self._apply_events(chunk, more_items)
                 self._set_state(EVENTS, None, cursor, state)
             log.debug("stream events: page committed (%d events, cursor %s)", len(chunk), cursor)
             self._advance(task, len(chunk))
@@ -378,12 +436,15 @@ class _Run:
         seen = {r[0] for r in rows}
         return [e for e in events if e["id"] not in seen]
 
-    def _apply_events(self, events: list[tuple[dict[str, Any], int]]) -> None:
+    def _apply_events(
+        self,
+        events: list[tuple[dict[str, Any], int]],
+        more_items: dict[str, list[dict[str, Any]]],
+    ) -> None:
         if not events:
             return
-        self.result.add(
-            "events", apply_events(self.con, events, self.settings.stripe.key_mode, self.result)
-        )
+        key_mode = self.settings.stripe.key_mode
+        self.result.add("events", apply_events(self.con, events, key_mode, self.result, more_items))
 
     # -- reconciliation ----------------------------------------------------------------
 
@@ -405,27 +466,46 @@ class _Run:
             )
 
     def _reconcile_stream(self, stream: Stream) -> None:
+        """Re-list one stream a page at a time: each page diffed against the stored rows of
+        its ids and landed in its own transaction; the ids seen are kept in a temp table,
+        so memory stays one page whatever the stream's size. Stored objects the whole
+        listing did not show are then kept as deleted."""
         task = self._task(f"reconcile {stream.name}")
-        listed: dict[str, dict[str, Any]] = {}
-        fetched = utcnow()
+        began = utcnow()
+        table = f"raw_stripe_{stream.name}"
+        self.con.execute("CREATE OR REPLACE TEMP TABLE _reconcile_seen (id VARCHAR PRIMARY KEY)")
+        new = changed = 0
         for objects, _, _path in self._pages(stream, None, stream.path):
-            for obj in objects:
-                listed[obj["id"]] = obj
+            flat = {o["id"]: stripe_land.dumps(flatten(o)[0]) for o in objects}
+            stored = dict(
+                self.con.execute(
+                    f"SELECT id, payload::VARCHAR FROM {table} WHERE NOT is_deleted "
+                    "AND id IN (SELECT unnest(?::VARCHAR[]))",
+                    [list(flat)],
+                ).fetchall()
+            )
+            new += sum(1 for k in flat if k not in stored)
+            changed += sum(1 for k, text in flat.items() if k in stored and text != stored[k])
+            with transaction(self.con):
+                self._land_listed(stream, objects, utcnow(), "reconcile")
+                self.con.execute(
+                    "INSERT INTO _reconcile_seen SELECT DISTINCT unnest(?::VARCHAR[]) "
+                    "ON CONFLICT DO NOTHING",
+                    [list(flat)],
+                )
             self._advance(task, len(objects))
-        flat = {k: flatten(v)[0] for k, v in listed.items()}
-        stored = dict(
-            self.con.execute(
-                f"SELECT id, payload::VARCHAR FROM raw_stripe_{stream.name} WHERE NOT is_deleted"
-            ).fetchall()
-        )
-        new = [k for k in flat if k not in stored]
-        changed = [k for k in flat if k in stored and stripe_land.dumps(flat[k]) != stored[k]]
-        gone = [k for k in stored if k not in flat]
         with transaction(self.con):
-            self._land_listed(stream, list(listed.values()), fetched, "reconcile")
-            mark_deleted(self.con, stream.name, gone, stripe_land.list_version_ts(fetched))
-        self.result.add(f"reconcile_new_{stream.name}", len(new))
-        self.result.add(f"reconcile_changed_{stream.name}", len(changed))
+            gone = [
+                r[0]
+                for r in self.con.execute(
+                    f"SELECT id FROM {table} WHERE NOT is_deleted "
+                    "AND id NOT IN (SELECT id FROM _reconcile_seen)"
+                ).fetchall()
+            ]
+            mark_deleted(self.con, stream.name, gone, stripe_land.list_version_ts(began))
+        self.con.execute("DROP TABLE _reconcile_seen")
+        self.result.add(f"reconcile_new_{stream.name}", new)
+        self.result.add(f"reconcile_changed_{stream.name}", changed)
         self.result.add(f"reconcile_deleted_{stream.name}", len(gone))
         self._finish(task)
 
@@ -438,11 +518,14 @@ def apply_events(
     events: list[tuple[dict[str, Any], int]],
     key_mode: str | None,
     result: StripeExtractResult | None = None,
+    more_items: dict[str, list[dict[str, Any]]] | None = None,
 ) -> int:
     """Store events (once each) and land their objects newer-over-older.
 
     ``events`` pairs each event with its sequence in its second (see
     :func:`~churn.pipelines.stripe_land.sequence_events`); the caller's transaction.
+    ``more_items``: by subscription id, the items its embedded page left out; the event
+    is stored as Stripe sent it, the subscription landed with them.
     """
     fetched = utcnow()
     check_mode(key_mode, [e for e, _ in events], "stream events")
@@ -467,6 +550,8 @@ def apply_events(
         )
         if table is None or not isinstance(obj, dict) or "id" not in obj:
             continue
+        if kind == "subscription" and more_items and obj["id"] in more_items:
+            obj = with_items(obj, more_items[obj["id"]])
         flat, inner = flatten(obj)
         version = Version(
             "event",
@@ -485,6 +570,24 @@ def apply_events(
         if result is not None:
             result.add(f"objects_{table}", len(items))
     return len(events)
+
+
+def _has_more_items(sub: dict[str, Any]) -> bool:
+    items = sub.get("items")
+    return isinstance(items, dict) and bool(items.get("has_more"))
+
+
+def with_items(sub: dict[str, Any], more: list[dict[str, Any]]) -> dict[str, Any]:
+    """The subscription with its whole item list: the embedded page, then the items
+    ``more`` adds (by id); ``has_more`` false. Unchanged when it had no more items."""
+    if not _has_more_items(sub):
+        return sub
+    items = dict(sub["items"])
+    data = [i for i in items.get("data") or [] if isinstance(i, dict)]
+    known = {i.get("id") for i in data}
+    items["data"] = data + [i for i in more if i.get("id") not in known]
+    items["has_more"] = False
+    return {**sub, "items": items}
 
 
 def _from_epoch(value: Any) -> datetime:

@@ -10,12 +10,15 @@ with one inference: a subscription first seen already canceled (a backfill of an
 account) was active, with the same items, from ``created`` until it ended
 (``ended_at``, else ``canceled_at``), so churn before the first extract is not lost.
 A version that lands late or twice changes nothing: the build is a pure function of the
-set of versions, rebuilt whole in SQL.
+set of versions, in SQL, redone for the subscriptions with a new version or raw row
+(``stripe_dirty``), or for all.
 """
 
 from __future__ import annotations
 
 import duckdb
+
+from churn.pipelines.stripe_normalise import dirty
 
 _ITEMS = "CAST(payload->'$.items.data' AS JSON[])"
 
@@ -24,8 +27,10 @@ _VERSIONS = f"""
     WITH v AS (
         SELECT subscription_id, version_ts, version_seq, version_key, payload
         FROM stripe_subscription_versions s
-        WHERE NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.source = 'stripe'
+        WHERE __SCOPE__ AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.source = 'stripe'
                           AND q.stream = 'subscription' AND q.object_id = s.subscription_id)
+          -- an older version the quarantine rule would refuse (the latest one passed)
+          AND stripe_id(payload->'$.customer') IS NOT NULL AND payload->>'$.status' IS NOT NULL
         -- several versions in one instant: the greatest one stands for it
         QUALIFY row_number() OVER (PARTITION BY subscription_id, version_ts
                                    ORDER BY version_seq DESC, version_key DESC) = 1
@@ -141,11 +146,21 @@ _ITEMS_HISTORY = f"""
 """
 
 
-def build_history(con: duckdb.DuckDBPyConnection) -> int:
-    """Rebuild both history tables (inside the caller's transaction); returns interval count."""
-    con.execute(_VERSIONS)
-    con.execute("DELETE FROM history_subscriptions")
-    con.execute("DELETE FROM history_subscription_items")
+def build_history(con: duckdb.DuckDBPyConnection, *, full: bool = False) -> int:
+    """Rebuild the history of the dirty subscriptions (``full``: of all), inside the
+    caller's transaction; returns the number of intervals in the table.
+
+    Every window above is per subscription, so rebuilding a subset gives the rows a whole
+    rebuild would give for it.
+    """
+    if full:
+        con.execute(_VERSIONS.replace("__SCOPE__", "TRUE"))
+        con.execute("DELETE FROM history_subscriptions")
+        con.execute("DELETE FROM history_subscription_items")
+    else:
+        con.execute(_VERSIONS.replace("__SCOPE__", dirty("subscription", "s.subscription_id")))
+        for table in ("history_subscriptions", "history_subscription_items"):
+            con.execute(f"DELETE FROM {table} WHERE {dirty('subscription', 'subscription_id')}")
     con.execute(_SUBSCRIPTIONS)
     con.execute(_ITEMS_HISTORY)
     con.execute("DROP TABLE _sub_versions")

@@ -146,6 +146,18 @@ def land(
     )
     con.register("_land_batch", batch)
     try:
+        # What core and the history must redo: rows new or different (a superset: an
+        # older payload that loses below still marks its id, which costs a no-op redo).
+        con.execute(
+            f"""
+            INSERT INTO stripe_dirty
+            SELECT DISTINCT '{table}', b.id FROM _land_batch b
+            LEFT JOIN raw_stripe_{table} r ON r.id = b.id
+            WHERE r.id IS NULL OR r.payload::VARCHAR <> b.payload
+               OR r.is_deleted <> b.is_deleted
+            ON CONFLICT DO NOTHING
+            """
+        )
         con.execute(
             f"""
             INSERT INTO raw_stripe_{table}
@@ -181,16 +193,17 @@ def _add_subscription_versions(con: duckdb.DuckDBPyConnection) -> None:
     Event payloads are kept once per event; a list snapshot only when it differs from
     the latest version already kept, so reruns over the same state add nothing.
     """
-    con.execute(
+    added = con.execute(
         """
         INSERT INTO stripe_subscription_versions
         SELECT b.id, b.version_key, b.version_ts,
                b.version_seq, b.source, b.payload::JSON
         FROM _land_batch b WHERE b.source = 'event'
         ON CONFLICT DO NOTHING
+        RETURNING subscription_id
         """
-    )
-    con.execute(
+    ).fetchall()
+    added += con.execute(
         """
         WITH latest AS (
             SELECT subscription_id, payload::VARCHAR AS payload
@@ -205,8 +218,16 @@ def _add_subscription_versions(con: duckdb.DuckDBPyConnection) -> None:
         FROM _land_batch b LEFT JOIN latest l ON l.subscription_id = b.id
         WHERE b.source <> 'event' AND (l.payload IS NULL OR l.payload <> b.payload)
         ON CONFLICT DO NOTHING
+        RETURNING subscription_id
         """
-    )
+    ).fetchall()
+    # A new version changes the history even when the raw row stays (an older event).
+    if added:
+        con.execute(
+            "INSERT INTO stripe_dirty SELECT DISTINCT 'subscription', unnest(?::VARCHAR[]) "
+            "ON CONFLICT DO NOTHING",
+            [[r[0] for r in added]],
+        )
 
 
 def mark_deleted(
@@ -215,6 +236,11 @@ def mark_deleted(
     """Flag objects a full re-list no longer shows as deleted (kept, never dropped)."""
     if not ids:
         return 0
+    con.execute(
+        f"INSERT INTO stripe_dirty SELECT '{table}', id FROM raw_stripe_{table} "
+        f"WHERE id IN (SELECT unnest(?::VARCHAR[])) AND NOT is_deleted ON CONFLICT DO NOTHING",
+        [list(ids)],
+    )
     con.execute(
         f"UPDATE raw_stripe_{table} SET is_deleted = TRUE, version_ts = ?, source = 'reconcile' "
         f"WHERE id IN (SELECT unnest(?::VARCHAR[])) AND NOT is_deleted",

@@ -1,7 +1,8 @@
 """``raw_stripe_*`` -> ``core_*``: typed rows from payloads of both API shapes, in SQL.
 
-Each core table is rebuilt from its raw table in one statement (set-based, inside the
-caller's transaction). Shapes handled side by side:
+Each core table is brought up to date from its raw table in one statement (set-based,
+inside the caller's transaction), for the objects landed since the last rebuild
+(``stripe_dirty``) or, with ``full``, for every raw row. Shapes handled side by side:
 
 - period dates on the subscription (older versions) or on its items (current);
 - an invoice's subscription at top level (older) or under
@@ -78,11 +79,15 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+_SCOPE = "__SCOPE__"
+
+
 def _ok(stream: str) -> str:
-    """Raw rows of a stream that are not quarantined."""
+    """Raw rows of a stream in scope (``__SCOPE__``) that are not quarantined."""
     return (
-        f"(SELECT * FROM raw_stripe_{stream} r WHERE NOT EXISTS (SELECT 1 FROM quarantine q "
-        f"WHERE q.source = 'stripe' AND q.stream = '{stream}' AND q.object_id = r.id))"
+        f"(SELECT * FROM raw_stripe_{stream} r WHERE {_SCOPE} AND NOT EXISTS (SELECT 1 "
+        f"FROM quarantine q WHERE q.source = 'stripe' AND q.stream = '{stream}' "
+        f"AND q.object_id = r.id))"
     )
 
 
@@ -232,19 +237,48 @@ CORE_SQL: dict[str, str] = {
                TRY_CAST(coalesce(payload->>'$.card.exp_year', payload->>'$.exp_year') AS INTEGER),
                livemode, {_ts("$.created")},
                is_deleted OR coalesce(TRY_CAST(payload->>'$.deleted' AS BOOLEAN), FALSE)
-        FROM raw_stripe_payment_method""",
+        FROM raw_stripe_payment_method WHERE {_SCOPE}""",
+}
+
+#: Each core table's raw stream and the column holding that stream's object id.
+CORE_KEYS: dict[str, tuple[str, str]] = {
+    "core_customers": ("customer", "customer_id"),
+    "core_products": ("product", "product_id"),
+    "core_prices": ("price", "price_id"),
+    "core_coupons": ("coupon", "coupon_id"),
+    "core_subscriptions": ("subscription", "subscription_id"),
+    "core_subscription_items": ("subscription", "subscription_id"),
+    "core_subscription_discounts": ("subscription", "subscription_id"),
+    "core_invoices": ("invoice", "invoice_id"),
+    "core_charges": ("charge", "charge_id"),
+    "core_refunds": ("refund", "refund_id"),
+    "core_payment_methods": ("payment_method", "payment_method_id"),
 }
 
 
-def quarantine(con: duckdb.DuckDBPyConnection, run_id: str | None) -> int:
-    """Re-derive Stripe's quarantine rows from the raw tables; returns how many."""
-    con.execute("DELETE FROM quarantine WHERE source = 'stripe'")
+def dirty(stream: str, column: str = "id") -> str:
+    """SQL: ``column`` names an object of ``stream`` landed since the last rebuild."""
+    return f"{column} IN (SELECT d.id FROM stripe_dirty d WHERE d.stream = '{stream}')"
+
+
+def quarantine(con: duckdb.DuckDBPyConnection, run_id: str | None, *, full: bool = False) -> int:
+    """Re-derive Stripe's quarantine rows (of the dirty objects, or all); returns how many."""
+    if full:
+        con.execute("DELETE FROM quarantine WHERE source = 'stripe'")
+    else:
+        con.execute(
+            "DELETE FROM quarantine WHERE source = 'stripe' AND (stream, object_id) IN "
+            "(SELECT stream, id FROM stripe_dirty)"
+        )
     for rule in RULES:
+        scope = "TRUE" if full else dirty(rule.stream)
         con.execute(
             f"""
             INSERT INTO quarantine
+            -- materialised first: DuckDB would otherwise test every row's JSON
+            WITH scoped AS MATERIALIZED (SELECT * FROM raw_stripe_{rule.stream} WHERE {scope})
             SELECT 'stripe', '{rule.stream}', id, ?, payload, ?, now()::TIMESTAMP
-            FROM raw_stripe_{rule.stream}
+            FROM scoped
             WHERE coalesce(({rule.broken}), FALSE)
             ON CONFLICT DO NOTHING
             """,
@@ -254,10 +288,21 @@ def quarantine(con: duckdb.DuckDBPyConnection, run_id: str | None) -> int:
     return int(row[0]) if row else 0
 
 
-def normalise(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> int:
-    """Rebuild every Stripe core table; returns how many payloads are quarantined."""
-    quarantined = quarantine(con, run_id)
+def normalise(
+    con: duckdb.DuckDBPyConnection, run_id: str | None = None, *, full: bool = False
+) -> int:
+    """Bring the Stripe core tables up to date; returns how many payloads are quarantined.
+
+    Only the objects in ``stripe_dirty`` are redone (``full``: every raw row). The caller
+    empties ``stripe_dirty`` once the history is rebuilt too (same transaction).
+    """
+    quarantined = quarantine(con, run_id, full=full)
     for table, select in CORE_SQL.items():
-        con.execute(f"DELETE FROM {table}")
-        con.execute(f"INSERT INTO {table} {select}")
+        stream, key = CORE_KEYS[table]
+        if full:
+            con.execute(f"DELETE FROM {table}")
+            con.execute(f"INSERT INTO {table} {select.replace(_SCOPE, 'TRUE')}")
+        else:
+            con.execute(f"DELETE FROM {table} WHERE {dirty(stream, key)}")
+            con.execute(f"INSERT INTO {table} {select.replace(_SCOPE, dirty(stream, 'id'))}")
     return quarantined

@@ -30,13 +30,18 @@ STREAMS: tuple[Stream, ...] = (
     Stream("product", "/v1/products", mutable=False),
     Stream("price", "/v1/prices", fallback_path="/v1/plans", mutable=False),
     Stream("coupon", "/v1/coupons", mutable=False),
-    # The default payment method comes embedded, so no call per customer is needed.
+    # Default payment methods (and a legacy default card) come embedded, so no call per
+    # customer is needed; Checkout sets the card on the subscription, not the customer.
     Stream(
         "customer",
         "/v1/customers",
-        {"expand": ["data.invoice_settings.default_payment_method"]},
+        {"expand": ["data.invoice_settings.default_payment_method", "data.default_source"]},
     ),
-    Stream("subscription", "/v1/subscriptions", {"status": "all"}),
+    Stream(
+        "subscription",
+        "/v1/subscriptions",
+        {"status": "all", "expand": ["data.default_payment_method"]},
+    ),
     Stream("invoice", "/v1/invoices"),
     Stream("charge", "/v1/charges"),
     Stream("refund", "/v1/refunds"),
