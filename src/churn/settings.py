@@ -61,6 +61,9 @@ class StripeSettings(_Section):
     event_retention_days: int = Field(30, ge=1)
     #: Re-list the mutable streams and diff at least this often (hours); 0 turns it off.
     reconcile_every_hours: float = Field(24.0, ge=0)
+    #: A scheduled reconciliation re-lists invoices, charges and refunds created in the
+    #: last this many days only (0: all); ``--reconcile`` and a stale cursor re-list all.
+    reconcile_window_days: int = Field(60, ge=0)
     #: Each events read starts this many seconds before the cursor (ids de-duplicate).
     events_overlap_seconds: int = Field(300, ge=0)
     #: How the API lists events: Stripe lists newest first; ``auto`` reads it from the

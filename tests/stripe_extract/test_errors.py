@@ -481,3 +481,62 @@ def test_a_refused_expand_lists_without_it(server: tuple[str, Script], db_path: 
     assert not any("expand" in q for q in asked[1:])  # once refused, not asked again
     assert con.execute("SELECT subscription_id FROM core_subscriptions").fetchall() == [("sub_1",)]
     con.close()
+
+
+def _invoice(i: int, days_old: int, status: str) -> dict[str, Any]:
+    return {
+        "id": f"in_{i}",
+        "object": "invoice",
+        "customer": "cus_1",
+        "created": int(time.time()) - days_old * 86_400,
+        "status": status,
+        "currency": "usd",
+        "amount_due": 1000,
+        "livemode": False,
+    }
+
+
+def test_a_scheduled_reconciliation_relists_recent_invoices_only(
+    server: tuple[str, Script], db_path: Path
+) -> None:
+    """The daily re-list would cost a call per 100 invoices of the whole history; the
+    scheduled one asks for the window only and never deletes what it did not ask for. An
+    explicit --reconcile re-lists everything."""
+    base, script = server
+    script.add("/v1/customers", 200, _page(_customer(1, "One")))
+    script.add("/v1/invoices", 200, _page(_invoice(2, 5, "open"), _invoice(1, 200, "paid")))
+    con = warehouse.connect(db_path)
+    settings = _settings(db_path, base).with_overrides(
+        stripe={"reconcile_every_hours": 1, "reconcile_window_days": 60}
+    )
+    extract_stripe(settings, con, progress=False)
+    con.execute(
+        "UPDATE sync_state SET cursor_ts = now()::TIMESTAMP - INTERVAL 2 HOUR "
+        "WHERE stream = 'stripe:reconcile'"
+    )
+    script.add("/v1/customers", 200, _page(_customer(1, "One")))
+    script.add("/v1/invoices", 200, _page(_invoice(2, 5, "paid")))  # the old one not asked
+    script.queries.clear()
+    result = extract_stripe(settings, con, progress=False)
+    asked = [q for q in script.queries if q.startswith("/v1/invoices")]
+    assert len(asked) == 1 and "created[gte]=" in asked[0]
+    assert not any("created" in q for q in script.queries if q.startswith("/v1/customers"))
+    assert result.counts["reconcile_changed_invoice"] == 1
+    assert result.counts.get("reconcile_deleted_invoice", 0) == 0
+
+    def state() -> list[tuple[Any, ...]]:
+        return con.execute(
+            "SELECT id, payload->>'status', is_deleted FROM raw_stripe_invoice ORDER BY id"
+        ).fetchall()
+
+    assert state() == [("in_1", "paid", False), ("in_2", "paid", False)]
+    # Explicitly asked: the whole history, and what is gone is kept as deleted.
+    script.add("/v1/customers", 200, _page(_customer(1, "One")))
+    script.add("/v1/invoices", 200, _page(_invoice(2, 5, "paid")))
+    script.queries.clear()
+    result = extract_stripe(settings, con, reconcile=True, progress=False)
+    asked = [q for q in script.queries if q.startswith("/v1/invoices")]
+    assert len(asked) == 1 and "created" not in asked[0]
+    assert result.counts["reconcile_deleted_invoice"] == 1
+    assert state() == [("in_1", "paid", True), ("in_2", "paid", False)]
+    con.close()

@@ -22,7 +22,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -101,10 +101,13 @@ def extract_stripe(
                 run.backfill(full=full)
             else:
                 # Decided before reading events, which move the cursor forward.
-                due = reconcile or run.reconcile_due()
+                due = run.reconcile_due()
+                stale = run.cursor_stale()
                 run.events()
-                if due:
-                    run.reconcile()
+                if reconcile or due:
+                    # Only a scheduled one may skip old invoices: an explicit one is asked
+                    # for, and a stale cursor may hide changes of any age.
+                    run.reconcile(windowed=not (reconcile or stale))
     except StripeExtractError as exc:
         failure = exc
     except duckdb.Error as exc:
@@ -183,12 +186,16 @@ class _Run:
         _, _, details = self._state(BACKFILL_PREFIX + "all")
         return bool(details.get("done"))
 
-    def reconcile_due(self) -> bool:
-        now = utcnow()
+    def cursor_stale(self) -> bool:
+        """Events were last read longer ago than Stripe keeps them: a gap is possible."""
         _, _, ev = self._state(EVENTS)
         polled = ev.get("polled_at")
         retention = timedelta(days=self.settings.stripe.event_retention_days)
-        if polled is None or datetime.fromisoformat(polled) < now - retention:
+        return polled is None or datetime.fromisoformat(polled) < utcnow() - retention
+
+    def reconcile_due(self) -> bool:
+        now = utcnow()
+        if self.cursor_stale():
             return True
         hours = self.settings.stripe.reconcile_every_hours
         if hours <= 0:
@@ -448,12 +455,14 @@ class _Run:
 
     # -- reconciliation ----------------------------------------------------------------
 
-    def reconcile(self) -> None:
+    def reconcile(self, *, windowed: bool = False) -> None:
         started = utcnow()
         self.result.reconciled = True
+        days = self.settings.stripe.reconcile_window_days
+        since = started - timedelta(days=days) if windowed and days > 0 else None
         for stream in STREAMS:
             if stream.mutable:
-                self._reconcile_stream(stream)
+                self._reconcile_stream(stream, since if stream.windowed else None)
         with transaction(self.con):
             self._set_state(RECONCILE, None, started, {"by": "reconcile"})
             _, cursor_ts, details = self._state(EVENTS)
@@ -465,16 +474,20 @@ class _Run:
                 {**details, "polled_at": max(details.get("polled_at", ""), started.isoformat())},
             )
 
-    def _reconcile_stream(self, stream: Stream) -> None:
+    def _reconcile_stream(self, stream: Stream, since: datetime | None = None) -> None:
         """Re-list one stream a page at a time: each page diffed against the stored rows of
         its ids and landed in its own transaction; the ids seen are kept in a temp table,
         so memory stays one page whatever the stream's size. Stored objects the whole
-        listing did not show are then kept as deleted."""
+        listing did not show are then kept as deleted. With ``since``, only objects created
+        from then on are listed, and only those are candidates for deletion."""
         task = self._task(f"reconcile {stream.name}")
         began = utcnow()
         table = f"raw_stripe_{stream.name}"
         self.con.execute("CREATE OR REPLACE TEMP TABLE _reconcile_seen (id VARCHAR PRIMARY KEY)")
         new = changed = 0
+        if since is not None:
+            stream = replace(stream, params={**stream.params, "created": {"gte": _epoch(since)}})
+            self.result.add(f"reconcile_window_days_{stream.name}", (began - since).days)
         for objects, _, _path in self._pages(stream, None, stream.path):
             flat = {o["id"]: stripe_land.dumps(flatten(o)[0]) for o in objects}
             stored = dict(
@@ -500,6 +513,9 @@ class _Run:
                 for r in self.con.execute(
                     f"SELECT id FROM {table} WHERE NOT is_deleted "
                     "AND id NOT IN (SELECT id FROM _reconcile_seen)"
+                    " AND (CAST(? AS BIGINT) IS NULL"
+                    "      OR TRY_CAST(payload->>'created' AS BIGINT) >= CAST(? AS BIGINT))",
+                    [None if since is None else _epoch(since)] * 2,
                 ).fetchall()
             ]
             mark_deleted(self.con, stream.name, gone, stripe_land.list_version_ts(began))

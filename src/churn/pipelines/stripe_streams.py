@@ -20,6 +20,10 @@ class Stream:
     fallback_path: str | None = None
     #: Re-listed and diffed by a reconciliation (objects that change after creation).
     mutable: bool = True
+    #: Grows with every billing cycle: a scheduled reconciliation re-lists only the ones
+    #: created within ``reconcile_window_days`` (older ones rarely change, and when they
+    #: do Stripe sends an event); a forced or explicit one re-lists them all.
+    windowed: bool = False
 
     @property
     def table(self) -> str:
@@ -42,9 +46,9 @@ STREAMS: tuple[Stream, ...] = (
         "/v1/subscriptions",
         {"status": "all", "expand": ["data.default_payment_method"]},
     ),
-    Stream("invoice", "/v1/invoices"),
-    Stream("charge", "/v1/charges"),
-    Stream("refund", "/v1/refunds"),
+    Stream("invoice", "/v1/invoices", windowed=True),
+    Stream("charge", "/v1/charges", windowed=True),
+    Stream("refund", "/v1/refunds", windowed=True),
 )
 STREAMS_BY_NAME = {s.name: s for s in STREAMS}
 
