@@ -50,6 +50,14 @@ def ensure_world(root: Path, accounts: int, seed: int, *, now: datetime | None =
     return folder
 
 
+def read_stripe(folder: Path, obj: str) -> list[dict[str, Any]]:
+    path = folder / "stripe" / f"{obj}.jsonl.gz"
+    if not path.exists():
+        return []
+    with gzip.open(path, "rt") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
 def read_sf(folder: Path, sobject: str) -> list[dict[str, Any]]:
     path = folder / "salesforce" / f"{sobject}.jsonl.gz"
     if not path.exists():
@@ -166,9 +174,20 @@ def check_demo(
             return int(row[0]) if row else 0
 
         manifest = json.loads((sandbox.folder / "world.json").read_text())
-        for obj in ("customer", "subscription", "invoice", "charge", "price", "product"):
+        for obj in ("customer", "subscription", "invoice", "charge", "refund", "price",
+                    "product", "coupon"):  # fmt: skip
             n, want = count(f"raw_stripe_{obj}"), int(manifest["counts"].get(obj, 0))
             checks.append((f"stripe {obj} landed", n >= want > 0, f"{n} of {want}"))
+        # Payment methods come embedded as customers' defaults (no call per customer), so
+        # the cards a customer replaced before the backfill are not expected.
+        defaults = {
+            pm
+            for c in read_stripe(sandbox.folder, "customer")
+            if (pm := (c.get("invoice_settings") or {}).get("default_payment_method"))
+        }
+        n = count("raw_stripe_payment_method")
+        checks.append(("stripe default payment methods landed", n >= len(defaults) > 0,
+                       f"{n} of {len(defaults)} defaults"))  # fmt: skip
         for sobject in SF_OBJECTS:
             n = count(f"raw_sf_{sobject.lower()}")
             checks.append((f"salesforce {sobject} landed", n > 0, str(n)))

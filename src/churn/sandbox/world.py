@@ -27,7 +27,7 @@ import numpy as np
 
 API_VERSION = "2025-09-30.clover"
 # Bumped whenever the generator changes what it writes, so cached worlds are remade.
-GENERATOR_VERSION = 5
+GENERATOR_VERSION = 6
 DAY = 86_400
 MONTH = 30 * DAY
 CURRENCIES = ("usd", "eur", "gbp", "jpy")
@@ -44,6 +44,8 @@ DECLINE_CODES = (
     ("expired_card", "expired_card"),
     ("card_declined", "lost_card"),
 )
+# Share of successful charges later refunded (in full or in part).
+REFUND_RATE = 0.01
 # Salesforce CurrencyType rates: units of each currency per one US dollar (corporate).
 SF_RATES = {"usd": 1.0, "eur": 0.92, "gbp": 0.79, "jpy": 150.0}
 # Stripe's Smart Retries land over a few weeks; we use a fixed schedule of days.
@@ -733,6 +735,9 @@ class _Builder:
                 inv["next_payment_attempt"] = None
                 self.event("charge.succeeded", charge, at, None)
                 self.event("invoice.paid", inv, at, None)
+                refund_at = at + int(self.rng.integers(1, 20)) * DAY
+                if refund_at < self.now and self.rng.random() < REFUND_RATE:
+                    self.refund(charge, refund_at)
                 paid = True
                 break
             inv["next_payment_attempt"] = attempts[k + 1] if not last else None
@@ -798,6 +803,33 @@ class _Builder:
         }
         self.w.stripe["charge"].append(charge)
         return charge
+
+    def refund(self, charge: dict[str, Any], ts: int) -> None:
+        """A goodwill or duplicate-charge refund, full or half, as Stripe shapes it."""
+        full = bool(self.rng.random() < 0.6)
+        amount = charge["amount"] if full else charge["amount"] // 2
+        refund = {
+            "id": self.ids.new("re"),
+            "object": "refund",
+            "amount": amount,
+            "balance_transaction": None,
+            "charge": charge["id"],
+            "created": ts,
+            "currency": charge["currency"],
+            "destination_details": {"card": {"type": "refund"}, "type": "card"},
+            "metadata": {},
+            "payment_intent": None,
+            "reason": "requested_by_customer" if full else "duplicate",
+            "receipt_number": None,
+            "source_transfer_reversal": None,
+            "status": "succeeded",
+            "transfer_reversal": None,
+        }
+        prev = {"amount_refunded": 0, "refunded": False}
+        charge["amount_refunded"], charge["refunded"] = amount, full
+        self.w.stripe["refund"].append(refund)
+        self.event("refund.created", refund, ts, None)
+        self.event("charge.refunded", charge, ts, prev)
 
 
 def _day(ts: int) -> str:
