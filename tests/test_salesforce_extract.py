@@ -150,7 +150,8 @@ def test_budget_exhausted_mid_extract_then_next_run_finishes(tmp_path: Path) -> 
 @pytest.mark.slow
 def test_kill_at_random_points_then_rerun_equals_clean_run(tmp_path: Path) -> None:
     def snapshot(db: Path) -> list[tuple[object, ...]]:
-        # Everything but fetch/update times: core and raw rows, and the cursors.
+        # Everything but fetch/update times: core and raw rows, and the cursors (not the
+        # time of the last deletion reconcile, a clock reading like fetched_at).
         with duckdb.connect(str(db)) as con:
             return con.execute(
                 "SELECT 'core', contact_id, name, CAST(system_modstamp AS VARCHAR), is_deleted"
@@ -158,7 +159,7 @@ def test_kill_at_random_points_then_rerun_equals_clean_run(tmp_path: Path) -> No
                 " UNION ALL SELECT 'raw', id, CAST(payload AS VARCHAR),"
                 " CAST(system_modstamp AS VARCHAR), is_deleted FROM raw_sf_contact"
                 " UNION ALL SELECT 'cursor', stream, NULL, CAST(cursor_ts AS VARCHAR), NULL"
-                " FROM sync_state ORDER BY 1, 2"
+                " FROM sync_state WHERE stream <> 'salesforce.reconcile' ORDER BY 1, 2"
             ).fetchall()
 
     with start_salesforce_server(batch_size=200) as running:
@@ -255,6 +256,36 @@ def test_an_incremental_run_costs_one_call_per_stream(tmp_path: Path) -> None:
         running.seed("Contact", [{"LastName": "new"}])
         again = extract_salesforce(settings, con, progress=False)
         streams = len(again.counts)
-        assert first.api_calls == again.api_calls == 1 + streams  # describe + one page each
+        assert again.api_calls == 1 + streams  # describe + one page each
+        # The first run is also the first deletion reconcile: one Id listing per stream
+        # whose records can be deleted (all but CurrencyType).
+        listed = [k for k in first.counts if k.startswith("reconcile_deleted_")]
+        assert first.api_calls == 1 + streams + len(listed) and len(listed) == streams - 1
         assert again.counts["contact"] >= 1
         assert _rows(con, "SELECT count(*) FROM core_contacts") == [(4,)]
+
+
+@pytest.mark.slow
+def test_records_purged_from_the_recycle_bin_are_found_by_the_reconcile(tmp_path: Path) -> None:
+    """queryAll shows a deletion only while the record is in the recycle bin; a purged one
+    is found on the reconcile's cadence by listing live Ids, and marked deleted."""
+    with start_salesforce_server() as running:
+        kept, purged = running.seed("Account", [{"Name": "Kept"}, {"Name": "Purged"}])
+        settings = _settings(running, tmp_path / "w.duckdb", reconcile_every_hours=24)
+        con = connect(settings.db)
+        first = extract_salesforce(settings, con, progress=False)
+        assert first.counts["reconcile_deleted_account"] == 0  # never reconciled: due
+        with running.org.lock:  # purged: gone without a trace, not even IsDeleted
+            del running.org.records["Account"][purged]
+        second = extract_salesforce(settings, con, progress=False)
+        assert "reconcile_deleted_account" not in second.counts  # not due for a day
+        assert _rows(con, "SELECT count(*) FROM core_accounts WHERE is_deleted") == [(0,)]
+        third = extract_salesforce(settings, con, progress=False, reconcile=True)
+        assert third.counts["reconcile_deleted_account"] == 1
+        assert _rows(con, "SELECT account_id, is_deleted FROM core_accounts ORDER BY name") == [
+            (kept, False),
+            (purged, True),
+        ]
+        raw = con.execute("SELECT is_deleted FROM raw_sf_account WHERE id = ?", [purged])
+        assert raw.fetchall() == [(True,)]
+        con.close()

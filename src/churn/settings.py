@@ -107,6 +107,9 @@ class SalesforceSettings(_Section):
     ca_bundle: Path | None = None
     #: Stop before the org's remaining daily API calls fall below this many.
     api_reserve: int = Field(500, ge=0)
+    #: List every stream's live Ids this often (hours; 0: never) to find records purged
+    #: from the recycle bin, which the incremental extract cannot see.
+    reconcile_every_hours: float = Field(168.0, ge=0)
     #: Retries of a call Salesforce answers 502/503/504 or that fails to connect (every
     #: call this service makes is idempotent: queries, and upserts by Id or external id).
     max_retries: int = Field(4, ge=0)

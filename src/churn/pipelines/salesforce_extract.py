@@ -27,6 +27,7 @@ from simple_salesforce.exceptions import SalesforceError
 
 from churn.errors import ApiBudgetExhaustedError, ConfigError, SalesforceExtractError
 from churn.pipelines.salesforce_client import BudgetedSession, make_salesforce
+from churn.pipelines.salesforce_reconcile import reconcile_deletions, reconcile_due
 from churn.pipelines.warehouse import transaction, utcnow
 from churn.settings import Settings
 
@@ -383,6 +384,7 @@ def extract_salesforce(
     *,
     progress: bool = True,
     sf: Salesforce | None = None,
+    reconcile: bool = False,
 ) -> SalesforceExtractResult:
     """Extract every stream; raises ApiBudgetExhaustedError after landing what it could."""
     session = BudgetedSession(
@@ -401,10 +403,17 @@ def extract_salesforce(
     result = SalesforceExtractResult()
     try:
         result.multi_currency = detect_multi_currency(sf)
-        for stream in streams(settings, multi_currency=result.multi_currency):
+        chosen = streams(settings, multi_currency=result.multi_currency)
+        for stream in chosen:
             result.counts[stream.name] = extract_stream(sf, con, stream, settings)
             if progress:
                 print(f"salesforce {stream.name}: {result.counts[stream.name]} rows")
+        if reconcile or reconcile_due(con, settings, utcnow()):
+            result.counts.update(
+                reconcile_deletions(
+                    sf, con, settings, [(s.name, s.sobject, s.where) for s in chosen]
+                )
+            )
     except ApiBudgetExhaustedError as exc:
         result.api_calls = session.calls - start_calls
         done = ", ".join(f"{k}={v}" for k, v in result.counts.items()) or "nothing"

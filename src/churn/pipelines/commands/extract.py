@@ -66,7 +66,14 @@ def register_salesforce(app: typer.Typer, state: CliState) -> None:
     group = _extract_group(app)
 
     @group.command("salesforce")
-    def extract_salesforce_cmd() -> None:
+    def extract_salesforce_cmd(
+        reconcile: Annotated[
+            bool,
+            typer.Option(
+                "--reconcile", help="Also list live Ids and mark records purged for good."
+            ),
+        ] = False,
+    ) -> None:
         """Extract Accounts, Opportunities, Contacts, Users, Tasks and currency rates."""
         from churn.pipelines.commands import guarded
         from churn.pipelines.salesforce_extract import extract_salesforce
@@ -75,7 +82,7 @@ def register_salesforce(app: typer.Typer, state: CliState) -> None:
         def go() -> None:
             con = connect(state.settings.db)
             try:
-                result = extract_salesforce(state.settings, con)
+                result = extract_salesforce(state.settings, con, reconcile=reconcile)
             finally:
                 con.close()
             counts = ", ".join(f"{k}={v}" for k, v in result.counts.items())
