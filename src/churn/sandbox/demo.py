@@ -50,20 +50,21 @@ def ensure_world(root: Path, accounts: int, seed: int, *, now: datetime | None =
     return folder
 
 
-def read_stripe(folder: Path, obj: str) -> list[dict[str, Any]]:
-    path = folder / "stripe" / f"{obj}.jsonl.gz"
+def read_records(folder: Path, system: str, name: str) -> list[dict[str, Any]]:
+    """A world's ``<system>/<name>.jsonl.gz`` records (none when the file is absent)."""
+    path = folder / system / f"{name}.jsonl.gz"
     if not path.exists():
         return []
     with gzip.open(path, "rt") as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def read_stripe(folder: Path, obj: str) -> list[dict[str, Any]]:
+    return read_records(folder, "stripe", obj)
 
 
 def read_sf(folder: Path, sobject: str) -> list[dict[str, Any]]:
-    path = folder / "salesforce" / f"{sobject}.jsonl.gz"
-    if not path.exists():
-        return []
-    with gzip.open(path, "rt") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    return read_records(folder, "salesforce", sobject)
 
 
 @dataclass
