@@ -64,6 +64,8 @@ class StripeSettings(_Section):
     #: A scheduled reconciliation re-lists invoices, charges and refunds created in the
     #: last this many days only (0: all); ``--reconcile`` and a stale cursor re-list all.
     reconcile_window_days: int = Field(60, ge=0)
+    #: A backfill commits this many list pages per transaction (with their cursor).
+    land_batch_pages: int = Field(10, ge=1)
     #: Each events read starts this many seconds before the cursor (ids de-duplicate).
     events_overlap_seconds: int = Field(300, ge=0)
     #: How the API lists events: Stripe lists newest first; ``auto`` reads it from the

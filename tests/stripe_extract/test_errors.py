@@ -540,3 +540,23 @@ def test_a_scheduled_reconciliation_relists_recent_invoices_only(
     assert result.counts["reconcile_deleted_invoice"] == 1
     assert state() == [("in_1", "paid", True), ("in_2", "paid", False)]
     con.close()
+
+
+def test_a_backfill_lands_several_pages_per_transaction(
+    server: tuple[str, Script], db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    base, script = server
+    for i in range(1, 6):
+        script.add("/v1/customers", 200, {**_page(_customer(i, f"C{i}")), "has_more": i < 5})
+    settings = _settings(db_path, base).with_overrides(stripe={"land_batch_pages": 2})
+    con = warehouse.connect(db_path)
+    with caplog.at_level("DEBUG", logger="churn.pipelines.stripe_extract"):
+        extract_stripe(settings, con, progress=False)
+    commits = [
+        r.getMessage()
+        for r in caplog.records
+        if "stream customer: page committed" in r.getMessage()
+    ]
+    assert [m.split("(")[1].split(",")[0] for m in commits] == ["2 pages", "2 pages", "1 pages"]
+    assert con.execute("SELECT count(*) FROM raw_stripe_customer").fetchone() == (5,)
+    con.close()

@@ -309,21 +309,33 @@ class _Run:
         self, stream: Stream, objects: list[dict[str, Any]], fetched: datetime, source: str
     ) -> int:
         """Land listed objects and what they embed; inside the caller's transaction."""
-        check_mode(self.settings.stripe.key_mode, objects, f"stream {stream.name}")
-        # Lists of the same second: the later fetch wins (sequence = its microsecond).
-        version = Version(
-            source,
-            stripe_land.list_version_ts(fetched),
-            fetched.microsecond,
-            "",
-            self.api.api_version,
-        )
+        return self._land_pages(stream, [(objects, fetched)], source)
+
+    def _land_pages(
+        self,
+        stream: Stream,
+        pages: list[tuple[list[dict[str, Any]], datetime]],
+        source: str,
+    ) -> int:
+        """Land several listed pages in one statement per table, each object versioned by
+        its own page's fetch time; inside the caller's transaction."""
         main: list[tuple[dict[str, Any], Version]] = []
         embedded: list[tuple[dict[str, Any], Version]] = []
-        for obj in objects:
-            flat, inner = flatten(obj)
-            main.append((flat, version))
-            embedded.extend((e, version) for e in inner)
+        fetched = pages[-1][1] if pages else utcnow()
+        for objects, page_fetched in pages:
+            check_mode(self.settings.stripe.key_mode, objects, f"stream {stream.name}")
+            # Lists of the same second: the later fetch wins (sequence = its microsecond).
+            version = Version(
+                source,
+                stripe_land.list_version_ts(page_fetched),
+                page_fetched.microsecond,
+                "",
+                self.api.api_version,
+            )
+            for obj in objects:
+                flat, inner = flatten(obj)
+                main.append((flat, version))
+                embedded.extend((e, version) for e in inner)
         land(self.con, stream.name, main, fetched)
         if embedded:
             check_mode(
@@ -366,16 +378,34 @@ class _Run:
         if details.get("done"):
             return
         task = self._task(stream.name)
-        for objects, has_more, path in self._pages(
-            stream, cursor, details.get("path", stream.path)
-        ):
-            fetched = utcnow()
+        # Several pages per transaction: a statement's fixed cost (about 40 ms against a
+        # million-row table) paid once per batch instead of once per 100 objects. The
+        # cursor still moves with the rows it covers; a kill loses at most one batch.
+        batch: list[tuple[list[dict[str, Any]], datetime]] = []
+        last, path = cursor, details.get("path", stream.path)
+
+        def commit(done: bool) -> None:
+            nonlocal batch
             with transaction(self.con):
-                n = self._land_listed(stream, objects, fetched, "list")
-                last = objects[-1]["id"] if objects else cursor
-                self._set_state(key, last, fetched, {"done": not has_more, "path": path})
-            log.debug("stream %s: page committed (%d objects, after %s)", stream.name, n, last)
+                n = self._land_pages(stream, batch, "list")
+                self._set_state(key, last, batch[-1][1], {"done": done, "path": path})
+            # "page committed" is what the kill tests wait for between transactions.
+            log.debug("stream %s: page committed (%d pages, %d objects, after %s)",
+                      stream.name, len(batch), n, last)  # fmt: skip
             self._advance(task, n)
+            batch = []
+
+        try:
+            for objects, has_more, asked in self._pages(stream, cursor, path):
+                batch.append((objects, utcnow()))
+                path = asked  # the path that answered (/v1/plans on an old API)
+                last = objects[-1]["id"] if objects else last
+                if not has_more or len(batch) >= self.settings.stripe.land_batch_pages:
+                    commit(done=not has_more)
+        except StripeExtractError:
+            if batch:  # what was fetched before the failure lands: the rerun goes on from it
+                commit(done=False)
+            raise
         self._finish(task)
 
     # -- events ------------------------------------------------------------------------
