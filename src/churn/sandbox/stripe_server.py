@@ -90,7 +90,9 @@ class _Table:
             self._store(obj, line)
         self.keys.sort()
 
-    def _store(self, obj: dict[str, Any], line: str | None = None) -> bool:
+    def _store(
+        self, obj: dict[str, Any], line: str | None = None, *, insert_sorted: bool = False
+    ) -> bool:
         oid = obj["id"]
         new = oid not in self.raw
         self.raw[oid] = line if line is not None else json.dumps(obj, separators=(",", ":"))
@@ -100,13 +102,15 @@ class _Table:
             **{f: obj.get(f) for f in FILTERS if f in obj},
             "_parent_subscription": parent.get("subscription"),
         }
-        if new:
+        if new and insert_sorted:
+            bisect.insort(self.keys, _key(obj))
+        elif new:
             self.keys.append(_key(obj))
         return new
 
     def put(self, obj: dict[str, Any]) -> None:
-        if self._store(obj):
-            self.keys.sort()
+        # One insertion, not a re-sort: advance() puts an event at a time into millions.
+        self._store(obj, insert_sorted=True)
 
     def get(self, oid: str) -> dict[str, Any] | None:
         raw = self.raw.get(oid)
