@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -288,4 +288,32 @@ def test_records_purged_from_the_recycle_bin_are_found_by_the_reconcile(tmp_path
         ]
         raw = con.execute("SELECT is_deleted FROM raw_sf_account WHERE id = ?", [purged])
         assert raw.fetchall() == [(True,)]
+        con.close()
+
+
+@pytest.mark.slow
+def test_a_burst_of_records_is_not_reread_by_every_later_run(tmp_path: Path) -> None:
+    """A data load (or our own push) stamps many records within the lookback window of
+    the cursor. The lookback must not re-read them on every run for ever: a later run,
+    started well after the burst, begins at the watermark the org's clock gave."""
+    clock = [datetime(2026, 3, 1, 9, 0, 0)]  # noqa: DTZ001
+    with start_salesforce_server(batch_size=200, clock=lambda: clock[0]) as running:
+        running.seed("Contact", [{"LastName": f"C{i}"} for i in range(50)])
+        settings = _settings(running, tmp_path / "w.duckdb", lookback_seconds=300)
+        con = connect(settings.db)
+        clock[0] += timedelta(seconds=30)  # the first read: right after the load
+        assert extract_salesforce(settings, con, progress=False).counts["contact"] == 50
+        # Still within the lookback of the burst: it is read again (late commits).
+        clock[0] += timedelta(seconds=60)
+        assert extract_salesforce(settings, con, progress=False).counts["contact"] == 50
+        # The next scheduled run starts from the last read's watermark (still before the
+        # burst) and is the last to re-read it: its own start is well past the burst.
+        clock[0] += timedelta(minutes=15)
+        assert extract_salesforce(settings, con, progress=False).counts["contact"] == 50
+        for _ in range(3):  # from then on, nothing: not re-read for ever
+            clock[0] += timedelta(minutes=15)
+            assert extract_salesforce(settings, con, progress=False).counts["contact"] == 0
+        running.seed("Contact", [{"LastName": "new"}])
+        assert extract_salesforce(settings, con, progress=False).counts["contact"] == 1
+        assert _rows(con, "SELECT count(*) FROM core_contacts") == [(51,)]
         con.close()

@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
@@ -52,6 +54,8 @@ class BudgetedSession(requests.Session):
         self.limit: int | None = None
         self.calls = 0
         self.retries = 0
+        #: The org's clock as of the last response (its ``Date`` header), naive UTC.
+        self.server_time: datetime | None = None
         self.max_retries = max_retries
         self.backoff_seconds = backoff_seconds
         self.sleep = sleep
@@ -107,6 +111,18 @@ class BudgetedSession(requests.Session):
         match = _USAGE.search(response.headers.get("Sforce-Limit-Info", ""))
         if match:
             self.used, self.limit = int(match[1]), int(match[2])
+        self.server_time = _http_date(response.headers.get("Date")) or self.server_time
+
+
+def _http_date(text: str | None) -> datetime | None:
+    """An HTTP ``Date`` header as naive UTC (the org's clock, to the second)."""
+    if not text:
+        return None
+    try:
+        value = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
 
 
 def _path(url: str | bytes) -> str:

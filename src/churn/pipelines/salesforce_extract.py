@@ -270,21 +270,69 @@ def _cursor(con: duckdb.DuckDBPyConnection, stream: str) -> datetime | None:
     return rows[0][0] if rows and rows[0][0] is not None else None
 
 
+def _watermark(con: duckdb.DuckDBPyConnection, stream: str) -> datetime | None:
+    rows = con.execute(
+        "SELECT details->>'watermark' FROM sync_state WHERE stream = ?", [f"salesforce.{stream}"]
+    ).fetchall()
+    return datetime.fromisoformat(rows[0][0]) if rows and rows[0][0] else None
+
+
+def _set_watermark(con: duckdb.DuckDBPyConnection, stream: str, mark: datetime) -> None:
+    """After a complete read: everything stamped before ``mark`` has been seen."""
+    con.execute(
+        "UPDATE sync_state SET details = json_merge_patch(coalesce(details, '{}'),"
+        " json_object('watermark', ?)) WHERE stream = ?",
+        [mark.isoformat(), f"salesforce.{stream}"],
+    )
+
+
+def since_for(
+    cursor: datetime | None, watermark: datetime | None, lookback: int
+) -> datetime | None:
+    """Where the next read starts: ``lookback`` before the newest stamp seen (a record
+    committed late with an older stamp is caught), but never before the watermark, the
+    start of the last complete read minus ``lookback``. Without it, a burst of records
+    stamped together (a data load, our own push) would be re-read by every run for as long
+    as nothing newer arrived."""
+    if cursor is None:
+        return None
+    since = cursor - timedelta(seconds=lookback)
+    return max(since, watermark) if watermark is not None else since
+
+
 def extract_stream(
     sf: Salesforce, con: duckdb.DuckDBPyConnection, stream: Stream, settings: Settings
 ) -> int:
     """Read one stream page by page from its cursor; returns rows landed."""
-    cursor = _cursor(con, stream.name)
-    since = (
-        None if cursor is None else cursor - timedelta(seconds=settings.salesforce.lookback_seconds)
-    )
-    soql = build_soql(stream, since)
+    lookback = settings.salesforce.lookback_seconds
+    since = since_for(_cursor(con, stream.name), _watermark(con, stream.name), lookback)
+    server_time: list[datetime] = []
+    landed = _read_stream(sf, con, stream, settings, build_soql(stream, since), server_time)
+    if server_time:
+        # The org's own clock when the read began (no skew with ours to reason about).
+        _set_watermark(con, stream.name, server_time[0] - timedelta(seconds=lookback))
+    return landed
+
+
+def _read_stream(
+    sf: Salesforce,
+    con: duckdb.DuckDBPyConnection,
+    stream: Stream,
+    settings: Settings,
+    soql: str,
+    server_time: list[datetime],
+) -> int:
+    """Read every row of ``soql``; appends to ``server_time`` the org's clock as the
+    first answer came (its Date header, one second early to cover its rounding down)."""
     landed = 0
     try:
         # The first page's totalSize tells the size: no COUNT() call (a second scan of the
         # same rows, and one more API call per stream per run). Above the threshold the page
         # is dropped and a Bulk API 2.0 job reads everything.
         page = sf.query(soql, include_deleted=True)
+        answered = getattr(sf.session, "server_time", None)
+        if isinstance(answered, datetime):
+            server_time.append(answered - timedelta(seconds=1))
         total = int(page.get("totalSize") or 0)
         if total > settings.salesforce.bulk_threshold:
             return extract_stream_bulk(sf, con, stream, settings, soql)

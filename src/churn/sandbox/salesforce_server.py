@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -289,6 +290,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         return  # quiet: tests read the request log instead
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The Date header from the org's clock, as Salesforce stamps its records."""
+        if timestamp is None:
+            timestamp = self.server.org.clock().replace(tzinfo=UTC).timestamp()
+        return formatdate(timestamp, usegmt=True)
 
     def do_GET(self) -> None:
         self._dispatch("GET")
