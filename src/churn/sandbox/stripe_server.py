@@ -156,13 +156,16 @@ class StripeWorld:
     def advance(self, share: float, *, seconds: int = 3600, seed: int = 0) -> int:
         """Change ``share`` of the live subscriptions (a seat more or less) and emit events.
 
-        The world's clock moves ``seconds`` forward; returns how many subscriptions changed.
+        The world's clock moves ``seconds`` forward, and never stays behind the wall clock:
+        a world generated for an earlier day and served now changes now, as Stripe would
+        stamp it (events in the past would fall before a client's cursor). Returns how many
+        subscriptions changed.
         """
         import random
 
         rnd = random.Random(seed)
         with self.lock:
-            self.now += seconds
+            self.now = max(self.now + seconds, int(time.time()))
             table = self.tables["subscription"]
             subs = [i for i, m in table.meta.items()
                     if m.get("status") in ("active", "past_due", "trialing")]  # fmt: skip
