@@ -105,6 +105,11 @@ def _load_salesforce(running: Any, folder: Path) -> dict[str, str]:
             for row, new in zip(rows, new_ids, strict=True):
                 rec = store.pop(new)
                 rec["Id"] = row["Id"]
+                # The world's own stamps, not the load time: serving the same world again
+                # must not look to an incremental extract like 100,000 fresh edits.
+                for stamp in ("SystemModstamp", "CreatedDate", "LastModifiedDate"):
+                    if row.get("SystemModstamp"):
+                        rec[stamp] = row["SystemModstamp"]
                 store[row["Id"]] = rec
                 ids[row["Id"]] = row["Id"]
     return ids
