@@ -38,7 +38,9 @@ def test_csv_and_parquet_upsert_and_quarantine(tmp_path: Path) -> None:
     settings = _settings(tmp_path, feed)
     con = connect(settings.db)
     first = load_usage(settings, con)
-    assert first.counts == {"files": 2, "rows": 2, "quarantined": 4, "account_field": 0}
+    assert first.counts == {
+        "files": 2, "rows": 2, "quarantined": 4, "account_field": 0, "files_unchanged": 0
+    }  # fmt: skip
     rows = con.execute(
         "SELECT account_id, CAST(day AS VARCHAR), active_seats, source FROM core_usage ORDER BY 1"
     ).fetchall()
@@ -50,9 +52,16 @@ def test_csv_and_parquet_upsert_and_quarantine(tmp_path: Path) -> None:
         ("a.csv:5", "day is not a YYYY-MM-DD date"),
         ("a.csv:6", "active_seats is negative"),
     ]
-    load_usage(settings, con)
+    again = load_usage(settings, con)
+    assert again.counts["files_unchanged"] == 2 and again.counts["files"] == 0
     assert con.execute("SELECT count(*) FROM core_usage").fetchall() == [(2,)]
     assert con.execute("SELECT count(*) FROM quarantine").fetchall() == [(4,)]
+    # A file that changed is loaded again (an upsert: what it still holds stays once).
+    with (feed / "a.csv").open("a") as fh:
+        fh.write("001A,2025-01-05,9\n")
+    third = load_usage(settings, con)
+    assert third.counts["files"] == 1 and third.counts["files_unchanged"] == 1
+    assert con.execute("SELECT count(*) FROM core_usage").fetchall() == [(3,)]
 
 
 def test_account_field_source_and_config_errors(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -103,9 +104,16 @@ def load_usage(settings: Settings, con: duckdb.DuckDBPyConnection) -> UsageResul
         if not folder.is_dir():
             raise ConfigError(f"CHURN_USAGE__FOLDER {folder} is not a folder")
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".csv", ".parquet"))
+        result.counts["files_unchanged"] = 0
         for path in files:
+            # A file loaded before and not touched since is skipped: a feed of daily files
+            # costs one file a day, not the whole history every run.
+            stamp = _file_stamp(path)
+            if _loaded_stamp(con, path) == stamp:
+                result.counts["files_unchanged"] += 1
+                continue
             good, bad = validate_usage(read_usage_file(path))
-            _land(con, good.with_columns(pl.lit(now).alias("loaded_at")), bad, now)
+            _land(con, good.with_columns(pl.lit(now).alias("loaded_at")), bad, now, path, stamp)
             result.counts["files"] += 1
             result.counts["rows"] += good.height
             result.counts["quarantined"] += bad.height
@@ -127,8 +135,25 @@ def load_usage(settings: Settings, con: duckdb.DuckDBPyConnection) -> UsageResul
     return result
 
 
+def _file_stamp(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _loaded_stamp(con: duckdb.DuckDBPyConnection, path: Path) -> str | None:
+    rows = con.execute(
+        "SELECT cursor FROM sync_state WHERE stream = ?", [f"usage:file:{path.name}"]
+    ).fetchall()
+    return rows[0][0] if rows else None
+
+
 def _land(
-    con: duckdb.DuckDBPyConnection, good: pl.DataFrame, bad: pl.DataFrame, now: object
+    con: duckdb.DuckDBPyConnection,
+    good: pl.DataFrame,
+    bad: pl.DataFrame,
+    now: datetime,
+    path: Path,
+    stamp: str,
 ) -> None:
     con.register("usage_good", good.to_arrow())
     con.register("usage_bad", bad.to_arrow())
@@ -140,6 +165,15 @@ def _land(
                   (source, stream, object_id, reason, payload, run_id, quarantined_at)
                 SELECT 'usage', 'usage', object_id, reason, payload, NULL, ? FROM usage_bad""",
                 [now],
+            )
+            # The file's size and modification time, with its rows: a kill before the
+            # commit leaves neither, and the next run loads the file again.
+            con.execute(
+                """INSERT INTO sync_state (stream, cursor, cursor_ts, updated_at)
+                VALUES (?, ?, ?, ?) ON CONFLICT (stream) DO UPDATE SET
+                  cursor = excluded.cursor, cursor_ts = excluded.cursor_ts,
+                  updated_at = excluded.updated_at""",
+                [f"usage:file:{path.name}", stamp, now, now],
             )
     finally:
         con.unregister("usage_good")
