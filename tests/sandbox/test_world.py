@@ -94,8 +94,14 @@ def test_chunked_world_has_unique_ids_and_one_catalogue(tmp_path: Path) -> None:
     accounts = ids("Account", "salesforce")
     assert len(accounts) == len(set(accounts))
     with gzip.open(tmp_path / "w/salesforce/Account.jsonl.gz", "rt") as fh:
-        owners = {json.loads(x)["OwnerId"] for x in fh}
-    assert owners <= set(ids("User", "salesforce"))
+        rows = [json.loads(x) for x in fh]
+    assert {r["OwnerId"] for r in rows} <= set(ids("User", "salesforce"))
+    # Company names and domains are unique across chunks (else domains link wrongly).
+    websites = [r["Website"] for r in rows]
+    assert len(websites) == len(set(websites))
+    with gzip.open(tmp_path / "w/stripe/customer.jsonl.gz", "rt") as fh:
+        emails = [json.loads(x)["email"] for x in fh]
+    assert len({e.split("@")[1] for e in emails if e}) == len([e for e in emails if e])
 
 
 def test_cli_generate_writes_a_world(tmp_path: Path) -> None:
