@@ -39,7 +39,7 @@ demo: venv
 
 ## make bench: the benchmark suite; figures printed and written to benchmarks/results.json
 bench: venv
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
