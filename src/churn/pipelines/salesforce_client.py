@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
 from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import SalesforceError
 
 from churn.errors import ApiBudgetExhaustedError, ConfigError, SalesforceExtractError
 from churn.settings import SalesforceSettings
@@ -189,3 +191,43 @@ def _oauth(s: SalesforceSettings, session: requests.Session) -> tuple[str, str]:
         )
     body = response.json()
     return str(body["access_token"]), str(body.get("instance_url") or base)
+
+
+def query_pages(
+    sf: Salesforce, soql: str, *, include_deleted: bool = False
+) -> Iterator[dict[str, Any]]:
+    """The pages of one SOQL query, following ``nextRecordsUrl``."""
+    page = sf.query(soql, include_deleted=include_deleted)
+    while True:
+        yield page
+        if page.get("done", True) or not page.get("nextRecordsUrl"):
+            return
+        page = sf.query_more(
+            page["nextRecordsUrl"], identifier_is_url=True, include_deleted=include_deleted
+        )
+
+
+def error_codes(exc: SalesforceError) -> str:
+    """Salesforce's ``errorCode: message`` list of an error answer."""
+    content = exc.content
+    if isinstance(content, list):
+        return ", ".join(
+            f"{e.get('errorCode')}: {e.get('message')}" for e in content if isinstance(e, dict)
+        )
+    return str(exc.status)
+
+
+@contextmanager
+def salesforce_errors(what: str) -> Iterator[None]:
+    """Turn the SDK's and the transport's errors into :class:`SalesforceExtractError`
+    naming ``what`` was being read, with Salesforce's codes and no secrets."""
+    try:
+        yield
+    except SalesforceError as exc:
+        raise SalesforceExtractError(
+            f"{what}: {exc.__class__.__name__} from {exc.url}: {error_codes(exc)}"
+        ) from None
+    except requests.RequestException as exc:
+        raise SalesforceExtractError(
+            f"{what}: {type(exc).__name__} talking to the instance"
+        ) from None

@@ -21,14 +21,19 @@ from typing import Any
 
 import duckdb
 import polars as pl
-import requests
 from simple_salesforce import Salesforce, format_soql
 from simple_salesforce.exceptions import SalesforceError
 
 from churn.errors import ApiBudgetExhaustedError, ConfigError, SalesforceExtractError
-from churn.pipelines.salesforce_client import BudgetedSession, make_salesforce
+from churn.pipelines.salesforce_client import (
+    BudgetedSession,
+    error_codes,
+    make_salesforce,
+    query_pages,
+    salesforce_errors,
+)
 from churn.pipelines.salesforce_reconcile import reconcile_deletions, reconcile_due
-from churn.pipelines.warehouse import transaction, utcnow
+from churn.pipelines.warehouse import read_state, transaction, utcnow
 from churn.settings import Settings
 
 _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -263,18 +268,14 @@ def _move_cursor(con: duckdb.DuckDBPyConnection, stream: str, top: datetime) -> 
 
 
 def _cursor(con: duckdb.DuckDBPyConnection, stream: str) -> datetime | None:
-    # fetchall, not fetchone: DuckDB 2 keeps an unfinished result busy on the connection
-    rows = con.execute(
-        "SELECT cursor_ts FROM sync_state WHERE stream = ?", [f"salesforce.{stream}"]
-    ).fetchall()
-    return rows[0][0] if rows and rows[0][0] is not None else None
+    state = read_state(con, f"salesforce.{stream}")
+    return state.cursor_ts if state else None
 
 
 def _watermark(con: duckdb.DuckDBPyConnection, stream: str) -> datetime | None:
-    rows = con.execute(
-        "SELECT details->>'watermark' FROM sync_state WHERE stream = ?", [f"salesforce.{stream}"]
-    ).fetchall()
-    return datetime.fromisoformat(rows[0][0]) if rows and rows[0][0] else None
+    state = read_state(con, f"salesforce.{stream}")
+    mark = (state.details or {}).get("watermark") if state else None
+    return datetime.fromisoformat(mark) if mark else None
 
 
 def _set_watermark(con: duckdb.DuckDBPyConnection, stream: str, mark: datetime) -> None:
@@ -306,53 +307,33 @@ def extract_stream(
     """Read one stream page by page from its cursor; returns rows landed."""
     lookback = settings.salesforce.lookback_seconds
     since = since_for(_cursor(con, stream.name), _watermark(con, stream.name), lookback)
-    server_time: list[datetime] = []
-    landed = _read_stream(sf, con, stream, settings, build_soql(stream, since), server_time)
-    if server_time:
+    landed, began = _read_stream(sf, con, stream, settings, build_soql(stream, since))
+    if began is not None:
         # The org's own clock when the read began (no skew with ours to reason about).
-        _set_watermark(con, stream.name, server_time[0] - timedelta(seconds=lookback))
+        _set_watermark(con, stream.name, began - timedelta(seconds=lookback))
     return landed
 
 
 def _read_stream(
-    sf: Salesforce,
-    con: duckdb.DuckDBPyConnection,
-    stream: Stream,
-    settings: Settings,
-    soql: str,
-    server_time: list[datetime],
-) -> int:
-    """Read every row of ``soql``; appends to ``server_time`` the org's clock as the
-    first answer came (its Date header, one second early to cover its rounding down)."""
-    landed = 0
-    try:
-        # The first page's totalSize tells the size: no COUNT() call (a second scan of the
-        # same rows, and one more API call per stream per run). Above the threshold the page
-        # is dropped and a Bulk API 2.0 job reads everything.
-        page = sf.query(soql, include_deleted=True)
-        answered = getattr(sf.session, "server_time", None)
-        if isinstance(answered, datetime):
-            server_time.append(answered - timedelta(seconds=1))
-        total = int(page.get("totalSize") or 0)
-        if total > settings.salesforce.bulk_threshold:
-            return extract_stream_bulk(sf, con, stream, settings, soql)
-        while True:
+    sf: Salesforce, con: duckdb.DuckDBPyConnection, stream: Stream, settings: Settings, soql: str
+) -> tuple[int, datetime | None]:
+    """Read every row of ``soql``; returns the rows landed and the org's clock as the first
+    answer came (its Date header, one second early to cover its rounding down)."""
+    landed, began = 0, None
+    with salesforce_errors(f"Salesforce stream {stream.name}"):
+        for page in query_pages(sf, soql, include_deleted=True):
+            if began is None:
+                answered = getattr(sf.session, "server_time", None)
+                began = answered - timedelta(seconds=1) if isinstance(answered, datetime) else None
+                # The first page's totalSize tells the size: no COUNT() call (a second scan
+                # of the same rows, and one more API call per stream per run). Above the
+                # threshold the page is dropped and a Bulk API 2.0 job reads everything.
+                if int(page.get("totalSize") or 0) > settings.salesforce.bulk_threshold:
+                    return extract_stream_bulk(sf, con, stream, settings, soql), began
             frame = page_frame(page.get("records", []), utcnow())
             land_page(con, stream.name, frame, settings)
             landed += frame.height
-            if page.get("done", True) or not page.get("nextRecordsUrl"):
-                return landed
-            page = sf.query_more(
-                page["nextRecordsUrl"], identifier_is_url=True, include_deleted=True
-            )
-    except SalesforceError as exc:
-        raise SalesforceExtractError(
-            f"Salesforce stream {stream.name}: {exc.__class__.__name__} from {exc.url}: {_codes(exc)}"
-        ) from None
-    except requests.RequestException as exc:
-        raise SalesforceExtractError(
-            f"Salesforce stream {stream.name}: {type(exc).__name__} talking to the instance"
-        ) from None
+    return landed, began
 
 
 def _bulk_value(text: str) -> Any:
@@ -407,21 +388,14 @@ def extract_stream_bulk(
     return landed
 
 
-def _codes(exc: SalesforceError) -> str:
-    content = exc.content
-    if isinstance(content, list):
-        return ", ".join(
-            f"{e.get('errorCode')}: {e.get('message')}" for e in content if isinstance(e, dict)
-        )
-    return str(exc.status)
-
-
 def detect_multi_currency(sf: Salesforce) -> bool:
     """Multi-currency orgs have CurrencyIsoCode on Account (describe tells)."""
     try:
         described = sf.restful("sobjects/Account/describe")
     except SalesforceError as exc:
-        raise SalesforceExtractError(f"Salesforce describe Account failed: {_codes(exc)}") from None
+        raise SalesforceExtractError(
+            f"Salesforce describe Account failed: {error_codes(exc)}"
+        ) from None
     fields = (described or {}).get("fields", [])
     return any(f.get("name") == "CurrencyIsoCode" for f in fields)
 

@@ -15,21 +15,20 @@ from datetime import datetime, timedelta
 
 import duckdb
 import polars as pl
-import requests
 from simple_salesforce import Salesforce
-from simple_salesforce.exceptions import SalesforceError
 
-from churn.errors import SalesforceExtractError
-from churn.pipelines.warehouse import transaction, utcnow
+from churn.pipelines.salesforce_client import query_pages, salesforce_errors
+from churn.pipelines.warehouse import read_state, transaction, utcnow, write_state
 from churn.settings import Settings
 
-#: Core table and key column of each stream whose records can be deleted.
-CORE_KEYS: dict[str, tuple[str, str]] = {
+#: The streams whose records can be deleted, with their core table and key column (Tasks
+#: have no core table).
+CORE_KEYS: dict[str, tuple[str, str] | None] = {
     "account": ("core_accounts", "account_id"),
     "user": ("core_users", "user_id"),
     "opportunity": ("core_opportunities", "opportunity_id"),
     "contact": ("core_contacts", "contact_id"),
-    "task": ("", ""),
+    "task": None,
 }
 STATE = "salesforce.reconcile"
 
@@ -38,30 +37,16 @@ def reconcile_due(con: duckdb.DuckDBPyConnection, settings: Settings, now: datet
     hours = settings.salesforce.reconcile_every_hours
     if hours <= 0:
         return False
-    rows = con.execute("SELECT cursor_ts FROM sync_state WHERE stream = ?", [STATE]).fetchall()
-    last = rows[0][0] if rows else None
+    state = read_state(con, STATE)
+    last = state.cursor_ts if state else None
     return last is None or last < now - timedelta(hours=hours)
 
 
 def live_ids(sf: Salesforce, sobject: str, where: str, stream: str) -> list[str]:
     """Every live record's Id (``query``, not ``queryAll``: the recycle bin is not live)."""
     soql = f"SELECT Id FROM {sobject}" + (f" WHERE {where}" if where else "")
-    ids: list[str] = []
-    try:
-        page = sf.query(soql)
-        while True:
-            ids.extend(str(r["Id"]) for r in page.get("records", []))
-            if page.get("done", True) or not page.get("nextRecordsUrl"):
-                return ids
-            page = sf.query_more(page["nextRecordsUrl"], identifier_is_url=True)
-    except SalesforceError as exc:
-        raise SalesforceExtractError(
-            f"Salesforce reconcile {stream}: {exc.__class__.__name__} from {exc.url}"
-        ) from None
-    except requests.RequestException as exc:
-        raise SalesforceExtractError(
-            f"Salesforce reconcile {stream}: {type(exc).__name__} talking to the instance"
-        ) from None
+    with salesforce_errors(f"Salesforce reconcile {stream}"):
+        return [str(r["Id"]) for page in query_pages(sf, soql) for r in page.get("records", [])]
 
 
 def mark_missing_deleted(con: duckdb.DuckDBPyConnection, stream: str, ids: list[str]) -> int:
@@ -73,8 +58,9 @@ def mark_missing_deleted(con: duckdb.DuckDBPyConnection, stream: str, ids: list[
                 f"UPDATE raw_sf_{stream} SET is_deleted = TRUE"
                 " WHERE NOT is_deleted AND id NOT IN (SELECT id FROM _sf_live) RETURNING id"
             ).fetchall()
-            table, key = CORE_KEYS[stream]
-            if table and gone:
+            core = CORE_KEYS[stream]
+            if core is not None and gone:
+                table, key = core
                 con.execute(
                     f"UPDATE {table} SET is_deleted = TRUE WHERE {key} IN"
                     " (SELECT unnest(?::VARCHAR[]))",
@@ -99,12 +85,5 @@ def reconcile_deletions(
             continue
         ids = live_ids(sf, sobject, where, stream)
         counts[f"reconcile_deleted_{stream}"] = mark_missing_deleted(con, stream, ids)
-    with transaction(con):
-        con.execute(
-            """INSERT INTO sync_state (stream, cursor, cursor_ts, updated_at)
-            VALUES (?, NULL, ?, ?)
-            ON CONFLICT (stream) DO UPDATE SET cursor_ts = excluded.cursor_ts,
-              updated_at = excluded.updated_at""",
-            [STATE, started, utcnow()],
-        )
+    write_state(con, STATE, cursor_ts=started)
     return counts

@@ -46,7 +46,7 @@ from churn.pipelines.stripe_history import build_history
 from churn.pipelines.stripe_land import Version, check_mode, land, mark_deleted
 from churn.pipelines.stripe_normalise import normalise
 from churn.pipelines.stripe_streams import OBJECT_TABLES, STREAMS, Stream, flatten
-from churn.pipelines.warehouse import transaction, utcnow
+from churn.pipelines.warehouse import read_state, transaction, utcnow, write_state
 from churn.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -163,12 +163,10 @@ class _Run:
     # -- state -------------------------------------------------------------------------
 
     def _state(self, stream: str) -> tuple[str | None, datetime | None, dict[str, Any]]:
-        row = self.con.execute(
-            "SELECT cursor, cursor_ts, details FROM sync_state WHERE stream = ?", [stream]
-        ).fetchone()
-        if row is None:
+        state = read_state(self.con, stream)
+        if state is None:
             return None, None, {}
-        return row[0], row[1], json.loads(row[2]) if row[2] else {}
+        return state.cursor, state.cursor_ts, state.details or {}
 
     def _set_state(
         self,
@@ -177,10 +175,7 @@ class _Run:
         cursor_ts: datetime | None,
         details: dict[str, Any],
     ) -> None:
-        self.con.execute(
-            "INSERT OR REPLACE INTO sync_state VALUES (?, ?, ?, ?::JSON, ?)",
-            [stream, cursor, cursor_ts, json.dumps(details), utcnow()],
-        )
+        write_state(self.con, stream, cursor=cursor, cursor_ts=cursor_ts, details=details)
 
     def backfill_complete(self) -> bool:
         _, _, details = self._state(BACKFILL_PREFIX + "all")

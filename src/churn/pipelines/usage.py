@@ -18,7 +18,7 @@ import duckdb
 import polars as pl
 
 from churn.errors import ConfigError, ExtractError
-from churn.pipelines.warehouse import transaction, utcnow
+from churn.pipelines.warehouse import read_state, transaction, utcnow, write_state
 from churn.settings import Settings
 
 _FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -141,10 +141,8 @@ def _file_stamp(path: Path) -> str:
 
 
 def _loaded_stamp(con: duckdb.DuckDBPyConnection, path: Path) -> str | None:
-    rows = con.execute(
-        "SELECT cursor FROM sync_state WHERE stream = ?", [f"usage:file:{path.name}"]
-    ).fetchall()
-    return rows[0][0] if rows else None
+    state = read_state(con, f"usage:file:{path.name}")
+    return state.cursor if state else None
 
 
 def _land(
@@ -168,13 +166,7 @@ def _land(
             )
             # The file's size and modification time, with its rows: a kill before the
             # commit leaves neither, and the next run loads the file again.
-            con.execute(
-                """INSERT INTO sync_state (stream, cursor, cursor_ts, updated_at)
-                VALUES (?, ?, ?, ?) ON CONFLICT (stream) DO UPDATE SET
-                  cursor = excluded.cursor, cursor_ts = excluded.cursor_ts,
-                  updated_at = excluded.updated_at""",
-                [f"usage:file:{path.name}", stamp, now, now],
-            )
+            write_state(con, f"usage:file:{path.name}", cursor=stamp, cursor_ts=now)
     finally:
         con.unregister("usage_good")
         con.unregister("usage_bad")
