@@ -300,20 +300,14 @@ class _Run:
                 return found
             after = data[-1]["id"]
 
-    def _land_listed(
-        self, stream: Stream, objects: list[dict[str, Any]], fetched: datetime, source: str
-    ) -> int:
-        """Land listed objects and what they embed; inside the caller's transaction."""
-        return self._land_pages(stream, [(objects, fetched)], source)
-
     def _land_pages(
         self,
         stream: Stream,
         pages: list[tuple[list[dict[str, Any]], datetime]],
         source: str,
     ) -> int:
-        """Land several listed pages in one statement per table, each object versioned by
-        its own page's fetch time; inside the caller's transaction."""
+        """Land listed pages, and what they embed, in one statement per table, each object
+        versioned by its own page's fetch time; inside the caller's transaction."""
         main: list[tuple[dict[str, Any], Version]] = []
         embedded: list[tuple[dict[str, Any], Version]] = []
         fetched = pages[-1][1] if pages else utcnow()
@@ -525,7 +519,7 @@ class _Run:
             new += sum(1 for k in flat if k not in stored)
             changed += sum(1 for k, text in flat.items() if k in stored and text != stored[k])
             with transaction(self.con):
-                self._land_listed(stream, objects, utcnow(), "reconcile")
+                self._land_pages(stream, [(objects, utcnow())], "reconcile")
                 self.con.execute(
                     "INSERT INTO _reconcile_seen SELECT DISTINCT unnest(?::VARCHAR[]) "
                     "ON CONFLICT DO NOTHING",

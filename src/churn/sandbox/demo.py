@@ -107,8 +107,8 @@ def _load_salesforce(running: Any, folder: Path) -> dict[str, str]:
                 rec["Id"] = row["Id"]
                 # The world's own stamps, not the load time: serving the same world again
                 # must not look to an incremental extract like 100,000 fresh edits.
-                for stamp in ("SystemModstamp", "CreatedDate", "LastModifiedDate"):
-                    if row.get("SystemModstamp"):
+                if row.get("SystemModstamp"):
+                    for stamp in ("SystemModstamp", "CreatedDate", "LastModifiedDate"):
                         rec[stamp] = row["SystemModstamp"]
                 store[row["Id"]] = rec
                 ids[row["Id"]] = row["Id"]

@@ -494,7 +494,7 @@ class _Builder:
             leaving = rng.random() < vol_hazard * (period / MONTH)
             share = float(np.clip(0.72 + 0.18 * h + rng.normal(0, 0.12), 0.05, 1.0))
             if per_seat:  # a flat plan's quantity of 1 is not a seat count
-                self.daily_usage(customer["id"], item, t, period_end, share, leaving, rng)
+                self.daily_usage(customer["id"], item, t, period_end, share, leaving)
             # Seat and plan changes mid-period.
             mid = t + period // 2
             if mid < self.now and per_seat and rng.random() < 0.18:
@@ -583,7 +583,6 @@ class _Builder:
         end: int,
         share: float,
         leaving: bool,
-        rng: np.random.Generator,
     ) -> None:
         """Active seats per day of one period, for the days within ``USAGE_DAYS`` of now.
 
@@ -599,7 +598,7 @@ class _Builder:
             return
         seats = int(item["quantity"])
         days = np.arange(first, last, DAY)
-        daily = share + rng.normal(0, 0.05, len(days))
+        daily = share + self.rng.normal(0, 0.05, len(days))
         if leaving:
             decide = start + int((end - start) * 0.6)
             fade = np.clip((days - (decide - 45 * DAY)) / (45 * DAY), 0.0, 1.0)
