@@ -64,12 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     manifest = json.loads((folder / "world.json").read_text())
     stripe_objects = sum(v for k, v in manifest["counts"].items() if k != "event")
     db = args.data / f"bench-{args.accounts}.duckdb"
-    if not (args.reuse_backfill and db.exists()):
+    reuse = args.reuse_backfill and db.exists()
+    if not reuse:
         for p in (db, db.with_name(db.name + ".wal"), db.with_name(db.name + ".lock")):
             p.unlink(missing_ok=True)
     with serve_world(folder) as box:
         settings = demo_settings(box, db)
-        if args.reuse_backfill and db.exists():
+        if reuse:
             # Catch up first (untimed): whatever the code since the backfill does once,
             # such as a first Salesforce deletion reconcile, is not the 1% incremental.
             t0 = time.perf_counter()
