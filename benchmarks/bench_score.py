@@ -14,9 +14,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from churn.pipelines.score import score
-from churn.pipelines.warehouse import connect
+from churn.job.scoring import score
 from churn.settings import Settings
+from churn.warehouse import connect
 
 AS_OF = datetime.fromisoformat("2026-02-15")
 

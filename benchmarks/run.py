@@ -27,7 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from churn.pipelines.job import run_job
+from churn.job.run import run_job
 from churn.sandbox.demo import demo_settings, ensure_world, serve_world
 
 # A fixed world date so the cached world is reused across days.
@@ -133,8 +133,8 @@ def _score(db: Path, results: dict[str, float | int | str]) -> None:
     # Scoring alone, in its own process, so its peak memory is its own (not the stand-ins').
     code = (
         "import json, resource, sys, time\n"
-        "from churn.pipelines import warehouse\n"
-        "from churn.pipelines.score import score\n"
+        "from churn import warehouse\n"
+        "from churn.job.scoring import score\n"
         "from churn.settings import load_settings\n"
         "s = load_settings(env={'CHURN_DB': sys.argv[1]})\n"
         "con = warehouse.connect(s.db)\n"

@@ -6,7 +6,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from churn.pipelines import warehouse
+from churn import warehouse
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from churn.pipelines.cli import app
+from churn.cli import app
 
 
 def test_help_lists_the_command() -> None:

@@ -6,10 +6,10 @@ from pathlib import Path
 import polars as pl
 from typer.testing import CliRunner
 
-from churn.pipelines.cli import app
+from churn.cli import app
 from churn.pipelines.links import link_customers, match_customers
-from churn.pipelines.warehouse import connect
 from churn.settings import Settings
+from churn.warehouse import connect
 
 S = Settings().salesforce
 

@@ -13,10 +13,10 @@ import duckdb
 import pytest
 
 from churn.errors import ApiBudgetExhaustedError
-from churn.pipelines.salesforce_extract import build_soql, extract_salesforce, streams
-from churn.pipelines.warehouse import connect
-from churn.sandbox.salesforce_server import RunningSalesforce, start_salesforce_server
+from churn.pipelines.salesforce.extract import build_soql, extract_salesforce, streams
+from churn.sandbox.salesforce.server import RunningSalesforce, start_salesforce_server
 from churn.settings import Settings, load_settings
+from churn.warehouse import connect
 
 
 def _settings(running: RunningSalesforce, db: Path, **sf: object) -> Settings:
@@ -215,7 +215,7 @@ def test_bulk_query_above_threshold_lands_everything(tmp_path: Path) -> None:
 def test_cli_exits_3_when_the_budget_runs_out(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from churn.pipelines.cli import app
+    from churn.cli import app
 
     with start_salesforce_server(api_budget=505) as running:  # default reserve 500
         env = {**running.settings_env(), "CHURN_DB": str(tmp_path / "w.duckdb")}

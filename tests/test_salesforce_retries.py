@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from simple_salesforce.exceptions import SalesforceError
 
-from churn.pipelines.salesforce_client import BudgetedSession, make_salesforce
-from churn.pipelines.salesforce_extract import extract_salesforce
-from churn.pipelines.warehouse import connect
-from churn.sandbox.salesforce_server import start_salesforce_server
+from churn.pipelines.salesforce.client import BudgetedSession, make_salesforce
+from churn.pipelines.salesforce.extract import extract_salesforce
+from churn.sandbox.salesforce.server import start_salesforce_server
 from churn.settings import load_settings
+from churn.warehouse import connect
 
 
 def test_an_outage_is_retried_with_growing_waits() -> None:

@@ -9,8 +9,8 @@ from simple_salesforce import SalesforceMalformedRequest
 from simple_salesforce.exceptions import SalesforceError
 
 from churn.errors import ApiBudgetExhaustedError, SalesforceExtractError
-from churn.pipelines.salesforce_client import make_salesforce
-from churn.sandbox.salesforce_server import RunningSalesforce, start_salesforce_server
+from churn.pipelines.salesforce.client import make_salesforce
+from churn.sandbox.salesforce.server import RunningSalesforce, start_salesforce_server
 from churn.settings import SalesforceSettings, load_settings
 
 pytestmark = pytest.mark.slow

@@ -16,10 +16,10 @@ import pytest
 from typer.testing import CliRunner
 
 import churn.signals
+from churn.cli import app
 from churn.errors import ScoringError
-from churn.pipelines import score as score_module
-from churn.pipelines.cli import app
-from churn.pipelines.score import score
+from churn.job import scoring as score_module
+from churn.job.scoring import score
 from churn.settings import Settings, SignalSettings
 from churn.signals import SIGNALS
 from churn.signals.health import payment_health, risk_score
@@ -257,7 +257,7 @@ def test_tables_refuse_writes(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def test_cli_scores_a_past_date(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from churn.pipelines.warehouse import connect
+    from churn.warehouse import connect
 
     db = tmp_path / "w.duckdb"
     con = connect(db)
@@ -333,7 +333,7 @@ def test_mrr_without_a_rate_is_unknown_not_zero(
         ).fetchall()
     )
     assert mrr == {"ceur": None, "cusd": 1000}
-    from churn.pipelines.push import _desired_values
+    from churn.pipelines.push.sync import _desired_values
 
     row = {"total_mrr_minor": None, "reporting_currency": "USD", "payment_health": "Healthy"}
     assert "total_mrr" not in _desired_values(row, _settings(tmp_path))

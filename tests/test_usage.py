@@ -7,11 +7,11 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from churn.cli import app
 from churn.errors import ConfigError
-from churn.pipelines.cli import app
 from churn.pipelines.usage import load_usage
-from churn.pipelines.warehouse import connect
 from churn.settings import Settings
+from churn.warehouse import connect
 
 
 def _settings(tmp_path: Path, folder: Path | None, account_field: str | None = None) -> Settings:

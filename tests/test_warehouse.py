@@ -6,7 +6,7 @@ import duckdb
 import pytest
 
 from churn.errors import MigrationError
-from churn.pipelines import warehouse
+from churn.warehouse import connection as warehouse
 
 
 def test_open_applies_every_migration_once(db_path: Path) -> None:

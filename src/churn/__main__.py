@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-from churn.pipelines.cli import main
+from churn.cli import main
 
 main()

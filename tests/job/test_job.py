@@ -12,10 +12,10 @@ from typing import Any
 import duckdb
 import pytest
 
+from churn import warehouse
 from churn.errors import ApiBudgetExhaustedError, LockHeldError, StripeExtractError
-from churn.pipelines import warehouse
-from churn.pipelines.job import Step, run_job, run_lock
-from churn.pipelines.schedule import parse_every, schedule
+from churn.job.run import Step, run_job, run_lock
+from churn.job.scheduler import parse_every, schedule
 from churn.settings import load_settings
 
 
@@ -108,7 +108,7 @@ def test_two_churn_runs_started_together_one_exits_75(tmp_path: Path) -> None:
     holder_code = (
         "import sys, time, pathlib\n"
         "from types import SimpleNamespace\n"
-        "from churn.pipelines.job import Step, run_job\n"
+        "from churn.job.run import Step, run_job\n"
         "from churn.settings import load_settings\n"
         "gate = pathlib.Path(sys.argv[1])\n"
         "def wait(s, con, dry):\n"
@@ -148,8 +148,8 @@ def test_schedule_stops_between_steps_when_asked(tmp_path: Path, monkeypatch: An
         return SimpleNamespace(counts={}, api_calls=0)
 
     steps = (Step("stripe", first), Step("score", _ok({}, 0)))
-    monkeypatch.setattr("churn.pipelines.job.DEFAULT_STEPS", steps)
-    import churn.pipelines.schedule as sched
+    monkeypatch.setattr("churn.job.run.DEFAULT_STEPS", steps)
+    import churn.job.scheduler as sched
 
     def fake_run_job(settings: Any, **kw: Any) -> Any:
         return run_job(settings, steps=steps, **kw)
@@ -209,7 +209,7 @@ def test_a_killed_run_is_marked_interrupted_by_the_next(tmp_path: Path) -> None:
 
     holder_code = (
         "import time\n"
-        "from churn.pipelines.job import Step, run_job\n"
+        "from churn.job.run import Step, run_job\n"
         "from churn.settings import load_settings\n"
         "def hang(s, con, dry):\n"
         "    print('holding', flush=True)\n"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from churn.pipelines import warehouse
-from churn.pipelines.job import JobResult, StepOutcome
-from churn.pipelines.summary import headline_counts, pushed, render, top_risks
+from churn import warehouse
+from churn.job.run import JobResult, StepOutcome
+from churn.job.summary import headline_counts, pushed, render, top_risks
 
 T0 = datetime(2026, 11, 26, 12, 0)  # noqa: DTZ001 (naive UTC, as the warehouse stores it)
 

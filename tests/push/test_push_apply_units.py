@@ -10,7 +10,7 @@ import requests
 from simple_salesforce.exceptions import SalesforceRefusedRequest
 
 from churn.errors import ApiBudgetExhaustedError, PushError
-from churn.pipelines.push_apply import CallMeter, call_error, json_body
+from churn.pipelines.push.apply import CallMeter, call_error, json_body
 
 
 def test_json_body_writes_decimals_exactly() -> None:

@@ -10,9 +10,9 @@ import pytest
 from push_world import World, account_id
 from typer.testing import CliRunner
 
-from churn.pipelines import warehouse
-from churn.pipelines.cli import app
-from churn.pipelines.push import build_plan, push
+from churn import warehouse
+from churn.cli import app
+from churn.pipelines.push.sync import build_plan, push
 from churn.settings import Settings
 
 
@@ -105,7 +105,7 @@ def test_dry_run_prints_and_stores_the_plan_and_sends_nothing(
 
 
 def test_test_mode_data_is_detected(world: World, db_path: Path) -> None:
-    from churn.pipelines.push import has_test_data
+    from churn.pipelines.push.sync import has_test_data
 
     settings = _settings(db_path)
     assert not has_test_data(settings, world.con)

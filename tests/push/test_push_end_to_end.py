@@ -10,9 +10,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from churn.pipelines.push import push
-from churn.pipelines.score import score
-from churn.sandbox.salesforce_server import start_salesforce_server
+from churn.job.scoring import score
+from churn.pipelines.push.sync import push
+from churn.sandbox.salesforce.server import start_salesforce_server
 from churn.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -8,7 +8,7 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from churn.pipelines.push_plan import (
+from churn.pipelines.push.plan import (
     ACCOUNT,
     TASK,
     AccountInput,

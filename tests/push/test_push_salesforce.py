@@ -17,8 +17,8 @@ import pytest
 from push_world import AS_OF, World
 
 from churn.errors import ApiBudgetExhaustedError, ProductionSafetyError
-from churn.pipelines.push import PushResult, push
-from churn.sandbox.salesforce_server import RunningSalesforce, start_salesforce_server
+from churn.pipelines.push.sync import PushResult, push
+from churn.sandbox.salesforce.server import RunningSalesforce, start_salesforce_server
 from churn.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -234,7 +234,7 @@ def test_kill_during_apply_then_rerun_no_duplicate_task_no_lost_update(
     assert proc.returncode == -signal.SIGKILL
     assert 2 <= len(sf.records["Task"]) < 6
     sf.org.rules.clear()
-    from churn.pipelines import warehouse
+    from churn import warehouse
 
     con = warehouse.connect(db_path)
     try:
@@ -301,7 +301,7 @@ def test_cli_ends_non_zero_when_the_budget_runs_out_then_completes(
 ) -> None:
     from typer.testing import CliRunner
 
-    from churn.pipelines.cli import app
+    from churn.cli import app
 
     ids = _seed(world, sf, 4)
     world.con.close()

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from churn.pipelines import warehouse
-from churn.pipelines.job import run_job
+from churn import warehouse
+from churn.job.run import run_job
 from churn.sandbox.demo import demo_settings, ensure_world, serve_world
 
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from churn.pipelines.salesforce_client import make_salesforce
-from churn.sandbox.salesforce_server import start_salesforce_server
+from churn.pipelines.salesforce.client import make_salesforce
+from churn.sandbox.salesforce.server import start_salesforce_server
 from churn.settings import load_settings
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import stripe
 
-from churn.sandbox.stripe_server import stripe_server
+from churn.sandbox.stripe.server import stripe_server
 from churn.sandbox.world import World
 
 

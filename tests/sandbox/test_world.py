@@ -107,7 +107,7 @@ def test_chunked_world_has_unique_ids_and_one_catalogue(tmp_path: Path) -> None:
 def test_cli_generate_writes_a_world(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from churn.pipelines.cli import app
+    from churn.cli import app
 
     out = tmp_path / "w"
     result = CliRunner().invoke(

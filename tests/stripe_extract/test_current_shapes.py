@@ -13,11 +13,11 @@ import duckdb
 import pytest
 
 from churn.errors import ModeMismatchError
-from churn.pipelines.stripe_extract import apply_events
-from churn.pipelines.stripe_history import build_history
-from churn.pipelines.stripe_land import sequence_events
-from churn.pipelines.stripe_normalise import normalise
-from churn.pipelines.warehouse import transaction
+from churn.pipelines.stripe.extract import apply_events
+from churn.pipelines.stripe.history import build_history
+from churn.pipelines.stripe.land import sequence_events
+from churn.pipelines.stripe.normalise import normalise
+from churn.warehouse import transaction
 
 # Stripe's own examples of the current API shapes (a subset of fixtures3.json, MIT).
 FIXTURES = Path(__file__).with_name("fixtures3_subset.json")
@@ -223,7 +223,7 @@ def test_current_shapes_normalise(
 def test_same_events_twice_or_reversed_give_the_same_state(
     tmp_path: Path, resources: dict[str, Any]
 ) -> None:
-    from churn.pipelines import warehouse
+    from churn import warehouse
 
     sequenced = sequence_events(_world_events(resources), "oldest_first")
     assert sequence_events(list(reversed(_world_events(resources))), "newest_first") == sequenced
@@ -321,8 +321,8 @@ def test_subscription_first_seen_canceled_was_active_until_it_ended(
 def test_incremental_refresh_matches_a_whole_rebuild_and_touches_only_changes(
     con: duckdb.DuckDBPyConnection, resources: dict[str, Any]
 ) -> None:
-    from churn.pipelines.stripe_extract import refresh_core
-    from churn.pipelines.stripe_land import mark_deleted
+    from churn.pipelines.stripe.extract import refresh_core
+    from churn.pipelines.stripe.land import mark_deleted
 
     events = _world_events(resources)
     broken = copy.deepcopy(events[1]["data"]["object"])

@@ -14,10 +14,10 @@ from urllib.parse import unquote
 import duckdb
 import pytest
 
+from churn import warehouse
 from churn.errors import ModeMismatchError, PartialRunError, StripeRequestError
-from churn.pipelines import warehouse
-from churn.pipelines.stripe_client import StripeApi, make_stripe_client
-from churn.pipelines.stripe_extract import extract_stripe
+from churn.pipelines.stripe.client import StripeApi, make_stripe_client
+from churn.pipelines.stripe.extract import extract_stripe
 from churn.settings import Settings, StripeSettings
 
 pytestmark = pytest.mark.slow
@@ -288,7 +288,7 @@ def test_cli_partial_run_exits_3_naming_the_stream(
 ) -> None:
     from typer.testing import CliRunner
 
-    from churn.pipelines.cli import app
+    from churn.cli import app
 
     base, script = server
     script.add("/v1/products", 200, _page(_product(1)))
@@ -550,7 +550,7 @@ def test_a_backfill_lands_several_pages_per_transaction(
         script.add("/v1/customers", 200, {**_page(_customer(i, f"C{i}")), "has_more": i < 5})
     settings = _settings(db_path, base).with_overrides(stripe={"land_batch_pages": 2})
     con = warehouse.connect(db_path)
-    with caplog.at_level("DEBUG", logger="churn.pipelines.stripe_extract"):
+    with caplog.at_level("DEBUG", logger="churn.pipelines.stripe.extract"):
         extract_stripe(settings, con, progress=False)
     commits = [
         r.getMessage()

@@ -16,8 +16,8 @@ from typing import Any
 import duckdb
 import pytest
 
-from churn.pipelines import warehouse
-from churn.pipelines.stripe_extract import extract_stripe
+from churn import warehouse
+from churn.pipelines.stripe.extract import extract_stripe
 from churn.settings import load_settings
 
 from .conftest import TEST_KEY, LocalStripe, add_card, build_world

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from churn.pipelines import warehouse
-from churn.pipelines.stripe_land import Version, dumps, land, sequence_events
-from churn.pipelines.stripe_streams import flatten
+from churn import warehouse
+from churn.pipelines.stripe.land import Version, dumps, land, sequence_events
+from churn.pipelines.stripe.streams import flatten
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC).replace(tzinfo=None)
 

@@ -9,8 +9,8 @@ from typing import Any
 import duckdb
 import pytest
 
-from churn.pipelines import warehouse
-from churn.pipelines.stripe_extract import StripeExtractResult, extract_stripe
+from churn import warehouse
+from churn.pipelines.stripe.extract import StripeExtractResult, extract_stripe
 
 from .conftest import CountingClient, LocalStripe, build_world, list_ids, stripe_settings
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import duckdb
 import polars as pl
 
-from churn.pipelines.warehouse import transaction, utcnow
 from churn.settings import Settings
+from churn.warehouse import transaction, utcnow
 
 RULES = ("metadata", "account_field", "email_domain", "name")
 

@@ -18,8 +18,8 @@ import duckdb
 import polars as pl
 
 from churn.errors import ConfigError, ExtractError
-from churn.pipelines.warehouse import read_state, transaction, utcnow, write_state
 from churn.settings import Settings
+from churn.warehouse import read_state, transaction, utcnow, write_state
 
 _FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 

@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from churn import warehouse
 from churn.errors import SandboxError
-from churn.pipelines import warehouse
-from churn.pipelines.job import JobResult, run_job
-from churn.sandbox.stripe_server import RunningStripe, start_stripe_server
+from churn.job.run import JobResult, run_job
+from churn.sandbox.stripe.server import RunningStripe, start_stripe_server
 from churn.sandbox.world import GENERATOR_VERSION, generate_world_to
 from churn.settings import Settings, load_settings
 
@@ -71,7 +71,7 @@ def read_sf(folder: Path, sobject: str) -> list[dict[str, Any]]:
 class Sandbox:
     folder: Path
     stripe: RunningStripe
-    salesforce: Any  # churn.sandbox.salesforce_server.RunningSalesforce
+    salesforce: Any  # churn.sandbox.salesforce.server.RunningSalesforce
     sf_ids: dict[str, str] = field(default_factory=dict)  # world Id -> stand-in Id
 
     def env(self) -> dict[str, str]:
@@ -118,7 +118,7 @@ def _load_salesforce(running: Any, folder: Path) -> dict[str, str]:
 @contextmanager
 def serve_world(folder: Path, *, stripe_port: int = 0, sf_port: int = 0) -> Iterator[Sandbox]:
     """Both stand-ins on loopback, loaded with the world; stopped on exit."""
-    from churn.sandbox.salesforce_server import start_salesforce_server
+    from churn.sandbox.salesforce.server import start_salesforce_server
 
     with ExitStack() as stack:
         stripe = start_stripe_server(folder, port=stripe_port)
@@ -246,7 +246,7 @@ def backtest_separation(settings: Settings, sandbox: Sandbox, days: int = 90) ->
 
     from sklearn.metrics import roc_auc_score
 
-    from churn.pipelines.score import score
+    from churn.job.scoring import score
 
     manifest = json.loads((sandbox.folder / "world.json").read_text())
     now = int(manifest["now"])

@@ -33,9 +33,9 @@ from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError
 
 from churn.errors import ApiBudgetExhaustedError, PushError
-from churn.pipelines.push_plan import ACCOUNT, DELETED, TASK, Change, canon
-from churn.pipelines.warehouse import transaction, utcnow
+from churn.pipelines.push.plan import ACCOUNT, DELETED, TASK, Change, canon
 from churn.settings import Settings
+from churn.warehouse import transaction, utcnow
 
 _LIMIT_INFO = re.compile(r"api-usage=(\d+)/(\d+)")
 #: Bulk API 2.0 CSV: an empty cell leaves a field alone; this sets it to null.

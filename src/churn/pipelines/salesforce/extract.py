@@ -25,16 +25,16 @@ from simple_salesforce import Salesforce, format_soql
 from simple_salesforce.exceptions import SalesforceError
 
 from churn.errors import ApiBudgetExhaustedError, ConfigError, SalesforceExtractError
-from churn.pipelines.salesforce_client import (
+from churn.pipelines.salesforce.client import (
     BudgetedSession,
     error_codes,
     make_salesforce,
     query_pages,
     salesforce_errors,
 )
-from churn.pipelines.salesforce_reconcile import reconcile_deletions, reconcile_due
-from churn.pipelines.warehouse import read_state, transaction, utcnow
+from churn.pipelines.salesforce.reconcile import reconcile_deletions, reconcile_due
 from churn.settings import Settings
+from churn.warehouse import read_state, transaction, utcnow
 
 _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 

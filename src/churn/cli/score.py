@@ -9,15 +9,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from churn.pipelines.commands import guarded
+from churn.cli.state import guarded
 
 if TYPE_CHECKING:
-    from churn.pipelines.commands import CliState
-    from churn.pipelines.score import ScoreResult
+    from churn.cli.state import CliState
+    from churn.job.scoring import ScoreResult
 
 
 def _parse_as_of(value: str | None) -> datetime:
-    from churn.pipelines.warehouse import utcnow
+    from churn.warehouse import utcnow
 
     if value is None:
         return utcnow().replace(microsecond=0)
@@ -61,8 +61,8 @@ def register(app: typer.Typer, state: CliState) -> None:
         top: Annotated[int, typer.Option("--top", help="Accounts to show.")] = 10,
     ) -> None:
         """Score every account and write signal_events, account_health, mrr_movements."""
-        from churn.pipelines.score import score
-        from churn.pipelines.warehouse import connect
+        from churn.job.scoring import score
+        from churn.warehouse import connect
 
         when = _parse_as_of(as_of)
 

@@ -17,9 +17,9 @@ import duckdb
 import polars as pl
 from simple_salesforce import Salesforce
 
-from churn.pipelines.salesforce_client import query_pages, salesforce_errors
-from churn.pipelines.warehouse import read_state, transaction, utcnow, write_state
+from churn.pipelines.salesforce.client import query_pages, salesforce_errors
 from churn.settings import Settings
+from churn.warehouse import read_state, transaction, utcnow, write_state
 
 #: The streams whose records can be deleted, with their core table and key column (Tasks
 #: have no core table).

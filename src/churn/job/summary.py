@@ -12,7 +12,7 @@ import duckdb
 from rich.console import Group
 from rich.table import Table
 
-from churn.pipelines.job import JobResult
+from churn.job.run import JobResult
 from churn.signals.money import to_decimal
 
 # Per step, at most this many counts are shown; the run_log row keeps them all.

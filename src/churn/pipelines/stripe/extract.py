@@ -40,14 +40,14 @@ from churn.errors import (
     StripeRequestError,
     WarehouseError,
 )
-from churn.pipelines import stripe_land
-from churn.pipelines.stripe_client import StripeApi, make_stripe_client
-from churn.pipelines.stripe_history import build_history
-from churn.pipelines.stripe_land import Version, check_mode, land, mark_deleted
-from churn.pipelines.stripe_normalise import normalise
-from churn.pipelines.stripe_streams import OBJECT_TABLES, STREAMS, Stream, flatten
-from churn.pipelines.warehouse import read_state, transaction, utcnow, write_state
+from churn.pipelines.stripe import land as stripe_land
+from churn.pipelines.stripe.client import StripeApi, make_stripe_client
+from churn.pipelines.stripe.history import build_history
+from churn.pipelines.stripe.land import Version, check_mode, land, mark_deleted
+from churn.pipelines.stripe.normalise import normalise
+from churn.pipelines.stripe.streams import OBJECT_TABLES, STREAMS, Stream, flatten
 from churn.settings import Settings
+from churn.warehouse import read_state, transaction, utcnow, write_state
 
 log = logging.getLogger(__name__)
 
@@ -558,7 +558,7 @@ def apply_events(
     """Store events (once each) and land their objects newer-over-older.
 
     ``events`` pairs each event with its sequence in its second (see
-    :func:`~churn.pipelines.stripe_land.sequence_events`); the caller's transaction.
+    :func:`~churn.pipelines.stripe.land.sequence_events`); the caller's transaction.
     ``more_items``: by subscription id, the items its embedded page left out; the event
     is stored as Stripe sent it, the subscription landed with them.
     """

@@ -1,7 +1,9 @@
 """The ``churn`` command: thin. Each command parses options and calls one library function.
 
-Commands live one module each in :mod:`churn.pipelines.commands`; every module exposes
-``register(app, ctx)`` and is listed in :data:`COMMAND_MODULES`.
+Commands live one module each beside this one (``churn.cli.<name>``); every module
+exposes ``register(app, state)`` and is listed in :data:`COMMAND_MODULES`. Shared state and
+the error guard are in :mod:`churn.cli.state`. The top of the import layers: it may import
+every package, including :mod:`churn.sandbox` (for ``churn sandbox``); nothing imports it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from typing import Annotated
 
 import typer
 
-from churn.pipelines.commands import CliState
+from churn.cli.state import CliState
+
+__all__ = ["COMMAND_MODULES", "app", "main"]
 
 COMMAND_MODULES: tuple[str, ...] = (
     "extract",
@@ -53,7 +57,7 @@ def _main(
 
 
 for _name in COMMAND_MODULES:
-    importlib.import_module(f"churn.pipelines.commands.{_name}").register(app, state)
+    importlib.import_module(f"churn.cli.{_name}").register(app, state)
 
 
 def main() -> None:

@@ -34,8 +34,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import trustme
 
 from churn.errors import SandboxError
-from churn.sandbox import soql
-from churn.sandbox.sf_schema import ObjectDef, default_schema
+from churn.sandbox.salesforce import soql
+from churn.sandbox.salesforce.schema import ObjectDef, default_schema
 
 #: A validation rule: (sobject, merged record) -> an error message, or None to accept.
 ValidationRule = Callable[[str, Mapping[str, Any]], str | None]

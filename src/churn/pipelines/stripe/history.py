@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import duckdb
 
-from churn.pipelines.stripe_normalise import dirty
+from churn.pipelines.stripe.normalise import dirty
 
 _ITEMS = "CAST(payload->'$.items.data' AS JSON[])"
 

@@ -17,6 +17,8 @@ from rich.console import Console
 from churn.errors import ChurnError
 from churn.settings import Settings, load_settings
 
+__all__ = ["CliState", "console", "guarded"]
+
 console = Console(stderr=True)
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from churn.errors import ConfigError, LockHeldError
-from churn.pipelines.job import JobResult, run_job
+from churn.job.run import JobResult, run_job
 from churn.settings import Settings
 
 _EVERY = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")

@@ -1,6 +1,6 @@
 """The push plan, pure: what Salesforce should hold, against what it was last told.
 
-Inputs are plain values gathered by :mod:`churn.pipelines.push` (the marts, the push state,
+Inputs are plain values gathered by :mod:`churn.pipelines.push.sync` (the marts, the push state,
 the extracted Accounts and Users); the output is a list of :class:`Change`, each with an
 idempotency key that depends only on what it writes, so the same change planned twice
 (a rerun after a kill) has the same key. No clock, no network, no warehouse here.

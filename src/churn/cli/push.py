@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from churn.pipelines.commands import CliState
-    from churn.pipelines.push import PushResult
+    from churn.cli.state import CliState
+    from churn.pipelines.push.sync import PushResult
 
 
 def register(app: typer.Typer, state: CliState) -> None:
@@ -21,9 +21,9 @@ def register(app: typer.Typer, state: CliState) -> None:
         ] = False,
     ) -> None:
         """Push Account health fields and Tasks to Salesforce."""
-        from churn.pipelines import warehouse
-        from churn.pipelines.commands import guarded
-        from churn.pipelines.push import push
+        from churn import warehouse
+        from churn.cli.state import guarded
+        from churn.pipelines.push.sync import push
 
         def run() -> PushResult:
             con = warehouse.connect(state.settings.db)

@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from churn.pipelines.commands import guarded
+from churn.cli.state import guarded
 
 if TYPE_CHECKING:
-    from churn.pipelines.commands import CliState
+    from churn.cli.state import CliState
 
 extract_app = typer.Typer(help="Land a source in the warehouse.", no_args_is_help=True)
 
@@ -38,8 +38,8 @@ def _register_stripe(state: CliState) -> None:
         """Land Stripe: backfill on the first run, then /v1/events (and reconciliation)."""
 
         def run() -> None:
-            from churn.pipelines import warehouse
-            from churn.pipelines.stripe_extract import extract_stripe
+            from churn import warehouse
+            from churn.pipelines.stripe.extract import extract_stripe
 
             settings = state.settings
             con = warehouse.connect(settings.db)
@@ -75,9 +75,9 @@ def register_salesforce(app: typer.Typer, state: CliState) -> None:
         ] = False,
     ) -> None:
         """Extract Accounts, Opportunities, Contacts, Users, Tasks and currency rates."""
-        from churn.pipelines.commands import guarded
-        from churn.pipelines.salesforce_extract import extract_salesforce
-        from churn.pipelines.warehouse import connect
+        from churn.cli.state import guarded
+        from churn.pipelines.salesforce.extract import extract_salesforce
+        from churn.warehouse import connect
 
         def go() -> None:
             con = connect(state.settings.db)
@@ -93,9 +93,9 @@ def register_salesforce(app: typer.Typer, state: CliState) -> None:
     @group.command("usage")
     def extract_usage_cmd() -> None:
         """Load active seats per account per day from the usage feed."""
-        from churn.pipelines.commands import guarded
+        from churn.cli.state import guarded
         from churn.pipelines.usage import load_usage
-        from churn.pipelines.warehouse import connect
+        from churn.warehouse import connect
 
         def go() -> None:
             con = connect(state.settings.db)

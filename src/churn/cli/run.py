@@ -7,17 +7,18 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from churn.pipelines.commands import guarded
+from churn.cli.state import guarded
 
 if TYPE_CHECKING:
-    from churn.pipelines.commands import CliState
-    from churn.pipelines.job import JobResult
+    from churn.cli.state import CliState
+    from churn.job.run import JobResult
 
 out = Console()
 
 
 def _print_summary(result: JobResult, db: object) -> None:
-    from churn.pipelines import summary, warehouse
+    from churn import warehouse
+    from churn.job import summary
 
     try:
         con = warehouse.connect(db, read_only=True)  # type: ignore[arg-type]
@@ -44,7 +45,7 @@ def register(app: typer.Typer, state: CliState) -> None:
 
         Exit codes: 0 success, 3 partial, 1 failed, 75 another run holds the lock.
         """
-        from churn.pipelines.job import run_job
+        from churn.job.run import run_job
 
         settings = state.settings
         with out.status("churn run") as status:
@@ -65,7 +66,7 @@ def register(app: typer.Typer, state: CliState) -> None:
         max_runs: Annotated[int | None, typer.Option("--max-runs", hidden=True)] = None,
     ) -> None:
         """Run the job on a cadence until SIGTERM/SIGINT (the current step finishes first)."""
-        from churn.pipelines.schedule import parse_every, schedule
+        from churn.job.scheduler import parse_every, schedule
 
         settings = state.settings
         seconds = guarded(lambda: parse_every(every or settings.run.every))

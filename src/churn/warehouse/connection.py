@@ -7,7 +7,6 @@ failed migration leaves the warehouse at the previous version.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +14,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import duckdb
 
@@ -34,7 +32,7 @@ class Migration:
 def migrations() -> list[Migration]:
     """Every migration shipped with the package, in version order."""
     found = []
-    for entry in resources.files("churn.pipelines.migrations").iterdir():
+    for entry in resources.files("churn.warehouse.migrations").iterdir():
         match = _MIGRATION_NAME.match(entry.name)
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_text()))
@@ -109,40 +107,3 @@ def utcnow() -> datetime:
     Only extract and bookkeeping code calls this; scoring takes an explicit ``as_of``.
     """
     return datetime.now(UTC).replace(tzinfo=None)
-
-
-@dataclass(frozen=True)
-class SyncState:
-    """One ``sync_state`` row: a stream's cursor, its time, and free-form details."""
-
-    cursor: str | None = None
-    cursor_ts: datetime | None = None
-    details: dict[str, Any] | None = None
-
-
-def read_state(con: duckdb.DuckDBPyConnection, stream: str) -> SyncState | None:
-    """The stream's ``sync_state`` row, None when it has none yet."""
-    # fetchall, not fetchone: DuckDB 2 keeps an unfinished result busy on the connection.
-    rows = con.execute(
-        "SELECT cursor, cursor_ts, details FROM sync_state WHERE stream = ?", [stream]
-    ).fetchall()
-    if not rows:
-        return None
-    cursor, cursor_ts, details = rows[0]
-    return SyncState(cursor, cursor_ts, json.loads(details) if details else {})
-
-
-def write_state(
-    con: duckdb.DuckDBPyConnection,
-    stream: str,
-    *,
-    cursor: str | None = None,
-    cursor_ts: datetime | None = None,
-    details: dict[str, Any] | None = None,
-) -> None:
-    """Replace the stream's ``sync_state`` row; call it inside the transaction that lands
-    the rows it covers, so a crash leaves neither."""
-    con.execute(
-        "INSERT OR REPLACE INTO sync_state VALUES (?, ?, ?, ?::JSON, ?)",
-        [stream, cursor, cursor_ts, None if details is None else json.dumps(details), utcnow()],
-    )

@@ -14,12 +14,12 @@ import duckdb
 import polars as pl
 
 from churn.errors import ScoringError
-from churn.pipelines.warehouse import transaction
 from churn.settings import Settings
 from churn.signals import SIGNAL_SCHEMA, SIGNALS
 from churn.signals.health import account_health
 from churn.signals.mrr import account_mrr, movements
 from churn.signals.tables import Tables
+from churn.warehouse import transaction
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
-    from churn.pipelines.commands import CliState
+    from churn.cli.state import CliState
 
 
 def register(app: typer.Typer, state: CliState) -> None:
@@ -19,9 +19,9 @@ def register(app: typer.Typer, state: CliState) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from churn.pipelines.commands import guarded
+        from churn.cli.state import guarded
         from churn.pipelines.links import link_customers
-        from churn.pipelines.warehouse import connect
+        from churn.warehouse import connect
 
         def go() -> None:
             con = connect(state.settings.db)

@@ -27,8 +27,8 @@ from typing import Any, Protocol
 
 import duckdb
 
+from churn import warehouse
 from churn.errors import ChurnError, LockHeldError, PartialRunError
-from churn.pipelines import warehouse
 from churn.settings import Settings
 
 
@@ -112,12 +112,12 @@ def _call(module: str, func: str) -> Callable[..., Any]:
 
 def _stripe(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
     # Progress bars, but no per-step table: the job prints one summary at the end.
-    fn = _call("churn.pipelines.stripe_extract", "extract_stripe")
+    fn = _call("churn.pipelines.stripe.extract", "extract_stripe")
     return fn(s, con, progress=True, summary=False)
 
 
 def _salesforce(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
-    fn = _call("churn.pipelines.salesforce_extract", "extract_salesforce")
+    fn = _call("churn.pipelines.salesforce.extract", "extract_salesforce")
     return fn(s, con, progress=False)
 
 
@@ -130,11 +130,11 @@ def _links(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
 
 
 def _score(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
-    return _call("churn.pipelines.score", "score")(s, con, as_of=warehouse.utcnow())
+    return _call("churn.job.scoring", "score")(s, con, as_of=warehouse.utcnow())
 
 
 def _push(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
-    return _call("churn.pipelines.push", "push")(s, con, dry_run=dry_run)
+    return _call("churn.pipelines.push.sync", "push")(s, con, dry_run=dry_run)
 
 
 DEFAULT_STEPS: tuple[Step, ...] = (

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
-    from churn.pipelines.commands import CliState
+    from churn.cli.state import CliState
 
 
 def register(app: typer.Typer, state: CliState) -> None:

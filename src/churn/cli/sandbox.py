@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from churn.pipelines.commands import guarded
+from churn.cli.state import guarded
 
 if TYPE_CHECKING:
-    from churn.pipelines.commands import CliState
+    from churn.cli.state import CliState
 
 out = Console()
 
@@ -72,7 +72,8 @@ def register(app: typer.Typer, state: CliState) -> None:
         ),
     ) -> None:
         """Generate (cached) the default world, serve it, `churn run` twice, summarise."""
-        from churn.pipelines import summary, warehouse
+        from churn import warehouse
+        from churn.job import summary
         from churn.sandbox.demo import run_demo
 
         started = time.perf_counter()

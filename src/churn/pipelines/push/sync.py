@@ -2,8 +2,8 @@
 
 Reads the marts ``account_health`` and ``signal_events`` (their latest ``as_of``), the
 extracted Accounts and Users, and ``push_state``/``push_log``; hands them to the pure
-:mod:`churn.pipelines.push_plan`; stores the plan in ``push_plan``; and, unless a dry run,
-sends it with :mod:`churn.pipelines.push_apply`. Nothing to change means no call at all.
+:mod:`churn.pipelines.push.plan`; stores the plan in ``push_plan``; and, unless a dry run,
+sends it with :mod:`churn.pipelines.push.apply`. Nothing to change means no call at all.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError
 
 from churn.errors import ProductionSafetyError, PushError
-from churn.pipelines.push_apply import (
+from churn.pipelines.push.apply import (
     Rejection,
     apply_plan,
     attach_meter,
     call_error,
     json_body,
 )
-from churn.pipelines.push_plan import (
+from churn.pipelines.push.plan import (
     AccountInput,
     Episode,
     Owner,
@@ -38,8 +38,8 @@ from churn.pipelines.push_plan import (
     make_plan,
     minor_to_decimal,
 )
-from churn.pipelines.warehouse import transaction, utcnow
 from churn.settings import Settings
+from churn.warehouse import transaction, utcnow
 
 
 @dataclass
@@ -116,7 +116,7 @@ def _log_run(
 
 def _default_connect(settings: Settings) -> Callable[[], Salesforce]:
     def connect() -> Salesforce:
-        from churn.pipelines.salesforce_client import make_salesforce
+        from churn.pipelines.salesforce.client import make_salesforce
 
         return make_salesforce(settings.salesforce)
 
