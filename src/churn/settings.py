@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from churn.errors import ConfigError
+from churn.signals import SIGNALS_BY_NAME, default_risk_weights, default_task_signals
 
 STRIPE_DEFAULT_API_BASE = "https://api.stripe.com"
 #: The Account fields the push can own (keys of ``PushSettings.account_fields``).
@@ -41,6 +42,16 @@ ACCOUNT_FIELD_NAMES = (
     "stripe_customer_id",
     "top_reason",
 )
+
+
+def _check_signals(names: Any, *, risk_only: bool) -> None:
+    unknown = sorted(set(names) - set(SIGNALS_BY_NAME))
+    if unknown:
+        raise ValueError(f"unknown signal(s) {unknown}; known: {sorted(SIGNALS_BY_NAME)}")
+    if risk_only:
+        apart = sorted(n for n in names if not SIGNALS_BY_NAME[n].is_risk)
+        if apart:
+            raise ValueError(f"{apart} are not risk signals and carry no weight")
 
 
 class _Section(BaseModel):
@@ -190,19 +201,21 @@ class SignalSettings(_Section):
     #: Both seat signals (low use, expansion) need at least this many usage days in the window.
     seat_min_days: int = Field(7, ge=1)
     #: Risk-score weight of each risk signal (0..1); expansion and known churn are apart.
-    risk_weights: dict[str, float] = Field(
-        default_factory=lambda: {
-            "payment_failure": 0.9,
-            "downgrade": 0.6,
-            "card_expiry": 0.5,
-            "seat_utilization": 0.5,
-        }
-    )
+    #: Defaults to each signal's own weight in the registry; a mapping given replaces it.
+    risk_weights: dict[str, float] = Field(default_factory=default_risk_weights)
     #: How many months back ``mrr_movements`` goes on each run.
     movements_months: int = Field(24, ge=1, le=240)
     #: Fallback rates (units per one unit of the corporate currency, like Salesforce's
     #: CurrencyType) for currencies missing from core_currency_rates, e.g. {"EUR": "0.92"}.
     currency_rates: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("risk_weights")
+    @classmethod
+    def _risk_signals(cls, v: dict[str, float]) -> dict[str, float]:
+        _check_signals(v, risk_only=True)
+        if any(not 0 <= w <= 1 for w in v.values()):
+            raise ValueError("weights are between 0 and 1")
+        return v
 
     @field_validator("currency_rates", mode="before")
     @classmethod
@@ -249,21 +262,21 @@ class PushSettings(_Section):
             "top_reason": "Churn_Top_Reason__c",
         }
     )
-    #: Signals whose episodes become Tasks for the owner. ``seat_expansion`` (an upsell
-    #: lead, not a churn risk) is left out by default; add it to route it to owners too.
-    task_signals: tuple[str, ...] = (
-        "payment_failure",
-        "downgrade",
-        "cancel_at_period_end",
-        "card_expiry",
-        "seat_utilization",
-    )
+    #: Signals whose episodes become Tasks for the owner; defaults to the registry's
+    #: choice (``seat_expansion``, an upsell lead, is left out: add it to route it too).
+    task_signals: tuple[str, ...] = Field(default_factory=default_task_signals)
     #: Stripe's dunning: how many attempts it makes in all (Billing > Revenue recovery).
     dunning_attempts: int = Field(4, ge=1)
     #: Flag an executive sponsor this many hours before Stripe's final retry.
     sponsor_before_final_retry_hours: int = Field(48, ge=1)
     #: Due date of a Task for a signal without an escalation ladder, in days from as_of.
     task_due_days: int = Field(3, ge=0)
+
+    @field_validator("task_signals")
+    @classmethod
+    def _tasked_signals(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        _check_signals(v, risk_only=False)
+        return v
 
     @field_validator("account_fields", mode="before")
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from churn.job.run import JobResult, run_job
 from churn.sandbox.stripe.server import RunningStripe, start_stripe_server
 from churn.sandbox.world import GENERATOR_VERSION, generate_world_to
 from churn.settings import Settings, load_settings
+from churn.signals import names_of
 
 DEFAULT_ACCOUNTS = 2_000
 DEFAULT_SEED = 42
@@ -33,8 +35,19 @@ SF_OBJECTS = ("User", "Account", "Opportunity", "Contact", "CurrencyType")
 _SF_SYSTEM = {"attributes", "Id", "SystemModstamp", "IsDeleted"}
 
 
+def generator_digest() -> str:
+    """A digest of the world generator's source: part of the cache key, so a world cached
+    before any change to the generator is never served after it (a forgotten
+    ``GENERATOR_VERSION`` bump hid one before)."""
+    from churn.sandbox import world
+
+    return hashlib.sha256(Path(world.__file__).read_bytes()).hexdigest()[:10]
+
+
 def world_folder(root: Path, accounts: int, seed: int, today: datetime) -> Path:
-    return root / f"world-v{GENERATOR_VERSION}-{accounts}-s{seed}-{today:%Y%m%d}"
+    return root / (
+        f"world-v{GENERATOR_VERSION}-{generator_digest()}-{accounts}-s{seed}-{today:%Y%m%d}"
+    )
 
 
 def ensure_world(root: Path, accounts: int, seed: int, *, now: datetime | None = None) -> Path:
@@ -261,7 +274,8 @@ def backtest_separation(settings: Settings, sandbox: Sandbox, days: int = 90) ->
             rows = con.execute(
                 "SELECT h.account_id, h.risk_score, coalesce(max(e.score), 0), h.known_churn"
                 " FROM account_health h LEFT JOIN signal_events e"
-                "   ON e.account_id = h.account_id AND e.as_of = h.as_of AND e.signal <> 'seat_expansion'"
+                "   ON e.account_id = h.account_id AND e.as_of = h.as_of"
+                f" AND e.signal NOT IN ({', '.join(repr(n) for n in names_of('expansion'))})"
                 " WHERE h.as_of = ? GROUP BY ALL",
                 [as_of],
             ).fetchall()

@@ -1,26 +1,40 @@
 """Pure scoring: history tables and an explicit ``as_of`` in, rows of one schema out.
 
 No network, no wall-clock reads, no writes (import boundaries checked by ``lint-imports``).
+:data:`SIGNALS` is the one registry: every rule about a signal (its kind, default
+weight, whether it makes Tasks, its resolution, its escalation ladder) is declared there
+and nowhere else. ``churn.settings`` takes its defaults from it; the push its ladders.
+
+To add a signal: write its module (``NAME`` and ``score(tables, as_of, settings)``
+returning :func:`~churn.signals.schema.finish` rows), add its :class:`Signal` to :data:`SIGNALS` (``registry.py``), add
+at least eight golden cases under ``tests/golden/signals/<name>/``.
 """
 
 from __future__ import annotations
 
-from churn.signals import (
-    cancel_at_period_end,
-    card_expiry,
-    downgrade,
-    payment_failure,
-    seat_utilization,
+from churn.signals.facts import IN_FORCE_STATUSES, MRR_STATUSES
+from churn.signals.registry import (
+    SIGNALS,
+    SIGNALS_BY_NAME,
+    UNKNOWN_RESOLUTION,
+    default_risk_weights,
+    default_task_signals,
+    names_of,
 )
-from churn.signals.schema import SIGNAL_SCHEMA, Signal
+from churn.signals.schema import LADDERS, SIGNAL_SCHEMA, Kind, Ladder, Signal
 
-#: Every signal, in the order they are scored. ``is_risk`` False: shown apart from risk.
-SIGNALS: tuple[Signal, ...] = (
-    Signal(payment_failure.NAME, payment_failure.score, True),
-    Signal(downgrade.NAME, downgrade.score, True),
-    Signal(cancel_at_period_end.NAME, cancel_at_period_end.score, False),
-    Signal(card_expiry.NAME, card_expiry.score, True),
-    Signal(seat_utilization.NAME, seat_utilization.score, True),
-)
-
-__all__ = ["SIGNALS", "SIGNAL_SCHEMA", "Signal"]
+__all__ = [
+    "IN_FORCE_STATUSES",
+    "LADDERS",
+    "MRR_STATUSES",
+    "SIGNALS",
+    "SIGNALS_BY_NAME",
+    "SIGNAL_SCHEMA",
+    "UNKNOWN_RESOLUTION",
+    "Kind",
+    "Ladder",
+    "Signal",
+    "default_risk_weights",
+    "default_task_signals",
+    "names_of",
+]

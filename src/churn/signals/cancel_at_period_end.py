@@ -8,10 +8,14 @@ cancellation is withdrawn (the history row at ``as_of`` no longer carries it).
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-from churn.settings import SignalSettings
+if TYPE_CHECKING:  # settings take their defaults from the signal registry
+    from churn.settings import SignalSettings
+
+from churn.signals.facts import IN_FORCE_STATUSES, sql_in
 from churn.signals.mrr import AS_OF_POINT, account_key, subscription_mrr_sql
 from churn.signals.schema import finish
 from churn.signals.tables import Tables
@@ -24,7 +28,7 @@ def _sql(settings: SignalSettings) -> str:
 WITH h AS (
   SELECT * FROM history_subscriptions
   WHERE valid_from <= $as_of AND (valid_to IS NULL OR valid_to > $as_of)
-    AND status IN ('active', 'past_due', 'trialing', 'unpaid')
+    AND {sql_in("status", IN_FORCE_STATUSES)}
     AND (cancel_at_period_end OR cancel_at > $as_of)
 ),
 m AS ({subscription_mrr_sql(AS_OF_POINT, settings)}),

@@ -11,10 +11,14 @@ method; fires too when the subscription has no payment method at all.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-from churn.settings import SignalSettings
+if TYPE_CHECKING:  # settings take their defaults from the signal registry
+    from churn.settings import SignalSettings
+
+from churn.signals.facts import IN_FORCE_STATUSES, sql_in
 from churn.signals.mrr import account_key
 from churn.signals.schema import finish
 from churn.signals.tables import Tables
@@ -25,7 +29,7 @@ SQL = f"""
 WITH h AS (
   SELECT * FROM history_subscriptions
   WHERE valid_from <= $as_of AND (valid_to IS NULL OR valid_to > $as_of)
-    AND status IN ('active', 'past_due', 'trialing', 'unpaid')
+    AND {sql_in("status", IN_FORCE_STATUSES)}
     AND COALESCE(collection_method, 'charge_automatically') = 'charge_automatically'
     AND NOT cancel_at_period_end
 ),

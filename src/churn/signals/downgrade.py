@@ -10,10 +10,13 @@ Repeated downgrades (several decreasing item changes in the window) raise the sc
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-from churn.settings import SignalSettings
+if TYPE_CHECKING:  # settings take their defaults from the signal registry
+    from churn.settings import SignalSettings
+
 from churn.signals.mrr import account_key, account_mrr_sql, item_mrr_sql
 from churn.signals.schema import finish
 from churn.signals.tables import Tables

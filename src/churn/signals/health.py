@@ -22,14 +22,18 @@ risk score / 100 (rounded half up, integers only).
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-from churn.settings import SignalSettings
-from churn.signals.mrr import account_key
-from churn.signals.tables import Tables
+if TYPE_CHECKING:  # settings take their defaults from the signal registry
+    from churn.settings import SignalSettings
 
-RISK_EXCLUDED = ("cancel_at_period_end", "seat_expansion")
+from churn.signals import cancel_at_period_end, card_expiry, payment_failure
+from churn.signals.facts import IN_FORCE_STATUSES, last_successful_payment_sql, sql_in
+from churn.signals.mrr import account_key
+from churn.signals.registry import names_of
+from churn.signals.tables import Tables
 
 HEALTH_SCHEMA: dict[str, pl.DataType] = {
     "account_id": pl.String(),
@@ -56,7 +60,7 @@ def risk_score(signals: pl.DataFrame, settings: SignalSettings) -> pl.DataFrame:
         {"signal": list(settings.risk_weights), "weight": list(settings.risk_weights.values())},
         schema={"signal": pl.String, "weight": pl.Float64},
     )
-    risk = signals.filter(~pl.col("signal").is_in(RISK_EXCLUDED)).join(weights, on="signal")
+    risk = signals.filter(pl.col("signal").is_in(names_of("risk"))).join(weights, on="signal")
     return risk.group_by("account_id").agg(
         risk_score=(100 * (1 - (1 - (pl.col("weight") * pl.col("score")).clip(0, 1)).product()))
         .round(0)
@@ -68,11 +72,11 @@ def payment_health(signals: pl.DataFrame) -> pl.DataFrame:
     """account_id, payment_health by the written rules above (accounts with a signal)."""
     kind = pl.col("evidence").str.json_path_match("$.kind")
     return signals.group_by("account_id").agg(
-        payment_health=pl.when((pl.col("signal") == "payment_failure").any())
+        payment_health=pl.when((pl.col("signal") == payment_failure.NAME).any())
         .then(pl.lit("Failed"))
-        .when(((pl.col("signal") == "card_expiry") & (kind == "no_payment_method")).any())
+        .when(((pl.col("signal") == card_expiry.NAME) & (kind == "no_payment_method")).any())
         .then(pl.lit("No Payment Method"))
-        .when((pl.col("signal") == "card_expiry").any())
+        .when((pl.col("signal") == card_expiry.NAME).any())
         .then(pl.lit("At Risk"))
         .otherwise(pl.lit("Healthy"))
     )
@@ -84,12 +88,9 @@ WITH live AS (
   SELECT h.*, {account_key("h.customer_id")} AS account_id
   FROM history_subscriptions h LEFT JOIN core_account_links l ON l.customer_id = h.customer_id
   WHERE h.valid_from <= $as_of AND (h.valid_to IS NULL OR h.valid_to > $as_of)
-    AND h.status IN ('active', 'past_due', 'trialing', 'unpaid')
+    AND {sql_in("h.status", IN_FORCE_STATUSES)}
 ),
-paid AS (
-  SELECT {account_key("ch.customer_id")} AS account_id, max(ch.created_at) AS last_paid
-  FROM core_charges ch LEFT JOIN core_account_links l ON l.customer_id = ch.customer_id
-  WHERE ch.status = 'succeeded' AND ch.created_at <= $as_of GROUP BY ALL
+paid AS ({last_successful_payment_sql(account_key("ch.customer_id"))}
 )
 SELECT account_id, count(DISTINCT subscription_id) AS subscription_count,
   min(current_period_end) FILTER (WHERE current_period_end > $as_of) AS next_renewal_at,
@@ -117,7 +118,7 @@ def account_health(
         has_mrr=pl.lit(True),
     )
     known = (
-        signals.filter(pl.col("signal") == "cancel_at_period_end")
+        signals.filter(pl.col("signal") == cancel_at_period_end.NAME)
         .with_columns(
             eff=pl.col("evidence")
             .str.json_path_match("$.effective_at")
@@ -127,7 +128,7 @@ def account_health(
         .agg(churn_effective_at=pl.col("eff").min())
     )
     reasons = (
-        signals.filter(pl.col("signal") != "seat_expansion")
+        signals.filter(~pl.col("signal").is_in(names_of("expansion")))
         .sort("score", descending=True)
         .group_by("account_id", maintain_order=True)
         .agg(top_reasons=pl.col("reason").head(3))

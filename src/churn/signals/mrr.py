@@ -24,14 +24,16 @@ once, which is how movements get month ends for all accounts in one statement.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-from churn.settings import SignalSettings
+if TYPE_CHECKING:  # settings take their defaults from the signal registry
+    from churn.settings import SignalSettings
+
+from churn.signals.facts import MRR_STATUSES
 from churn.signals.money import sql_convert, sql_round_div
 from churn.signals.tables import Tables
-
-LIVE_STATUSES = ("active", "past_due", "trialing")
 
 ACCOUNT_KEY = "COALESCE(l.account_id, {cust})"
 
@@ -46,7 +48,7 @@ def account_key(customer_column: str) -> str:
 
 def item_mrr_sql(points: str, settings: SignalSettings) -> str:
     """Per subscription item at each point ``t``: its monthly MRR in minor units."""
-    live = ", ".join(f"'{s}'" for s in LIVE_STATUSES)
+    live = ", ".join(f"'{s}'" for s in MRR_STATUSES)
     period_amount = """
         CASE
           WHEN p.billing_scheme = 'tiered' AND p.tiers_mode = 'volume'

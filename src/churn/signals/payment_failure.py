@@ -12,10 +12,13 @@ authentication...), ``soft`` (anything else, e.g. insufficient funds: retries ma
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-from churn.settings import SignalSettings
+if TYPE_CHECKING:  # settings take their defaults from the signal registry
+    from churn.settings import SignalSettings
+
 from churn.signals.mrr import account_key
 from churn.signals.schema import finish
 from churn.signals.tables import Tables

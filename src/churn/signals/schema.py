@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Literal
 
 import polars as pl
 
-from churn.settings import SignalSettings
-from churn.signals.tables import Tables
+if TYPE_CHECKING:  # settings read the registry for their defaults; signals only its type
+    from churn.settings import SignalSettings
+    from churn.signals.tables import Tables
 
 #: Every signal returns exactly these columns, in this order.
 SIGNAL_SCHEMA: dict[str, pl.DataType] = {
@@ -23,25 +25,55 @@ SIGNAL_SCHEMA: dict[str, pl.DataType] = {
     "episode_key": pl.String(),
 }
 
-SignalFn = Callable[[Tables, datetime, SignalSettings], pl.DataFrame]
+SignalFn = Callable[["Tables", datetime, "SignalSettings"], pl.DataFrame]
+
+#: What a signal says about an account: churn ``risk`` (weighted into the risk score),
+#: ``known_churn`` (a churn already scheduled: shown apart, never a prediction) or
+#: ``expansion`` (an upsell lead: severity ``info``, never among the churn reasons).
+Kind = Literal["risk", "known_churn", "expansion"]
+
+#: Escalation ladders, named exactly (the push climbs the one a signal names):
+#: ``dunning`` follows Stripe's retries (a Task at once, escalation, CSM outreach, an
+#: executive sponsor before the final retry); ``flat`` is one Task due in
+#: ``task_due_days``.
+Ladder = Literal["dunning", "flat"]
+LADDERS: tuple[Ladder, ...] = ("dunning", "flat")
 
 
-class Signal(NamedTuple):
+@dataclass(frozen=True)
+class Signal:
+    """One signal and every rule about it; :data:`churn.signals.SIGNALS` holds them all.
+
+    Settings take their defaults from here (``risk_weights``, ``task_signals``), the push
+    its ladder and the sentence it closes a Task with; nothing else names a signal.
+    """
+
     name: str
     score: SignalFn
-    #: False for signals shown apart from predicted risk (expansion, known churn).
-    is_risk: bool
+    kind: Kind
+    #: Default weight in the risk score (0..1]; None for a signal that is not risk.
+    weight: float | None
+    #: Whether its episodes become Tasks for the Account's owner by default.
+    makes_tasks: bool
+    #: Why its Task is closed when the episode resolves, completing "Closed ...: <it>."
+    resolution: str
+    ladder: Ladder = "flat"
+
+    @property
+    def is_risk(self) -> bool:
+        return self.kind == "risk"
 
 
-def finish(frame: pl.DataFrame, signal: str, as_of: datetime) -> pl.DataFrame:
-    """A signal's SQL result (account_id, score, reason, evidence, episode_key[, signal])
-    as rows of :data:`SIGNAL_SCHEMA`, severity derived from the score."""
-    if "signal" not in frame.columns:
-        frame = frame.with_columns(signal=pl.lit(signal))
+def finish(
+    frame: pl.DataFrame, signal: str, as_of: datetime, *, info: bool = False
+) -> pl.DataFrame:
+    """A signal's SQL result (account_id, score, reason, evidence, episode_key) as rows of
+    :data:`SIGNAL_SCHEMA`, severity derived from the score (``info``: always "info")."""
+    frame = frame.with_columns(signal=pl.lit(signal))
     score = pl.col("score").cast(pl.Float64).clip(0.0, 1.0)
     return frame.with_columns(
         score=score,
-        severity=pl.when(pl.col("signal") == "seat_expansion")
+        severity=pl.when(pl.lit(info))
         .then(pl.lit("info"))
         .when(score >= 0.7)
         .then(pl.lit("high"))

@@ -7,24 +7,30 @@ below ``seat_low_utilization`` is churn risk (``seat_utilization``); every day a
 ``seat_expansion_utilization`` is an expansion signal (``seat_expansion``), kept apart
 from risk. Both need at least ``seat_min_days`` days of usage in the window: a feed that
 started yesterday says nothing sustained (the demo flagged 0-of-1-seat accounts on one
-day's data). No usage data: no row, never a guess.
+day's data). No usage data: no row, never a guess. Two signals, one module: :func:`score`
+and :func:`score_expansion` share the window's arithmetic.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-from churn.settings import SignalSettings
+if TYPE_CHECKING:  # settings take their defaults from the signal registry
+    from churn.settings import SignalSettings
+
 from churn.signals.mrr import AS_OF_POINT, account_key, item_mrr_sql
 from churn.signals.schema import finish
 from churn.signals.tables import Tables
 
 NAME = "seat_utilization"
+EXPANSION = "seat_expansion"
 
 
-def _sql(settings: SignalSettings) -> str:
+def _window(settings: SignalSettings) -> str:
+    """CTEs ending in ``r``: per account, purchased seats and use over the window."""
     return f"""
 WITH items AS ({item_mrr_sql(AS_OF_POINT, settings)}),
 purchased AS (
@@ -45,7 +51,12 @@ agg AS (
   FROM purchased p JOIN usage u USING (account_id) GROUP BY ALL
 ),
 r AS (SELECT *, avg_active / seats AS util, min_active / seats AS min_util FROM agg)
-SELECT account_id, 'seat_utilization' AS signal,
+"""
+
+
+def _low_sql(settings: SignalSettings) -> str:
+    return f"""{_window(settings)}
+SELECT account_id,
   1.0 - util / $low AS score,
   'Only ' || CAST(round(100 * util) AS BIGINT) || '% of ' || seats
     || ' purchased seats were used on average over the last ' || days || ' days.' AS reason,
@@ -53,8 +64,12 @@ SELECT account_id, 'seat_utilization' AS signal,
     'utilization', round(util, 4), 'days_with_data', days)::VARCHAR AS evidence,
   'seat_utilization:' || account_id AS episode_key
 FROM r WHERE util < $low AND days >= $min_days
-UNION ALL
-SELECT account_id, 'seat_expansion' AS signal, least(1.0, min_util) AS score,
+"""
+
+
+def _expansion_sql(settings: SignalSettings) -> str:
+    return f"""{_window(settings)}
+SELECT account_id, least(1.0, min_util) AS score,
   'All ' || seats || ' purchased seats are in use: at least '
     || CAST(floor(100 * min_util) AS BIGINT) || '% every day for ' || days
     || ' days; room to expand.' AS reason,
@@ -65,12 +80,24 @@ FROM r WHERE min_util >= $high AND days >= $min_days
 """
 
 
-def score(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl.DataFrame:
-    params = {
+def _params(as_of: datetime, settings: SignalSettings) -> dict[str, object]:
+    return {
         "as_of": as_of,
         "start": as_of - timedelta(days=settings.seat_window_days),
         "low": settings.seat_low_utilization,
         "high": settings.seat_expansion_utilization,
         "min_days": settings.seat_min_days,
     }
-    return finish(tables.frame(_sql(settings), params), NAME, as_of)
+
+
+def score(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl.DataFrame:
+    """Low seat use (churn risk)."""
+    params = {k: v for k, v in _params(as_of, settings).items() if k != "high"}
+    return finish(tables.frame(_low_sql(settings), params), NAME, as_of)
+
+
+def score_expansion(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl.DataFrame:
+    """Every seat in use every day of the window (an expansion lead, severity info)."""
+    params = {k: v for k, v in _params(as_of, settings).items() if k != "low"}
+    frame = tables.frame(_expansion_sql(settings), params)
+    return finish(frame, EXPANSION, as_of, info=True)

@@ -29,7 +29,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from churn.settings import PushSettings
-from churn.signals import money
+from churn.signals import SIGNALS_BY_NAME, UNKNOWN_RESOLUTION, money
 
 ACCOUNT = "Account"
 TASK = "Task"
@@ -45,15 +45,6 @@ SEVERITY_PRIORITY = {
     "medium": "Normal",
     "low": "Low",
     "info": "Low",
-}
-
-#: Why a Task is closed, by the signal that opened it.
-_RESOLUTION = {
-    "payment_failure": "the invoice was paid, voided or written off",
-    "cancel_at_period_end": "the scheduled cancellation was withdrawn",
-    "card_expiry": "a usable payment method is now on file",
-    "downgrade": "the downgrade is out of the scoring window",
-    "seat_utilization": "seat utilization recovered",
 }
 
 
@@ -293,14 +284,17 @@ class Rung:
 def ladder(episode: Episode, as_of: datetime, started_at: datetime, settings: PushSettings) -> Rung:
     """Where an episode stands on the escalation ladder at ``as_of``.
 
-    The ladder follows Stripe's dunning: a payment failure gets a Task at once; after
+    The ladder is the one the episode's signal names in the registry. ``dunning`` follows
+    Stripe's retries: a Task at once; after
     ``escalate_after_hours`` without recovery it escalates; after ``outreach_after_hours``
     a CSM reaches out; when the next retry is Stripe's last and comes within
-    ``sponsor_before_final_retry_hours``, an executive sponsor is flagged. Other signals
-    sit on the first rung, due ``task_due_days`` after as_of.
+    ``sponsor_before_final_retry_hours``, an executive sponsor is flagged. ``flat`` (and
+    a signal the registry no longer knows) sits on the first rung, due ``task_due_days``
+    after as_of.
     """
     today = as_of.date()
-    if "payment" not in episode.signal or "fail" not in episode.signal:
+    signal = SIGNALS_BY_NAME.get(episode.signal)
+    if signal is None or signal.ladder != "dunning":
         return Rung(0, _label(episode.signal), today + timedelta(days=settings.task_due_days), None)
     hours = (as_of - started_at).total_seconds() / 3600
     attempts = _first(episode.evidence, "attempts", "attempt_count")
@@ -328,10 +322,8 @@ def _label(signal: str) -> str:
 
 
 def _resolution(signal: str) -> str:
-    for name, why in _RESOLUTION.items():
-        if name in signal:
-            return why
-    return "the signal no longer holds"
+    known = SIGNALS_BY_NAME.get(signal)
+    return known.resolution if known else UNKNOWN_RESOLUTION
 
 
 def plan_tasks(
