@@ -22,6 +22,7 @@ import json
 import os
 import tomllib
 from collections.abc import Mapping
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -298,6 +299,27 @@ class RunSettings(_Section):
 
     every: str = "15m"
     lock_path: Path | None = None
+    #: Score as of this instant instead of now (``CHURN_RUN__AS_OF``, ``churn run
+    #: --as-of``): a back-fill, or a sandbox world whose ``now`` is not today. A date
+    #: means its midnight UTC; an offset is converted to UTC. A back-fill older than the
+    #: latest scoring is not pushed: Salesforce keeps the newer state.
+    as_of: datetime | None = None
+
+    @field_validator("as_of", mode="before")
+    @classmethod
+    def _as_of_utc(cls, v: Any) -> Any:
+        if isinstance(v, str) and len(v.strip()) == 10:
+            v = v.strip() + "T00:00:00"
+        if isinstance(v, date) and not isinstance(v, datetime):
+            v = datetime.combine(v, time())
+        if isinstance(v, str):
+            try:
+                v = datetime.fromisoformat(v.strip().replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError("an ISO date or date-time, e.g. 2026-09-01") from None
+        if isinstance(v, datetime) and v.tzinfo is not None:
+            v = v.astimezone(UTC).replace(tzinfo=None)
+        return v
 
 
 class Settings(_Section):

@@ -40,14 +40,24 @@ def register(app: typer.Typer, state: CliState) -> None:
             bool,
             typer.Option("--dry-run", help="Plan the push, store and print it; write nothing."),
         ] = False,
+        as_of: Annotated[
+            str | None,
+            typer.Option(
+                "--as-of",
+                help="Score as of this ISO date or date-time (UTC) instead of now "
+                "(or run.as_of); an older back-fill is not pushed.",
+            ),
+        ] = None,
     ) -> None:
         """Extract (Stripe, Salesforce, usage), link, score and push, as one locked job.
 
-        Exit codes: 0 success, 3 partial, 1 failed, 75 another run holds the lock.
+        Exit codes: 0 success, 3 partial, 1 failed, 2 settings, 75 another run holds the lock.
         """
         from churn.job.run import run_job
 
         settings = state.settings
+        if as_of is not None:
+            settings = guarded(lambda: settings.with_overrides(run={"as_of": as_of}))
         with out.status("churn run") as status:
             result = guarded(
                 lambda: run_job(

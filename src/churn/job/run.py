@@ -22,13 +22,14 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import duckdb
 
 from churn import warehouse
-from churn.errors import ChurnError, LockHeldError, PartialRunError
+from churn.errors import ChurnError, ConfigError, LockHeldError, PartialRunError
 from churn.settings import Settings
 
 
@@ -129,11 +130,36 @@ def _links(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
     return _call("churn.pipelines.links", "link_customers")(s, con)
 
 
+def scoring_as_of(settings: Settings) -> datetime:
+    """The instant this run scores as of: ``run.as_of`` when set, else now."""
+    now = warehouse.utcnow()
+    as_of = settings.run.as_of
+    if as_of is None:
+        return now
+    if as_of > now:
+        raise ConfigError("CHURN_RUN__AS_OF is in the future; a score reads only what is known")
+    return as_of
+
+
+@dataclass
+class _NotPushed:
+    """The push step of a back-fill: nothing sent, and why in the counts."""
+
+    counts: dict[str, int]
+    api_calls: int = 0
+
+
 def _score(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
-    return _call("churn.job.scoring", "score")(s, con, as_of=warehouse.utcnow())
+    return _call("churn.job.scoring", "score")(s, con, as_of=scoring_as_of(s))
 
 
 def _push(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
+    if s.run.as_of is not None:
+        rows = con.execute("SELECT max(as_of) FROM account_health").fetchall()
+        latest = rows[0][0] if rows else None
+        if latest is not None and latest > s.run.as_of:
+            # A back-fill never rewinds Salesforce to an older state than it already has.
+            return _NotPushed({"not_pushed_backfill": 1})
     return _call("churn.pipelines.push.sync", "push")(s, con, dry_run=dry_run)
 
 
@@ -203,6 +229,7 @@ def run_job(
     ``should_stop`` is asked between steps (the scheduler's SIGTERM): the remaining steps
     are marked skipped and the run ends partial, with what landed committed.
     """
+    scoring_as_of(settings)  # a future as_of is a settings error, before any work
     with run_lock(lock_path_for(settings)):
         con = warehouse.connect(settings.db)
         try:
