@@ -51,11 +51,32 @@ def test_created_range_types_and_status_filters(small_world: tuple[World, Path])
         )
         want = [
             e for e in world.events
-            if e["created"] >= mid and e["type"] in ("invoice.paid", "charge.failed")
+            # "List events, going back up to 30 days" (Stripe's API reference).
+            if e["created"] >= max(mid, srv.world.events_since())
+            and e["type"] in ("invoice.paid", "charge.failed")
         ]  # fmt: skip
         assert sorted(e.id for e in got) == sorted(e["id"] for e in want)
         one = client.v1.events.list({"type": "customer.subscription.deleted", "limit": 100})
         assert {e.type for e in one.data} == {"customer.subscription.deleted"}
+
+
+def test_events_older_than_30_days_are_neither_listed_nor_retrieved(
+    small_world: tuple[World, Path],
+) -> None:
+    """Stripe: "List events, going back up to 30 days"; "Retrieves the details of an
+    event if it was created in the last 30 days"."""
+    world, folder = small_world
+    with stripe_server(folder) as srv:
+        since = srv.world.events_since()
+        old = [e for e in world.events if e["created"] < since]
+        kept = [e for e in world.events if e["created"] >= since]
+        assert old and kept, "the small world should span more than 30 days of events"
+        client = _client(srv.api_base)
+        listed = {e.id for e in client.v1.events.list({"limit": 100}).auto_paging_iter()}
+        assert listed == {e["id"] for e in kept}
+        with pytest.raises(stripe.InvalidRequestError):
+            client.v1.events.retrieve(old[0]["id"])
+        assert client.v1.events.retrieve(kept[0]["id"]).id == kept[0]["id"]
 
 
 def test_expand_errors_auth_and_rate_limit(small_world: tuple[World, Path]) -> None:

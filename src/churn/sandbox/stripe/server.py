@@ -56,6 +56,8 @@ ID_PREFIXES: dict[str, str] = {
     "price_": "price",
     "evt_": "event",
 }
+#: "Stripe keeps events for 30 days" (the List all events reference).
+EVENT_RETENTION_DAYS = 30
 FILTERS = ("customer", "subscription", "status", "type", "product", "currency", "invoice")
 
 
@@ -147,6 +149,10 @@ class StripeWorld:
         self.now = int(json.loads(manifest.read_text())["now"]) if manifest.exists() else 0
         self._n = 0
 
+    def events_since(self) -> int:
+        """The oldest event Stripe still keeps: 30 days before the world's now."""
+        return self.now - EVENT_RETENTION_DAYS * 86_400
+
     def get(self, oid: str) -> dict[str, Any] | None:
         for prefix, kind in ID_PREFIXES.items():
             if oid.startswith(prefix):
@@ -200,6 +206,9 @@ class StripeWorld:
             raise _ApiError(400, "invalid_request_error",
                             "Invalid integer: limit must be between 1 and 100", None, "limit")  # fmt: skip
         lo, hi = _created_range(params)
+        if kind == "event":
+            # Stripe keeps events for 30 days: older ones are not listed.
+            lo = max(lo, self.events_since()) if lo is not None else self.events_since()
         table = self.tables[kind]
         filters = {f: params[f][-1] for f in FILTERS if f in params}
         # types[]=a or types[0]=a (the SDKs' encoding) or types=a.
@@ -429,6 +438,8 @@ class _Handler(BaseHTTPRequestHandler):
         if len(parts) == 3:
             with world.lock:
                 obj = world.tables[kind].get(parts[2])
+                if kind == "event" and obj and int(obj.get("created") or 0) < world.events_since():
+                    obj = None  # past Stripe's 30-day retention
                 if obj is None:
                     raise _ApiError(404, "invalid_request_error",
                                     f"No such {kind}: '{parts[2]}'", "resource_missing", "id")  # fmt: skip
