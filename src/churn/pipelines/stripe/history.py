@@ -1,17 +1,31 @@
-"""The subscription history: validity intervals built from every version seen.
+"""The subscription history: validity intervals built from every version known.
 
 Versions are the event payloads and list snapshots kept in
-``stripe_subscription_versions``. Ordered by (version_ts, version_seq, version_key), the
-state of each version (the columns of ``history_subscriptions``; the set of items with
-their price and quantity) starts an interval that lasts until the next version whose
-state differs; consecutive versions in the same state merge. The earliest known state is
-taken to hold from the subscription's ``created`` time (nothing earlier is knowable),
-with one inference: a subscription first seen already canceled (a backfill of an old
-account) was active, with the same items, from ``created`` until it ended
-(``ended_at``, else ``canceled_at``), so churn before the first extract is not lost.
+``stripe_subscription_versions``, and, for the time before a subscription was first seen,
+its invoices: each billed period's lines (item, price, quantity, ``period``; both the
+current ``parent.subscription_item_details``/``pricing`` shape and the older top-level
+one) give its items from the period's start, in the first seen state made ``active``
+(``trialing`` inside ``trial_end``). Proration lines are left out: they bill the
+difference a change made, not a period's state. So the first run already has the seats
+and plans of every period back to the first invoice.
+
+Ordered by (version_ts, version_seq, version_key), the state of each version (the
+columns of ``history_subscriptions``; the set of items with their price and quantity)
+starts an interval that lasts until the next version whose state differs; consecutive
+versions in the same state merge. Written rules for the first version seen:
+
+- read in a list: it holds since the last period billed before it (the listing's own
+  time says only when it was read), else since ``created``;
+- read in an event: it holds from the event (the change it records);
+- seen already canceled: canceled from when it ended (``ended_at``, else
+  ``canceled_at``); before that, the billed periods, or (with no invoice) active with the
+  same items from ``created``, so churn before the first extract is not lost; one that
+  was canceled at period end (or at ``cancel_at``) was scheduled to cancel from
+  ``canceled_at``, the time of the request, until it ended.
+
 A version that lands late or twice changes nothing: the build is a pure function of the
-set of versions, in SQL, redone for the subscriptions with a new version or raw row
-(``stripe_dirty``), or for all.
+set of versions and invoices, in SQL, redone for the subscriptions with a new version or
+raw row (``stripe_dirty``), or for all.
 """
 
 from __future__ import annotations
@@ -22,22 +36,114 @@ from churn.pipelines.stripe.normalise import dirty
 
 _ITEMS = "CAST(payload->'$.items.data' AS JSON[])"
 
+# An invoice line's subscription item, price and proration flag, in both shapes: since
+# 2025-03-31.basil under `parent.subscription_item_details` and `pricing.price_details`;
+# before, `subscription_item`, `price` (or `plan`) and `proration` at the top.
+_LINE_ITEM = "coalesce(l->>'$.parent.subscription_item_details.subscription_item', stripe_id(l->'$.subscription_item'))"
+_LINE_PRICE = (
+    "coalesce(l->>'$.pricing.price_details.price', stripe_id(l->'$.price'), stripe_id(l->'$.plan'))"
+)
+_LINE_PRORATION = (
+    "coalesce(TRY_CAST(l->>'$.parent.subscription_item_details.proration' AS BOOLEAN), "
+    "TRY_CAST(l->>'$.proration' AS BOOLEAN), FALSE)"
+)
+_LINE_SUBSCRIPTION = (
+    "coalesce(l->>'$.parent.subscription_item_details.subscription', "
+    "stripe_id(l->'$.subscription'), i.subscription_id)"
+)
+
 _VERSIONS = f"""
     CREATE OR REPLACE TEMP TABLE _sub_versions AS
-    WITH v AS (
-        SELECT subscription_id, version_ts, version_seq, version_key, payload
+    WITH observed AS (
+        SELECT subscription_id, version_ts, version_seq, version_key, payload, source
         FROM stripe_subscription_versions s
         WHERE __SCOPE__ AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.source = 'stripe'
                           AND q.stream = 'subscription' AND q.object_id = s.subscription_id)
           -- an older version the quarantine rule would refuse (the latest one passed)
           AND stripe_id(payload->'$.customer') IS NOT NULL AND payload->>'$.status' IS NOT NULL
-        -- several versions in one instant: the greatest one stands for it
+    ), first_seen AS (
+        SELECT subscription_id, min(version_ts) AS first_ts,
+               arg_min(payload, (version_ts, version_seq)) AS payload,
+               arg_min(source, (version_ts, version_seq)) AS source
+        FROM observed GROUP BY subscription_id
+    ), lines AS (
+        -- what each period's invoice billed: the items and seats in force at its start
+        SELECT {_LINE_SUBSCRIPTION} AS subscription_id, i.invoice_id,
+               stripe_ts(l->'$.period.start') AS period_start,
+               stripe_ts(l->'$.period.end') AS period_end,
+               {_LINE_ITEM} AS item_id, {_LINE_PRICE} AS price_id,
+               TRY_CAST(l->>'$.quantity' AS BIGINT) AS quantity
+        FROM (SELECT i.invoice_id, i.subscription_id,
+                     unnest(CAST(r.payload->'$.lines.data' AS JSON[])) AS l
+              FROM core_invoices i JOIN raw_stripe_invoice r ON r.id = i.invoice_id
+              WHERE i.subscription_id IS NOT NULL AND i.status IS DISTINCT FROM 'draft'
+                AND NOT i.is_deleted) i
+        WHERE NOT {_LINE_PRORATION}
+    ), billed AS (
+        SELECT subscription_id, invoice_id, min(period_start) AS period_start,
+               max(period_end) AS period_end,
+               to_json(list(json_object('id', item_id, 'price', price_id,
+                                        'quantity', quantity) ORDER BY item_id)) AS items
+        FROM lines WHERE item_id IS NOT NULL AND price_id IS NOT NULL
+        GROUP BY ALL
+    ), anchors AS (
+        -- A first state seen in a list holds since the last period billed before it (a
+        -- snapshot's own time is only when it was read); one seen canceled keeps its
+        -- end, and one seen in an event its event's time (the change it records).
+        SELECT f.subscription_id, f.first_ts, f.payload,
+               max(b.period_start) FILTER (WHERE b.period_start < f.first_ts
+                                             AND f.payload->>'$.status' <> 'canceled'
+                                             AND f.source <> 'event') AS held_since,
+               max(b.period_end) FILTER (WHERE b.period_start < f.first_ts) AS last_billed_end
+        FROM first_seen f LEFT JOIN billed b USING (subscription_id)
+        GROUP BY ALL
+    ), invoiced AS (
+        -- one version per billed period before that: the first seen state, active
+        -- (trialing inside its trial), with the items and seats billed
+        SELECT a.subscription_id, b.period_start AS version_ts, -1 AS version_seq,
+               'invoice:' || b.invoice_id AS version_key,
+               json_merge_patch(a.payload, json_object(
+                   'currency', lower(coalesce(a.payload->>'$.currency',
+                                              a.payload->>'$.plan.currency',
+                                              {_ITEMS.replace("payload", "a.payload")}[1]->>'$.price.currency',
+                                              {_ITEMS.replace("payload", "a.payload")}[1]->>'$.plan.currency')),
+                   'status', CASE WHEN stripe_ts(a.payload->'$.trial_end') > b.period_start
+                                  THEN 'trialing' ELSE 'active' END,
+                   'cancel_at_period_end', FALSE, 'cancel_at', NULL, 'canceled_at', NULL,
+                   'ended_at', NULL,
+                   'current_period_start', epoch(b.period_start)::BIGINT,
+                   'current_period_end', epoch(b.period_end)::BIGINT,
+                   'items', json_object('data', b.items))) AS payload
+        FROM billed b JOIN anchors a USING (subscription_id)
+        WHERE b.period_start < coalesce(a.held_since, a.first_ts)
+    ), v AS (
+        SELECT o.subscription_id,
+               CASE WHEN o.version_ts <> a.first_ts THEN o.version_ts
+                    WHEN a.held_since IS NOT NULL THEN a.held_since
+                    -- seen canceled in a list: canceled from when it ended (else from the
+                    -- end of its last billed period), not from when it was read
+                    WHEN o.source <> 'event' AND o.payload->>'$.status' = 'canceled'
+                    THEN least(o.version_ts, coalesce(stripe_ts(o.payload->'$.ended_at'),
+                                                      stripe_ts(o.payload->'$.canceled_at'),
+                                                      a.last_billed_end, o.version_ts))
+                    ELSE o.version_ts END AS version_ts,
+               o.version_seq, o.version_key, o.payload, FALSE AS from_invoice
+        FROM observed o JOIN anchors a USING (subscription_id)
+        UNION ALL
+        SELECT *, TRUE FROM invoiced
+    ), latest_per_instant AS (
+        SELECT * FROM v
+        -- several versions in one instant: an observed one over an invoice's, then the
+        -- greatest
         QUALIFY row_number() OVER (PARTITION BY subscription_id, version_ts
-                                   ORDER BY version_seq DESC, version_key DESC) = 1
+                                   ORDER BY from_invoice, version_seq DESC,
+                                            version_key DESC) = 1
     )
     , s AS (
-    SELECT subscription_id, version_ts,
-           version_ts = min(version_ts) OVER (PARTITION BY subscription_id) AS is_first,
+    SELECT subscription_id, version_ts, from_invoice,
+           NOT from_invoice AND version_ts = min(version_ts) FILTER (WHERE NOT from_invoice)
+               OVER (PARTITION BY subscription_id) AS is_first,
+           bool_or(from_invoice) OVER (PARTITION BY subscription_id) AS has_invoiced,
            stripe_ts(payload->'$.created') AS created_at,
            stripe_id(payload->'$.customer') AS customer_id,
            payload->>'$.status' AS status,
@@ -61,7 +167,7 @@ _VERSIONS = f"""
            stripe_ts(payload->'$.trial_end') AS trial_end,
            stripe_id(payload->'$.default_payment_method') AS default_payment_method,
            {_ITEMS} AS items
-    FROM v
+    FROM latest_per_instant
     ), inferred AS (
         SELECT *, is_first AND status = 'canceled'
                   AND coalesce(ended_at, canceled_at) > created_at AS ended_unseen
@@ -73,15 +179,24 @@ _VERSIONS = f"""
                                ELSE version_ts END AS version_ts)
         FROM inferred
         UNION ALL
-        -- before it ended: active, with the same items
+        -- before it ended: active, with the same items (when no invoice says otherwise)
         SELECT * REPLACE (created_at AS version_ts, 'active' AS status,
                           NULL::TIMESTAMP AS canceled_at, NULL::TIMESTAMP AS ended_at)
-        FROM inferred WHERE ended_unseen
+        FROM inferred WHERE ended_unseen AND NOT has_invoiced
+        UNION ALL
+        -- a cancellation scheduled before it ended: Stripe's canceled_at "will reflect the
+        -- time of the most recent update request" when it was canceled at period end
+        SELECT * REPLACE (canceled_at AS version_ts, 'active' AS status,
+                          NULL::TIMESTAMP AS ended_at,
+                          coalesce(ended_at, current_period_end) AS current_period_end)
+        FROM inferred
+        WHERE ended_unseen AND (cancel_at_period_end OR cancel_at IS NOT NULL)
+          AND canceled_at > created_at AND canceled_at < coalesce(ended_at, canceled_at)
     )
     , distinct_instants AS (
-        SELECT * EXCLUDE (is_first) FROM versions
+        SELECT * EXCLUDE (is_first, from_invoice, has_invoiced) FROM versions
         QUALIFY row_number() OVER (PARTITION BY subscription_id, version_ts
-                                   ORDER BY ended_unseen) = 1
+                                   ORDER BY from_invoice, ended_unseen) = 1
     )
     SELECT * EXCLUDE (ended_unseen),
            row_number() OVER (PARTITION BY subscription_id ORDER BY version_ts) AS n

@@ -1,0 +1,205 @@
+"""History from the first run: a subscription's past comes back from its invoices' lines.
+
+A backfill lists today's state only; every billed period's invoice line names the item,
+its price and its quantity for that period (``period.start``..``period.end``), so the
+seats and plans a customer had before the service was installed are known, back to the
+first invoice. Proration lines are left out: they bill the difference of a change, not
+the period's state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+import pytest
+
+from churn import warehouse
+from churn.pipelines.stripe.history import build_history
+from churn.pipelines.stripe.land import Version, land
+from churn.pipelines.stripe.normalise import normalise
+
+DAY = 86_400
+T0 = 1_750_000_000  # 2025-06-15
+FETCHED = datetime(2026, 1, 1, tzinfo=UTC).replace(tzinfo=None)
+
+
+def _ts(unix: int) -> datetime:
+    return datetime.fromtimestamp(unix, UTC).replace(tzinfo=None)
+
+
+def _sub(quantity: int, status: str = "active", **extra: Any) -> dict[str, Any]:
+    return {
+        "id": "sub_1",
+        "object": "subscription",
+        "customer": "cus_1",
+        "status": status,
+        "currency": "usd",
+        "created": T0,
+        "livemode": False,
+        "items": {
+            "object": "list",
+            "data": [
+                {
+                    "id": "si_1",
+                    "object": "subscription_item",
+                    "price": {"id": "price_seat", "object": "price", "currency": "usd"},
+                    "quantity": quantity,
+                    "current_period_start": T0 + 150 * DAY,
+                    "current_period_end": T0 + 180 * DAY,
+                }
+            ],
+        },
+        **extra,
+    }
+
+
+def _line(start: int, quantity: int, *, basil: bool, proration: bool = False) -> dict[str, Any]:
+    line: dict[str, Any] = {
+        "id": f"il_{start}_{quantity}_{proration}",
+        "object": "line_item",
+        "amount": 1000 * quantity,
+        "currency": "usd",
+        "period": {"start": start, "end": start + 30 * DAY},
+        "quantity": quantity,
+    }
+    if basil:  # 2025-03-31.basil and later
+        line["pricing"] = {"type": "price_details", "price_details": {"price": "price_seat"}}
+        line["parent"] = {
+            "type": "subscription_item_details",
+            "subscription_item_details": {
+                "subscription": "sub_1", "subscription_item": "si_1", "proration": proration,
+            },
+        }  # fmt: skip
+    else:
+        line.update(
+            type="subscription", subscription="sub_1", subscription_item="si_1",
+            price={"id": "price_seat", "object": "price"}, proration=proration,
+        )  # fmt: skip
+    return line
+
+
+def _invoice(n: int, lines: list[dict[str, Any]], *, basil: bool) -> dict[str, Any]:
+    inv: dict[str, Any] = {
+        "id": f"in_{n}",
+        "object": "invoice",
+        "customer": "cus_1",
+        "currency": "usd",
+        "status": "paid",
+        "amount_due": 1000,
+        "created": T0 + n * 30 * DAY,
+        "livemode": False,
+        "lines": {"object": "list", "has_more": False, "data": lines},
+    }
+    if basil:
+        inv["parent"] = {"type": "subscription_details",
+                         "subscription_details": {"subscription": "sub_1"}}  # fmt: skip
+    else:
+        inv["subscription"] = "sub_1"
+    return inv
+
+
+@pytest.fixture
+def con() -> Iterator[duckdb.DuckDBPyConnection]:
+    c = warehouse.connect(":memory:")
+    yield c
+    c.close()
+
+
+def _build(con: duckdb.DuckDBPyConnection, sub: dict[str, Any], invoices: list[Any]) -> None:
+    v = Version("list", FETCHED, 0, "list", None)
+    land(con, "subscription", [(sub, v)], FETCHED)
+    land(con, "invoice", [(i, v) for i in invoices], FETCHED)
+    normalise(con, None, full=True)
+    build_history(con, full=True)
+
+
+def _items(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
+    return con.execute(
+        "SELECT valid_from, valid_to, quantity FROM history_subscription_items ORDER BY valid_from"
+    ).fetchall()
+
+
+@pytest.mark.parametrize("basil", [True, False], ids=["basil", "pre-basil"])
+def test_seats_before_the_first_extract_come_from_the_invoice_lines(
+    con: duckdb.DuckDBPyConnection, basil: bool
+) -> None:
+    # Billed 10 seats for three periods, then 6 (a downgrade 60+ days before the extract).
+    quantities = [10, 10, 10, 6, 6, 6]
+    invoices = [
+        _invoice(n, [_line(T0 + n * 30 * DAY, q, basil=basil)], basil=basil)
+        for n, q in enumerate(quantities)
+    ]
+    _build(con, _sub(6), invoices)
+    assert _items(con) == [
+        (_ts(T0), _ts(T0 + 90 * DAY), 10),
+        # Today's state holds from the last period billed before it was read.
+        (_ts(T0 + 90 * DAY), None, 6),
+    ]
+    statuses = con.execute("SELECT DISTINCT status FROM history_subscriptions").fetchall()
+    assert statuses == [("active",)]
+
+
+def test_proration_lines_do_not_make_versions(con: duckdb.DuckDBPyConnection) -> None:
+    invoices = [
+        _invoice(0, [_line(T0, 10, basil=True)], basil=True),
+        _invoice(1, [_line(T0 + 30 * DAY, 10, basil=True),
+                     _line(T0 + 45 * DAY, 3, basil=True, proration=True)], basil=True),
+    ]  # fmt: skip
+    _build(con, _sub(10), invoices)
+    assert _items(con) == [(_ts(T0), None, 10)]
+
+
+def test_a_trial_before_the_first_invoice_paid_is_trialing(con: duckdb.DuckDBPyConnection) -> None:
+    invoices = [
+        _invoice(n, [_line(T0 + n * 30 * DAY, 5, basil=True)], basil=True) for n in range(3)
+    ]
+    _build(con, _sub(5, trial_end=T0 + 30 * DAY), invoices)
+    rows = con.execute(
+        "SELECT valid_from, status FROM history_subscriptions ORDER BY valid_from"
+    ).fetchall()
+    assert rows[0] == (_ts(T0), "trialing")
+    assert rows[1] == (_ts(T0 + 30 * DAY), "active")
+
+
+def test_a_subscription_seen_canceled_keeps_its_end_and_its_billed_seats(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    end = T0 + 100 * DAY
+    invoices = [
+        _invoice(n, [_line(T0 + n * 30 * DAY, q, basil=True)], basil=True)
+        for n, q in enumerate([8, 8, 4, 4])
+    ]
+    _build(con, _sub(4, status="canceled", canceled_at=end, ended_at=end), invoices)
+    subs = con.execute(
+        "SELECT valid_from, status FROM history_subscriptions ORDER BY valid_from"
+    ).fetchall()
+    assert subs[-1] == (_ts(end), "canceled")
+    assert all(s == "active" for _, s in subs[:-1])
+    assert [q for _, _, q in _items(con)] == [8, 4]
+
+
+def test_a_cancellation_at_period_end_was_scheduled_from_its_request(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    """Stripe: "If the subscription was canceled with cancel_at_period_end, canceled_at
+    will reflect the time of the most recent update request, not the end of the
+    subscription period when the subscription is automatically moved to a canceled
+    state." A backfill that sees it canceled still knows it was cancelling before."""
+    asked, end = T0 + 75 * DAY, T0 + 90 * DAY
+    invoices = [
+        _invoice(n, [_line(T0 + n * 30 * DAY, 3, basil=True)], basil=True) for n in range(3)
+    ]
+    sub = _sub(3, status="canceled", cancel_at_period_end=True, canceled_at=asked, ended_at=end)
+    _build(con, sub, invoices)
+    rows = con.execute(
+        "SELECT valid_from, valid_to, status, cancel_at_period_end FROM history_subscriptions"
+        " ORDER BY valid_from"
+    ).fetchall()
+    assert rows[-2:] == [
+        (_ts(asked), _ts(end), "active", True),
+        (_ts(end), None, "canceled", True),
+    ]
+    assert not any(flag for _, _, _, flag in rows[:-2])
