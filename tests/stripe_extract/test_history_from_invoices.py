@@ -3,8 +3,7 @@
 A backfill lists today's state only; every billed period's invoice line names the item,
 its price and its quantity for that period (``period.start``..``period.end``), so the
 seats and plans a customer had before the service was installed are known, back to the
-first invoice. Proration lines are left out: they bill the difference of a change, not
-the period's state.
+first invoice. A change mid-period shows in its "remaining time" proration line.
 """
 
 from __future__ import annotations
@@ -142,12 +141,15 @@ def test_seats_before_the_first_extract_come_from_the_invoice_lines(
     assert statuses == [("active",)]
 
 
-def test_proration_lines_do_not_make_versions(con: duckdb.DuckDBPyConnection) -> None:
+def test_an_unused_time_line_is_not_a_state(con: duckdb.DuckDBPyConnection) -> None:
+    """The negative proration line credits the old item's unused time: it names what
+    was given up, not what holds."""
+    credit = _line(T0 + 45 * DAY, 3, basil=True, proration=True)
+    credit["amount"] = -3000
     invoices = [
         _invoice(0, [_line(T0, 10, basil=True)], basil=True),
-        _invoice(1, [_line(T0 + 30 * DAY, 10, basil=True),
-                     _line(T0 + 45 * DAY, 3, basil=True, proration=True)], basil=True),
-    ]  # fmt: skip
+        _invoice(1, [_line(T0 + 30 * DAY, 10, basil=True), credit], basil=True),
+    ]
     _build(con, _sub(10), invoices)
     assert _items(con) == [(_ts(T0), None, 10)]
 
@@ -203,3 +205,39 @@ def test_a_cancellation_at_period_end_was_scheduled_from_its_request(
         (_ts(end), None, "canceled", True),
     ]
     assert not any(flag for _, _, _, flag in rows[:-2])
+
+
+def test_a_change_mid_period_starts_at_its_proration_line(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    """A quantity change with Stripe's default proration_behavior (create_prorations)
+    bills "Unused time" (negative) and "Remaining time" lines on the next invoice, both
+    from the change to the period's end: the new seats hold from the change."""
+    change = T0 + 45 * DAY
+    unused = _line(change, 10, basil=True, proration=True)
+    unused["amount"] = -5000
+    remaining = _line(change, 4, basil=True, proration=True)
+    invoices = [
+        _invoice(0, [_line(T0, 10, basil=True)], basil=True),
+        _invoice(1, [_line(T0 + 30 * DAY, 10, basil=True)], basil=True),
+        _invoice(2, [_line(T0 + 60 * DAY, 4, basil=True), unused, remaining], basil=True),
+    ]
+    _build(con, _sub(4), invoices)
+    assert _items(con) == [(_ts(T0), _ts(change), 10), (_ts(change), None, 4)]
+
+
+def test_a_trial_that_billed_nothing_is_trialing_until_its_end(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    """A trial bills no period: the first invoice comes at ``trial_end``. Seen active
+    later, the subscription was trialing (zero MRR) from ``trial_start``."""
+    trial_end = T0 + 14 * DAY
+    invoices = [
+        _invoice(n, [_line(trial_end + n * 30 * DAY, 2, basil=True)], basil=True) for n in range(3)
+    ]
+    _build(con, _sub(2, trial_start=T0, trial_end=trial_end), invoices)
+    rows = con.execute(
+        "SELECT valid_from, status FROM history_subscriptions ORDER BY valid_from"
+    ).fetchall()
+    assert rows[0] == (_ts(T0), "trialing")
+    assert rows[1] == (_ts(trial_end), "active")

@@ -478,13 +478,18 @@ class _Builder:
         churn_type: str | None = None
         churn_at: int | None = None
         n_periods = 0
+        # A change mid-period is prorated on the next invoice (Stripe's default
+        # proration_behavior, create_prorations): unused time on the old item, remaining
+        # time on the new one, both for the rest of the period.
+        prorations: list[dict[str, Any]] = []
         while t < self.now:
             n_periods += 1
             period_end = t + period
             item["current_period_start"], item["current_period_end"] = t, period_end
             disc = discount_months > 0
             discount_months -= 1
-            ok = self.invoice(sub, item, customer, pm, t, fail_p, recover_p, disc)
+            ok = self.invoice(sub, item, customer, pm, t, fail_p, recover_p, disc, prorations)
+            prorations = []
             if not ok:
                 churn_type, churn_at = "involuntary", t + 20 * DAY
                 self.cancel(sub, min(churn_at, self.now - 1), "payment_failed", immediate=True)
@@ -502,18 +507,22 @@ class _Builder:
                 new_q = max(1, item["quantity"] + (step if rng.normal(h, 1) > 0 else -step))
                 if new_q != item["quantity"]:
                     prev_items = _clone(sub["items"])
+                    old_item = _clone(item)
                     item["quantity"] = new_q
                     self.event("customer.subscription.updated", sub, mid, {"items": prev_items})
+                    prorations += self.proration(sub, old_item, item, mid, period_end)
             elif mid < self.now and rng.random() < 0.03:
                 order = [p for p, _ in PLANS]
                 j = order.index(plan) + (1 if rng.normal(h, 1) > 0.5 else -1)
                 if 0 <= j < len(order) and order[j] != plan:
                     prev_items = _clone(sub["items"])
+                    old_item = _clone(item)
                     plan = order[j]
                     item["price"] = self.prices[(plan, cur, interval)]
                     per_seat = plan != "starter"
                     item["quantity"] = max(1, seats) if per_seat else 1
                     self.event("customer.subscription.updated", sub, mid, {"items": prev_items})
+                    prorations += self.proration(sub, old_item, item, mid, period_end)
             # Voluntary churn: schedule at period end, sometimes withdrawn.
             if leaving:
                 decide = t + int(period * 0.6)
@@ -646,12 +655,15 @@ class _Builder:
         fail_p: float,
         recover_p: float,
         discounted: bool,
+        prorations: list[dict[str, Any]] | None = None,
     ) -> bool:
         """One period's invoice and its charge attempts; False when it was never paid."""
         rng = self.rng
-        amount = int(item["price"]["unit_amount"]) * int(item["quantity"])
+        base = int(item["price"]["unit_amount"]) * int(item["quantity"])
         if discounted:
-            amount -= amount // 5
+            base -= base // 5
+        prorations = prorations or []
+        amount = max(0, base + sum(int(p["amount"]) for p in prorations))
         inv_id = self.ids.new("in")
         exp = pm["card"]["exp_year"] * 12 + pm["card"]["exp_month"]
         t_m = datetime.fromtimestamp(ts, UTC)
@@ -672,13 +684,13 @@ class _Builder:
             "lines": {
                 "object": "list",
                 "has_more": False,
-                "total_count": 1,
+                "total_count": 1 + len(prorations),
                 "url": f"/v1/invoices/{inv_id}/lines",
                 "data": [
                     {
                         "id": self.ids.new("il"),
                         "object": "line_item",
-                        "amount": amount,
+                        "amount": base,
                         "currency": sub["currency"],
                         "invoice": inv_id,
                         "period": {
@@ -695,12 +707,14 @@ class _Builder:
                         "quantity": item["quantity"],
                         "parent": {
                             "subscription_item_details": {
+                                "proration": False,
                                 "subscription": sub["id"],
                                 "subscription_item": item["id"],
                             },
                             "type": "subscription_item_details",
                         },
-                    }
+                    },
+                    *({**p, "invoice": inv_id} for p in prorations),
                 ],
             },
             "livemode": False,
@@ -760,6 +774,47 @@ class _Builder:
             self.event("invoice.marked_uncollectible", inv, attempts[-1] + DAY, None)
         self.w.stripe["invoice"].append(inv)
         return paid or attempts[-1] >= self.now
+
+    def proration(
+        self,
+        sub: dict[str, Any],
+        old: dict[str, Any],
+        new: dict[str, Any],
+        at: int,
+        period_end: int,
+    ) -> list[dict[str, Any]]:
+        """Stripe's two proration lines for a change at ``at``: the old item's unused time
+        (negative) and the new item's remaining time, both ``at``..``period_end``."""
+        share = (period_end - at) / max(1, period_end - int(old["current_period_start"]))
+        lines = []
+        for sign, it in ((-1, old), (1, new)):
+            full = int(it["price"]["unit_amount"]) * int(it["quantity"])
+            lines.append(
+                {
+                    "id": self.ids.new("il"),
+                    "object": "line_item",
+                    "amount": sign * round(full * share),
+                    "currency": sub["currency"],
+                    "period": {"start": at, "end": period_end},
+                    "pricing": {
+                        "price_details": {
+                            "price": it["price"]["id"],
+                            "product": it["price"]["product"],
+                        },
+                        "type": "price_details",
+                    },
+                    "quantity": it["quantity"],
+                    "parent": {
+                        "subscription_item_details": {
+                            "proration": True,
+                            "subscription": sub["id"],
+                            "subscription_item": it["id"],
+                        },
+                        "type": "subscription_item_details",
+                    },
+                }
+            )
+        return lines
 
     def charge(
         self,

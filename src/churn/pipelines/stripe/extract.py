@@ -2,7 +2,8 @@
 
 - First run (or ``full``): list every stream, a page per transaction together with the
   stream's progress in ``sync_state`` (``backfill:<stream>``), so a killed backfill
-  resumes after its last committed page without duplicates.
+  resumes after its last committed page without duplicates; then every event Stripe
+  still keeps (30 days), so the recent past's changes carry their own times.
 - Later runs: ``/v1/events`` from the stored cursor minus an overlap, de-duplicated by
   event id against ``raw_stripe_event``, sorted by ``created`` here (servers differ in
   order), applied newer-over-older in chunks, each chunk in one transaction with the
@@ -99,6 +100,8 @@ def extract_stripe(
         with run.progress_bar():
             if backfilling:
                 run.backfill(full=full)
+                # The events Stripe still keeps (30 days) are history a first run has too.
+                run.events()
             else:
                 # Decided before reading events, which move the cursor forward.
                 due = run.reconcile_due()
@@ -346,8 +349,13 @@ class _Run:
                 )
             _, cursor_ts, _ = self._state(EVENTS)
             if cursor_ts is None:
-                # Events from now on are read after the backfill: nothing falls between.
-                self._set_state(EVENTS, None, started, {"polled_at": started.isoformat()})
+                # Events from now on are read after the backfill: nothing falls between;
+                # and the first read takes every event Stripe still keeps ("List events,
+                # going back up to 30 days"), so the recent past's changes come with their
+                # own times. Pending until that read is whole: a killed one is redone.
+                self._set_state(
+                    EVENTS, None, started, {"polled_at": started.isoformat(), "retained": "pending"}
+                )
             _, _, meta = self._state(BACKFILL_PREFIX + "all")
             if "started_at" not in meta:
                 self._set_state(
@@ -403,15 +411,15 @@ class _Run:
         polled = utcnow()
         _, cursor_ts, details = self._state(EVENTS)
         overlap = timedelta(seconds=self.settings.stripe.events_overlap_seconds)
-        since = (cursor_ts or polled) - overlap
+        retained = details.get("retained") == "pending"
+        since = None if retained else (cursor_ts or polled) - overlap
         task = self._task("events")
         fetched: dict[str, dict[str, Any]] = {}  # in the API's order, first sighting kept
         starting_after: str | None = None
         while True:
-            params: dict[str, Any] = {
-                "limit": self.settings.stripe.page_size,
-                "created": {"gte": _epoch(since)},
-            }
+            params: dict[str, Any] = {"limit": self.settings.stripe.page_size}
+            if since is not None:
+                params["created"] = {"gte": _epoch(since)}
             if starting_after:
                 params["starting_after"] = starting_after
             page = self.api.get("events", "/v1/events", params)
@@ -445,6 +453,7 @@ class _Run:
             state = {**details, "last_event": chunk[-1][0]["id"] if chunk else None}
             if done:
                 state["polled_at"] = polled.isoformat()
+                state.pop("retained", None)
             with transaction(self.con):
                 self._apply_events(chunk, more_items)
                 self._set_state(EVENTS, None, cursor, state)

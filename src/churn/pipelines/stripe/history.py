@@ -5,9 +5,10 @@ Versions are the event payloads and list snapshots kept in
 its invoices: each billed period's lines (item, price, quantity, ``period``; both the
 current ``parent.subscription_item_details``/``pricing`` shape and the older top-level
 one) give its items from the period's start, in the first seen state made ``active``
-(``trialing`` inside ``trial_end``). Proration lines are left out: they bill the
-difference a change made, not a period's state. So the first run already has the seats
-and plans of every period back to the first invoice.
+(``trialing`` inside ``trial_end``). A change mid-period is billed on the next invoice as
+two proration lines; the "remaining time" one (not negative) gives the changed item's
+new price and quantity from its ``period.start``, the change's time. So the first run
+already has the seats and plans of every period back to the first invoice.
 
 Ordered by (version_ts, version_seq, version_key), the state of each version (the
 columns of ``history_subscriptions``; the set of items with their price and quantity)
@@ -72,20 +73,37 @@ _VERSIONS = f"""
                stripe_ts(l->'$.period.start') AS period_start,
                stripe_ts(l->'$.period.end') AS period_end,
                {_LINE_ITEM} AS item_id, {_LINE_PRICE} AS price_id,
-               TRY_CAST(l->>'$.quantity' AS BIGINT) AS quantity
+               TRY_CAST(l->>'$.quantity' AS BIGINT) AS quantity,
+               {_LINE_PRORATION} AS proration, TRY_CAST(l->>'$.amount' AS BIGINT) AS amount
         FROM (SELECT i.invoice_id, i.subscription_id,
                      unnest(CAST(r.payload->'$.lines.data' AS JSON[])) AS l
               FROM core_invoices i JOIN raw_stripe_invoice r ON r.id = i.invoice_id
               WHERE i.subscription_id IS NOT NULL AND i.status IS DISTINCT FROM 'draft'
                 AND NOT i.is_deleted) i
-        WHERE NOT {_LINE_PRORATION}
     ), billed AS (
         SELECT subscription_id, invoice_id, min(period_start) AS period_start,
                max(period_end) AS period_end,
                to_json(list(json_object('id', item_id, 'price', price_id,
                                         'quantity', quantity) ORDER BY item_id)) AS items
-        FROM lines WHERE item_id IS NOT NULL AND price_id IS NOT NULL
+        FROM lines WHERE NOT proration AND item_id IS NOT NULL AND price_id IS NOT NULL
         GROUP BY ALL
+    ), prorated AS (
+        -- A change mid-period: its "remaining time" line (not negative; the "unused
+        -- time" one is) names the item's new price and quantity from the change on; the
+        -- other items are the period's billed ones.
+        SELECT pr.subscription_id, pr.invoice_id || ':' || pr.item_id AS invoice_id,
+               pr.period_start, b.period_end,
+               to_json(list_append(
+                   list_filter(CAST(b.items AS JSON[]), lambda x: x->>'$.id' <> pr.item_id),
+                   json_object('id', pr.item_id, 'price', pr.price_id,
+                               'quantity', pr.quantity))) AS items
+        FROM (SELECT * FROM lines WHERE proration AND coalesce(amount, 0) >= 0
+                AND item_id IS NOT NULL AND price_id IS NOT NULL) pr
+        ASOF JOIN billed b
+          ON pr.subscription_id = b.subscription_id AND pr.period_start >= b.period_start
+        WHERE pr.period_start > b.period_start
+    ), periods AS (
+        SELECT * FROM billed UNION ALL SELECT * FROM prorated
     ), anchors AS (
         -- A first state seen in a list holds since the last period billed before it (a
         -- snapshot's own time is only when it was read); one seen canceled keeps its
@@ -95,7 +113,7 @@ _VERSIONS = f"""
                                              AND f.payload->>'$.status' <> 'canceled'
                                              AND f.source <> 'event') AS held_since,
                max(b.period_end) FILTER (WHERE b.period_start < f.first_ts) AS last_billed_end
-        FROM first_seen f LEFT JOIN billed b USING (subscription_id)
+        FROM first_seen f LEFT JOIN periods b USING (subscription_id)
         GROUP BY ALL
     ), invoiced AS (
         -- one version per billed period before that: the first seen state, active
@@ -114,8 +132,32 @@ _VERSIONS = f"""
                    'current_period_start', epoch(b.period_start)::BIGINT,
                    'current_period_end', epoch(b.period_end)::BIGINT,
                    'items', json_object('data', b.items))) AS payload
-        FROM billed b JOIN anchors a USING (subscription_id)
+        FROM periods b JOIN anchors a USING (subscription_id)
         WHERE b.period_start < coalesce(a.held_since, a.first_ts)
+        UNION ALL
+        -- a trial before the first period billed: trialing from its start, with the
+        -- items the first invoice billed (a trial bills nothing)
+        SELECT a.subscription_id, t.trial_start, -1, 'trial:' || a.subscription_id,
+               json_merge_patch(a.payload, json_object(
+                   'status', 'trialing', 'cancel_at_period_end', FALSE, 'cancel_at', NULL,
+                   'canceled_at', NULL, 'ended_at', NULL,
+                   'current_period_start', epoch(t.trial_start)::BIGINT,
+                   'current_period_end', epoch(t.trial_end)::BIGINT,
+                   'items', coalesce(json_object('data', t.first_items),
+                                     a.payload->'$.items')))
+        FROM anchors a
+        JOIN (SELECT f.subscription_id,
+                     coalesce(stripe_ts(f.payload->'$.trial_start'),
+                              stripe_ts(f.payload->'$.created')) AS trial_start,
+                     stripe_ts(f.payload->'$.trial_end') AS trial_end,
+                     (SELECT arg_min(b.items, b.period_start) FROM billed b
+                      WHERE b.subscription_id = f.subscription_id) AS first_items,
+                     (SELECT min(b.period_start) FROM billed b
+                      WHERE b.subscription_id = f.subscription_id) AS first_billed
+              FROM first_seen f) t USING (subscription_id)
+        WHERE t.trial_end > t.trial_start
+          AND t.trial_start < least(coalesce(t.first_billed, a.first_ts),
+                                    coalesce(a.held_since, a.first_ts))
     ), v AS (
         SELECT o.subscription_id,
                CASE WHEN o.version_ts <> a.first_ts THEN o.version_ts

@@ -1,0 +1,51 @@
+"""The point-in-time rule, end to end: scoring as of T on a warehouse extracted from the
+world as it stood at T equals scoring as of T on one extracted from the world today.
+
+The reference is the world rebuilt at T from its own events (``churn.sandbox.timetravel``)
+and extracted then, the way a service installed at T would have seen it. The other
+warehouse is extracted today, 60 days later: the 30 days of events Stripe keeps do not
+reach back to T, so everything T needs must come from what Stripe still holds (invoice
+lines and their prorations, status transitions, ``canceled_at``).
+
+Differences the API cannot resolve are named in the README ("What cannot be known as of
+a past date") with the counts this test measures; any other difference fails.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from churn.sandbox.timetravel import compare_at
+from churn.sandbox.world import generate_world, write_world
+
+pytestmark = pytest.mark.slow
+
+#: cause -> at most this many accounts, each explained in the README.
+KNOWN = {
+    # A cancellation scheduled and withdrawn before the 30 days of events Stripe keeps:
+    # today's subscription carries no trace of it.
+    "known_churn": 1,
+    "signal:cancel_at_period_end": 1,
+    # An invoice paid since T after a failed attempt, whose charges the current API no
+    # longer links to it (no invoice on a charge since 2025-03-31.basil): its attempts at
+    # T are not read from its charges yet (invoice payments are not extracted).
+    "signal:payment_failure": 2,
+    "payment_health": 2,
+    "risk_score": 2,
+}
+
+
+def test_scores_as_of_a_past_date_are_what_was_known_then(tmp_path: Path) -> None:
+    now = datetime(2026, 11, 30, tzinfo=UTC)
+    folder = tmp_path / "world"
+    write_world(generate_world(300, seed=5, now=now), folder, seed=5)
+    at = (now - timedelta(days=60)).replace(tzinfo=None)
+    result = compare_at(folder, at, tmp_path / "work")
+    print("\n".join(result.lines()))
+    assert result.accounts > 150
+    unexplained = {c: n for c, n in result.differing.items() if n > KNOWN.get(c, 0)}
+    assert not unexplained, (unexplained, {c: result.examples[c] for c in unexplained})
+    assert result.equal >= result.accounts - 3
