@@ -241,3 +241,18 @@ def test_a_trial_that_billed_nothing_is_trialing_until_its_end(
     ).fetchall()
     assert rows[0] == (_ts(T0), "trialing")
     assert rows[1] == (_ts(trial_end), "active")
+
+
+def test_a_subscription_seen_cancelling_was_not_cancelling_before_its_request(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    """Listed active with ``cancel_at_period_end`` and ``canceled_at`` (the request): the
+    scheduled cancellation holds from the request, not from the subscription's start."""
+    asked = T0 + 50 * DAY
+    invoices = [_invoice(0, [_line(T0, 3, basil=True)], basil=True)]
+    _build(con, _sub(3, cancel_at_period_end=True, canceled_at=asked), invoices)
+    rows = con.execute(
+        "SELECT valid_from, status, cancel_at_period_end FROM history_subscriptions"
+        " ORDER BY valid_from"
+    ).fetchall()
+    assert rows == [(_ts(T0), "active", False), (_ts(asked), "active", True)]

@@ -22,7 +22,8 @@ versions in the same state merge. Written rules for the first version seen:
   ``canceled_at``); before that, the billed periods, or (with no invoice) active with the
   same items from ``created``, so churn before the first extract is not lost; one that
   was canceled at period end (or at ``cancel_at``) was scheduled to cancel from
-  ``canceled_at``, the time of the request, until it ended.
+  ``canceled_at``, the time of the request, until it ended; one seen still cancelling
+  was not cancelling before its request either.
 
 A version that lands late or twice changes nothing: the build is a pure function of the
 set of versions and invoices, in SQL, redone for the subscriptions with a new version or
@@ -212,14 +213,26 @@ _VERSIONS = f"""
     FROM latest_per_instant
     ), inferred AS (
         SELECT *, is_first AND status = 'canceled'
-                  AND coalesce(ended_at, canceled_at) > created_at AS ended_unseen
+                  AND coalesce(ended_at, canceled_at) > created_at AS ended_unseen,
+                  -- first seen cancelling, the request (canceled_at) after the time it
+                  -- is taken to hold from: cancelling only from the request
+                  coalesce(is_first AND status <> 'canceled'
+                           AND (cancel_at_period_end OR cancel_at IS NOT NULL)
+                           AND canceled_at > greatest(version_ts, created_at), FALSE)
+                      AS scheduled_later
         FROM s
     ), versions AS (
         -- the first state seen, or from when it ended if it was seen canceled
         SELECT * REPLACE (CASE WHEN ended_unseen
                                THEN least(version_ts, coalesce(ended_at, canceled_at))
+                               WHEN scheduled_later THEN canceled_at
                                ELSE version_ts END AS version_ts)
         FROM inferred
+        UNION ALL
+        -- before that request: the same state, not cancelling
+        SELECT * REPLACE (FALSE AS cancel_at_period_end, NULL::TIMESTAMP AS cancel_at,
+                          NULL::TIMESTAMP AS canceled_at)
+        FROM inferred WHERE scheduled_later
         UNION ALL
         -- before it ended: active, with the same items (when no invoice says otherwise)
         SELECT * REPLACE (created_at AS version_ts, 'active' AS status,
@@ -236,7 +249,7 @@ _VERSIONS = f"""
           AND canceled_at > created_at AND canceled_at < coalesce(ended_at, canceled_at)
     )
     , distinct_instants AS (
-        SELECT * EXCLUDE (is_first, from_invoice, has_invoiced) FROM versions
+        SELECT * EXCLUDE (is_first, from_invoice, has_invoiced, scheduled_later) FROM versions
         QUALIFY row_number() OVER (PARTITION BY subscription_id, version_ts
                                    ORDER BY from_invoice, ended_unseen) = 1
     )
