@@ -333,10 +333,10 @@ def test_mrr_without_a_rate_is_unknown_not_zero(
         ).fetchall()
     )
     assert mrr == {"ceur": None, "cusd": 1000}
-    from churn.pipelines.push.sync import _desired_values
+    from churn.pipelines.push.values import account_values
 
     row = {"total_mrr_minor": None, "reporting_currency": "USD", "payment_health": "Healthy"}
-    assert "total_mrr" not in _desired_values(row, _settings(tmp_path))
+    assert "total_mrr" not in account_values(row, _settings(tmp_path))
 
 
 @pytest.mark.slow

@@ -79,3 +79,10 @@ def test_settings_are_frozen() -> None:
     with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError
         s.db = Path("elsewhere")  # type: ignore[misc]
     assert s.with_overrides(db="other.duckdb").db == Path("other.duckdb")
+
+
+def test_account_fields_from_the_environment_replace_the_default() -> None:
+    s = load_settings(env={"CHURN_PUSH__ACCOUNT_FIELDS": '{"risk_score": "Risk__c"}'})
+    assert s.push.account_fields == {"risk_score": "Risk__c"}
+    with pytest.raises(ConfigError, match="CHURN_PUSH__ACCOUNT_FIELDS"):
+        load_settings(env={"CHURN_PUSH__ACCOUNT_FIELDS": '{"no_such_field": "X__c"}'})

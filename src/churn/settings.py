@@ -29,20 +29,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from churn.errors import ConfigError
+from churn.fields import ACCOUNT_FIELDS, account_field
 from churn.signals import SIGNALS_BY_NAME, default_risk_weights, default_task_signals
 
 STRIPE_DEFAULT_API_BASE = "https://api.stripe.com"
 #: The Account fields the push can own (keys of ``PushSettings.account_fields``).
-ACCOUNT_FIELD_NAMES = (
-    "payment_health",
-    "risk_score",
-    "total_mrr",
-    "next_renewal_date",
-    "days_since_last_payment",
-    "subscription_count",
-    "stripe_customer_id",
-    "top_reason",
-)
+ACCOUNT_FIELD_NAMES = tuple(f.name for f in ACCOUNT_FIELDS)
 
 
 def _check_signals(names: Any, *, risk_only: bool) -> None:
@@ -134,7 +126,7 @@ class SalesforceSettings(_Section):
     #: Rows per Bulk API 2.0 results page (maxRecords).
     bulk_page_size: int = Field(50_000, ge=1)
     #: Custom field names this service reads and writes.
-    account_stripe_customer_field: str = "Stripe_Customer_Id__c"
+    account_stripe_customer_field: str = account_field("stripe_customer_id").api_name
     task_external_id_field: str = "Churn_Episode_Key__c"
     #: Stripe customer metadata keys that may hold the Salesforce Account Id (first wins).
     link_metadata_keys: tuple[str, ...] = ("salesforce_account_id", "sf_account_id")
@@ -249,19 +241,11 @@ class PushSettings(_Section):
     escalate_after_hours: int = Field(24, ge=1)
     outreach_after_hours: int = Field(72, ge=1)
     allow_test_data_in_production: bool = False
-    #: Account fields the service owns: logical name -> Salesforce field API name. Only these
-    #: are ever written; drop an entry to stop writing that field.
+    #: Account fields the service owns: logical name -> Salesforce field API name (default:
+    #: every field of ``churn.fields.ACCOUNT_FIELDS``). Only these are ever written; drop an
+    #: entry to stop writing that field.
     account_fields: dict[str, str] = Field(
-        default_factory=lambda: {
-            "payment_health": "Payment_Health__c",
-            "risk_score": "Churn_Risk__c",
-            "total_mrr": "Total_MRR__c",
-            "next_renewal_date": "Next_Renewal_Date__c",
-            "days_since_last_payment": "Days_Since_Last_Payment__c",
-            "subscription_count": "Subscription_Count__c",
-            "stripe_customer_id": "Stripe_Customer_Id__c",
-            "top_reason": "Churn_Top_Reason__c",
-        }
+        default_factory=lambda: {f.name: f.api_name for f in ACCOUNT_FIELDS}
     )
     #: Signals whose episodes become Tasks for the owner; defaults to the registry's
     #: choice (``seat_expansion``, an upsell lead, is left out: add it to route it too).

@@ -8,6 +8,7 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
+from churn.fields import ACCOUNT_FIELDS, AccountField, Date, Picklist, Text, account_field
 from churn.pipelines.push.plan import (
     ACCOUNT,
     TASK,
@@ -29,6 +30,18 @@ MAPPING = SETTINGS.account_fields
 EXT = "Churn_Episode_Key__c"
 
 
+def _sample(spec: AccountField) -> object:
+    """A value that fits a field's type (for fields the tests below do not name)."""
+    t = spec.type
+    if isinstance(t, Picklist):
+        return t.values[0]
+    if isinstance(t, Date):
+        return date(2026, 12, 31)
+    if isinstance(t, Text):
+        return "text"
+    return Decimal(1).scaleb(-t.scale)
+
+
 def _values(**over: object) -> dict[str, object]:
     base: dict[str, object] = {
         "payment_health": "Failed",
@@ -40,6 +53,7 @@ def _values(**over: object) -> dict[str, object]:
         "stripe_customer_id": "cus_1",
         "top_reason": "Invoice failed twice",
     }
+    base = {f.name: base.get(f.name, _sample(f)) for f in ACCOUNT_FIELDS}
     base.update(over)
     return base
 
@@ -242,17 +256,33 @@ def test_make_plan_orders_accounts_before_tasks_and_carries_last_errors() -> Non
     assert plan.counts() == {"update_account": 1, "create_task": 1}
 
 
+_STRATEGIES: dict[str, st.SearchStrategy[object]] = {
+    "payment_health": st.sampled_from(["Failed", "At Risk", "No Payment Method", "Healthy"]),
+    "risk_score": st.integers(0, 100),
+    "total_mrr": st.integers(0, 10**12).map(lambda m: minor_to_decimal(m, "usd")),
+    "next_renewal_date": st.none() | st.dates(date(2020, 1, 1), date(2040, 1, 1)),
+    "days_since_last_payment": st.none() | st.integers(0, 5000),
+    "subscription_count": st.integers(0, 50),
+    "stripe_customer_id": st.text(min_size=1, max_size=30),
+    "top_reason": st.none() | st.text(max_size=300),
+}
+
+
+def _strategy(spec: AccountField) -> st.SearchStrategy[object]:
+    """Values of a field's type (for fields the strategies above do not name)."""
+    t = spec.type
+    if isinstance(t, Picklist):
+        return st.sampled_from(t.values)
+    if isinstance(t, Date):
+        return st.none() | st.dates(date(2020, 1, 1), date(2040, 1, 1))
+    if isinstance(t, Text):
+        return st.none() | st.text(max_size=t.length + 45)
+    scale = t.scale
+    return st.none() | st.integers(0, 10**t.precision - 1).map(lambda m: Decimal(m).scaleb(-scale))
+
+
 _values_strategy = st.fixed_dictionaries(
-    {
-        "payment_health": st.sampled_from(["Failed", "At Risk", "No Payment Method", "Healthy"]),
-        "risk_score": st.integers(0, 100),
-        "total_mrr": st.integers(0, 10**12).map(lambda m: minor_to_decimal(m, "usd")),
-        "next_renewal_date": st.none() | st.dates(date(2020, 1, 1), date(2040, 1, 1)),
-        "days_since_last_payment": st.none() | st.integers(0, 5000),
-        "subscription_count": st.integers(0, 50),
-        "stripe_customer_id": st.text(min_size=1, max_size=30),
-        "top_reason": st.none() | st.text(max_size=300),
-    }
+    {f.name: _STRATEGIES[f.name] if f.name in _STRATEGIES else _strategy(f) for f in ACCOUNT_FIELDS}
 )
 
 
@@ -272,10 +302,11 @@ def test_a_pushed_plan_replanned_is_empty_and_the_score_never_flaps(
     changes = plan_accounts([AccountInput("001A", second)], state, MAPPING, 5)
     written = set(changes[0].fields) if changes else set()
     for logical, field in MAPPING.items():
+        spec = account_field(logical)
         old, new = canon(created.state.get(field) if created else None), canon(second[logical])
-        if logical == "top_reason" and isinstance(second[logical], str):
-            new = canon(str(second[logical])[:255])
-        if logical == "risk_score":
+        if isinstance(spec.type, Text) and isinstance(second[logical], str):
+            new = canon(str(second[logical])[: spec.type.length])
+        if spec.margin:
             moved = abs(int(second[logical]) - int(first[logical])) > 5  # type: ignore[call-overload]
             assert (field in written) == moved
         else:

@@ -9,7 +9,8 @@ Rules:
 - only the fields in ``PushSettings.account_fields`` are ever written, and a field only
   when its value differs from what Salesforce holds: our last push, unless the Account was
   modified after it (then the value the extract saw);
-- the churn risk score moves only when it differs by more than ``risk_score_margin``;
+- a field whose spec says ``margin`` (the churn risk score) moves only when it differs by
+  more than ``risk_score_margin``;
 - one Task per signal episode, created by an upsert on ``episode_key`` in the Task
   external-id field (a resend after a kill matches it), then updated by its Id, climbing the
   escalation ladder as the episode ages; a Task whose episode is gone from the latest
@@ -28,6 +29,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from churn.fields import AccountField, Text, account_field
 from churn.settings import PushSettings
 from churn.signals import SIGNALS_BY_NAME, UNKNOWN_RESOLUTION, money
 
@@ -162,12 +164,13 @@ def idempotency_key(sobject: str, record_key: str, action: str, fields: Mapping[
     return hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
-def _sf_value(logical: str, value: Any) -> Any:
-    """A desired value in the form sent to Salesforce."""
+def _sf_value(spec: AccountField, value: Any) -> Any:
+    """A desired value in the form sent to Salesforce: text cut to the field's length,
+    dates (and timestamps) as ISO dates."""
     if value is None:
         return None
-    if logical == "top_reason" and isinstance(value, str):
-        return value[:_MAX_TEXT]
+    if isinstance(spec.type, Text) and isinstance(value, str):
+        return value[: spec.type.length]
     if isinstance(value, datetime):
         return value.date().isoformat()
     if isinstance(value, date):
@@ -192,7 +195,11 @@ def plan_accounts(
     risk_score_margin: int,
     last_errors: Mapping[str, str] | None = None,
 ) -> list[Change]:
-    """Account field updates: only owned fields, only changed values, the score with a margin."""
+    """Account field updates: only owned fields, only changed values, the score with a margin.
+
+    ``mapping`` is logical name -> Salesforce API name; each logical name is a field of
+    :data:`churn.fields.ACCOUNT_FIELDS`, whose spec gives the value's form and margin.
+    """
     last_errors = last_errors or {}
     changes = []
     for account in accounts:
@@ -210,7 +217,8 @@ def plan_accounts(
         for logical, sf_field in mapping.items():
             if logical not in account.values:
                 continue
-            desired = _sf_value(logical, account.values[logical])
+            spec = account_field(logical)
+            desired = _sf_value(spec, account.values[logical])
             if use_sf and sf_field in sf_values:
                 held = canon(sf_values[sf_field])
             elif pushed is not None and sf_field in pushed.fields:
@@ -219,7 +227,7 @@ def plan_accounts(
                 held = canon(sf_values[sf_field])
             else:
                 held = None
-            if logical == "risk_score" and _within(desired, held, risk_score_margin):
+            if spec.margin and _within(desired, held, risk_score_margin):
                 confirmed[sf_field] = held
                 continue
             if canon(desired) != held:

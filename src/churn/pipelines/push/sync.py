@@ -36,8 +36,8 @@ from churn.pipelines.push.plan import (
     Plan,
     PushedState,
     make_plan,
-    minor_to_decimal,
 )
+from churn.pipelines.push.values import account_values
 from churn.settings import Settings
 from churn.warehouse import transaction, utcnow
 
@@ -171,67 +171,6 @@ def _dicts(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-def _first_of(row: dict[str, Any], *names: str) -> Any:
-    for name in names:
-        if name in row:
-            return row[name]
-    return None
-
-
-def _listish(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return [value]
-    return list(value) if isinstance(value, list | tuple) else [value]
-
-
-def _reason_text(value: Any) -> str | None:
-    reasons = _listish(value)
-    if not reasons:
-        return None
-    first = reasons[0]
-    if isinstance(first, dict):
-        return str(first.get("reason") or first.get("text") or json.dumps(first))
-    return str(first)
-
-
-def _desired_values(row: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """The owned fields of one ``account_health`` row, in Salesforce's terms."""
-    mrr = _first_of(row, "total_mrr", "total_mrr_minor", "mrr")
-    currency = _first_of(row, "currency", "reporting_currency") or (
-        settings.signals.reporting_currency
-    )
-    renewal = _first_of(row, "next_renewal_date", "next_renewal_at", "next_renewal")
-    if isinstance(renewal, datetime):
-        renewal = renewal.date()
-    # A link guessed by email domain or name is never written back as the Account's Stripe
-    # Customer Id: the next run's links would read it as an authoritative account_field
-    # link, and a wrong guess would be cemented.
-    guessed = set(_listish(row.get("_guessed_customer_ids")))
-    customers = sorted(
-        str(c) for c in _listish(_first_of(row, "stripe_customer_ids")) if c not in guessed
-    )
-    values = {
-        "payment_health": row.get("payment_health"),
-        "risk_score": None if row.get("risk_score") is None else round(row["risk_score"]),
-        "total_mrr": None if mrr is None else minor_to_decimal(int(mrr), str(currency)),
-        "next_renewal_date": renewal if isinstance(renewal, date) else None,
-        "days_since_last_payment": row.get("days_since_last_payment"),
-        "subscription_count": row.get("subscription_count"),
-        "stripe_customer_id": ", ".join(customers)[:255] or None,
-        "top_reason": _reason_text(_first_of(row, "top_reasons", "top_reason")),
-    }
-    if not customers:
-        del values["stripe_customer_id"]  # nothing trusted to say: leave the field alone
-    if values["total_mrr"] is None:
-        del values["total_mrr"]  # unknown (no currency rate): not the same as none
-    return {k: v for k, v in values.items() if k in settings.push.account_fields}
-
-
 def build_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
     """Read the plan's inputs (set-based queries) and compute the plan."""
     accounts: list[AccountInput] = []
@@ -257,7 +196,7 @@ def build_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
             accounts.append(
                 AccountInput(
                     account_id=row["account_id"],
-                    values=_desired_values(row, settings),
+                    values=account_values(row, settings),
                     sf_values=payload,
                     sf_modstamp=row["_sf_modstamp"],
                 )

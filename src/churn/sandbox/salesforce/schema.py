@@ -1,11 +1,15 @@
 """The stand-in org's declared schema: the sObjects and fields the service reads and writes.
 
 Types follow describe's ``type`` values; ``external`` marks an External ID field (upsert key).
+The Account fields the service owns are built from their specs, :data:`churn.fields.ACCOUNT_FIELDS`
+(with their default API names), so the stand-in declares what the metadata deploys.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from churn.fields import ACCOUNT_FIELDS, AccountField, Picklist, Text
 
 
 @dataclass(frozen=True)
@@ -15,6 +19,11 @@ class FieldDef:
     external: bool = False
     updateable: bool = True
     custom: bool = False
+    #: The type's shape, as describe gives it: text length, number digits, picklist values.
+    length: int | None = None
+    precision: int | None = None
+    scale: int | None = None
+    picklist_values: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -50,16 +59,25 @@ def _c(name: str, type_: str = "string", external: bool = False) -> FieldDef:
     return FieldDef(name, type_, external=external, custom=True)
 
 
-#: The custom fields the service owns on Account (it writes them in the push).
+def owned_field(spec: AccountField) -> FieldDef:
+    """The stand-in's declaration of an owned Account field, from its spec."""
+    t = spec.type
+    return FieldDef(
+        spec.api_name,
+        t.describe_type,
+        external=spec.external_id,
+        custom=True,
+        length=t.length if isinstance(t, Text) else None,
+        precision=getattr(t, "precision", None),
+        scale=getattr(t, "scale", None),
+        picklist_values=t.values if isinstance(t, Picklist) else (),
+    )
+
+
+#: The custom fields the service owns on Account (it writes them in the push), and
+#: Active_Seats__c, which it may read as the usage feed (``CHURN_USAGE__ACCOUNT_FIELD``).
 ACCOUNT_CUSTOM_FIELDS = (
-    _c("Stripe_Customer_Id__c", external=True),
-    _c("Payment_Health__c", "picklist"),
-    _c("Churn_Risk__c", "double"),
-    _c("Total_MRR__c", "currency"),
-    _c("Next_Renewal_Date__c", "date"),
-    _c("Days_Since_Last_Payment__c", "double"),
-    _c("Subscription_Count__c", "double"),
-    _c("Churn_Top_Reason__c", "textarea"),
+    *(owned_field(spec) for spec in ACCOUNT_FIELDS),
     _c("Active_Seats__c", "double"),
 )
 

@@ -35,7 +35,7 @@ import trustme
 
 from churn.errors import SandboxError
 from churn.sandbox.salesforce import soql
-from churn.sandbox.salesforce.schema import ObjectDef, default_schema
+from churn.sandbox.salesforce.schema import FieldDef, ObjectDef, default_schema
 
 #: A validation rule: (sobject, merged record) -> an error message, or None to accept.
 ValidationRule = Callable[[str, Mapping[str, Any]], str | None]
@@ -796,19 +796,31 @@ def _describe(od: ObjectDef) -> dict[str, Any]:
         "name": od.name,
         "keyPrefix": od.key_prefix,
         "custom": False,
-        "fields": [
-            {
-                "name": f.name,
-                "type": f.type,
-                "externalId": f.external,
-                "updateable": f.updateable,
-                "createable": f.updateable,
-                "custom": f.custom,
-                "idLookup": f.external or f.name == "Id",
-            }
-            for f in od.fields.values()
-        ],
+        "fields": [_describe_field(f) for f in od.fields.values()],
     }
+
+
+def _describe_field(f: FieldDef) -> dict[str, Any]:
+    """A field as describe gives it; the shape (length, digits, values) when declared."""
+    out: dict[str, Any] = {
+        "name": f.name,
+        "type": f.type,
+        "externalId": f.external,
+        "updateable": f.updateable,
+        "createable": f.updateable,
+        "custom": f.custom,
+        "idLookup": f.external or f.name == "Id",
+    }
+    if f.length is not None:
+        out["length"] = f.length
+    if f.precision is not None:
+        out.update(precision=f.precision, scale=f.scale or 0)
+    if f.picklist_values:
+        out["picklistValues"] = [
+            {"value": v, "label": v, "active": True, "defaultValue": False}
+            for v in f.picklist_values
+        ]
+    return out
 
 
 class _Server(ThreadingHTTPServer):
