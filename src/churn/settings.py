@@ -354,9 +354,28 @@ def load_settings(
             data[field] = value
             origin[(field,)] = name
         else:
-            data.setdefault(section, {})[field] = value
+            data.setdefault(section, {})[field] = _from_env(section, field, value, name)
             origin[(section, field)] = name
     return _validate(data, origin)
+
+
+def _from_env(section: str, field: str, value: str, name: str) -> Any:
+    """A mapping or list setting from one variable: JSON, or a list as ``a,b,c``."""
+    model = Settings.model_fields[section].annotation
+    assert isinstance(model, type) and issubclass(model, BaseModel)
+    info = model.model_fields.get(field)
+    kind = getattr(info.annotation, "__origin__", info.annotation) if info else None
+    if kind not in (dict, list, tuple):
+        return value
+    text = value.strip()
+    if text.startswith(("{", "[")):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            raise ConfigError(f"{name} is not valid JSON") from None
+    if kind is dict:
+        return value  # refused by validation, naming the variable
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _env_target(name: str) -> tuple[str | None, str] | None:

@@ -19,7 +19,7 @@ from churn.settings import Settings, load_settings
 
 __all__ = ["CliState", "console", "guarded"]
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # an error is one line, however long
 T = TypeVar("T")
 
 
@@ -38,10 +38,15 @@ class CliState:
     def settings(self) -> Settings:
         """Loaded on first use, so ``--help`` works with a broken environment."""
         if self._settings is None:
-            settings = load_settings(config_path=self.config_path)
-            if self.db is not None:
-                settings = settings.with_overrides(db=self.db)
-            self._settings = settings
+
+            def load() -> Settings:
+                settings = load_settings(config_path=self.config_path)
+                if self.db is not None:
+                    settings = settings.with_overrides(db=self.db)
+                return settings
+
+            # A settings error is one line and exit 2 in every command, never a traceback.
+            self._settings = guarded(load)
         return self._settings
 
 
