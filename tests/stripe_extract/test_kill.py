@@ -18,6 +18,7 @@ import pytest
 
 from churn import warehouse
 from churn.pipelines.stripe.extract import extract_stripe
+from churn.pipelines.stripe.streams import CORE_TABLES, STREAMS
 from churn.settings import load_settings
 
 from .conftest import TEST_KEY, LocalStripe, add_card, build_world
@@ -29,36 +30,13 @@ KILLS_PER_PHASE = 6
 
 # What must be equal: every landed row, minus columns that say when it was fetched.
 COMPARED = {
-    **{
-        f"raw_stripe_{t}": "id, payload::VARCHAR, is_deleted, source, livemode"
-        for t in (
-            "customer",
-            "subscription",
-            "invoice",
-            "charge",
-            "refund",
-            "payment_method",
-            "price",
-            "product",
-            "coupon",
-        )
-    },
+    **{s.table: "id, payload::VARCHAR, is_deleted, source, livemode" for s in STREAMS},
     "raw_stripe_event": "id, type, created, payload::VARCHAR",
     "stripe_subscription_versions": "subscription_id, source, payload::VARCHAR",
     **{
         t: "*"
         for t in (
-            "core_customers",
-            "core_products",
-            "core_prices",
-            "core_coupons",
-            "core_subscriptions",
-            "core_subscription_items",
-            "core_subscription_discounts",
-            "core_invoices",
-            "core_charges",
-            "core_refunds",
-            "core_payment_methods",
+            *(core.name for _, core in CORE_TABLES),
             "history_subscriptions",
             "history_subscription_items",
         )

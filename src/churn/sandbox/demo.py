@@ -23,6 +23,7 @@ from typing import Any
 from churn import warehouse
 from churn.errors import SandboxError
 from churn.job.run import JobResult, run_job
+from churn.pipelines.stripe.streams import LISTED
 from churn.sandbox.stripe.server import RunningStripe, start_stripe_server
 from churn.sandbox.world import GENERATOR_VERSION, generate_world_to
 from churn.settings import Settings, load_settings
@@ -193,8 +194,7 @@ def check_demo(
             return int(row[0]) if row else 0
 
         manifest = json.loads((sandbox.folder / "world.json").read_text())
-        for obj in ("customer", "subscription", "invoice", "charge", "refund", "price",
-                    "product", "coupon"):  # fmt: skip
+        for obj in (s.name for s in LISTED):
             n, want = count(f"raw_stripe_{obj}"), int(manifest["counts"].get(obj, 0))
             checks.append((f"stripe {obj} landed", n >= want > 0, f"{n} of {want}"))
         # Payment methods come embedded as customers' defaults (no call per customer), so

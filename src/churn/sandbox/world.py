@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from churn.pipelines.stripe.streams import STREAMS
+
 API_VERSION = "2025-09-30.clover"
 # Bumped whenever the generator changes what it writes, so cached worlds are remade.
 GENERATOR_VERSION = 7
@@ -114,17 +116,7 @@ class _Builder:
         self.now = now
         self.start = now - months * MONTH
         self.w = World(now=now)
-        for kind in [
-            "product",
-            "price",
-            "coupon",
-            "customer",
-            "payment_method",
-            "subscription",
-            "invoice",
-            "charge",
-            "refund",
-        ]:
+        for kind in (s.name for s in STREAMS):
             self.w.stripe[kind] = []
         self.prices: dict[tuple[str, str, str], dict[str, Any]] = {}
 

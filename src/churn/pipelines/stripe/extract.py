@@ -46,7 +46,7 @@ from churn.pipelines.stripe.client import StripeApi, make_stripe_client
 from churn.pipelines.stripe.history import build_history
 from churn.pipelines.stripe.land import Version, check_mode, land, mark_deleted
 from churn.pipelines.stripe.normalise import normalise
-from churn.pipelines.stripe.streams import OBJECT_TABLES, STREAMS, Stream, flatten
+from churn.pipelines.stripe.streams import LISTED, OBJECT_TABLES, Stream, flatten
 from churn.settings import Settings
 from churn.warehouse import read_state, transaction, utcnow, write_state
 
@@ -231,9 +231,11 @@ class _Run:
     # -- listing -----------------------------------------------------------------------
 
     def _pages(
-        self, stream: Stream, starting_after: str | None, path: str
+        self, stream: Stream, starting_after: str | None, path: str | None
     ) -> Iterator[tuple[list[dict[str, Any]], bool, str]]:
         """Pages of one list endpoint: (objects, has_more, path asked)."""
+        if path is None:
+            raise StripeExtractError(f"stream {stream.name} is not listed")
         resuming = starting_after is not None
         while True:
             params: dict[str, Any] = {"limit": self.settings.stripe.page_size, **stream.params}
@@ -361,7 +363,7 @@ class _Run:
                 self._set_state(
                     BACKFILL_PREFIX + "all", None, started, {"started_at": started.isoformat()}
                 )
-        for stream in STREAMS:
+        for stream in LISTED:
             self._backfill_stream(stream)
         with transaction(self.con):
             _, _, meta = self._state(BACKFILL_PREFIX + "all")
@@ -488,7 +490,7 @@ class _Run:
         self.result.reconciled = True
         days = self.settings.stripe.reconcile_window_days
         since = started - timedelta(days=days) if windowed and days > 0 else None
-        for stream in STREAMS:
+        for stream in LISTED:
             if stream.mutable:
                 self._reconcile_stream(stream, since if stream.windowed else None)
         with transaction(self.con):

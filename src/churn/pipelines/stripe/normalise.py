@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import duckdb
 
+from churn.pipelines.stripe.streams import CORE_TABLES, ITEMS_JSON, CoreTable, Stream
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -30,8 +32,6 @@ class Rule:
     #: SQL over ``payload`` that is TRUE when the payload cannot be normalised.
     broken: str
 
-
-_ITEMS = "CAST(payload->'$.items.data' AS JSON[])"
 
 RULES: tuple[Rule, ...] = (
     Rule("customer", "id is not a customer id", "NOT starts_with(id, 'cus_')"),
@@ -44,13 +44,13 @@ RULES: tuple[Rule, ...] = (
         "subscription",
         "items missing or an item without price or plan",
         f"json_type(payload->'$.items.data') IS DISTINCT FROM 'ARRAY' OR "
-        f"list_bool_or(list_transform({_ITEMS}, lambda i: coalesce(stripe_id(i->'$.price'), "
+        f"list_bool_or(list_transform({ITEMS_JSON}, lambda i: coalesce(stripe_id(i->'$.price'), "
         f"stripe_id(i->'$.plan')) IS NULL))",
     ),
     Rule(
         "subscription",
         "an item quantity is not an integer",
-        f"list_bool_or(list_transform({_ITEMS}, lambda i: i->>'$.quantity' IS NOT NULL "
+        f"list_bool_or(list_transform({ITEMS_JSON}, lambda i: i->>'$.quantity' IS NOT NULL "
         f"AND TRY_CAST(i->>'$.quantity' AS BIGINT) IS NULL))",
     ),
     Rule(
@@ -91,169 +91,13 @@ def _ok(stream: str) -> str:
     )
 
 
-def _ts(path: str) -> str:
-    return f"stripe_ts(payload->'{path}')"
-
-
-CORE_SQL: dict[str, str] = {
-    "core_customers": f"""
-        SELECT id, payload->>'$.name', payload->>'$.email',
-               nullif(lower(split_part(payload->>'$.email', '@', 2)), ''),
-               payload->>'$.currency', payload->'$.metadata',
-               stripe_id(payload->'$.invoice_settings.default_payment_method'),
-               stripe_id(payload->'$.default_source'),
-               TRY_CAST(payload->>'$.delinquent' AS BOOLEAN), livemode, {_ts("$.created")},
-               is_deleted OR coalesce(TRY_CAST(payload->>'$.deleted' AS BOOLEAN), FALSE)
-        FROM {_ok("customer")}""",
-    "core_products": f"""
-        SELECT id, payload->>'$.name', TRY_CAST(payload->>'$.active' AS BOOLEAN), livemode,
-               {_ts("$.created")},
-               is_deleted OR coalesce(TRY_CAST(payload->>'$.deleted' AS BOOLEAN), FALSE)
-        FROM {_ok("product")}""",
-    "core_prices": f"""
-        SELECT id, stripe_id(payload->'$.product'), payload->>'$.nickname',
-               lower(payload->>'$.currency'),
-               coalesce(payload->>'$.type',
-                        CASE WHEN payload->>'$.object' = 'plan' THEN 'recurring' END),
-               payload->>'$.billing_scheme',
-               CAST(coalesce(payload->>'$.unit_amount', payload->>'$.amount') AS BIGINT),
-               coalesce(payload->>'$.unit_amount_decimal', payload->>'$.amount_decimal'),
-               payload->>'$.tiers_mode',
-               CASE WHEN json_type(payload->'$.tiers') = 'ARRAY' THEN payload->'$.tiers' END,
-               coalesce(payload->>'$.recurring.interval', payload->>'$.interval'),
-               TRY_CAST(coalesce(payload->>'$.recurring.interval_count',
-                                 payload->>'$.interval_count') AS INTEGER),
-               coalesce(payload->>'$.recurring.usage_type', payload->>'$.usage_type'),
-               TRY_CAST(coalesce(payload->>'$.transform_quantity.divide_by',
-                                 payload->>'$.transform_usage.divide_by') AS BIGINT),
-               coalesce(payload->>'$.transform_quantity.round',
-                        payload->>'$.transform_usage.round'),
-               TRY_CAST(payload->>'$.active' AS BOOLEAN), livemode, {_ts("$.created")},
-               is_deleted OR coalesce(TRY_CAST(payload->>'$.deleted' AS BOOLEAN), FALSE)
-        FROM {_ok("price")}""",
-    "core_coupons": f"""
-        SELECT id, TRY_CAST(payload->>'$.percent_off' AS DECIMAL(9, 4)),
-               TRY_CAST(payload->>'$.amount_off' AS BIGINT), lower(payload->>'$.currency'),
-               payload->>'$.duration', TRY_CAST(payload->>'$.duration_in_months' AS INTEGER),
-               livemode, {_ts("$.created")},
-               is_deleted OR coalesce(TRY_CAST(payload->>'$.deleted' AS BOOLEAN), FALSE)
-        FROM {_ok("coupon")}""",
-    "core_subscriptions": f"""
-        SELECT id, stripe_id(payload->'$.customer'), payload->>'$.status',
-               lower(coalesce(payload->>'$.currency', payload->>'$.plan.currency',
-                              {_ITEMS}[1]->>'$.price.currency',
-                              {_ITEMS}[1]->>'$.plan.currency')),
-               payload->>'$.collection_method',
-               coalesce(TRY_CAST(payload->>'$.cancel_at_period_end' AS BOOLEAN), FALSE),
-               {_ts("$.cancel_at")}, {_ts("$.canceled_at")}, {_ts("$.ended_at")},
-               coalesce({_ts("$.current_period_start")},
-                        list_min(list_transform({_ITEMS},
-                                 lambda i: stripe_ts(i->'$.current_period_start')))),
-               coalesce({_ts("$.current_period_end")},
-                        list_min(list_transform({_ITEMS},
-                                 lambda i: stripe_ts(i->'$.current_period_end')))),
-               {_ts("$.trial_start")}, {_ts("$.trial_end")},
-               coalesce({_ts("$.start_date")}, {_ts("$.start")}),
-               stripe_id(payload->'$.default_payment_method'),
-               stripe_id(payload->'$.default_source'), stripe_id(payload->'$.latest_invoice'),
-               payload->>'$.cancellation_details.reason', payload->'$.metadata', livemode,
-               {_ts("$.created")}, is_deleted
-        FROM {_ok("subscription")}""",
-    "core_subscription_items": f"""
-        SELECT i->>'$.id', id,
-               coalesce(stripe_id(i->'$.price'), stripe_id(i->'$.plan')),
-               CAST(i->>'$.quantity' AS BIGINT),
-               coalesce(stripe_ts(i->'$.current_period_start'), {_ts("$.current_period_start")}),
-               coalesce(stripe_ts(i->'$.current_period_end'), {_ts("$.current_period_end")}),
-               stripe_ts(i->'$.created')
-        FROM (SELECT id, payload, unnest({_ITEMS}) AS i FROM {_ok("subscription")})""",
-    "core_subscription_discounts": f"""
-        SELECT id AS sid, coalesce(d->>'$.id', 'coupon:' || (d->>'$.coupon.id')) AS did,
-               d->>'$.coupon.id', TRY_CAST(d->>'$.coupon.percent_off' AS DECIMAL(9, 4)),
-               TRY_CAST(d->>'$.coupon.amount_off' AS BIGINT), lower(d->>'$.coupon.currency'),
-               d->>'$.coupon.duration',
-               TRY_CAST(d->>'$.coupon.duration_in_months' AS INTEGER),
-               stripe_ts(d->'$.start'), stripe_ts(d->'$.end')
-        FROM (
-            SELECT id, unnest(list_filter(
-                list_concat([payload->'$.discount'],
-                            coalesce(CAST(payload->'$.discounts' AS JSON[]), [])),
-                lambda d: json_type(d) = 'OBJECT')) AS d
-            FROM {_ok("subscription")})
-        QUALIFY row_number() OVER (PARTITION BY sid, did) = 1""",
-    "core_invoices": f"""
-        SELECT id, stripe_id(payload->'$.customer'),
-               coalesce(stripe_id(payload->'$.subscription'),
-                        payload->>'$.parent.subscription_details.subscription'),
-               payload->>'$.status', lower(payload->>'$.currency'),
-               CAST(payload->>'$.amount_due' AS BIGINT),
-               TRY_CAST(payload->>'$.amount_paid' AS BIGINT),
-               TRY_CAST(payload->>'$.amount_remaining' AS BIGINT),
-               TRY_CAST(payload->>'$.subtotal' AS BIGINT),
-               coalesce(TRY_CAST(payload->>'$.tax' AS BIGINT),
-                        list_sum(list_transform(CAST(payload->'$.total_taxes' AS JSON[]),
-                                 lambda t: TRY_CAST(t->>'$.amount' AS BIGINT)))),
-               TRY_CAST(payload->>'$.total' AS BIGINT),
-               TRY_CAST(payload->>'$.attempt_count' AS INTEGER),
-               TRY_CAST(payload->>'$.attempted' AS BOOLEAN),
-               {_ts("$.next_payment_attempt")}, payload->>'$.billing_reason',
-               payload->>'$.collection_method', {_ts("$.period_start")},
-               {_ts("$.period_end")}, {_ts("$.due_date")},
-               {_ts("$.status_transitions.finalized_at")}, {_ts("$.status_transitions.paid_at")},
-               {_ts("$.status_transitions.voided_at")},
-               {_ts("$.status_transitions.marked_uncollectible_at")},
-               stripe_id(payload->'$.charge'), stripe_id(payload->'$.payment_intent'), livemode,
-               {_ts("$.created")},
-               is_deleted OR coalesce(TRY_CAST(payload->>'$.deleted' AS BOOLEAN), FALSE)
-        FROM {_ok("invoice")}""",
-    "core_charges": f"""
-        SELECT id, stripe_id(payload->'$.customer'), stripe_id(payload->'$.invoice'),
-               stripe_id(payload->'$.payment_intent'),
-               coalesce(stripe_id(payload->'$.payment_method'), stripe_id(payload->'$.source')),
-               CAST(payload->>'$.amount' AS BIGINT),
-               TRY_CAST(payload->>'$.amount_refunded' AS BIGINT), lower(payload->>'$.currency'),
-               payload->>'$.status', TRY_CAST(payload->>'$.paid' AS BOOLEAN),
-               payload->>'$.failure_code', payload->>'$.failure_message',
-               coalesce(payload->>'$.outcome.reason', payload->>'$.failure_code'),
-               payload->>'$.outcome.type',
-               TRY_CAST(coalesce(payload->>'$.payment_method_details.card.exp_month',
-                                 payload->>'$.source.exp_month') AS INTEGER),
-               TRY_CAST(coalesce(payload->>'$.payment_method_details.card.exp_year',
-                                 payload->>'$.source.exp_year') AS INTEGER),
-               livemode, {_ts("$.created")}
-        FROM {_ok("charge")}""",
-    "core_refunds": f"""
-        SELECT id, stripe_id(payload->'$.charge'), CAST(payload->>'$.amount' AS BIGINT),
-               lower(payload->>'$.currency'), payload->>'$.status', payload->>'$.reason',
-               {_ts("$.created")}
-        FROM {_ok("refund")}""",
-    # A PaymentMethod keeps its card under `card`; a legacy card source is the card.
-    "core_payment_methods": f"""
-        SELECT id, stripe_id(payload->'$.customer'),
-               coalesce(payload->>'$.type', payload->>'$.object'),
-               coalesce(payload->>'$.card.brand', payload->>'$.brand'),
-               coalesce(payload->>'$.card.last4', payload->>'$.last4'),
-               TRY_CAST(coalesce(payload->>'$.card.exp_month', payload->>'$.exp_month') AS INTEGER),
-               TRY_CAST(coalesce(payload->>'$.card.exp_year', payload->>'$.exp_year') AS INTEGER),
-               livemode, {_ts("$.created")},
-               is_deleted OR coalesce(TRY_CAST(payload->>'$.deleted' AS BOOLEAN), FALSE)
-        FROM raw_stripe_payment_method WHERE {_SCOPE}""",
-}
-
-#: Each core table's raw stream and the column holding that stream's object id.
-CORE_KEYS: dict[str, tuple[str, str]] = {
-    "core_customers": ("customer", "customer_id"),
-    "core_products": ("product", "product_id"),
-    "core_prices": ("price", "price_id"),
-    "core_coupons": ("coupon", "coupon_id"),
-    "core_subscriptions": ("subscription", "subscription_id"),
-    "core_subscription_items": ("subscription", "subscription_id"),
-    "core_subscription_discounts": ("subscription", "subscription_id"),
-    "core_invoices": ("invoice", "invoice_id"),
-    "core_charges": ("charge", "charge_id"),
-    "core_refunds": ("refund", "refund_id"),
-    "core_payment_methods": ("payment_method", "payment_method_id"),
-}
+def _statement(stream: Stream, core: CoreTable, scope: str) -> str:
+    """INSERT ... SELECT filling ``core`` by column name from the stream's rows in scope."""
+    names = ", ".join(name for name, _ in core.columns)
+    exprs = ",\n               ".join(f"{expr} AS {name}" for name, expr in core.columns)
+    source = core.source.replace("{ok}", _ok(stream.name)).replace(_SCOPE, scope)
+    qualify = f"\n        QUALIFY {core.qualify}" if core.qualify else ""
+    return f"INSERT INTO {core.name} ({names})\n        SELECT {exprs}\n        {source}{qualify}"
 
 
 def dirty(stream: str, column: str = "id") -> str:
@@ -297,12 +141,11 @@ def normalise(
     empties ``stripe_dirty`` once the history is rebuilt too (same transaction).
     """
     quarantined = quarantine(con, run_id, full=full)
-    for table, select in CORE_SQL.items():
-        stream, key = CORE_KEYS[table]
+    for stream, core in CORE_TABLES:
         if full:
-            con.execute(f"DELETE FROM {table}")
-            con.execute(f"INSERT INTO {table} {select.replace(_SCOPE, 'TRUE')}")
+            con.execute(f"DELETE FROM {core.name}")
+            con.execute(_statement(stream, core, "TRUE"))
         else:
-            con.execute(f"DELETE FROM {table} WHERE {dirty(stream, key)}")
-            con.execute(f"INSERT INTO {table} {select.replace(_SCOPE, dirty(stream, 'id'))}")
+            con.execute(f"DELETE FROM {core.name} WHERE {dirty(stream.name, core.key)}")
+            con.execute(_statement(stream, core, dirty(stream.name, "id")))
     return quarantined

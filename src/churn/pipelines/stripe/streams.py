@@ -1,8 +1,16 @@
-"""The Stripe streams: what each lists, with which parameters, and where it lands.
+"""The Stripe streams: one declaration per object type, everything else derived from it.
 
-Every object type the extract keeps has one ``raw_stripe_<object>`` table. Events carry
-objects of any of these types; ``OBJECT_TABLES`` maps an object's ``object`` field to its
-table (a legacy Plan is a Price, a legacy card or source is a payment method).
+A :class:`Stream` names its Stripe object (and the legacy names landing with it), its id
+prefix, how it is listed (path, parameters, the ``created`` cursor it pages and windows
+on), whether a reconciliation re-lists it, and its ``core_*`` tables column by column.
+From :data:`STREAMS` come the raw tables (``raw_stripe_<name>``), ``OBJECT_TABLES`` (the
+table an event's object lands in), the listed streams the backfill and reconciliation
+read, the normaliser's statements (filled by column name), the stand-in's resources and
+id prefixes, the world's kinds, the demo's checks and the kill test's tables.
+
+To add a stream: declare it here; add a migration creating ``raw_stripe_<name>`` and its
+core table(s); teach ``sandbox/world.py`` to generate it.
+``tests/stripe_extract/test_streams_registry.py`` checks the rest.
 """
 
 from __future__ import annotations
@@ -10,11 +18,30 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+#: SQL: a subscription payload's items, as a list of JSON.
+ITEMS_JSON = "CAST(payload->'$.items.data' AS JSON[])"
+
+
+@dataclass(frozen=True)
+class CoreTable:
+    """A ``core_*`` table filled from one stream's raw rows, column by column."""
+
+    name: str
+    #: The column holding the stream's object id (what a partial rebuild deletes by).
+    key: str
+    #: (column, SQL over ``payload`` and the raw row's columns), in any order.
+    columns: tuple[tuple[str, str], ...]
+    #: The FROM clause; ``{ok}`` is the stream's raw rows in scope, not quarantined.
+    source: str = "FROM {ok}"
+    #: A QUALIFY condition over the output columns (de-duplication), if any.
+    qualify: str | None = None
+
 
 @dataclass(frozen=True)
 class Stream:
-    name: str  # also the suffix of raw_stripe_<name>
-    path: str
+    name: str  # the Stripe object's `object` value; also the suffix of raw_stripe_<name>
+    #: Where it is listed; None for objects that only arrive embedded or by event.
+    path: str | None
     params: dict[str, Any] = field(default_factory=dict)
     #: Asked when ``path`` answers 404 (older API versions: /v1/plans for /v1/prices).
     fallback_path: str | None = None
@@ -24,51 +51,437 @@ class Stream:
     #: created within ``reconcile_window_days`` (older ones rarely change, and when they
     #: do Stripe sends an event); a forced or explicit one re-lists them all.
     windowed: bool = False
+    #: The prefix of its ids (None where the account chooses them: coupons).
+    id_prefix: str | None = None
+    #: Legacy object names that land in the same table (a Plan is a Price).
+    aliases: tuple[str, ...] = ()
+    #: The field a listing pages and windows on.
+    cursor: str = "created"
+    #: Where the stand-in serves it when it is not listed (``/v1/<resource>``).
+    resource: str | None = None
+    core: tuple[CoreTable, ...] = ()
 
     @property
     def table(self) -> str:
         return f"raw_stripe_{self.name}"
 
+    @property
+    def served_as(self) -> str:
+        """The ``/v1/<resource>`` segment it is served under."""
+        if self.path:
+            return self.path.rsplit("/", 1)[-1]
+        return self.resource or f"{self.name}s"
+
 
 STREAMS: tuple[Stream, ...] = (
-    Stream("product", "/v1/products", mutable=False),
-    Stream("price", "/v1/prices", fallback_path="/v1/plans", mutable=False),
-    Stream("coupon", "/v1/coupons", mutable=False),
+    Stream(
+        "product",
+        "/v1/products",
+        mutable=False,
+        id_prefix="prod_",
+        core=(
+            CoreTable(
+                "core_products",
+                key="product_id",
+                columns=(
+                    ("product_id", "id"),
+                    ("name", "payload->>'$.name'"),
+                    ("active", "TRY_CAST(payload->>'$.active' AS BOOLEAN)"),
+                    ("livemode", "livemode"),
+                    ("created_at", "stripe_ts(payload->'$.created')"),
+                    (
+                        "is_deleted",
+                        "is_deleted OR coalesce(TRY_CAST(payload->>'$.deleted' AS BOOLEAN), FALSE)",
+                    ),
+                ),
+            ),
+        ),
+    ),
+    Stream(
+        "price",
+        "/v1/prices",
+        fallback_path="/v1/plans",
+        mutable=False,
+        id_prefix="price_",
+        aliases=("plan",),
+        core=(
+            CoreTable(
+                "core_prices",
+                key="price_id",
+                columns=(
+                    ("price_id", "id"),
+                    ("product_id", "stripe_id(payload->'$.product')"),
+                    ("nickname", "payload->>'$.nickname'"),
+                    ("currency", "lower(payload->>'$.currency')"),
+                    (
+                        "type",
+                        "coalesce(payload->>'$.type', CASE WHEN payload->>'$.object' = 'plan' THEN 'recurring' END)",
+                    ),
+                    ("billing_scheme", "payload->>'$.billing_scheme'"),
+                    (
+                        "unit_amount",
+                        "CAST(coalesce(payload->>'$.unit_amount', payload->>'$.amount') AS BIGINT)",
+                    ),
+                    (
+                        "unit_amount_decimal",
+                        "coalesce(payload->>'$.unit_amount_decimal', payload->>'$.amount_decimal')",
+                    ),
+                    ("tiers_mode", "payload->>'$.tiers_mode'"),
+                    (
+                        "tiers",
+                        "CASE WHEN json_type(payload->'$.tiers') = 'ARRAY' THEN payload->'$.tiers' END",
+                    ),
+                    (
+                        "recurring_interval",
+                        "coalesce(payload->>'$.recurring.interval', payload->>'$.interval')",
+                    ),
+                    (
+                        "recurring_interval_count",
+                        "TRY_CAST(coalesce(payload->>'$.recurring.interval_count', payload->>'$.interval_count') AS INTEGER)",
+                    ),
+                    (
+                        "usage_type",
+                        "coalesce(payload->>'$.recurring.usage_type', payload->>'$.usage_type')",
+                    ),
+                    (
+                        "transform_divide_by",
+                        "TRY_CAST(coalesce(payload->>'$.transform_quantity.divide_by', payload->>'$.transform_usage.divide_by') AS BIGINT)",
+                    ),
+                    (
+                        "transform_round",
+                        "coalesce(payload->>'$.transform_quantity.round', payload->>'$.transform_usage.round')",
+                    ),
+                    ("active", "TRY_CAST(payload->>'$.active' AS BOOLEAN)"),
+                    ("livemode", "livemode"),
+                    ("created_at", "stripe_ts(payload->'$.created')"),
+                    (
+                        "is_deleted",
+                        "is_deleted OR coalesce(TRY_CAST(payload->>'$.deleted' AS BOOLEAN), FALSE)",
+                    ),
+                ),
+            ),
+        ),
+    ),
+    Stream(
+        "coupon",
+        "/v1/coupons",
+        core=(
+            CoreTable(
+                "core_coupons",
+                key="coupon_id",
+                columns=(
+                    ("coupon_id", "id"),
+                    ("percent_off", "TRY_CAST(payload->>'$.percent_off' AS DECIMAL(9, 4))"),
+                    ("amount_off", "TRY_CAST(payload->>'$.amount_off' AS BIGINT)"),
+                    ("currency", "lower(payload->>'$.currency')"),
+                    ("duration", "payload->>'$.duration'"),
+                    ("duration_in_months", "TRY_CAST(payload->>'$.duration_in_months' AS INTEGER)"),
+                    ("livemode", "livemode"),
+                    ("created_at", "stripe_ts(payload->'$.created')"),
+                    (
+                        "is_deleted",
+                        "is_deleted OR coalesce(TRY_CAST(payload->>'$.deleted' AS BOOLEAN), FALSE)",
+                    ),
+                ),
+            ),
+        ),
+    ),
     # Default payment methods (and a legacy default card) come embedded, so no call per
     # customer is needed; Checkout sets the card on the subscription, not the customer.
     Stream(
         "customer",
         "/v1/customers",
         {"expand": ["data.invoice_settings.default_payment_method", "data.default_source"]},
+        id_prefix="cus_",
+        core=(
+            CoreTable(
+                "core_customers",
+                key="customer_id",
+                columns=(
+                    ("customer_id", "id"),
+                    ("name", "payload->>'$.name'"),
+                    ("email", "payload->>'$.email'"),
+                    ("email_domain", "nullif(lower(split_part(payload->>'$.email', '@', 2)), '')"),
+                    ("currency", "payload->>'$.currency'"),
+                    ("metadata", "payload->'$.metadata'"),
+                    (
+                        "default_payment_method",
+                        "stripe_id(payload->'$.invoice_settings.default_payment_method')",
+                    ),
+                    ("default_source", "stripe_id(payload->'$.default_source')"),
+                    ("delinquent", "TRY_CAST(payload->>'$.delinquent' AS BOOLEAN)"),
+                    ("livemode", "livemode"),
+                    ("created_at", "stripe_ts(payload->'$.created')"),
+                    (
+                        "is_deleted",
+                        "is_deleted OR coalesce(TRY_CAST(payload->>'$.deleted' AS BOOLEAN), FALSE)",
+                    ),
+                ),
+            ),
+        ),
     ),
     Stream(
         "subscription",
         "/v1/subscriptions",
         {"status": "all", "expand": ["data.default_payment_method"]},
+        id_prefix="sub_",
+        core=(
+            CoreTable(
+                "core_subscriptions",
+                key="subscription_id",
+                columns=(
+                    ("subscription_id", "id"),
+                    ("customer_id", "stripe_id(payload->'$.customer')"),
+                    ("status", "payload->>'$.status'"),
+                    (
+                        "currency",
+                        "lower(coalesce(payload->>'$.currency', payload->>'$.plan.currency', CAST(payload->'$.items.data' AS JSON[])[1]->>'$.price.currency', CAST(payload->'$.items.data' AS JSON[])[1]->>'$.plan.currency'))",
+                    ),
+                    ("collection_method", "payload->>'$.collection_method'"),
+                    (
+                        "cancel_at_period_end",
+                        "coalesce(TRY_CAST(payload->>'$.cancel_at_period_end' AS BOOLEAN), FALSE)",
+                    ),
+                    ("cancel_at", "stripe_ts(payload->'$.cancel_at')"),
+                    ("canceled_at", "stripe_ts(payload->'$.canceled_at')"),
+                    ("ended_at", "stripe_ts(payload->'$.ended_at')"),
+                    (
+                        "current_period_start",
+                        "coalesce(stripe_ts(payload->'$.current_period_start'), list_min(list_transform(CAST(payload->'$.items.data' AS JSON[]), lambda i: stripe_ts(i->'$.current_period_start'))))",
+                    ),
+                    (
+                        "current_period_end",
+                        "coalesce(stripe_ts(payload->'$.current_period_end'), list_min(list_transform(CAST(payload->'$.items.data' AS JSON[]), lambda i: stripe_ts(i->'$.current_period_end'))))",
+                    ),
+                    ("trial_start", "stripe_ts(payload->'$.trial_start')"),
+                    ("trial_end", "stripe_ts(payload->'$.trial_end')"),
+                    (
+                        "start_date",
+                        "coalesce(stripe_ts(payload->'$.start_date'), stripe_ts(payload->'$.start'))",
+                    ),
+                    ("default_payment_method", "stripe_id(payload->'$.default_payment_method')"),
+                    ("default_source", "stripe_id(payload->'$.default_source')"),
+                    ("latest_invoice_id", "stripe_id(payload->'$.latest_invoice')"),
+                    ("cancellation_reason", "payload->>'$.cancellation_details.reason'"),
+                    ("metadata", "payload->'$.metadata'"),
+                    ("livemode", "livemode"),
+                    ("created_at", "stripe_ts(payload->'$.created')"),
+                    ("is_deleted", "is_deleted"),
+                ),
+            ),
+            CoreTable(
+                "core_subscription_items",
+                key="subscription_id",
+                columns=(
+                    ("item_id", "i->>'$.id'"),
+                    ("subscription_id", "id"),
+                    ("price_id", "coalesce(stripe_id(i->'$.price'), stripe_id(i->'$.plan'))"),
+                    ("quantity", "CAST(i->>'$.quantity' AS BIGINT)"),
+                    (
+                        "current_period_start",
+                        "coalesce(stripe_ts(i->'$.current_period_start'), stripe_ts(payload->'$.current_period_start'))",
+                    ),
+                    (
+                        "current_period_end",
+                        "coalesce(stripe_ts(i->'$.current_period_end'), stripe_ts(payload->'$.current_period_end'))",
+                    ),
+                    ("created_at", "stripe_ts(i->'$.created')"),
+                ),
+                source="FROM (SELECT id, payload, unnest(CAST(payload->'$.items.data' AS JSON[])) AS i FROM {ok})",
+            ),
+            CoreTable(
+                "core_subscription_discounts",
+                key="subscription_id",
+                columns=(
+                    ("subscription_id", "id"),
+                    ("discount_id", "coalesce(d->>'$.id', 'coupon:' || (d->>'$.coupon.id'))"),
+                    ("coupon_id", "d->>'$.coupon.id'"),
+                    ("percent_off", "TRY_CAST(d->>'$.coupon.percent_off' AS DECIMAL(9, 4))"),
+                    ("amount_off", "TRY_CAST(d->>'$.coupon.amount_off' AS BIGINT)"),
+                    ("currency", "lower(d->>'$.coupon.currency')"),
+                    ("duration", "d->>'$.coupon.duration'"),
+                    (
+                        "duration_in_months",
+                        "TRY_CAST(d->>'$.coupon.duration_in_months' AS INTEGER)",
+                    ),
+                    ("starts_at", "stripe_ts(d->'$.start')"),
+                    ("ends_at", "stripe_ts(d->'$.end')"),
+                ),
+                source="FROM ( SELECT id, unnest(list_filter( list_concat([payload->'$.discount'], coalesce(CAST(payload->'$.discounts' AS JSON[]), [])), lambda d: json_type(d) = 'OBJECT')) AS d FROM {ok})",
+                qualify="row_number() OVER (PARTITION BY subscription_id, discount_id) = 1",
+            ),
+        ),
     ),
-    Stream("invoice", "/v1/invoices", windowed=True),
-    Stream("charge", "/v1/charges", windowed=True),
-    Stream("refund", "/v1/refunds", windowed=True),
+    Stream(
+        "invoice",
+        "/v1/invoices",
+        windowed=True,
+        id_prefix="in_",
+        core=(
+            CoreTable(
+                "core_invoices",
+                key="invoice_id",
+                columns=(
+                    ("invoice_id", "id"),
+                    ("customer_id", "stripe_id(payload->'$.customer')"),
+                    (
+                        "subscription_id",
+                        "coalesce(stripe_id(payload->'$.subscription'), payload->>'$.parent.subscription_details.subscription')",
+                    ),
+                    ("status", "payload->>'$.status'"),
+                    ("currency", "lower(payload->>'$.currency')"),
+                    ("amount_due", "CAST(payload->>'$.amount_due' AS BIGINT)"),
+                    ("amount_paid", "TRY_CAST(payload->>'$.amount_paid' AS BIGINT)"),
+                    ("amount_remaining", "TRY_CAST(payload->>'$.amount_remaining' AS BIGINT)"),
+                    ("subtotal", "TRY_CAST(payload->>'$.subtotal' AS BIGINT)"),
+                    (
+                        "tax",
+                        "coalesce(TRY_CAST(payload->>'$.tax' AS BIGINT), list_sum(list_transform(CAST(payload->'$.total_taxes' AS JSON[]), lambda t: TRY_CAST(t->>'$.amount' AS BIGINT))))",
+                    ),
+                    ("total", "TRY_CAST(payload->>'$.total' AS BIGINT)"),
+                    ("attempt_count", "TRY_CAST(payload->>'$.attempt_count' AS INTEGER)"),
+                    ("attempted", "TRY_CAST(payload->>'$.attempted' AS BOOLEAN)"),
+                    ("next_payment_attempt", "stripe_ts(payload->'$.next_payment_attempt')"),
+                    ("billing_reason", "payload->>'$.billing_reason'"),
+                    ("collection_method", "payload->>'$.collection_method'"),
+                    ("period_start", "stripe_ts(payload->'$.period_start')"),
+                    ("period_end", "stripe_ts(payload->'$.period_end')"),
+                    ("due_date", "stripe_ts(payload->'$.due_date')"),
+                    ("finalized_at", "stripe_ts(payload->'$.status_transitions.finalized_at')"),
+                    ("paid_at", "stripe_ts(payload->'$.status_transitions.paid_at')"),
+                    ("voided_at", "stripe_ts(payload->'$.status_transitions.voided_at')"),
+                    (
+                        "marked_uncollectible_at",
+                        "stripe_ts(payload->'$.status_transitions.marked_uncollectible_at')",
+                    ),
+                    ("charge_id", "stripe_id(payload->'$.charge')"),
+                    ("payment_intent_id", "stripe_id(payload->'$.payment_intent')"),
+                    ("livemode", "livemode"),
+                    ("created_at", "stripe_ts(payload->'$.created')"),
+                    (
+                        "is_deleted",
+                        "is_deleted OR coalesce(TRY_CAST(payload->>'$.deleted' AS BOOLEAN), FALSE)",
+                    ),
+                ),
+            ),
+        ),
+    ),
+    Stream(
+        "charge",
+        "/v1/charges",
+        windowed=True,
+        id_prefix="ch_",
+        core=(
+            CoreTable(
+                "core_charges",
+                key="charge_id",
+                columns=(
+                    ("charge_id", "id"),
+                    ("customer_id", "stripe_id(payload->'$.customer')"),
+                    ("invoice_id", "stripe_id(payload->'$.invoice')"),
+                    ("payment_intent_id", "stripe_id(payload->'$.payment_intent')"),
+                    (
+                        "payment_method_id",
+                        "coalesce(stripe_id(payload->'$.payment_method'), stripe_id(payload->'$.source'))",
+                    ),
+                    ("amount", "CAST(payload->>'$.amount' AS BIGINT)"),
+                    ("amount_refunded", "TRY_CAST(payload->>'$.amount_refunded' AS BIGINT)"),
+                    ("currency", "lower(payload->>'$.currency')"),
+                    ("status", "payload->>'$.status'"),
+                    ("paid", "TRY_CAST(payload->>'$.paid' AS BOOLEAN)"),
+                    ("failure_code", "payload->>'$.failure_code'"),
+                    ("failure_message", "payload->>'$.failure_message'"),
+                    (
+                        "decline_code",
+                        "coalesce(payload->>'$.outcome.reason', payload->>'$.failure_code')",
+                    ),
+                    ("outcome_type", "payload->>'$.outcome.type'"),
+                    (
+                        "card_exp_month",
+                        "TRY_CAST(coalesce(payload->>'$.payment_method_details.card.exp_month', payload->>'$.source.exp_month') AS INTEGER)",
+                    ),
+                    (
+                        "card_exp_year",
+                        "TRY_CAST(coalesce(payload->>'$.payment_method_details.card.exp_year', payload->>'$.source.exp_year') AS INTEGER)",
+                    ),
+                    ("livemode", "livemode"),
+                    ("created_at", "stripe_ts(payload->'$.created')"),
+                ),
+            ),
+        ),
+    ),
+    Stream(
+        "refund",
+        "/v1/refunds",
+        windowed=True,
+        id_prefix="re_",
+        core=(
+            CoreTable(
+                "core_refunds",
+                key="refund_id",
+                columns=(
+                    ("refund_id", "id"),
+                    ("charge_id", "stripe_id(payload->'$.charge')"),
+                    ("amount", "CAST(payload->>'$.amount' AS BIGINT)"),
+                    ("currency", "lower(payload->>'$.currency')"),
+                    ("status", "payload->>'$.status'"),
+                    ("reason", "payload->>'$.reason'"),
+                    ("created_at", "stripe_ts(payload->'$.created')"),
+                ),
+            ),
+        ),
+    ),
+    # Never listed (a listing needs a customer): embedded in customers and
+    # subscriptions, or by event. A legacy card or source is a payment method too; a
+    # PaymentMethod keeps its card under `card`, a legacy card source is the card.
+    Stream(
+        "payment_method",
+        None,
+        id_prefix="pm_",
+        aliases=("card", "source"),
+        resource="payment_methods",
+        core=(
+            CoreTable(
+                "core_payment_methods",
+                key="payment_method_id",
+                columns=(
+                    ("payment_method_id", "id"),
+                    ("customer_id", "stripe_id(payload->'$.customer')"),
+                    ("type", "coalesce(payload->>'$.type', payload->>'$.object')"),
+                    ("card_brand", "coalesce(payload->>'$.card.brand', payload->>'$.brand')"),
+                    ("card_last4", "coalesce(payload->>'$.card.last4', payload->>'$.last4')"),
+                    (
+                        "card_exp_month",
+                        "TRY_CAST(coalesce(payload->>'$.card.exp_month', payload->>'$.exp_month') AS INTEGER)",
+                    ),
+                    (
+                        "card_exp_year",
+                        "TRY_CAST(coalesce(payload->>'$.card.exp_year', payload->>'$.exp_year') AS INTEGER)",
+                    ),
+                    ("livemode", "livemode"),
+                    ("created_at", "stripe_ts(payload->'$.created')"),
+                    (
+                        "is_deleted",
+                        "is_deleted OR coalesce(TRY_CAST(payload->>'$.deleted' AS BOOLEAN), FALSE)",
+                    ),
+                ),
+                source="FROM raw_stripe_payment_method WHERE __SCOPE__",
+            ),
+        ),
+    ),
 )
 STREAMS_BY_NAME = {s.name: s for s in STREAMS}
+#: The streams the backfill and the reconciliation list, in order.
+LISTED: tuple[Stream, ...] = tuple(s for s in STREAMS if s.path)
 
-#: Every raw table an object can land in (payment methods arrive embedded or by event).
-RAW_OBJECTS: tuple[str, ...] = (*(s.name for s in STREAMS), "payment_method")
+#: Every raw table an object can land in.
+RAW_OBJECTS: tuple[str, ...] = tuple(s.name for s in STREAMS)
 
-OBJECT_TABLES: dict[str, str] = {
-    "product": "product",
-    "price": "price",
-    "plan": "price",
-    "coupon": "coupon",
-    "customer": "customer",
-    "subscription": "subscription",
-    "invoice": "invoice",
-    "charge": "charge",
-    "refund": "refund",
-    "payment_method": "payment_method",
-    "card": "payment_method",
-    "source": "payment_method",
-}
+#: An object's ``object`` value -> the stream (table suffix) it lands in.
+OBJECT_TABLES: dict[str, str] = {alias: s.name for s in STREAMS for alias in (s.name, *s.aliases)}
+
+#: Every core table, in declaration order, with its stream.
+CORE_TABLES: tuple[tuple[Stream, CoreTable], ...] = tuple((s, c) for s in STREAMS for c in s.core)
 
 #: Nested lists that belong to other streams: dropped from a payload once their
 #: payment methods are taken out, so a payload changes only when its own object does.

@@ -31,30 +31,14 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from churn.errors import SandboxError
+from churn.pipelines.stripe.streams import STREAMS
 
 # URL path segment -> object type in the world folder.
-RESOURCES: dict[str, str] = {
-    "customers": "customer",
-    "subscriptions": "subscription",
-    "invoices": "invoice",
-    "charges": "charge",
-    "refunds": "refund",
-    "payment_methods": "payment_method",
-    "products": "product",
-    "prices": "price",
-    "coupons": "coupon",
-    "events": "event",
-}
-ID_PREFIXES: dict[str, str] = {
-    "cus_": "customer",
-    "sub_": "subscription",
-    "in_": "invoice",
-    "ch_": "charge",
-    "re_": "refund",
-    "pm_": "payment_method",
-    "prod_": "product",
-    "price_": "price",
-    "evt_": "event",
+#: /v1/<resource> -> object, from the stream declarations (and events, which are not one).
+RESOURCES: dict[str, str] = {s.served_as: s.name for s in STREAMS} | {"events": "event"}
+#: Id prefix -> object (coupons have none: their ids are the account's own).
+ID_PREFIXES: dict[str, str] = {s.id_prefix: s.name for s in STREAMS if s.id_prefix} | {
+    "evt_": "event"
 }
 #: "Stripe keeps events for 30 days" (the List all events reference).
 EVENT_RETENTION_DAYS = 30
