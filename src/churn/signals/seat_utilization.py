@@ -200,7 +200,7 @@ FROM r WHERE min_util >= $high
 
 _UNSUPPORTED = f"""{_ACCOUNTS}
 , known AS (
-  SELECT {account_key("h.customer_id")} FROM history_subscriptions h
+  SELECT {account_key("h.customer_id")} AS account_id FROM history_subscriptions h
   LEFT JOIN core_account_links l ON l.customer_id = h.customer_id
   UNION SELECT customer_id FROM core_customers
   UNION SELECT account_id FROM core_account_links
