@@ -231,3 +231,15 @@ def test_the_run_log_keeps_the_scoring_steps_notes(tmp_path: Path) -> None:
     assert json.loads(notes) == {"score": list(result.notes["score"])}
     assert "1 usage sample in the 30-day window" in json.loads(notes)["score"][0]
     assert json.loads(counts)["score"]["seat_usage_too_few_samples"] == 1
+
+
+def test_churn_score_prints_the_notes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "w.duckdb"
+    con = connect(db)
+    _seat_world(con, {"c1": ["2026-02-01"]})
+    con.close()
+    monkeypatch.delenv("CHURN_CONFIG", raising=False)
+    result = CliRunner().invoke(app, ["--db", str(db), "score", "--as-of", "2026-02-15"])
+    assert result.exit_code == 0, result.output
+    assert "seat_usage_too_few_samples: 1" in result.output
+    assert "note: seat signals: 1 account skipped: 1 usage sample" in result.output
