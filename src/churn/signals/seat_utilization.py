@@ -15,12 +15,12 @@ counts seats:
 - a per-unit price whose quantity varies: some subscription item known at ``as_of`` holds
   or held it at a quantity other than 1.
 
-A per-unit price only ever held at quantity 1 is a flat fee (a platform fee, a flat plan)
-and adds no seats next to a seat-priced item. Fallback: on a day an account holds licensed
-items but none seat-priced, its largest-quantity licensed item counts, i.e. one seat (a
-price sold only at quantity 1 so far may be a one-seat plan; a flat plan nobody uses is
-still worth a word). Stripe price or product metadata are not in the core tables, so no
-``metadata`` flag is read.
+A per-unit price only ever held at quantity 1 is a flat fee (a platform fee, a flat plan):
+it holds no seats, next to a seat-priced item or alone (an account on a flat plan only has
+no seat signal; its usage is counted as ``no_seats`` by :func:`unsupported`). The cost: a
+per-seat price every customer so far holds at one seat reads as flat until someone holds
+two. Stripe price or product metadata are not in the core tables (``core_prices`` has no
+``metadata``), so no ``metadata.seat`` flag is read; adding one is a normalise change.
 
 **Seats per sample.** Each usage sample is divided by the seats held at the end of its
 day (or at ``as_of``, if earlier), from the subscription history's validity intervals:
@@ -72,27 +72,26 @@ TOO_FEW_SAMPLES = "too_few_samples"
 TOO_LITTLE_COVERAGE = "too_little_coverage"
 
 _ACCOUNTS = f"""
-WITH prices AS (
-  SELECT p.price_id,
-    COALESCE(p.billing_scheme = 'tiered', FALSE) OR p.price_id IN (
-      SELECT price_id FROM history_subscription_items
-      WHERE valid_from <= $as_of AND COALESCE(quantity, 1) <> 1) AS counts_seats
-  FROM core_prices p
+WITH seat_prices AS (
+  SELECT p.price_id FROM core_prices p
   WHERE COALESCE(p.usage_type, 'licensed') = 'licensed'
     AND COALESCE(p.type, 'recurring') = 'recurring'
+    AND (p.billing_scheme = 'tiered' OR p.price_id IN (
+      SELECT price_id FROM history_subscription_items
+      WHERE valid_from <= $as_of AND COALESCE(quantity, 1) <> 1))
 ),
--- licensed item versions while their subscription version holds them (a cancelled one
--- until the end of the period paid for, as in the MRR engine), per account
+-- seat item versions while their subscription version holds them (a cancelled one until
+-- the end of the period paid for, as in the MRR engine), per account
 held AS (
   SELECT {account_key("h.customer_id")} AS account_id,
     greatest(h.valid_from, i.valid_from) AS held_from,
     least(COALESCE(h.valid_to, 'infinity'::TIMESTAMP), COALESCE(i.valid_to, 'infinity'::TIMESTAMP),
           CASE WHEN h.status = 'canceled'
                THEN COALESCE(h.current_period_end, '-infinity'::TIMESTAMP) END) AS held_to,
-    COALESCE(i.quantity, 1) AS quantity, p.counts_seats
+    COALESCE(i.quantity, 1) AS quantity
   FROM history_subscriptions h
   JOIN history_subscription_items i ON i.subscription_id = h.subscription_id
-  JOIN prices p ON p.price_id = i.price_id
+  JOIN seat_prices p ON p.price_id = i.price_id
   LEFT JOIN core_account_links l ON l.customer_id = h.customer_id
   WHERE ({sql_in("h.status", MRR_STATUSES)} OR h.status = 'canceled')
     AND h.valid_from <= $as_of AND i.valid_from <= $as_of
@@ -129,9 +128,7 @@ points AS (
   UNION SELECT account_id, CAST($as_of AS TIMESTAMP) FROM fit
 ),
 seats_at AS (
-  SELECT pt.account_id, pt.t,
-    CASE WHEN bool_or(h.counts_seats) THEN sum(h.quantity) FILTER (WHERE h.counts_seats)
-         ELSE max(h.quantity) END AS seats
+  SELECT pt.account_id, pt.t, sum(h.quantity) AS seats
   FROM points pt
   JOIN held h ON h.account_id = pt.account_id AND h.held_from <= pt.t AND h.held_to > pt.t
   GROUP BY ALL
@@ -248,7 +245,7 @@ def unsupported(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl
     """Accounts with usage in the last ``seat_max_window_days`` that no seat signal can use.
 
     One row per account: ``code`` (:data:`UNKNOWN_KEY`: the key is neither a Stripe
-    customer nor a linked Account; :data:`NO_SEATS`: no licensed seat held at ``as_of``;
+    customer nor a linked Account; :data:`NO_SEATS`: no seat held at ``as_of``;
     :data:`TOO_FEW_SAMPLES`; :data:`TOO_LITTLE_COVERAGE`), and the ``samples``, ``days``
     covered, ``cadence_days`` (null: a single sample) and ``window_days`` behind it.
     :func:`describe` words it.
@@ -270,6 +267,11 @@ def describe(row: dict[str, object], settings: SignalSettings) -> str:
         return "usage for an account holding no licensed seats at as_of"
     if code == TOO_FEW_SAMPLES:
         n = int(str(row["samples"]))
+        if n == 0:
+            return (
+                f"no usage sample in the {window}-day window, only older ones;"
+                f" seat signals need {settings.seat_min_samples}"
+            )
         return (
             f"{n} usage sample{'' if n == 1 else 's'} in the {window}-day window{every};"
             f" seat signals need {settings.seat_min_samples}"
