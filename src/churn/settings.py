@@ -177,7 +177,7 @@ class SalesforceSettings(_Section):
 
 
 class UsageSettings(_Section):
-    """The product usage feed (seats per account per day)."""
+    """The product usage feed: active seats per account per sample day, any cadence."""
 
     #: A folder of CSV or Parquet files: columns account_id (or customer_id), day, active_seats.
     folder: Path | None = None
