@@ -1,17 +1,24 @@
 from __future__ import annotations
 
 import json
+import logging
+from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import polars as pl
 import pytest
 from typer.testing import CliRunner
 
 from churn.cli import app
 from churn.errors import ConfigError
+from churn.job.run import Step, run_job
+from churn.job.scoring import score, usage_gaps
 from churn.pipelines.usage import load_usage
 from churn.settings import Settings
 from churn.warehouse import connect
+from golden_world import seed
 
 
 def _settings(tmp_path: Path, folder: Path | None, account_field: str | None = None) -> Settings:
@@ -96,3 +103,143 @@ def test_cli_extract_usage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     result = CliRunner().invoke(app, ["--db", str(tmp_path / "w.duckdb"), "extract", "usage"])
     assert result.exit_code == 0, result.output
     assert "rows=1" in result.output
+
+
+# --- usage that cannot support the seat signals is named by the scoring step -----------
+
+AS_OF = datetime(2026, 2, 15)  # noqa: DTZ001 (naive UTC, as the warehouse stores it)
+
+
+def _seat_world(con: duckdb.DuckDBPyConnection, usage: dict[str, list[str]]) -> None:
+    """Customers c<i> with 10 seats each (c_gone cancelled in January) and their usage."""
+    customers = sorted({*usage, "c_gone"} - {"cus_ghost"})
+    seed(
+        con,
+        {
+            "core_prices": [{"price_id": "p1", "unit_amount": 1000}],
+            "core_customers": [{"customer_id": c} for c in customers],
+            "history_subscriptions": [
+                {
+                    "subscription_id": f"s_{c}",
+                    "customer_id": c,
+                    "valid_from": "2026-01-01T00:00:00",
+                    "current_period_end": "2026-03-01T00:00:00",
+                    **(
+                        {"status": "canceled", "current_period_end": "2026-01-20"}
+                        if c == "c_gone"
+                        else {}
+                    ),
+                }
+                for c in customers
+            ],
+            "history_subscription_items": [
+                {
+                    "subscription_id": f"s_{c}",
+                    "item_id": f"si_{c}",
+                    "valid_from": "2026-01-01T00:00:00",
+                    "price_id": "p1",
+                    "quantity": 10,
+                }
+                for c in customers
+            ],
+            "core_usage": [
+                {"account_id": c, "day": d, "active_seats": 2}
+                for c, days in usage.items()
+                for d in days
+            ],
+        },
+    )
+
+
+def _days(first: str, n: int, step: int = 1) -> list[str]:
+    d0 = date.fromisoformat(first)
+    return [(d0 + timedelta(days=step * i)).isoformat() for i in range(n)]
+
+
+def test_a_feed_too_sparse_for_the_seat_signals_is_named_by_the_scoring_step(
+    con: duckdb.DuckDBPyConnection, caplog: pytest.LogCaptureFixture
+) -> None:
+    _seat_world(
+        con,
+        {
+            # monthly, one sample each in the window: too few
+            "c1": ["2026-02-01"],
+            "c2": ["2026-02-01"],
+            "c3": ["2026-02-01"],
+            # daily, three days: too little coverage
+            "c4": _days("2026-02-10", 3),
+            # weekly and enough: the signal fires, nothing to say
+            "c5": _days("2026-01-18", 5, 7),
+            # keyed by an id nobody knows; usage of a customer that left: counted only
+            "cus_ghost": _days("2026-02-01", 10),
+            "c_gone": _days("2026-01-10", 5),
+        },
+    )
+    with caplog.at_level(logging.INFO, logger="churn.job.scoring"):
+        result = score(Settings(db=Path("unused.duckdb")), con, as_of=AS_OF)
+    assert result.signals.filter(pl.col("signal") == "seat_utilization")[
+        "account_id"
+    ].to_list() == ["c5"]
+    assert {k: v for k, v in result.counts.items() if k.startswith("seat_usage_")} == {
+        "seat_usage_too_few_samples": 3,
+        "seat_usage_too_little_coverage": 1,
+        "seat_usage_unknown_key": 1,
+        "seat_usage_no_seats": 1,
+    }
+    assert result.notes == (
+        "seat signals: 3 accounts skipped: 1 usage sample in the 30-day window (and no other"
+        " in the last 92 days); seat signals need 2",
+        "seat signals: 1 account skipped: usage keyed by an id that is neither a Stripe"
+        " customer nor a linked Account",
+        "seat signals: 1 account skipped: usage samples cover 3 days of the 30-day window;"
+        " seat signals need 7",
+    )
+    # Counts and reasons only: no account, customer or usage key in a note or a log line.
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    for key in ("c1", "c4", "cus_ghost", "c_gone"):
+        assert all(key not in note for note in result.notes)
+        assert key not in logged
+    assert result.notes[0] in logged
+
+
+def test_many_kinds_of_gap_are_capped_with_a_remainder(con: duckdb.DuckDBPyConnection) -> None:
+    # Coverage of 1..6 daily rows: six distinct reasons, and one too-few-samples.
+    usage = {f"c{n}": _days("2026-02-14", n, -1) for n in range(1, 8)}
+    _seat_world(con, usage)
+    counts, notes = usage_gaps(con, Settings(db=Path("unused.duckdb")), AS_OF)
+    assert counts == {"seat_usage_too_few_samples": 1, "seat_usage_too_little_coverage": 5}
+    assert len(notes) == 6 and notes[-1] == (
+        "seat signals: 1 more accounts skipped for other usage gaps"
+    )
+
+
+def test_the_run_log_keeps_the_scoring_steps_notes(tmp_path: Path) -> None:
+    settings = Settings(db=tmp_path / "w.duckdb")
+    con = connect(settings.db)
+    _seat_world(con, {"c1": ["2026-02-01"], "c2": _days("2026-02-01", 10)})
+    con.close()
+
+    def score_step(s: Settings, c: duckdb.DuckDBPyConnection, dry: bool) -> Any:
+        return score(s, c, as_of=AS_OF)
+
+    result = run_job(settings, steps=[Step("score", score_step)])
+    con = connect(settings.db)
+    try:
+        [(notes, counts)] = con.execute("SELECT notes, counts FROM run_log").fetchall()
+    finally:
+        con.close()
+    assert json.loads(notes) == {"score": list(result.notes["score"])}
+    assert "1 usage sample in the 30-day window" in json.loads(notes)["score"][0]
+    assert json.loads(counts)["score"]["seat_usage_too_few_samples"] == 1
+
+
+def test_churn_score_prints_the_notes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "w.duckdb"
+    con = connect(db)
+    _seat_world(con, {"c1": ["2026-02-01"]})
+    con.close()
+    monkeypatch.delenv("CHURN_CONFIG", raising=False)
+    result = CliRunner().invoke(app, ["--db", str(db), "score", "--as-of", "2026-02-15"])
+    assert result.exit_code == 0, result.output
+    assert "seat_usage_too_few_samples: 1" in result.output
+    assert "note: seat signals: 1 account skipped: 1 usage sample" in result.output

@@ -170,7 +170,7 @@ class SalesforceSettings(_Section):
 
 
 class UsageSettings(_Section):
-    """The product usage feed (seats per account per day)."""
+    """The product usage feed: active seats per account per sample day, any cadence."""
 
     #: A folder of CSV or Parquet files: columns account_id (or customer_id), day, active_seats.
     folder: Path | None = None
@@ -191,8 +191,13 @@ class SignalSettings(_Section):
     churn_horizon_days: int = Field(90, ge=1)
     #: A downgrade counts when MRR (or seats) fall by at least this share over the window.
     downgrade_min_drop: float = Field(0.05, ge=0, le=1)
-    #: Both seat signals (low use, expansion) need at least this many usage days in the window.
+    #: Both seat signals (low use, expansion) need usage samples covering at least this many
+    #: days of the window (a daily row covers its day; a sparser sample covers the days until
+    #: the next, at most one cadence step) and at least ``seat_min_samples`` samples.
     seat_min_days: int = Field(7, ge=1)
+    seat_min_samples: int = Field(2, ge=1)
+    #: A sparse feed's window stretches to ``seat_min_samples`` x its cadence, never past this.
+    seat_max_window_days: int = Field(92, ge=1)
     #: Risk-score weight of each risk signal (0..1); expansion and known churn are apart.
     #: Defaults to each signal's own weight in the registry; a mapping given replaces it.
     risk_weights: dict[str, float] = Field(default_factory=default_risk_weights)

@@ -236,3 +236,33 @@ def _run_log_status(tmp_path: Path) -> list[tuple[Any, ...]]:
         return con.execute("SELECT run_id, status, error FROM run_log").fetchall()
     finally:
         con.close()
+
+
+def test_step_notes_reach_the_result_and_run_log(tmp_path: Path) -> None:
+    def noted(s: Any, con: duckdb.DuckDBPyConnection, dry: bool) -> Any:
+        note = "seat signals: 3 accounts skipped: 1 usage sample in the 30-day window"
+        return SimpleNamespace(counts={"seat_usage_too_few_samples": 3}, api_calls=0, notes=[note])
+
+    steps = [Step("usage", _ok({"rows": 9}, 0)), Step("score", noted)]
+    result = run_job(_settings(tmp_path), steps=steps)
+    assert result.status == "success"
+    assert result.notes == {
+        "score": ("seat signals: 3 accounts skipped: 1 usage sample in the 30-day window",)
+    }
+    con = warehouse.connect(tmp_path / "w.duckdb")
+    try:
+        [(notes, counts)] = con.execute("SELECT notes, counts FROM run_log").fetchall()
+    finally:
+        con.close()
+    # Only steps with notes appear; the counts beside them keep the number per reason.
+    assert json.loads(notes) == {"score": [result.notes["score"][0]]}
+    assert json.loads(counts)["score"] == {"seat_usage_too_few_samples": 3}
+
+
+def test_a_run_without_notes_logs_an_empty_object(tmp_path: Path) -> None:
+    run_job(_settings(tmp_path), steps=[Step("stripe", _ok({"customer": 1}, 1))])
+    con = warehouse.connect(tmp_path / "w.duckdb")
+    try:
+        assert con.execute("SELECT notes FROM run_log").fetchall() == [("{}",)]
+    finally:
+        con.close()

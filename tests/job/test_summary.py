@@ -82,3 +82,20 @@ def test_most_money_at_risk_first_healthy_left_out_and_pushes_of_this_run_only(
 def test_headline_counts_caps_the_list() -> None:
     assert headline_counts({}) == "nothing new"
     assert headline_counts({"a": 1, "b": 5, "c": 0, "d": 2, "e": 3, "f": 4}) == ("b=5, f=4, e=3, …")
+
+
+def test_step_notes_are_shown_apart_and_only_when_there_are_some(tmp_path: Path) -> None:
+    note = (
+        "seat signals: 40 accounts skipped: 1 usage sample in the 30-day window (and no other"
+        " in the last 92 days); seat signals need 2"
+    )
+    score = StepOutcome("score", "success", counts={"signal_events": 5}, notes=(note,))
+    usage = StepOutcome("usage", "success", counts={"rows": 40})
+    console = Console(record=True, width=200)
+    console.print(render(JobResult("run_x", "success", [usage, score], 1.0), None))
+    text = console.export_text()
+    assert "Needs attention" in text and note in text
+    assert text.index("Needs attention") > text.index("signal_events=5")
+    quiet = Console(record=True, width=200)
+    quiet.print(render(JobResult("run_y", "success", [usage], 1.0), None))
+    assert "Needs attention" not in quiet.export_text()

@@ -84,3 +84,5 @@ def register(app: typer.Typer, state: CliState) -> None:
             out.print(f"Known churn (scheduled cancellations): {known.height} accounts, "
                       f"{mrr} {currency} minor units of MRR")  # fmt: skip
         out.print(", ".join(f"{k}: {v}" for k, v in result.counts.items()))
+        for note in result.notes:
+            out.print(f"[yellow]note:[/] {note}")

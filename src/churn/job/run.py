@@ -3,8 +3,10 @@
 The job holds an OS-level lock (``flock`` on a file beside the warehouse) for its whole
 run, taken *before* the warehouse is opened, so two runs never overlap: the second raises
 :class:`~churn.errors.LockHeldError` (exit 75). Each run writes one ``run_log`` row with
-per-step counts, API calls and durations, and its status: ``success``, ``partial`` (some
-steps landed, exit 3) or ``failed`` (exit 1).
+per-step counts, API calls, durations and notes (a step's sentences about what it could
+not use and why, e.g. usage too sparse for the seat signals: counts and reasons, never
+customer data), and its status: ``success``, ``partial`` (some steps landed, exit 3) or
+``failed`` (exit 1).
 
 Steps are looked up by the contract's names at run time, so the job works with whichever
 of the other engineers' modules are installed; a missing one makes the run partial, never
@@ -34,6 +36,8 @@ from churn.settings import Settings
 
 
 class StepResult(Protocol):
+    """What a step returns; it may also carry ``notes`` (a sequence of sentences)."""
+
     counts: dict[str, int]
     api_calls: int
 
@@ -56,6 +60,7 @@ class StepOutcome:
     seconds: float = 0.0
     error: str | None = None
     exit_code: int = 0
+    notes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -76,6 +81,11 @@ class JobResult:
     @property
     def api_calls(self) -> int:
         return sum(s.api_calls for s in self.steps)
+
+    @property
+    def notes(self) -> dict[str, tuple[str, ...]]:
+        """Per step with any, its notes."""
+        return {s.name: s.notes for s in self.steps if s.notes}
 
 
 def lock_path_for(settings: Settings) -> Path:
@@ -199,6 +209,7 @@ def _run_step(step: Step, settings: Settings, con: Any, dry_run: bool) -> StepOu
         counts=dict(getattr(result, "counts", {}) or {}),
         api_calls=int(getattr(result, "api_calls", 0) or 0),
         seconds=time.perf_counter() - started,
+        notes=tuple(str(n) for n in getattr(result, "notes", ()) or ()),
     )
 
 
@@ -290,7 +301,7 @@ def _run_locked(
     errors = "; ".join(o.error for o in outcomes if o.error) or None
     con.execute(
         "UPDATE run_log SET finished_at = ?, status = ?, counts = ?, api_calls = ?,"
-        " durations = ?, error = ? WHERE run_id = ?",
+        " durations = ?, error = ?, notes = ? WHERE run_id = ?",
         [
             warehouse.utcnow(),
             status,
@@ -298,6 +309,7 @@ def _run_locked(
             json.dumps({o.name: o.api_calls for o in outcomes}),
             json.dumps({o.name: round(o.seconds, 3) for o in outcomes}),
             errors,
+            json.dumps({o.name: list(o.notes) for o in outcomes if o.notes}),
             run_id,
         ],
     )

@@ -1,7 +1,9 @@
 """`churn score`: read the warehouse, run the pure signals, write the marts in one transaction.
 
 Re-scoring an ``as_of`` already scored replaces its rows (delete then insert, in the same
-transaction), so the marts never hold two answers for one date.
+transaction), so the marts never hold two answers for one date. What the signals could
+not use is said, not hidden: usage that supports no seat signal is counted by reason in
+``counts`` and worded in ``notes`` (counts and reasons only, never an account).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import polars as pl
 
 from churn.errors import ScoringError
 from churn.settings import Settings
-from churn.signals import SIGNAL_SCHEMA, SIGNALS
+from churn.signals import SIGNAL_SCHEMA, SIGNALS, seat_utilization
 from churn.signals.health import account_health
 from churn.signals.mrr import account_mrr, movements
 from churn.signals.tables import Tables
@@ -33,6 +35,8 @@ class ScoreResult:
     api_calls: int = 0
     signals: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SIGNAL_SCHEMA))
     health: pl.DataFrame = field(default_factory=pl.DataFrame)
+    #: Sentences for the run summary and run_log: what could not be scored, and why.
+    notes: tuple[str, ...] = ()
 
 
 def compute(
@@ -102,7 +106,56 @@ def score(settings: Settings, con: duckdb.DuckDBPyConnection, *, as_of: datetime
             " CHURN_SIGNALS__CURRENCY_RATES)",
             missing, settings.signals.reporting_currency, ", ".join(currencies),
         )  # fmt: skip
+    usage_counts, notes = usage_gaps(con, settings, as_of)
+    counts.update(usage_counts)
+    for note in notes:
+        log.warning("%s", note)
     log.info("scored as_of %s: %s", as_of.isoformat(), counts)
     return ScoreResult(
-        as_of=as_of, counts=counts, signals=marts["signal_events"], health=marts["account_health"]
+        as_of=as_of,
+        counts=counts,
+        signals=marts["signal_events"],
+        health=marts["account_health"],
+        notes=notes,
     )
+
+
+#: The reasons worth a note; usage for accounts holding no seats (cancelled, metered-only)
+#: is only counted: it is no gap in the feed.
+_NOTED = (
+    seat_utilization.UNKNOWN_KEY,
+    seat_utilization.TOO_FEW_SAMPLES,
+    seat_utilization.TOO_LITTLE_COVERAGE,
+)
+_MAX_NOTES = 5
+
+
+def usage_gaps(
+    con: duckdb.DuckDBPyConnection, settings: Settings, as_of: datetime
+) -> tuple[dict[str, int], tuple[str, ...]]:
+    """Accounts whose usage supports no seat signal: counts by reason, and notes.
+
+    Counts ``seat_usage_<code>`` per :func:`churn.signals.seat_utilization.unsupported`
+    code (zeros left out); notes group the accounts by their worded reason, most first,
+    e.g. "seat signals: 40 accounts skipped: 1 usage sample in the 30-day window (one
+    every 31 days); seat signals need 2". No account is named.
+    """
+    sig = settings.signals
+    try:
+        rows = seat_utilization.unsupported(Tables(con), as_of, sig)
+    except duckdb.Error as exc:
+        raise ScoringError(f"usage coverage as_of {as_of.isoformat()} failed: {exc}") from exc
+    counts = {f"seat_usage_{code}": int(n) for code, n in rows["code"].value_counts().iter_rows()}
+    by_reason: dict[str, int] = {}
+    for row in rows.filter(pl.col("code").is_in(_NOTED)).iter_rows(named=True):
+        text = seat_utilization.describe(row, sig)
+        by_reason[text] = by_reason.get(text, 0) + 1
+    ranked = sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
+    notes = [
+        f"seat signals: {n:,} account{'' if n == 1 else 's'} skipped: {text}"
+        for text, n in ranked[:_MAX_NOTES]
+    ]
+    rest = sum(n for _, n in ranked[_MAX_NOTES:])
+    if rest:
+        notes.append(f"seat signals: {rest:,} more accounts skipped for other usage gaps")
+    return dict(sorted(counts.items())), tuple(notes)

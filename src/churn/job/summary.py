@@ -1,4 +1,5 @@
-"""The one-screen summary after `churn run`: steps, the accounts most at risk, the push.
+"""The one-screen summary after `churn run`: steps, their notes, the accounts most at risk,
+the push.
 
 Reads marts tolerantly: a mart another part has not created yet is simply left out.
 """
@@ -100,6 +101,22 @@ def pushed(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, int]:
     return {str(a): int(n) for a, n in rows}
 
 
+def notes_table(result: JobResult) -> Table | None:
+    """What the steps could not use and why (their notes), or None when there is nothing.
+
+    Also in ``run_log.notes``; a note holds counts and reasons, never an account.
+    """
+    rows = [(step, note) for step, notes in result.notes.items() for note in notes]
+    if not rows:
+        return None
+    t = Table(title="Needs attention (also in run_log.notes)")
+    t.add_column("step", no_wrap=True)
+    t.add_column("note", ratio=1)
+    for step, note in rows:
+        t.add_row(step, note)
+    return t
+
+
 def render(result: JobResult, con: duckdb.DuckDBPyConnection | None) -> Group:
     steps = Table(title=f"churn run {result.run_id}: {result.status}", expand=False)
     for col in ("step", "status", "api calls", "seconds", "counts / error"):
@@ -111,6 +128,9 @@ def render(result: JobResult, con: duckdb.DuckDBPyConnection | None) -> Group:
             o.name, f"[{colour}]{o.status}[/]", str(o.api_calls), f"{o.seconds:.1f}", detail[:90]
         )
     parts: list[Table] = [steps]
+    notes = notes_table(result)
+    if notes is not None:
+        parts.append(notes)
     if con is not None:
         risks = top_risks(con)
         if risks:

@@ -1,19 +1,55 @@
 """Seat utilization: active seats over purchased seats across a trailing window.
 
-Purchased seats: licensed quantities of the account's live subscriptions at ``as_of``.
-Active seats: the usage feed's daily counts in ``(as_of - seat_window_days, as_of]``
-(keyed by Account Id or by Stripe customer id, mapped through the links). Average use
-below ``seat_low_utilization`` is churn risk (``seat_utilization``); every day at or above
-``seat_expansion_utilization`` is an expansion signal (``seat_expansion``), kept apart
-from risk. Both need at least ``seat_min_days`` days of usage in the window: a feed that
-started yesterday says nothing sustained (the demo flagged 0-of-1-seat accounts on one
-day's data). No usage data: no row, never a guess. Two signals, one module: :func:`score`
-and :func:`score_expansion` share the window's arithmetic.
+Two signals, one module: low use is churn risk (``seat_utilization``, :func:`score`); full
+use is an expansion lead, kept apart from risk (``seat_expansion``, :func:`score_expansion`).
+Both read the usage feed (``core_usage``: active seats per account on a sample day, keyed
+by Salesforce Account Id or Stripe customer id, mapped through the links) against the
+seats the account held; :func:`unsupported` names the accounts whose usage cannot support
+them, and why. No usage data: no row, never a guess.
+
+**Which items are seats.** A seat is a unit of quantity of a licensed, recurring
+subscription item (trialing ones too; metered and one-time prices never) whose price
+counts seats:
+
+- a tiered price (it is billed by quantity bands), or
+- a per-unit price whose quantity varies: some subscription item known at ``as_of`` holds
+  or held it at a quantity other than 1.
+
+A per-unit price only ever held at quantity 1 is a flat fee (a platform fee, a flat plan):
+it holds no seats, next to a seat-priced item or alone (an account on a flat plan only has
+no seat signal; its usage is counted as ``no_seats`` by :func:`unsupported`). The cost: a
+per-seat price every customer so far holds at one seat reads as flat until someone holds
+two. Stripe price or product metadata are not in the core tables (``core_prices`` has no
+``metadata``), so no ``metadata.seat`` flag is read; adding one is a normalise change.
+
+**Seats per sample.** Each usage sample is divided by the seats held at the end of its
+day (or at ``as_of``, if earlier), from the subscription history's validity intervals:
+seats bought yesterday do not dilute the days before. The account must hold seats at
+``as_of`` for either signal. Expansion compares each sample with the larger of that day's
+seats and today's: seats bought since are room already sold.
+
+**Any cadence.** The feed may be daily, weekly, monthly or irregular, per account:
+
+- cadence: the median gap in days (rounded up) between the account's consecutive samples
+  in the last ``seat_max_window_days``; with a single sample, none (1 day);
+- window: ``(as_of - window_days, as_of]``, ``window_days = seat_window_days`` stretched
+  to ``seat_min_samples x cadence`` for a sparse feed (monthly: a sample in each of the
+  last two months, a 60-day window) but never past ``seat_max_window_days``;
+- a sample stands for active seats from its day until the next sample, at most one
+  cadence step, the latest one through ``as_of`` ("a sample covers the period until the
+  next"): a monthly figure is best dated on the first day of its month. Use is the mean of
+  the samples' utilizations weighted by the days each covers;
+- sufficiency by coverage: at least ``seat_min_samples`` samples whose days cover at least
+  ``seat_min_days`` days of the window.
+
+A daily feed is the case where every row covers its own day: the coverage is the number
+of daily rows and the weights are equal, which is the rule before cadences (seven daily
+rows in the 30-day window, an average over them).
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import polars as pl
@@ -21,83 +57,226 @@ import polars as pl
 if TYPE_CHECKING:  # settings take their defaults from the signal registry
     from churn.settings import SignalSettings
 
-from churn.signals.mrr import AS_OF_POINT, account_key, item_mrr_sql
+from churn.signals.facts import MRR_STATUSES, sql_in
+from churn.signals.mrr import account_key
 from churn.signals.schema import finish
 from churn.signals.tables import Tables
 
 NAME = "seat_utilization"
 EXPANSION = "seat_expansion"
 
+#: Why an account's usage supports no seat signal (:func:`unsupported`'s ``code``).
+UNKNOWN_KEY = "unknown_key"
+NO_SEATS = "no_seats"
+TOO_FEW_SAMPLES = "too_few_samples"
+TOO_LITTLE_COVERAGE = "too_little_coverage"
 
-def _window(settings: SignalSettings) -> str:
-    """CTEs ending in ``r``: per account, purchased seats and use over the window."""
-    return f"""
-WITH items AS ({item_mrr_sql(AS_OF_POINT, settings)}),
-purchased AS (
-  SELECT {account_key("i.customer_id")} AS account_id, sum(i.quantity) AS seats
-  FROM items i LEFT JOIN core_account_links l ON l.customer_id = i.customer_id
-  WHERE COALESCE(i.usage_type, 'licensed') = 'licensed'
-  GROUP BY ALL HAVING sum(i.quantity) > 0
+_ACCOUNTS = f"""
+WITH seat_prices AS (
+  SELECT p.price_id FROM core_prices p
+  WHERE COALESCE(p.usage_type, 'licensed') = 'licensed'
+    AND COALESCE(p.type, 'recurring') = 'recurring'
+    AND (p.billing_scheme = 'tiered' OR p.price_id IN (
+      SELECT price_id FROM history_subscription_items
+      WHERE valid_from <= $as_of AND COALESCE(quantity, 1) <> 1))
+),
+-- seat item versions while their subscription version holds them (a cancelled one until
+-- the end of the period paid for, as in the MRR engine), per account
+held AS (
+  SELECT {account_key("h.customer_id")} AS account_id,
+    greatest(h.valid_from, i.valid_from) AS held_from,
+    least(COALESCE(h.valid_to, 'infinity'::TIMESTAMP), COALESCE(i.valid_to, 'infinity'::TIMESTAMP),
+          CASE WHEN h.status = 'canceled'
+               THEN COALESCE(h.current_period_end, '-infinity'::TIMESTAMP) END) AS held_to,
+    COALESCE(i.quantity, 1) AS quantity
+  FROM history_subscriptions h
+  JOIN history_subscription_items i ON i.subscription_id = h.subscription_id
+  JOIN seat_prices p ON p.price_id = i.price_id
+  LEFT JOIN core_account_links l ON l.customer_id = h.customer_id
+  WHERE ({sql_in("h.status", MRR_STATUSES)} OR h.status = 'canceled')
+    AND h.valid_from <= $as_of AND i.valid_from <= $as_of
 ),
 usage AS (
   SELECT {account_key("u.account_id")} AS account_id, u.day, sum(u.active_seats) AS active
   FROM core_usage u LEFT JOIN core_account_links l ON l.customer_id = u.account_id
-  WHERE u.day > CAST($start AS DATE) AND u.day <= CAST($as_of AS DATE)
+  WHERE u.day > CAST($as_of AS DATE) - CAST($max_window AS INTEGER) AND u.day <= CAST($as_of AS DATE)
   GROUP BY ALL
 ),
-agg AS (
-  SELECT p.account_id, p.seats, count(*) AS days, avg(u.active) AS avg_active,
-         min(u.active) AS min_active
-  FROM purchased p JOIN usage u USING (account_id) GROUP BY ALL
+cadence AS (
+  SELECT account_id, CAST(ceil(median(gap)) AS BIGINT) AS cadence
+  FROM (SELECT account_id, day - lag(day) OVER (PARTITION BY account_id ORDER BY day) AS gap
+        FROM usage)
+  GROUP BY account_id
 ),
-r AS (SELECT *, avg_active / seats AS util, min_active / seats AS min_util FROM agg)
+fit AS (
+  SELECT account_id, cadence,
+    least($max_window, greatest($window, $min_samples * COALESCE(cadence, 1))) AS window_days
+  FROM cadence
+),
+samples AS (
+  SELECT u.account_id, u.day, u.active, f.cadence, f.window_days,
+    least(COALESCE(lead(u.day) OVER w, CAST($as_of AS DATE) + 1) - u.day,
+          COALESCE(f.cadence, 1)) AS covers,
+    least(CAST(u.day AS TIMESTAMP) + INTERVAL 1 DAY - INTERVAL 1 MICROSECOND,
+          CAST($as_of AS TIMESTAMP)) AS t
+  FROM usage u JOIN fit f USING (account_id)
+  WHERE u.day > CAST($as_of AS DATE) - CAST(f.window_days AS INTEGER)
+  WINDOW w AS (PARTITION BY u.account_id ORDER BY u.day)
+),
+points AS (
+  SELECT account_id, t FROM samples
+  UNION SELECT account_id, CAST($as_of AS TIMESTAMP) FROM fit
+),
+seats_at AS (
+  SELECT pt.account_id, pt.t, sum(h.quantity) AS seats
+  FROM points pt
+  JOIN held h ON h.account_id = pt.account_id AND h.held_from <= pt.t AND h.held_to > pt.t
+  GROUP BY ALL
+),
+now_seats AS (
+  SELECT account_id, seats FROM seats_at WHERE t = CAST($as_of AS TIMESTAMP) AND seats > 0
+),
+per_sample AS (
+  SELECT s.*, d.seats, n.seats AS seats_now, s.active / d.seats AS util,
+         s.active / greatest(d.seats, n.seats) AS util_vs_now
+  FROM samples s
+  JOIN seats_at d ON d.account_id = s.account_id AND d.t = s.t
+  JOIN now_seats n ON n.account_id = s.account_id
+  WHERE d.seats > 0
+),
+agg AS (
+  SELECT account_id, any_value(seats_now) AS seats, count(*) AS samples,
+    sum(covers) AS days, any_value(cadence) AS cadence, any_value(window_days) AS window_days,
+    sum(util * covers) / sum(covers) AS util, min(util_vs_now) AS min_util,
+    sum(active * covers) / sum(covers) AS avg_active, min(active) AS min_active,
+    min(seats) AS min_seats, max(seats) AS max_seats
+  FROM per_sample GROUP BY account_id
+),
+r AS (SELECT * FROM agg WHERE samples >= $min_samples AND days >= $min_days)
 """
 
+# ", from 2 samples, one every 31 days" for a feed sparser than daily; nothing for daily.
+_SPARSE = (
+    "CASE WHEN cadence > 1 THEN ', from ' || samples || ' samples, one every '"
+    " || cadence || ' days' ELSE '' END"
+)
 
-def _low_sql(settings: SignalSettings) -> str:
-    return f"""{_window(settings)}
+_LOW = f"""{_ACCOUNTS}
 SELECT account_id,
   1.0 - util / $low AS score,
-  'Only ' || CAST(round(100 * util) AS BIGINT) || '% of ' || seats
-    || ' purchased seats were used on average over the last ' || days || ' days.' AS reason,
+  'Only ' || CAST(round(100 * util) AS BIGINT) || '% of '
+    || CASE WHEN min_seats = max_seats AND max_seats = seats THEN seats || ' purchased seats'
+            WHEN min_seats = max_seats
+              THEN 'purchased seats (' || min_seats || ' then, ' || seats || ' now)'
+            ELSE 'purchased seats (' || min_seats || ' to ' || max_seats || ' over the window, '
+              || seats || ' now)' END
+    || ' were used on average over the last ' || days || ' days' || {_SPARSE} || '.' AS reason,
   json_object('purchased_seats', seats, 'avg_active_seats', round(avg_active, 2),
-    'utilization', round(util, 4), 'days_with_data', days)::VARCHAR AS evidence,
+    'utilization', round(util, 4), 'days_with_data', days, 'samples', samples,
+    'cadence_days', COALESCE(cadence, 1), 'window_days', window_days,
+    'min_seats', min_seats, 'max_seats', max_seats)::VARCHAR AS evidence,
   'seat_utilization:' || account_id AS episode_key
-FROM r WHERE util < $low AND days >= $min_days
+FROM r WHERE util < $low
 """
 
-
-def _expansion_sql(settings: SignalSettings) -> str:
-    return f"""{_window(settings)}
+_EXPANSION = f"""{_ACCOUNTS}
 SELECT account_id, least(1.0, min_util) AS score,
   'All ' || seats || ' purchased seats are in use: at least '
-    || CAST(floor(100 * min_util) AS BIGINT) || '% every day for ' || days
-    || ' days; room to expand.' AS reason,
+    || CAST(floor(100 * min_util) AS BIGINT) || '% '
+    || CASE WHEN cadence > 1
+            THEN 'in every sample (' || samples || ' samples over ' || days
+              || ' days, one every ' || cadence || ' days)'
+            ELSE 'every day for ' || days || ' days' END
+    || '; room to expand.' AS reason,
   json_object('purchased_seats', seats, 'min_active_seats', min_active,
-    'utilization', round(util, 4), 'days_with_data', days)::VARCHAR AS evidence,
+    'utilization', round(min_util, 4), 'days_with_data', days, 'samples', samples,
+    'cadence_days', COALESCE(cadence, 1), 'window_days', window_days)::VARCHAR AS evidence,
   'seat_expansion:' || account_id AS episode_key
-FROM r WHERE min_util >= $high AND days >= $min_days
+FROM r WHERE min_util >= $high
+"""
+
+_UNSUPPORTED = f"""{_ACCOUNTS}
+, known AS (
+  SELECT {account_key("h.customer_id")} AS account_id FROM history_subscriptions h
+  LEFT JOIN core_account_links l ON l.customer_id = h.customer_id
+  UNION SELECT customer_id FROM core_customers
+  UNION SELECT account_id FROM core_account_links
+)
+SELECT f.account_id,
+  CASE WHEN n.account_id IS NULL AND k.account_id IS NULL THEN '{UNKNOWN_KEY}'
+       WHEN n.account_id IS NULL THEN '{NO_SEATS}'
+       WHEN COALESCE(a.samples, 0) < $min_samples THEN '{TOO_FEW_SAMPLES}'
+       ELSE '{TOO_LITTLE_COVERAGE}' END AS code,
+  COALESCE(a.samples, 0) AS samples, COALESCE(a.days, 0) AS days,
+  f.cadence AS cadence_days, f.window_days
+FROM fit f
+LEFT JOIN agg a USING (account_id)
+LEFT JOIN now_seats n USING (account_id)
+LEFT JOIN (SELECT DISTINCT account_id FROM known) k USING (account_id)
+WHERE n.account_id IS NULL OR a.account_id IS NULL
+   OR a.samples < $min_samples OR a.days < $min_days
 """
 
 
-def _params(as_of: datetime, settings: SignalSettings) -> dict[str, object]:
-    return {
+def _params(as_of: datetime, settings: SignalSettings, *extra: str) -> dict[str, object]:
+    params: dict[str, object] = {
         "as_of": as_of,
-        "start": as_of - timedelta(days=settings.seat_window_days),
-        "low": settings.seat_low_utilization,
-        "high": settings.seat_expansion_utilization,
+        "window": settings.seat_window_days,
+        "max_window": max(settings.seat_max_window_days, settings.seat_window_days),
+        "min_samples": settings.seat_min_samples,
         "min_days": settings.seat_min_days,
     }
+    more = {"low": settings.seat_low_utilization, "high": settings.seat_expansion_utilization}
+    return params | {k: more[k] for k in extra}
 
 
 def score(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl.DataFrame:
-    """Low seat use (churn risk)."""
-    params = {k: v for k, v in _params(as_of, settings).items() if k != "high"}
-    return finish(tables.frame(_low_sql(settings), params), NAME, as_of)
+    """Low seat use (churn risk): mean utilization below ``seat_low_utilization``."""
+    return finish(tables.frame(_LOW, _params(as_of, settings, "low")), NAME, as_of)
 
 
 def score_expansion(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl.DataFrame:
-    """Every seat in use every day of the window (an expansion lead, severity info)."""
-    params = {k: v for k, v in _params(as_of, settings).items() if k != "low"}
-    frame = tables.frame(_expansion_sql(settings), params)
+    """Every sample at or above ``seat_expansion_utilization`` (an expansion lead, info)."""
+    frame = tables.frame(_EXPANSION, _params(as_of, settings, "high"))
     return finish(frame, EXPANSION, as_of, info=True)
+
+
+def unsupported(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl.DataFrame:
+    """Accounts with usage in the last ``seat_max_window_days`` that no seat signal can use.
+
+    One row per account: ``code`` (:data:`UNKNOWN_KEY`: the key is neither a Stripe
+    customer nor a linked Account; :data:`NO_SEATS`: no seat held at ``as_of``;
+    :data:`TOO_FEW_SAMPLES`; :data:`TOO_LITTLE_COVERAGE`), and the ``samples``, ``days``
+    covered, ``cadence_days`` (null: a single sample) and ``window_days`` behind it.
+    :func:`describe` words it.
+    """
+    return tables.frame(_UNSUPPORTED, _params(as_of, settings))
+
+
+def describe(row: dict[str, object], settings: SignalSettings) -> str:
+    """One account's reason, free of identifiers, e.g. for a run's notes."""
+    code, window, cadence = row["code"], row["window_days"], row["cadence_days"]
+    if cadence is None:
+        lookback = max(settings.seat_max_window_days, settings.seat_window_days)
+        every = f" (and no other in the last {lookback} days)"
+    else:
+        every = f" (one every {cadence} days)" if int(str(cadence)) > 1 else ""
+    if code == UNKNOWN_KEY:
+        return "usage keyed by an id that is neither a Stripe customer nor a linked Account"
+    if code == NO_SEATS:
+        return "usage for an account holding no licensed seats at as_of"
+    if code == TOO_FEW_SAMPLES:
+        n = int(str(row["samples"]))
+        if n == 0:
+            return (
+                f"no usage sample in the {window}-day window, only older ones;"
+                f" seat signals need {settings.seat_min_samples}"
+            )
+        return (
+            f"{n} usage sample{'' if n == 1 else 's'} in the {window}-day window{every};"
+            f" seat signals need {settings.seat_min_samples}"
+        )
+    return (
+        f"usage samples cover {row['days']} days of the {window}-day window{every};"
+        f" seat signals need {settings.seat_min_days}"
+    )
