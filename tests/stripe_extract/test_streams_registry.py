@@ -49,6 +49,18 @@ def _columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
 @BY_STREAM
 def test_every_stream_has_its_raw_table(fresh: duckdb.DuckDBPyConnection, stream: Stream) -> None:
     assert _columns(fresh, stream.table) == _columns(fresh, "raw_stripe_customer")
+    # Landing upserts by id (ON CONFLICT (id)): the table needs a unique key on it.
+    keyed = fresh.execute(
+        "SELECT count(*) FROM duckdb_indexes() WHERE table_name = ? AND is_unique"
+        " AND expressions = '[id]'",
+        [stream.table],
+    ).fetchone()
+    primary = fresh.execute(
+        "SELECT count(*) FROM duckdb_constraints() WHERE table_name = ?"
+        " AND constraint_type = 'PRIMARY KEY' AND constraint_column_names = ['id']",
+        [stream.table],
+    ).fetchone()
+    assert (keyed and keyed[0]) or (primary and primary[0]), f"{stream.table} has no unique id"
 
 
 @pytest.mark.parametrize("pair", CORE_TABLES, ids=lambda p: p[1].name)
