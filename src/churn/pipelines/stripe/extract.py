@@ -447,7 +447,10 @@ class _Run:
                 more_items[obj["id"]] = self._more_items(obj)
         self.result.add("seen_events", len(fetched))
         cursor = cursor_ts or polled
-        size = self.settings.stripe.page_size  # a page's worth per transaction
+        # A page's worth per transaction; the first read of everything Stripe keeps is
+        # redone whole if killed, so it commits in larger steps (tens of thousands of
+        # events on a big account).
+        size = self.settings.stripe.page_size * (20 if retained else 1)
         for start in range(0, max(len(new), 1), size):
             chunk = new[start : start + size]
             done = start + size >= len(new)
