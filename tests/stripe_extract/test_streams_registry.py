@@ -84,6 +84,22 @@ def test_every_stripe_core_table_has_a_declaration(fresh: duckdb.DuckDBPyConnect
     assert tables - NOT_STRIPE == {core.name for _, core in CORE_TABLES}
 
 
+def test_every_raw_stripe_table_is_a_declared_stream(fresh: duckdb.DuckDBPyConnection) -> None:
+    tables = {
+        r[0]
+        for r in fresh.execute(
+            "SELECT table_name FROM information_schema.tables"
+            " WHERE table_name LIKE 'raw_stripe_%' AND table_name <> 'raw_stripe_event'"
+        ).fetchall()
+    }
+    assert tables == {s.table for s in STREAMS}
+
+
+def test_id_prefixes_do_not_overlap() -> None:
+    prefixes = [s.id_prefix for s in STREAMS if s.id_prefix]
+    assert not [a for a in prefixes for b in prefixes if a != b and b.startswith(a)]
+
+
 @BY_STREAM
 def test_every_object_name_of_a_stream_maps_to_its_table(stream: Stream) -> None:
     for name in (stream.name, *stream.aliases):
