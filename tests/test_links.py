@@ -7,7 +7,7 @@ import polars as pl
 from typer.testing import CliRunner
 
 from churn.cli import app
-from churn.pipelines.links import link_customers, match_customers
+from churn.pipelines.links import link_customers, match_customers, sf_id18
 from churn.settings import Settings
 from churn.warehouse import connect
 
@@ -171,7 +171,7 @@ def test_metadata_account_id_matches_in_15_or_18_characters() -> None:
     into Stripe metadata, and both name the same Account."""
     accounts = pl.DataFrame(
         {
-            "account_id": ["001Ak00000ABCDEIAX", "001Ak00000abcdeIAX"],
+            "account_id": ["001Ak00000ABCDEIA5", "001Ak00000abcdeIAA"],
             "name": ["Upper", "Lower"],
             "website_domain": [None, None],
             "stripe_customer_id": [None, None],
@@ -186,7 +186,7 @@ def test_metadata_account_id_matches_in_15_or_18_characters() -> None:
     out = match_customers(
         _customers(
             ("cus_15", "x", None, {"sf_account_id": "001Ak00000abcde"}),
-            ("cus_18", "y", None, {"sf_account_id": " 001Ak00000ABCDEIAX "}),
+            ("cus_18", "y", None, {"sf_account_id": " 001Ak00000ABCDEIA5 "}),
             ("cus_other", "z", None, {"sf_account_id": "001Ak00000ZZZZZ"}),
         ),
         accounts,
@@ -195,7 +195,91 @@ def test_metadata_account_id_matches_in_15_or_18_characters() -> None:
     )
     got = {r["customer_id"]: (r["account_id"], r["method"]) for r in out.iter_rows(named=True)}
     assert got == {
-        "cus_15": ("001Ak00000abcdeIAX", "metadata"),  # 15-character Ids are case-sensitive
-        "cus_18": ("001Ak00000ABCDEIAX", "metadata"),
+        "cus_15": ("001Ak00000abcdeIAA", "metadata"),  # 15-character Ids are case-sensitive
+        "cus_18": ("001Ak00000ABCDEIA5", "metadata"),
         "cus_other": (None, "unmatched"),
+    }
+
+
+def _accounts(*rows: tuple[str, str | None, str | None]) -> pl.DataFrame:
+    """Accounts (account_id, name, website_domain), no Stripe Customer field."""
+    return pl.DataFrame(
+        [
+            {"account_id": a, "name": n, "website_domain": w, "stripe_customer_id": None}
+            for a, n, w in rows
+        ],
+        schema={
+            "account_id": pl.Utf8,
+            "name": pl.Utf8,
+            "website_domain": pl.Utf8,
+            "stripe_customer_id": pl.Utf8,
+        },
+    )
+
+
+def _links(
+    customers: pl.DataFrame, accounts: pl.DataFrame, **kw: tuple[str, ...]
+) -> dict[str, tuple[str | None, str, str | None]]:
+    out = match_customers(
+        customers,
+        accounts,
+        metadata_keys=kw.get("metadata_keys", S.link_metadata_keys),
+        personal_domains=kw.get("personal_domains", S.personal_email_domains),
+    )
+    return {
+        r["customer_id"]: (r["account_id"], r["method"], r["detail"])
+        for r in out.iter_rows(named=True)
+    }
+
+
+def test_salesforce_id_forms() -> None:
+    """The 18-character Id is the 15-character one plus 3 characters: each encodes, for one
+    5-character chunk of the 15, which characters are upper case (bit i set for an upper-case
+    letter at position i of the chunk), as an index into ``ABCDEFGHIJKLMNOPQRSTUVWXYZ012345``
+    (Salesforce's 15-to-18 conversion as published, e.g. ``00558000001N0Ke`` ->
+    ``00558000001N0KeAAK``, ``a0BA0000000L2ZC`` -> ``a0BA0000000L2ZCMA0``). So the 18-character
+    Id is case-insensitive-safe: its suffix gives back the case of the first 15."""
+    assert sf_id18("00558000001N0Ke") == "00558000001N0KeAAK"
+    assert sf_id18("a0BA0000000L2ZC") == "a0BA0000000L2ZCMA0"
+    assert sf_id18("AAaAAbbBBBCcCCC") == "AAaAAbbBBBCcCCC123"
+    # 18 characters in any case: the case of the first 15 comes back from the suffix.
+    assert sf_id18("a0BA0000000L2ZCMA0") == "a0BA0000000L2ZCMA0"
+    assert sf_id18("A0BA0000000L2ZCMA0".lower()) == "a0BA0000000L2ZCMA0"
+    assert sf_id18("A0BA0000000L2ZCMA0") == "a0BA0000000L2ZCMA0"
+    assert sf_id18(" 00558000001n0keaak ") == "00558000001N0KeAAK"
+    # Not an Id: wrong length, a character outside [A-Za-z0-9], a suffix character past 5.
+    for bad in (
+        "",
+        "001",
+        "001Ak00000ABCD",
+        "001Ak00000ABCDEIA",
+        "001Ak0000-ABCDE",
+        "001Ak00000ABCDEIA9",
+    ):
+        assert sf_id18(bad) is None, bad
+
+
+def test_metadata_account_id_in_any_form_and_case() -> None:
+    """Metadata pasted from the UI (15 characters, case-sensitive) or the API (18), or an 18-
+    character Id lower-cased by a tool (it is case-insensitive-safe), names the same Account;
+    a 15-character Id in another case is another record."""
+    accounts = _accounts(
+        ("001Ak00000ABCDEIA5", "Upper", None), ("001Ak00000abcdeIAA", "Lower", None)
+    )
+    got = _links(
+        _customers(
+            ("cus_15_upper", "a", None, {"sf_account_id": "001Ak00000ABCDE"}),
+            ("cus_15_lower", "b", None, {"sf_account_id": "001Ak00000abcde"}),
+            ("cus_18_lowercased", "c", None, {"sf_account_id": "001ak00000abcdeia5"}),
+            ("cus_18_uppercased", "d", None, {"sf_account_id": "001AK00000ABCDEIAA"}),
+            ("cus_15_other_case", "e", None, {"sf_account_id": "001AK00000abcde"}),
+        ),
+        accounts,
+    )
+    assert got == {
+        "cus_15_upper": ("001Ak00000ABCDEIA5", "metadata", None),
+        "cus_15_lower": ("001Ak00000abcdeIAA", "metadata", None),
+        "cus_18_lowercased": ("001Ak00000ABCDEIA5", "metadata", None),
+        "cus_18_uppercased": ("001Ak00000abcdeIAA", "metadata", None),
+        "cus_15_other_case": (None, "unmatched", None),
     }

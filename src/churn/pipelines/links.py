@@ -20,6 +20,10 @@ from churn.warehouse import transaction, utcnow
 
 RULES = ("metadata", "account_field", "email_domain", "name")
 
+#: The 18-character Id's suffix alphabet: character i stands for the 5-bit number i.
+_SUFFIX = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+
 
 @dataclass
 class LinkReport:
@@ -28,6 +32,40 @@ class LinkReport:
     links: pl.DataFrame = field(default_factory=pl.DataFrame)
     #: Accounts linked from several customers: account_id, customers (list).
     shared_accounts: pl.DataFrame = field(default_factory=pl.DataFrame)
+
+
+def sf_id18(value: str | None) -> str | None:
+    """A Salesforce record Id in its 18-character form, or None when it is not an Id.
+
+    The 15-character Id is case-sensitive; the 18-character one adds three characters, one
+    per 5-character chunk of the 15, whose bit i says the chunk's character i is an upper-
+    case letter (the character is ``_SUFFIX[bits]``). So an 18-character Id in any case
+    names one record: the suffix gives back the case of the first 15.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if len(text) not in (15, 18) or not set(text) <= _ID_CHARS:
+        return None
+    chunks = [text[i : i + 5] for i in (0, 5, 10)]
+    if len(text) == 15:
+        flags = [sum(1 << j for j, c in enumerate(chunk) if c.isupper()) for chunk in chunks]
+        return text + "".join(_SUFFIX[f] for f in flags)
+    suffix = text[15:].upper()
+    if not set(suffix) <= set(_SUFFIX):
+        return None
+    out = []
+    for chunk, code in zip(chunks, suffix, strict=True):
+        bits = _SUFFIX.index(code)
+        out.append("".join(c.upper() if bits >> j & 1 else c.lower() for j, c in enumerate(chunk)))
+    return "".join(out) + suffix
+
+
+def _sf_id18(col: pl.Expr) -> pl.Expr:
+    """The 18-character form; text that is no Id compares as itself (stripped)."""
+    return pl.coalesce(
+        col.map_elements(sf_id18, return_dtype=pl.Utf8, skip_nulls=True), col.str.strip_chars()
+    )
 
 
 def normalise_name(col: pl.Expr) -> pl.Expr:
@@ -96,27 +134,16 @@ def match_customers(
         )
 
     # Salesforce shows a record's Id with 15 characters (case-sensitive: the UI, reports,
-    # Classic URLs) or 18 (the API): metadata copied from either must match. The 18-character
-    # Id starts with the 15-character one.
+    # Classic URLs) or 18 (the API; case-insensitive-safe): metadata copied from either, in
+    # any case for the 18, must match. Both sides compare in the 18-character form.
     meta = cust.filter(pl.col("meta_account").is_not_null()).with_columns(
-        pl.col("meta_account").str.strip_chars().alias("_meta")
+        _sf_id18(pl.col("meta_account")).alias("_meta")
     )
-    by_meta = pl.concat(
-        [
-            meta.join(acc.select("account_id"), left_on="_meta", right_on="account_id")
-            .with_columns(pl.col("_meta").alias("account_id"))
-            .select("customer_id", "account_id"),
-            meta.filter(pl.col("_meta").str.len_chars() == 15)
-            .join(
-                acc.filter(pl.col("account_id").str.len_chars() == 18).select(
-                    "account_id", pl.col("account_id").str.slice(0, 15).alias("_id15")
-                ),
-                left_on="_meta",
-                right_on="_id15",
-            )
-            .select("customer_id", "account_id"),
-        ]
-    )
+    by_meta = meta.join(
+        acc.select("account_id", _sf_id18(pl.col("account_id")).alias("_id18")),
+        left_on="_meta",
+        right_on="_id18",
+    ).select("customer_id", "account_id")
     candidates = pl.concat(
         [
             by_meta.select(
