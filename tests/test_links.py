@@ -283,3 +283,57 @@ def test_metadata_account_id_in_any_form_and_case() -> None:
         "cus_18_uppercased": ("001Ak00000abcdeIAA", "metadata", None),
         "cus_15_other_case": (None, "unmatched", None),
     }
+
+
+def test_email_domain_matches_website_by_registrable_domain() -> None:
+    """A subdomain belongs to its registrable domain (publicsuffixlist, on the bundled Public
+    Suffix List: ``privatesuffix("www.example.com")`` is ``"example.com"``, "the shortest
+    domain assigned for a registrant"), so ``eu.acme.com`` is ``acme.com``; a multi-part
+    public suffix keeps its registrants apart (``a.co.uk`` and ``b.co.uk`` are two companies),
+    and a domain that is itself a public suffix identifies nobody."""
+    accounts = _accounts(
+        ("001A", "Acme", "acme.com"),
+        ("001B", "A Ltd", "www.a.co.uk"),
+        ("001C", "B Ltd", "b.co.uk"),
+        ("001D", "Gov", "co.uk"),
+        ("001E", "Shop", "shop.example.myshopify.com"),
+        ("001F", "Other shop", "other.myshopify.com"),
+    )
+    got = _links(
+        _customers(
+            ("cus_eu", "x", "eu.acme.com", None),
+            ("cus_mail", "x", "MAIL.Eu.Acme.COM", None),
+            ("cus_a", "x", "billing.a.co.uk", None),
+            ("cus_b", "x", "b.co.uk", None),
+            ("cus_c", "x", "c.co.uk", None),
+            ("cus_suffix", "x", "co.uk", None),
+            ("cus_shop", "x", "example.myshopify.com", None),
+        ),
+        accounts,
+    )
+    assert got == {
+        "cus_eu": ("001A", "email_domain", None),
+        "cus_mail": ("001A", "email_domain", None),
+        "cus_a": ("001B", "email_domain", None),
+        "cus_b": ("001C", "email_domain", None),
+        "cus_c": (None, "unmatched", None),
+        "cus_suffix": (None, "unmatched", None),
+        # myshopify.com is a public suffix (the list's private section): each shop is its own.
+        "cus_shop": ("001E", "email_domain", None),
+    }
+
+
+def test_personal_domains_never_link_by_domain() -> None:
+    """Free-mail domains name no company, under any subdomain or case, and an Account whose
+    website is one (people type gmail.com there too) is never matched by domain."""
+    accounts = _accounts(("001G", "Gee", "gmail.com"), ("001O", "Oh", "www.outlook.com"))
+    got = _links(
+        _customers(
+            ("cus_gmail", "x", "gmail.com", None),
+            ("cus_gmail_upper", "x", "GMail.com", None),
+            ("cus_outlook", "x", "outlook.com", None),
+            ("cus_outlook_sub", "x", "eu.outlook.com", None),
+        ),
+        accounts,
+    )
+    assert {c: m for c, (_, m, _) in got.items()} == dict.fromkeys(got, "unmatched")

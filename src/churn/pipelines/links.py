@@ -1,9 +1,11 @@
 """Identity: link each Stripe customer to one Salesforce Account.
 
 Rules, first that finds a candidate wins: ``metadata`` (a configured metadata key holds a
-live Account Id, in 15 or 18 characters), ``account_field`` (the Account's Stripe Customer Id field names the
-customer, alone or in a comma-separated list), ``email_domain`` (billing-email domain = the Account's website domain; personal
-domains never match), ``name`` (exact normalised name). A rule finding several Accounts
+live Account Id, in 15 or 18 characters, compared in the 18-character form),
+``account_field`` (the Account's Stripe Customer Id field names the customer, alone or in a
+comma-separated list), ``email_domain`` (billing-email domain = the Account's website
+domain, both by registrable domain on the Public Suffix List; personal domains never match),
+``name`` (exact normalised name). A rule finding several Accounts
 gives a ``conflict`` (no link); none at all gives ``unmatched``. The matching is pure, over
 polars frames; :func:`link_customers` reads and writes the warehouse around it.
 """
@@ -11,9 +13,11 @@ polars frames; :func:`link_customers` reads and writes the warehouse around it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache, lru_cache
 
 import duckdb
 import polars as pl
+from publicsuffixlist import PublicSuffixList
 
 from churn.settings import Settings
 from churn.warehouse import transaction, utcnow
@@ -68,6 +72,29 @@ def _sf_id18(col: pl.Expr) -> pl.Expr:
     )
 
 
+@cache
+def _psl() -> PublicSuffixList:
+    # The list bundled with the package: never fetched at run time.
+    return PublicSuffixList()
+
+
+@lru_cache(maxsize=65_536)
+def registrable_domain(host: str | None) -> str | None:
+    """The domain a registrant holds (``eu.acme.com`` -> ``acme.com``, ``b.a.co.uk`` ->
+    ``a.co.uk``) by the Public Suffix List, lower case; None for a public suffix itself or
+    text that is no domain."""
+    if host is None:
+        return None
+    text = host.strip().rstrip(".").lower()
+    if not text or "." not in text or any(c.isspace() or c in "/@:" for c in text):
+        return None
+    return _psl().privatesuffix(text)
+
+
+def _registrable(col: pl.Expr) -> pl.Expr:
+    return col.map_elements(registrable_domain, return_dtype=pl.Utf8, skip_nulls=True)
+
+
 def normalise_name(col: pl.Expr) -> pl.Expr:
     """Lower case, punctuation dropped, whitespace collapsed."""
     return (
@@ -96,19 +123,32 @@ def match_customers(
             or [pl.lit(None, pl.Utf8)]
         ).alias("meta_account"),
         normalise_name(pl.col("name")).alias("name_norm"),
-        pl.col("email_domain").str.to_lowercase().alias("domain"),
+        _registrable(pl.col("email_domain")).alias("domain"),
     )
+    personal = sorted(
+        {d.strip().lower() for d in personal_domains}
+        | {r for d in personal_domains if (r := registrable_domain(d))}
+    )
+    # Billing email and website compare by registrable domain (eu.acme.com is acme.com);
+    # a personal (free-mail) domain names no company on either side.
     acc = accounts.with_columns(
         normalise_name(pl.col("name")).alias("name_norm"),
-        pl.col("website_domain").str.to_lowercase().alias("domain"),
-    ).select("account_id", "name_norm", "domain", "stripe_customer_id")
+        _registrable(pl.col("website_domain")).alias("domain"),
+    ).select(
+        "account_id",
+        "name_norm",
+        pl.when(pl.col("domain").is_in(personal))
+        .then(None)
+        .otherwise(pl.col("domain"))
+        .alias("domain"),
+        "stripe_customer_id",
+    )
     # The field may name several customers ("cus_A, cus_B"): people write lists, and so
     # does the push for an Account with two customers.
     acc_ids = acc.select(
         "account_id",
         pl.col("stripe_customer_id").str.split(",").list.eval(pl.element().str.strip_chars()),
     ).explode("stripe_customer_id")
-    personal = [d.lower() for d in personal_domains]
 
     def cands(
         rank: int,
@@ -156,7 +196,10 @@ def match_customers(
             cands(
                 2,
                 "email_domain",
-                cust.filter(~pl.col("domain").is_in(personal)),
+                cust.filter(
+                    ~pl.col("domain").is_in(personal)
+                    & ~pl.col("email_domain").str.strip_chars().str.to_lowercase().is_in(personal)
+                ),
                 "domain",
                 "domain",
             ),
