@@ -4,11 +4,14 @@ import json
 from pathlib import Path
 
 import polars as pl
+import pytest
 from typer.testing import CliRunner
 
 from churn.cli import app
 from churn.pipelines.links import link_customers, match_customers, sf_id18
-from churn.settings import Settings
+from churn.pipelines.salesforce.extract import extract_salesforce
+from churn.sandbox.salesforce.server import start_salesforce_server
+from churn.settings import Settings, load_settings
 from churn.warehouse import connect
 
 S = Settings().salesforce
@@ -337,3 +340,113 @@ def test_personal_domains_never_link_by_domain() -> None:
         accounts,
     )
     assert {c: m for c, (_, m, _) in got.items()} == dict.fromkeys(got, "unmatched")
+
+
+def _all_accounts(*rows: tuple[str, str | None, bool, str | None]) -> pl.DataFrame:
+    """Accounts live and deleted: account_id, stripe_customer_id, is_deleted, master_record_id."""
+    return pl.DataFrame(
+        [
+            {
+                "account_id": a,
+                "name": None,
+                "website_domain": None,
+                "stripe_customer_id": f,
+                "is_deleted": d,
+                "master_record_id": m,
+            }
+            for a, f, d, m in rows
+        ],
+        schema={
+            "account_id": pl.Utf8,
+            "name": pl.Utf8,
+            "website_domain": pl.Utf8,
+            "stripe_customer_id": pl.Utf8,
+            "is_deleted": pl.Boolean,
+            "master_record_id": pl.Utf8,
+        },
+    )
+
+
+def test_metadata_naming_a_merged_or_deleted_account() -> None:
+    """A merge keeps one Account and deletes the others: "When a record is deleted after
+    losing a merge operation, its MasterRecordId field is set to the ID of the winning
+    record", and "You can use queryAll() to view records that have been deleted during a
+    merge" (Salesforce: Triggers and Merge Statements; merge()). Metadata naming a merged-away
+    Account links to the survivor (through successive merges); naming a deleted Account is
+    reported, never passed over silently to a weaker rule."""
+    accounts = _all_accounts(
+        ("001000000000001AAA", None, False, None),  # survivor
+        ("001000000000002AAA", None, True, "001000000000001AAA"),  # merged into 1
+        ("001000000000003AAA", None, True, "001000000000002AAA"),  # merged into 2, then 1
+        ("001000000000004AAA", None, True, None),  # deleted
+        ("001000000000005AAA", "cus_deleted_and_field", False, None),
+        ("001000000000006AAA", None, True, "001000000000007AAA"),  # merged into a deleted one
+        ("001000000000007AAA", None, True, None),
+        ("001000000000008AAA", "cus_field_on_deleted", True, None),
+    )
+    got = _links(
+        _customers(
+            ("cus_merged", "a", None, {"sf_account_id": "001000000000002AAA"}),
+            ("cus_merged_15", "b", None, {"sf_account_id": "001000000000002"}),
+            ("cus_merged_twice", "c", None, {"sf_account_id": "001000000000003AAA"}),
+            ("cus_deleted", "d", None, {"sf_account_id": "001000000000004AAA"}),
+            ("cus_deleted_and_field", "e", None, {"sf_account_id": "001000000000004AAA"}),
+            ("cus_merged_into_deleted", "f", None, {"sf_account_id": "001000000000006AAA"}),
+            ("cus_field_on_deleted", "g", None, None),
+        ),
+        accounts,
+    )
+    one = "001000000000001AAA"
+    assert got == {
+        "cus_merged": (one, "metadata", "metadata: 001000000000002AAA merged into " + one),
+        "cus_merged_15": (one, "metadata", "metadata: 001000000000002AAA merged into " + one),
+        "cus_merged_twice": (one, "metadata", "metadata: 001000000000003AAA merged into " + one),
+        "cus_deleted": (None, "unmatched", "metadata: 001000000000004AAA is deleted"),
+        "cus_deleted_and_field": (
+            None,
+            "conflict",
+            "metadata: 001000000000004AAA is deleted; account_field: 001000000000005AAA",
+        ),
+        "cus_merged_into_deleted": (
+            None,
+            "unmatched",
+            "metadata: 001000000000006AAA merged into 001000000000007AAA, which is deleted",
+        ),
+        # A deleted Account's own fields link nobody.
+        "cus_field_on_deleted": (None, "unmatched", None),
+    }
+
+
+@pytest.mark.slow
+def test_merged_account_extracted_and_followed(tmp_path: Path) -> None:
+    """End to end on the Salesforce stand-in: a merge deletes the loser with MasterRecordId
+    set (Salesforce: "When a record is deleted after losing a merge operation, its
+    MasterRecordId field is set to the ID of the winning record"); the extract (queryAll)
+    lands it and the links follow the customer's metadata to the Account kept."""
+    with start_salesforce_server() as running:
+        kept, lost, gone = running.seed(
+            "Account", [{"Name": "Acme"}, {"Name": "Acme (dup)"}, {"Name": "Gone"}]
+        )
+        settings = load_settings(
+            env={**running.settings_env(), "CHURN_DB": str(tmp_path / "w.duckdb")}
+        )
+        con = connect(settings.db)
+        extract_salesforce(settings, con, progress=False)
+        running.merge("Account", kept, [lost])
+        running.delete("Account", gone)
+        extract_salesforce(settings, con, progress=False)
+        assert con.execute(
+            "SELECT account_id, is_deleted, master_record_id FROM core_accounts ORDER BY name"
+        ).fetchall() == [(kept, False, None), (lost, True, kept), (gone, True, None)]
+        con.execute(
+            "INSERT INTO core_customers (customer_id, name, email_domain, metadata) VALUES"
+            f" ('cus_1', 'x', NULL, '{{\"sf_account_id\": \"{lost[:15]}\"}}'),"
+            f" ('cus_2', 'y', NULL, '{{\"sf_account_id\": \"{gone}\"}}')"
+        )
+        link_customers(settings, con)
+        assert con.execute(
+            "SELECT customer_id, account_id, method, detail FROM core_account_links ORDER BY 1"
+        ).fetchall() == [
+            ("cus_1", kept, "metadata", f"metadata: {lost} merged into {kept}"),
+            ("cus_2", None, "unmatched", f"metadata: {gone} is deleted"),
+        ]

@@ -115,7 +115,9 @@ def match_customers(
     """One row per customer: customer_id, account_id (None unless linked), method, detail.
 
     ``customers``: customer_id, name, email_domain, metadata (JSON text).
-    ``accounts``: account_id, name, website_domain, stripe_customer_id (live ones only).
+    ``accounts``: account_id, name, website_domain, stripe_customer_id, and optionally
+    is_deleted and master_record_id (deleted Accounts match nothing themselves; metadata
+    naming one is followed to the survivor of its merges, or reported with the reason).
     """
     cust = customers.with_columns(
         pl.coalesce(
@@ -131,17 +133,31 @@ def match_customers(
     )
     # Billing email and website compare by registrable domain (eu.acme.com is acme.com);
     # a personal (free-mail) domain names no company on either side.
-    acc = accounts.with_columns(
-        normalise_name(pl.col("name")).alias("name_norm"),
-        _registrable(pl.col("website_domain")).alias("domain"),
-    ).select(
+    if "is_deleted" not in accounts.columns:
+        accounts = accounts.with_columns(is_deleted=pl.lit(False))
+    if "master_record_id" not in accounts.columns:
+        accounts = accounts.with_columns(master_record_id=pl.lit(None, pl.Utf8))
+    every = accounts.select(
         "account_id",
-        "name_norm",
-        pl.when(pl.col("domain").is_in(personal))
-        .then(None)
-        .otherwise(pl.col("domain"))
-        .alias("domain"),
-        "stripe_customer_id",
+        _sf_id18(pl.col("account_id")).alias("_id18"),
+        pl.col("is_deleted").fill_null(False),
+        _sf_id18(pl.col("master_record_id")).alias("_master18"),
+    )
+    acc = (
+        accounts.filter(~pl.col("is_deleted").fill_null(False))
+        .with_columns(
+            normalise_name(pl.col("name")).alias("name_norm"),
+            _registrable(pl.col("website_domain")).alias("domain"),
+        )
+        .select(
+            "account_id",
+            "name_norm",
+            pl.when(pl.col("domain").is_in(personal))
+            .then(None)
+            .otherwise(pl.col("domain"))
+            .alias("domain"),
+            "stripe_customer_id",
+        )
     )
     # The field may name several customers ("cus_A, cus_B"): people write lists, and so
     # does the push for an Account with two customers.
@@ -179,11 +195,18 @@ def match_customers(
     meta = cust.filter(pl.col("meta_account").is_not_null()).with_columns(
         _sf_id18(pl.col("meta_account")).alias("_meta")
     )
-    by_meta = meta.join(
-        acc.select("account_id", _sf_id18(pl.col("account_id")).alias("_id18")),
-        left_on="_meta",
-        right_on="_id18",
-    ).select("customer_id", "account_id")
+    # Metadata may name an Account deleted since: one merged away links to the survivor
+    # (MasterRecordId, through successive merges); one deleted outright is reported below.
+    named = meta.join(every, left_on="_meta", right_on="_id18").select(
+        "customer_id", "account_id", "is_deleted"
+    )
+    resolved = _follow_merges(named.filter(pl.col("is_deleted")), every)
+    by_meta = pl.concat(
+        [
+            named.filter(~pl.col("is_deleted")).select("customer_id", "account_id"),
+            resolved.filter(pl.col("account_id").is_not_null()).select("customer_id", "account_id"),
+        ]
+    )
     candidates = pl.concat(
         [
             by_meta.select(
@@ -230,9 +253,68 @@ def match_customers(
             .then(pl.col("method") + pl.lit(": ") + pl.col("account_id").list.join(", "))
             .alias("detail"),
         )
+        .join(resolved.select("customer_id", "_why", "_dead"), on="customer_id", how="left")
+        .select(
+            "customer_id",
+            pl.when(pl.col("_dead")).then(None).otherwise(pl.col("account_id")).alias("account_id"),
+            pl.when(pl.col("_dead") & (pl.col("method") != "unmatched"))
+            .then(pl.lit("conflict"))
+            .otherwise(pl.col("method"))
+            .alias("method"),
+            # A deleted target is the reason, with what a weaker rule found instead.
+            pl.when(pl.col("_dead") & (pl.col("method") == "conflict"))
+            .then(pl.col("_why") + pl.lit("; ") + pl.col("detail"))
+            .when(pl.col("_dead") & (pl.col("method") != "unmatched"))
+            .then(
+                pl.col("_why")
+                + pl.lit("; ")
+                + pl.col("method")
+                + pl.lit(": ")
+                + pl.col("account_id")
+            )
+            .when(pl.col("_dead") | (pl.col("method") == "metadata"))
+            .then(pl.col("_why"))
+            .otherwise(pl.col("detail"))
+            .alias("detail"),
+        )
         .sort("customer_id")
     )
     return out
+
+
+def _follow_merges(named: pl.DataFrame, every: pl.DataFrame) -> pl.DataFrame:
+    """Customers whose metadata names a deleted Account: customer_id, account_id (the live
+    survivor of its merges, else None), _why (the reason, in words), _dead (no survivor).
+
+    A merge deletes the losing Accounts and sets their MasterRecordId to the winner, which
+    may itself be merged later; a chain ends at a live Account, a deleted one with no
+    MasterRecordId, an Id not in the warehouse, or a loop.
+    """
+    schema = {"customer_id": pl.Utf8, "account_id": pl.Utf8, "_why": pl.Utf8, "_dead": pl.Boolean}
+    if named.is_empty():
+        return pl.DataFrame(schema=schema)
+    by18 = {
+        id18: (account_id, bool(deleted), master)
+        for account_id, id18, deleted, master in every.iter_rows()
+    }
+    to18 = {account_id: id18 for account_id, id18, _, _ in every.iter_rows()}
+    rows = []
+    for customer_id, start in named.select("customer_id", "account_id").iter_rows():
+        account_id, deleted, master = by18[to18[start]]
+        seen = {to18[start]}
+        while deleted and master is not None and master in by18 and master not in seen:
+            seen.add(master)
+            account_id, deleted, master = by18[master]
+        if not deleted:
+            why, dead = f"metadata: {start} merged into {account_id}", False
+        elif master is not None and master not in by18:
+            why, dead = f"metadata: {start} merged into {master}, which is not known", True
+        elif account_id == start:
+            why, dead = f"metadata: {start} is deleted", True
+        else:
+            why, dead = f"metadata: {start} merged into {account_id}, which is deleted", True
+        rows.append((customer_id, None if dead else account_id, why, dead))
+    return pl.DataFrame(rows, schema=schema, orient="row")
 
 
 def link_customers(settings: Settings, con: duckdb.DuckDBPyConnection) -> LinkReport:
@@ -241,9 +323,10 @@ def link_customers(settings: Settings, con: duckdb.DuckDBPyConnection) -> LinkRe
         "SELECT customer_id, name, email_domain, CAST(metadata AS VARCHAR) AS metadata"
         " FROM core_customers WHERE NOT is_deleted"
     ).pl()
+    # Deleted Accounts too: metadata naming one is followed through its merges or reported.
     accounts = con.sql(
-        "SELECT account_id, name, website_domain, stripe_customer_id"
-        " FROM core_accounts WHERE NOT is_deleted"
+        "SELECT account_id, name, website_domain, stripe_customer_id, is_deleted,"
+        " master_record_id FROM core_accounts"
     ).pl()
     links = match_customers(
         customers,
