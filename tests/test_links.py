@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from churn.cli import app
 from churn.pipelines.links import link_customers, match_customers, sf_id18
+from churn.pipelines.push.sync import build_plan
 from churn.pipelines.salesforce.extract import extract_salesforce
 from churn.sandbox.salesforce.server import start_salesforce_server
 from churn.settings import Settings, load_settings
@@ -450,3 +451,62 @@ def test_merged_account_extracted_and_followed(tmp_path: Path) -> None:
             ("cus_1", kept, "metadata", f"metadata: {lost} merged into {kept}"),
             ("cus_2", None, "unmatched", f"metadata: {gone} is deleted"),
         ]
+
+
+def test_rerun_after_the_push_keeps_every_link(tmp_path: Path) -> None:
+    """The push writes the Account's Stripe Customer Id field; the next run reads it back.
+    An Account whose field named a customer with no subscription in force (canceled) and
+    which also had a customer linked by metadata got the field rewritten to the metadata
+    customer alone (account_health lists customers with subscriptions in force), so the
+    next run linked the canceled one by email domain instead: the demo's second run moved 5
+    links from account_field to email_domain. A rerun without changes gives the same links."""
+    db = tmp_path / "w.duckdb"
+    con = connect(db)
+    con.execute(
+        "INSERT INTO core_accounts (account_id, name, website_domain, stripe_customer_id) VALUES"
+        " ('001A', 'Acme', 'acme.io', 'cus_old'), ('001B', 'Beta', 'beta.io', NULL)"
+    )
+    con.execute(
+        "INSERT INTO core_customers (customer_id, name, email_domain, metadata) VALUES"
+        " ('cus_old', 'Acme', 'acme.io', NULL),"
+        " ('cus_new', 'Acme', 'acme.io', '{\"sf_account_id\": \"001A\"}'),"
+        " ('cus_guess', 'Acme', 'acme.io', NULL),"
+        " ('cus_beta', 'Beta', 'beta.io', NULL)"
+    )
+    settings = Settings(db=db)
+    link_customers(settings, con)
+    before = con.execute(
+        "SELECT customer_id, account_id, method FROM core_account_links ORDER BY 1"
+    ).fetchall()
+    assert before == [
+        ("cus_beta", "001B", "email_domain"),
+        ("cus_guess", "001A", "email_domain"),
+        ("cus_new", "001A", "metadata"),
+        ("cus_old", "001A", "account_field"),
+    ]
+    # The scoring's account_health: customers with a subscription in force only.
+    con.execute(
+        "INSERT INTO account_health (account_id, as_of, payment_health, risk_score, known_churn,"
+        " reporting_currency, subscription_count, stripe_customer_ids) VALUES"
+        " ('001A', TIMESTAMP '2026-01-01', 'Healthy', 10, FALSE, 'USD', 2,"
+        '  \'["cus_guess", "cus_new"]\'),'
+        " ('001B', TIMESTAMP '2026-01-01', 'Healthy', 10, FALSE, 'USD', 1, '[\"cus_beta\"]')"
+    )
+    field = settings.salesforce.account_stripe_customer_field
+    pushed = {
+        c.record_key: c.fields[field]
+        for c in build_plan(settings, con).changes
+        if c.action == "update_account" and field in c.fields
+    }
+    # Guessed links are not written; what the field said stays.
+    assert pushed == {"001A": "cus_new, cus_old"}
+    for account_id, value in pushed.items():
+        con.execute(
+            "UPDATE core_accounts SET stripe_customer_id = ? WHERE account_id = ?",
+            [value, account_id],
+        )
+    link_customers(settings, con)
+    after = con.execute(
+        "SELECT customer_id, account_id, method FROM core_account_links ORDER BY 1"
+    ).fetchall()
+    assert after == before
