@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import pytest
 from typer.testing import CliRunner
@@ -510,3 +512,91 @@ def test_rerun_after_the_push_keeps_every_link(tmp_path: Path) -> None:
         "SELECT customer_id, account_id, method FROM core_account_links ORDER BY 1"
     ).fetchall()
     assert after == before
+
+
+def _at(con: duckdb.DuckDBPyConnection, t: datetime) -> dict[str, tuple[str | None, str]]:
+    rows = con.execute(
+        "SELECT customer_id, account_id, method FROM account_links_as_of(?)", [t]
+    ).fetchall()
+    assert len(rows) == len({r[0] for r in rows}), "one link per customer at any instant"
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def test_links_are_versioned_from_when_they_were_seen(tmp_path: Path) -> None:
+    """Point in time: a score as of T reads the links known at T. Each change of a
+    customer's link (Account, rule, reason) opens a version in history_account_links from
+    the link step that saw it; a rerun without change opens none. The first version a
+    customer has holds back to before it was seen (nothing else was ever known: as the
+    subscription history's first listed state does), so a back-fill on a new warehouse
+    still links. core_account_links.linked_at is when the customer was first linked to its
+    current Account and stays put across reruns."""
+    t1, t2, t3, t4 = (datetime(2026, 3, d, 12) for d in (1, 2, 3, 4))  # noqa: DTZ001
+    db = tmp_path / "w.duckdb"
+    con = connect(db)
+    con.execute(
+        "INSERT INTO core_accounts (account_id, name, website_domain, stripe_customer_id) VALUES"
+        " ('001A', 'Acme', 'acme.io', NULL), ('001B', 'Beta', 'beta.io', NULL)"
+    )
+    con.execute(
+        "INSERT INTO core_customers (customer_id, name, email_domain, metadata) VALUES"
+        " ('cus_1', 'x', 'acme.io', NULL), ('cus_2', 'y', NULL, NULL),"
+        " ('cus_3', 'z', 'beta.io', NULL)"
+    )
+    settings = Settings(db=db)
+    link_customers(settings, con, now=t1)
+    link_customers(settings, con, now=t2)  # nothing changed
+    con.execute(
+        'UPDATE core_customers SET metadata = \'{"sf_account_id": "001B"}\''
+        " WHERE customer_id = 'cus_1'"
+    )
+    con.execute("UPDATE core_accounts SET stripe_customer_id = 'cus_2' WHERE account_id = '001A'")
+    link_customers(settings, con, now=t3)
+    con.execute("UPDATE core_customers SET is_deleted = TRUE WHERE customer_id = 'cus_3'")
+    link_customers(settings, con, now=t4)
+    assert con.execute(
+        "SELECT customer_id, valid_from, valid_to, account_id, method"
+        " FROM history_account_links ORDER BY 1, 2"
+    ).fetchall() == [
+        ("cus_1", t1, t3, "001A", "email_domain"),
+        ("cus_1", t3, None, "001B", "metadata"),
+        ("cus_2", t1, t3, None, "unmatched"),
+        ("cus_2", t3, None, "001A", "account_field"),
+        ("cus_3", t1, t4, "001B", "email_domain"),
+    ]
+    assert con.execute(
+        "SELECT customer_id, account_id, linked_at, valid_from FROM core_account_links ORDER BY 1"
+    ).fetchall() == [("cus_1", "001B", t3, t3), ("cus_2", "001A", t3, t3)]
+    before_first_run = datetime(2025, 1, 1)  # noqa: DTZ001
+    assert _at(con, before_first_run) == {
+        "cus_1": ("001A", "email_domain"),
+        "cus_2": (None, "unmatched"),
+        "cus_3": ("001B", "email_domain"),
+    }
+    assert _at(con, t2) == _at(con, before_first_run)
+    assert _at(con, t3) == {
+        "cus_1": ("001B", "metadata"),
+        "cus_2": ("001A", "account_field"),
+        "cus_3": ("001B", "email_domain"),
+    }
+    assert _at(con, t4) == {"cus_1": ("001B", "metadata"), "cus_2": ("001A", "account_field")}
+
+
+def test_linked_at_stays_when_only_the_rule_changes(tmp_path: Path) -> None:
+    """A link found again by another rule is the same link: linked_at keeps its first time,
+    the version (valid_from) records the change."""
+    t1, t2 = datetime(2026, 3, 1), datetime(2026, 3, 2)  # noqa: DTZ001
+    db = tmp_path / "w.duckdb"
+    con = connect(db)
+    con.execute(
+        "INSERT INTO core_accounts (account_id, name, website_domain) VALUES ('001A', 'Acme', 'acme.io')"
+    )
+    con.execute(
+        "INSERT INTO core_customers (customer_id, name, email_domain) VALUES ('cus_1', 'x', 'acme.io')"
+    )
+    settings = Settings(db=db)
+    link_customers(settings, con, now=t1)
+    con.execute("UPDATE core_accounts SET stripe_customer_id = 'cus_1'")
+    link_customers(settings, con, now=t2)
+    assert con.execute(
+        "SELECT account_id, method, linked_at, valid_from FROM core_account_links"
+    ).fetchall() == [("001A", "account_field", t1, t2)]

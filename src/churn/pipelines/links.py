@@ -13,6 +13,7 @@ polars frames; :func:`link_customers` reads and writes the warehouse around it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cache, lru_cache
 
 import duckdb
@@ -282,6 +283,46 @@ def match_customers(
     return out
 
 
+def _write_links(con: duckdb.DuckDBPyConnection, seen_at: datetime) -> None:
+    """``new_links`` into history_account_links (a version per change) and
+    core_account_links (linked_at kept while the Account stays), inside the caller's
+    transaction."""
+    changed = """
+        SELECT n.customer_id FROM new_links n
+        LEFT JOIN history_account_links h ON h.customer_id = n.customer_id AND h.valid_to IS NULL
+        WHERE h.customer_id IS NULL OR h.account_id IS DISTINCT FROM n.account_id
+          OR h.method IS DISTINCT FROM n.method OR h.detail IS DISTINCT FROM n.detail
+    """
+    con.execute(
+        f"""UPDATE history_account_links SET valid_to = $seen_at
+        WHERE valid_to IS NULL AND (customer_id IN ({changed})
+          OR customer_id NOT IN (SELECT customer_id FROM new_links))""",
+        {"seen_at": seen_at},
+    )
+    con.execute(
+        """INSERT INTO history_account_links
+        SELECT n.customer_id, $seen_at, NULL, n.account_id, n.method, n.detail
+        FROM new_links n
+        LEFT JOIN history_account_links h ON h.customer_id = n.customer_id AND h.valid_to IS NULL
+        WHERE h.customer_id IS NULL""",
+        {"seen_at": seen_at},
+    )
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE _links_next AS
+        SELECT n.customer_id, n.account_id, n.method, n.detail,
+          CASE WHEN o.customer_id IS NOT NULL AND o.account_id IS NOT DISTINCT FROM n.account_id
+               THEN o.linked_at ELSE $seen_at END AS linked_at,
+          h.valid_from
+        FROM new_links n
+        JOIN history_account_links h ON h.customer_id = n.customer_id AND h.valid_to IS NULL
+        LEFT JOIN core_account_links o ON o.customer_id = n.customer_id""",
+        {"seen_at": seen_at},
+    )
+    con.execute("DELETE FROM core_account_links")
+    con.execute("INSERT INTO core_account_links BY NAME SELECT * FROM _links_next")
+    con.execute("DROP TABLE _links_next")
+
+
 def _follow_merges(named: pl.DataFrame, every: pl.DataFrame) -> pl.DataFrame:
     """Customers whose metadata names a deleted Account: customer_id, account_id (the live
     survivor of its merges, else None), _why (the reason, in words), _dead (no survivor).
@@ -317,8 +358,12 @@ def _follow_merges(named: pl.DataFrame, every: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema, orient="row")
 
 
-def link_customers(settings: Settings, con: duckdb.DuckDBPyConnection) -> LinkReport:
-    """Rebuild core_account_links from core_customers and core_accounts."""
+def link_customers(
+    settings: Settings, con: duckdb.DuckDBPyConnection, *, now: datetime | None = None
+) -> LinkReport:
+    """Rebuild core_account_links from core_customers and core_accounts, and version the
+    changes in history_account_links (``now``, default the clock: when they were seen)."""
+    seen_at = now or utcnow()
     customers = con.sql(
         "SELECT customer_id, name, email_domain, CAST(metadata AS VARCHAR) AS metadata"
         " FROM core_customers WHERE NOT is_deleted"
@@ -333,14 +378,17 @@ def link_customers(settings: Settings, con: duckdb.DuckDBPyConnection) -> LinkRe
         accounts,
         metadata_keys=settings.salesforce.link_metadata_keys,
         personal_domains=settings.salesforce.personal_email_domains,
-    ).with_columns(pl.lit(utcnow()).alias("linked_at"))
+    )
     con.register("new_links", links.to_arrow())
     try:
         with transaction(con):
-            con.execute("DELETE FROM core_account_links")
-            con.execute("INSERT INTO core_account_links BY NAME SELECT * FROM new_links")
+            _write_links(con, seen_at)
     finally:
         con.unregister("new_links")
+    links = con.sql(
+        "SELECT customer_id, account_id, method, detail, linked_at, valid_from"
+        " FROM core_account_links ORDER BY customer_id"
+    ).pl()
     shared = (
         links.filter(pl.col("account_id").is_not_null())
         .group_by("account_id")
