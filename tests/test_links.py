@@ -600,3 +600,17 @@ def test_linked_at_stays_when_only_the_rule_changes(tmp_path: Path) -> None:
     assert con.execute(
         "SELECT account_id, method, linked_at, valid_from FROM core_account_links"
     ).fetchall() == [("001A", "account_field", t1, t2)]
+
+
+def test_many_customers_and_accounts_on_one_domain_stay_small() -> None:
+    """Customers and Accounts sharing a domain are a conflict per customer, computed per
+    domain (not per pair: 3,000 x 3,000 pairs would be 9 million rows), whose detail names
+    ten Accounts and how many more."""
+    n = 3_000
+    accounts = _accounts(*((f"001{i:012d}AAA", f"A{i}", f"site{i}.shared.com") for i in range(n)))
+    customers = _customers(*((f"cus_{i}", f"C{i}", f"x{i}.shared.com", None) for i in range(n)))
+    out = match_customers(customers, accounts, metadata_keys=(), personal_domains=())
+    assert out["method"].unique().to_list() == ["conflict"]
+    detail = out["detail"][0]
+    assert detail.startswith("email_domain: 001000000000000AAA, ")
+    assert detail.endswith(f" and {n - 10} more") and detail.count("AAA") == 10

@@ -12,6 +12,8 @@ polars frames; :func:`link_customers` reads and writes the warehouse around it.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache, lru_cache
@@ -25,9 +27,18 @@ from churn.warehouse import transaction, utcnow
 
 RULES = ("metadata", "account_field", "email_domain", "name")
 
+#: A conflict's detail names at most this many Accounts, then how many more.
+_DETAIL_IDS = 10
 #: The 18-character Id's suffix alphabet: character i stands for the 5-bit number i.
 _SUFFIX = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
-_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_ID_RE = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-5]{3})?")
+#: Upper-case letters to "1", every other Id character to "0".
+_UPPER_BITS = str.maketrans(
+    {
+        **{c: "0" for c in "abcdefghijklmnopqrstuvwxyz0123456789"},
+        **dict.fromkeys("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "1"),
+    }
+)
 
 
 @dataclass
@@ -50,27 +61,29 @@ def sf_id18(value: str | None) -> str | None:
     if value is None:
         return None
     text = value.strip()
-    if len(text) not in (15, 18) or not set(text) <= _ID_CHARS:
+    if not _ID_RE.fullmatch(text):
         return None
-    chunks = [text[i : i + 5] for i in (0, 5, 10)]
-    if len(text) == 15:
-        flags = [sum(1 << j for j, c in enumerate(chunk) if c.isupper()) for chunk in chunks]
-        return text + "".join(_SUFFIX[f] for f in flags)
+    head = text[:15]
+    suffix = _suffix(head)
+    if len(text) == 15 or text[15:] == suffix:
+        return head + suffix
     suffix = text[15:].upper()
-    if not set(suffix) <= set(_SUFFIX):
-        return None
     out = []
-    for chunk, code in zip(chunks, suffix, strict=True):
+    for k, code in enumerate(suffix):
         bits = _SUFFIX.index(code)
+        chunk = head[5 * k : 5 * k + 5]
         out.append("".join(c.upper() if bits >> j & 1 else c.lower() for j, c in enumerate(chunk)))
     return "".join(out) + suffix
 
 
+def _suffix(head: str) -> str:
+    flags = head.translate(_UPPER_BITS)
+    return "".join(_SUFFIX[int(flags[k + 4 : k - 1 if k else None : -1], 2)] for k in (0, 5, 10))
+
+
 def _sf_id18(col: pl.Expr) -> pl.Expr:
     """The 18-character form; text that is no Id compares as itself (stripped)."""
-    return pl.coalesce(
-        col.map_elements(sf_id18, return_dtype=pl.Utf8, skip_nulls=True), col.str.strip_chars()
-    )
+    return pl.coalesce(_per_value(col, sf_id18), col.str.strip_chars())
 
 
 @cache
@@ -92,8 +105,19 @@ def registrable_domain(host: str | None) -> str | None:
     return _psl().privatesuffix(text)
 
 
+def _per_value(col: pl.Expr, fn: Callable[[str], str | None]) -> pl.Expr:
+    """``fn`` once per distinct value of the column (domains and Ids repeat)."""
+
+    def apply(series: pl.Series) -> pl.Series:
+        values = series.drop_nulls().unique().to_list()
+        mapping = {v: fn(v) for v in values}
+        return series.replace_strict(mapping, default=None, return_dtype=pl.Utf8)
+
+    return col.map_batches(apply, return_dtype=pl.Utf8)
+
+
 def _registrable(col: pl.Expr) -> pl.Expr:
-    return col.map_elements(registrable_domain, return_dtype=pl.Utf8, skip_nulls=True)
+    return _per_value(col, registrable_domain)
 
 
 def normalise_name(col: pl.Expr) -> pl.Expr:
@@ -175,18 +199,25 @@ def match_customers(
         on_right: str,
         right: pl.DataFrame = acc,
     ) -> pl.DataFrame:
+        # Per key its Accounts' count, the Account when one, the detail when several: many
+        # customers and Accounts sharing a domain or name must not multiply into every pair.
+        keyed = _summarise(
+            right.select("account_id", pl.col(on_right).alias("_k")).filter(
+                pl.col("_k").is_not_null() & (pl.col("_k") != "")
+            ),
+            "_k",
+            method,
+        )
         return (
             left.filter(pl.col(on_left).is_not_null() & (pl.col(on_left) != ""))
-            .join(
-                right.select("account_id", pl.col(on_right).alias("_k")).unique(),
-                left_on=on_left,
-                right_on="_k",
-            )
+            .join(keyed, left_on=on_left, right_on="_k")
             .select(
                 "customer_id",
-                "account_id",
                 pl.lit(rank).alias("rank"),
                 pl.lit(method).alias("method"),
+                "_n",
+                "_account",
+                "_detail",
             )
         )
 
@@ -210,11 +241,13 @@ def match_customers(
     )
     candidates = pl.concat(
         [
-            by_meta.select(
+            _summarise(by_meta, "customer_id", "metadata").select(
                 "customer_id",
-                "account_id",
                 pl.lit(0).alias("rank"),
                 pl.lit("metadata").alias("method"),
+                "_n",
+                "_account",
+                "_detail",
             ),
             cands(1, "account_field", cust, "customer_id", "stripe_customer_id", acc_ids),
             cands(
@@ -231,28 +264,22 @@ def match_customers(
         ]
     )
     best = (
-        candidates.group_by("customer_id", "rank", "method")
-        .agg(pl.col("account_id").unique().sort())
-        .sort("customer_id", "rank")
-        .group_by("customer_id", maintain_order=True)
-        .first()
+        candidates.sort("customer_id", "rank").group_by("customer_id", maintain_order=True).first()
     )
     out = (
         cust.select("customer_id")
         .join(best, on="customer_id", how="left")
-        .with_columns(n=pl.col("account_id").list.len().fill_null(0))
+        .with_columns(n=pl.col("_n").fill_null(0))
         .select(
             "customer_id",
-            pl.when(pl.col("n") == 1).then(pl.col("account_id").list.first()).alias("account_id"),
+            pl.col("_account").alias("account_id"),
             pl.when(pl.col("n") == 0)
             .then(pl.lit("unmatched"))
             .when(pl.col("n") > 1)
             .then(pl.lit("conflict"))
             .otherwise(pl.col("method"))
             .alias("method"),
-            pl.when(pl.col("n") > 1)
-            .then(pl.col("method") + pl.lit(": ") + pl.col("account_id").list.join(", "))
-            .alias("detail"),
+            pl.col("_detail").alias("detail"),
         )
         .join(resolved.select("customer_id", "_why", "_dead"), on="customer_id", how="left")
         .select(
@@ -321,6 +348,29 @@ def _write_links(con: duckdb.DuckDBPyConnection, seen_at: datetime) -> None:
     con.execute("DELETE FROM core_account_links")
     con.execute("INSERT INTO core_account_links BY NAME SELECT * FROM _links_next")
     con.execute("DROP TABLE _links_next")
+
+
+def _summarise(pairs: pl.DataFrame, key: str, method: str) -> pl.DataFrame:
+    """Per ``key`` of (account_id, key) pairs: _n Accounts, _account (when one), _detail (when
+    several: the rule and at most ``_DETAIL_IDS`` Account Ids, then how many more)."""
+    ids = pl.col("_ids").list.join(", ")
+    return (
+        pairs.group_by(key)
+        .agg(
+            pl.col("account_id").n_unique().alias("_n"),
+            pl.col("account_id").unique().sort().head(_DETAIL_IDS).alias("_ids"),
+        )
+        .select(
+            key,
+            "_n",
+            pl.when(pl.col("_n") == 1).then(pl.col("_ids").list.first()).alias("_account"),
+            pl.when(pl.col("_n") > _DETAIL_IDS)
+            .then(pl.format("{}: {} and {} more", pl.lit(method), ids, pl.col("_n") - _DETAIL_IDS))
+            .when(pl.col("_n") > 1)
+            .then(pl.format("{}: {}", pl.lit(method), ids))
+            .alias("_detail"),
+        )
+    )
 
 
 def _follow_merges(named: pl.DataFrame, every: pl.DataFrame) -> pl.DataFrame:
