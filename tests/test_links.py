@@ -15,6 +15,7 @@ from churn.pipelines.push.sync import build_plan
 from churn.pipelines.salesforce.extract import extract_salesforce
 from churn.sandbox.salesforce.server import start_salesforce_server
 from churn.settings import Settings, load_settings
+from churn.signals.tables import Tables
 from churn.warehouse import connect
 
 S = Settings().salesforce
@@ -614,3 +615,36 @@ def test_many_customers_and_accounts_on_one_domain_stay_small() -> None:
     detail = out["detail"][0]
     assert detail.startswith("email_domain: 001000000000000AAA, ")
     assert detail.endswith(f" and {n - 10} more") and detail.count("AAA") == 10
+
+
+def test_signals_can_read_links_as_of_through_tables(tmp_path: Path) -> None:
+    """What a signal would write to read links point in time: the macro with ``$as_of``
+    through Tables (one SELECT), and the join on the view for a query with many instants."""
+    t1, t2 = datetime(2026, 3, 1), datetime(2026, 3, 5)  # noqa: DTZ001
+    db = tmp_path / "w.duckdb"
+    con = connect(db)
+    con.execute(
+        "INSERT INTO core_accounts (account_id, name, website_domain) VALUES"
+        " ('001A', 'Acme', 'acme.io'), ('001B', 'Beta', NULL)"
+    )
+    con.execute(
+        "INSERT INTO core_customers (customer_id, name, email_domain) VALUES ('cus_1', 'x', 'acme.io')"
+    )
+    settings = Settings(db=db)
+    link_customers(settings, con, now=t1)
+    con.execute("UPDATE core_accounts SET stripe_customer_id = 'cus_1' WHERE account_id = '001B'")
+    link_customers(settings, con, now=t2)
+    tables = Tables(con)
+    sql = (
+        "SELECT COALESCE(l.account_id, c.customer_id) AS account_id FROM core_customers c"
+        " LEFT JOIN account_links_as_of($as_of) l ON l.customer_id = c.customer_id"
+    )
+    assert tables.frame(sql, {"as_of": datetime(2026, 3, 3)})["account_id"].to_list() == ["001A"]  # noqa: DTZ001
+    assert tables.frame(sql, {"as_of": t2})["account_id"].to_list() == ["001B"]
+    many = tables.frame(
+        "SELECT p.t, l.account_id FROM (VALUES (TIMESTAMP '2020-01-01'), (TIMESTAMP '2026-03-04'),"
+        " (TIMESTAMP '2026-03-06')) p(t)"
+        " LEFT JOIN account_link_versions l ON l.customer_id = 'cus_1'"
+        "  AND l.in_force_from <= p.t AND (l.valid_to IS NULL OR l.valid_to > p.t) ORDER BY p.t"
+    )
+    assert many["account_id"].to_list() == ["001A", "001A", "001B"]
