@@ -11,8 +11,11 @@ subscription discount):
 - zero for trials (status ``trialing``), metered prices and one-time prices; tax is never in
   a price so it is never in MRR;
 - counted while the subscription is ``active`` or ``past_due`` (``trialing`` appears with
-  zero MRR, so its seats are known), and after a cancellation
-  until the end of the period already paid for (churn is recognised at period end);
+  zero MRR, so its seats are known); a ``canceled`` one carries none from its ``ended_at``
+  ("the date the subscription ended", Stripe): a cancellation at period end stays
+  ``active`` with ``cancel_at_period_end`` until then and ends at the period end, while an
+  immediate one (by the API, or by dunning once retries are exhausted,
+  ``cancellation_details.reason = payment_failed``) ends when it is made, mid-period;
 - discounts: ``forever`` lowers MRR; ``once`` and ``repeating`` only with
   ``count_temporary_discounts`` and while they run; percent first, then amount off
   (normalised by the subscription's interval), never below zero.
@@ -78,7 +81,7 @@ def item_mrr_sql(points: str, settings: SignalSettings) -> str:
       FROM pts JOIN history_subscriptions h
         ON h.valid_from <= pts.t AND (h.valid_to IS NULL OR h.valid_to > pts.t)
       WHERE h.status IN ({live})
-         OR (h.status = 'canceled' AND h.current_period_end > pts.t)
+         OR (h.status = 'canceled' AND h.ended_at > pts.t)
     ),
     it AS (
       SELECT s.t, s.subscription_id, s.customer_id, s.status, i.item_id, i.price_id,

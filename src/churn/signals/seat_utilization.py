@@ -80,14 +80,14 @@ WITH seat_prices AS (
       SELECT price_id FROM history_subscription_items
       WHERE valid_from <= $as_of AND COALESCE(quantity, 1) <> 1))
 ),
--- seat item versions while their subscription version holds them (a cancelled one until
--- the end of the period paid for, as in the MRR engine), per account
+-- seat item versions while their subscription version holds them (a canceled one until
+-- its ended_at, as in the MRR engine), per account
 held AS (
   SELECT {account_key("h.customer_id")} AS account_id,
     greatest(h.valid_from, i.valid_from) AS held_from,
     least(COALESCE(h.valid_to, 'infinity'::TIMESTAMP), COALESCE(i.valid_to, 'infinity'::TIMESTAMP),
           CASE WHEN h.status = 'canceled'
-               THEN COALESCE(h.current_period_end, '-infinity'::TIMESTAMP) END) AS held_to,
+               THEN COALESCE(h.ended_at, '-infinity'::TIMESTAMP) END) AS held_to,
     COALESCE(i.quantity, 1) AS quantity
   FROM history_subscriptions h
   JOIN history_subscription_items i ON i.subscription_id = h.subscription_id
