@@ -49,8 +49,13 @@ def account_key(customer_column: str) -> str:
     return ACCOUNT_KEY.format(cust=customer_column)
 
 
-def item_mrr_sql(points: str, settings: SignalSettings) -> str:
-    """Per subscription item at each point ``t``: its monthly MRR in minor units."""
+def item_mrr_sql(points: str, settings: SignalSettings, *, per_subscription: bool = False) -> str:
+    """Per subscription item at each point ``t``: its monthly MRR in minor units.
+
+    ``per_subscription``: the points query has a ``subscription_id`` column too, and each
+    point is taken for that subscription only (the instants around its own changes).
+    """
+    own = "AND h.subscription_id = pts.subscription_id" if per_subscription else ""
     live = ", ".join(f"'{s}'" for s in MRR_STATUSES)
     period_amount = """
         CASE
@@ -79,7 +84,7 @@ def item_mrr_sql(points: str, settings: SignalSettings) -> str:
       SELECT pts.t, h.subscription_id, h.customer_id, h.status, h.currency,
              h.current_period_end, h.cancel_at_period_end, h.cancel_at
       FROM pts JOIN history_subscriptions h
-        ON h.valid_from <= pts.t AND (h.valid_to IS NULL OR h.valid_to > pts.t)
+        ON h.valid_from <= pts.t AND (h.valid_to IS NULL OR h.valid_to > pts.t) {own}
       WHERE h.status IN ({live})
          OR (h.status = 'canceled' AND h.ended_at > pts.t)
     ),
@@ -133,11 +138,13 @@ def item_mrr_sql(points: str, settings: SignalSettings) -> str:
     """
 
 
-def subscription_mrr_sql(points: str, settings: SignalSettings) -> str:
+def subscription_mrr_sql(
+    points: str, settings: SignalSettings, *, per_subscription: bool = False
+) -> str:
     """Per subscription at each point ``t``: gross MRR, discount and MRR, with account key."""
     temporary = "TRUE" if settings.count_temporary_discounts else "FALSE"
     return f"""
-    WITH items AS ({item_mrr_sql(points, settings)}),
+    WITH items AS ({item_mrr_sql(points, settings, per_subscription=per_subscription)}),
     per_sub AS (
       SELECT t, subscription_id, customer_id, min(currency) AS currency,
              sum(mrr_minor) AS gross,
