@@ -8,9 +8,10 @@ subscription discount):
   tiered ``graduated``: each tier's slice at its own price, plus each reached tier's flat fee;
   a sub-cent price (``unit_amount`` null, ``unit_amount_decimal`` set; a tier's
   ``unit_amount_decimal``/``flat_amount_decimal``) is read exactly, in 10**-12 minor units,
-  and rounded once with the rest. Not supported: a tiered price whose ``tiers`` were not
-  read (Stripe includes them only when expanded) counts zero, and ``custom_unit_amount``
-  (pay what you want) prices are not priced;
+  and rounded once with the rest. Stripe includes a price's ``tiers`` only when expanded
+  (the extract lists prices with ``expand=data.tiers``); a tiered price whose tiers are
+  still unknown (an object seen only embedded or by event) counts zero. Not supported:
+  ``custom_unit_amount`` (pay what you want) prices;
 - normalised to a month: month / interval_count; year / (12 x count);
   week x 52 / (12 x count); day x 365 / (12 x count);
 - zero for trials (status ``trialing``), metered prices and one-time prices, and while

@@ -112,9 +112,12 @@ STREAMS: tuple[Stream, ...] = (
             ),
         ),
     ),
+    # A price's (or plan's) tiers are left out of its payload unless expanded: without
+    # them a tiered price cannot be priced (the MRR engine would read zero).
     Stream(
         "price",
         "/v1/prices",
+        {"expand": ["data.tiers"]},
         fallback_path="/v1/plans",
         mutable=False,
         id_prefix="price_",
