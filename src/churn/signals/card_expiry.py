@@ -8,7 +8,10 @@ subscription's ``default_payment_method``, else the customer's
 (Stripe: "If neither are set, invoices will use the customer's
 invoice_settings.default_payment_method or default_source"). Another card the customer
 holds is never tried, so it does not lift the warning. A card is good through the last
-day of its expiry month. Fires when that card expires before the renewal; fires too when
+day of its expiry month. All of it as known at ``as_of``: the defaults and the card's
+expiry (updated in place on the same card id) from their histories
+(``history_customer_defaults``, ``history_payment_methods``), the subscription's own
+default from ``history_subscriptions``. Fires when that card expires before the renewal; fires too when
 the subscription has no payment method at all.
 """
 
@@ -41,8 +44,12 @@ pm AS (
   SELECT *, CASE WHEN card_exp_year IS NOT NULL
                  THEN make_timestamp(card_exp_year, card_exp_month, 1, 0, 0, 0) + INTERVAL 1 MONTH
             END AS good_until
-  FROM core_payment_methods
-  WHERE NOT is_deleted AND COALESCE(created_at, CAST($as_of AS TIMESTAMP)) <= $as_of
+  FROM history_payment_methods
+  WHERE valid_from <= $as_of AND (valid_to IS NULL OR valid_to > $as_of) AND NOT is_deleted
+),
+c AS (
+  SELECT * FROM history_customer_defaults
+  WHERE valid_from <= $as_of AND (valid_to IS NULL OR valid_to > $as_of)
 ),
 s AS (
   SELECT h.subscription_id, h.customer_id, h.currency,
@@ -51,7 +58,7 @@ s AS (
     COALESCE(h.current_period_end, h.trial_end) AS renewal_at,
     COALESCE(h.default_payment_method, c.default_payment_method, c.default_source) AS pm_id,
     {account_key("h.customer_id")} AS account_id
-  FROM h LEFT JOIN core_customers c ON c.customer_id = h.customer_id
+  FROM h LEFT JOIN c ON c.customer_id = h.customer_id
   LEFT JOIN core_account_links l ON l.customer_id = h.customer_id
 ),
 j AS (

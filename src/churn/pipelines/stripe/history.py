@@ -28,6 +28,12 @@ versions in the same state merge. Written rules for the first version seen:
 A version that lands late or twice changes nothing: the build is a pure function of the
 set of versions and invoices, in SQL, redone for the subscriptions with a new version or
 raw row (``stripe_dirty``), or for all.
+
+What changes in place on a customer or a card is versioned the same way
+(:func:`build_in_place_history`, run by :func:`build_history`):
+``history_customer_defaults`` (``invoice_settings.default_payment_method``,
+``default_source``) and ``history_payment_methods`` (owner, card expiry), from every event
+kept in ``raw_stripe_event`` and the latest raw row.
 """
 
 from __future__ import annotations
@@ -316,6 +322,99 @@ _ITEMS_HISTORY = f"""
 """
 
 
+# What changes in place on a customer or a payment method, as validity intervals. Each
+# payload known is a version: every event's object (Stripe keeps 30 days of them) and the
+# latest raw row (a listing, or the newest event). Before the first event seen, its
+# `previous_attributes` ("the names of the updated attributes and their values prior to
+# the event") patched onto its object give the state before it, from `created`. Versions
+# in the same state merge; the first one seen holds from `created` (nothing earlier is
+# known). Ordered by time, then event over listing, then event id.
+_IN_PLACE = """
+    INSERT INTO {table}
+    WITH v AS (
+        SELECT object_id AS id, created AS ts, 1 AS rank, id AS k,
+               payload->'$.data.object' AS p, type LIKE '%.deleted' AS gone,
+               payload->'$.data.previous_attributes' AS prev
+        FROM raw_stripe_event
+        WHERE object_type IN ({kinds}) AND object_id IS NOT NULL AND {event_scope}
+        UNION ALL
+        SELECT id, version_ts, 0, '', payload, is_deleted, NULL FROM {raw} WHERE {raw_scope}
+    ), before_first AS (
+        -- the state before the earliest event, when that event says what it changed
+        SELECT id, coalesce(stripe_ts(p->'$.created'), ts) AS ts, -1 AS rank, 'before' AS k,
+               json_merge_patch(p, prev) AS p, FALSE AS gone, NULL AS prev
+        FROM (SELECT * FROM v WHERE rank = 1
+              QUALIFY row_number() OVER (PARTITION BY id ORDER BY ts, k) = 1)
+        WHERE json_type(prev) = 'OBJECT'
+    ), s AS (
+        SELECT id, ts, rank, k, stripe_ts(p->'$.created') AS created_at, gone,
+               {columns}
+        FROM (SELECT * FROM v UNION ALL SELECT * FROM before_first)
+    ), o AS (
+        SELECT *, row_number() OVER (PARTITION BY id ORDER BY ts, rank, k) AS n,
+               md5(concat_ws('|', gone, {state})) AS state
+        FROM s
+    ), changes AS (
+        SELECT *, CASE WHEN n = 1 THEN least(ts, coalesce(created_at, ts)) ELSE ts END AS starts
+        FROM o QUALIFY state IS DISTINCT FROM lag(state) OVER (PARTITION BY id ORDER BY n)
+    )
+    SELECT id, starts, lead(starts) OVER (PARTITION BY id ORDER BY n), {names}{extra}
+    FROM changes
+"""
+
+_CUSTOMER_COLUMNS = (
+    ("default_payment_method", "stripe_id(p->'$.invoice_settings.default_payment_method')"),
+    ("default_source", "stripe_id(p->'$.default_source')"),
+)
+_PAYMENT_METHOD_COLUMNS = (
+    ("customer_id", "stripe_id(p->'$.customer')"),
+    ("type", "coalesce(p->>'$.type', p->>'$.object')"),
+    ("card_brand", "coalesce(p->>'$.card.brand', p->>'$.brand')"),
+    ("card_last4", "coalesce(p->>'$.card.last4', p->>'$.last4')"),
+    (
+        "card_exp_month",
+        "TRY_CAST(coalesce(p->>'$.card.exp_month', p->>'$.exp_month') AS INTEGER)",
+    ),
+    ("card_exp_year", "TRY_CAST(coalesce(p->>'$.card.exp_year', p->>'$.exp_year') AS INTEGER)"),
+)
+
+
+def _in_place_sql(
+    table: str, stream: str, kinds: tuple[str, ...], columns: tuple[tuple[str, str], ...],
+    *, full: bool, with_deleted: bool,
+) -> str:  # fmt: skip
+    names = ", ".join(n for n, _ in columns)
+    return _IN_PLACE.format(
+        table=table,
+        raw=f"raw_stripe_{stream}",
+        kinds=", ".join(f"'{k}'" for k in kinds),
+        event_scope="TRUE" if full else dirty(stream, "object_id"),
+        raw_scope="TRUE" if full else dirty(stream, "id"),
+        columns=", ".join(f"{e} AS {n}" for n, e in columns),
+        state=names,
+        names=names,
+        extra=", gone" if with_deleted else "",
+    )
+
+
+def build_in_place_history(con: duckdb.DuckDBPyConnection, *, full: bool = False) -> None:
+    """Rebuild ``history_customer_defaults`` and ``history_payment_methods`` for the dirty
+    customers and payment methods (``full``: all), inside the caller's transaction."""
+    for table, stream, kinds, columns, key, with_deleted in (
+        ("history_customer_defaults", "customer", ("customer",), _CUSTOMER_COLUMNS,
+         "customer_id", False),
+        ("history_payment_methods", "payment_method", ("payment_method", "card", "source"),
+         _PAYMENT_METHOD_COLUMNS, "payment_method_id", True),
+    ):  # fmt: skip
+        if full:
+            con.execute(f"DELETE FROM {table}")
+        else:
+            con.execute(f"DELETE FROM {table} WHERE {dirty(stream, key)}")
+        con.execute(
+            _in_place_sql(table, stream, kinds, columns, full=full, with_deleted=with_deleted)
+        )
+
+
 def build_history(con: duckdb.DuckDBPyConnection, *, full: bool = False) -> int:
     """Rebuild the history of the dirty subscriptions (``full``: of all), inside the
     caller's transaction; returns the number of intervals in the table.
@@ -334,5 +433,6 @@ def build_history(con: duckdb.DuckDBPyConnection, *, full: bool = False) -> int:
     con.execute(_SUBSCRIPTIONS)
     con.execute(_ITEMS_HISTORY)
     con.execute("DROP TABLE _sub_versions")
+    build_in_place_history(con, full=full)
     row = con.execute("SELECT count(*) FROM history_subscriptions").fetchone()
     return int(row[0]) if row else 0
