@@ -79,7 +79,7 @@ def _world(con: duckdb.DuckDBPyConnection) -> None:
                     "default_payment_method": None if i == 2 else f"pm{i}",
                 }
                 for i in range(1, 5)
-            ],  # fmt: skip
+            ],
             "history_payment_methods": [
                 {
                     "payment_method_id": f"pm{i}",
@@ -89,7 +89,7 @@ def _world(con: duckdb.DuckDBPyConnection) -> None:
                     "card_exp_year": 2030,
                 }
                 for i in (1, 3, 4)
-            ],  # fmt: skip
+            ],
             "core_invoices": [
                 {
                     "invoice_id": "in1",
