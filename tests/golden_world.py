@@ -45,6 +45,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "history_customer_defaults": {"valid_to": None},
     "core_account_links": {"method": "metadata", "linked_at": "2026-01-01T00:00:00"},
     "core_usage": {"source": "golden", "loaded_at": "2026-01-01T00:00:00"},
+    "core_usage_history": {"source": "golden"},
     "core_currency_rates": {"is_active": True},
 }
 
