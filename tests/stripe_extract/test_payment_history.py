@@ -140,3 +140,43 @@ def test_a_detached_card_is_nobodys_from_then(con: duckdb.DuckDBPyConnection) ->
         "SELECT valid_from, customer_id FROM history_payment_methods ORDER BY valid_from"
     ).fetchall()
     assert rows == [(_ts(T0), "cus_1"), (_ts(gone), None)]
+
+
+def _charge(n: int, pm: str, year: int, ts: int, *, basil: bool = True) -> dict[str, Any]:
+    charge: dict[str, Any] = {
+        "id": f"ch_{n}", "object": "charge", "customer": "cus_1", "amount": 1000,
+        "currency": "usd", "status": "succeeded", "created": ts, "livemode": False,
+    }  # fmt: skip
+    card = {"brand": "visa", "last4": "4242", "exp_month": 1, "exp_year": year}
+    if basil:
+        charge["payment_method"] = pm
+        charge["payment_method_details"] = {"type": "card", "card": card}
+    else:  # a legacy card source, the card itself on the charge
+        charge["source"] = {"id": pm, "object": "card", "customer": "cus_1", **card}
+    return charge
+
+
+@pytest.mark.parametrize("basil", [True, False])
+def test_charges_date_an_expiry_updated_before_the_events_kept(
+    con: duckdb.DuckDBPyConnection, basil: bool
+) -> None:
+    """The card is listed today with its renewed expiry and no event is left of the
+    update: the charges made with it still say what its expiry was when charged
+    (payment_method_details.card.exp_month/exp_year; a legacy source's own fields)."""
+    pm = "pm_1" if basil else "card_1"
+    fetched = _ts(T0 + 200 * DAY)
+    with warehouse.transaction(con):
+        land(con, "payment_method", [(_card(pm, 2030), Version("list", fetched, 0, "", None))],
+             fetched)  # fmt: skip
+        land(con, "charge", [
+            (_charge(1, pm, 2026, T0 + 30 * DAY, basil=basil), Version("list", fetched, 0, "", None)),
+            (_charge(2, pm, 2026, T0 + 60 * DAY, basil=basil), Version("list", fetched, 0, "", None)),
+            (_charge(3, pm, 2030, T0 + 90 * DAY, basil=basil), Version("list", fetched, 0, "", None)),
+        ], fetched)  # fmt: skip
+    with warehouse.transaction(con):
+        normalise(con)
+        build_history(con)
+    rows = con.execute(
+        "SELECT valid_from, valid_to, card_exp_year FROM history_payment_methods ORDER BY 1"
+    ).fetchall()
+    assert rows == [(_ts(T0), _ts(T0 + 90 * DAY), 2026), (_ts(T0 + 90 * DAY), None, 2030)]

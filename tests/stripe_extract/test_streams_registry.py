@@ -32,6 +32,9 @@ NOT_STRIPE = {
     "core_currency_rates",
     "core_account_links",
     "core_usage",
+    "core_usage_history",
+    "core_dated_conversion_rates",
+    "core_currency_rate_versions",
 }
 
 

@@ -590,14 +590,28 @@ class _Builder:
                 else:
                     churn_type, churn_at = "scheduled", period_end
                     break
-            # Cards expire; healthy accounts replace them.
+            # Cards expire; healthy accounts replace them, or (one in three, by number)
+            # the card network renews the same card: same id, a new expiry, the event
+            # payment_method.automatically_updated.
             exp = pm["card"]["exp_year"] * 12 + pm["card"]["exp_month"]
             now_m = datetime.fromtimestamp(period_end, UTC)
-            if (
+            renew = (
                 exp <= now_m.year * 12 + now_m.month
                 and period_end - DAY < self.now
                 and rng.random() < recover_p
-            ):
+            )
+            if renew and i % 3 == 0:
+                months = int(rng.integers(24, 60))
+                self.rng.integers(10_000)  # the draw a new card's last4 takes: same stream
+                renewed = datetime.fromtimestamp(period_end - DAY + months * MONTH, UTC)
+                prev_card = {"exp_month": pm["card"]["exp_month"],
+                             "exp_year": pm["card"]["exp_year"]}  # fmt: skip
+                pm["card"]["exp_month"], pm["card"]["exp_year"] = renewed.month, renewed.year
+                self.event(
+                    "payment_method.automatically_updated", pm, period_end - DAY,
+                    {"card": prev_card},
+                )  # fmt: skip
+            elif renew:
                 pm = self.card(customer["id"], period_end - DAY, int(rng.integers(24, 60)))
                 prev_settings = dict(customer["invoice_settings"])
                 customer["invoice_settings"]["default_payment_method"] = pm["id"]

@@ -326,9 +326,12 @@ _ITEMS_HISTORY = f"""
 # payload known is a version: every event's object (Stripe keeps 30 days of them) and the
 # latest raw row (a listing, or the newest event). Before the first event seen, its
 # `previous_attributes` ("the names of the updated attributes and their values prior to
-# the event") patched onto its object give the state before it, from `created`. Versions
-# in the same state merge; the first one seen holds from `created` (nothing earlier is
-# known). Ordered by time, then event over listing, then event id.
+# the event") patched onto its object give the state before it, from `created`. A card is
+# also seen in every charge made with it: `payment_method_details.card` (or a legacy
+# `source`) holds its brand, last4 and expiry as they were when charged, back to the first
+# charge, so an expiry updated in place before the events Stripe keeps is still dated.
+# Versions in the same state merge; the first one holds from `created` (nothing earlier is
+# known). Ordered by time, then listing, event, charge, then key.
 _IN_PLACE = """
     INSERT INTO {table}
     WITH v AS (
@@ -336,9 +339,11 @@ _IN_PLACE = """
                payload->'$.data.object' AS p, type LIKE '%.deleted' AS gone,
                payload->'$.data.previous_attributes' AS prev
         FROM raw_stripe_event
-        WHERE object_type IN ({kinds}) AND object_id IS NOT NULL AND {event_scope}
+        WHERE object_type IN ({kinds}) AND object_id IS NOT NULL AND object_id IN ({scope})
         UNION ALL
-        SELECT id, version_ts, 0, '', payload, is_deleted, NULL FROM {raw} WHERE {raw_scope}
+        SELECT id, version_ts, 0, '', payload, is_deleted, NULL FROM {raw}
+        WHERE id IN ({scope})
+        {extra_versions}
     ), before_first AS (
         -- the state before the earliest event, when that event says what it changed
         SELECT id, coalesce(stripe_ts(p->'$.created'), ts) AS ts, -1 AS rank, 'before' AS k,
@@ -347,7 +352,8 @@ _IN_PLACE = """
               QUALIFY row_number() OVER (PARTITION BY id ORDER BY ts, k) = 1)
         WHERE json_type(prev) = 'OBJECT'
     ), s AS (
-        SELECT id, ts, rank, k, stripe_ts(p->'$.created') AS created_at, gone,
+        SELECT id, ts, rank, k, gone,
+               min(stripe_ts(p->'$.created')) OVER (PARTITION BY id) AS created_at,
                {columns}
         FROM (SELECT * FROM v UNION ALL SELECT * FROM before_first)
     ), o AS (
@@ -360,6 +366,25 @@ _IN_PLACE = """
     )
     SELECT id, starts, lead(starts) OVER (PARTITION BY id ORDER BY n), {names}{extra}
     FROM changes
+"""
+
+# A charge's card (current: payment_method_details.card; older: the source itself).
+_CHARGE_PM = "coalesce(stripe_id(payload->'$.payment_method'), stripe_id(payload->'$.source'))"
+_CHARGE_CARD = (
+    "coalesce(payload->'$.payment_method_details.card', "
+    "CASE WHEN json_type(payload->'$.source') = 'OBJECT' THEN payload->'$.source' END)"
+)
+_CHARGE_VERSIONS = f"""
+        UNION ALL
+        SELECT {_CHARGE_PM}, stripe_ts(payload->'$.created'), 2, 'charge:' || id,
+               json_object('object', 'payment_method', 'type', 'card',
+                           'customer', payload->'$.customer',
+                           'card', json_object('brand', c->'$.brand', 'last4', c->'$.last4',
+                                               'exp_month', c->'$.exp_month',
+                                               'exp_year', c->'$.exp_year')),
+               FALSE, NULL
+        FROM (SELECT *, {_CHARGE_CARD} AS c FROM raw_stripe_charge)
+        WHERE {_CHARGE_PM} IN ({{scope}}) AND c->>'$.exp_year' IS NOT NULL
 """
 
 _CUSTOMER_COLUMNS = (
@@ -381,15 +406,15 @@ _PAYMENT_METHOD_COLUMNS = (
 
 def _in_place_sql(
     table: str, stream: str, kinds: tuple[str, ...], columns: tuple[tuple[str, str], ...],
-    *, full: bool, with_deleted: bool,
+    *, scope: str, with_deleted: bool, extra_versions: str = "",
 ) -> str:  # fmt: skip
     names = ", ".join(n for n, _ in columns)
     return _IN_PLACE.format(
         table=table,
         raw=f"raw_stripe_{stream}",
         kinds=", ".join(f"'{k}'" for k in kinds),
-        event_scope="TRUE" if full else dirty(stream, "object_id"),
-        raw_scope="TRUE" if full else dirty(stream, "id"),
+        scope=scope,
+        extra_versions=extra_versions.replace("{scope}", scope),
         columns=", ".join(f"{e} AS {n}" for n, e in columns),
         state=names,
         names=names,
@@ -399,20 +424,40 @@ def _in_place_sql(
 
 def build_in_place_history(con: duckdb.DuckDBPyConnection, *, full: bool = False) -> None:
     """Rebuild ``history_customer_defaults`` and ``history_payment_methods`` for the dirty
-    customers and payment methods (``full``: all), inside the caller's transaction."""
-    for table, stream, kinds, columns, key, with_deleted in (
-        ("history_customer_defaults", "customer", ("customer",), _CUSTOMER_COLUMNS,
-         "customer_id", False),
-        ("history_payment_methods", "payment_method", ("payment_method", "card", "source"),
-         _PAYMENT_METHOD_COLUMNS, "payment_method_id", True),
+    customers and payment methods, and the cards of dirty charges (``full``: all), inside
+    the caller's transaction."""
+    customers = "SELECT id FROM raw_stripe_customer" if full else (
+        "SELECT id FROM stripe_dirty WHERE stream = 'customer'"
+    )  # fmt: skip
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _pm_scope AS "
+        + (
+            f"SELECT id FROM raw_stripe_payment_method UNION "
+            f"SELECT {_CHARGE_PM} FROM raw_stripe_charge"
+            if full
+            else "SELECT id FROM stripe_dirty WHERE stream = 'payment_method' UNION "
+            f"SELECT {_CHARGE_PM} FROM raw_stripe_charge WHERE {dirty('charge', 'id')}"
+        )
+    )
+    con.execute("CREATE OR REPLACE TEMP TABLE _customer_scope AS " + customers)
+    for table, key, scope, sql in (
+        ("history_customer_defaults", "customer_id", "_customer_scope",
+         _in_place_sql("history_customer_defaults", "customer", ("customer",),
+                       _CUSTOMER_COLUMNS, scope="SELECT id FROM _customer_scope",
+                       with_deleted=False)),
+        ("history_payment_methods", "payment_method_id", "_pm_scope",
+         _in_place_sql("history_payment_methods", "payment_method",
+                       ("payment_method", "card", "source"), _PAYMENT_METHOD_COLUMNS,
+                       scope="SELECT id FROM _pm_scope", with_deleted=True,
+                       extra_versions=_CHARGE_VERSIONS)),
     ):  # fmt: skip
         if full:
             con.execute(f"DELETE FROM {table}")
         else:
-            con.execute(f"DELETE FROM {table} WHERE {dirty(stream, key)}")
-        con.execute(
-            _in_place_sql(table, stream, kinds, columns, full=full, with_deleted=with_deleted)
-        )
+            con.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT id FROM {scope})")
+        con.execute(sql)
+    con.execute("DROP TABLE _pm_scope")
+    con.execute("DROP TABLE _customer_scope")
 
 
 def build_history(con: duckdb.DuckDBPyConnection, *, full: bool = False) -> int:
