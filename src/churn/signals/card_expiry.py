@@ -2,17 +2,17 @@
 
 For each automatically charged live subscription at ``as_of`` whose next renewal (the
 current period end at ``as_of``; a trial's period ends with the trial) falls within
-``card_expiry_horizon_days``: the card charged is the one Stripe charges, the
-subscription's ``default_payment_method``, else the customer's
+``card_expiry_horizon_days``: the card is the one Stripe charges, the subscription's
+``default_payment_method``, else its ``default_source``, else the customer's
 ``invoice_settings.default_payment_method``, else the customer's ``default_source``
-(Stripe: "If neither are set, invoices will use the customer's
-invoice_settings.default_payment_method or default_source"). Another card the customer
-holds is never tried, so it does not lift the warning. A card is good through the last
-day of its expiry month. All of it as known at ``as_of``: the defaults and the card's
-expiry (updated in place on the same card id) from their histories
-(``history_customer_defaults``, ``history_payment_methods``), the subscription's own
-default from ``history_subscriptions``. Fires when that card expires before the renewal; fires too when
-the subscription has no payment method at all.
+(Stripe: it "takes precedence over default_source. If neither are set, invoices will use
+the customer's invoice_settings.default_payment_method or default_source"). Another card
+the customer holds is never tried, so it does not lift the warning. A card is good
+through the last day of its expiry month. All of it as known at ``as_of``: the
+subscription's defaults from ``history_subscriptions``, the customer's from
+``history_customer_defaults``, the card's expiry (updated in place on the same id) from
+``history_payment_methods``. Fires when that card expires before the renewal; fires too
+when the subscription has no payment method at all.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ s AS (
     -- the next renewal at as_of: the current period's end (a trial's period ends with it;
     -- a trial_end long past says nothing about the next renewal)
     COALESCE(h.current_period_end, h.trial_end) AS renewal_at,
-    COALESCE(h.default_payment_method, c.default_payment_method, c.default_source) AS pm_id,
+    COALESCE(h.default_payment_method, h.default_source, c.default_payment_method,
+             c.default_source) AS pm_id,
     {account_key("h.customer_id")} AS account_id
   FROM h LEFT JOIN c ON c.customer_id = h.customer_id
   LEFT JOIN core_account_links l ON l.customer_id = h.customer_id

@@ -215,6 +215,7 @@ _VERSIONS = f"""
                AS current_period_end,
            stripe_ts(payload->'$.trial_end') AS trial_end,
            stripe_id(payload->'$.default_payment_method') AS default_payment_method,
+           stripe_id(payload->'$.default_source') AS default_source,
            {_ITEMS} AS items
     FROM latest_per_instant
     ), inferred AS (
@@ -276,7 +277,7 @@ _SUBSCRIPTIONS = f"""
                md5(concat_ws('|', customer_id, status, currency, collection_method,
                              cancel_at_period_end, cancel_at, canceled_at, ended_at,
                              current_period_start, current_period_end, trial_end,
-                             default_payment_method)) AS state
+                             default_payment_method, default_source)) AS state
         FROM _sub_versions
     ), changes AS (
         SELECT * FROM s
@@ -287,7 +288,7 @@ _SUBSCRIPTIONS = f"""
            lead(starts) OVER (PARTITION BY subscription_id ORDER BY n),
            customer_id, status, currency, collection_method, cancel_at_period_end,
            cancel_at, canceled_at, ended_at, current_period_start, current_period_end,
-           trial_end, default_payment_method
+           trial_end, default_payment_method, default_source
     FROM changes
 """
 
