@@ -180,3 +180,17 @@ def test_charges_date_an_expiry_updated_before_the_events_kept(
         "SELECT valid_from, valid_to, card_exp_year FROM history_payment_methods ORDER BY 1"
     ).fetchall()
     assert rows == [(_ts(T0), _ts(T0 + 90 * DAY), 2026), (_ts(T0 + 90 * DAY), None, 2030)]
+
+
+def test_versions_of_one_instant_keep_the_last(con: duckdb.DuckDBPyConnection) -> None:
+    """customer.created and customer.updated in the customer's first second: the state
+    before the update and the created one both start at `created`; the update wins."""
+    _build(con, [
+        _event(1, "customer.created", _customer("pm_a"), T0),
+        _event(2, "customer.updated", _customer("pm_b"), T0,
+               {"invoice_settings": {"default_payment_method": "pm_x", "footer": None}}),
+    ])  # fmt: skip
+    rows = con.execute(
+        "SELECT valid_from, valid_to, default_payment_method FROM history_customer_defaults"
+    ).fetchall()
+    assert rows == [(_ts(T0), None, "pm_b")]

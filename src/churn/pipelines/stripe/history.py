@@ -361,9 +361,17 @@ _IN_PLACE = """
         SELECT *, row_number() OVER (PARTITION BY id ORDER BY ts, rank, k) AS n,
                md5(concat_ws('|', gone, {state})) AS state
         FROM s
+    ), instants AS (
+        -- several versions in one instant (an event and the state before the next one,
+        -- both at `created`; two events of one second): the last of them
+        SELECT * FROM (
+            SELECT *, CASE WHEN n = 1 THEN least(ts, coalesce(created_at, ts)) ELSE ts END
+                          AS starts
+            FROM o)
+        QUALIFY row_number() OVER (PARTITION BY id, starts ORDER BY n DESC) = 1
     ), changes AS (
-        SELECT *, CASE WHEN n = 1 THEN least(ts, coalesce(created_at, ts)) ELSE ts END AS starts
-        FROM o QUALIFY state IS DISTINCT FROM lag(state) OVER (PARTITION BY id ORDER BY n)
+        SELECT * FROM instants
+        QUALIFY state IS DISTINCT FROM lag(state) OVER (PARTITION BY id ORDER BY n)
     )
     SELECT id, starts, lead(starts) OVER (PARTITION BY id ORDER BY n), {names}{extra}
     FROM changes
