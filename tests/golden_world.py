@@ -35,8 +35,17 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "core_invoices": {"status": "open", "currency": "usd", "attempted": True},
     "core_charges": {"currency": "usd"},
     "core_payment_methods": {"type": "card", "card_brand": "visa", "card_last4": "4242"},
+    "history_payment_methods": {
+        "valid_to": None,
+        "type": "card",
+        "card_brand": "visa",
+        "card_last4": "4242",
+        "is_deleted": False,
+    },
+    "history_customer_defaults": {"valid_to": None},
     "core_account_links": {"method": "metadata", "linked_at": "2026-01-01T00:00:00"},
     "core_usage": {"source": "golden", "loaded_at": "2026-01-01T00:00:00"},
+    "core_usage_history": {"source": "golden"},
     "core_currency_rates": {"is_active": True},
 }
 

@@ -258,9 +258,10 @@ def test_an_incremental_run_costs_one_call_per_stream(tmp_path: Path) -> None:
         streams = len(again.counts)
         assert again.api_calls == 1 + streams  # describe + one page each
         # The first run is also the first deletion reconcile: one Id listing per stream
-        # whose records can be deleted (all but CurrencyType).
+        # whose records can be deleted (all but CurrencyType), and the one describe that
+        # asks whether the org has DatedConversionRate (again only with each reconcile).
         listed = [k for k in first.counts if k.startswith("reconcile_deleted_")]
-        assert first.api_calls == 1 + streams + len(listed) and len(listed) == streams - 1
+        assert first.api_calls == 2 + streams + len(listed) and len(listed) == streams - 1
         assert again.counts["contact"] >= 1
         assert _rows(con, "SELECT count(*) FROM core_contacts") == [(4,)]
 
@@ -317,3 +318,45 @@ def test_a_burst_of_records_is_not_reread_by_every_later_run(tmp_path: Path) -> 
         assert extract_salesforce(settings, con, progress=False).counts["contact"] == 1
         assert _rows(con, "SELECT count(*) FROM core_contacts") == [(51,)]
         con.close()
+
+
+@pytest.mark.slow
+def test_dated_conversion_rates_where_the_org_has_them(tmp_path: Path) -> None:
+    """Advanced currency management: DatedConversionRate is read (IsoCode, ConversionRate,
+    StartDate, NextStartDate); CurrencyType rates are kept as seen, a version per change.
+    Without it (describe answers NOT_FOUND, as the object "is not available ... if the
+    organization doesn't have advanced currency management enabled") nothing else changes."""
+    with start_salesforce_server(advanced_currency=True) as running:
+        running.seed("DatedConversionRate", [
+            {"IsoCode": "EUR", "ConversionRate": 0.9, "StartDate": "2026-01-01"},
+            {"IsoCode": "EUR", "ConversionRate": 0.95, "StartDate": "2026-02-01"},
+        ])  # fmt: skip
+        (eur,) = running.seed("CurrencyType", [
+            {"IsoCode": "EUR", "ConversionRate": 0.9, "DecimalPlaces": 2, "IsActive": True,
+             "IsCorporate": False},
+        ])  # fmt: skip
+        settings = _settings(running, tmp_path / "w.duckdb")
+        con = connect(settings.db)
+        first = extract_salesforce(settings, con, progress=False)
+        assert first.counts["datedconversionrate"] == 2
+        assert _rows(
+            con,
+            "SELECT iso_code, CAST(conversion_rate AS VARCHAR), CAST(start_date AS VARCHAR),"
+            " CAST(next_start_date AS VARCHAR) FROM core_dated_conversion_rates ORDER BY 3",
+        ) == [
+            ("EUR", "0.900000000", "2026-01-01", "2026-02-01"),
+            ("EUR", "0.950000000", "2026-02-01", None),
+        ]
+        time.sleep(0.002)
+        running.update("CurrencyType", eur, {"ConversionRate": 0.97})
+        extract_salesforce(settings, con, progress=False)
+        assert _rows(
+            con,
+            "SELECT iso_code, CAST(conversion_rate AS VARCHAR) FROM core_currency_rate_versions"
+            " ORDER BY iso_code, seen_from",
+        ) == [("EUR", "0.900000000"), ("EUR", "0.970000000"), ("USD", "1.000000000")]
+    with start_salesforce_server() as plain:
+        settings = _settings(plain, tmp_path / "p.duckdb")
+        con = connect(settings.db)
+        result = extract_salesforce(settings, con, progress=False)
+        assert "datedconversionrate" not in result.counts and result.multi_currency

@@ -71,6 +71,25 @@ def _world(con: duckdb.DuckDBPyConnection) -> None:
                 }
                 for i in (1, 3, 4)
             ],
+            # what card_expiry reads: the defaults and cards as of a date
+            "history_customer_defaults": [
+                {
+                    "customer_id": f"c{i}",
+                    "valid_from": "2025-01-01",
+                    "default_payment_method": None if i == 2 else f"pm{i}",
+                }
+                for i in range(1, 5)
+            ],
+            "history_payment_methods": [
+                {
+                    "payment_method_id": f"pm{i}",
+                    "customer_id": f"c{i}",
+                    "valid_from": "2025-01-01",
+                    "card_exp_month": 1,
+                    "card_exp_year": 2030,
+                }
+                for i in (1, 3, 4)
+            ],
             "core_invoices": [
                 {
                     "invoice_id": "in1",

@@ -243,3 +243,42 @@ def test_churn_score_prints_the_notes(tmp_path: Path, monkeypatch: pytest.Monkey
     assert result.exit_code == 0, result.output
     assert "seat_usage_too_few_samples: 1" in result.output
     assert "note: seat signals: 1 account skipped: 1 usage sample" in result.output
+
+
+def test_a_restated_sample_is_a_new_version(tmp_path: Path) -> None:
+    """A feed restates a day already loaded: today's value is the new one, a score as of
+    a time between the two loads reads the old one (core_usage_as_of), and a day
+    reloaded unchanged keeps its first loaded_at."""
+    feed = tmp_path / "feed"
+    feed.mkdir()
+    (feed / "a.csv").write_text(
+        "account_id,day,active_seats\n001A,2025-01-01,10\n001A,2025-01-02,5\n"
+    )
+    settings = _settings(tmp_path, feed)
+    con = connect(settings.db)
+    load_usage(settings, con)
+    first = con.execute("SELECT max(loaded_at) FROM core_usage").fetchall()[0][0]
+    (feed / "a.csv").write_text(
+        "account_id,day,active_seats\n001A,2025-01-01,3\n001A,2025-01-02,5\n"
+    )
+    load_usage(settings, con)
+    rows = con.execute(
+        "SELECT CAST(day AS VARCHAR), active_seats, loaded_at > ? FROM core_usage ORDER BY day",
+        [first],
+    ).fetchall()
+    assert rows == [("2025-01-01", 3, True), ("2025-01-02", 5, False)]
+    assert con.execute(
+        "SELECT CAST(day AS VARCHAR), active_seats, loaded_at FROM core_usage_history"
+    ).fetchall() == [("2025-01-01", 10, first)]
+
+    def as_of(t: datetime) -> list[tuple[Any, ...]]:
+        return con.execute(
+            "SELECT CAST(day AS VARCHAR), active_seats FROM core_usage_as_of(?, DATE '2024-12-01') "
+            "ORDER BY day",
+            [t],
+        ).fetchall()
+
+    assert as_of(first) == [("2025-01-01", 10), ("2025-01-02", 5)]
+    assert as_of(first + timedelta(days=3650)) == [("2025-01-01", 3), ("2025-01-02", 5)]
+    # before anything was loaded: the first statement of each day (a first run's history)
+    assert as_of(first - timedelta(days=3650)) == [("2025-01-01", 10), ("2025-01-02", 5)]

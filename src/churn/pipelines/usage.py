@@ -3,8 +3,10 @@
 Sources: CSV or Parquet files in ``settings.usage.folder`` (columns ``account_id`` or
 ``customer_id``, ``day``, ``active_seats``), and/or a Salesforce Account field
 (``settings.usage.account_field``) read from raw_sf_account, dated by its SystemModstamp.
-Loading is an upsert on (account_id, day): rerunning changes nothing. Bad rows go to
-quarantine with the reason, ``file:line`` as their object id.
+Loading is an upsert on (account_id, day): rerunning changes nothing. A restated sample
+(another value for a day already loaded) keeps the value it replaces in
+``core_usage_history``; ``core_usage_as_of(t, since_day)`` gives the feed as known at
+``t``. Bad rows go to quarantine with the reason, ``file:line`` as their object id.
 """
 
 from __future__ import annotations
@@ -121,18 +123,46 @@ def load_usage(settings: Settings, con: duckdb.DuckDBPyConnection) -> UsageResul
         if not _FIELD.match(account_field):
             raise ConfigError("CHURN_USAGE__ACCOUNT_FIELD is not a Salesforce field name")
         with transaction(con):
-            rows = con.execute(
-                """INSERT OR REPLACE INTO core_usage
-                SELECT id, CAST(system_modstamp AS DATE),
-                  CAST(TRY_CAST(json_extract_string(payload, ?) AS DOUBLE) AS BIGINT),
-                  'salesforce:' || ?, ?
+            con.execute(
+                """CREATE OR REPLACE TEMP TABLE usage_field AS
+                SELECT id AS account_id, CAST(system_modstamp AS DATE) AS day,
+                  CAST(TRY_CAST(json_extract_string(payload, ?) AS DOUBLE) AS BIGINT)
+                    AS active_seats,
+                  'salesforce:' || ? AS source, CAST(? AS TIMESTAMP) AS loaded_at
                 FROM raw_sf_account
                 WHERE NOT is_deleted
                   AND TRY_CAST(json_extract_string(payload, ?) AS DOUBLE) >= 0""",
                 [f"$.{account_field}", account_field, now, f"$.{account_field}"],
-            ).fetchall()
+            )
+            _upsert(con, "usage_field", now)
+            rows = con.execute("SELECT count(*) FROM usage_field").fetchall()
+            con.execute("DROP TABLE usage_field")
         result.counts["account_field"] = int(rows[0][0]) if rows else 0
     return result
+
+
+def _upsert(con: duckdb.DuckDBPyConnection, relation: str, now: datetime) -> None:
+    """Land samples (``account_id, day, active_seats, source, loaded_at``) into core_usage.
+
+    A restatement (another value for a sample already loaded) moves the value it replaces
+    to ``core_usage_history``, so a score as of an earlier date still reads what was
+    known then (``core_usage_as_of``); a sample reloaded unchanged keeps its first
+    ``loaded_at``.
+    """
+    con.execute(
+        f"""INSERT INTO core_usage_history
+        SELECT c.account_id, c.day, c.active_seats, c.source, c.loaded_at, ?
+        FROM core_usage c JOIN {relation} g USING (account_id, day)
+        WHERE c.active_seats <> g.active_seats
+        ON CONFLICT DO NOTHING""",
+        [now],
+    )
+    con.execute(
+        f"""INSERT OR REPLACE INTO core_usage BY NAME
+        SELECT g.account_id, g.day, g.active_seats, g.source, g.loaded_at
+        FROM {relation} g LEFT JOIN core_usage c USING (account_id, day)
+        WHERE c.account_id IS NULL OR c.active_seats <> g.active_seats"""
+    )
 
 
 def _file_stamp(path: Path) -> str:
@@ -157,7 +187,7 @@ def _land(
     con.register("usage_bad", bad.to_arrow())
     try:
         with transaction(con):
-            con.execute("INSERT OR REPLACE INTO core_usage BY NAME SELECT * FROM usage_good")
+            _upsert(con, "usage_good", now)
             con.execute(
                 """INSERT OR REPLACE INTO quarantine
                   (source, stream, object_id, reason, payload, run_id, quarantined_at)

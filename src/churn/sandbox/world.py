@@ -29,7 +29,7 @@ from churn.pipelines.stripe.streams import STREAMS
 
 API_VERSION = "2025-09-30.clover"
 # Bumped whenever the generator changes what it writes, so cached worlds are remade.
-GENERATOR_VERSION = 7
+GENERATOR_VERSION = 8
 DAY = 86_400
 MONTH = 30 * DAY
 CURRENCIES = ("usd", "eur", "gbp", "jpy")
@@ -45,6 +45,13 @@ DECLINE_CODES = (
     ("card_declined", "do_not_honor"),
     ("expired_card", "expired_card"),
     ("card_declined", "lost_card"),
+)
+# Coupons: (id, name, duration, duration_in_months, percent off). An account with a
+# coupon gets one by its number (no draw, so the rest of the world is unchanged).
+COUPONS = (
+    ("PARTNER10", "Partner 10%", "forever", None, 10),
+    ("WELCOME20", "Welcome 20%", "repeating", 3, 20),
+    ("ONBOARD50", "Onboarding 50%", "once", None, 50),
 )
 # Share of successful charges later refunded (in full or in part).
 REFUND_RATE = 0.01
@@ -184,24 +191,25 @@ class _Builder:
                     self.prices[(plan, cur, interval)] = price
                     self.w.stripe["price"].append(price)
                     self.event("price.created", price, t0, None)
-        coupon: dict[str, Any] = {
-            "id": "WELCOME20",
-            "object": "coupon",
-            "amount_off": None,
-            "currency": None,
-            "created": t0,
-            "duration": "repeating",
-            "duration_in_months": 3,
-            "livemode": False,
-            "max_redemptions": None,
-            "metadata": {},
-            "name": "Welcome 20%",
-            "percent_off": 20.0,
-            "times_redeemed": 0,
-            "valid": True,
-        }
-        self.w.stripe["coupon"].append(coupon)
-        self.event("coupon.created", coupon, t0, None)
+        for cid, name, duration, months, pct in COUPONS:
+            coupon: dict[str, Any] = {
+                "id": cid,
+                "object": "coupon",
+                "amount_off": None,
+                "currency": None,
+                "created": t0,
+                "duration": duration,
+                "duration_in_months": months,
+                "livemode": False,
+                "max_redemptions": None,
+                "metadata": {},
+                "name": name,
+                "percent_off": float(pct),
+                "times_redeemed": 0,
+                "valid": True,
+            }
+            self.w.stripe["coupon"].append(coupon)
+            self.event("coupon.created", coupon, t0, None)
 
     def salesforce_users(self) -> list[str]:
         users: list[dict[str, Any]] = []
@@ -449,11 +457,32 @@ class _Builder:
             "trial_end": trial_end,
             "trial_start": created if trial else None,
         }
-        discount_months = 0
+        discount: dict[str, Any] | None = None
+        pct = 0
         if coupon:
-            sub["discounts"] = [self.ids.new("di")]
-            discount_months = 3
+            cid, _, _, months, pct = COUPONS[i % len(COUPONS)]
+            # The Discount object as 2025-09-30.clover returns it: the coupon under
+            # `source.coupon`, an id ("not automatically expanded"); the subscription's
+            # `discounts` holds its id.
+            discount = {
+                "id": self.ids.new("di"),
+                "object": "discount",
+                "checkout_session": None,
+                "customer": customer["id"],
+                "end": created + int(months) * MONTH if months else None,
+                "invoice": None,
+                "invoice_item": None,
+                "promotion_code": None,
+                "source": {"coupon": cid, "type": "coupon"},
+                "start": created,
+                "subscription": sub_id,
+                "subscription_item": None,
+            }
+            sub["discounts"] = [discount["id"]]
+            self.w.stripe["discount"].append(discount)
         self.event("customer.subscription.created", sub, created, None)
+        if discount is not None:
+            self.event("customer.discount.created", discount, created, None)
         # Hazards: health moves everything, noise keeps it from being deterministic.
         vol_hazard = 1 / (1 + np.exp(4.3 + 1.3 * h)) * (3 if yearly else 1)
         fail_p = 1 / (1 + np.exp(3.4 + 0.9 * h))
@@ -478,9 +507,15 @@ class _Builder:
             n_periods += 1
             period_end = t + period
             item["current_period_start"], item["current_period_end"] = t, period_end
-            disc = discount_months > 0
-            discount_months -= 1
-            ok = self.invoice(sub, item, customer, pm, t, fail_p, recover_p, disc, prorations)
+            if discount is not None and discount["end"] is not None and discount["end"] <= t:
+                self.end_discount(sub, discount, int(discount["end"]))
+                discount = None
+            off = pct if discount is not None else 0
+            ok = self.invoice(sub, item, customer, pm, t, fail_p, recover_p, off, prorations)
+            if discount is not None and COUPONS[i % len(COUPONS)][2] == "once":
+                # a `once` coupon applies to one invoice, then the discount is removed
+                self.end_discount(sub, discount, t)
+                discount = None
             prorations = []
             if not ok:
                 churn_type, churn_at = "involuntary", t + 20 * DAY
@@ -555,14 +590,28 @@ class _Builder:
                 else:
                     churn_type, churn_at = "scheduled", period_end
                     break
-            # Cards expire; healthy accounts replace them.
+            # Cards expire; healthy accounts replace them, or (one in three, by number)
+            # the card network renews the same card: same id, a new expiry, the event
+            # payment_method.automatically_updated.
             exp = pm["card"]["exp_year"] * 12 + pm["card"]["exp_month"]
             now_m = datetime.fromtimestamp(period_end, UTC)
-            if (
+            renew = (
                 exp <= now_m.year * 12 + now_m.month
                 and period_end - DAY < self.now
                 and rng.random() < recover_p
-            ):
+            )
+            if renew and i % 3 == 0:
+                months = int(rng.integers(24, 60))
+                self.rng.integers(10_000)  # the draw a new card's last4 takes: same stream
+                renewed = datetime.fromtimestamp(period_end - DAY + months * MONTH, UTC)
+                prev_card = {"exp_month": pm["card"]["exp_month"],
+                             "exp_year": pm["card"]["exp_year"]}  # fmt: skip
+                pm["card"]["exp_month"], pm["card"]["exp_year"] = renewed.month, renewed.year
+                self.event(
+                    "payment_method.automatically_updated", pm, period_end - DAY,
+                    {"card": prev_card},
+                )  # fmt: skip
+            elif renew:
                 pm = self.card(customer["id"], period_end - DAY, int(rng.integers(24, 60)))
                 prev_settings = dict(customer["invoice_settings"])
                 customer["invoice_settings"]["default_payment_method"] = pm["id"]
@@ -609,6 +658,13 @@ class _Builder:
             (customer_id, _day(int(d)), int(a), seats) for d, a in zip(days, active, strict=True)
         )
 
+    def end_discount(self, sub: dict[str, Any], discount: dict[str, Any], ts: int) -> None:
+        """A discount removed from its subscription (its end reached, or used once)."""
+        prev = {"discounts": list(sub["discounts"])}
+        sub["discounts"] = [d for d in sub["discounts"] if d != discount["id"]]
+        self.event("customer.discount.deleted", discount, ts, None)
+        self.event("customer.subscription.updated", sub, ts, prev)
+
     def cancel(self, sub: dict[str, Any], ts: int, reason: str, *, immediate: bool) -> None:
         sub["status"] = "canceled"
         sub["ended_at"] = ts
@@ -646,14 +702,13 @@ class _Builder:
         ts: int,
         fail_p: float,
         recover_p: float,
-        discounted: bool,
+        percent_off: int,
         prorations: list[dict[str, Any]] | None = None,
     ) -> bool:
         """One period's invoice and its charge attempts; False when it was never paid."""
         rng = self.rng
         base = int(item["price"]["unit_amount"]) * int(item["quantity"])
-        if discounted:
-            base -= base // 5
+        base -= base * percent_off // 100
         prorations = prorations or []
         amount = max(0, base + sum(int(p["amount"]) for p in prorations))
         inv_id = self.ids.new("in")

@@ -1,11 +1,18 @@
-"""Card expiry: the card a renewal will be charged to expires first, and nothing else can pay.
+"""Card expiry: the card a renewal will be charged to expires before it.
 
 For each automatically charged live subscription at ``as_of`` whose next renewal (the
-current period end) falls within ``card_expiry_horizon_days``: the card used is the
-subscription's default payment method, else the customer's. A card is good through the
-last day of its expiry month. Fires when that card expires before the renewal and the
-customer has no other card (attached by ``as_of``) good past the renewal and no non-card
-method; fires too when the subscription has no payment method at all.
+current period end at ``as_of``; a trial's period ends with the trial) falls within
+``card_expiry_horizon_days``: the card is the one Stripe charges, the subscription's
+``default_payment_method``, else its ``default_source``, else the customer's
+``invoice_settings.default_payment_method``, else the customer's ``default_source``
+(Stripe: it "takes precedence over default_source. If neither are set, invoices will use
+the customer's invoice_settings.default_payment_method or default_source"). Another card
+the customer holds is never tried, so it does not lift the warning. A card is good
+through the last day of its expiry month. All of it as known at ``as_of``: the
+subscription's defaults from ``history_subscriptions``, the customer's from
+``history_customer_defaults``, the card's expiry (updated in place on the same id) from
+``history_payment_methods``. Fires when that card expires before the renewal; fires too
+when the subscription has no payment method at all.
 """
 
 from __future__ import annotations
@@ -37,29 +44,33 @@ pm AS (
   SELECT *, CASE WHEN card_exp_year IS NOT NULL
                  THEN make_timestamp(card_exp_year, card_exp_month, 1, 0, 0, 0) + INTERVAL 1 MONTH
             END AS good_until
-  FROM core_payment_methods
-  WHERE NOT is_deleted AND COALESCE(created_at, CAST($as_of AS TIMESTAMP)) <= $as_of
+  FROM history_payment_methods
+  WHERE valid_from <= $as_of AND (valid_to IS NULL OR valid_to > $as_of) AND NOT is_deleted
+),
+c AS (
+  SELECT * FROM history_customer_defaults
+  WHERE valid_from <= $as_of AND (valid_to IS NULL OR valid_to > $as_of)
 ),
 s AS (
   SELECT h.subscription_id, h.customer_id, h.currency,
-    COALESCE(h.trial_end, h.current_period_end) AS renewal_at,
-    COALESCE(h.default_payment_method, c.default_payment_method, c.default_source) AS pm_id,
+    -- the next renewal at as_of: the current period's end (a trial's period ends with it;
+    -- a trial_end long past says nothing about the next renewal)
+    COALESCE(h.current_period_end, h.trial_end) AS renewal_at,
+    COALESCE(h.default_payment_method, h.default_source, c.default_payment_method,
+             c.default_source) AS pm_id,
     {account_key("h.customer_id")} AS account_id
-  FROM h LEFT JOIN core_customers c ON c.customer_id = h.customer_id
+  FROM h LEFT JOIN c ON c.customer_id = h.customer_id
   LEFT JOIN core_account_links l ON l.customer_id = h.customer_id
 ),
 j AS (
   SELECT s.*, pm.card_brand, pm.card_last4, pm.card_exp_month, pm.card_exp_year, pm.good_until,
-    (SELECT count(*) FROM pm o WHERE o.customer_id = s.customer_id
-       AND o.payment_method_id IS DISTINCT FROM s.pm_id
-       AND (o.good_until IS NULL OR o.good_until > s.renewal_at)) AS other_usable,
     (SELECT count(*) FROM pm o WHERE o.customer_id = s.customer_id) AS attached
   FROM s LEFT JOIN pm ON pm.payment_method_id = s.pm_id
   WHERE s.renewal_at <= $horizon
 ),
 hit AS (
   SELECT *, CASE WHEN pm_id IS NULL AND attached = 0 THEN 'no_payment_method'
-                 WHEN good_until IS NOT NULL AND good_until <= renewal_at AND other_usable = 0
+                 WHEN good_until IS NOT NULL AND good_until <= renewal_at
                    THEN 'expires_before_renewal' END AS kind
   FROM j
 )
@@ -72,7 +83,7 @@ SELECT account_id,
        ELSE 'The card ' || COALESCE(card_brand || ' ', '') || 'ending ' || COALESCE(card_last4, '?')
             || ' expires ' || lpad(CAST(card_exp_month AS VARCHAR), 2, '0') || '/' || card_exp_year
             || ', before the renewal on ' || strftime(renewal_at, '%Y-%m-%d')
-            || ', and there is no other card.' END AS reason,
+            || ', and it is the card Stripe will charge.' END AS reason,
   json_object('kind', kind, 'subscription_id', subscription_id, 'payment_method_id', pm_id,
     'card_exp_month', card_exp_month, 'card_exp_year', card_exp_year,
     'renewal_at', renewal_at)::VARCHAR AS evidence,

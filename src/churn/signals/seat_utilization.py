@@ -111,7 +111,9 @@ held AS (
 ),
 usage AS (
   SELECT {account_key("u.account_id")} AS account_id, u.day, sum(u.active_seats) AS active
-  FROM core_usage u LEFT JOIN core_account_links l ON l.customer_id = u.account_id
+  -- the feed as known at as_of (restatements loaded later not read into the past)
+  FROM core_usage_as_of($as_of, CAST($as_of AS DATE) - CAST($max_window AS INTEGER)) u
+  LEFT JOIN core_account_links l ON l.customer_id = u.account_id
   WHERE u.day > CAST($as_of AS DATE) - CAST($max_window AS INTEGER) AND u.day <= CAST($as_of AS DATE)
   GROUP BY ALL
 ),

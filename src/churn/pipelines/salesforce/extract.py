@@ -34,7 +34,7 @@ from churn.pipelines.salesforce.client import (
 )
 from churn.pipelines.salesforce.reconcile import reconcile_deletions, reconcile_due
 from churn.settings import Settings
-from churn.warehouse import read_state, transaction, utcnow
+from churn.warehouse import read_state, transaction, utcnow, write_state
 
 _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
@@ -60,7 +60,7 @@ def _ident(name: str, setting: str) -> str:
     return name
 
 
-def streams(settings: Settings, *, multi_currency: bool) -> list[Stream]:
+def streams(settings: Settings, *, multi_currency: bool, dated_rates: bool = False) -> list[Stream]:
     """The streams to read, with the configured custom field names."""
     sf = settings.salesforce
     stripe_field = _ident(
@@ -114,6 +114,15 @@ def streams(settings: Settings, *, multi_currency: bool) -> list[Stream]:
                     "IsCorporate",
                     "SystemModstamp",
                 ),
+            )
+        )
+    if multi_currency and dated_rates:
+        # Advanced currency management: the rates by date range (no IsDeleted field on it).
+        out.append(
+            Stream(
+                "datedconversionrate",
+                "DatedConversionRate",
+                ("Id", "IsoCode", "ConversionRate", "StartDate", "NextStartDate", "SystemModstamp"),
             )
         )
     return out
@@ -211,6 +220,14 @@ def _core_sql(stream: str, settings: Settings) -> tuple[str, list[Any]] | None:
             FROM raw_sf_contact WHERE id IN (SELECT id FROM sf_page)""",
             ["$.AccountId", "$.Name", "$.Email"],
         )
+    if stream == "datedconversionrate":
+        return (
+            f"""INSERT OR REPLACE INTO core_dated_conversion_rates
+            SELECT id, upper({j}), CAST({j} AS DECIMAL(18, 9)), CAST({j} AS DATE),
+              CAST({j} AS DATE), system_modstamp, is_deleted
+            FROM raw_sf_datedconversionrate WHERE id IN (SELECT id FROM sf_page)""",
+            ["$.IsoCode", "$.ConversionRate", "$.StartDate", "$.NextStartDate"],
+        )
     if stream == "currencytype":
         return (
             f"""INSERT OR REPLACE INTO core_currency_rates
@@ -221,6 +238,28 @@ def _core_sql(stream: str, settings: Settings) -> tuple[str, list[Any]] | None:
             ["$.IsoCode", "$.ConversionRate", "$.DecimalPlaces", "$.IsCorporate", "$.IsActive"],
         )
     return None
+
+
+#: A CurrencyType rate as seen: a new version, from its SystemModstamp, whenever it
+#: differs from the last version kept (rates over time where the org keeps no dates).
+_RATE_VERSIONS = """
+    INSERT INTO core_currency_rate_versions
+    WITH seen AS (
+        SELECT upper(json_extract_string(payload, '$.IsoCode')) AS iso_code,
+               CAST(json_extract_string(payload, '$.ConversionRate') AS DECIMAL(18, 9))
+                   AS conversion_rate, system_modstamp AS seen_from
+        FROM raw_sf_currencytype WHERE id IN (SELECT id FROM sf_page) AND NOT is_deleted
+    ), last AS (
+        SELECT iso_code, arg_max(conversion_rate, seen_from) AS conversion_rate,
+               max(seen_from) AS seen_from
+        FROM core_currency_rate_versions GROUP BY iso_code
+    )
+    SELECT s.iso_code, s.conversion_rate, s.seen_from FROM seen s LEFT JOIN last l USING (iso_code)
+    WHERE s.iso_code IS NOT NULL AND s.conversion_rate IS NOT NULL
+      AND (l.iso_code IS NULL OR (l.conversion_rate <> s.conversion_rate
+                                  AND s.seen_from > l.seen_from))
+    ON CONFLICT DO NOTHING
+"""
 
 
 def land_page(
@@ -253,6 +292,8 @@ def land_page(
             core = _core_sql(stream, settings)
             if core is not None:
                 con.execute(core[0], core[1])
+            if stream == "currencytype":
+                con.execute(_RATE_VERSIONS)
             if move_cursor:
                 _move_cursor(con, stream, top)
     finally:
@@ -404,6 +445,30 @@ def detect_multi_currency(sf: Salesforce) -> bool:
     return any(f.get("name") == "CurrencyIsoCode" for f in fields)
 
 
+_DATED_STATE = "salesforce.datedconversionrate.available"
+
+
+def _dated_rates_known(con: duckdb.DuckDBPyConnection) -> bool | None:
+    """Whether the org had DatedConversionRate when last asked (None: never asked)."""
+    state = read_state(con, _DATED_STATE)
+    return None if state is None else state.cursor == "yes"
+
+
+def detect_dated_rates(sf: Salesforce) -> bool:
+    """Advanced currency management: DatedConversionRate "is not available in
+    single-currency organizations, nor is it available if the organization doesn't have
+    advanced currency management enabled", so its describe answers NOT_FOUND there."""
+    try:
+        sf.restful("sobjects/DatedConversionRate/describe")
+    except SalesforceError as exc:
+        if getattr(exc, "status", None) == 404:
+            return False
+        raise SalesforceExtractError(
+            f"Salesforce describe DatedConversionRate failed: {error_codes(exc)}"
+        ) from None
+    return True
+
+
 def extract_salesforce(
     settings: Settings,
     con: duckdb.DuckDBPyConnection,
@@ -429,12 +494,25 @@ def extract_salesforce(
     result = SalesforceExtractResult()
     try:
         result.multi_currency = detect_multi_currency(sf)
-        chosen = streams(settings, multi_currency=result.multi_currency)
+        # Whether the org has DatedConversionRate, as last found: asked again (one
+        # describe) on the first run and with each deletion reconcile, after the streams.
+        known = _dated_rates_known(con)
+        dated = result.multi_currency and bool(known)
+        chosen = streams(settings, multi_currency=result.multi_currency, dated_rates=dated)
+        recheck = reconcile or reconcile_due(con, settings, utcnow())
         for stream in chosen:
             result.counts[stream.name] = extract_stream(sf, con, stream, settings)
             if progress:
                 print(f"salesforce {stream.name}: {result.counts[stream.name]} rows")
-        if reconcile or reconcile_due(con, settings, utcnow()):
+        if result.multi_currency and (known is None or recheck):
+            found = detect_dated_rates(sf)
+            with transaction(con):
+                write_state(con, _DATED_STATE, cursor="yes" if found else "no")
+            if found and not dated:
+                extra = streams(settings, multi_currency=True, dated_rates=True)[-1]
+                result.counts[extra.name] = extract_stream(sf, con, extra, settings)
+                chosen.append(extra)
+        if recheck:
             result.counts.update(
                 reconcile_deletions(
                     sf, con, settings, [(s.name, s.sobject, s.where) for s in chosen]

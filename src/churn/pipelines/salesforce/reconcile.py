@@ -29,6 +29,7 @@ CORE_KEYS: dict[str, tuple[str, str] | None] = {
     "opportunity": ("core_opportunities", "opportunity_id"),
     "contact": ("core_contacts", "contact_id"),
     "task": None,
+    "datedconversionrate": ("core_dated_conversion_rates", "rate_id"),
 }
 STATE = "salesforce.reconcile"
 

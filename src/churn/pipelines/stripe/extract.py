@@ -46,7 +46,13 @@ from churn.pipelines.stripe.client import StripeApi, make_stripe_client
 from churn.pipelines.stripe.history import build_history
 from churn.pipelines.stripe.land import Version, check_mode, land, mark_deleted
 from churn.pipelines.stripe.normalise import normalise
-from churn.pipelines.stripe.streams import LISTED, OBJECT_TABLES, Stream, flatten
+from churn.pipelines.stripe.streams import (
+    LISTED,
+    OBJECT_TABLES,
+    Stream,
+    embedded_table,
+    flatten,
+)
 from churn.settings import Settings
 from churn.warehouse import read_state, transaction, utcnow, write_state
 
@@ -335,8 +341,12 @@ class _Run:
             check_mode(
                 self.settings.stripe.key_mode, [e for e, _ in embedded], f"stream {stream.name}"
             )
-            land(self.con, "payment_method", embedded, fetched)
-            self.result.add("objects_payment_method", len(embedded))
+            by_table: dict[str, list[tuple[dict[str, Any], Version]]] = {}
+            for e, v in embedded:
+                by_table.setdefault(embedded_table(e), []).append((e, v))
+            for table, items in sorted(by_table.items()):
+                land(self.con, table, items, fetched)
+                self.result.add(f"objects_{table}", len(items))
         self.result.add(f"objects_{stream.name}", len(main))
         return len(main)
 
@@ -612,7 +622,7 @@ def apply_events(
         )
         by_table.setdefault(table, []).append((flat, version))
         for e in inner:
-            by_table.setdefault("payment_method", []).append((e, version))
+            by_table.setdefault(embedded_table(e), []).append((e, version))
     stripe_land.store_events(con, rows)
     for table, items in sorted(by_table.items()):
         land(con, table, items, fetched)

@@ -30,6 +30,12 @@ versions in the same state merge. Written rules for the first version seen:
 A version that lands late or twice changes nothing: the build is a pure function of the
 set of versions and invoices, in SQL, redone for the subscriptions with a new version or
 raw row (``stripe_dirty``), or for all.
+
+What changes in place on a customer or a card is versioned the same way
+(:func:`build_in_place_history`, run by :func:`build_history`):
+``history_customer_defaults`` (``invoice_settings.default_payment_method``,
+``default_source``) and ``history_payment_methods`` (owner, card expiry), from every event
+kept in ``raw_stripe_event`` and the latest raw row.
 """
 
 from __future__ import annotations
@@ -211,6 +217,7 @@ _VERSIONS = f"""
                AS current_period_end,
            stripe_ts(payload->'$.trial_end') AS trial_end,
            stripe_id(payload->'$.default_payment_method') AS default_payment_method,
+           stripe_id(payload->'$.default_source') AS default_source,
            payload->>'$.pause_collection.behavior' AS pause_behavior,
            stripe_ts(payload->'$.pause_collection.resumes_at') AS pause_resumes_at,
            {_ITEMS} AS items
@@ -277,7 +284,8 @@ _SUBSCRIPTIONS = f"""
                md5(concat_ws('|', customer_id, status, currency, collection_method,
                              cancel_at_period_end, cancel_at, canceled_at, ended_at,
                              current_period_start, current_period_end, trial_end,
-                             default_payment_method, pause_behavior, pause_resumes_at)) AS state
+                             default_payment_method, default_source, pause_behavior,
+                             pause_resumes_at)) AS state
         FROM _sub_versions
     ), changes AS (
         SELECT * FROM s
@@ -288,7 +296,7 @@ _SUBSCRIPTIONS = f"""
            lead(starts) OVER (PARTITION BY subscription_id ORDER BY n),
            customer_id, status, currency, collection_method, cancel_at_period_end,
            cancel_at, canceled_at, ended_at, current_period_start, current_period_end,
-           trial_end, default_payment_method, pause_behavior, pause_resumes_at
+           trial_end, default_payment_method, default_source, pause_behavior, pause_resumes_at
     FROM changes
 """
 
@@ -323,6 +331,156 @@ _ITEMS_HISTORY = f"""
 """
 
 
+# What changes in place on a customer or a payment method, as validity intervals. Each
+# payload known is a version: every event's object (Stripe keeps 30 days of them) and the
+# latest raw row (a listing, or the newest event). Before the first event seen, its
+# `previous_attributes` ("the names of the updated attributes and their values prior to
+# the event") patched onto its object give the state before it, from `created`. A card is
+# also seen in every charge made with it: `payment_method_details.card` (or a legacy
+# `source`) holds its brand, last4 and expiry as they were when charged, back to the first
+# charge, so an expiry updated in place before the events Stripe keeps is still dated.
+# Versions in the same state merge; the first one holds from `created` (nothing earlier is
+# known). Ordered by time, then listing, event, charge, then key.
+_IN_PLACE = """
+    INSERT INTO {table}
+    WITH v AS (
+        SELECT object_id AS id, created AS ts, 1 AS rank, id AS k,
+               payload->'$.data.object' AS p, type LIKE '%.deleted' AS gone,
+               payload->'$.data.previous_attributes' AS prev
+        FROM raw_stripe_event
+        WHERE object_type IN ({kinds}) AND object_id IS NOT NULL AND object_id IN ({scope})
+        UNION ALL
+        SELECT id, version_ts, 0, '', payload, is_deleted, NULL FROM {raw}
+        WHERE id IN ({scope})
+        {extra_versions}
+    ), before_first AS (
+        -- the state before the earliest event, when that event says what it changed
+        SELECT id, coalesce(stripe_ts(p->'$.created'), ts) AS ts, -1 AS rank, 'before' AS k,
+               json_merge_patch(p, prev) AS p, FALSE AS gone, NULL AS prev
+        FROM (SELECT * FROM v WHERE rank = 1
+              QUALIFY row_number() OVER (PARTITION BY id ORDER BY ts, k) = 1)
+        WHERE json_type(prev) = 'OBJECT'
+    ), s AS (
+        SELECT id, ts, rank, k, gone,
+               min(stripe_ts(p->'$.created')) OVER (PARTITION BY id) AS created_at,
+               {columns}
+        FROM (SELECT * FROM v UNION ALL SELECT * FROM before_first)
+    ), o AS (
+        SELECT *, row_number() OVER (PARTITION BY id ORDER BY ts, rank, k) AS n,
+               md5(concat_ws('|', gone, {state})) AS state
+        FROM s
+    ), instants AS (
+        -- several versions in one instant (an event and the state before the next one,
+        -- both at `created`; two events of one second): the last of them
+        SELECT * FROM (
+            SELECT *, CASE WHEN n = 1 THEN least(ts, coalesce(created_at, ts)) ELSE ts END
+                          AS starts
+            FROM o)
+        QUALIFY row_number() OVER (PARTITION BY id, starts ORDER BY n DESC) = 1
+    ), changes AS (
+        SELECT * FROM instants
+        QUALIFY state IS DISTINCT FROM lag(state) OVER (PARTITION BY id ORDER BY n)
+    )
+    SELECT id, starts, lead(starts) OVER (PARTITION BY id ORDER BY n), {names}{extra}
+    FROM changes
+"""
+
+# A charge's card (current: payment_method_details.card; older: the source itself).
+_CHARGE_PM = "coalesce(stripe_id(payload->'$.payment_method'), stripe_id(payload->'$.source'))"
+_CHARGE_CARD = (
+    "coalesce(payload->'$.payment_method_details.card', "
+    "CASE WHEN json_type(payload->'$.source') = 'OBJECT' THEN payload->'$.source' END)"
+)
+_CHARGE_VERSIONS = f"""
+        UNION ALL
+        SELECT {_CHARGE_PM}, stripe_ts(payload->'$.created'), 2, 'charge:' || id,
+               json_object('object', 'payment_method', 'type', 'card',
+                           'customer', payload->'$.customer',
+                           'card', json_object('brand', c->'$.brand', 'last4', c->'$.last4',
+                                               'exp_month', c->'$.exp_month',
+                                               'exp_year', c->'$.exp_year')),
+               FALSE, NULL
+        FROM (SELECT r.*, {_CHARGE_CARD} AS c FROM raw_stripe_charge r
+              -- typed first (columnar, no JSON read) to pick the charges of the cards
+              SEMI JOIN (SELECT charge_id FROM core_charges
+                         WHERE payment_method_id IN ({{scope}})
+                           AND card_exp_year IS NOT NULL) cc ON cc.charge_id = r.id)
+        WHERE c->>'$.exp_year' IS NOT NULL
+"""
+
+_CUSTOMER_COLUMNS = (
+    ("default_payment_method", "stripe_id(p->'$.invoice_settings.default_payment_method')"),
+    ("default_source", "stripe_id(p->'$.default_source')"),
+)
+_PAYMENT_METHOD_COLUMNS = (
+    ("customer_id", "stripe_id(p->'$.customer')"),
+    ("type", "coalesce(p->>'$.type', p->>'$.object')"),
+    ("card_brand", "coalesce(p->>'$.card.brand', p->>'$.brand')"),
+    ("card_last4", "coalesce(p->>'$.card.last4', p->>'$.last4')"),
+    (
+        "card_exp_month",
+        "TRY_CAST(coalesce(p->>'$.card.exp_month', p->>'$.exp_month') AS INTEGER)",
+    ),
+    ("card_exp_year", "TRY_CAST(coalesce(p->>'$.card.exp_year', p->>'$.exp_year') AS INTEGER)"),
+)
+
+
+def _in_place_sql(
+    table: str, stream: str, kinds: tuple[str, ...], columns: tuple[tuple[str, str], ...],
+    *, scope: str, with_deleted: bool, extra_versions: str = "",
+) -> str:  # fmt: skip
+    names = ", ".join(n for n, _ in columns)
+    return _IN_PLACE.format(
+        table=table,
+        raw=f"raw_stripe_{stream}",
+        kinds=", ".join(f"'{k}'" for k in kinds),
+        scope=scope,
+        extra_versions=extra_versions.replace("{scope}", scope),
+        columns=", ".join(f"{e} AS {n}" for n, e in columns),
+        state=names,
+        names=names,
+        extra=", gone" if with_deleted else "",
+    )
+
+
+def build_in_place_history(con: duckdb.DuckDBPyConnection, *, full: bool = False) -> None:
+    """Rebuild ``history_customer_defaults`` and ``history_payment_methods`` for the dirty
+    customers and payment methods, and the cards of dirty charges (``full``: all), inside
+    the caller's transaction."""
+    customers = "SELECT id FROM raw_stripe_customer" if full else (
+        "SELECT id FROM stripe_dirty WHERE stream = 'customer'"
+    )  # fmt: skip
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _pm_scope AS "
+        + (
+            "SELECT id FROM raw_stripe_payment_method UNION "
+            "SELECT payment_method_id FROM core_charges"
+            if full
+            else "SELECT id FROM stripe_dirty WHERE stream = 'payment_method' UNION "
+            f"SELECT payment_method_id FROM core_charges WHERE {dirty('charge', 'charge_id')}"
+        )
+    )
+    con.execute("CREATE OR REPLACE TEMP TABLE _customer_scope AS " + customers)
+    for table, key, scope, sql in (
+        ("history_customer_defaults", "customer_id", "_customer_scope",
+         _in_place_sql("history_customer_defaults", "customer", ("customer",),
+                       _CUSTOMER_COLUMNS, scope="SELECT id FROM _customer_scope",
+                       with_deleted=False)),
+        ("history_payment_methods", "payment_method_id", "_pm_scope",
+         _in_place_sql("history_payment_methods", "payment_method",
+                       ("payment_method", "card", "source"), _PAYMENT_METHOD_COLUMNS,
+                       scope="SELECT id FROM _pm_scope", with_deleted=True,
+                       extra_versions=_CHARGE_VERSIONS)),
+    ):  # fmt: skip
+        if full:
+            con.execute(f"DELETE FROM {table}")
+        else:
+            con.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT id FROM {scope})")
+        con.execute(sql)
+    con.execute("DROP TABLE _pm_scope")
+    con.execute("DROP TABLE _customer_scope")
+
+
 def build_history(con: duckdb.DuckDBPyConnection, *, full: bool = False) -> int:
     """Rebuild the history of the dirty subscriptions (``full``: of all), inside the
     caller's transaction; returns the number of intervals in the table.
@@ -341,5 +499,6 @@ def build_history(con: duckdb.DuckDBPyConnection, *, full: bool = False) -> int:
     con.execute(_SUBSCRIPTIONS)
     con.execute(_ITEMS_HISTORY)
     con.execute("DROP TABLE _sub_versions")
+    build_in_place_history(con, full=full)
     row = con.execute("SELECT count(*) FROM history_subscriptions").fetchone()
     return int(row[0]) if row else 0

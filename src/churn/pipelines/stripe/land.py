@@ -180,6 +180,14 @@ def land(
         )
         if table == "subscription":
             _add_subscription_versions(con)
+        elif table == "discount":
+            # a discount fills core_subscription_discounts through its subscription
+            con.execute(
+                "INSERT INTO stripe_dirty SELECT DISTINCT 'subscription', "
+                "json_extract_string(payload::JSON, '$.subscription') FROM _land_batch "
+                "WHERE json_extract_string(payload::JSON, '$.subscription') IS NOT NULL "
+                "ON CONFLICT DO NOTHING"
+            )
     finally:
         # After a failed statement the transaction is aborted; the original error matters.
         with contextlib.suppress(duckdb.Error):

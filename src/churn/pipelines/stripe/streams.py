@@ -37,6 +37,54 @@ _INCL_TAXABLE = (
 )
 
 
+#: SQL over the subscriptions in scope (``{ok}``): every discount each one has had, as
+#: ``(id, d, c, ends_at)``: the discount object ``d`` (inline in the payload: the old
+#: single ``discount`` or an expanded ``discounts`` entry; else the landed
+#: ``raw_stripe_discount`` of an id), its coupon ``c`` (basil and before: ``d.coupon``,
+#: auto-expanded; since 2025-09-30.clover ``d.source.coupon``, an id "not automatically
+#: expanded", resolved from ``raw_stripe_coupon``), and when it stopped applying: its
+#: ``end``, else when it was deleted (``customer.discount.deleted``), else the first
+#: version of the subscription after its start that no longer names it. Point in time:
+#: a discount counts only inside ``[starts_at, ends_at)``.
+SUBSCRIPTION_DISCOUNTS = """
+    WITH subs AS (SELECT id, payload FROM {ok}),
+    refs AS (
+        SELECT id, r FROM (
+            SELECT id, unnest(list_concat([payload->'$.discount'],
+                   coalesce(CAST(payload->'$.discounts' AS JSON[]), []))) AS r FROM subs)
+        WHERE json_type(r) IN ('OBJECT', 'VARCHAR')
+        UNION ALL
+        -- a discount landed for the subscription that its latest payload no longer names
+        SELECT s.id, to_json(rd.id) FROM subs s JOIN raw_stripe_discount rd
+          ON stripe_id(rd.payload->'$.subscription') = s.id
+    ),
+    found AS (
+        SELECT f.id, coalesce(rd.payload, CASE WHEN json_type(f.r) = 'OBJECT' THEN f.r END) AS d,
+               coalesce(rd.is_deleted, FALSE) AS deleted, rd.version_ts AS deleted_ts
+        FROM refs f LEFT JOIN raw_stripe_discount rd
+          ON rd.id = CASE WHEN json_type(f.r) = 'OBJECT' THEN f.r->>'$.id' ELSE f.r->>'$' END
+    ),
+    coupons AS (
+        SELECT f.*, coalesce(
+            CASE WHEN json_type(f.d->'$.coupon') = 'OBJECT' THEN f.d->'$.coupon' END,
+            CASE WHEN json_type(f.d->'$.source.coupon') = 'OBJECT' THEN f.d->'$.source.coupon' END,
+            rc.payload) AS c
+        FROM found f LEFT JOIN raw_stripe_coupon rc
+          ON rc.id = coalesce(stripe_id(f.d->'$.source.coupon'), stripe_id(f.d->'$.coupon'))
+        WHERE f.d IS NOT NULL
+    )
+    SELECT c.id, c.d, c.c,
+           least(stripe_ts(c.d->'$.end'), CASE WHEN c.deleted THEN c.deleted_ts END,
+                 (SELECT min(v.version_ts) FROM stripe_subscription_versions v
+                  WHERE v.subscription_id = c.id
+                    AND v.version_ts > coalesce(stripe_ts(c.d->'$.start'), v.version_ts)
+                    AND NOT list_contains(list_transform(list_concat([v.payload->'$.discount'],
+                            coalesce(CAST(v.payload->'$.discounts' AS JSON[]), [])),
+                            lambda x: stripe_id(x)), c.d->>'$.id'))) AS ends_at
+    FROM coupons c
+"""
+
+
 @dataclass(frozen=True)
 class CoreTable:
     """A ``core_*`` table filled from one stream's raw rows, column by column."""
@@ -242,7 +290,10 @@ STREAMS: tuple[Stream, ...] = (
     Stream(
         "subscription",
         "/v1/subscriptions",
-        {"status": "all", "expand": ["data.default_payment_method"]},
+        # "Discounts cannot be fetched by ID. Use expand[]=discounts in API calls to expand
+        # discount IDs in an array" (the Discount object's `id`): since basil a
+        # subscription's `discounts` are ids, expanded here and landed on their own.
+        {"status": "all", "expand": ["data.default_payment_method", "data.discounts"]},
         id_prefix="sub_",
         core=(
             CoreTable(
@@ -315,20 +366,17 @@ STREAMS: tuple[Stream, ...] = (
                 key="subscription_id",
                 columns=(
                     ("subscription_id", "id"),
-                    ("discount_id", "coalesce(d->>'$.id', 'coupon:' || (d->>'$.coupon.id'))"),
-                    ("coupon_id", "d->>'$.coupon.id'"),
-                    ("percent_off", "TRY_CAST(d->>'$.coupon.percent_off' AS DECIMAL(9, 4))"),
-                    ("amount_off", "TRY_CAST(d->>'$.coupon.amount_off' AS BIGINT)"),
-                    ("currency", "lower(d->>'$.coupon.currency')"),
-                    ("duration", "d->>'$.coupon.duration'"),
-                    (
-                        "duration_in_months",
-                        "TRY_CAST(d->>'$.coupon.duration_in_months' AS INTEGER)",
-                    ),
+                    ("discount_id", "coalesce(d->>'$.id', 'coupon:' || (c->>'$.id'))"),
+                    ("coupon_id", "c->>'$.id'"),
+                    ("percent_off", "TRY_CAST(c->>'$.percent_off' AS DECIMAL(9, 4))"),
+                    ("amount_off", "TRY_CAST(c->>'$.amount_off' AS BIGINT)"),
+                    ("currency", "lower(c->>'$.currency')"),
+                    ("duration", "c->>'$.duration'"),
+                    ("duration_in_months", "TRY_CAST(c->>'$.duration_in_months' AS INTEGER)"),
                     ("starts_at", "stripe_ts(d->'$.start')"),
-                    ("ends_at", "stripe_ts(d->'$.end')"),
+                    ("ends_at", "ends_at"),
                 ),
-                source="FROM ( SELECT id, unnest(list_filter( list_concat([payload->'$.discount'], coalesce(CAST(payload->'$.discounts' AS JSON[]), [])), lambda d: json_type(d) = 'OBJECT')) AS d FROM {ok})",
+                source=f"FROM ({SUBSCRIPTION_DISCOUNTS})",
                 qualify="row_number() OVER (PARTITION BY subscription_id, discount_id) = 1",
             ),
         ),
@@ -498,6 +546,15 @@ STREAMS: tuple[Stream, ...] = (
             ),
         ),
     ),
+    # Never listed ("Discounts cannot be fetched by ID"): expanded in the subscription
+    # listing, or by event (customer.discount.created/updated/deleted). Filled into
+    # core_subscription_discounts through the subscription that names it.
+    Stream(
+        "discount",
+        None,
+        id_prefix="di_",
+        resource="discounts",
+    ),
 )
 STREAMS_BY_NAME = {s.name: s for s in STREAMS}
 #: The streams the backfill and the reconciliation list, in order.
@@ -515,14 +572,22 @@ CORE_TABLES: tuple[tuple[Stream, CoreTable], ...] = tuple((s, c) for s in STREAM
 #: Nested lists that belong to other streams: dropped from a payload once their
 #: payment methods are taken out, so a payload changes only when its own object does.
 _FOREIGN_LISTS = ("subscriptions", "sources")
+#: Streams whose objects, found expanded in another payload, land in their own table.
+_EMBEDDED = ("payment_method", "discount")
+
+
+def embedded_table(obj: dict[str, Any]) -> str:
+    """The stream an object :func:`flatten` took out of a payload lands in."""
+    return OBJECT_TABLES[obj["object"]]
 
 
 def flatten(obj: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Un-expand one payload: embedded objects become their ids again.
 
     Returns the payload as an event would carry it, and the embedded objects that land
-    in tables of their own (payment methods, legacy cards), so a listed payload and an
-    event payload of the same state compare equal.
+    in tables of their own (payment methods, legacy cards, discounts: see
+    :func:`embedded_table`), so a listed payload and an event payload of the same state
+    compare equal.
     """
     out: dict[str, Any] = {}
     embedded: list[dict[str, Any]] = []
@@ -531,9 +596,15 @@ def flatten(obj: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             embedded.extend(_payment_methods(value.get("data") or []))
             continue
         if _is_object(value) and value["object"] in OBJECT_TABLES:
-            if OBJECT_TABLES.get(value["object"]) == "payment_method":
+            if OBJECT_TABLES.get(value["object"]) in _EMBEDDED:
                 embedded.append(value)
             out[key] = value["id"]
+        elif key == "discounts" and isinstance(value, list):
+            # expanded discounts (a list of ids unless expanded, since basil)
+            found = [d for d in value if _is_object(d) and d["object"] == "discount"]
+            embedded.extend(found)
+            out[key] = [d["id"] if _is_object(d) and d["object"] == "discount" else d
+                        for d in value]  # fmt: skip
         elif key == "invoice_settings" and isinstance(value, dict):
             inner = dict(value)
             pm = inner.get("default_payment_method")

@@ -82,8 +82,13 @@ ACCOUNT_CUSTOM_FIELDS = (
 )
 
 
-def default_schema(*, multi_currency: bool = True) -> dict[str, ObjectDef]:
-    """The declared schema; ``multi_currency`` adds CurrencyIsoCode and CurrencyType."""
+def default_schema(
+    *, multi_currency: bool = True, advanced_currency: bool = False
+) -> dict[str, ObjectDef]:
+    """The declared schema; ``multi_currency`` adds CurrencyIsoCode and CurrencyType;
+    ``advanced_currency`` (advanced currency management, multi-currency only) adds
+    DatedConversionRate, which "is not available in single-currency organizations, nor
+    is it available if the organization doesn't have advanced currency management"."""
     cur = [FieldDef("CurrencyIsoCode", "picklist")] if multi_currency else []
     schema = [
         _obj(
@@ -158,6 +163,19 @@ def default_schema(*, multi_currency: bool = True) -> dict[str, ObjectDef]:
                 FieldDef("DecimalPlaces", "int"),
                 FieldDef("IsActive", "boolean"),
                 FieldDef("IsCorporate", "boolean"),
+            )
+        )
+    if multi_currency and advanced_currency:
+        schema.append(
+            _obj(
+                "DatedConversionRate",
+                "04w",
+                FieldDef("IsoCode", "picklist"),
+                FieldDef("ConversionRate", "double"),
+                FieldDef("StartDate", "date"),
+                # "Read only. The date on which the next effective dated exchange rate
+                # will start": the stand-in sets it from the next StartDate of the code.
+                FieldDef("NextStartDate", "date", updateable=False),
             )
         )
     return {o.name: o for o in schema}

@@ -144,7 +144,20 @@ class OrgState:
             )
         self._validate(od, record)
         self.records.setdefault(od.name, {})[rid] = record
+        self._dated_rates(od.name)
         return rid
+
+    def _dated_rates(self, name: str) -> None:
+        """DatedConversionRate.NextStartDate: the next StartDate of the same IsoCode."""
+        if name != "DatedConversionRate":
+            return
+        live = sorted(
+            (r for r in self.records.get(name, {}).values() if not r["IsDeleted"]),
+            key=lambda r: (str(r.get("IsoCode")), str(r.get("StartDate"))),
+        )
+        for a, b in zip(live, [*live[1:], None], strict=True):
+            same = b is not None and b.get("IsoCode") == a.get("IsoCode")
+            a["NextStartDate"] = b.get("StartDate") if same and b is not None else None
 
     def update(self, obj: str, rid: str, values: Mapping[str, Any]) -> None:
         od = self.obj(obj)
@@ -155,12 +168,14 @@ class OrgState:
         now = soql.format_datetime(self.clock())
         merged.update(LastModifiedDate=now, SystemModstamp=now)
         self.records[od.name][rid] = merged
+        self._dated_rates(od.name)
 
     def delete(self, obj: str, rid: str) -> None:
         od = self.obj(obj)
         record = self.live(od, rid)
         now = soql.format_datetime(self.clock())
         record.update(IsDeleted=True, LastModifiedDate=now, SystemModstamp=now)
+        self._dated_rates(od.name)
         # Deleting a record deletes its activities (Tasks whose WhatId is the record).
         for task in self.records.get("Task", {}).values():
             if task.get("WhatId") == rid and not task["IsDeleted"]:
@@ -942,6 +957,7 @@ def start_salesforce_server(
     api_budget: int = 15_000,
     batch_size: int = DEFAULT_BATCH,
     multi_currency: bool = True,
+    advanced_currency: bool = False,
     is_sandbox: bool = True,
     seed: Mapping[str, Iterable[Mapping[str, Any]]] | None = None,
     rules: Iterable[ValidationRule] = (),
@@ -956,7 +972,9 @@ def start_salesforce_server(
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(ctx)
     org = OrgState(
-        schema=default_schema(multi_currency=multi_currency), records={}, api_max=api_budget
+        schema=default_schema(multi_currency=multi_currency, advanced_currency=advanced_currency),
+        records={},
+        api_max=api_budget,
     )
     org.batch_size = batch_size
     org.rules.extend(rules)

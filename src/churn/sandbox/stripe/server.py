@@ -275,6 +275,9 @@ def _expand_path(node: Any, parts: list[str], world: StripeWorld) -> None:
             found = world.get(value)
             if found is not None:
                 node[head] = found
+        elif isinstance(value, list):
+            # an array of ids (a subscription's `discounts`): each one expanded
+            node[head] = [world.get(v) or v if isinstance(v, str) else v for v in value]
         return
     _expand_path(value, rest, world)
 
@@ -415,6 +418,11 @@ class _Handler(BaseHTTPRequestHandler):
             raise _ApiError(404, "invalid_request_error",
                             f"Unrecognized request URL (GET: {url.path}).", None, None)  # fmt: skip
         kind = RESOURCES[parts[1]]
+        if kind == "discount":
+            # "Discounts cannot be fetched by ID. Use expand[]=discounts in API calls to
+            # expand discount IDs in an array." (the Discount object); nor are they listed.
+            raise _ApiError(404, "invalid_request_error",
+                            f"Unrecognized request URL (GET: {url.path}).", None, None)  # fmt: skip
         world = srv.world
         if len(parts) == 2:
             self._send(200, world.list_objects(kind, params, url.path))
