@@ -278,7 +278,7 @@ _SUBSCRIPTIONS = f"""
     INSERT INTO history_subscriptions (subscription_id, valid_from, valid_to, customer_id,
         status, currency, collection_method, cancel_at_period_end, cancel_at, canceled_at,
         ended_at, current_period_start, current_period_end, trial_end, default_payment_method,
-        pause_behavior, pause_resumes_at)
+        default_source, pause_behavior, pause_resumes_at)
     WITH s AS (
         SELECT *, {_START} AS starts,
                md5(concat_ws('|', customer_id, status, currency, collection_method,
