@@ -187,7 +187,8 @@ open_failed AS (
     -- stale: collection stopped (subscription ended, customer deleted), no retry pending
     AND NOT (
       NOT COALESCE(c.next_attempt > $as_of, FALSE)
-      AND (h.status IN ({_in(ENDED_STATUSES)}) OR COALESCE(h.ended_at <= $as_of, FALSE)
+      AND (COALESCE(h.status IN ({_in(ENDED_STATUSES)}), FALSE)
+           OR COALESCE(h.ended_at <= $as_of, FALSE)
            OR (COALESCE(cu.is_deleted, FALSE) AND $as_of >= (SELECT t FROM horizon)))
     )
 ),
