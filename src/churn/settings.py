@@ -260,7 +260,9 @@ class PushSettings(_Section):
     #: Signals whose episodes become Tasks for the owner; defaults to the registry's
     #: choice (``seat_expansion``, an upsell lead, is left out: add it to route it too).
     task_signals: tuple[str, ...] = Field(default_factory=default_task_signals)
-    #: Stripe's dunning: how many attempts it makes in all (Billing > Revenue recovery).
+    #: Stripe's dunning: how many attempts it makes in all (Billing > Revenue recovery),
+    #: for episodes whose evidence does not name it (``final_attempt``, written by
+    #: payment_failure from ``signals.payment_retry_attempts``).
     dunning_attempts: int = Field(4, ge=1)
     #: Flag an executive sponsor this many hours before Stripe's final retry.
     sponsor_before_final_retry_hours: int = Field(48, ge=1)
