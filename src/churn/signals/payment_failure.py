@@ -168,28 +168,32 @@ counted AS (
     lf.advice_code,
     CASE WHEN f.invoice_id IS NOT NULL THEN f.failed_attempts
          WHEN COALESCE(e.failed_events, 0) > 0 THEN e.failed_events
-         WHEN $as_of >= (SELECT t FROM horizon) AND i.attempted
-           THEN COALESCE(i.attempt_count, 0)
+         WHEN hz.at_latest AND i.attempted THEN COALESCE(i.attempt_count, 0)
          ELSE 0 END AS attempts,
     CASE WHEN e.n_events > 0 THEN e.next_attempt_then
-         WHEN i.next_payment_attempt > $as_of THEN i.next_payment_attempt END AS next_attempt
-  FROM inv i LEFT JOIN fails f USING (invoice_id)
+         WHEN i.next_payment_attempt > $as_of THEN i.next_payment_attempt END AS next_attempt,
+    hz.at_latest
+  FROM inv i CROSS JOIN (SELECT $as_of >= t AS at_latest FROM horizon) hz
+  LEFT JOIN fails f USING (invoice_id)
   LEFT JOIN last_fail lf USING (invoice_id)
   LEFT JOIN events e USING (invoice_id)
 ),
+failed AS MATERIALIZED (
+  -- a few hundred rows: the joins below then touch only these
+  SELECT * FROM counted WHERE attempts > 0
+),
 open_failed AS (
-  SELECT c.* FROM counted c
+  SELECT c.* FROM failed c
   LEFT JOIN history_subscriptions h
     ON h.subscription_id = c.subscription_id AND h.valid_from <= $as_of
    AND (h.valid_to IS NULL OR h.valid_to > $as_of)
   LEFT JOIN core_customers cu ON cu.customer_id = c.customer_id
-  WHERE c.attempts > 0
-    -- stale: collection stopped (subscription ended, customer deleted), no retry pending
-    AND NOT (
+  -- stale: collection stopped (subscription ended, customer deleted), no retry pending
+  WHERE NOT (
       NOT COALESCE(c.next_attempt > $as_of, FALSE)
       AND (COALESCE(h.status IN ({_in(ENDED_STATUSES)}), FALSE)
            OR COALESCE(h.ended_at <= $as_of, FALSE)
-           OR (COALESCE(cu.is_deleted, FALSE) AND $as_of >= (SELECT t FROM horizon)))
+           OR (COALESCE(cu.is_deleted, FALSE) AND c.at_latest))
     )
 ),
 classed AS (
