@@ -59,6 +59,9 @@ class Stream:
     cursor: str = "created"
     #: Where the stand-in serves it when it is not listed (``/v1/<resource>``).
     resource: str | None = None
+    #: Listed only where the API serves it: a 404 on its listing means none to list (an
+    #: older API version or localstripe), not an error, and deletes nothing.
+    optional: bool = False
     core: tuple[CoreTable, ...] = ()
 
     @property
@@ -419,6 +422,7 @@ STREAMS: tuple[Stream, ...] = (
         "invoice_payment",
         "/v1/invoice_payments",
         windowed=True,
+        optional=True,
         id_prefix="inpay_",
         core=(
             CoreTable(
@@ -453,6 +457,7 @@ STREAMS: tuple[Stream, ...] = (
         "payment_intent",
         "/v1/payment_intents",
         windowed=True,
+        optional=True,
         id_prefix="pi_",
         core=(
             CoreTable(
