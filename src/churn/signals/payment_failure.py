@@ -47,7 +47,8 @@ Stripe stops automatic collection of all finalized invoices for the customer" (C
 subscription). An open invoice whose subscription had ended by ``as_of`` (its history at
 ``as_of``), or whose customer is deleted (known only today, so only when ``as_of`` is at the
 latest data), with no retry pending at ``as_of``, is uncollected debt: no row, so an account
-is not ``Failed`` and given Tasks for years over an invoice nobody will collect.
+is not ``Failed`` and given Tasks for years over an invoice nobody will collect;
+:func:`uncollected` lists them, and the scoring step counts and notes them.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def _in(values: tuple[str, ...]) -> str:
     return ", ".join(f"'{v}'" for v in values)
 
 
-SQL = f"""
+#: Every open invoice with a failed attempt by ``$as_of``, judged ``stale`` or not.
+JUDGED = f"""
 WITH horizon AS (
   -- the newest thing the warehouse knows: as_of at or after it is "now"
   SELECT greatest(coalesce((SELECT max(created_at) FROM core_invoices), '-infinity'::TIMESTAMP),
@@ -182,20 +184,23 @@ failed AS MATERIALIZED (
   -- a few hundred rows: the joins below then touch only these
   SELECT * FROM counted WHERE attempts > 0
 ),
-open_failed AS (
-  SELECT c.* FROM failed c
+judged AS (
+  SELECT c.*,
+    -- stale: collection stopped (subscription ended, customer deleted), no retry pending
+    NOT COALESCE(c.next_attempt > $as_of, FALSE)
+      AND (COALESCE(h.status IN ({_in(ENDED_STATUSES)}), FALSE)
+           OR COALESCE(h.ended_at <= $as_of, FALSE)
+           OR (COALESCE(cu.is_deleted, FALSE) AND c.at_latest)) AS stale,
+    COALESCE(c.amount_remaining, c.amount_due - COALESCE(c.amount_paid, 0)) AS amount_at_risk
+  FROM failed c
   LEFT JOIN history_subscriptions h
     ON h.subscription_id = c.subscription_id AND h.valid_from <= $as_of
    AND (h.valid_to IS NULL OR h.valid_to > $as_of)
   LEFT JOIN core_customers cu ON cu.customer_id = c.customer_id
-  -- stale: collection stopped (subscription ended, customer deleted), no retry pending
-  WHERE NOT (
-      NOT COALESCE(c.next_attempt > $as_of, FALSE)
-      AND (COALESCE(h.status IN ({_in(ENDED_STATUSES)}), FALSE)
-           OR COALESCE(h.ended_at <= $as_of, FALSE)
-           OR (COALESCE(cu.is_deleted, FALSE) AND c.at_latest))
-    )
-),
+)"""
+
+SQL = f"""{JUDGED},
+open_failed AS (SELECT * FROM judged WHERE NOT stale),
 classed AS (
   SELECT o.*, {account_key("o.customer_id")} AS account_id,
     CASE WHEN o.decline_code IN ({_in(HARD)}) OR o.failure_code IN ({_in(HARD)})
@@ -205,8 +210,7 @@ classed AS (
               OR o.failure_code IN ({_in(CUSTOMER_ACTION)})
               OR o.advice_code IN ({_in(ADVICE_CUSTOMER)})
            THEN 'customer_action'
-         ELSE 'soft' END AS decline_class,
-    COALESCE(o.amount_remaining, o.amount_due - COALESCE(o.amount_paid, 0)) AS amount_at_risk
+         ELSE 'soft' END AS decline_class
   FROM open_failed o LEFT JOIN core_account_links l ON l.customer_id = o.customer_id
 )
 SELECT account_id,
@@ -235,6 +239,19 @@ FROM classed
 """
 
 
+UNCOLLECTED = f"""{JUDGED}
+SELECT invoice_id, customer_id, subscription_id, amount_at_risk AS amount_minor, currency
+FROM judged WHERE stale"""
+
+
 def score(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl.DataFrame:
     params = {"as_of": as_of, "final": settings.payment_retry_attempts}
     return finish(tables.frame(SQL, params), NAME, as_of)
+
+
+def uncollected(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl.DataFrame:
+    """The stale invoices :func:`score` leaves out: open with a failed attempt at ``as_of``
+    but no longer collected (subscription ended, customer deleted, no retry pending).
+    Uncollected debt, for the run's counts and notes: invoice, customer, subscription,
+    amount (minor units) and currency."""
+    return tables.frame(UNCOLLECTED, {"as_of": as_of})
