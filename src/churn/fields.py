@@ -188,6 +188,14 @@ ACCOUNT_FIELDS: tuple[AccountField, ...] = (
         kind=Kind.MONEY,
     ),
     AccountField(
+        name="mrr_at_risk",
+        api_name="MRR_At_Risk__c",
+        label="MRR At Risk",
+        type=Currency(precision=16, scale=2),
+        source="expected_mrr_at_risk_minor",
+        kind=Kind.MONEY,
+    ),
+    AccountField(
         name="next_renewal_date",
         api_name="Next_Renewal_Date__c",
         label="Next Renewal Date",

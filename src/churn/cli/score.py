@@ -37,7 +37,12 @@ def summary(result: ScoreResult, top: int = 10) -> Table:
     table = Table(title=f"Churn risk as of {result.as_of.isoformat(sep=' ')}")
     for col in ("Account", "Risk", "Payment health", "Known churn", "MRR", "Top reason"):
         table.add_column(col)
-    rows = result.health.sort(["risk_score", "known_churn"], descending=True).head(top)
+    # The worklist's order: expected MRR at risk (the whole MRR for Failed or known churn).
+    rows = result.health.sort(
+        ["expected_mrr_at_risk_minor", "known_churn", "risk_score"],
+        descending=True,
+        nulls_last=True,
+    ).head(top)
     for r in rows.iter_rows(named=True):
         reasons = r["top_reasons"] or []
         mrr = r["total_mrr_minor"]

@@ -58,11 +58,13 @@ def top_risks(con: duckdb.DuckDBPyConnection, limit: int = 10) -> list[dict[str,
     rows = con.execute(
         f"""
         SELECT h.account_id, a.name, h.payment_health, h.risk_score, h.known_churn,
-               h.mrr_at_risk_minor, h.reporting_currency, h.top_reasons
+               -- rows scored before the model's columns existed have only the rule-based one
+               COALESCE(h.expected_mrr_at_risk_minor, h.mrr_at_risk_minor) AS at_risk,
+               h.reporting_currency, h.top_reasons
         FROM account_health h {names}
         WHERE h.as_of = (SELECT max(as_of) FROM account_health)
           AND (h.known_churn OR h.risk_score > 0 OR h.payment_health <> 'Healthy')
-        ORDER BY h.mrr_at_risk_minor DESC NULLS LAST, h.known_churn DESC, h.risk_score DESC,
+        ORDER BY at_risk DESC NULLS LAST, h.known_churn DESC, h.risk_score DESC,
                  h.account_id
         LIMIT ?
         """,

@@ -17,6 +17,15 @@ the rest is predicted. A trained model may replace
 
 MRR at risk: the whole MRR when payment health is Failed or churn is known, else MRR x
 risk score / 100 (rounded half up, integers only).
+
+With a churn-risk model in force, its scores (:data:`MODEL_SCORE_SCHEMA`: a calibrated
+probability of churn within its horizon, the reasons that raise it, its version) replace
+the rule-based number: ``risk_score`` is the probability in percent, and
+``expected_mrr_at_risk_minor`` is probability x MRR (the whole MRR for known churn or
+Failed, as above). Without a model, ``churn_probability`` and ``model_version`` are NULL
+and the expected MRR at risk is the rule-based one, so every worklist orders by one column
+either way. Signal reasons come first in ``top_reasons`` (a failed invoice says what to
+do), the model's after them.
 """
 
 from __future__ import annotations
@@ -51,7 +60,20 @@ HEALTH_SCHEMA: dict[str, pl.DataType] = {
     "subscription_count": pl.Int32(),
     "top_reasons": pl.List(pl.String()),
     "stripe_customer_ids": pl.List(pl.String()),
+    "churn_probability": pl.Float64(),
+    "expected_mrr_at_risk_minor": pl.Int64(),
+    "model_version": pl.String(),
 }
+
+#: What a churn-risk model gives :func:`account_health`: one row per account it scored.
+MODEL_SCORE_SCHEMA: dict[str, pl.DataType] = {
+    "account_id": pl.String(),
+    "churn_probability": pl.Float64(),
+    "reasons": pl.List(pl.String()),
+    "model_version": pl.String(),
+}
+#: How many reasons an account's row keeps.
+TOP_REASONS = 3
 
 
 def risk_score(signals: pl.DataFrame, settings: SignalSettings) -> pl.DataFrame:
@@ -107,8 +129,16 @@ def account_health(
     settings: SignalSettings,
     signals: pl.DataFrame,
     mrr: pl.DataFrame,
+    model_scores: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """One row per account with a live subscription or a signal at ``as_of``."""
+    """One row per account with a live subscription or a signal at ``as_of``.
+
+    ``model_scores`` (:data:`MODEL_SCORE_SCHEMA`), when a model is in force, makes the
+    risk score and the expected MRR at risk; accounts it did not score keep the rule-based
+    ones.
+    """
+    if model_scores is None:
+        model_scores = pl.DataFrame(schema=MODEL_SCORE_SCHEMA)
     facts = tables.frame(_facts_sql(), {"as_of": as_of})
     totals = mrr.group_by("account_id").agg(
         total_mrr_minor=pl.when(pl.col("reporting_mrr_minor").is_null().any())
@@ -131,7 +161,10 @@ def account_health(
         signals.filter(~pl.col("signal").is_in(names_of("expansion")))
         .sort("score", descending=True)
         .group_by("account_id", maintain_order=True)
-        .agg(top_reasons=pl.col("reason").head(3))
+        .agg(signal_reasons=pl.col("reason"))
+    )
+    model = model_scores.select(pl.col(n).cast(t) for n, t in MODEL_SCORE_SCHEMA.items()).rename(
+        {"reasons": "model_reasons"}
     )
     accounts = pl.concat(
         [facts.select("account_id"), signals.select("account_id"), totals.select("account_id")]
@@ -143,6 +176,16 @@ def account_health(
         .join(payment_health(signals), on="account_id", how="left")
         .join(known, on="account_id", how="left")
         .join(reasons, on="account_id", how="left")
+        .join(model, on="account_id", how="left")
+        .with_columns(
+            risk_score=pl.when(pl.col("churn_probability").is_not_null())
+            .then((pl.col("churn_probability").clip(0, 1) * 100).round(0).cast(pl.Int32))
+            .otherwise(pl.col("risk_score")),
+            top_reasons=pl.concat_list(
+                pl.col("signal_reasons").fill_null(pl.lit([], dtype=pl.List(pl.String))),
+                pl.col("model_reasons").fill_null(pl.lit([], dtype=pl.List(pl.String))),
+            ).list.head(TOP_REASONS),
+        )
         .with_columns(
             as_of=pl.lit(as_of).cast(pl.Datetime("us")),
             reporting_currency=pl.lit(settings.reporting_currency.upper()),
@@ -155,7 +198,6 @@ def account_health(
             total_mrr_minor=pl.when(pl.col("has_mrr").is_null())
             .then(0)
             .otherwise(pl.col("total_mrr_minor")),
-            top_reasons=pl.col("top_reasons").fill_null(pl.lit([], dtype=pl.List(pl.String))),
             stripe_customer_ids=pl.col("stripe_customer_ids").fill_null(
                 pl.lit([], dtype=pl.List(pl.String))
             ),
@@ -169,6 +211,19 @@ def account_health(
             )
             .then(pl.col("total_mrr_minor"))
             .otherwise((pl.col("total_mrr_minor") * pl.col("risk_score") * 2 + 100) // 200)
+        )
+        .with_columns(
+            expected_mrr_at_risk_minor=pl.when(
+                (pl.col("payment_health") == "Failed")
+                | pl.col("known_churn")
+                | pl.col("churn_probability").is_null()
+            )
+            .then(pl.col("mrr_at_risk_minor"))
+            .otherwise(
+                (pl.col("total_mrr_minor") * pl.col("churn_probability").clip(0, 1))
+                .round(0)
+                .cast(pl.Int64)
+            )
         )
     )
     return out.select(pl.col(n).cast(t) for n, t in HEALTH_SCHEMA.items()).sort("account_id")

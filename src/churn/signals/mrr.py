@@ -6,13 +6,31 @@ subscription discount):
 - an item's period amount: per-unit ``unit_amount x quantity`` (after ``transform_quantity``);
   tiered ``volume``: the whole quantity at the tier it falls in, plus that tier's flat fee;
   tiered ``graduated``: each tier's slice at its own price, plus each reached tier's flat fee;
+  a sub-cent price (``unit_amount`` null, ``unit_amount_decimal`` set; a tier's
+  ``unit_amount_decimal``/``flat_amount_decimal``) is read exactly, in 10**-12 minor units,
+  and rounded once with the rest. Stripe includes a price's ``tiers`` only when expanded
+  (the extract lists prices with ``expand=data.tiers``); a tiered price whose tiers are
+  still unknown (an object seen only embedded or by event) counts zero. Not supported:
+  ``custom_unit_amount`` (pay what you want) prices;
 - normalised to a month: month / interval_count; year / (12 x count);
   week x 52 / (12 x count); day x 365 / (12 x count);
-- zero for trials (status ``trialing``), metered prices and one-time prices; tax is never in
-  a price so it is never in MRR;
+- zero for trials (status ``trialing``), metered prices and one-time prices, and while
+  collection is paused (``pause_collection`` set, until its ``resumes_at``): Stripe keeps
+  the subscription ``active`` and its seats, but collects nothing, so its MRR is not billable
+  (a pause is a contraction, or churn if it was all the account's MRR, in the movements; its
+  end an expansion or reactivation). Status ``paused`` (a trial that ended without a payment
+  method; no invoices) carries none either;
+- net of tax: an exclusive price is net already; an inclusive one (``tax_behavior =
+  inclusive``) is scaled by ``taxable / (taxable + tax)`` of the subscription's latest
+  invoice known at ``t`` (created by then, not draft or void) whose lines bore inclusive
+  tax (``core_invoices.inclusive_tax``/``inclusive_taxable``); before such an invoice, its
+  tax is unknown and the price counts whole;
 - counted while the subscription is ``active`` or ``past_due`` (``trialing`` appears with
-  zero MRR, so its seats are known), and after a cancellation
-  until the end of the period already paid for (churn is recognised at period end);
+  zero MRR, so its seats are known); a ``canceled`` one carries none from its ``ended_at``
+  ("the date the subscription ended", Stripe): a cancellation at period end stays
+  ``active`` with ``cancel_at_period_end`` until then and ends at the period end, while an
+  immediate one (by the API, or by dunning once retries are exhausted,
+  ``cancellation_details.reason = payment_failed``) ends when it is made, mid-period;
 - discounts: ``forever`` lowers MRR; ``once`` and ``repeating`` only with
   ``count_temporary_discounts`` and while they run; percent first, then amount off
   (normalised by the subscription's interval), never below zero.
@@ -46,25 +64,52 @@ def account_key(customer_column: str) -> str:
     return ACCOUNT_KEY.format(cust=customer_column)
 
 
-def item_mrr_sql(points: str, settings: SignalSettings) -> str:
-    """Per subscription item at each point ``t``: its monthly MRR in minor units."""
+#: Period amounts are carried in 10**-12 minor units: Stripe's decimal amounts have at
+#: most 12 decimal places, so a sub-cent price is exact until MRR's one rounding.
+DECIMAL_SCALE = 10**12
+
+
+def _scaled(integer: str, decimal: str) -> str:
+    """SQL: an amount in 10**-12 minor units from its integer field, else its decimal string."""
+    return (
+        f"COALESCE(CAST({integer} AS HUGEINT) * {DECIMAL_SCALE}, "
+        f"CAST(TRY_CAST({decimal} AS DECIMAL(38, 12)) * {DECIMAL_SCALE} AS HUGEINT))"
+    )
+
+
+def _tier_scaled(field: str) -> str:
+    """SQL: a tier's ``field`` (or ``field_decimal``) of row ``i`` in 10**-12 minor units."""
+    return _scaled(
+        f"TRY_CAST(json_extract_string(tiers, '$[' || i || '].{field}') AS BIGINT)",
+        f"json_extract_string(tiers, '$[' || i || '].{field}_decimal')",
+    )
+
+
+def item_mrr_sql(points: str, settings: SignalSettings, *, per_subscription: bool = False) -> str:
+    """Per subscription item at each point ``t``: its monthly MRR in minor units.
+
+    ``per_subscription``: the points query has a ``subscription_id`` column too, and each
+    point is taken for that subscription only (the instants around its own changes).
+    """
+    own = "AND h.subscription_id = pts.subscription_id" if per_subscription else ""
     live = ", ".join(f"'{s}'" for s in MRR_STATUSES)
-    period_amount = """
+    # the period amount in 10**-12 minor units (sub-cent decimal amounts are exact)
+    period_amount = f"""
         CASE
           WHEN p.billing_scheme = 'tiered' AND p.tiers_mode = 'volume'
             THEN COALESCE(ta.volume_amount, 0)
           WHEN p.billing_scheme = 'tiered' THEN COALESCE(ta.graduated_amount, 0)
-          ELSE COALESCE(p.unit_amount, 0) * it.q
+          ELSE COALESCE({_scaled("p.unit_amount", "p.unit_amount_decimal")}, 0) * it.q
         END"""
+    # an inclusive price's share net of tax: taxable / (taxable + inclusive tax)
+    inclusive = "p.tax_behavior = 'inclusive' AND tx.taxable > 0"
     return f"""
     WITH pts AS ({points}),
     tier_rows AS (
       SELECT price_id, i AS idx,
         TRY_CAST(json_extract_string(tiers, '$[' || i || '].up_to') AS BIGINT) AS up_to,
-        COALESCE(TRY_CAST(json_extract_string(tiers, '$[' || i || '].unit_amount') AS BIGINT), 0)
-          AS unit_amount,
-        COALESCE(TRY_CAST(json_extract_string(tiers, '$[' || i || '].flat_amount') AS BIGINT), 0)
-          AS flat_amount
+        COALESCE({_tier_scaled("unit_amount")}, 0) AS unit_amount,
+        COALESCE({_tier_scaled("flat_amount")}, 0) AS flat_amount
       FROM (SELECT price_id, tiers, UNNEST(range(CAST(json_array_length(tiers) AS BIGINT))) AS i
             FROM core_prices WHERE billing_scheme = 'tiered' AND tiers IS NOT NULL)
     ),
@@ -74,14 +119,18 @@ def item_mrr_sql(points: str, settings: SignalSettings) -> str:
     ),
     subs AS (
       SELECT pts.t, h.subscription_id, h.customer_id, h.status, h.currency,
-             h.current_period_end, h.cancel_at_period_end, h.cancel_at
+             h.current_period_end, h.cancel_at_period_end, h.cancel_at,
+             -- collection paused (until resumes_at): no billable MRR
+             COALESCE(h.pause_behavior IS NOT NULL
+                      AND (h.pause_resumes_at IS NULL OR h.pause_resumes_at > pts.t), FALSE)
+               AS paused
       FROM pts JOIN history_subscriptions h
-        ON h.valid_from <= pts.t AND (h.valid_to IS NULL OR h.valid_to > pts.t)
+        ON h.valid_from <= pts.t AND (h.valid_to IS NULL OR h.valid_to > pts.t) {own}
       WHERE h.status IN ({live})
-         OR (h.status = 'canceled' AND h.current_period_end > pts.t)
+         OR (h.status = 'canceled' AND h.ended_at > pts.t)
     ),
     it AS (
-      SELECT s.t, s.subscription_id, s.customer_id, s.status, i.item_id, i.price_id,
+      SELECT s.t, s.subscription_id, s.customer_id, s.status, s.paused, i.item_id, i.price_id,
              COALESCE(i.quantity, 1) AS quantity,
              CASE WHEN COALESCE(p.transform_divide_by, 0) > 0 THEN
                     CASE WHEN p.transform_round = 'up'
@@ -109,32 +158,47 @@ def item_mrr_sql(points: str, settings: SignalSettings) -> str:
                       + tb.flat_amount END) AS graduated_amount
       FROM tq JOIN tier_bounds tb ON tb.price_id = tq.price_id
       GROUP BY ALL
+    ),
+    -- per subscription and point: its latest invoice known then that bore inclusive tax
+    tx AS (
+      SELECT s.t, s.subscription_id,
+             arg_max(i.inclusive_taxable, (i.created_at, i.invoice_id)) AS taxable,
+             arg_max(i.inclusive_tax, (i.created_at, i.invoice_id)) AS tax
+      FROM subs s JOIN core_invoices i
+        ON i.subscription_id = s.subscription_id AND i.created_at <= s.t
+      WHERE i.inclusive_taxable > 0 AND COALESCE(i.status, '') NOT IN ('draft', 'void')
+        AND NOT COALESCE(i.is_deleted, FALSE)
+      GROUP BY ALL
     )
     SELECT it.t, it.subscription_id, it.customer_id, it.item_id, it.price_id, it.quantity,
            lower(p.currency) AS currency, p.usage_type,
            p.recurring_interval AS interval, COALESCE(p.recurring_interval_count, 1) AS interval_count,
            CASE
-             WHEN it.status = 'trialing' OR p.usage_type = 'metered'
+             WHEN it.status = 'trialing' OR it.paused OR p.usage_type = 'metered'
                   OR COALESCE(p.type, 'recurring') <> 'recurring' THEN CAST(0 AS BIGINT)
              ELSE CAST({
         sql_round_div(
             f"({period_amount}) * CASE p.recurring_interval WHEN 'week' THEN 52 "
-            "WHEN 'day' THEN 365 ELSE 1 END",
-            "CASE p.recurring_interval WHEN 'month' THEN 1 ELSE 12 END"
-            " * COALESCE(p.recurring_interval_count, 1)",
+            f"WHEN 'day' THEN 365 ELSE 1 END * CASE WHEN {inclusive} THEN tx.taxable ELSE 1 END",
+            f"{DECIMAL_SCALE} * CASE p.recurring_interval WHEN 'month' THEN 1 ELSE 12 END"
+            " * COALESCE(p.recurring_interval_count, 1)"
+            f" * CASE WHEN {inclusive} THEN tx.taxable + tx.tax ELSE 1 END",
         )
     } AS BIGINT)
            END AS mrr_minor
     FROM it JOIN core_prices p ON p.price_id = it.price_id
     LEFT JOIN tier_amount ta ON ta.price_id = it.price_id AND ta.q = it.q
+    LEFT JOIN tx ON tx.t = it.t AND tx.subscription_id = it.subscription_id
     """
 
 
-def subscription_mrr_sql(points: str, settings: SignalSettings) -> str:
+def subscription_mrr_sql(
+    points: str, settings: SignalSettings, *, per_subscription: bool = False
+) -> str:
     """Per subscription at each point ``t``: gross MRR, discount and MRR, with account key."""
     temporary = "TRUE" if settings.count_temporary_discounts else "FALSE"
     return f"""
-    WITH items AS ({item_mrr_sql(points, settings)}),
+    WITH items AS ({item_mrr_sql(points, settings, per_subscription=per_subscription)}),
     per_sub AS (
       SELECT t, subscription_id, customer_id, min(currency) AS currency,
              sum(mrr_minor) AS gross,

@@ -24,7 +24,13 @@ two. Stripe price or product metadata are not in the core tables (``core_prices`
 
 **Seats per sample.** Each usage sample is divided by the seats held at the end of its
 day (or at ``as_of``, if earlier), from the subscription history's validity intervals:
-seats bought yesterday do not dilute the days before. The account must hold seats at
+seats bought yesterday do not dilute the days before. **After a contraction** (seats cut
+from 7 to 1) low use reads only the samples from the latest contraction on (the sample
+point, or ``as_of``, that first holds fewer seats than the point before): the days before
+measured seats the customer no longer holds, and cutting them was its answer to that low
+use, so they would keep the signal firing until they left the window. Too few samples
+since the cut: no low-use row until they accrue. Full use (expansion) reads every sample
+in the window. The account must hold seats at
 ``as_of`` for either signal. Expansion compares each sample with the larger of that day's
 seats and today's: seats bought since are room already sold.
 
@@ -71,6 +77,13 @@ NO_SEATS = "no_seats"
 TOO_FEW_SAMPLES = "too_few_samples"
 TOO_LITTLE_COVERAGE = "too_little_coverage"
 
+_AGG = """
+  SELECT account_id, any_value(seats_now) AS seats, count(*) AS samples,
+    sum(covers) AS days, any_value(cadence) AS cadence, any_value(window_days) AS window_days,
+    sum(util * covers) / sum(covers) AS util, min(util_vs_now) AS min_util,
+    sum(active * covers) / sum(covers) AS avg_active, min(active) AS min_active,
+    min(seats) AS min_seats, max(seats) AS max_seats"""
+
 _ACCOUNTS = f"""
 WITH seat_prices AS (
   SELECT p.price_id FROM core_prices p
@@ -80,14 +93,14 @@ WITH seat_prices AS (
       SELECT price_id FROM history_subscription_items
       WHERE valid_from <= $as_of AND COALESCE(quantity, 1) <> 1))
 ),
--- seat item versions while their subscription version holds them (a cancelled one until
--- the end of the period paid for, as in the MRR engine), per account
+-- seat item versions while their subscription version holds them (a canceled one until
+-- its ended_at, as in the MRR engine), per account
 held AS (
   SELECT {account_key("h.customer_id")} AS account_id,
     greatest(h.valid_from, i.valid_from) AS held_from,
     least(COALESCE(h.valid_to, 'infinity'::TIMESTAMP), COALESCE(i.valid_to, 'infinity'::TIMESTAMP),
           CASE WHEN h.status = 'canceled'
-               THEN COALESCE(h.current_period_end, '-infinity'::TIMESTAMP) END) AS held_to,
+               THEN COALESCE(h.ended_at, '-infinity'::TIMESTAMP) END) AS held_to,
     COALESCE(i.quantity, 1) AS quantity
   FROM history_subscriptions h
   JOIN history_subscription_items i ON i.subscription_id = h.subscription_id
@@ -136,23 +149,28 @@ seats_at AS (
 now_seats AS (
   SELECT account_id, seats FROM seats_at WHERE t = CAST($as_of AS TIMESTAMP) AND seats > 0
 ),
+-- the latest contraction: a point (sample or as_of) holding fewer seats than the one before
+cut AS (
+  SELECT account_id, max(t) AS cut_at
+  FROM (SELECT account_id, t, seats < lag(seats) OVER (PARTITION BY account_id ORDER BY t) AS fell
+        FROM seats_at)
+  WHERE fell GROUP BY account_id
+),
 per_sample AS (
   SELECT s.*, d.seats, n.seats AS seats_now, s.active / d.seats AS util,
-         s.active / greatest(d.seats, n.seats) AS util_vs_now
+         s.active / greatest(d.seats, n.seats) AS util_vs_now,
+         s.t >= COALESCE(c.cut_at, '-infinity'::TIMESTAMP) AS since_cut
   FROM samples s
   JOIN seats_at d ON d.account_id = s.account_id AND d.t = s.t
   JOIN now_seats n ON n.account_id = s.account_id
+  LEFT JOIN cut c ON c.account_id = s.account_id
   WHERE d.seats > 0
 ),
-agg AS (
-  SELECT account_id, any_value(seats_now) AS seats, count(*) AS samples,
-    sum(covers) AS days, any_value(cadence) AS cadence, any_value(window_days) AS window_days,
-    sum(util * covers) / sum(covers) AS util, min(util_vs_now) AS min_util,
-    sum(active * covers) / sum(covers) AS avg_active, min(active) AS min_active,
-    min(seats) AS min_seats, max(seats) AS max_seats
-  FROM per_sample GROUP BY account_id
-),
-r AS (SELECT * FROM agg WHERE samples >= $min_samples AND days >= $min_days)
+agg AS ({_AGG} FROM per_sample GROUP BY account_id),
+r AS (SELECT * FROM agg WHERE samples >= $min_samples AND days >= $min_days),
+-- low use: the samples from the latest contraction on
+agg_low AS ({_AGG} FROM per_sample WHERE since_cut GROUP BY account_id),
+r_low AS (SELECT * FROM agg_low WHERE samples >= $min_samples AND days >= $min_days)
 """
 
 # ", from 2 samples, one every 31 days" for a feed sparser than daily; nothing for daily.
@@ -176,7 +194,7 @@ SELECT account_id,
     'cadence_days', COALESCE(cadence, 1), 'window_days', window_days,
     'min_seats', min_seats, 'max_seats', max_seats)::VARCHAR AS evidence,
   'seat_utilization:' || account_id AS episode_key
-FROM r WHERE util < $low
+FROM r_low WHERE util < $low
 """
 
 _EXPANSION = f"""{_ACCOUNTS}

@@ -179,7 +179,7 @@ def build_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
             con,
             """
             SELECT h.*, r.payload AS _sf_payload, r.system_modstamp AS _sf_modstamp,
-                   g.ids AS _guessed_customer_ids
+                   g.ids AS _guessed_customer_ids, f.ids AS _field_customer_ids
             FROM account_health h
             JOIN core_accounts a ON a.account_id = h.account_id AND NOT a.is_deleted
             LEFT JOIN raw_sf_account r ON r.id = h.account_id
@@ -187,6 +187,10 @@ def build_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
                 SELECT account_id, list(customer_id) AS ids FROM core_account_links
                 WHERE method IN ('email_domain', 'name') GROUP BY account_id
             ) g ON g.account_id = h.account_id
+            LEFT JOIN (
+                SELECT account_id, list(customer_id) AS ids FROM core_account_links
+                WHERE method = 'account_field' GROUP BY account_id
+            ) f ON f.account_id = h.account_id
             WHERE h.as_of = (SELECT max(as_of) FROM account_health)
             ORDER BY h.account_id
             """,

@@ -32,6 +32,8 @@ LEAVE_ALONE: Final = _LeaveAlone()
 CURRENCY_COLUMN = "reporting_currency"
 #: Joined to the row by ``sync.build_plan``: the customers linked by a guess.
 GUESSED_CUSTOMERS_COLUMN = "_guessed_customer_ids"
+#: Joined to the row by ``sync.build_plan``: the customers the Account's field links.
+FIELD_CUSTOMERS_COLUMN = "_field_customer_ids"
 
 
 def _listish(value: Any) -> list[Any]:
@@ -77,7 +79,11 @@ def field_value(spec: AccountField, row: dict[str, Any], settings: Settings) -> 
             return str(first)
         case Kind.CUSTOMER_IDS:
             guessed = set(_listish(row.get(GUESSED_CUSTOMERS_COLUMN)))
-            customers = sorted(str(c) for c in _listish(raw) if c not in guessed)
+            # The customers the field already links stay in it, with or without a
+            # subscription in force (raw lists those with one): dropping them moved their
+            # links to a weaker rule on the next run.
+            linked = {*_listish(raw), *_listish(row.get(FIELD_CUSTOMERS_COLUMN))}
+            customers = sorted(str(c) for c in linked if c not in guessed)
             if not customers:
                 return LEAVE_ALONE  # nothing trusted to say
             return ", ".join(customers) or None

@@ -68,7 +68,8 @@ def streams(settings: Settings, *, multi_currency: bool) -> list[Stream]:
     )
     task_field = _ident(sf.task_external_id_field, "SALESFORCE_TASK_EXTERNAL_ID_FIELD")
     cur = ("CurrencyIsoCode",) if multi_currency else ()
-    account = ["Id", "Name", "Website", "OwnerId", *cur, stripe_field]
+    # MasterRecordId: on an Account deleted by a merge, the Account that was kept.
+    account = ["Id", "Name", "Website", "OwnerId", *cur, stripe_field, "MasterRecordId"]
     if settings.usage.account_field:
         account.append(_ident(settings.usage.account_field, "CHURN_USAGE__ACCOUNT_FIELD"))
     base = ("SystemModstamp", "IsDeleted")
@@ -162,10 +163,12 @@ def _core_sql(stream: str, settings: Settings) -> tuple[str, list[Any]] | None:
     j = "json_extract_string(payload, ?)"
     if stream == "account":
         return (
-            f"""INSERT OR REPLACE INTO core_accounts
+            f"""INSERT OR REPLACE INTO core_accounts (account_id, name, website, website_domain,
+              owner_id, stripe_customer_id, currency_iso_code, system_modstamp, is_deleted,
+              master_record_id)
             SELECT id, {j}, {j},
               nullif(regexp_extract(lower({j}), '^(?:[a-z]+://)?(?:www\\.)?([^/:?#\\s]+)', 1), ''),
-              {j}, {j}, {j}, system_modstamp, is_deleted
+              {j}, {j}, {j}, system_modstamp, is_deleted, {j}
             FROM raw_sf_account WHERE id IN (SELECT id FROM sf_page)""",
             [
                 "$.Name",
@@ -174,6 +177,7 @@ def _core_sql(stream: str, settings: Settings) -> tuple[str, list[Any]] | None:
                 "$.OwnerId",
                 f"$.{settings.salesforce.account_stripe_customer_field}",
                 "$.CurrencyIsoCode",
+                "$.MasterRecordId",
             ],
         )
     if stream == "user":

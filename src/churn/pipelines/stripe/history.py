@@ -24,6 +24,8 @@ versions in the same state merge. Written rules for the first version seen:
   was canceled at period end (or at ``cancel_at``) was scheduled to cancel from
   ``canceled_at``, the time of the request, until it ended; one seen still cancelling
   was not cancelling before its request either.
+- ``pause_collection`` (behavior, ``resumes_at``) is part of the state; the versions made
+  from invoices are not paused (when a pause began is known only from events).
 
 A version that lands late or twice changes nothing: the build is a pure function of the
 set of versions and invoices, in SQL, redone for the subscriptions with a new version or
@@ -129,7 +131,7 @@ _VERSIONS = f"""
                    'status', CASE WHEN stripe_ts(a.payload->'$.trial_end') > b.period_start
                                   THEN 'trialing' ELSE 'active' END,
                    'cancel_at_period_end', FALSE, 'cancel_at', NULL, 'canceled_at', NULL,
-                   'ended_at', NULL,
+                   'ended_at', NULL, 'pause_collection', NULL,
                    'current_period_start', epoch(b.period_start)::BIGINT,
                    'current_period_end', epoch(b.period_end)::BIGINT,
                    'items', json_object('data', b.items))) AS payload
@@ -141,7 +143,7 @@ _VERSIONS = f"""
         SELECT a.subscription_id, t.trial_start, -1, 'trial:' || a.subscription_id,
                json_merge_patch(a.payload, json_object(
                    'status', 'trialing', 'cancel_at_period_end', FALSE, 'cancel_at', NULL,
-                   'canceled_at', NULL, 'ended_at', NULL,
+                   'canceled_at', NULL, 'ended_at', NULL, 'pause_collection', NULL,
                    'current_period_start', epoch(t.trial_start)::BIGINT,
                    'current_period_end', epoch(t.trial_end)::BIGINT,
                    'items', coalesce(json_object('data', t.first_items),
@@ -209,6 +211,8 @@ _VERSIONS = f"""
                AS current_period_end,
            stripe_ts(payload->'$.trial_end') AS trial_end,
            stripe_id(payload->'$.default_payment_method') AS default_payment_method,
+           payload->>'$.pause_collection.behavior' AS pause_behavior,
+           stripe_ts(payload->'$.pause_collection.resumes_at') AS pause_resumes_at,
            {_ITEMS} AS items
     FROM latest_per_instant
     ), inferred AS (
@@ -264,13 +268,16 @@ _START = (
 )
 
 _SUBSCRIPTIONS = f"""
-    INSERT INTO history_subscriptions
+    INSERT INTO history_subscriptions (subscription_id, valid_from, valid_to, customer_id,
+        status, currency, collection_method, cancel_at_period_end, cancel_at, canceled_at,
+        ended_at, current_period_start, current_period_end, trial_end, default_payment_method,
+        pause_behavior, pause_resumes_at)
     WITH s AS (
         SELECT *, {_START} AS starts,
                md5(concat_ws('|', customer_id, status, currency, collection_method,
                              cancel_at_period_end, cancel_at, canceled_at, ended_at,
                              current_period_start, current_period_end, trial_end,
-                             default_payment_method)) AS state
+                             default_payment_method, pause_behavior, pause_resumes_at)) AS state
         FROM _sub_versions
     ), changes AS (
         SELECT * FROM s
@@ -281,7 +288,7 @@ _SUBSCRIPTIONS = f"""
            lead(starts) OVER (PARTITION BY subscription_id ORDER BY n),
            customer_id, status, currency, collection_method, cancel_at_period_end,
            cancel_at, canceled_at, ended_at, current_period_start, current_period_end,
-           trial_end, default_payment_method
+           trial_end, default_payment_method, pause_behavior, pause_resumes_at
     FROM changes
 """
 

@@ -21,6 +21,21 @@ from typing import Any
 #: SQL: a subscription payload's items, as a list of JSON.
 ITEMS_JSON = "CAST(payload->'$.items.data' AS JSON[])"
 
+_LINES = "CAST(payload->'$.lines.data' AS JSON[])"
+# An invoice line's inclusive tax entries, in both shapes.
+_INCL = (
+    "list_filter(coalesce(CAST(l->'$.taxes' AS JSON[]), CAST(l->'$.tax_amounts' AS JSON[]), []), "
+    "lambda x: coalesce(x->>'$.tax_behavior' = 'inclusive', "
+    "TRY_CAST(x->>'$.inclusive' AS BOOLEAN), FALSE))"
+)
+_INCL_TAX = (
+    f"coalesce(list_sum(list_transform({_INCL}, lambda x: TRY_CAST(x->>'$.amount' AS BIGINT))), 0)"
+)
+_INCL_TAXABLE = (
+    f"coalesce(list_max(list_transform({_INCL}, "
+    "lambda x: TRY_CAST(x->>'$.taxable_amount' AS BIGINT))), 0)"
+)
+
 
 @dataclass(frozen=True)
 class CoreTable:
@@ -100,9 +115,12 @@ STREAMS: tuple[Stream, ...] = (
             ),
         ),
     ),
+    # A price's (or plan's) tiers are left out of its payload unless expanded: without
+    # them a tiered price cannot be priced (the MRR engine would read zero).
     Stream(
         "price",
         "/v1/prices",
+        {"expand": ["data.tiers"]},
         fallback_path="/v1/plans",
         mutable=False,
         id_prefix="price_",
@@ -130,6 +148,7 @@ STREAMS: tuple[Stream, ...] = (
                         "coalesce(payload->>'$.unit_amount_decimal', payload->>'$.amount_decimal')",
                     ),
                     ("tiers_mode", "payload->>'$.tiers_mode'"),
+                    ("tax_behavior", "payload->>'$.tax_behavior'"),
                     (
                         "tiers",
                         "CASE WHEN json_type(payload->'$.tiers') = 'ARRAY' THEN payload->'$.tiers' END",
@@ -266,6 +285,8 @@ STREAMS: tuple[Stream, ...] = (
                     ("default_source", "stripe_id(payload->'$.default_source')"),
                     ("latest_invoice_id", "stripe_id(payload->'$.latest_invoice')"),
                     ("cancellation_reason", "payload->>'$.cancellation_details.reason'"),
+                    ("pause_behavior", "payload->>'$.pause_collection.behavior'"),
+                    ("pause_resumes_at", "stripe_ts(payload->'$.pause_collection.resumes_at')"),
                     ("metadata", "payload->'$.metadata'"),
                     ("livemode", "livemode"),
                     ("created_at", "stripe_ts(payload->'$.created')"),
@@ -342,6 +363,14 @@ STREAMS: tuple[Stream, ...] = (
                         "coalesce(TRY_CAST(payload->>'$.tax' AS BIGINT), list_sum(list_transform(CAST(payload->'$.total_taxes' AS JSON[]), lambda t: TRY_CAST(t->>'$.amount' AS BIGINT))))",
                     ),
                     ("total", "TRY_CAST(payload->>'$.total' AS BIGINT)"),
+                    # inclusive taxes of its lines (current `taxes[].tax_behavior`, older
+                    # `tax_amounts[].inclusive`) and the amount they were computed on
+                    # (`taxable_amount`, once per line): MRR's net-of-tax ratio
+                    ("inclusive_tax", f"list_sum(list_transform({_LINES}, lambda l: {_INCL_TAX}))"),
+                    (
+                        "inclusive_taxable",
+                        f"list_sum(list_transform({_LINES}, lambda l: {_INCL_TAXABLE}))",
+                    ),
                     ("attempt_count", "TRY_CAST(payload->>'$.attempt_count' AS INTEGER)"),
                     ("attempted", "TRY_CAST(payload->>'$.attempted' AS BOOLEAN)"),
                     ("next_payment_attempt", "stripe_ts(payload->'$.next_payment_attempt')"),

@@ -93,6 +93,8 @@ def default_schema(*, multi_currency: bool = True) -> dict[str, ObjectDef]:
             FieldDef("Website", "url"),
             FieldDef("OwnerId", "reference"),
             FieldDef("Type", "picklist"),
+            # Set by a merge on the Accounts it deletes: the Account kept.
+            FieldDef("MasterRecordId", "reference", updateable=False),
             *cur,
             *ACCOUNT_CUSTOM_FIELDS,
         ),

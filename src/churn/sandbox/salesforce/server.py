@@ -166,6 +166,23 @@ class OrgState:
             if task.get("WhatId") == rid and not task["IsDeleted"]:
                 task.update(IsDeleted=True, LastModifiedDate=now, SystemModstamp=now)
 
+    def merge(self, obj: str, master: str, victims: Iterable[str]) -> None:
+        """Salesforce's merge: the victims are deleted with MasterRecordId set to the master,
+        their children (AccountId) move to it, and the master is updated."""
+        od = self.obj(obj)
+        kept = self.live(od, master)
+        now = soql.format_datetime(self.clock())
+        for rid in victims:
+            record = self.live(od, rid)
+            record.update(
+                IsDeleted=True, MasterRecordId=master, LastModifiedDate=now, SystemModstamp=now
+            )
+            for child in ("Contact", "Opportunity"):
+                for rec in self.records.get(child, {}).values():
+                    if rec.get("AccountId") == rid and not rec["IsDeleted"]:
+                        rec.update(AccountId=master, LastModifiedDate=now, SystemModstamp=now)
+        kept.update(LastModifiedDate=now, SystemModstamp=now)
+
     def live(self, od: ObjectDef, rid: str) -> dict[str, Any]:
         record = self.records.get(od.name, {}).get(rid)
         if record is None:
@@ -879,6 +896,10 @@ class RunningSalesforce:
     def delete(self, obj: str, rid: str) -> None:
         with self.org.lock:
             self.org.delete(obj, rid)
+
+    def merge(self, obj: str, master: str, victims: Iterable[str]) -> None:
+        with self.org.lock:
+            self.org.merge(obj, master, victims)
 
     def add_rule(self, rule: ValidationRule) -> None:
         with self.org.lock:
