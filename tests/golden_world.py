@@ -47,9 +47,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "core_usage": {"source": "golden", "loaded_at": "2026-01-01T00:00:00"},
     "core_usage_history": {"source": "golden"},
     "core_currency_rates": {"is_active": True},
+    "raw_stripe_event": {"fetched_at": "2026-01-01T00:00:00", "api_version": "2025-09-30.clover"},
 }
 
-JSON_COLUMNS = {("core_prices", "tiers")}
+JSON_COLUMNS = {("core_prices", "tiers"), ("raw_stripe_event", "payload")}
 
 
 def load_case(path: Path) -> dict[str, Any]:

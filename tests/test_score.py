@@ -380,3 +380,35 @@ def test_the_notebooks_run_read_only_on_a_scored_warehouse(
         assert run.returncode == 0, nb.name + run.stderr[-2000:]
         assert "Failed" in run.stdout and "payment_failure" in run.stdout
     assert db_path.stat().st_mtime_ns == before, "notebooks never write"
+
+
+def test_stale_invoices_are_counted_and_noted_not_failed(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """An open invoice of a subscription canceled long ago is not a payment failure; the
+    scoring step counts it as uncollected debt and says so in its notes (no account)."""
+    seed(
+        con,
+        {
+            "history_subscriptions": [
+                {"subscription_id": "s1", "customer_id": "c1", "valid_from": "2024-01-01",
+                 "valid_to": "2024-03-01", "current_period_end": "2024-02-01"},
+                {"subscription_id": "s1", "customer_id": "c1", "valid_from": "2024-03-01",
+                 "status": "canceled", "ended_at": "2024-03-01"},
+            ],
+            "core_invoices": [
+                {"invoice_id": "in_old", "customer_id": "c1", "subscription_id": "s1",
+                 "amount_due": 1000, "amount_remaining": 1000, "attempt_count": 4,
+                 "finalized_at": "2024-02-01", "created_at": "2024-02-01"},
+            ],
+            "core_charges": [
+                {"charge_id": "ch1", "customer_id": "c1", "invoice_id": "in_old",
+                 "amount": 1000, "status": "failed", "created_at": "2024-02-01"},
+            ],
+        },
+    )  # fmt: skip
+    result = score(_settings(tmp_path), con, as_of=AS_OF)
+    assert result.counts["payment_uncollected_invoices"] == 1
+    assert not result.signals.filter(pl.col("signal") == "payment_failure").height
+    [note] = [n for n in result.notes if n.startswith("payment failure:")]
+    assert "1 open invoice of ended subscriptions" in note and "c1" not in note

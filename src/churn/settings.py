@@ -198,6 +198,11 @@ class SignalSettings(_Section):
     seat_min_samples: int = Field(2, ge=1)
     #: A sparse feed's window stretches to ``seat_min_samples`` x its cadence, never past this.
     seat_max_window_days: int = Field(92, ge=1)
+    #: How many tries the account's retry policy makes for an invoice (Smart Retries or a
+    #: custom schedule, Billing > Revenue recovery > Retries): the last is payment_failure's
+    #: ``final`` stage and the top of its score ramp. Stripe: "The recommended default is 8
+    #: tries within 2 weeks" (docs.stripe.com/payments/off-session-payments/smart-retries).
+    payment_retry_attempts: int = Field(8, ge=1, le=50)
     #: Risk-score weight of each risk signal (0..1); expansion and known churn are apart.
     #: Defaults to each signal's own weight in the registry; a mapping given replaces it.
     risk_weights: dict[str, float] = Field(default_factory=default_risk_weights)
@@ -255,7 +260,9 @@ class PushSettings(_Section):
     #: Signals whose episodes become Tasks for the owner; defaults to the registry's
     #: choice (``seat_expansion``, an upsell lead, is left out: add it to route it too).
     task_signals: tuple[str, ...] = Field(default_factory=default_task_signals)
-    #: Stripe's dunning: how many attempts it makes in all (Billing > Revenue recovery).
+    #: Stripe's dunning: how many attempts it makes in all (Billing > Revenue recovery),
+    #: for episodes whose evidence does not name it (``final_attempt``, written by
+    #: payment_failure from ``signals.payment_retry_attempts``).
     dunning_attempts: int = Field(4, ge=1)
     #: Flag an executive sponsor this many hours before Stripe's final retry.
     sponsor_before_final_retry_hours: int = Field(48, ge=1)

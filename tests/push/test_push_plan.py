@@ -328,3 +328,21 @@ def test_ladder_reads_the_payment_failure_signal_evidence() -> None:
     evidence["attempts"] = 1
     [change] = _tasks([_failure(**evidence)], state)
     assert str(change.fields["Subject"]).startswith("CSM outreach")  # 80 h since first seen
+
+
+def test_ladder_takes_the_last_try_from_the_evidence() -> None:
+    """payment_failure names the account's last try (``final_attempt``, from
+    signals.payment_retry_attempts, Stripe's recommended 8): the third of 8 is not near it."""
+    evidence = {
+        "invoice_id": "in_1",
+        "attempts": 3,
+        "final_attempt": 8,
+        "next_retry_at": (AS_OF + timedelta(hours=30)).strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    first_seen = AS_OF - timedelta(hours=80)
+    state = {"pf:in_1": PushedState(TASK, "pf:in_1", {}, first_seen, "open", first_seen)}
+    [change] = _tasks([_failure(**evidence)], state)
+    assert str(change.fields["Subject"]).startswith("CSM outreach")
+    evidence["attempts"] = 7
+    [change] = _tasks([_failure(**evidence)], state)
+    assert str(change.fields["Subject"]).startswith("Executive sponsor")

@@ -17,7 +17,7 @@ import polars as pl
 
 from churn.errors import ScoringError
 from churn.settings import Settings
-from churn.signals import SIGNAL_SCHEMA, SIGNALS, seat_utilization
+from churn.signals import SIGNAL_SCHEMA, SIGNALS, payment_failure, seat_utilization
 from churn.signals.health import account_health
 from churn.signals.mrr import account_mrr, movements
 from churn.signals.tables import Tables
@@ -108,6 +108,9 @@ def score(settings: Settings, con: duckdb.DuckDBPyConnection, *, as_of: datetime
         )  # fmt: skip
     usage_counts, notes = usage_gaps(con, settings, as_of)
     counts.update(usage_counts)
+    debt_counts, debt_notes = uncollected_debt(con, settings, as_of)
+    counts.update(debt_counts)
+    notes = (*notes, *debt_notes)
     for note in notes:
         log.warning("%s", note)
     log.info("scored as_of %s: %s", as_of.isoformat(), counts)
@@ -118,6 +121,28 @@ def score(settings: Settings, con: duckdb.DuckDBPyConnection, *, as_of: datetime
         health=marts["account_health"],
         notes=notes,
     )
+
+
+def uncollected_debt(
+    con: duckdb.DuckDBPyConnection, settings: Settings, as_of: datetime
+) -> tuple[dict[str, int], tuple[str, ...]]:
+    """Open invoices with failed attempts that are no longer collected (their subscription
+    ended, or their customer is deleted, with no retry pending): not payment failures, so
+    counted (``payment_uncollected_invoices``) and noted, never silently dropped. No
+    account is named."""
+    try:
+        rows = payment_failure.uncollected(Tables(con), as_of, settings.signals)
+    except duckdb.Error as exc:
+        raise ScoringError(f"uncollected invoices as_of {as_of.isoformat()} failed: {exc}") from exc
+    if rows.is_empty():
+        return {}, ()
+    n = rows.height
+    note = (
+        f"payment failure: {n:,} open invoice{'' if n == 1 else 's'} of ended subscriptions or"
+        " deleted customers, no retry pending: uncollected debt, not an active failure"
+        " (Stripe stops collecting when a subscription is canceled)"
+    )
+    return {"payment_uncollected_invoices": n}, (note,)
 
 
 #: The reasons worth a note; usage for accounts holding no seats (cancelled, metered-only)

@@ -29,7 +29,7 @@ from churn.pipelines.stripe.streams import STREAMS
 
 API_VERSION = "2025-09-30.clover"
 # Bumped whenever the generator changes what it writes, so cached worlds are remade.
-GENERATOR_VERSION = 8
+GENERATOR_VERSION = 9
 DAY = 86_400
 MONTH = 30 * DAY
 CURRENCIES = ("usd", "eur", "gbp", "jpy")
@@ -53,6 +53,9 @@ COUPONS = (
     ("WELCOME20", "Welcome 20%", "repeating", 3, 20),
     ("ONBOARD50", "Onboarding 50%", "once", None, 50),
 )
+# A decline's outcome.advice_code (Stripe: confirm_card_data, do_not_try_again,
+# try_again_later); the others carry none.
+ADVICE_CODES = {"insufficient_funds": "try_again_later", "lost_card": "do_not_try_again"}
 # Share of successful charges later refunded (in full or in part).
 REFUND_RATE = 0.01
 # Salesforce CurrencyType rates: units of each currency per one US dollar (corporate).
@@ -780,6 +783,7 @@ class _Builder:
         }
         sub["latest_invoice"] = inv_id
         self.event("invoice.created", inv, ts, None)
+        pi, inpay = self.payment_intent(inv, pm, ts)
         fails = expired or rng.random() < fail_p
         attempts = [ts] + [ts + d * DAY for d in RETRY_DAYS] if fails else [ts]
         paid = False
@@ -793,13 +797,19 @@ class _Builder:
             code = DECLINE_CODES[int(rng.integers(len(DECLINE_CODES)))]
             if expired:
                 code = ("expired_card", "expired_card")
-            charge = self.charge(inv, pm, at, amount, None if success else code)
+            charge = self.charge(inv, pm, at, amount, None if success else code, pi["id"])
             inv["attempt_count"], inv["attempted"] = k + 1, True
             if success:
                 inv.update(status="paid", amount_paid=amount, amount_remaining=0)
                 inv["status_transitions"] = {"finalized_at": ts, "paid_at": at}
                 inv["next_payment_attempt"] = None
                 self.event("charge.succeeded", charge, at, None)
+                pi.update(status="succeeded", amount_received=amount, latest_charge=charge["id"],
+                          last_payment_error=None)  # fmt: skip
+                self.event("payment_intent.succeeded", pi, at, None)
+                inpay.update(status="paid", amount_paid=amount)
+                inpay["status_transitions"] = {"canceled_at": None, "paid_at": at}
+                self.event("invoice_payment.paid", inpay, at, None)
                 self.event("invoice.paid", inv, at, None)
                 refund_at = at + int(self.rng.integers(1, 20)) * DAY
                 if refund_at < self.now and self.rng.random() < REFUND_RATE:
@@ -808,6 +818,16 @@ class _Builder:
                 break
             inv["next_payment_attempt"] = attempts[k + 1] if not last else None
             self.event("charge.failed", charge, at, None)
+            pi.update(status="requires_payment_method", latest_charge=charge["id"])
+            pi["last_payment_error"] = {
+                "type": "card_error",
+                "code": code[0],
+                "decline_code": code[1],
+                "advice_code": ADVICE_CODES.get(code[1]),
+                "charge": charge["id"],
+                "message": "Your card was declined.",
+            }
+            self.event("payment_intent.payment_failed", pi, at, None)
             self.event("invoice.payment_failed", inv, at, None)
             if sub["status"] == "active":
                 sub["status"] = "past_due"
@@ -818,9 +838,60 @@ class _Builder:
                        {"status": "past_due"})  # fmt: skip
         if not paid and attempts[-1] + DAY < self.now:
             inv["status"] = "uncollectible"
+            # Stripe stamps status_transitions.marked_uncollectible_at; without it a reader
+            # cannot tell when the invoice stopped being an open failure.
+            inv["status_transitions"] = {**inv["status_transitions"],
+                                         "marked_uncollectible_at": attempts[-1] + DAY}  # fmt: skip
             self.event("invoice.marked_uncollectible", inv, attempts[-1] + DAY, None)
         self.w.stripe["invoice"].append(inv)
         return paid or attempts[-1] >= self.now
+
+    def payment_intent(
+        self, inv: dict[str, Any], pm: dict[str, Any], ts: int
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The invoice's PaymentIntent (each attempt is a charge of it) and the default
+        InvoicePayment joining them, as Stripe creates both when the invoice is finalized
+        (since 2025-03-31.basil the invoice names neither)."""
+        pi: dict[str, Any] = {
+            "id": self.ids.new("pi"),
+            "object": "payment_intent",
+            "amount": inv["amount_due"],
+            "amount_capturable": 0,
+            "amount_received": 0,
+            "canceled_at": None,
+            "cancellation_reason": None,
+            "capture_method": "automatic",
+            "confirmation_method": "automatic",
+            "created": ts,
+            "currency": inv["currency"],
+            "customer": inv["customer"],
+            "description": "Subscription update",
+            "last_payment_error": None,
+            "latest_charge": None,
+            "livemode": False,
+            "metadata": {},
+            "payment_method": pm["id"],
+            "payment_method_types": ["card"],
+            "status": "requires_confirmation",
+        }
+        inpay: dict[str, Any] = {
+            "id": self.ids.new("inpay"),
+            "object": "invoice_payment",
+            "amount_paid": None,
+            "amount_requested": inv["amount_due"],
+            "created": ts,
+            "currency": inv["currency"],
+            "invoice": inv["id"],
+            "is_default": True,
+            "livemode": False,
+            "payment": {"type": "payment_intent", "payment_intent": pi["id"]},
+            "status": "open",
+            "status_transitions": {"canceled_at": None, "paid_at": None},
+        }
+        self.event("payment_intent.created", pi, ts, None)
+        self.w.stripe["payment_intent"].append(pi)
+        self.w.stripe["invoice_payment"].append(inpay)
+        return pi, inpay
 
     def proration(
         self,
@@ -870,6 +941,7 @@ class _Builder:
         ts: int,
         amount: int,
         failure: tuple[str, str] | None,
+        payment_intent: str | None = None,
     ) -> dict[str, Any]:
         charge = {
             "id": self.ids.new("ch"),
@@ -885,6 +957,7 @@ class _Builder:
             "failure_message": "Your card was declined." if failure else None,
             "livemode": False,
             "outcome": {
+                "advice_code": ADVICE_CODES.get(failure[1]) if failure else None,
                 "network_status": "declined_by_network" if failure else "approved_by_network",
                 "reason": failure[1] if failure else None,
                 "risk_level": "normal",
@@ -894,6 +967,7 @@ class _Builder:
                 "type": "issuer_declined" if failure else "authorized",
             },
             "paid": failure is None,
+            "payment_intent": payment_intent,
             "payment_method": pm["id"],
             "payment_method_details": {
                 "card": {
@@ -925,7 +999,7 @@ class _Builder:
             "currency": charge["currency"],
             "destination_details": {"card": {"type": "refund"}, "type": "card"},
             "metadata": {},
-            "payment_intent": None,
+            "payment_intent": charge.get("payment_intent"),
             "reason": "requested_by_customer" if full else "duplicate",
             "receipt_number": None,
             "source_transfer_reversal": None,

@@ -295,7 +295,8 @@ def ladder(episode: Episode, as_of: datetime, started_at: datetime, settings: Pu
     The ladder is the one the episode's signal names in the registry. ``dunning`` follows
     Stripe's retries: a Task at once; after
     ``escalate_after_hours`` without recovery it escalates; after ``outreach_after_hours``
-    a CSM reaches out; when the next retry is Stripe's last and comes within
+    a CSM reaches out; when the next retry is Stripe's last (the evidence's
+    ``final_attempt``, else ``dunning_attempts``) and comes within
     ``sponsor_before_final_retry_hours``, an executive sponsor is flagged. ``flat`` (and
     a signal the registry no longer knows) sits on the first rung, due ``task_due_days``
     after as_of.
@@ -307,8 +308,12 @@ def ladder(episode: Episode, as_of: datetime, started_at: datetime, settings: Pu
     hours = (as_of - started_at).total_seconds() / 3600
     attempts = _first(episode.evidence, "attempts", "attempt_count")
     next_try = _instant(_first(episode.evidence, "next_payment_attempt", "next_retry_at"))
-    final_next = isinstance(attempts, int) and attempts >= settings.dunning_attempts - 1
-    retries_spent = isinstance(attempts, int) and attempts >= settings.dunning_attempts
+    # The signal names the account's last try (signals.payment_retry_attempts) in its
+    # evidence; episodes scored before it did fall back to dunning_attempts.
+    final = _first(episode.evidence, "final_attempt")
+    last_try = final if isinstance(final, int) and final > 0 else settings.dunning_attempts
+    final_next = isinstance(attempts, int) and attempts >= last_try - 1
+    retries_spent = isinstance(attempts, int) and attempts >= last_try
     if retries_spent or (
         final_next
         and next_try is not None

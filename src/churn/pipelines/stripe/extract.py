@@ -168,6 +168,8 @@ class _Run:
         self._progress: Progress | None = None
         #: Streams whose ``expand`` the API refused in this run.
         self._no_expand: set[str] = set()
+        #: Optional streams whose listing answered 404 (an API or stand-in without them).
+        self._unserved: set[str] = set()
 
     # -- state -------------------------------------------------------------------------
 
@@ -282,6 +284,11 @@ class _Run:
                     )
                     path = stream.fallback_path
                     continue
+                if exc.http_status == 404 and stream.optional:
+                    # Not served here (an older API version, localstripe): none to list.
+                    log.info("stream %s: %s not found, nothing to list", stream.name, path)
+                    self._unserved.add(stream.name)
+                    return
                 raise
             objects = [o for o in page.get("data") or [] if isinstance(o, dict) and "id" in o]
             has_more = bool(page.get("has_more")) and bool(objects)
@@ -551,16 +558,20 @@ class _Run:
                 )
             self._advance(task, len(objects))
         with transaction(self.con):
-            gone = [
-                r[0]
-                for r in self.con.execute(
-                    f"SELECT id FROM {table} WHERE NOT is_deleted "
-                    "AND id NOT IN (SELECT id FROM _reconcile_seen)"
-                    " AND (CAST(? AS BIGINT) IS NULL"
-                    "      OR TRY_CAST(payload->>'created' AS BIGINT) >= CAST(? AS BIGINT))",
-                    [None if since is None else _epoch(since)] * 2,
-                ).fetchall()
-            ]
+            gone = (
+                []
+                if stream.name in self._unserved
+                else [
+                    r[0]
+                    for r in self.con.execute(
+                        f"SELECT id FROM {table} WHERE NOT is_deleted "
+                        "AND id NOT IN (SELECT id FROM _reconcile_seen)"
+                        " AND (CAST(? AS BIGINT) IS NULL"
+                        "      OR TRY_CAST(payload->>'created' AS BIGINT) >= CAST(? AS BIGINT))",
+                        [None if since is None else _epoch(since)] * 2,
+                    ).fetchall()
+                ]
+            )
             mark_deleted(self.con, stream.name, gone, stripe_land.list_version_ts(began))
         self.con.execute("DROP TABLE _reconcile_seen")
         self.result.add(f"reconcile_new_{stream.name}", new)

@@ -122,6 +122,9 @@ class Stream:
     cursor: str = "created"
     #: Where the stand-in serves it when it is not listed (``/v1/<resource>``).
     resource: str | None = None
+    #: Listed only where the API serves it: a 404 on its listing means none to list (an
+    #: older API version or localstripe), not an error, and deletes nothing.
+    optional: bool = False
     core: tuple[CoreTable, ...] = ()
 
     @property
@@ -473,6 +476,8 @@ STREAMS: tuple[Stream, ...] = (
                         "coalesce(payload->>'$.outcome.reason', payload->>'$.failure_code')",
                     ),
                     ("outcome_type", "payload->>'$.outcome.type'"),
+                    ("advice_code", "payload->>'$.outcome.advice_code'"),
+                    ("network_status", "payload->>'$.outcome.network_status'"),
                     (
                         "card_exp_month",
                         "TRY_CAST(coalesce(payload->>'$.payment_method_details.card.exp_month', payload->>'$.source.exp_month') AS INTEGER)",
@@ -481,6 +486,79 @@ STREAMS: tuple[Stream, ...] = (
                         "card_exp_year",
                         "TRY_CAST(coalesce(payload->>'$.payment_method_details.card.exp_year', payload->>'$.source.exp_year') AS INTEGER)",
                     ),
+                    ("livemode", "livemode"),
+                    ("created_at", "stripe_ts(payload->'$.created')"),
+                ),
+            ),
+        ),
+    ),
+    # Since 2025-03-31.basil the join of an invoice and its payments: `payment.type` is
+    # payment_intent (each attempt a charge of it) or charge (a charge without one).
+    # Listed without an `invoice` filter (it is optional; `created` ranges are accepted).
+    Stream(
+        "invoice_payment",
+        "/v1/invoice_payments",
+        windowed=True,
+        optional=True,
+        id_prefix="inpay_",
+        core=(
+            CoreTable(
+                "core_invoice_payments",
+                key="invoice_payment_id",
+                columns=(
+                    ("invoice_payment_id", "id"),
+                    ("invoice_id", "stripe_id(payload->'$.invoice')"),
+                    ("payment_type", "payload->>'$.payment.type'"),
+                    (
+                        "payment_intent_id",
+                        "coalesce(stripe_id(payload->'$.payment.payment_intent'), stripe_id(payload->'$.payment_intent'))",
+                    ),
+                    (
+                        "charge_id",
+                        "coalesce(stripe_id(payload->'$.payment.charge'), stripe_id(payload->'$.charge'))",
+                    ),
+                    ("status", "payload->>'$.status'"),
+                    ("amount_paid", "TRY_CAST(payload->>'$.amount_paid' AS BIGINT)"),
+                    ("amount_requested", "TRY_CAST(payload->>'$.amount_requested' AS BIGINT)"),
+                    ("currency", "lower(payload->>'$.currency')"),
+                    ("is_default", "TRY_CAST(payload->>'$.is_default' AS BOOLEAN)"),
+                    ("paid_at", "stripe_ts(payload->'$.status_transitions.paid_at')"),
+                    ("canceled_at", "stripe_ts(payload->'$.status_transitions.canceled_at')"),
+                    ("livemode", "livemode"),
+                    ("created_at", "stripe_ts(payload->'$.created')"),
+                ),
+            ),
+        ),
+    ),
+    Stream(
+        "payment_intent",
+        "/v1/payment_intents",
+        windowed=True,
+        optional=True,
+        id_prefix="pi_",
+        core=(
+            CoreTable(
+                "core_payment_intents",
+                key="payment_intent_id",
+                columns=(
+                    ("payment_intent_id", "id"),
+                    ("customer_id", "stripe_id(payload->'$.customer')"),
+                    ("invoice_id", "stripe_id(payload->'$.invoice')"),
+                    ("status", "payload->>'$.status'"),
+                    ("amount", "TRY_CAST(payload->>'$.amount' AS BIGINT)"),
+                    ("amount_received", "TRY_CAST(payload->>'$.amount_received' AS BIGINT)"),
+                    ("currency", "lower(payload->>'$.currency')"),
+                    ("payment_method_id", "stripe_id(payload->'$.payment_method')"),
+                    ("latest_charge_id", "stripe_id(payload->'$.latest_charge')"),
+                    ("last_error_code", "payload->>'$.last_payment_error.code'"),
+                    ("last_decline_code", "payload->>'$.last_payment_error.decline_code'"),
+                    ("last_advice_code", "payload->>'$.last_payment_error.advice_code'"),
+                    ("last_error_charge_id", "stripe_id(payload->'$.last_payment_error.charge')"),
+                    (
+                        "last_error_payment_method_id",
+                        "stripe_id(payload->'$.last_payment_error.payment_method')",
+                    ),
+                    ("canceled_at", "stripe_ts(payload->'$.canceled_at')"),
                     ("livemode", "livemode"),
                     ("created_at", "stripe_ts(payload->'$.created')"),
                 ),
