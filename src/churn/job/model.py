@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import duckdb
+import polars as pl
 
 from churn.settings import Settings
 from churn.signals.model.model import ChurnModel, Evaluation, evaluate, train
@@ -131,3 +133,43 @@ def evaluate_at(
 ) -> Evaluation:
     """Train at ``cutoff`` and evaluate at it (nothing stored)."""
     return evaluate(Tables(con), settings.signals, cutoff, truth=truth)
+
+
+def latest_data_at(con: duckdb.DuckDBPyConnection) -> datetime | None:
+    """The latest instant the warehouse holds data for (a charge, a subscription version)."""
+    row = con.execute(
+        "SELECT greatest((SELECT max(created_at) FROM core_charges),"
+        " (SELECT max(valid_from) FROM history_subscriptions))"
+    ).fetchall()
+    value = row[0][0] if row else None
+    return value if isinstance(value, datetime) else None
+
+
+def read_truth(path: Path) -> tuple[pl.DataFrame, datetime | None]:
+    """A world's ``truth.csv`` (docs/world-format.md) as key, churned_at, health; and the
+    world's ``now`` from the ``world.json`` beside it, when there is one."""
+    from churn.errors import ConfigError
+
+    try:
+        raw = pl.read_csv(path, infer_schema_length=0)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise ConfigError(f"cannot read the truth file {path.name}: {type(exc).__name__}") from None
+    need = {"customer_id", "account_id", "health", "churn_at"}
+    if not need <= set(raw.columns):
+        raise ConfigError(f"the truth file lacks columns {sorted(need - set(raw.columns))}")
+    truth = raw.select(
+        key=pl.coalesce(
+            pl.when(pl.col("account_id") != "").then(pl.col("account_id")), pl.col("customer_id")
+        ),
+        churned_at=pl.from_epoch(
+            pl.when(pl.col("churn_at") != "").then(pl.col("churn_at")).cast(pl.Int64), "s"
+        ),
+        health=pl.col("health").cast(pl.Float64, strict=False),
+    )
+    now: datetime | None = None
+    manifest = path.parent / "world.json"
+    if manifest.exists():
+        stamp = json.loads(manifest.read_text()).get("now")
+        if isinstance(stamp, int | float):
+            now = datetime.fromtimestamp(stamp, UTC).replace(tzinfo=None)
+    return truth, now
