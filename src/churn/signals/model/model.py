@@ -43,6 +43,7 @@ from churn.signals.model.train import (
     fit_calibrated,
     labels,
     matrix,
+    threads,
     usable,
 )
 from churn.signals.tables import Tables
@@ -77,7 +78,8 @@ class ChurnModel:
         assert self.estimator is not None
         if x.shape[0] == 0:
             return np.zeros(0)
-        return np.asarray(self.estimator.predict_proba(x)[:, 1], dtype=np.float64)
+        with threads():
+            return np.asarray(self.estimator.predict_proba(x)[:, 1], dtype=np.float64)
 
     def to_blob(self) -> bytes | None:
         return None if self.estimator is None else serialize.dumps(self.estimator)
