@@ -56,7 +56,6 @@ FEATURES: tuple[Feature, ...] = (
     Feature("subscription_count", "subscriptions in force"),
     Feature("is_annual", "1 when a subscription in force bills yearly"),
     Feature("is_trialing", "1 when a subscription is in its trial"),
-    Feature("is_past_due", "1 when a subscription is past due"),
     Feature("is_unpaid", "1 when a subscription is unpaid (collection stopped)"),
     Feature("days_to_renewal", "days until the next period end"),
     Feature("has_discount", "1 when a discount applies to a subscription in force"),
@@ -79,6 +78,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("open_invoices", "invoices finalized and still unpaid"),
     Feature("days_invoice_open", "days the oldest unpaid invoice has been open"),
     Feature("uncollectible_365d", "invoices written off in the last 12 months"),
+    Feature("failures_30d", "failed charges in the last 30 days"),
+    Feature("failures_90d", "failed charges in the last 90 days"),
     Feature("failures_180d", "failed charges in the last 6 months"),
     Feature("failures_365d", "failed charges in the last 12 months"),
     Feature("recoveries_180d", "invoices paid after more than one attempt, last 6 months"),
@@ -122,24 +123,48 @@ acct AS (
   FROM (SELECT DISTINCT customer_id FROM history_subscriptions) c
   LEFT JOIN core_account_links l USING (customer_id)
 ),
-subs AS (
+subs0 AS (
   SELECT s.t, a.account_id, h.*
   FROM snaps s JOIN history_subscriptions h
     ON h.valid_from <= s.t AND (h.valid_to IS NULL OR h.valid_to > s.t)
   JOIN acct a ON a.customer_id = h.customer_id
   WHERE {sql_in("h.status", IN_FORCE_STATUSES)}
 ),
+sub_iv AS (
+  SELECT s.t, s.subscription_id, bool_or(p.recurring_interval = 'year') AS yearly,
+    date_diff('month', s.t, max(s.current_period_end)) AS km,
+    date_diff('year', s.t, max(s.current_period_end)) AS ky
+  FROM subs0 s JOIN history_subscription_items i
+    ON i.subscription_id = s.subscription_id
+   AND i.valid_from <= s.t AND (i.valid_to IS NULL OR i.valid_to > s.t)
+  JOIN core_prices p ON p.price_id = i.price_id
+  GROUP BY s.t, s.subscription_id
+),
+subs AS (
+  -- The next renewal from the billing anchor: a version's period end may be one its
+  -- history rebuilt later (another period of the same cycle), so it is stepped by the
+  -- interval to the first boundary after t; a trial ends at its own date.
+  SELECT s0.*,
+    CASE WHEN s0.trial_end > s0.t THEN s0.trial_end
+         WHEN s0.current_period_end IS NULL THEN NULL
+         WHEN iv.yearly THEN
+           CASE WHEN s0.current_period_end - to_years(CAST(iv.ky AS INTEGER)) > s0.t
+                THEN s0.current_period_end - to_years(CAST(iv.ky AS INTEGER))
+                ELSE s0.current_period_end - to_years(CAST(iv.ky - 1 AS INTEGER)) END
+         ELSE
+           CASE WHEN s0.current_period_end - to_months(CAST(iv.km AS INTEGER)) > s0.t
+                THEN s0.current_period_end - to_months(CAST(iv.km AS INTEGER))
+                ELSE s0.current_period_end - to_months(CAST(iv.km - 1 AS INTEGER)) END
+    END AS renewal_at
+  FROM subs0 s0 LEFT JOIN sub_iv iv USING (t, subscription_id)
+),
 live AS (
   SELECT t, account_id,
     count(DISTINCT subscription_id) AS subscription_count,
     bool_or(cancel_at_period_end OR cancel_at IS NOT NULL) AS known_churn,
     max(CASE WHEN status = 'trialing' THEN 1 ELSE 0 END) AS is_trialing,
-    max(CASE WHEN status = 'past_due' THEN 1 ELSE 0 END) AS is_past_due,
     max(CASE WHEN status = 'unpaid' THEN 1 ELSE 0 END) AS is_unpaid,
-    min({_days("COALESCE(trial_end, current_period_end)", "t")})
-      FILTER (WHERE COALESCE(trial_end, current_period_end) > t) AS days_to_renewal,
-    min(COALESCE(trial_end, current_period_end))
-      FILTER (WHERE COALESCE(trial_end, current_period_end) > t) AS renewal_at
+    min({_days("renewal_at", "t")}) AS days_to_renewal
   FROM subs GROUP BY ALL
 ),
 tenure AS (
@@ -223,6 +248,10 @@ charges AS (
 ),
 pay AS (
   SELECT s.t, c.account_id,
+    count(*) FILTER (WHERE c.status = 'failed' AND c.created_at > s.t - INTERVAL 30 DAY)
+      AS failures_30d,
+    count(*) FILTER (WHERE c.status = 'failed' AND c.created_at > s.t - INTERVAL 90 DAY)
+      AS failures_90d,
     count(*) FILTER (WHERE c.status = 'failed' AND c.created_at > s.t - INTERVAL 180 DAY)
       AS failures_180d,
     count(*) FILTER (WHERE c.status = 'failed' AND c.created_at > s.t - INTERVAL 365 DAY)
@@ -285,7 +314,7 @@ pm AS (
 ),
 card AS (
   SELECT s.t, s.account_id,
-    min({_days("pm.good_until", "COALESCE(s.trial_end, s.current_period_end)")})
+    min({_days("pm.good_until", "s.renewal_at")})
       AS card_days_after_renewal,
     max(CASE WHEN COALESCE(s.default_payment_method, c.default_payment_method,
                            c.default_source) IS NULL
@@ -325,7 +354,7 @@ SELECT l.account_id, l.t AS snapshot_at, l.known_churn,
   later.account_id IS NULL AS churned,
   CAST(m.m0 AS BIGINT) AS mrr_minor,
   {_days("l.t", "te.first_at")} AS tenure_days,
-  l.subscription_count, COALESCE(p.is_annual, 0) AS is_annual, l.is_trialing, l.is_past_due,
+  l.subscription_count, COALESCE(p.is_annual, 0) AS is_annual, l.is_trialing,
   l.is_unpaid, l.days_to_renewal, COALESCE(d.has_discount, 0) AS has_discount,
   ln(1 + greatest(m.m0, 0) / 100.0) AS log_mrr,
   CASE WHEN m.m30 > 0 THEN (m.m0 - m.m30) / m.m30 END AS mrr_change_30d,
@@ -348,6 +377,7 @@ SELECT l.account_id, l.t AS snapshot_at, l.known_churn,
     AS decline_customer_action,
   COALESCE(r.open_invoices, 0) AS open_invoices, r.days_invoice_open,
   COALESCE(r.uncollectible_365d, 0) AS uncollectible_365d,
+  COALESCE(py.failures_30d, 0) AS failures_30d, COALESCE(py.failures_90d, 0) AS failures_90d,
   COALESCE(py.failures_180d, 0) AS failures_180d, COALESCE(py.failures_365d, 0) AS failures_365d,
   COALESCE(r.recoveries_180d, 0) AS recoveries_180d,
   COALESCE(r.recoveries_365d, 0) AS recoveries_365d,

@@ -67,9 +67,6 @@ WORDS: dict[str, Callable[[Mapping[str, float]], str]] = {
     ),
     "is_annual": lambda r: "Billed yearly" if r["is_annual"] else "Billed monthly",
     "is_trialing": lambda r: "Still in a trial" if r["is_trialing"] else "Not in a trial",
-    "is_past_due": lambda r: (
-        "A subscription is past due" if r["is_past_due"] else "No subscription past due"
-    ),
     "is_unpaid": lambda r: (
         "Collection has stopped on an unpaid subscription"
         if r["is_unpaid"]
@@ -131,6 +128,12 @@ WORDS: dict[str, Callable[[Mapping[str, float]], str]] = {
     ),
     "uncollectible_365d": lambda r: (
         f"{_plural(_n(r['uncollectible_365d']), 'invoice')} written off in the last 12 months"
+    ),
+    "failures_30d": lambda r: (
+        f"{_plural(_n(r['failures_30d']), 'failed payment')} in the last 30 days"
+    ),
+    "failures_90d": lambda r: (
+        f"{_plural(_n(r['failures_90d']), 'failed payment')} in the last 90 days"
     ),
     "failures_180d": lambda r: (
         f"{_plural(_n(r['failures_180d']), 'failed payment')} in the last 6 months"
