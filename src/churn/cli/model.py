@@ -54,8 +54,9 @@ def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
     table.add_column("")
     for name in columns:
         table.add_column(name.replace("_", " "), justify="right")
-    for key, label in (("rows", "Accounts"), ("churners", "Churned"), ("base_rate", "Base rate")):
-        table.add_row(label, *(_f(c.get(key)) for c in columns.values()))
+    for key, label in (("rows", "Accounts"), ("churners", "Churned")):
+        table.add_row(label, *(_f(int(c.get(key, 0))) for c in columns.values()))
+    table.add_row("Base rate", *(_f(c.get("base_rate")) for c in columns.values()))
     for key, label in METRICS:
         table.add_row(label, *(_f(c.get(key)) for c in columns.values()))
     return table
