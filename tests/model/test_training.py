@@ -190,3 +190,16 @@ def test_reasons_name_the_features_that_raise_the_probability_most() -> None:
         ]
     ]
     assert 0 < p[0] < 1
+
+
+def test_a_stored_model_trained_on_other_features_is_refused_not_misread(
+    con: object,
+) -> None:
+    from churn.settings import SignalSettings
+    from churn.signals.model.model import ChurnModel, predict
+    from churn.signals.tables import Tables
+
+    card = {"features": [{"name": "tenure_days", "description": "old"}]}
+    model = ChurnModel("old-1", "logistic", object(), [], card)
+    with pytest.raises(ScoringError, match="retrain"):
+        predict(Tables(con), T0, model, SignalSettings())  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ import polars as pl
 if TYPE_CHECKING:  # settings take their defaults from the signal registry
     from churn.settings import SignalSettings
 
+from churn.errors import ScoringError
 from churn.signals.model import serialize
 from churn.signals.model.features import (
     DESCRIPTIONS,
@@ -253,6 +254,12 @@ def predict(
 ) -> pl.DataFrame:
     """Per live account without a scheduled cancellation: its probability of churn within
     the horizon, up to three reasons in words, and the model version."""
+    trained_on = [f["name"] for f in model.card.get("features", [])]
+    if not model.is_baseline and trained_on and trained_on != list(FEATURE_NAMES):
+        raise ScoringError(
+            f"model {model.version} was trained on other features than this version"
+            " computes: retrain it (churn model train)"
+        )
     feats = compute_features(tables, [as_of], settings).filter(~pl.col("known_churn"))
     if model.is_baseline:
         base = baseline_at(tables, as_of, settings)
