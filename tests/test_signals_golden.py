@@ -95,3 +95,36 @@ def test_mrr_golden(path: Path, con: duckdb.DuckDBPyConnection) -> None:
         assert _rows(moves, mcols) == sorted(
             want, key=lambda r: json.dumps(r, sort_keys=True, default=str)
         ), case["description"]
+
+
+FEATURE_CASES = cases("model_features")
+
+
+def test_the_model_features_have_at_least_eight_cases() -> None:
+    assert len(FEATURE_CASES) >= 8
+
+
+@pytest.mark.parametrize("path", FEATURE_CASES, ids=_id)
+def test_model_features_golden(path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    """The churn model's point-in-time features: per expected account, the named columns
+    (``null`` is NaN: a value unknown at the snapshot); ``absent`` accounts are not live."""
+    import math
+
+    from churn.signals.model.features import compute_features
+
+    case = load_case(path)
+    seed(con, case["tables"])
+    settings = SignalSettings(**case.get("settings", {}))
+    frame = compute_features(Tables(con), [case["as_of_dt"]], settings, case.get("horizon", 90))
+    rows = {r["account_id"]: r for r in frame.iter_rows(named=True)}
+    assert set(rows) >= {e["account_id"] for e in case["expected"]}, case["description"]
+    assert not set(case.get("absent", [])) & set(rows), case["description"]
+    for exp in case["expected"]:
+        got = rows[exp["account_id"]]
+        for col, value in exp.items():
+            if value is None:
+                assert math.isnan(got[col]), (exp["account_id"], col, got[col])
+            elif isinstance(value, bool | str):
+                assert got[col] == value, (exp["account_id"], col)
+            else:
+                assert got[col] == pytest.approx(value, abs=1e-3), (exp["account_id"], col)

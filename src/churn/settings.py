@@ -211,6 +211,14 @@ class SignalSettings(_Section):
     #: Fallback rates (units per one unit of the corporate currency, like Salesforce's
     #: CurrencyType) for currencies missing from core_currency_rates, e.g. {"EUR": "0.92"}.
     currency_rates: dict[str, str] = Field(default_factory=dict)
+    #: The churn-risk model (churn.signals.model): it is trained only when the usable
+    #: snapshots (horizon ended by the cutoff, known churn apart) hold at least this many
+    #: churners; below it the rule-based risk score stays in force.
+    model_min_churners: int = Field(50, ge=1)
+    #: Days between training snapshots over the warehouse's history.
+    model_snapshot_every_days: int = Field(14, ge=1)
+    #: Training rows kept at most (whole accounts sampled, all their snapshots), to bound memory.
+    model_max_training_rows: int = Field(1_000_000, ge=1_000)
 
     @field_validator("risk_weights")
     @classmethod

@@ -1,0 +1,175 @@
+"""The model's side effects: train and store a version in ``model_registry``, promote it,
+load the promoted one, evaluate. The pure parts are :mod:`churn.signals.model`.
+
+Promotion: a trained version replaces the one in force only when its back-test ROC AUC is
+no worse than the one in force's (and it beats the baseline's); a baseline row is never
+promoted. Loading reads the skops bytes through :mod:`churn.signals.model.serialize`'s
+trusted-type list: nothing stored is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from churn.settings import Settings
+from churn.signals.model.model import ChurnModel, Evaluation, evaluate, train
+from churn.signals.tables import Tables
+from churn.warehouse import transaction
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model: ChurnModel
+    card: dict[str, Any]
+    promoted: bool
+    why: str
+
+
+def _auc(card: dict[str, Any], key: str) -> float:
+    metrics = (card.get("backtest") or {}).get("metrics") or {}
+    value = (metrics.get(key) or {}).get("roc_auc")
+    return float(value) if value is not None else float("nan")
+
+
+def save_model(con: duckdb.DuckDBPyConnection, model: ChurnModel, trained_at: datetime) -> None:
+    """Store one version (replacing a row of the same version)."""
+    card = model.card
+    window = card.get("data_window") or {}
+    blob = model.to_blob()
+    with transaction(con):
+        con.execute("DELETE FROM model_registry WHERE version = ?", [model.version])
+        con.execute(
+            "INSERT INTO model_registry (version, kind, trained_at, cutoff, data_from, data_to,"
+            " horizon_days, features, metrics, card, serialization, model)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                model.version,
+                model.kind,
+                trained_at,
+                datetime.fromisoformat(card["cutoff"]),
+                window.get("first_snapshot"),
+                window.get("last_snapshot"),
+                card["horizon_days"],
+                json.dumps([f["name"] for f in card["features"]]),
+                json.dumps((card.get("backtest") or {}).get("metrics")),
+                json.dumps(card, default=str),
+                None if blob is None else "skops",
+                blob,
+            ],
+        )
+
+
+def promote(con: duckdb.DuckDBPyConnection, version: str, at: datetime) -> None:
+    with transaction(con):
+        con.execute("UPDATE model_registry SET promoted = FALSE WHERE promoted")
+        con.execute(
+            "UPDATE model_registry SET promoted = TRUE, promoted_at = ? WHERE version = ?",
+            [at, version],
+        )
+
+
+def promoted_card(con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
+    row = con.execute(
+        "SELECT card FROM model_registry WHERE promoted ORDER BY promoted_at DESC LIMIT 1"
+    ).fetchall()
+    return json.loads(row[0][0]) if row else None
+
+
+def load_promoted(con: duckdb.DuckDBPyConnection) -> ChurnModel | None:
+    """The model in force, or None (the rule-based score then stays in force)."""
+    rows = con.execute(
+        "SELECT version, kind, model, card FROM model_registry WHERE promoted"
+        " ORDER BY promoted_at DESC LIMIT 1"
+    ).fetchall()
+    if not rows:
+        return None
+    version, kind, blob, card = rows[0]
+    return ChurnModel.from_stored(
+        str(version), str(kind), None if blob is None else bytes(blob), json.loads(card)
+    )
+
+
+def train_and_store(
+    settings: Settings,
+    con: duckdb.DuckDBPyConnection,
+    cutoff: datetime,
+    *,
+    trained_at: datetime,
+    promote_if_better: bool = True,
+) -> TrainResult:
+    """Train at ``cutoff``, store the version, promote it when its back-test is no worse
+    than the model in force and better than the baseline."""
+    model, card = train(Tables(con), settings.signals, cutoff, trained_at=trained_at)
+    save_model(con, model, trained_at)
+    if model.is_baseline:
+        return TrainResult(model, card, False, str(card.get("why", "baseline")))
+    auc, base = _auc(card, model.kind), _auc(card, "baseline")
+    current = promoted_card(con)
+    current_auc = _auc(current, str(current.get("kind"))) if current else float("nan")
+    if not math.isnan(base) and not auc > base:
+        return TrainResult(model, card, False, f"back-test AUC {auc:.3f} <= baseline {base:.3f}")
+    if not math.isnan(current_auc) and auc < current_auc:
+        why = f"back-test AUC {auc:.3f} below the model in force ({current_auc:.3f})"
+        return TrainResult(model, card, False, why)
+    if promote_if_better:
+        promote(con, model.version, trained_at)
+        return TrainResult(model, card, True, f"back-test AUC {auc:.3f}")
+    return TrainResult(model, card, False, "not asked to promote")
+
+
+def evaluate_at(
+    settings: Settings,
+    con: duckdb.DuckDBPyConnection,
+    cutoff: datetime,
+    truth: Any | None = None,
+) -> Evaluation:
+    """Train at ``cutoff`` and evaluate at it (nothing stored)."""
+    return evaluate(Tables(con), settings.signals, cutoff, truth=truth)
+
+
+def latest_data_at(con: duckdb.DuckDBPyConnection) -> datetime | None:
+    """The latest instant the warehouse holds data for (a charge, a subscription version)."""
+    row = con.execute(
+        "SELECT greatest((SELECT max(created_at) FROM core_charges),"
+        " (SELECT max(valid_from) FROM history_subscriptions))"
+    ).fetchall()
+    value = row[0][0] if row else None
+    return value if isinstance(value, datetime) else None
+
+
+def read_truth(path: Path) -> tuple[pl.DataFrame, datetime | None]:
+    """A world's ``truth.csv`` (docs/world-format.md) as key, churned_at, health; and the
+    world's ``now`` from the ``world.json`` beside it, when there is one."""
+    from churn.errors import ConfigError
+
+    try:
+        raw = pl.read_csv(path, infer_schema_length=0)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise ConfigError(f"cannot read the truth file {path.name}: {type(exc).__name__}") from None
+    need = {"customer_id", "account_id", "health", "churn_at"}
+    if not need <= set(raw.columns):
+        raise ConfigError(f"the truth file lacks columns {sorted(need - set(raw.columns))}")
+    truth = raw.select(
+        key=pl.coalesce(
+            pl.when(pl.col("account_id") != "").then(pl.col("account_id")), pl.col("customer_id")
+        ),
+        churned_at=pl.from_epoch(
+            pl.when(pl.col("churn_at") != "").then(pl.col("churn_at")).cast(pl.Int64), "s"
+        ),
+        health=pl.col("health").cast(pl.Float64, strict=False),
+    )
+    now: datetime | None = None
+    manifest = path.parent / "world.json"
+    if manifest.exists():
+        stamp = json.loads(manifest.read_text()).get("now")
+        if isinstance(stamp, int | float):
+            now = datetime.fromtimestamp(stamp, UTC).replace(tzinfo=None)
+    return truth, now

@@ -1,0 +1,167 @@
+"""The model against a generated world (slow): no feature reads data stamped after its
+snapshot, and the CLI trains, stores, shows and evaluates on a temporary warehouse.
+
+The point-in-time check uses the time-travel machinery (``churn.sandbox.timetravel``):
+the world rebuilt as it stood at T and extracted then is what a service installed at T
+saw; features at T computed on it must equal features at T computed on the warehouse
+extracted today, except for what the README lists as unknowable as of a past date.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from churn import warehouse
+from churn.cli import app
+from churn.settings import SignalSettings
+from churn.signals.model.features import FEATURE_NAMES, compute_features
+from churn.signals.tables import Tables
+
+pytestmark = pytest.mark.slow
+
+NOW = datetime(2026, 11, 30, tzinfo=UTC)
+AT = (NOW - timedelta(days=60)).replace(tzinfo=None)
+
+#: feature -> at most this many accounts may differ, each for a cause of the history
+#: rebuild, not a read past the snapshot (measured on this world: 300 accounts, T = now-60d):
+KNOWN: dict[str, int] = {
+    # a cancellation scheduled and withdrawn before the 30 days of events Stripe keeps
+    "known_churn": 1,
+    # an invoice paid since T after a failed attempt whose charges the current API does
+    # not link to it (the time-travel test's payment_failure difference)
+    "open_invoices": 1,
+    "days_invoice_open": 1,
+    # one account's MRR 180 days before T rebuilt differently from the invoice lines
+    "mrr_change_180d": 1,
+    "downgrade_180d": 1,
+}
+#: Read from the renewal date: the warehouse extracted at T carries, for some
+#: subscriptions, a version whose period end is a stale one from an earlier period
+#: (stepped forward by calendar months, while this world bills 30-day periods, so it
+#: drifts a day a month), and the card is today's default (no card history yet, issue 11).
+#: Differences of more than a week are allowed for at most this share of accounts
+#: (measured: 6 of 300 for the renewal, 9 for the card).
+RENEWAL = ("days_to_renewal", "card_days_after_renewal")
+RENEWAL_MAX_SHARE = 0.05
+
+
+@dataclass
+class Warehouses:
+    folder: Path
+    then_db: Path
+    now_db: Path
+
+
+@pytest.fixture(scope="module")
+def worlds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Warehouses]:
+    from churn.sandbox.timetravel import _extract_and_score, world_at
+    from churn.sandbox.world import generate_world, write_world
+
+    tmp = tmp_path_factory.mktemp("model-world")
+    folder = tmp / "world"
+    write_world(generate_world(300, seed=5, now=NOW), folder, seed=5)
+    world_at(folder, AT, tmp / "world-then")
+    then_db, now_db = tmp / "then.duckdb", tmp / "now.duckdb"
+    _extract_and_score(tmp / "world-then", then_db, AT)
+    _extract_and_score(folder, now_db, AT)
+    yield Warehouses(folder, then_db, now_db)
+
+
+def _features(db: Path) -> pl.DataFrame:
+    con = warehouse.connect(db, read_only=True)
+    try:
+        return compute_features(Tables(con), [AT], SignalSettings()).drop("churned")
+    finally:
+        con.close()
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-4 * max(1.0, abs(a))
+    return a == b
+
+
+def test_no_feature_reads_data_stamped_after_its_snapshot(worlds: Warehouses) -> None:
+    then = {r["account_id"]: r for r in _features(worlds.then_db).iter_rows(named=True)}
+    now = {r["account_id"]: r for r in _features(worlds.now_db).iter_rows(named=True)}
+    assert len(then) > 150
+    assert set(then) == set(now)
+    differing: dict[str, list[str]] = {}
+    for account, row in then.items():
+        for col in ("known_churn", "mrr_minor", *FEATURE_NAMES):
+            a, b = row[col], now[account][col]
+            if col in RENEWAL:
+                if not (math.isnan(a) and math.isnan(b)) and not abs(a - b) <= 7:
+                    differing.setdefault(col, []).append(account)
+            elif not _same(a, b):
+                differing.setdefault(col, []).append(account)
+    for col in RENEWAL:
+        KNOWN[col] = int(RENEWAL_MAX_SHARE * len(then))
+    print({c: len(a) for c, a in differing.items()})
+    unexplained = {c: a[:5] for c, a in differing.items() if len(a) > KNOWN.get(c, 0)}
+    assert not unexplained, unexplained
+
+
+def test_cli_trains_stores_shows_and_evaluates(
+    worlds: Warehouses, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    db = tmp_path / "model.duckdb"
+    shutil.copy(worlds.now_db, db)
+    monkeypatch.setenv("CHURN_DB", str(db))
+    runner = CliRunner()
+
+    shown = runner.invoke(app, ["model", "show"])
+    assert shown.exit_code == 0, shown.output
+    assert "No model in force" in shown.output
+
+    # Too few churners for the default minimum: the baseline stays, nothing promoted.
+    monkeypatch.setenv("CHURN_SIGNALS__MODEL_MIN_CHURNERS", "100000")
+    trained = runner.invoke(app, ["model", "train", "--cutoff", "2026-11-30"])
+    assert trained.exit_code == 0, trained.output
+    assert "Not promoted" in trained.output and "baseline" in trained.output
+
+    monkeypatch.setenv("CHURN_SIGNALS__MODEL_MIN_CHURNERS", "5")
+    trained = runner.invoke(app, ["model", "train", "--cutoff", "2026-11-30"])
+    assert trained.exit_code == 0, trained.output
+    assert "ROC AUC" in trained.output
+
+    con = warehouse.connect(db, read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT kind, promoted, serialization, model IS NOT NULL FROM model_registry"
+            " ORDER BY trained_at, kind"
+        ).fetchall()
+        from churn.job.model import load_promoted
+        from churn.signals.model.model import predict
+
+        model = load_promoted(con)
+        scored = None if model is None else predict(Tables(con), AT, model, SignalSettings())
+    finally:
+        con.close()
+    assert {r[0] for r in rows} >= {"baseline"}
+    assert all(r[2] == "skops" and r[3] for r in rows if r[0] != "baseline")
+    if any(r[1] for r in rows):
+        assert model is not None and scored is not None
+        assert scored.height > 100
+        assert scored["churn_probability"].is_between(0, 1).all()
+        assert scored["model_version"].unique().to_list() == [model.version]
+        shown = runner.invoke(app, ["model", "show"])
+        assert model.version in shown.output
+
+    evaluated = runner.invoke(
+        app, ["model", "evaluate", "--truth", str(worlds.folder / "truth.csv")]
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    for text in ("ROC AUC", "PR AUC", "Top-decile lift", "Brier", "Base-rate Brier",
+                 "Calibration", "monthly", "Known churn", "Hidden health alone"):  # fmt: skip
+        assert text in evaluated.output, text

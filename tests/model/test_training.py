@@ -1,0 +1,205 @@
+"""The back-test split, the leakage guards, calibration, storage and reasons (fast)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from datetime import datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from churn.errors import ScoringError
+from churn.signals.model import serialize
+from churn.signals.model.features import FEATURE_NAMES
+from churn.signals.model.metrics import calibration_table, summary, top_decile_lift
+from churn.signals.model.reasons import contributions, reasons_frame, sentence
+from churn.signals.model.train import (
+    CANDIDATES,
+    backtest,
+    backtest_folds,
+    fit_calibrated,
+    probabilities,
+    usable,
+)
+
+T0 = datetime(2025, 1, 1)  # noqa: DTZ001 (naive UTC, as the warehouse)
+SNAPS = [T0 + timedelta(days=14 * i) for i in range(40)]
+
+
+def synthetic(n_accounts: int = 400, signal: float = 2.0, seed: int = 0) -> pl.DataFrame:
+    """Accounts at every snapshot; churn depends on two features (and noise)."""
+    rng = np.random.default_rng(seed)
+    rows = n_accounts * len(SNAPS)
+    data: dict[str, object] = {
+        name: rng.normal(size=rows).astype(np.float32) for name in FEATURE_NAMES
+    }
+    data["utilization_30d"] = np.full(rows, np.nan, dtype=np.float32)  # a feed not there yet
+    x = np.asarray(data["failures_180d"]) - np.asarray(data["mrr_change_90d"])
+    p = 1 / (1 + np.exp(-(signal * x - 3)))
+    return pl.DataFrame(
+        {
+            "account_id": [f"a{i % n_accounts}" for i in range(rows)],
+            "snapshot_at": [SNAPS[i // n_accounts] for i in range(rows)],
+            "known_churn": rng.random(rows) < 0.02,
+            "churned": rng.random(rows) < p,
+            "mrr_minor": np.full(rows, 10_000, dtype=np.int64),
+            **data,
+        }
+    ).with_columns(pl.col("snapshot_at").cast(pl.Datetime("us")))
+
+
+def test_folds_train_only_on_snapshots_whose_horizon_ended_before_the_test_block() -> None:
+    folds = backtest_folds(SNAPS, horizon_days=90, folds=3, test_span=4)
+    assert len(folds) == 3
+    for fold in folds:
+        assert fold.train and fold.test
+        assert max(fold.train) + timedelta(days=90) <= min(fold.test)
+        assert not set(fold.train) & set(fold.test)
+    # later folds test later
+    assert [min(f.test) for f in folds] == sorted(min(f.test) for f in folds)
+
+
+def test_usable_rows_have_labels_known_at_the_cutoff_and_no_known_churn() -> None:
+    frame = synthetic(20)
+    cutoff = SNAPS[30]
+    rows = usable(frame, cutoff, 90)
+    assert rows.height > 0
+    assert rows["snapshot_at"].max() + timedelta(days=90) <= cutoff  # type: ignore[operator]
+    assert not rows["known_churn"].any()
+
+
+def test_backtest_finds_the_signal_and_beats_a_flat_baseline() -> None:
+    frame = synthetic(150)
+    flat = {s: pl.DataFrame({"account_id": ["a0"], "risk_score": [50]}) for s in SNAPS}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = backtest(frame, 90, flat)
+    assert set(result.metrics) == {*CANDIDATES, "baseline"}
+    assert result.chosen in CANDIDATES
+    assert result.metrics[result.chosen]["roc_auc"] > 0.8
+    assert result.metrics["baseline"]["roc_auc"] < 0.55
+    for fold in result.folds:
+        assert fold["train_until"] < fold["test_from"]
+
+
+@pytest.mark.parametrize("kind", CANDIDATES)
+def test_shuffled_labels_give_an_auc_near_one_half(kind: str) -> None:
+    """Leakage guard: with the labels shuffled, nothing in the pipeline can find churn."""
+    frame = synthetic(200, seed=1)
+    rng = np.random.default_rng(7)
+    shuffled = frame.with_columns(pl.Series("churned", rng.permutation(frame["churned"])))
+    train = shuffled.filter(pl.col("snapshot_at") < SNAPS[30])
+    test = shuffled.filter(pl.col("snapshot_at") >= SNAPS[37])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = fit_calibrated(kind, train)
+    auc = summary(test["churned"].cast(pl.Int8).to_numpy(), probabilities(est, test))["roc_auc"]
+    assert abs(auc - 0.5) < 0.05, auc
+
+
+@pytest.mark.parametrize("kind", CANDIDATES)
+def test_calibrated_probabilities_match_the_observed_rate_per_decile(kind: str) -> None:
+    frame = synthetic(600, seed=2)
+    train = frame.filter(pl.col("snapshot_at") < SNAPS[30])
+    test = frame.filter(pl.col("snapshot_at") >= SNAPS[33])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = fit_calibrated(kind, train)
+    y = test["churned"].cast(pl.Int8).to_numpy()
+    figures = summary(y, probabilities(est, test))
+    assert figures["max_calibration_gap"] < 0.05, figures
+    assert figures["brier"] < 0.8 * figures["base_rate_brier"], figures
+
+
+@pytest.mark.parametrize("kind", CANDIDATES)
+def test_a_model_round_trips_through_skops_with_the_trusted_list(kind: str) -> None:
+    frame = synthetic(100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = fit_calibrated(kind, frame)
+    back = serialize.loads(serialize.dumps(est))
+    np.testing.assert_allclose(probabilities(back, frame), probabilities(est, frame))
+
+
+def _untrusted_payload() -> bytes:
+    import skops.io as sio
+    from sklearn.preprocessing import FunctionTransformer
+
+    return sio.dumps(FunctionTransformer(func=math.floor))
+
+
+def test_a_stored_blob_naming_anything_outside_the_trusted_list_is_refused() -> None:
+    payload = _untrusted_payload()
+    with pytest.raises(ScoringError, match="untrusted"):
+        serialize.loads(payload)
+
+
+def test_metrics_lift_and_calibration_table() -> None:
+    y = np.array([1, 0, 0, 0, 0, 0, 0, 0, 0, 0] * 10)
+    p = np.where(y == 1, 0.9, 0.1)
+    assert top_decile_lift(y, p) == pytest.approx(10.0)
+    table = calibration_table(y, p)
+    assert len(table) == 10
+    assert sum(b["rows"] for b in table) == 100
+    assert table[-1]["observed"] == 1.0
+
+
+def _row(**values: float) -> dict[str, float]:
+    row = dict.fromkeys(FEATURE_NAMES, float("nan"))
+    row.update(values)
+    return row
+
+
+def test_reasons_are_sentences_a_csm_reads() -> None:
+    r = _row(utilization_30d=0.35, utilization_change_60d=-0.45)
+    assert sentence("utilization_change_60d", r) == "Seat use fell from 80% to 35% in 60 days."
+    assert sentence("mrr_change_90d", _row(mrr_change_90d=-0.4)) == (
+        "MRR fell 40% in the last 90 days."
+    )
+    assert sentence("failed_since_payment", _row(failed_since_payment=2)) == (
+        "2 failed payments since the last successful one."
+    )
+    assert sentence("days_since_failure", _row()) == "No failed payment on record."
+    for name in FEATURE_NAMES:  # every feature has words, none shows its column name
+        text = sentence(name, _row(**dict.fromkeys(FEATURE_NAMES, 1.0)))
+        assert name not in text and text.endswith(".")
+
+
+def test_reasons_name_the_features_that_raise_the_probability_most() -> None:
+    weights = np.zeros(len(FEATURE_NAMES))
+    weights[FEATURE_NAMES.index("failures_180d")] = 1.0
+    weights[FEATURE_NAMES.index("downgrade_180d")] = 0.5
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return 1 / (1 + np.exp(-(np.nan_to_num(x) @ weights - 3)))
+
+    x = np.zeros((1, len(FEATURE_NAMES)), dtype=np.float32)
+    x[0, FEATURE_NAMES.index("failures_180d")] = 3
+    x[0, FEATURE_NAMES.index("downgrade_180d")] = 0.5
+    x[0, FEATURE_NAMES.index("tenure_days")] = 400  # no weight: never a reason
+    reference = np.zeros(len(FEATURE_NAMES), dtype=np.float32)
+    p, contrib = contributions(predict, x, reference)
+    frame = pl.DataFrame({n: x[:, j] for j, n in enumerate(FEATURE_NAMES)})
+    reasons = reasons_frame(frame, contrib)
+    assert reasons == [
+        [
+            "3 failed payments in the last 6 months.",
+            "MRR is 50% below its level of the last 6 months.",
+        ]
+    ]
+    assert 0 < p[0] < 1
+
+
+def test_a_stored_model_trained_on_other_features_is_refused_not_misread(
+    con: object,
+) -> None:
+    from churn.settings import SignalSettings
+    from churn.signals.model.model import ChurnModel, predict
+    from churn.signals.tables import Tables
+
+    card = {"features": [{"name": "tenure_days", "description": "old"}]}
+    model = ChurnModel("old-1", "logistic", object(), [], card)
+    with pytest.raises(ScoringError, match="retrain"):
+        predict(Tables(con), T0, model, SignalSettings())  # type: ignore[arg-type]
