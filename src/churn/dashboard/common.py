@@ -22,7 +22,7 @@ from churn.errors import ChurnError
 from churn.settings import Settings, load_settings
 from churn.warehouse import connect_read_copy, read_copy_path
 
-__all__ = ["Session", "link_columns", "money_column", "session"]
+__all__ = ["Session", "blank", "link_columns", "money_column", "session"]
 
 
 @dataclass(frozen=True)
@@ -94,3 +94,8 @@ LINK_CONFIG: dict[str, Any] = {
 
 def date_text(value: datetime | None) -> str:
     return "" if value is None else f"{value:%Y-%m-%d}"
+
+
+def blank(frame: pl.DataFrame) -> pl.DataFrame:
+    """Empty text instead of "None" in a table's text columns (the grid prints nulls)."""
+    return frame.with_columns(pl.col(pl.String).fill_null(""))

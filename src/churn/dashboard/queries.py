@@ -160,7 +160,9 @@ def _health_select(con: duckdb.DuckDBPyConnection) -> str:
 
 
 def worklist(
-    con: duckdb.DuckDBPyConnection, filters: WorklistFilters = WorklistFilters(), limit: int = 500
+    con: duckdb.DuckDBPyConnection,
+    filters: WorklistFilters = WorklistFilters(),
+    limit: int | None = None,
 ) -> pl.DataFrame:
     """Accounts ranked by expected MRR at risk (then MRR, then Id), filtered.
 
@@ -289,21 +291,31 @@ def account_timeline(con: duckdb.DuckDBPyConnection, account_id: str) -> pl.Data
     sql = f"""
       WITH cust AS ({_CUSTOMERS}),
       ch AS (
-        SELECT c.*, COALESCE(c.invoice_id, i.invoice_id, c.charge_id) AS inv
+        SELECT c.*, COALESCE(c.invoice_id, i.invoice_id) AS inv
         FROM core_charges c
         LEFT JOIN core_invoices i ON c.invoice_id IS NULL
              AND i.payment_intent_id IS NOT NULL AND i.payment_intent_id = c.payment_intent_id
         WHERE c.customer_id IN (SELECT customer_id FROM cust)),
+      -- A charge's invoice when the shapes link it; otherwise a run of charges of one
+      -- customer and amount in which each follows a failure is one invoice's attempts.
+      runs AS (
+        SELECT *, sum(CASE WHEN prev IS DISTINCT FROM 'failed' THEN 1 ELSE 0 END)
+                    OVER (PARTITION BY customer_id, amount, currency ORDER BY created_at,
+                          charge_id) AS run
+        FROM (SELECT *, lag(status) OVER (PARTITION BY customer_id, amount, currency
+                                          ORDER BY created_at, charge_id) AS prev FROM ch)),
       charges AS (
         SELECT created_at AS happened_at, status, amount, currency,
-               row_number() OVER (PARTITION BY inv ORDER BY created_at, charge_id) AS attempt,
+               row_number() OVER (PARTITION BY COALESCE(inv, customer_id || ':' || amount
+                                  || ':' || currency || ':' || run)
+                                  ORDER BY created_at, charge_id) AS attempt,
                COALESCE(failure_message, decline_code, failure_code) AS why
-        FROM ch),
+        FROM runs),
       payments AS (
         SELECT happened_at,
-          CASE WHEN status = 'failed' THEN (CASE WHEN attempt > 1 THEN 'retry failed'
-                                                 ELSE 'payment failed' END)
-               WHEN attempt > 1 THEN 'retry succeeded' ELSE 'payment' END AS kind,
+          CASE WHEN status = 'failed' THEN (CASE WHEN attempt > 1 THEN 'Retry failed'
+                                                 ELSE 'Payment failed' END)
+               WHEN attempt > 1 THEN 'Retry succeeded' ELSE 'Payment' END AS kind,
           CASE WHEN status = 'failed'
                THEN 'Attempt ' || attempt || ' declined' || COALESCE(': ' || why, '')
                WHEN attempt > 1 THEN 'Paid on attempt ' || attempt
@@ -317,20 +329,20 @@ def account_timeline(con: duckdb.DuckDBPyConnection, account_id: str) -> pl.Data
         WHERE h.customer_id IN (SELECT customer_id FROM cust)
         WINDOW w AS (PARTITION BY h.subscription_id ORDER BY h.valid_from)),
       sub_events AS (
-        SELECT valid_from AS happened_at, 'cancellation scheduled' AS kind,
+        SELECT valid_from AS happened_at, 'Cancellation scheduled' AS kind,
                'Cancellation scheduled, ends '
                  || strftime(COALESCE(cancel_at, current_period_end), '%Y-%m-%d') AS what
         FROM subs WHERE (cancel_at_period_end OR cancel_at IS NOT NULL)
           AND NOT COALESCE(was_cancelling, FALSE) AND status <> 'canceled'
         UNION ALL
-        SELECT valid_from, 'cancellation withdrawn', 'Scheduled cancellation withdrawn'
+        SELECT valid_from, 'Cancellation withdrawn', 'Scheduled cancellation withdrawn'
         FROM subs WHERE was_cancelling AND NOT (cancel_at_period_end OR cancel_at IS NOT NULL)
           AND status <> 'canceled'
         UNION ALL
-        SELECT valid_from, 'subscription ended', 'Subscription ended'
+        SELECT valid_from, 'Subscription ended', 'Subscription ended'
         FROM subs WHERE status = 'canceled' AND COALESCE(prev_status, '') <> 'canceled'
         UNION ALL
-        SELECT valid_from, 'status', 'Subscription ' || replace(status, '_', ' ')
+        SELECT valid_from, 'Status', 'Subscription ' || replace(status, '_', ' ')
         FROM subs WHERE prev_status IS NOT NULL AND status <> prev_status
           AND status IN ('past_due', 'unpaid', 'paused')),
       instants AS (
@@ -353,8 +365,8 @@ def account_timeline(con: duckdb.DuckDBPyConnection, account_id: str) -> pl.Data
         FROM plan_at WINDOW w AS (PARTITION BY subscription_id ORDER BY t)),
       plan_events AS (
         SELECT t AS happened_at,
-          CASE WHEN prev_plan IS NULL THEN 'subscribed'
-               WHEN plan <> prev_plan THEN 'plan change' ELSE 'seat change' END AS kind,
+          CASE WHEN prev_plan IS NULL THEN 'Subscribed'
+               WHEN plan <> prev_plan THEN 'Plan change' ELSE 'Seat change' END AS kind,
           CASE WHEN prev_plan IS NULL THEN 'Subscribed to ' || plan || ', ' || seats || ' seats'
                WHEN plan <> prev_plan THEN 'Plan ' || prev_plan || ' -> ' || plan
                     || ' (' || prev_seats || ' -> ' || seats || ' seats)'
@@ -564,7 +576,7 @@ def cohort_retention(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
 # --- expansion leads ------------------------------------------------------------------
 
 
-def expansion_leads(con: duckdb.DuckDBPyConnection, limit: int = 200) -> pl.DataFrame:
+def expansion_leads(con: duckdb.DuckDBPyConnection, limit: int | None = None) -> pl.DataFrame:
     """Accounts to grow, apart from the risk worklist, by the MRR they could add.
 
     Two kinds: the expansion signals (every purchased seat in use), and steady payers

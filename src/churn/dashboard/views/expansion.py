@@ -11,6 +11,7 @@ from churn.dashboard import queries as q
 
 with common.session("Expansion leads", "Ranked by the MRR they could add") as s:
     leads = q.expansion_leads(s.con)
+    shown = 500
     c1, c2, c3 = st.columns(3)
     c1.metric("Leads", f"{leads.height:,}")
     c2.metric(
@@ -29,12 +30,19 @@ with common.session("Expansion leads", "Ranked by the MRR they could add") as s:
             w or f"Paid on time for 180 days; MRR grew {fmt.money(g, s.currency)} in three months."
             for w, g in zip(leads["why"], leads["grew_minor"], strict=True)
         ]
-        table = common.link_columns(leads.with_columns(pl.Series("why", why)), s.settings)
+        table = common.link_columns(
+            leads.with_columns(pl.Series("why", why)).head(shown), s.settings
+        )
+        if leads.height > shown:
+            st.caption(f"The {shown} with the most to add of {leads.height:,}.")
         table = common.money_column(table, "potential_mrr_minor", s.currency, "Could add")
         table = common.money_column(table, "total_mrr_minor", s.currency, "MRR")
         st.dataframe(
-            table.with_columns(
-                pl.col("next_renewal_at").dt.strftime("%Y-%m-%d").alias("Renewal")
+            common.blank(
+                table.with_columns(
+                    pl.col("next_renewal_at").dt.strftime("%Y-%m-%d").alias("Renewal"),
+                    pl.col("seats").cast(pl.String),
+                )
             ).rename(
                 {
                     "account_name": "Account",

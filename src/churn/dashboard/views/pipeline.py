@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import altair as alt
@@ -20,18 +21,20 @@ with common.session("Pipeline health") as s:
         c1, c2, c3, c4 = st.columns(4)
         c1.metric("Last run", last["status"])
         c2.metric(
-            "Finished",
-            "running"
-            if last["finished_at"] is None
-            else f"{last['finished_at']:%Y-%m-%d %H:%M} UTC",
+            "Finished (UTC)",
+            "running" if last["finished_at"] is None else f"{last['finished_at']:%b %d, %H:%M}",
         )
         c3.metric("Took", "n/a" if last["seconds"] is None else f"{last['seconds']:.0f} s")
         c4.metric("API calls", f"{last['api_calls'] or 0:,}")
         if last["error"]:
             st.error(last["error"])
     st.subheader("Last runs")
+    notes = [
+        " ".join(n for ns in json.loads(text).values() for n in ns) if text else ""
+        for text in recent["notes"].to_list()
+    ]
     st.dataframe(
-        recent.select(
+        common.blank(recent.with_columns(pl.Series("notes", notes, dtype=pl.String))).select(
             pl.col("started_at").dt.strftime("%Y-%m-%d %H:%M").alias("Started (UTC)"),
             pl.col("command").alias("Command"),
             pl.col("status").alias("Outcome"),
@@ -85,7 +88,7 @@ with common.session("Pipeline health") as s:
         st.success("Salesforce accepted every record pushed.")
     else:
         st.dataframe(
-            rejected.select(
+            common.blank(rejected).select(
                 pl.col("logged_at").dt.strftime("%Y-%m-%d %H:%M").alias("When (UTC)"),
                 pl.col("sobject").alias("Object"),
                 pl.col("record_key").alias("Record"),
@@ -129,7 +132,7 @@ with common.session("Pipeline health") as s:
     st.subheader(f"Unmatched and conflicting links: {problems.height}")
     if not problems.is_empty():
         st.dataframe(
-            problems.select(
+            common.blank(problems).select(
                 pl.col("customer_id").alias("Stripe customer"),
                 pl.col("method").alias("Problem"),
                 pl.col("detail").alias("Detail"),

@@ -137,12 +137,14 @@ with common.session("Portfolio", "MRR in the reporting currency, months in UTC")
         st.caption("An account with two signals counts under both.")
     with right:
         st.subheader("Payment Health over time")
-        health = q.health_over_time(s.con)
+        health = q.health_over_time(s.con).with_columns(
+            pl.col("as_of").dt.strftime("%Y-%m-%d %H:%M:%S")
+        )
         st.altair_chart(
             alt.Chart(health.to_pandas())
             .mark_bar()
             .encode(
-                x=alt.X("yearmonthdatehoursminutes(as_of):O", title="Scoring"),
+                x=alt.X("as_of:O", title="Scoring (UTC)"),
                 y=alt.Y("accounts:Q", title="Accounts"),
                 color=alt.Color(
                     "payment_health:N",

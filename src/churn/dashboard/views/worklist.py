@@ -121,8 +121,11 @@ with common.session("Worklist", "Accounts ranked by expected MRR at risk") as s:
     if risk.is_empty():
         st.info("No account matches these filters.")
     else:
+        shown = 1000
+        if risk.height > shown:
+            st.caption(f"The {shown:,} with the most at risk of {risk.height:,}.")
         st.dataframe(
-            _table(risk, s),
+            common.blank(_table(risk.head(shown), s)),
             column_order=COLUMNS,
             column_config={**common.LINK_CONFIG, "Why": st.column_config.TextColumn(width="large")},
             hide_index=True,
@@ -134,7 +137,7 @@ with common.session("Worklist", "Accounts ranked by expected MRR at risk") as s:
         st.caption("None.")
     else:
         st.dataframe(
-            _table(known, s),
+            common.blank(_table(known, s)),
             column_order=KNOWN_COLUMNS,
             column_config=common.LINK_CONFIG,
             hide_index=True,
