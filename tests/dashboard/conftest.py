@@ -6,33 +6,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import duckdb
 import pytest
+from dash_world import ACCOUNTS, SEED, Dash
 
-from churn.job.run import JobResult, run_job
-from churn.sandbox.demo import Sandbox, demo_settings, ensure_world, serve_world
-from churn.settings import Settings
-from churn.warehouse import connect_read_copy
-
-PAGES_DIR = Path(__file__).parents[2] / "src" / "churn" / "dashboard" / "views"
-ACCOUNTS, SEED = 600, 42
-
-
-@dataclass
-class Dash:
-    box: Sandbox
-    settings: Settings
-    db: Path
-    run: JobResult
-
-    def env(self) -> dict[str, str]:
-        return {**self.box.env(), "CHURN_DB": str(self.db)}
-
-    def read(self) -> duckdb.DuckDBPyConnection:
-        return connect_read_copy(self.db)
+from churn.job.run import run_job
+from churn.sandbox.demo import demo_settings, ensure_world, serve_world
 
 
 @pytest.fixture(scope="session")

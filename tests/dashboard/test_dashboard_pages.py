@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import PAGES_DIR, Dash
+from dash_world import PAGES_DIR, Dash
 from streamlit.testing.v1 import AppTest
 
 from churn.dashboard import format as fmt
@@ -230,7 +230,9 @@ def test_portfolio_movements_sum_to_the_mrr_change(page_env: Dash) -> None:
     months = table(at, "Start MRR").iloc[::-1]  # shown newest first
     # Independently of the page: MRR now from account_health; at the window's start, each
     # account's first start in mrr_movements, or its MRR now when it never moved.
-    now = scalar(page_env, f"SELECT sum(total_mrr_minor) FROM account_health WHERE as_of = {LATEST}")
+    now = scalar(
+        page_env, f"SELECT sum(total_mrr_minor) FROM account_health WHERE as_of = {LATEST}"
+    )
     start = scalar(
         page_env,
         f"""WITH mv AS (SELECT * FROM mrr_movements WHERE as_of = {LATEST}),
