@@ -112,37 +112,50 @@ def reporting_currency(con: duckdb.DuckDBPyConnection) -> str:
     return str(rows[0][0]) if rows and rows[0][0] else "USD"
 
 
-def _health_select(con: duckdb.DuckDBPyConnection) -> str:
-    """The latest account_health rows with names, owners, signals and open Tasks."""
+_LATEST = "(SELECT max(as_of) FROM account_health)"
+
+
+def _expected(cols: set[str]) -> str:
+    """Expected MRR at risk (migration 085), else the rule-based MRR at risk."""
+    if "expected_mrr_at_risk_minor" in cols:
+        return "COALESCE(expected_mrr_at_risk_minor, mrr_at_risk_minor, 0)"
+    return "COALESCE(mrr_at_risk_minor, 0)"
+
+
+def _health_select(con: duckdb.DuckDBPyConnection, where: str = "TRUE") -> str:
+    """The latest account_health rows that match ``where`` (over account_health's columns
+    and ``expected``, the expected MRR at risk), with names, owners, signals, billing
+    currencies and open Tasks joined to those rows only."""
     cols = _columns(con, "account_health")
-    expected = (
-        "COALESCE(h.expected_mrr_at_risk_minor, h.mrr_at_risk_minor, 0)"
-        if "expected_mrr_at_risk_minor" in cols
-        else "COALESCE(h.mrr_at_risk_minor, 0)"
-    )
+    expected = _expected(cols)
     prob = "h.churn_probability" if "churn_probability" in cols else "CAST(NULL AS DOUBLE)"
     model = "h.model_version" if "model_version" in cols else "CAST(NULL AS VARCHAR)"
     return f"""
-      WITH h AS (SELECT * FROM account_health
-                 WHERE as_of = (SELECT max(as_of) FROM account_health)),
+      WITH h0 AS (SELECT *, CAST({expected} AS BIGINT) AS expected FROM account_health
+                  WHERE as_of = {_LATEST}),
+      h AS MATERIALIZED (SELECT * FROM h0 WHERE {where}),
       sig AS (
         SELECT account_id, list(DISTINCT signal ORDER BY signal) AS signals
-        FROM signal_events WHERE as_of = (SELECT max(as_of) FROM account_health)
+        FROM signal_events WHERE as_of = {_LATEST}
+          AND account_id IN (SELECT account_id FROM h)
         GROUP BY account_id),
       tasks AS (
-        SELECT fields->>'WhatId' AS account_id, count(*) AS open_tasks,
-               string_agg(DISTINCT split_part(fields->>'Subject', ': ', 1), '; ') AS task_stage
-        FROM push_state WHERE sobject = 'Task' AND status = 'open' GROUP BY 1),
+        SELECT account_id, count(*) AS open_tasks,
+               string_agg(DISTINCT split_part(subject, ': ', 1), '; ') AS task_stage
+        FROM (SELECT fields->>'WhatId' AS account_id, fields->>'Subject' AS subject
+              FROM push_state WHERE sobject = 'Task' AND status = 'open')
+        WHERE account_id IN (SELECT account_id FROM h) GROUP BY 1),
       cur AS (
         SELECT account_id, list(DISTINCT upper(currency) ORDER BY upper(currency)) AS currencies
-        FROM account_mrr WHERE as_of = (SELECT max(as_of) FROM account_health)
+        FROM account_mrr WHERE as_of = {_LATEST}
+          AND account_id IN (SELECT account_id FROM h)
         GROUP BY account_id)
       SELECT h.account_id, COALESCE(a.name, h.account_id) AS account_name,
         a.owner_id, COALESCE(u.name, a.owner_id) AS owner_name,
         h.payment_health, h.risk_score, {prob} AS churn_probability,
         {model} AS model_version, h.known_churn, h.churn_effective_at,
         h.reporting_currency, h.total_mrr_minor,
-        CAST({expected} AS BIGINT) AS expected_mrr_at_risk_minor,
+        h.expected AS expected_mrr_at_risk_minor,
         h.next_renewal_at, h.last_successful_payment_at, h.days_since_last_payment,
         COALESCE(CAST(h.top_reasons AS VARCHAR[]), []) AS top_reasons,
         COALESCE(CAST(h.stripe_customer_ids AS VARCHAR[]), []) AS stripe_customer_ids,
@@ -168,24 +181,32 @@ def worklist(
 
     Known churn is apart: ``filters.known_churn`` False gives the predicted risk (accounts
     with no risk and nothing at stake are left out), True the scheduled cancellations.
+    Every filter applies to the health rows before anything is joined to them.
     """
     where = ["known_churn = $known"]
     params: dict[str, object] = {"known": filters.known_churn, "limit": limit}
     if not filters.known_churn:
-        where.append(
-            "(expected_mrr_at_risk_minor > 0 OR risk_score > 0 OR payment_health <> 'Healthy')"
-        )
+        where.append("(expected > 0 OR risk_score > 0 OR payment_health <> 'Healthy')")
     if filters.owners:
-        where.append("list_contains($owners, owner_id)")
+        where.append(
+            "account_id IN (SELECT account_id FROM core_accounts"
+            " WHERE list_contains($owners, owner_id))"
+        )
         params["owners"] = list(filters.owners)
     if filters.signals:
-        where.append("list_has_any(signals, $signals)")
+        where.append(
+            f"account_id IN (SELECT account_id FROM signal_events WHERE as_of = {_LATEST}"
+            " AND list_contains($signals, signal))"
+        )
         params["signals"] = list(filters.signals)
     if filters.payment_health:
         where.append("list_contains($health, payment_health)")
         params["health"] = list(filters.payment_health)
     if filters.currencies:
-        where.append("list_has_any(currencies, $currencies)")
+        where.append(
+            f"account_id IN (SELECT account_id FROM account_mrr WHERE as_of = {_LATEST}"
+            " AND list_contains($currencies, upper(currency)))"
+        )
         params["currencies"] = [c.upper() for c in filters.currencies]
     if filters.renewal_within_days is not None:
         where.append(
@@ -201,8 +222,7 @@ def worklist(
             where.append("total_mrr_minor < $hi")
             params["hi"] = band[1] * scale
     sql = f"""
-      SELECT * FROM ({_health_select(con)}) w
-      WHERE {" AND ".join(where)}
+      SELECT * FROM ({_health_select(con, " AND ".join(where))}) w
       ORDER BY expected_mrr_at_risk_minor DESC, total_mrr_minor DESC NULLS LAST, account_id
       LIMIT $limit
     """
@@ -246,15 +266,17 @@ def account_ids(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """Every scored account with its name, most expected MRR at risk first."""
     return _frame(
         con,
-        f"""SELECT account_id, account_name FROM ({_health_select(con)}) w
-            ORDER BY known_churn DESC, expected_mrr_at_risk_minor DESC, account_id""",
+        f"""SELECT h.account_id, COALESCE(a.name, h.account_id) AS account_name
+            FROM account_health h LEFT JOIN core_accounts a USING (account_id)
+            WHERE h.as_of = {_LATEST}
+            ORDER BY h.known_churn DESC, COALESCE(h.mrr_at_risk_minor, 0) DESC, h.account_id""",
     )
 
 
 def account_overview(con: duckdb.DuckDBPyConnection, account_id: str) -> pl.DataFrame:
     """The account's latest health row, as the worklist shows it (empty when unknown)."""
     return _frame(
-        con, f"SELECT * FROM ({_health_select(con)}) w WHERE account_id = $a", {"a": account_id}
+        con, f"SELECT * FROM ({_health_select(con, 'account_id = $a')}) w", {"a": account_id}
     )
 
 
@@ -527,12 +549,16 @@ def portfolio_summary(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
 def mrr_at_risk_by_signal(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """Expected MRR at risk of the accounts each signal fires for (an account with two
     signals counts under both), and how many accounts."""
+    expected = _expected(_columns(con, "account_health"))
     return _frame(
         con,
-        f"""SELECT s.signal, count(DISTINCT w.account_id) AS accounts,
-                   CAST(sum(w.expected_mrr_at_risk_minor) AS BIGINT) AS expected_mrr_at_risk_minor
-            FROM ({_health_select(con)}) w, unnest(w.signals) AS s(signal)
-            WHERE NOT list_contains($expansion, s.signal)
+        f"""WITH h AS (SELECT account_id, {expected} AS expected FROM account_health
+                       WHERE as_of = {_LATEST} AND {expected} > 0),
+            s AS (SELECT DISTINCT account_id, signal FROM signal_events
+                  WHERE as_of = {_LATEST} AND NOT list_contains($expansion, signal))
+            SELECT s.signal, count(*) AS accounts,
+                   CAST(sum(h.expected) AS BIGINT) AS expected_mrr_at_risk_minor
+            FROM s JOIN h USING (account_id)
             GROUP BY s.signal ORDER BY expected_mrr_at_risk_minor DESC, s.signal""",
         {"expansion": list(names_of("expansion"))},
     )
@@ -552,24 +578,29 @@ def cohort_retention(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     cohort's first-month MRR (accounts whose first MRR falls in the movements' window)."""
     return _frame(
         con,
-        """WITH mv AS (SELECT * FROM mrr_movements
-                       WHERE as_of = (SELECT max(as_of) FROM account_health)),
+        f"""WITH mv AS (SELECT * FROM mrr_movements WHERE as_of = {_LATEST}),
            starts AS (SELECT account_id, min(month) AS cohort FROM mv WHERE movement = 'new'
                       GROUP BY account_id),
+           -- per cohort and month: the MRR change and accounts gained or lost; an account
+           -- starts at zero in its cohort month, so running sums are its MRR and count
+           per AS (SELECT s.cohort, mv.month, sum(mv.amount_minor) AS change,
+                          count(*) FILTER (mv.start_mrr_minor = 0)
+                            - count(*) FILTER (mv.end_mrr_minor = 0) AS gained
+                   FROM mv JOIN starts s USING (account_id) WHERE mv.month >= s.cohort
+                   GROUP BY ALL),
            months AS (SELECT DISTINCT month FROM mv),
-           grid AS (SELECT s.account_id, s.cohort, m.month FROM starts s
-                    JOIN months m ON m.month >= s.cohort),
-           pt AS (SELECT g.cohort, g.month, g.account_id, mv.end_mrr_minor
-                  FROM grid g ASOF LEFT JOIN mv
-                    ON g.account_id = mv.account_id AND g.month >= mv.month),
-           per AS (SELECT cohort, month, sum(COALESCE(end_mrr_minor, 0)) AS mrr,
-                          count(*) FILTER (end_mrr_minor > 0) AS accounts
-                   FROM pt GROUP BY ALL)
-           SELECT p.cohort, CAST(datediff('month', p.cohort, p.month) AS INTEGER) AS month_index,
-                  p.accounts, CAST(p.mrr AS BIGINT) AS mrr_minor,
-                  p.mrr / nullif(first_value(p.mrr) OVER (PARTITION BY p.cohort
-                                                          ORDER BY p.month), 0) AS retained
-           FROM per p ORDER BY p.cohort, p.month""",
+           grid AS (SELECT c.cohort, m.month FROM (SELECT DISTINCT cohort FROM starts) c
+                    JOIN months m ON m.month >= c.cohort),
+           run AS (SELECT g.cohort, g.month,
+                          sum(COALESCE(p.change, 0)) OVER w AS mrr,
+                          sum(COALESCE(p.gained, 0)) OVER w AS accounts
+                   FROM grid g LEFT JOIN per p USING (cohort, month)
+                   WINDOW w AS (PARTITION BY g.cohort ORDER BY g.month))
+           SELECT cohort, CAST(datediff('month', cohort, month) AS INTEGER) AS month_index,
+                  CAST(accounts AS BIGINT) AS accounts, CAST(mrr AS BIGINT) AS mrr_minor,
+                  mrr / nullif(first_value(mrr) OVER (PARTITION BY cohort ORDER BY month), 0)
+                    AS retained
+           FROM run ORDER BY cohort, month""",
     )
 
 
@@ -584,8 +615,14 @@ def expansion_leads(con: duckdb.DuckDBPyConnection, limit: int | None = None) ->
     last three months. Potential: ``EXPANSION_UPLIFT`` more seats (at least one) at today's
     price per seat, or that share of MRR without seats.
     """
+    candidates = f"""NOT known_churn AND total_mrr_minor > 0 AND account_id IN (
+        SELECT account_id FROM signal_events
+        WHERE as_of = {_LATEST} AND list_contains($expansion, signal)
+        UNION SELECT account_id FROM mrr_movements
+        WHERE as_of = {_LATEST} AND movement = 'expansion'
+          AND month >= date_trunc('month', {_LATEST}) - INTERVAL 2 MONTH)"""
     sql = f"""
-      WITH w AS ({_health_select(con)}),
+      WITH w AS ({_health_select(con, candidates)}),
       seats AS (
         SELECT account_id, any_value(reason) AS reason,
                max(CAST(json_extract(evidence, '$.purchased_seats') AS BIGINT)) AS seats
