@@ -25,6 +25,7 @@ from churn import warehouse
 from churn.dashboard import queries as q
 from churn.dashboard.pages import PAGES, VIEWS
 
+SHOWN = 1000  # the worklist page's rows (views/worklist.py)
 TARGETS = {"dashboard_worklist_query_ms": 300.0, "dashboard_page_render_max_s": 2.0}
 
 # Tables the pages read, with the columns that make a row another account's.
@@ -82,11 +83,13 @@ def dashboard_figures(db: Path) -> dict[str, float | int]:
             ).fetchall()[0][0]
         )
         times = []
-        for _ in range(6):
+        for _ in range(6):  # what the landing page asks: its table and its figures
             t0 = time.perf_counter()
-            rows = q.worklist(con).height
+            rows = q.worklist(con, limit=SHOWN).height
+            total = q.worklist_totals(con)["accounts"]
             times.append(time.perf_counter() - t0)
         results["dashboard_worklist_rows"] = rows
+        results["dashboard_worklist_accounts"] = total
         results["dashboard_worklist_first_query_ms"] = round(1000 * times[0], 1)
         results["dashboard_worklist_query_ms"] = round(1000 * statistics.median(times[1:]), 1)
     finally:

@@ -167,6 +167,9 @@ def test_worklist_reads_an_older_warehouse_and_prefers_expected_mrr_at_risk(
         )
         older = q.worklist(con)
         assert list(older["account_id"]) == ["001C", "001A", "001B"]
+        assert list(q.worklist(con, limit=2)["account_id"]) == ["001C", "001A"]
+        assert q.worklist_totals(con) == {"accounts": 3, "expected_mrr_at_risk_minor": 20_000,
+                                          "total_mrr_minor": 105_000, "failed": 1}  # fmt: skip
         assert older["churn_probability"].null_count() == 3
         assert list(q.worklist(con, q.WorklistFilters(known_churn=True))["account_id"]) == ["001D"]
 

@@ -49,6 +49,7 @@ __all__ = [
     "runs",
     "score_breakdown",
     "worklist",
+    "worklist_totals",
 ]
 
 #: MRR bands in whole units of the reporting currency: (key, low inclusive, high exclusive).
@@ -172,19 +173,12 @@ def _health_select(con: duckdb.DuckDBPyConnection, where: str = "TRUE") -> str:
     """
 
 
-def worklist(
-    con: duckdb.DuckDBPyConnection,
-    filters: WorklistFilters = WorklistFilters(),
-    limit: int | None = None,
-) -> pl.DataFrame:
-    """Accounts ranked by expected MRR at risk (then MRR, then Id), filtered.
-
-    Known churn is apart: ``filters.known_churn`` False gives the predicted risk (accounts
-    with no risk and nothing at stake are left out), True the scheduled cancellations.
-    Every filter applies to the health rows before anything is joined to them.
-    """
+def _worklist_where(
+    con: duckdb.DuckDBPyConnection, filters: WorklistFilters
+) -> tuple[str, dict[str, object]]:
+    """The filters as one predicate over the latest health rows, and its parameters."""
     where = ["known_churn = $known"]
-    params: dict[str, object] = {"known": filters.known_churn, "limit": limit}
+    params: dict[str, object] = {"known": filters.known_churn}
     if not filters.known_churn:
         where.append("(expected > 0 OR risk_score > 0 OR payment_health <> 'Healthy')")
     if filters.owners:
@@ -221,12 +215,47 @@ def worklist(
         if band[1] is not None:
             where.append("total_mrr_minor < $hi")
             params["hi"] = band[1] * scale
+    return " AND ".join(where), params
+
+
+def worklist(
+    con: duckdb.DuckDBPyConnection,
+    filters: WorklistFilters = WorklistFilters(),
+    limit: int | None = None,
+) -> pl.DataFrame:
+    """Accounts ranked by expected MRR at risk (then MRR, then Id), filtered, the first
+    ``limit`` (all when None).
+
+    Known churn is apart: ``filters.known_churn`` False gives the predicted risk (accounts
+    with no risk and nothing at stake are left out), True the scheduled cancellations.
+    Every filter applies to the health rows before anything is joined to them.
+    """
+    where, params = _worklist_where(con, filters)
     sql = f"""
-      SELECT * FROM ({_health_select(con, " AND ".join(where))}) w
+      SELECT * FROM ({_health_select(con, where)}) w
       ORDER BY expected_mrr_at_risk_minor DESC, total_mrr_minor DESC NULLS LAST, account_id
       LIMIT $limit
     """
-    return _frame(con, sql, params)
+    return _frame(con, sql, {**params, "limit": limit})
+
+
+def worklist_totals(
+    con: duckdb.DuckDBPyConnection, filters: WorklistFilters = WorklistFilters()
+) -> dict[str, int]:
+    """For the whole filtered list: accounts, expected MRR at risk, MRR, payment failed."""
+    where, params = _worklist_where(con, filters)
+    expected = _expected(_columns(con, "account_health"))
+    rows = con.execute(
+        f"""SELECT count(*), COALESCE(sum({expected}), 0), COALESCE(sum(total_mrr_minor), 0),
+                   count(*) FILTER (payment_health = 'Failed')
+            FROM (SELECT *, {expected} AS expected FROM account_health
+                  WHERE as_of = {_LATEST}) h0
+            WHERE {where}""",
+        params,
+    ).fetchall()
+    accounts, at_risk, mrr, failed = (int(v) for v in rows[0])
+    return {"accounts": accounts, "expected_mrr_at_risk_minor": at_risk,
+            "total_mrr_minor": mrr, "failed": failed}  # fmt: skip
 
 
 def filter_options(con: duckdb.DuckDBPyConnection) -> dict[str, pl.DataFrame]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import polars as pl
 import streamlit as st
 
@@ -39,6 +41,7 @@ def _table(frame: pl.DataFrame, s: common.Session) -> pl.DataFrame:
     )
 
 
+SHOWN = 1000  # rows in each table; the figures above count them all
 COLUMNS = [
     "Account",
     "At risk",
@@ -103,36 +106,37 @@ with common.session("Worklist", "Accounts ranked by expected MRR at risk") as s:
         currencies=tuple(picked_currencies),
         renewal_within_days=None if window == "Any time" else int(window.split()[0]),
     )
-    risk = q.worklist(s.con, filters)
-    known = q.worklist(s.con, q.WorklistFilters(**{**filters.__dict__, "known_churn": True}))
+    known_filters = dataclasses.replace(filters, known_churn=True)
+    risk = q.worklist(s.con, filters, limit=SHOWN)
+    known = q.worklist(s.con, known_filters, limit=SHOWN)
+    totals = q.worklist_totals(s.con, filters)
+    known_totals = q.worklist_totals(s.con, known_filters)
 
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Accounts to call", f"{risk.height:,}")
+    c1.metric("Accounts to call", f"{totals['accounts']:,}")
     c2.metric(
-        "Expected MRR at risk",
-        fmt.money_short(int(risk["expected_mrr_at_risk_minor"].sum() or 0), s.currency),
+        "Expected MRR at risk", fmt.money_short(totals["expected_mrr_at_risk_minor"], s.currency)
     )
-    c3.metric("Payment failed", f"{risk.filter(pl.col('payment_health') == 'Failed').height:,}")
+    c3.metric("Payment failed", f"{totals['failed']:,}")
     c4.metric(
         "Known churn MRR",
-        fmt.money_short(int(known["total_mrr_minor"].fill_null(0).sum() or 0), s.currency),
+        fmt.money_short(known_totals["total_mrr_minor"], s.currency),
         help="Scheduled cancellations, shown apart below.",
     )
     if risk.is_empty():
         st.info("No account matches these filters.")
     else:
-        shown = 1000
-        if risk.height > shown:
-            st.caption(f"The {shown:,} with the most at risk of {risk.height:,}.")
+        if totals["accounts"] > risk.height:
+            st.caption(f"The {risk.height:,} with the most at risk of {totals['accounts']:,}.")
         st.dataframe(
-            common.blank(_table(risk.head(shown), s)),
+            common.blank(_table(risk, s)),
             column_order=COLUMNS,
             column_config={**common.LINK_CONFIG, "Why": st.column_config.TextColumn(width="large")},
             hide_index=True,
             width="stretch",
             key="worklist",
         )
-    st.subheader(f"Known churn: {known.height:,} scheduled cancellations")
+    st.subheader(f"Known churn: {known_totals['accounts']:,} scheduled cancellations")
     if known.is_empty():
         st.caption("None.")
     else:
