@@ -22,7 +22,10 @@ from churn.errors import ChurnError
 from churn.settings import Settings, load_settings
 from churn.warehouse import connect_read_copy, read_copy_path
 
-__all__ = ["Session", "blank", "link_columns", "money_column", "session"]
+#: The last line of every page (the screenshot waits for it).
+FOOTER = "Read from"
+
+__all__ = ["FOOTER", "Session", "blank", "link_columns", "money_column", "session"]
 
 
 @dataclass(frozen=True)
@@ -55,9 +58,10 @@ def session(title: str, caption: str | None = None) -> Iterator[Session]:
         st.caption(
             (caption + " · " if caption else "")
             + f"As of the run scored {as_of:%Y-%m-%d %H:%M} UTC · amounts in {currency}"
-            + f" · read copy {read_copy_path(settings.db).name}"
         )
         yield Session(settings, con, as_of, currency)
+        st.divider()
+        st.caption(f"{FOOTER} {read_copy_path(settings.db).name}, the copy of the last run.")
     finally:
         con.close()
 

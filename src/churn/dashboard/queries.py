@@ -291,14 +291,20 @@ def filter_options(con: duckdb.DuckDBPyConnection) -> dict[str, pl.DataFrame]:
 # --- the account page ------------------------------------------------------------------
 
 
-def account_ids(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """Every scored account with its name, most expected MRR at risk first."""
+def account_ids(
+    con: duckdb.DuckDBPyConnection, limit: int = 500, include: str | None = None
+) -> pl.DataFrame:
+    """The ``limit`` accounts with the most MRR at risk (known churn first) and ``include``
+    (an account asked for by its Id), with their names, for the account picker."""
     return _frame(
         con,
         f"""SELECT h.account_id, COALESCE(a.name, h.account_id) AS account_name
             FROM account_health h LEFT JOIN core_accounts a USING (account_id)
             WHERE h.as_of = {_LATEST}
-            ORDER BY h.known_churn DESC, COALESCE(h.mrr_at_risk_minor, 0) DESC, h.account_id""",
+            ORDER BY h.account_id = $include DESC, h.known_churn DESC,
+                     COALESCE(h.mrr_at_risk_minor, 0) DESC, h.account_id
+            LIMIT $limit""",
+        {"limit": limit + 1, "include": include or ""},
     )
 
 

@@ -19,8 +19,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from churn.dashboard import queries as q
+from churn.dashboard.common import FOOTER
 from churn.dashboard.pages import PAGES
 from churn.dashboard.server import streamlit_command, streamlit_env
 from churn.warehouse import connect_read_copy
@@ -86,6 +88,24 @@ def _showcase_account(db: Path) -> str | None:
         con.close()
 
 
+def _wait_rendered(page: Any) -> None:
+    """Until the script has run to its footer, nothing is a placeholder, every chart is
+    drawn and every table holds its cells; then two frames for the canvases to paint."""
+    page.get_by_text(FOOTER).first.wait_for()
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " && !document.querySelector('[data-testid=\"stSkeleton\"]')"
+    )
+    charts = page.locator("[data-testid='stVegaLiteChart']")
+    for n in range(charts.count()):
+        charts.nth(n).locator("canvas, svg").first.wait_for()
+    tables = page.locator("[data-testid='stDataFrame']")
+    for n in range(tables.count()):
+        # The grid's accessible cells appear once its data has arrived.
+        tables.nth(n).locator("[role='gridcell']").first.wait_for(state="attached")
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+
 def take_screenshots(db: Path, out: Path, *, timeout: float = 120.0) -> list[Path]:
     from playwright.sync_api import sync_playwright
 
@@ -113,27 +133,14 @@ def take_screenshots(db: Path, out: Path, *, timeout: float = 120.0) -> list[Pat
                 page.set_viewport_size({"width": WIDTH, "height": HEIGHT})
                 page.goto(url)
                 page.get_by_role("heading", name=title, exact=True).first.wait_for()
-                # Streamlit shows its status widget while the script runs.
-                page.wait_for_function(
-                    "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-                )
-                page.wait_for_load_state("networkidle")
-                charts = page.locator("[data-testid='stVegaLiteChart']")
-                for n in range(charts.count()):
-                    charts.nth(n).locator("canvas, svg").first.wait_for()
-                tables = page.locator("[data-testid='stDataFrame']")
-                for n in range(tables.count()):
-                    # The grid's accessible cells appear once its data has arrived.
-                    tables.nth(n).locator("[role='gridcell']").first.wait_for(state="attached")
+                _wait_rendered(page)
                 # Streamlit scrolls inside its main block: grow the window to the page's
-                # height so the picture holds all of it, then let two frames paint.
+                # height so the picture holds all of it, and wait for it to settle again.
                 height = page.evaluate(
-                    "() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight"
+                    "() => document.querySelector('[data-testid=stMain]').scrollHeight"
                 )
                 page.set_viewport_size({"width": WIDTH, "height": max(HEIGHT, int(height) + 40)})
-                page.evaluate(
-                    "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
-                )
+                _wait_rendered(page)
                 errors = page.locator("[data-testid='stException']")
                 if errors.count():
                     raise RuntimeError(f"page {title} shows an exception")

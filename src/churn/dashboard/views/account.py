@@ -11,10 +11,10 @@ from churn.dashboard import format as fmt
 from churn.dashboard import queries as q
 
 with common.session("Account") as s:
-    accounts = q.account_ids(s.con)
+    wanted = st.query_params.get("account")
+    accounts = q.account_ids(s.con, include=wanted)
     ids = accounts["account_id"].to_list()
     names = dict(zip(ids, accounts["account_name"].to_list(), strict=True))
-    wanted = st.query_params.get("account")
     if not ids:
         st.info("No account scored yet.")
         st.stop()

@@ -44,6 +44,7 @@ def _table(frame: pl.DataFrame, s: common.Session) -> pl.DataFrame:
 SHOWN = 1000  # rows in each table; the figures above count them all
 COLUMNS = [
     "Account",
+    "Details",
     "At risk",
     "MRR",
     "Payment Health",
@@ -53,18 +54,17 @@ COLUMNS = [
     "Renewal",
     "Open Tasks",
     "Task stage",
-    "Details",
     "Salesforce",
     "Stripe",
 ]
 KNOWN_COLUMNS = [
     "Account",
+    "Details",
     "MRR",
     "Ends",
     "Why",
     "Owner",
     "Open Tasks",
-    "Details",
     "Salesforce",
     "Stripe",
 ]
