@@ -131,7 +131,20 @@ with common.session("Account") as s:
         if mrr.is_empty():
             st.caption("No MRR movement in the last twelve months.")
         else:
-            chart = mrr.select(
+            # Each month's MRR from its start, carried on to the scoring date.
+            points = mrr.select(
+                pl.col("month").cast(pl.Datetime("us")).alias("month"), "end_mrr_minor"
+            )
+            points = pl.concat(
+                [
+                    points,
+                    pl.DataFrame(
+                        {"month": [s.as_of], "end_mrr_minor": [points["end_mrr_minor"][-1]]},
+                        schema=points.schema,
+                    ),
+                ]
+            )
+            chart = points.select(
                 pl.col("month"),
                 pl.col("end_mrr_minor")
                 .map_elements(lambda v: fmt.major(v, cur), return_dtype=pl.Float64)
@@ -139,8 +152,11 @@ with common.session("Account") as s:
             )
             st.altair_chart(
                 alt.Chart(chart.to_pandas())
-                .mark_line(point=True, interpolate="step-after")
-                .encode(x=alt.X("month:T", title=None), y=alt.Y("MRR:Q", title=f"MRR ({cur})")),
+                .mark_line(interpolate="step-after")
+                .encode(
+                    x=alt.X("month:T", title=None, axis=alt.Axis(format="%b %Y")),
+                    y=alt.Y("MRR:Q", title=f"MRR ({cur})"),
+                ),
                 width="stretch",
             )
     with right:
