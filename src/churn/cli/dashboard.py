@@ -55,4 +55,4 @@ def register(app: typer.Typer, state: CliState) -> None:
         settings = state.settings
         out.print(guarded(lambda: ensure_read_copy(settings)))
         out.print(f"dashboard on http://{address}:{port} (Ctrl-C stops it)")
-        raise typer.Exit(serve(settings.db, address, port))
+        serve(settings.db, address, port)

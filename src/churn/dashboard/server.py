@@ -8,11 +8,11 @@ not to open a browser.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-__all__ = ["APP", "streamlit_command", "streamlit_env"]
+__all__ = ["APP", "serve", "streamlit_command", "streamlit_env"]
 
 APP = Path(__file__).with_name("app.py")
 
@@ -36,6 +36,8 @@ def streamlit_env(db: Path) -> dict[str, str]:
     return {**os.environ, "CHURN_DB": str(db.resolve())}
 
 
-def serve(db: Path, address: str = "127.0.0.1", port: int = 8501) -> int:
-    """Run the server in the foreground until it stops; returns its exit code."""
-    return subprocess.call(streamlit_command(address, port), env=streamlit_env(db))
+def serve(db: Path, address: str = "127.0.0.1", port: int = 8501) -> NoReturn:
+    """Become the server (exec): Ctrl-C and SIGTERM reach Streamlit itself, and no child
+    outlives the command."""
+    command = streamlit_command(address, port)
+    os.execve(command[0], command, streamlit_env(db))
