@@ -17,7 +17,9 @@ with common.session("Pipeline health") as s:
     now = datetime.now(UTC).replace(tzinfo=None)
     recent = q.runs(s.con)
     if not recent.is_empty():
-        last = recent.row(0, named=True)
+        jobs = recent.filter(pl.col("command").str.starts_with("run"))
+        last = (jobs if not jobs.is_empty() else recent).row(0, named=True)
+        st.markdown(f"**Last `churn {last['command']}`**")
         c1, c2, c3, c4 = st.columns(4)
         c1.metric("Last run", last["status"])
         c2.metric(

@@ -120,9 +120,10 @@ with common.session("Portfolio", "MRR in the reporting currency, months in UTC")
     with left:
         st.subheader("Expected MRR at risk by signal")
         by_signal = q.mrr_at_risk_by_signal(s.con).with_columns(
+            pl.col("signal").str.replace_all("_", " "),
             pl.col("expected_mrr_at_risk_minor")
             .map_elements(lambda v: fmt.major(v, cur), return_dtype=pl.Float64)
-            .alias("at_risk")
+            .alias("at_risk"),
         )
         st.altair_chart(
             alt.Chart(by_signal.to_pandas())
