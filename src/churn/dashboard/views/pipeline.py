@@ -21,7 +21,7 @@ with common.session("Pipeline health") as s:
         last = (jobs if not jobs.is_empty() else recent).row(0, named=True)
         st.markdown(f"**Last `churn {last['command']}`**")
         c1, c2, c3, c4 = st.columns(4)
-        c1.metric("Last run", last["status"])
+        c1.metric("Outcome", last["status"])
         c2.metric(
             "Finished (UTC)",
             "running" if last["finished_at"] is None else f"{last['finished_at']:%b %d, %H:%M}",
