@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 
-.PHONY: venv test test-fast lint format demo bench clean
+.PHONY: venv test test-fast lint format demo bench dashboard screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,18 @@ demo: venv
 ## make bench: the benchmark suite; figures printed and written to benchmarks/results.json
 bench: venv
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+## make dashboard: the Streamlit dashboard on 127.0.0.1:8501 over CHURN_DB's read copy
+## (default: the demo's warehouse, data/demo.duckdb; run make demo first)
+DASHBOARD_DB ?= $(or $(CHURN_DB),data/demo.duckdb)
+dashboard: venv
+	$(BIN)/churn --db $(DASHBOARD_DB) dashboard $(DASHBOARD_ARGS)
+
+## make screenshot: a headless Chromium PNG of every page (Debian's /usr/bin/chromium),
+## each checked not blank, into SCREENSHOT_DIR
+SCREENSHOT_DIR ?= data/screenshots
+screenshot: venv
+	$(BIN)/python -m churn.dashboard.screenshot --db $(DASHBOARD_DB) --out $(SCREENSHOT_DIR)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -75,6 +75,10 @@ class StripeSettings(_Section):
     #: How the API lists events: Stripe lists newest first; ``auto`` reads it from the
     #: timestamps of each read (the order decides between events of the same second).
     events_order: Literal["auto", "newest_first", "oldest_first"] = "auto"
+    #: Where the dashboard links a customer (``<dashboard_url>/customers/<id>``); unset:
+    #: Stripe's Dashboard (``/test`` for a test key) or, with another ``api_base`` (the
+    #: sandbox's stand-in), that address's ``/v1``.
+    dashboard_url: str | None = None
 
     @field_validator("api_base")
     @classmethod

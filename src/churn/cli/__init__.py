@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "run",
     "sandbox",
     "model",
+    "dashboard",
 )
 
 state = CliState()

@@ -235,7 +235,7 @@ def run_job(
     on_step: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> JobResult:
-    """Run every step under the lock and record one run_log row.
+    """Run every step under the lock, record one run_log row, publish the read copy.
 
     ``should_stop`` is asked between steps (the scheduler's SIGTERM): the remaining steps
     are marked skipped and the run ends partial, with what landed committed.
@@ -244,9 +244,12 @@ def run_job(
     with run_lock(lock_path_for(settings)):
         con = warehouse.connect(settings.db)
         try:
-            return _run_locked(settings, con, dry_run, steps, on_step, should_stop)
+            result = _run_locked(settings, con, dry_run, steps, on_step, should_stop)
         finally:
             con.close()
+        # Closed and still locked: the dashboard's consistent copy (warehouse.read_copy).
+        warehouse.publish_read_copy(settings.db)
+        return result
 
 
 def close_interrupted_runs(con: duckdb.DuckDBPyConnection) -> int:

@@ -1,21 +1,26 @@
 """The DuckDB warehouse: open and migrate the file, write in transactions, keep cursors.
 
-Owns the schema (``migrations/NNN_name.sql``, applied in order on open) and the
-``sync_state`` table. Imports nothing of the service but :mod:`churn.errors`; every other
+Owns the schema (``migrations/NNN_name.sql``, applied in order on open), the
+``sync_state`` table and the read copy that readers open while a run writes
+(``read_copy``). Imports nothing of the service but :mod:`churn.errors`; every other
 package may import it. Table families are listed in ``docs/architecture.md``.
 """
 
 from __future__ import annotations
 
 from churn.warehouse.connection import Migration, connect, migrate, migrations, transaction, utcnow
+from churn.warehouse.read_copy import connect_read_copy, publish_read_copy, read_copy_path
 from churn.warehouse.sync_state import SyncState, read_state, write_state
 
 __all__ = [
     "Migration",
     "SyncState",
     "connect",
+    "connect_read_copy",
     "migrate",
     "migrations",
+    "publish_read_copy",
+    "read_copy_path",
     "read_state",
     "transaction",
     "utcnow",
