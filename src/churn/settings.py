@@ -223,6 +223,10 @@ class SignalSettings(_Section):
     model_snapshot_every_days: int = Field(14, ge=1)
     #: Training rows kept at most (whole accounts sampled, all their snapshots), to bound memory.
     model_max_training_rows: int = Field(1_000_000, ge=1_000)
+    #: ``churn run`` trains a new version when the newest one's cutoff is this many days
+    #: older than the instant it scores (and promotes it only when its back-test is no
+    #: worse than the one in force); 0: never in the run, only ``churn model train``.
+    model_retrain_every_days: int = Field(7, ge=0)
 
     @field_validator("risk_weights")
     @classmethod

@@ -165,3 +165,68 @@ def test_cli_trains_stores_shows_and_evaluates(
     for text in ("ROC AUC", "PR AUC", "Top-decile lift", "Brier", "Base-rate Brier",
                  "Calibration", "monthly", "Known churn", "Hidden health alone"):  # fmt: skip
         assert text in evaluated.output, text
+
+
+def test_scoring_uses_the_model_in_force_at_the_date_scored(
+    worlds: Warehouses, tmp_path: Path
+) -> None:
+    """With a version promoted, `score` makes risk_score the probability in percent and
+    records the version; a date before the version's cutoff is scored without it (it has
+    seen who churned after that date), so a back-fill reads no future."""
+    import shutil
+
+    from churn.job.model import promote, train_and_store
+    from churn.job.scoring import score
+    from churn.settings import Settings
+
+    db = tmp_path / "scored.duckdb"
+    shutil.copy(worlds.now_db, db)
+    now = NOW.replace(tzinfo=None)
+    settings = Settings(db=db, signals=SignalSettings(model_min_churners=5))
+    con = warehouse.connect(db)
+    try:
+        trained = train_and_store(settings, con, now, trained_at=now, promote_if_better=False)
+        assert not trained.model.is_baseline, trained.why
+        promote(con, trained.model.version, now)
+        score(settings, con, as_of=now)
+        score(settings, con, as_of=AT)
+        health = pl.from_arrow(
+            con.execute(
+                "SELECT as_of, account_id, risk_score, churn_probability, model_version,"
+                " known_churn, payment_health, total_mrr_minor, expected_mrr_at_risk_minor"
+                " FROM account_health"
+            ).to_arrow_table()
+        )
+    finally:
+        con.close()
+    assert isinstance(health, pl.DataFrame)
+    today = health.filter(pl.col("as_of") == now)
+    modelled = today.filter(pl.col("model_version").is_not_null())
+    assert modelled.height > 100
+    assert modelled["model_version"].unique().to_list() == [trained.model.version]
+    assert (
+        modelled["risk_score"] == (modelled["churn_probability"] * 100).round(0).cast(pl.Int32)
+    ).all()
+    plain = modelled.filter(~pl.col("known_churn") & (pl.col("payment_health") != "Failed"))
+    assert (
+        plain["expected_mrr_at_risk_minor"]
+        == (plain["total_mrr_minor"] * plain["churn_probability"]).round(0).cast(pl.Int64)
+    ).all()
+    past = health.filter(pl.col("as_of") == AT)
+    assert past.height > 100 and past["model_version"].is_null().all()
+    # Once a version trained at AT is in force too, AT is scored by it, not by the later one.
+    at_model = train_and_store(settings, con := warehouse.connect(db), AT, trained_at=AT,
+                               promote_if_better=False)  # fmt: skip
+    try:
+        assert not at_model.model.is_baseline, at_model.why
+        promote(con, at_model.model.version, AT)
+        promote(con, trained.model.version, now)  # the later one is the one in force
+        score(settings, con, as_of=AT)
+        used = con.execute(
+            "SELECT DISTINCT model_version FROM account_health"
+            " WHERE as_of = ? AND model_version IS NOT NULL",
+            [AT],
+        ).fetchall()
+    finally:
+        con.close()
+    assert used == [(at_model.model.version,)]

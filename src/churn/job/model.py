@@ -97,6 +97,59 @@ def load_promoted(con: duckdb.DuckDBPyConnection) -> ChurnModel | None:
     )
 
 
+def load_in_force(con: duckdb.DuckDBPyConnection, as_of: datetime) -> ChurnModel | None:
+    """The model that scores ``as_of``: the newest promoted version trained on data up to
+    ``as_of`` at most (its cutoff), or None (the rule-based score then stays in force).
+
+    A version trained later has seen who churned after ``as_of``: scoring a past date with
+    it would leak the future into the back-fill, so a past date is scored by the version
+    that was in force then, as it stood. Versions once promoted keep their
+    ``promoted_at``; the one promoted now is preferred when its cutoff allows.
+    """
+    rows = con.execute(
+        "SELECT version, kind, model, card FROM model_registry"
+        " WHERE promoted_at IS NOT NULL AND model IS NOT NULL AND cutoff <= ?"
+        " ORDER BY promoted DESC, promoted_at DESC LIMIT 1",
+        [as_of],
+    ).fetchall()
+    if not rows:
+        return None
+    version, kind, blob, card = rows[0]
+    return ChurnModel.from_stored(str(version), str(kind), bytes(blob), json.loads(card))
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    """What the run's model step did: counts for ``run_log`` and a sentence why."""
+
+    counts: dict[str, int]
+    notes: tuple[str, ...] = ()
+    api_calls: int = 0
+
+
+def retrain_if_due(
+    settings: Settings, con: duckdb.DuckDBPyConnection, as_of: datetime
+) -> RetrainResult:
+    """Train a version at ``as_of`` when the newest stored one (model or baseline) has a
+    cutoff ``model_retrain_every_days`` or more before it; promote it when its back-test is
+    no worse than the one in force. ``churn run``'s model step."""
+    every = settings.signals.model_retrain_every_days
+    if every == 0:
+        return RetrainResult({"trained": 0, "retrain_disabled": 1})
+    row = con.execute("SELECT max(cutoff) FROM model_registry").fetchall()
+    newest = row[0][0] if row else None
+    if isinstance(newest, datetime) and (as_of - newest).days < every:
+        return RetrainResult({"trained": 0, "days_since_last_training": (as_of - newest).days})
+    result = train_and_store(settings, con, as_of, trained_at=as_of)
+    counts = {
+        "trained": 1,
+        "promoted": int(result.promoted),
+        "baseline": int(result.model.is_baseline),
+    }
+    note = () if result.promoted else (f"model {result.model.version} not promoted: {result.why}",)
+    return RetrainResult(counts, note)
+
+
 def train_and_store(
     settings: Settings,
     con: duckdb.DuckDBPyConnection,

@@ -163,6 +163,10 @@ def _score(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
     return _call("churn.job.scoring", "score")(s, con, as_of=scoring_as_of(s))
 
 
+def _model(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
+    return _call("churn.job.model", "retrain_if_due")(s, con, scoring_as_of(s))
+
+
 def _push(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
     if s.run.as_of is not None:
         rows = con.execute("SELECT max(as_of) FROM account_health").fetchall()
@@ -178,11 +182,12 @@ DEFAULT_STEPS: tuple[Step, ...] = (
     Step("salesforce", _salesforce),
     Step("usage", _usage),
     Step("links", _links),
+    Step("model", _model),
     Step("score", _score),
     Step("push", _push),
 )
 # A failed extract leaves stale data: scoring and pushing over it would mislead owners.
-_NEEDS_EXTRACTS = {"links", "score", "push"}
+_NEEDS_EXTRACTS = {"links", "model", "score", "push"}
 
 
 def _run_step(step: Step, settings: Settings, con: Any, dry_run: bool) -> StepOutcome:

@@ -16,9 +16,11 @@ import duckdb
 import polars as pl
 
 from churn.errors import ScoringError
+from churn.job.model import load_in_force
 from churn.settings import Settings
 from churn.signals import SIGNAL_SCHEMA, SIGNALS, payment_failure, seat_utilization
 from churn.signals.health import account_health
+from churn.signals.model.model import predict
 from churn.signals.mrr import account_mrr, movements
 from churn.signals.tables import Tables
 from churn.warehouse import transaction
@@ -48,7 +50,9 @@ def compute(
     frames = [s.score(tables, as_of, sig) for s in SIGNALS]
     signals = pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=SIGNAL_SCHEMA)
     mrr = account_mrr(tables, as_of, sig)
-    health = account_health(tables, as_of, sig, signals, mrr)
+    model = load_in_force(con, as_of)
+    model_scores = None if model is None else predict(tables, as_of, model, sig)
+    health = account_health(tables, as_of, sig, signals, mrr, model_scores)
     moves = movements(tables, as_of, sig).with_columns(
         as_of=pl.lit(as_of).cast(pl.Datetime("us")),
         reporting_currency=pl.lit(sig.reporting_currency.upper()),

@@ -1,0 +1,61 @@
+"""The run's model step and the model scoring uses: retrain on a cadence, and a past date
+scored by the version in force then (never one trained on data after it)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+
+from churn.job.model import load_in_force, retrain_if_due
+from churn.job.run import DEFAULT_STEPS
+from churn.settings import Settings, SignalSettings
+
+CUTOFF = datetime(2026, 11, 1, tzinfo=UTC).replace(tzinfo=None)  # naive UTC, as stored
+
+
+def _store_baseline(con: duckdb.DuckDBPyConnection, cutoff: datetime) -> None:
+    con.execute(
+        "INSERT INTO model_registry (version, kind, trained_at, cutoff, horizon_days, features,"
+        " metrics, card) VALUES (?, 'baseline', ?, ?, 90, '[]', '{}', ?)",
+        [f"baseline-{cutoff:%Y%m%d}", cutoff, cutoff, json.dumps({"cutoff": cutoff.isoformat()})],
+    )
+
+
+def test_the_model_step_runs_between_links_and_scoring() -> None:
+    names = [s.name for s in DEFAULT_STEPS]
+    assert names.index("links") < names.index("model") < names.index("score")
+
+
+def test_no_retraining_before_the_cadence(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    """A version stored 6 days before the instant scored (weekly cadence): nothing trained,
+    and the counts say how old the newest one is."""
+    _store_baseline(con, CUTOFF)
+    settings = Settings(db=tmp_path / "x.duckdb")
+    got = retrain_if_due(settings, con, CUTOFF + timedelta(days=6))
+    assert got.counts == {"trained": 0, "days_since_last_training": 6}
+    rows = con.execute("SELECT count(*) FROM model_registry").fetchone()
+    assert rows == (1,)
+
+
+def test_retraining_can_be_switched_off(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    settings = Settings(
+        db=tmp_path / "x.duckdb", signals=SignalSettings(model_retrain_every_days=0)
+    )
+    assert retrain_if_due(settings, con, CUTOFF).counts == {"trained": 0, "retrain_disabled": 1}
+    assert con.execute("SELECT count(*) FROM model_registry").fetchone() == (0,)
+
+
+def test_a_due_retraining_on_too_little_history_stores_the_baseline(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """An empty warehouse has no churners: the baseline is stored (so the next run does
+    not try again before the cadence), nothing promoted, and the rule-based score stays."""
+    settings = Settings(db=tmp_path / "x.duckdb")
+    got = retrain_if_due(settings, con, CUTOFF)
+    assert got.counts == {"trained": 1, "promoted": 0, "baseline": 1}
+    assert got.notes and "not promoted" in got.notes[0]
+    assert load_in_force(con, CUTOFF + timedelta(days=30)) is None
+    assert retrain_if_due(settings, con, CUTOFF + timedelta(days=1)).counts["trained"] == 0
