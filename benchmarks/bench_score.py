@@ -64,6 +64,23 @@ def build(con: object, n: int) -> None:
     INSERT INTO core_usage
     SELECT 'c' || i, DATE '2026-02-15' - CAST(d AS INTEGER), (i * 7 + d) % 25, 'bench', TIMESTAMP '2026-02-15'
     FROM range({n}) r(i), range(10) s(d);
+    -- links over time: two customers an Account, one in ten relinked before AS_OF and one in
+    -- twenty after it (the score as of AS_OF reads the link in force then)
+    INSERT INTO history_account_links
+    SELECT 'c' || i, TIMESTAMP '2025-01-01',
+      CASE WHEN i % 10 = 1 THEN TIMESTAMP '2026-01-10' WHEN i % 20 = 2 THEN TIMESTAMP '2026-03-01' END,
+      '001' || (i // 2), 'metadata', NULL
+    FROM range({n}) r(i);
+    INSERT INTO history_account_links
+    SELECT 'c' || i, CASE WHEN i % 10 = 1 THEN TIMESTAMP '2026-01-10' ELSE TIMESTAMP '2026-03-01' END,
+      NULL, '002' || i, 'account_field', NULL
+    FROM range({n}) r(i) WHERE i % 10 = 1 OR i % 20 = 2;
+    INSERT INTO core_account_links (customer_id, account_id, method, detail, linked_at, valid_from)
+    SELECT customer_id, account_id, method, detail, valid_from, valid_from
+    FROM history_account_links WHERE valid_to IS NULL;
+    -- the EUR rate as seen over time (CurrencyType versions)
+    INSERT INTO core_currency_rate_versions VALUES ('USD', 1, TIMESTAMP '2025-01-01'),
+      ('EUR', 0.92, TIMESTAMP '2025-01-01'), ('EUR', 0.9, TIMESTAMP '2025-09-01');
     """
     con.execute(sql)  # type: ignore[attr-defined]
 

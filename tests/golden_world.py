@@ -2,6 +2,11 @@
 
 A case file: ``{"description", "as_of", "settings"?, "tables": {table: [row, ...]},
 "expected": [...]}``. Defaults keep the files to what each case is about.
+
+Links: the signals read ``history_account_links`` (links as of T). A case that gives only
+``core_account_links`` gets each of them as its customer's one version (from ``linked_at``,
+still in force, so in force at any T), as the link step would have written it; a case about
+links over time gives ``history_account_links`` itself.
 """
 
 from __future__ import annotations
@@ -70,6 +75,12 @@ def seed(con: duckdb.DuckDBPyConnection, tables: dict[str, list[dict[str, Any]]]
             ]
             marks = ", ".join("?" for _ in cols)
             con.execute(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})", values)
+    if "core_account_links" in tables and "history_account_links" not in tables:
+        con.execute(
+            "INSERT INTO history_account_links (customer_id, valid_from, valid_to, account_id,"
+            " method, detail) SELECT customer_id, linked_at, NULL, account_id, method, detail"
+            " FROM core_account_links"
+        )
 
 
 def cases(kind: str) -> list[Path]:

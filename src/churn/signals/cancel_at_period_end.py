@@ -36,7 +36,7 @@ s AS (
   SELECT h.*, {account_key("h.customer_id")} AS account_id,
     CASE WHEN h.cancel_at > $as_of THEN h.cancel_at ELSE h.current_period_end END AS effective_at,
     COALESCE(m.mrr_minor, 0) AS mrr_minor
-  FROM h LEFT JOIN core_account_links l ON l.customer_id = h.customer_id
+  FROM h LEFT JOIN account_links_as_of($as_of) l ON l.customer_id = h.customer_id
   LEFT JOIN m ON m.subscription_id = h.subscription_id
 )
 SELECT account_id,

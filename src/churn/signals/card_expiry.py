@@ -60,7 +60,7 @@ s AS (
              c.default_source) AS pm_id,
     {account_key("h.customer_id")} AS account_id
   FROM h LEFT JOIN c ON c.customer_id = h.customer_id
-  LEFT JOIN core_account_links l ON l.customer_id = h.customer_id
+  LEFT JOIN account_links_as_of($as_of) l ON l.customer_id = h.customer_id
 ),
 j AS (
   SELECT s.*, pm.card_brand, pm.card_last4, pm.card_exp_month, pm.card_exp_year, pm.good_until,

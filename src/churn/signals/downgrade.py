@@ -102,7 +102,7 @@ seats AS (
   SELECT {account_key("i.customer_id")} AS account_id,
     sum(CASE WHEN i.t = $start THEN i.quantity ELSE 0 END) AS seats_start,
     sum(CASE WHEN i.t = $as_of THEN i.quantity ELSE 0 END) AS seats_end
-  FROM items i LEFT JOIN core_account_links l ON l.customer_id = i.customer_id
+  FROM items i LEFT JOIN account_links_as_of($as_of) l ON l.customer_id = i.customer_id
   WHERE COALESCE(i.usage_type, 'licensed') = 'licensed'
   GROUP BY ALL
 ),
@@ -115,7 +115,7 @@ sub_seats AS (
 ),
 owner AS (
   SELECT DISTINCT h.subscription_id, {account_key("h.customer_id")} AS account_id
-  FROM history_subscriptions h LEFT JOIN core_account_links l ON l.customer_id = h.customer_id
+  FROM history_subscriptions h LEFT JOIN account_links_as_of($as_of) l ON l.customer_id = h.customer_id
   WHERE h.valid_from <= $as_of
 ),
 decreases AS (

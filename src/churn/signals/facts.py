@@ -25,9 +25,9 @@ def last_successful_payment_sql(account_key_sql: str) -> str:
     """SQL: per account, the time of its last succeeded charge known at ``$as_of``.
 
     ``account_key_sql`` maps ``ch.customer_id`` to the marts' account key (needs
-    ``LEFT JOIN core_account_links l ON l.customer_id = ch.customer_id``).
+    ``LEFT JOIN account_links_as_of($as_of) l ON l.customer_id = ch.customer_id``, the links as of T).
     """
     return f"""
   SELECT {account_key_sql} AS account_id, max(ch.created_at) AS last_paid
-  FROM core_charges ch LEFT JOIN core_account_links l ON l.customer_id = ch.customer_id
+  FROM core_charges ch LEFT JOIN account_links_as_of($as_of) l ON l.customer_id = ch.customer_id
   WHERE ch.status = 'succeeded' AND ch.created_at <= $as_of GROUP BY ALL"""

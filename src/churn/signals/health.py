@@ -108,7 +108,7 @@ def _facts_sql() -> str:
     return f"""
 WITH live AS (
   SELECT h.*, {account_key("h.customer_id")} AS account_id
-  FROM history_subscriptions h LEFT JOIN core_account_links l ON l.customer_id = h.customer_id
+  FROM history_subscriptions h LEFT JOIN account_links_as_of($as_of) l ON l.customer_id = h.customer_id
   WHERE h.valid_from <= $as_of AND (h.valid_to IS NULL OR h.valid_to > $as_of)
     AND {sql_in("h.status", IN_FORCE_STATUSES)}
 ),

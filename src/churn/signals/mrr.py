@@ -51,17 +51,41 @@ if TYPE_CHECKING:  # settings take their defaults from the signal registry
 
 from churn.signals.facts import MRR_STATUSES
 from churn.signals.money import sql_convert, sql_round_div
+from churn.signals.rates import rates_at_sql
 from churn.signals.tables import Tables
 
 ACCOUNT_KEY = "COALESCE(l.account_id, {cust})"
+
+#: The links a score as of ``$as_of`` reads: each customer's link in force at ``as_of`` as
+#: known then (migration 076's macro over ``history_account_links``), never today's
+#: ``core_account_links``. Every instant a score reads (the MRR points of its movements,
+#: the start of the downgrade window) is keyed by these same links: an account is the
+#: customers linked to it as of T, so a relink is neither churn at one Account nor new MRR
+#: at another, and a warehouse extracted at T (which knows only the links in force then)
+#: keys the past the same way.
+LINKS_AS_OF = "account_links_as_of($as_of)"
 
 
 def account_key(customer_column: str) -> str:
     """SQL for the marts' account key: linked Salesforce Account Id, else customer id.
 
-    Needs ``LEFT JOIN core_account_links l ON l.customer_id = <customer_column>``.
+    Needs ``l``: :func:`links_join` (links as of ``$as_of``) or :func:`links_at_join`.
     """
     return ACCOUNT_KEY.format(cust=customer_column)
+
+
+def links_join(customer_column: str) -> str:
+    """SQL: ``LEFT JOIN`` of ``customer_column``'s link in force at ``$as_of`` as ``l``."""
+    return f"LEFT JOIN {LINKS_AS_OF} l ON l.customer_id = {customer_column}"
+
+
+def links_at_join(customer_column: str, instant: str) -> str:
+    """SQL: ``LEFT JOIN`` of ``customer_column``'s link in force at ``instant`` (a column:
+    one instant per row, e.g. a model snapshot) as ``l``, from ``account_link_versions``."""
+    return (
+        f"LEFT JOIN account_link_versions l ON l.customer_id = {customer_column}"
+        f" AND l.in_force_from <= {instant} AND (l.valid_to IS NULL OR l.valid_to > {instant})"
+    )
 
 
 #: Period amounts are carried in 10**-12 minor units: Stripe's decimal amounts have at
@@ -193,9 +217,20 @@ def item_mrr_sql(points: str, settings: SignalSettings, *, per_subscription: boo
 
 
 def subscription_mrr_sql(
-    points: str, settings: SignalSettings, *, per_subscription: bool = False
+    points: str,
+    settings: SignalSettings,
+    *,
+    per_subscription: bool = False,
+    by_customer: bool = False,
 ) -> str:
-    """Per subscription at each point ``t``: gross MRR, discount and MRR, with account key."""
+    """Per subscription at each point ``t``: gross MRR, discount and MRR, with account key.
+
+    The account key is the customer's link as of ``$as_of`` (:data:`LINKS_AS_OF`) at every
+    point; ``by_customer``: the customer id instead, for a caller that keys each point
+    itself (the model's snapshots, no ``$as_of``).
+    """
+    link = "" if by_customer else links_join("n.customer_id")
+    key = "n.customer_id" if by_customer else account_key("n.customer_id")
     temporary = "TRUE" if settings.count_temporary_discounts else "FALSE"
     return f"""
     WITH items AS ({item_mrr_sql(points, settings, per_subscription=per_subscription)}),
@@ -230,10 +265,10 @@ def subscription_mrr_sql(
     } AS monthly_amount_off
       FROM per_sub ps LEFT JOIN disc d USING (t, subscription_id)
     )
-    SELECT n.t, n.subscription_id, n.customer_id, {account_key("n.customer_id")} AS account_id,
+    SELECT n.t, n.subscription_id, n.customer_id, {key} AS account_id,
            n.currency, CAST(n.gross AS BIGINT) AS gross_mrr_minor,
            CAST(greatest(n.after_pct - n.monthly_amount_off, 0) AS BIGINT) AS mrr_minor
-    FROM net n LEFT JOIN core_account_links l ON l.customer_id = n.customer_id
+    FROM net n {link}
     """
 
 
@@ -249,24 +284,31 @@ def _configured_rates(settings: SignalSettings) -> str:
     return "VALUES " + ", ".join(rows)
 
 
-def account_mrr_sql(points: str, settings: SignalSettings) -> str:
-    """Per account and original currency at each ``t``: MRR and its reporting value."""
+def account_mrr_sql(points: str, settings: SignalSettings, *, by_customer: bool = False) -> str:
+    """Per account and original currency at each ``t``: MRR and its reporting value.
+
+    Converted at the rates as they stood at ``t`` (:func:`churn.signals.rates.rates_at_sql`:
+    dated conversion rates, else CurrencyType as seen by then, else today's), then the
+    settings' ``currency_rates`` for a currency with none. ``by_customer``: keyed by
+    customer id (see :func:`subscription_mrr_sql`).
+    """
     rep = settings.reporting_currency.upper()
+    subs = subscription_mrr_sql(points, settings, by_customer=by_customer)
     return f"""
-    WITH subs AS ({subscription_mrr_sql(points, settings)}),
+    WITH subs AS ({subs}),
     acc AS (
       SELECT t, account_id, currency, CAST(sum(mrr_minor) AS BIGINT) AS mrr_minor,
              count(*) AS subscription_count
       FROM subs GROUP BY ALL
     ),
-    core_rates AS (
-      SELECT upper(iso_code) AS iso, conversion_rate FROM core_currency_rates WHERE is_active
-    ),
+    known_rates AS ({rates_at_sql(points)}),
     rates AS (
-      SELECT * FROM core_rates
+      SELECT t, iso, conversion_rate FROM known_rates
       UNION ALL
-      SELECT * FROM ({_configured_rates(settings)}) c(iso, conversion_rate)
-      WHERE iso NOT IN (SELECT iso FROM core_rates)
+      SELECT p.t, c.iso, c.conversion_rate
+      FROM (SELECT DISTINCT t FROM acc) p
+      CROSS JOIN ({_configured_rates(settings)}) c(iso, conversion_rate)
+      ANTI JOIN known_rates k ON k.t = p.t AND k.iso = c.iso
     )
     SELECT acc.t, acc.account_id, acc.currency, acc.mrr_minor, acc.subscription_count,
            '{rep}' AS reporting_currency,
@@ -285,8 +327,8 @@ def account_mrr_sql(points: str, settings: SignalSettings) -> str:
         )
     } END AS reporting_mrr_minor
     FROM acc
-    LEFT JOIN rates src ON src.iso = upper(acc.currency)
-    LEFT JOIN rates tgt ON tgt.iso = '{rep}'
+    LEFT JOIN rates src ON src.t = acc.t AND src.iso = upper(acc.currency)
+    LEFT JOIN rates tgt ON tgt.t = acc.t AND tgt.iso = '{rep}'
     """
 
 

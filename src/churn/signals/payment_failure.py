@@ -220,7 +220,7 @@ classed AS (
               OR o.advice_code IN ({_in(ADVICE_CUSTOMER)})
            THEN 'customer_action'
          ELSE 'soft' END AS decline_class
-  FROM open_failed o LEFT JOIN core_account_links l ON l.customer_id = o.customer_id
+  FROM open_failed o LEFT JOIN account_links_as_of($as_of) l ON l.customer_id = o.customer_id
 )
 SELECT account_id,
   least(1.0, 0.5 + 0.3 * (least(attempts, $final) - 1) / greatest($final - 1, 1)

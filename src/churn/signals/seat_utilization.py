@@ -105,7 +105,7 @@ held AS (
   FROM history_subscriptions h
   JOIN history_subscription_items i ON i.subscription_id = h.subscription_id
   JOIN seat_prices p ON p.price_id = i.price_id
-  LEFT JOIN core_account_links l ON l.customer_id = h.customer_id
+  LEFT JOIN account_links_as_of($as_of) l ON l.customer_id = h.customer_id
   WHERE ({sql_in("h.status", MRR_STATUSES)} OR h.status = 'canceled')
     AND h.valid_from <= $as_of AND i.valid_from <= $as_of
 ),
@@ -113,7 +113,7 @@ usage AS (
   SELECT {account_key("u.account_id")} AS account_id, u.day, sum(u.active_seats) AS active
   -- the feed as known at as_of (restatements loaded later not read into the past)
   FROM core_usage_as_of($as_of, CAST($as_of AS DATE) - CAST($max_window AS INTEGER)) u
-  LEFT JOIN core_account_links l ON l.customer_id = u.account_id
+  LEFT JOIN account_links_as_of($as_of) l ON l.customer_id = u.account_id
   WHERE u.day > CAST($as_of AS DATE) - CAST($max_window AS INTEGER) AND u.day <= CAST($as_of AS DATE)
   GROUP BY ALL
 ),
@@ -218,9 +218,9 @@ FROM r WHERE min_util >= $high
 _UNSUPPORTED = f"""{_ACCOUNTS}
 , known AS (
   SELECT {account_key("h.customer_id")} AS account_id FROM history_subscriptions h
-  LEFT JOIN core_account_links l ON l.customer_id = h.customer_id
+  LEFT JOIN account_links_as_of($as_of) l ON l.customer_id = h.customer_id
   UNION SELECT customer_id FROM core_customers
-  UNION SELECT account_id FROM core_account_links
+  UNION SELECT account_id FROM account_links_as_of($as_of)
 )
 SELECT f.account_id,
   CASE WHEN n.account_id IS NULL AND k.account_id IS NULL THEN '{UNKNOWN_KEY}'

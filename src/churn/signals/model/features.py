@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # settings take their defaults from the signal registry
     from churn.settings import SignalSettings
 
 from churn.signals.facts import IN_FORCE_STATUSES, sql_in
-from churn.signals.mrr import account_key, account_mrr_sql
+from churn.signals.mrr import account_key, account_mrr_sql, links_at_join
 from churn.signals.payment_failure import CUSTOMER_ACTION, HARD
 from churn.signals.tables import Tables
 
@@ -118,16 +118,17 @@ def features_sql(settings: SignalSettings) -> str:
       SELECT DISTINCT t - to_days(k) AS t FROM snaps, (VALUES (0), (30), (90), (180)) v(k)"""
     return f"""
 WITH snaps AS (SELECT DISTINCT CAST(unnest($snaps) AS TIMESTAMP) AS t),
+-- each customer's Account as linked at each snapshot (links as known then)
 acct AS (
-  SELECT customer_id, {account_key("customer_id")} AS account_id
-  FROM (SELECT DISTINCT customer_id FROM history_subscriptions) c
-  LEFT JOIN core_account_links l USING (customer_id)
+  SELECT s.t, c.customer_id, {account_key("c.customer_id")} AS account_id
+  FROM snaps s CROSS JOIN (SELECT DISTINCT customer_id FROM history_subscriptions) c
+  {links_at_join("c.customer_id", "s.t")}
 ),
 subs0 AS (
   SELECT s.t, a.account_id, h.*
   FROM snaps s JOIN history_subscriptions h
     ON h.valid_from <= s.t AND (h.valid_to IS NULL OR h.valid_to > s.t)
-  JOIN acct a ON a.customer_id = h.customer_id
+  JOIN acct a ON a.t = s.t AND a.customer_id = h.customer_id
   WHERE {sql_in("h.status", IN_FORCE_STATUSES)}
 ),
 sub_iv AS (
@@ -170,7 +171,7 @@ live AS (
 tenure AS (
   SELECT s.t, a.account_id, min(h.valid_from) AS first_at
   FROM snaps s JOIN history_subscriptions h ON h.valid_from <= s.t
-  JOIN acct a ON a.customer_id = h.customer_id GROUP BY ALL
+  JOIN acct a ON a.t = s.t AND a.customer_id = h.customer_id GROUP BY ALL
 ),
 items AS (
   SELECT s.t, s.account_id, i.quantity, p.recurring_interval, p.usage_type, p.billing_scheme
@@ -196,7 +197,7 @@ seats_then AS (
     ON h.valid_from <= s.t - INTERVAL 90 DAY
    AND (h.valid_to IS NULL OR h.valid_to > s.t - INTERVAL 90 DAY)
    AND {sql_in("h.status", IN_FORCE_STATUSES)}
-  JOIN acct a ON a.customer_id = h.customer_id
+  JOIN acct a ON a.t = s.t AND a.customer_id = h.customer_id
   JOIN history_subscription_items i
     ON i.subscription_id = h.subscription_id AND i.valid_from <= s.t - INTERVAL 90 DAY
    AND (i.valid_to IS NULL OR i.valid_to > s.t - INTERVAL 90 DAY)
@@ -209,31 +210,36 @@ disc AS (
   WHERE (d.starts_at IS NULL OR d.starts_at <= s.t) AND (d.ends_at IS NULL OR d.ends_at > s.t)
   GROUP BY ALL
 ),
-mrr_rows AS ({account_mrr_sql(mrr_points, settings)}),
+-- MRR per customer at t - k, keyed by the customer's Account as linked at snapshot t, so
+-- the changes compare the same customers
+mrr_rows AS ({account_mrr_sql(mrr_points, settings, by_customer=True)}),
 mrr_at AS (
-  SELECT t, account_id, sum(COALESCE(reporting_mrr_minor, 0)) AS mrr FROM mrr_rows GROUP BY ALL
+  SELECT s.t, v.k, {account_key("r.account_id")} AS account_id,
+    sum(COALESCE(r.reporting_mrr_minor, 0)) AS mrr
+  FROM snaps s CROSS JOIN (VALUES (0), (30), (90), (180)) v(k)
+  JOIN mrr_rows r ON r.t = s.t - to_days(v.k)
+  {links_at_join("r.account_id", "s.t")}
+  GROUP BY ALL
 ),
 mrr AS (
-  SELECT s.t, a.account_id,
+  SELECT a.t, a.account_id,
     COALESCE(m0.mrr, 0) AS m0, COALESCE(m30.mrr, 0) AS m30, COALESCE(m90.mrr, 0) AS m90,
     COALESCE(m180.mrr, 0) AS m180
-  FROM live a JOIN snaps s ON s.t = a.t
-  LEFT JOIN mrr_at m0 ON m0.account_id = a.account_id AND m0.t = s.t
-  LEFT JOIN mrr_at m30 ON m30.account_id = a.account_id AND m30.t = s.t - INTERVAL 30 DAY
-  LEFT JOIN mrr_at m90 ON m90.account_id = a.account_id AND m90.t = s.t - INTERVAL 90 DAY
-  LEFT JOIN mrr_at m180 ON m180.account_id = a.account_id AND m180.t = s.t - INTERVAL 180 DAY
-),
-usage AS (
-  SELECT {account_key("u.account_id")} AS account_id, u.day, u.active_seats
-  FROM core_usage u LEFT JOIN core_account_links l ON l.customer_id = u.account_id
+  FROM live a
+  LEFT JOIN mrr_at m0 ON m0.account_id = a.account_id AND m0.t = a.t AND m0.k = 0
+  LEFT JOIN mrr_at m30 ON m30.account_id = a.account_id AND m30.t = a.t AND m30.k = 30
+  LEFT JOIN mrr_at m90 ON m90.account_id = a.account_id AND m90.t = a.t AND m90.k = 90
+  LEFT JOIN mrr_at m180 ON m180.account_id = a.account_id AND m180.t = a.t AND m180.k = 180
 ),
 use_w AS (
   -- average active seats per 30-day window before t: w0 = (t-30d, t], w1 the 30 before...
-  SELECT s.t, u.account_id,
+  -- (a sample keyed by customer counts for its Account as linked at t)
+  SELECT s.t, {account_key("u.account_id")} AS account_id,
     CAST(floor(({_days("s.t", "CAST(u.day AS TIMESTAMP)")} ) / 30) AS INTEGER) AS w,
     avg(u.active_seats) AS active
-  FROM snaps s JOIN usage u
+  FROM snaps s JOIN core_usage u
     ON CAST(u.day AS TIMESTAMP) < s.t AND CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 120 DAY
+  {links_at_join("u.account_id", "s.t")}
   GROUP BY ALL
 ),
 use_p AS (
@@ -242,41 +248,42 @@ use_p AS (
     max(active) FILTER (WHERE w = 2) AS a2, max(active) FILTER (WHERE w = 3) AS a3
   FROM use_w GROUP BY ALL
 ),
+-- charges known at each snapshot, keyed by the Account linked then
 charges AS (
-  SELECT {account_key("ch.customer_id")} AS account_id, ch.*
-  FROM core_charges ch LEFT JOIN core_account_links l ON l.customer_id = ch.customer_id
+  SELECT s.t, {account_key("ch.customer_id")} AS account_id, ch.created_at, ch.status,
+    ch.decline_code, ch.failure_code
+  FROM snaps s JOIN core_charges ch ON ch.created_at <= s.t
+  {links_at_join("ch.customer_id", "s.t")}
 ),
 pay AS (
-  SELECT s.t, c.account_id,
-    count(*) FILTER (WHERE c.status = 'failed' AND c.created_at > s.t - INTERVAL 30 DAY)
+  SELECT c.t, c.account_id,
+    count(*) FILTER (WHERE c.status = 'failed' AND c.created_at > c.t - INTERVAL 30 DAY)
       AS failures_30d,
-    count(*) FILTER (WHERE c.status = 'failed' AND c.created_at > s.t - INTERVAL 90 DAY)
+    count(*) FILTER (WHERE c.status = 'failed' AND c.created_at > c.t - INTERVAL 90 DAY)
       AS failures_90d,
-    count(*) FILTER (WHERE c.status = 'failed' AND c.created_at > s.t - INTERVAL 180 DAY)
+    count(*) FILTER (WHERE c.status = 'failed' AND c.created_at > c.t - INTERVAL 180 DAY)
       AS failures_180d,
-    count(*) FILTER (WHERE c.status = 'failed' AND c.created_at > s.t - INTERVAL 365 DAY)
+    count(*) FILTER (WHERE c.status = 'failed' AND c.created_at > c.t - INTERVAL 365 DAY)
       AS failures_365d,
     max(c.created_at) FILTER (WHERE c.status = 'failed') AS last_failed,
     max(c.created_at) FILTER (WHERE c.status = 'succeeded') AS last_paid
-  FROM snaps s JOIN charges c ON c.created_at <= s.t GROUP BY ALL
+  FROM charges c GROUP BY ALL
 ),
 inv AS (
-  SELECT {account_key("i.customer_id")} AS account_id, i.*
-  FROM core_invoices i LEFT JOIN core_account_links l ON l.customer_id = i.customer_id
-  WHERE NOT i.is_deleted AND i.status <> 'draft'
+  SELECT * FROM core_invoices WHERE NOT is_deleted AND status <> 'draft'
 ),
 streak AS (
   -- failed charges since the last successful one: the customer is in dunning now
-  SELECT s.t, c.account_id, count(*) AS failed_since_payment,
+  SELECT c.t, c.account_id, count(*) AS failed_since_payment,
     min(c.created_at) AS streak_from,
     arg_max(COALESCE(c.decline_code, c.failure_code), c.created_at) AS last_code
-  FROM snaps s JOIN charges c ON c.created_at <= s.t AND c.status = 'failed'
-  LEFT JOIN pay py ON py.t = s.t AND py.account_id = c.account_id
-  WHERE py.last_paid IS NULL OR c.created_at > py.last_paid
+  FROM charges c
+  LEFT JOIN pay py ON py.t = c.t AND py.account_id = c.account_id
+  WHERE c.status = 'failed' AND (py.last_paid IS NULL OR c.created_at > py.last_paid)
   GROUP BY ALL
 ),
 invs AS (
-  SELECT s.t, i.account_id,
+  SELECT s.t, {account_key("i.customer_id")} AS account_id,
     -- paid after more than one attempt: a failure that was recovered
     count(*) FILTER (WHERE i.paid_at <= s.t AND i.paid_at > s.t - INTERVAL 180 DAY
                        AND i.attempt_count > 1) AS recoveries_180d,
@@ -303,6 +310,7 @@ invs AS (
                 AND NOT (i.status = 'uncollectible' AND i.marked_uncollectible_at IS NULL))
       AS days_invoice_open
   FROM snaps s JOIN inv i ON COALESCE(i.finalized_at, i.created_at) <= s.t
+  {links_at_join("i.customer_id", "s.t")}
   GROUP BY ALL
 ),
 pm AS (
@@ -347,7 +355,7 @@ later AS (
   FROM snaps s JOIN history_subscriptions h
     ON h.valid_from <= s.t + to_days(CAST($horizon_days AS INTEGER))
    AND (h.valid_to IS NULL OR h.valid_to > s.t + to_days(CAST($horizon_days AS INTEGER)))
-  JOIN acct a ON a.customer_id = h.customer_id
+  JOIN acct a ON a.t = s.t AND a.customer_id = h.customer_id
   WHERE {sql_in("h.status", IN_FORCE_STATUSES)}
 )
 SELECT l.account_id, l.t AS snapshot_at, l.known_churn,
