@@ -71,12 +71,15 @@ def make_estimator(kind: str, seed: int = 0) -> Any:
                 ("impute", _imputer()),
                 (
                     "model",
+                    # Strongly regularised (slow learning, small trees, large leaves):
+                    # chosen on development worlds of seeds 1-5 (mean ROC AUC 0.795
+                    # against 0.779 for 0.05 / 15 leaves / 40 per leaf / L2 1).
                     HistGradientBoostingClassifier(
-                        learning_rate=0.05,
+                        learning_rate=0.02,
                         max_iter=300,
-                        max_leaf_nodes=15,
-                        min_samples_leaf=40,
-                        l2_regularization=1.0,
+                        max_leaf_nodes=7,
+                        min_samples_leaf=200,
+                        l2_regularization=5.0,
                         random_state=seed,
                     ),
                 ),
