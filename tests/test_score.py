@@ -370,7 +370,13 @@ def test_the_notebooks_run_read_only_on_a_scored_warehouse(
     score(_settings(tmp_path), con, as_of=AS_OF)
     con.close()
     before = db_path.stat().st_mtime_ns
-    notebooks = sorted((Path(__file__).parent.parent / "notebooks").glob("*.py"))
+    # The model back-test notebook needs months of history to train on: it runs on a
+    # generated world in tests/model/test_model_world.py.
+    notebooks = sorted(
+        nb
+        for nb in (Path(__file__).parent.parent / "notebooks").glob("*.py")
+        if nb.name != "model_backtest.py"
+    )
     assert notebooks
     for nb in notebooks:
         run = subprocess.run(

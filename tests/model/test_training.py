@@ -203,3 +203,31 @@ def test_a_stored_model_trained_on_other_features_is_refused_not_misread(
     model = ChurnModel("old-1", "logistic", object(), [], card)
     with pytest.raises(ScoringError, match="retrain"):
         predict(Tables(con), T0, model, SignalSettings())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", CANDIDATES)
+def test_the_latest_snapshots_are_learned_from_not_only_calibrated_on(kind: str) -> None:
+    """A usage feed that starts late (the latest quarter of the training snapshots) is
+    the newest evidence the model has: the fitted model must learn from those rows too.
+    Calibration reads out-of-fold predictions (folds by account), so no row is spent on
+    calibration alone."""
+    frame = synthetic(300, seed=3)
+    late = pl.col("snapshot_at") >= SNAPS[24]
+    rng = np.random.default_rng(11)
+    use = rng.normal(size=frame.height).astype(np.float32)
+    frame = frame.with_columns(
+        pl.when(late)
+        .then(pl.Series(use))
+        .otherwise(None)
+        .fill_null(float("nan"))
+        .cast(pl.Float32)
+        .alias("utilization_30d"),
+    ).with_columns(churned=pl.when(late).then(pl.Series(use < -1.3)).otherwise(pl.col("churned")))
+    train = frame.filter(pl.col("snapshot_at") < SNAPS[32])
+    test = frame.filter(pl.col("snapshot_at") >= SNAPS[33])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = fit_calibrated(kind, train)
+    y = test["churned"].cast(pl.Int8).to_numpy()
+    figures = summary(y, probabilities(est, test))
+    assert figures["roc_auc"] > 0.9, figures

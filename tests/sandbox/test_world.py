@@ -128,7 +128,8 @@ def test_usage_is_daily_recent_per_seat_and_fades_before_a_cancellation() -> Non
     keys = Counter((c, d) for c, d, _a, _s in world.usage)
     assert keys and max(keys.values()) == 1, "one row per customer and day"
     first = datetime.fromtimestamp(world.now - (USAGE_DAYS + 1) * DAY, UTC).strftime("%Y-%m-%d")
-    assert min(d for _c, d, _a, _s in world.usage) >= first
+    recent = Counter(c for c, d, _a, _s in world.usage if d >= first)
+    assert recent and max(recent.values()) <= USAGE_DAYS + 1, "daily in the recent window"
     assert all(0 <= a <= s for _c, _d, a, s in world.usage)
     plans: dict[str, set[bool]] = {}
     for e in world.events:
@@ -152,3 +153,38 @@ def test_usage_is_daily_recent_per_seat_and_fades_before_a_cancellation() -> Non
     assert share[True] and share[False]
     mean = {k: sum(v) / len(v) for k, v in share.items()}
     assert mean[True] < mean[False] - 0.05, mean
+
+
+def test_usage_before_the_daily_window_is_a_weekly_rollup_back_to_the_start() -> None:
+    """Older usage is kept as one sample per calendar week (a product-analytics store's
+    rollup), so snapshots a horizon before today have usage to learn from."""
+    from datetime import UTC, date, datetime, timedelta
+
+    from churn.sandbox.world import DAY, USAGE_DAYS
+
+    world = generate_world(300, seed=4)
+    daily_from = datetime.fromtimestamp(world.now - USAGE_DAYS * DAY, UTC).date()
+    older: dict[str, list[date]] = {}
+    for c, d, a, s in world.usage:
+        day = date.fromisoformat(d)
+        assert 0 <= a <= s
+        if day < daily_from:
+            older.setdefault(c, []).append(day)
+    assert older, "usage before the daily window"
+    starts: dict[str, int] = {}
+    for e in world.events:
+        if e["type"] == "customer.subscription.created":
+            obj = e["data"]["object"]
+            starts[obj["customer"]] = min(starts.get(obj["customer"], obj["created"]),
+                                          obj["created"])  # fmt: skip
+    near_start = 0
+    for c, days in older.items():
+        weeks = [d.isocalendar()[:2] for d in days]
+        assert len(weeks) == len(set(weeks)), "one sample per calendar week"
+        assert all(d.weekday() == 0 for d in sorted(days)[1:]), "dated Mondays after the first"
+        start = datetime.fromtimestamp(starts[c], UTC).date()
+        assert sorted(days)[0] >= start, "none before the subscription"
+        near_start += sorted(days)[0] - start <= timedelta(days=31)  # after a trial, a plan
+    assert near_start >= 0.8 * len(older), "back to the start"
+    # an account that started long before the daily window has many months of it
+    assert max(len(v) for v in older.values()) > 40

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from churn.pipelines.stripe.streams import STREAMS
 
 API_VERSION = "2025-09-30.clover"
 # Bumped whenever the generator changes what it writes, so cached worlds are remade.
-GENERATOR_VERSION = 9
+GENERATOR_VERSION = 10
 DAY = 86_400
 MONTH = 30 * DAY
 CURRENCIES = ("usd", "eur", "gbp", "jpy")
@@ -62,9 +63,11 @@ REFUND_RATE = 0.01
 SF_RATES = {"usd": 1.0, "eur": 0.92, "gbp": 0.79, "jpy": 150.0}
 # Stripe's Smart Retries land over a few weeks; we use a fixed schedule of days.
 RETRY_DAYS = (3, 5, 7)
-# The usage feed holds daily active seats for the last USAGE_DAYS days (enough for a
-# 90-day backtest with a 30-day window), not the whole history: a real feed is usually
-# kept short, and 100k accounts x 18 months of days would be 50M rows.
+# The usage feed holds daily active seats for the last USAGE_DAYS days and, before that
+# back to the subscription's start, a weekly rollup (one sample per calendar week, dated
+# its Monday: the mean of the week's daily active seats), as product-analytics stores
+# keep older data: a model's training snapshots (a horizon before today) then have usage
+# too. Daily for the whole history would be ~50M rows at 100k accounts x 18 months.
 USAGE_DAYS = 120
 
 
@@ -116,6 +119,10 @@ class _Builder:
         first_account: int = 0,
     ) -> None:
         self.rng = np.random.default_rng(seed)
+        # The weekly rollup's days are drawn from their own stream, so the rest of the
+        # world (everything drawn from self.rng) is the same as without it.
+        self.usage_rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), 7919])
+        self._older_usage: list[tuple[int, int, int]] = []
         # Numbers companies (names, domains) across chunks: chunk-local numbers repeated
         # every 5,000 accounts, and 23,000 customers of a 100k world matched 17 Accounts
         # by domain.
@@ -626,6 +633,7 @@ class _Builder:
                     {"invoice_settings": prev_settings},
                 )
             t = period_end
+        self.weekly_usage(customer["id"])
         self.finish(i, h, sub, acct_id, churn_type, churn_at)
 
     def daily_usage(
@@ -637,7 +645,8 @@ class _Builder:
         share: float,
         leaving: bool,
     ) -> None:
-        """Active seats per day of one period, for the days within ``USAGE_DAYS`` of now.
+        """Active seats per day of one period: rows for the days within ``USAGE_DAYS`` of
+        now; the days before are kept aside for :meth:`weekly_usage` to roll up.
 
         The period's share of seats in use is the account's (health plus noise); each day
         wobbles around it; an account that will decide to leave this period fades out
@@ -647,19 +656,56 @@ class _Builder:
         # Whole days from the period's start, so adjacent periods never share a date.
         first = start + max(0, -(-(cutoff - start) // DAY)) * DAY
         last = min(end, self.now)
+        seats = int(item["quantity"])
+        if first > start:  # days before the daily window: the weekly rollup's
+            older = np.arange(start, min(first, last), DAY)
+            self._older_usage.extend(
+                zip(
+                    older.tolist(),
+                    self._active(older, start, end, share, leaving, seats, self.usage_rng),
+                    [seats] * len(older),
+                    strict=True,
+                )
+            )
         if first >= last:
             return
-        seats = int(item["quantity"])
         days = np.arange(first, last, DAY)
-        daily = share + self.rng.normal(0, 0.05, len(days))
+        active = self._active(days, start, end, share, leaving, seats, self.rng)
+        self.w.usage.extend(
+            (customer_id, _day(int(d)), a, seats) for d, a in zip(days, active, strict=True)
+        )
+
+    @staticmethod
+    def _active(
+        days: npt.NDArray[np.int64],
+        start: int,
+        end: int,
+        share: float,
+        leaving: bool,
+        seats: int,
+        rng: np.random.Generator,
+    ) -> list[int]:
+        daily = share + rng.normal(0, 0.05, len(days))
         if leaving:
             decide = start + int((end - start) * 0.6)
             fade = np.clip((days - (decide - 45 * DAY)) / (45 * DAY), 0.0, 1.0)
             daily = daily * (1.0 - 0.7 * fade)
-        active = np.rint(np.clip(daily, 0.0, 1.0) * seats).astype(int)
-        self.w.usage.extend(
-            (customer_id, _day(int(d)), int(a), seats) for d, a in zip(days, active, strict=True)
-        )
+        return [int(a) for a in np.rint(np.clip(daily, 0.0, 1.0) * seats)]
+
+    def weekly_usage(self, customer_id: str) -> None:
+        """The days before the daily window as one row per calendar week (Monday to
+        Sunday), dated its first day held (a sample covers the days until the next): the
+        mean of the week's active seats, against the seats held on its last day."""
+        weeks: dict[int, list[tuple[int, int, int]]] = {}
+        for d, a, s in self._older_usage:
+            day = d // DAY
+            weeks.setdefault(day - (day + 3) % 7, []).append((d, a, s))  # day 4 is a Monday
+        self._older_usage = []
+        for week in sorted(weeks):
+            days = weeks[week]
+            seats = days[-1][2]
+            active = min(seats, round(sum(a for _, a, _ in days) / len(days)))
+            self.w.usage.append((customer_id, _day(days[0][0]), active, seats))
 
     def end_discount(self, sub: dict[str, Any], discount: dict[str, Any], ts: int) -> None:
         """A discount removed from its subscription (its end reached, or used once)."""

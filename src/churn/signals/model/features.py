@@ -7,7 +7,8 @@ only from what was known at ``t``:
 - subscription state (valid intervals of ``history_subscriptions`` holding ``t``),
 - MRR at ``t`` and at ``t - 30/90/180`` days (the MRR engine, :mod:`churn.signals.mrr`),
 - seats (licensed per-unit quantities) at ``t`` and ``t - 90`` days,
-- usage samples dated before ``t``'s day (missing usage is a value: ``NaN``, never a crash),
+- usage samples dated before ``t``'s day, up to 180 days back, of any cadence (missing
+  usage is a value: ``NaN``, never a crash),
 - charges created by ``t``; invoices by their finalized/paid/voided times,
 - the card the renewal is charged to and its expiry,
 - Salesforce context (owner active, Opportunities closed by ``t``, contacts): Salesforce
@@ -71,6 +72,13 @@ FEATURES: tuple[Feature, ...] = (
     Feature("utilization_change_60d", "utilization now minus 60 days before"),
     Feature("utilization_change_90d", "utilization now minus 90 days before"),
     Feature("usage_missing", "1 when no usage sample falls in the last 30 days"),
+    Feature("utilization_14d", "active seats / seats held, last 14 days (NaN: no usage)"),
+    Feature("utilization_90d", "mean of the monthly utilizations of the last 90 days"),
+    Feature("utilization_180d", "mean of the monthly utilizations of the last 180 days"),
+    Feature("utilization_min_180d", "lowest monthly utilization of the last 180 days"),
+    Feature("utilization_fall_180d", "highest monthly utilization of 180 days minus the last"),
+    Feature("utilization_change_180d", "utilization now minus 150 to 180 days before"),
+    Feature("utilization_slope_90d", "trend of seat use over 90 days, per 30 days"),
     Feature("failed_since_payment", "failed charges since the last successful one"),
     Feature("days_in_failure", "days since the first failure not yet followed by a payment"),
     Feature("decline_hard", "1 when the last failure since a payment was a hard decline"),
@@ -233,19 +241,38 @@ mrr AS (
 ),
 use_w AS (
   -- average active seats per 30-day window before t: w0 = (t-30d, t], w1 the 30 before...
-  -- (a sample keyed by customer counts for its Account as linked at t)
+  -- (a feed of any cadence: daily, a weekly rollup, both; each window its samples' mean;
+  -- a sample keyed by customer counts for its Account as linked at t)
   SELECT s.t, {account_key("u.account_id")} AS account_id,
     CAST(floor(({_days("s.t", "CAST(u.day AS TIMESTAMP)")} ) / 30) AS INTEGER) AS w,
-    avg(u.active_seats) AS active
+    avg(u.active_seats) AS active,
+    avg(u.active_seats) FILTER (WHERE CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 14 DAY)
+      AS active_14,
+    sum(u.active_seats) FILTER (WHERE CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 90 DAY) AS sy,
+    sum(u.active_seats * {_days("CAST(u.day AS TIMESTAMP)", "s.t")})
+      FILTER (WHERE CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 90 DAY) AS sxy,
+    sum({_days("CAST(u.day AS TIMESTAMP)", "s.t")})
+      FILTER (WHERE CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 90 DAY) AS sx,
+    sum(pow({_days("CAST(u.day AS TIMESTAMP)", "s.t")}, 2))
+      FILTER (WHERE CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 90 DAY) AS sxx,
+    count(*) FILTER (WHERE CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 90 DAY) AS n90
   FROM snaps s JOIN core_usage u
-    ON CAST(u.day AS TIMESTAMP) < s.t AND CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 120 DAY
+    ON CAST(u.day AS TIMESTAMP) < s.t AND CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 180 DAY
   {links_at_join("u.account_id", "s.t")}
   GROUP BY ALL
 ),
 use_p AS (
   SELECT t, account_id,
     max(active) FILTER (WHERE w = 0) AS a0, max(active) FILTER (WHERE w = 1) AS a1,
-    max(active) FILTER (WHERE w = 2) AS a2, max(active) FILTER (WHERE w = 3) AS a3
+    max(active) FILTER (WHERE w = 2) AS a2, max(active) FILTER (WHERE w = 3) AS a3,
+    max(active) FILTER (WHERE w = 5) AS a5,
+    max(active_14) AS a14,
+    avg(active) FILTER (WHERE w < 3) AS a90, avg(active) AS a180,
+    min(active) AS amin, max(active) AS amax,
+    -- least squares slope of active seats on days over the last 90 days' samples
+    CASE WHEN sum(n90) >= 3 AND sum(n90) * sum(sxx) - sum(sx) * sum(sx) > 0
+         THEN (sum(n90) * sum(sxy) - sum(sx) * sum(sy))
+              / (sum(n90) * sum(sxx) - sum(sx) * sum(sx)) END AS slope
   FROM use_w GROUP BY ALL
 ),
 -- charges known at each snapshot, keyed by the Account linked then
@@ -378,6 +405,13 @@ SELECT l.account_id, l.t AS snapshot_at, l.known_churn,
   CASE WHEN p.seats > 0 THEN (u.a0 - u.a2) / p.seats END AS utilization_change_60d,
   CASE WHEN p.seats > 0 THEN (u.a0 - u.a3) / p.seats END AS utilization_change_90d,
   CASE WHEN u.a0 IS NULL THEN 1 ELSE 0 END AS usage_missing,
+  CASE WHEN p.seats > 0 THEN u.a14 / p.seats END AS utilization_14d,
+  CASE WHEN p.seats > 0 THEN u.a90 / p.seats END AS utilization_90d,
+  CASE WHEN p.seats > 0 THEN u.a180 / p.seats END AS utilization_180d,
+  CASE WHEN p.seats > 0 THEN u.amin / p.seats END AS utilization_min_180d,
+  CASE WHEN p.seats > 0 THEN (u.amax - u.a0) / p.seats END AS utilization_fall_180d,
+  CASE WHEN p.seats > 0 THEN (u.a0 - u.a5) / p.seats END AS utilization_change_180d,
+  CASE WHEN p.seats > 0 THEN 30 * u.slope / p.seats END AS utilization_slope_90d,
   COALESCE(o.failed_since_payment, 0) AS failed_since_payment,
   {_days("l.t", "o.streak_from")} AS days_in_failure,
   CASE WHEN o.last_code IN ({_in(HARD)}) THEN 1 ELSE 0 END AS decline_hard,

@@ -4,7 +4,7 @@
   ``model_snapshot_every_days`` over the history, rows usable at the cutoff only
   (``S + horizon <= cutoff``, known churn apart), a time-ordered back-test of each
   candidate beside the rule-based risk score, the best candidate refitted on every usable
-  row and calibrated on the latest slice. With fewer churners than
+  row and calibrated on out-of-fold predictions. With fewer churners than
   ``model_min_churners`` the model is the baseline (the rule-based score, kind
   ``baseline``): the fallback while history is short.
 - :func:`predict` (tables, as_of, model, settings): one row per live account without a

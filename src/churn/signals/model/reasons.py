@@ -99,6 +99,26 @@ WORDS: dict[str, Callable[[Mapping[str, float]], str]] = {
     "utilization_change_30d": _util(30),
     "utilization_change_60d": _util(60),
     "utilization_change_90d": _util(90),
+    "utilization_14d": lambda r: (
+        "No usage reported in the last 14 days"
+        if math.isnan(r["utilization_14d"])
+        else f"Seat use is {_pct(r['utilization_14d'])} over the last 14 days"
+    ),
+    "utilization_90d": lambda r: f"Seat use averaged {_pct(r['utilization_90d'])} over 90 days",
+    "utilization_180d": lambda r: f"Seat use averaged {_pct(r['utilization_180d'])} over 6 months",
+    "utilization_min_180d": lambda r: (
+        f"Seat use fell as low as {_pct(r['utilization_min_180d'])} in a month of the last 6"
+    ),
+    "utilization_fall_180d": lambda r: (
+        f"Seat use is {_pct(r['utilization_fall_180d'])} of seats below its best month of"
+        " the last 6"
+    ),
+    "utilization_change_180d": _util(180),
+    "utilization_slope_90d": lambda r: (
+        f"Seat use is falling by {_pct(-r['utilization_slope_90d'])} of seats a month"
+        if r["utilization_slope_90d"] < 0
+        else f"Seat use is rising by {_pct(r['utilization_slope_90d'])} of seats a month"
+    ),
     "usage_missing": lambda r: (
         "No usage reported in the last 30 days" if r["usage_missing"] else "Usage reported recently"
     ),
