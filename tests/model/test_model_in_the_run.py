@@ -12,16 +12,19 @@ import duckdb
 from churn.job.model import load_in_force, retrain_if_due
 from churn.job.run import DEFAULT_STEPS
 from churn.settings import Settings, SignalSettings
+from churn.signals.model.features import FEATURE_NAMES
 
 CUTOFF = datetime(2026, 11, 1, tzinfo=UTC).replace(tzinfo=None)  # naive UTC, as stored
 
 
 def _store_baseline(con: duckdb.DuckDBPyConnection, cutoff: datetime) -> None:
+    """A baseline row as ``save_model`` writes it: this release's feature list."""
     con.execute(
         "INSERT INTO model_registry (version, kind, trained_at, cutoff, horizon_days, features,"
-        " metrics, card) VALUES (?, 'baseline', ?, ?, 90, '[]', '{}', ?)",
-        [f"baseline-{cutoff:%Y%m%d}", cutoff, cutoff, json.dumps({"cutoff": cutoff.isoformat()})],
-    )
+        " metrics, card) VALUES (?, 'baseline', ?, ?, 90, ?, '{}', ?)",
+        [f"baseline-{cutoff:%Y%m%d}", cutoff, cutoff, json.dumps(list(FEATURE_NAMES)),
+         json.dumps({"cutoff": cutoff.isoformat()})],
+    )  # fmt: skip
 
 
 def test_the_model_step_runs_between_links_and_scoring() -> None:
@@ -59,3 +62,29 @@ def test_a_due_retraining_on_too_little_history_stores_the_baseline(
     assert got.notes and "not promoted" in got.notes[0]
     assert load_in_force(con, CUTOFF + timedelta(days=30)) is None
     assert retrain_if_due(settings, con, CUTOFF + timedelta(days=1)).counts["trained"] == 0
+
+
+def test_a_version_trained_on_other_features_is_not_in_force_and_retraining_is_due(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """After an upgrade that changed the feature list, the stored version cannot score (its
+    columns would not line up): it is not in force, and the run's model step retrains at
+    once instead of waiting for the cadence."""
+    from churn.job.model import _FEATURES_JSON
+
+    con.execute(
+        "INSERT INTO model_registry (version, kind, trained_at, cutoff, horizon_days, features,"
+        " metrics, card, serialization, model, promoted, promoted_at)"
+        " VALUES ('old', 'logistic', ?, ?, 90, '[\"tenure_days\"]', '{}', '{}', 'skops', ?,"
+        " TRUE, ?)",
+        [CUTOFF, CUTOFF, b"not loaded", CUTOFF],
+    )
+    assert load_in_force(con, CUTOFF + timedelta(days=1)) is None
+    assert con.execute(
+        "SELECT count(*) FROM model_registry WHERE features = ?", [_FEATURES_JSON]
+    ).fetchone() == (0,)
+    settings = Settings(db=tmp_path / "x.duckdb")
+    got = retrain_if_due(settings, con, CUTOFF + timedelta(days=1))
+    assert got.counts["trained"] == 1
+    assert load_in_force(con, CUTOFF + timedelta(days=2)) is None  # empty: the baseline
+    assert retrain_if_due(settings, con, CUTOFF + timedelta(days=2)).counts["trained"] == 0

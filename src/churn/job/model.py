@@ -20,9 +20,13 @@ import duckdb
 import polars as pl
 
 from churn.settings import Settings
+from churn.signals.model.features import FEATURE_NAMES
 from churn.signals.model.model import ChurnModel, Evaluation, evaluate, train
 from churn.signals.tables import Tables
 from churn.warehouse import transaction
+
+#: ``model_registry.features`` as ``save_model`` writes it for this release's features.
+_FEATURES_JSON = json.dumps(list(FEATURE_NAMES))
 
 
 @dataclass(frozen=True)
@@ -104,13 +108,15 @@ def load_in_force(con: duckdb.DuckDBPyConnection, as_of: datetime) -> ChurnModel
     A version trained later has seen who churned after ``as_of``: scoring a past date with
     it would leak the future into the back-fill, so a past date is scored by the version
     that was in force then, as it stood. Versions once promoted keep their
-    ``promoted_at``; the one promoted now is preferred when its cutoff allows.
+    ``promoted_at``; the one promoted now is preferred when its cutoff allows. A version
+    trained on another feature list than this release computes (an upgrade added one) is
+    not in force: the rule-based score stands in until the run's model step retrains.
     """
     rows = con.execute(
         "SELECT version, kind, model, card FROM model_registry"
         " WHERE promoted_at IS NOT NULL AND model IS NOT NULL AND cutoff <= ?"
-        " ORDER BY promoted DESC, promoted_at DESC LIMIT 1",
-        [as_of],
+        " AND features = ? ORDER BY promoted DESC, promoted_at DESC LIMIT 1",
+        [as_of, _FEATURES_JSON],
     ).fetchall()
     if not rows:
         return None
@@ -136,7 +142,9 @@ def retrain_if_due(
     every = settings.signals.model_retrain_every_days
     if every == 0:
         return RetrainResult({"trained": 0, "retrain_disabled": 1})
-    row = con.execute("SELECT max(cutoff) FROM model_registry").fetchall()
+    # An upgrade that changed the features makes retraining due at once.
+    row = con.execute("SELECT max(cutoff) FROM model_registry WHERE features = ?",
+                      [_FEATURES_JSON]).fetchall()  # fmt: skip
     newest = row[0][0] if row else None
     if isinstance(newest, datetime) and (as_of - newest).days < every:
         return RetrainResult({"trained": 0, "days_since_last_training": (as_of - newest).days})
