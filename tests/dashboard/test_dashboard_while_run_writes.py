@@ -19,7 +19,7 @@ from churn.dashboard.pages import PAGES
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dashboard")]
 
-# The job's own steps with one more between scoring and the push: it opens a write
+# The job's own steps with one more just before the push (after scoring): it opens a write
 # transaction, says so, and waits for a line on stdin. Everything else is `churn run`.
 HELD_RUN = textwrap.dedent(
     """
@@ -34,7 +34,8 @@ HELD_RUN = textwrap.dedent(
         sys.stdin.readline()
         con.execute("COMMIT")
 
-    steps = [*DEFAULT_STEPS[:5], Step("hold", hold), *DEFAULT_STEPS[5:]]
+    push = [s.name for s in DEFAULT_STEPS].index("push")
+    steps = [*DEFAULT_STEPS[:push], Step("hold", hold), *DEFAULT_STEPS[push:]]
     result = run_job(load_settings(), steps=steps)
     print("status", result.status, flush=True)
     """
