@@ -89,10 +89,16 @@ def promoted_card(con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
 
 def load_promoted(con: duckdb.DuckDBPyConnection) -> ChurnModel | None:
     """The model in force, or None (the rule-based score then stays in force)."""
-    rows = con.execute(
-        "SELECT version, kind, model, card FROM model_registry WHERE promoted"
-        " ORDER BY promoted_at DESC LIMIT 1"
-    ).fetchall()
+    return _first_model(
+        con.execute(
+            "SELECT version, kind, model, card FROM model_registry WHERE promoted"
+            " ORDER BY promoted_at DESC LIMIT 1"
+        ).fetchall()
+    )
+
+
+def _first_model(rows: list[Any]) -> ChurnModel | None:
+    """The first (version, kind, model, card) row of ``model_registry`` rebuilt, or None."""
     if not rows:
         return None
     version, kind, blob, card = rows[0]
@@ -112,16 +118,14 @@ def load_in_force(con: duckdb.DuckDBPyConnection, as_of: datetime) -> ChurnModel
     trained on another feature list than this release computes (an upgrade added one) is
     not in force: the rule-based score stands in until the run's model step retrains.
     """
-    rows = con.execute(
-        "SELECT version, kind, model, card FROM model_registry"
-        " WHERE promoted_at IS NOT NULL AND model IS NOT NULL AND cutoff <= ?"
-        " AND features = ? ORDER BY promoted DESC, promoted_at DESC LIMIT 1",
-        [as_of, _FEATURES_JSON],
-    ).fetchall()
-    if not rows:
-        return None
-    version, kind, blob, card = rows[0]
-    return ChurnModel.from_stored(str(version), str(kind), bytes(blob), json.loads(card))
+    return _first_model(
+        con.execute(
+            "SELECT version, kind, model, card FROM model_registry"
+            " WHERE promoted_at IS NOT NULL AND model IS NOT NULL AND cutoff <= ?"
+            " AND features = ? ORDER BY promoted DESC, promoted_at DESC LIMIT 1",
+            [as_of, _FEATURES_JSON],
+        ).fetchall()
+    )
 
 
 @dataclass(frozen=True)
