@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,12 +10,31 @@ import pytest
 from hypothesis import settings
 
 from churn import warehouse
+from faults import tally
 
 # No deadline: a property test that takes 250 ms on a loaded 2-core CI machine is not a
 # failure (one did, once). Derandomized: the same examples every run, so a red suite is
 # reproducible and CI never meets an example the developers never saw.
 settings.register_profile("churn", deadline=None, derandomize=True, print_blob=True)
 settings.load_profile("churn")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The controller picks the fault suite's totals directory; xdist workers, started
+    # after this, inherit it through the environment.
+    if not hasattr(config, "workerinput") and tally.ENV not in os.environ:
+        os.environ[tally.ENV] = tempfile.mkdtemp(prefix="churn-fault-tally-")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    directory = os.environ.get(tally.ENV)
+    if not directory or not any(Path(directory).glob("*.jsonl")):
+        return
+    sums = tally.totals(Path(directory))
+    terminalreporter.section("fault suite totals")
+    terminalreporter.write_line(
+        "  ".join(f"{key.replace('_', ' ')}: {value:,}" for key, value in sums.items())
+    )
 
 
 @pytest.fixture

@@ -1,0 +1,53 @@
+"""The fault suite's running totals: faults injected, kills, runs healed, rows lost, duplicates.
+
+Each fault test calls :func:`record` with what it did and what it found; the totals are
+printed at the end of the session (``pytest -m faults``), summed across xdist workers
+through one JSON-lines file per worker in a directory the controller chooses. A test that
+finds a lost row or a duplicate also fails on its own assertion: the totals are the
+suite's report, not its verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+#: Environment variable naming the directory the totals are written to.
+ENV = "CHURN_FAULT_TALLY_DIR"
+KEYS = ("faults_injected", "kills", "runs_healed", "rows_lost", "duplicates")
+
+
+def record(
+    *,
+    faults_injected: int = 0,
+    kills: int = 0,
+    runs_healed: int = 0,
+    rows_lost: int = 0,
+    duplicates: int = 0,
+) -> None:
+    """Add to the session's totals (a no-op when no session directory is set)."""
+    directory = os.environ.get(ENV)
+    if not directory:
+        return
+    row = {
+        "faults_injected": faults_injected,
+        "kills": kills,
+        "runs_healed": runs_healed,
+        "rows_lost": rows_lost,
+        "duplicates": duplicates,
+    }
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with (Path(directory) / f"{worker}.jsonl").open("a", encoding="utf-8") as out:
+        out.write(json.dumps(row) + "\n")
+
+
+def totals(directory: Path) -> dict[str, int]:
+    """The sums over every worker's file in ``directory``."""
+    sums = dict.fromkeys(KEYS, 0)
+    for path in sorted(directory.glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            for key in KEYS:
+                sums[key] += int(row.get(key, 0))
+    return sums
