@@ -85,3 +85,34 @@ def seed(con: duckdb.DuckDBPyConnection, tables: dict[str, list[dict[str, Any]]]
 
 def cases(kind: str) -> list[Path]:
     return sorted((GOLDEN / kind).glob("*.json"))
+
+
+def seed_two_accounts(con: duckdb.DuckDBPyConnection) -> None:
+    """The smallest world that scores: two customers on one price, the second cancelling."""
+    seed(
+        con,
+        {
+            "core_prices": [{"price_id": "p1", "unit_amount": 1000}],
+            "history_subscriptions": [
+                {
+                    "subscription_id": f"s{i}",
+                    "customer_id": f"c{i}",
+                    "valid_from": "2026-01-01",
+                    "current_period_end": "2026-03-01",
+                    "cancel_at_period_end": i == 2,
+                }
+                for i in (1, 2)
+            ],
+            "history_subscription_items": [
+                {
+                    "subscription_id": f"s{i}",
+                    "item_id": f"si{i}",
+                    "valid_from": "2026-01-01",
+                    "price_id": "p1",
+                    "quantity": i,
+                }
+                for i in (1, 2)
+            ],
+            "core_customers": [{"customer_id": f"c{i}"} for i in (1, 2)],
+        },
+    )

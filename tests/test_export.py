@@ -14,40 +14,14 @@ from churn.cli import app
 from churn.job.scoring import score
 from churn.settings import Settings
 from churn.warehouse.export import MARTS, export_marts
-from golden_world import seed
+from golden_world import seed_two_accounts
 
 DAYS = (dt.datetime.fromisoformat("2026-02-01"), dt.datetime.fromisoformat("2026-02-15"))
 
 
 def _scored(db: Path) -> None:
     con = warehouse.connect(db)
-    seed(
-        con,
-        {
-            "core_prices": [{"price_id": "p1", "unit_amount": 1000}],
-            "history_subscriptions": [
-                {
-                    "subscription_id": f"s{i}",
-                    "customer_id": f"c{i}",
-                    "valid_from": "2026-01-01",
-                    "current_period_end": "2026-03-01",
-                    "cancel_at_period_end": i == 2,
-                }
-                for i in (1, 2)
-            ],
-            "history_subscription_items": [
-                {
-                    "subscription_id": f"s{i}",
-                    "item_id": f"si{i}",
-                    "valid_from": "2026-01-01",
-                    "price_id": "p1",
-                    "quantity": i,
-                }
-                for i in (1, 2)
-            ],
-            "core_customers": [{"customer_id": f"c{i}"} for i in (1, 2)],
-        },
-    )
+    seed_two_accounts(con)
     for as_of in DAYS:
         score(Settings(db=db), con, as_of=as_of)
     con.close()

@@ -316,6 +316,9 @@ class RunSettings(_Section):
     #: means its midnight UTC; an offset is converted to UTC. A back-fill older than the
     #: latest scoring is not pushed: Salesforce keeps the newer state.
     as_of: datetime | None = None
+    #: The marts keep every run's snapshot for this many days back from the newest, then
+    #: the last snapshot of each UTC day (``churn.job.retention``); 0 keeps one a day.
+    keep_every_snapshot_days: int = Field(2, ge=0)
 
     @field_validator("as_of", mode="before")
     @classmethod

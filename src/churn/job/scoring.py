@@ -17,6 +17,7 @@ import polars as pl
 
 from churn.errors import ScoringError
 from churn.job.model import load_in_force
+from churn.job.retention import thin_snapshots
 from churn.settings import Settings
 from churn.signals import SIGNAL_SCHEMA, SIGNALS, payment_failure, seat_utilization
 from churn.signals.health import account_health
@@ -92,9 +93,12 @@ def score(settings: Settings, con: duckdb.DuckDBPyConnection, *, as_of: datetime
                 frame = marts[name]
                 if frame.height:
                     con.execute(_INSERT[name])
+            thinned = thin_snapshots(con, settings.run.keep_every_snapshot_days)
     except duckdb.Error as exc:
         raise ScoringError(f"scoring as_of {as_of.isoformat()} failed: {exc}") from exc
     counts = {name: marts[name].height for name in MARTS}
+    if thinned:
+        counts["snapshots_thinned"] = thinned
     # Accounts whose MRR could not be converted (no rate for a currency): said, not hidden.
     missing = marts["account_health"].filter(pl.col("total_mrr_minor").is_null()).height
     if missing:
