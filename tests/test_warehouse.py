@@ -67,3 +67,24 @@ def test_failed_migration_leaves_previous_version(
     assert con.execute("SELECT max(version) FROM schema_migrations").fetchone() == (
         good[-1].version,
     )
+
+
+def test_connect_bounds_duckdb_memory_and_threads(tmp_path: Path) -> None:
+    con = warehouse.connect(tmp_path / "w.duckdb", memory_limit="512MB", threads=1)
+    try:
+        limit = con.execute("SELECT current_setting('memory_limit')").fetchone()
+        threads = con.execute("SELECT current_setting('threads')").fetchone()
+        temp = con.execute("SELECT current_setting('temp_directory')").fetchone()
+    finally:
+        con.close()
+    assert limit is not None and limit[0] in ("488.2 MiB", "512.0 MB", "488.2MiB")
+    assert threads == (1,)
+    assert temp is not None and temp[0].endswith("w.duckdb.tmp")
+
+
+def test_a_memory_limit_that_is_not_a_size_is_a_settings_error() -> None:
+    from churn.errors import ConfigError
+    from churn.settings import load_settings
+
+    with pytest.raises(ConfigError, match=r"DUCKDB_MEMORY_LIMIT|duckdb_memory_limit"):
+        load_settings(env={"CHURN_RUN__DUCKDB_MEMORY_LIMIT": "lots"})

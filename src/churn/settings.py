@@ -319,6 +319,13 @@ class RunSettings(_Section):
     #: The marts keep every run's snapshot for this many days back from the newest, then
     #: the last snapshot of each UTC day (``churn.job.retention``); 0 keeps one a day.
     keep_every_snapshot_days: int = Field(2, ge=0)
+    #: DuckDB's own bounds for the job's connection: ``memory_limit`` (e.g. ``2GB``; past
+    #: it DuckDB spills to a temp folder beside the file) and worker ``threads``. Unset,
+    #: DuckDB takes 80% of the machine's memory and one thread per core.
+    duckdb_memory_limit: str | None = Field(
+        None, pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"
+    )
+    duckdb_threads: int | None = Field(None, ge=1, le=256)
 
     @field_validator("as_of", mode="before")
     @classmethod

@@ -42,7 +42,11 @@ def _register_stripe(state: CliState) -> None:
             from churn.pipelines.stripe.extract import extract_stripe
 
             settings = state.settings
-            con = warehouse.connect(settings.db)
+            con = warehouse.connect(
+                settings.db,
+                memory_limit=settings.run.duckdb_memory_limit,
+                threads=settings.run.duckdb_threads,
+            )
             try:
                 extract_stripe(settings, con, reconcile=reconcile, full=full, progress=progress)
             finally:

@@ -26,7 +26,11 @@ def register(app: typer.Typer, state: CliState) -> None:
         from churn.pipelines.push.sync import push
 
         def run() -> PushResult:
-            con = warehouse.connect(state.settings.db)
+            con = warehouse.connect(
+                state.settings.db,
+                memory_limit=state.settings.run.duckdb_memory_limit,
+                threads=state.settings.run.duckdb_threads,
+            )
             try:
                 return push(state.settings, con, dry_run=dry_run)
             finally:

@@ -247,7 +247,11 @@ def run_job(
     """
     scoring_as_of(settings)  # a future as_of is a settings error, before any work
     with run_lock(lock_path_for(settings)):
-        con = warehouse.connect(settings.db)
+        con = warehouse.connect(
+            settings.db,
+            memory_limit=settings.run.duckdb_memory_limit,
+            threads=settings.run.duckdb_threads,
+        )
         try:
             result = _run_locked(settings, con, dry_run, steps, on_step, should_stop)
         finally:

@@ -43,10 +43,18 @@ def migrations() -> list[Migration]:
     return found
 
 
-def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def connect(
+    path: Path | str,
+    *,
+    read_only: bool = False,
+    memory_limit: str | None = None,
+    threads: int | None = None,
+) -> duckdb.DuckDBPyConnection:
     """Open the warehouse file (creating it and its folder), and bring its schema up to date.
 
     ``read_only`` opens without migrating, for the dashboard and notebooks.
+    ``memory_limit`` and ``threads`` bound DuckDB (it spills past the limit to
+    ``<file>.tmp/``); unset, DuckDB's defaults (80% of memory, a thread per core).
     """
     path = Path(path)
     try:
@@ -57,6 +65,11 @@ def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConn
     except duckdb.Error as exc:
         raise WarehouseError(f"cannot open the warehouse {path}: {exc}") from exc
     con.execute("SET TimeZone = 'UTC'")
+    if memory_limit is not None:
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+        con.execute(f"SET temp_directory = '{path.with_name(path.name + '.tmp')}'")
+    if threads is not None:
+        con.execute(f"SET threads = {int(threads)}")
     migrate(con)
     return con
 
