@@ -21,7 +21,9 @@ OWNER = "005000000000000OWN"
 
 @pytest.fixture
 def sf() -> Iterator[RunningSalesforce]:
-    with start_salesforce_server(seed={"User": [{"Id": OWNER, "Name": "O", "IsActive": True}]}) as r:
+    with start_salesforce_server(
+        seed={"User": [{"Id": OWNER, "Name": "O", "IsActive": True}]}
+    ) as r:
         yield r
 
 
@@ -63,9 +65,10 @@ def test_a_task_on_a_missing_deleted_or_wrong_object_is_refused(sf: RunningSales
     assert len(sf.records["Task"]) == 1
     # A 15-character Id names the same record as its 18-character form.
     assert _task(sf, live[:15]).status_code == 201
-    assert _call(sf, "PATCH", "sobjects/Account/bad-id", {"Name": "x"}).json()[0][
-        "errorCode"
-    ] == "MALFORMED_ID"
+    assert (
+        _call(sf, "PATCH", "sobjects/Account/bad-id", {"Name": "x"}).json()[0]["errorCode"]
+        == "MALFORMED_ID"
+    )
 
 
 def test_restricted_picklist_and_read_only_field_per_record(sf: RunningSalesforce) -> None:
@@ -84,7 +87,9 @@ def test_restricted_picklist_and_read_only_field_per_record(sf: RunningSalesforc
     assert second["errors"][0]["statusCode"] == "INVALID_FIELD_FOR_INSERT_UPDATE"
     assert second["errors"][0]["fields"] == ["Churn_Top_Reason__c"]
     assert third["success"] is True
-    described = {f["name"]: f for f in _call(sf, "GET", "sobjects/Account/describe").json()["fields"]}
+    described = {
+        f["name"]: f for f in _call(sf, "GET", "sobjects/Account/describe").json()["fields"]
+    }
     assert described["Churn_Top_Reason__c"]["updateable"] is False
     assert described["Payment_Health__c"]["restrictedPicklist"] is True
     assert [v["value"] for v in described["Payment_Health__c"]["picklistValues"]] == [
