@@ -183,3 +183,22 @@ def test_cli_push_exits_4_when_degraded(tmp_path: Path) -> None:
         assert result.exit_code == DEGRADED_EXIT_CODE, result.output
         assert READ_ONLY in result.output and "degraded" in result.output
     tally.record(faults_injected=1)
+
+
+def test_churn_run_ends_degraded_naming_the_field_and_what_it_cost(tmp_path: Path) -> None:
+    """The job's push step wrote without a refused field: the run is ``degraded`` (exit
+    4, not 0), and its notes (the summary's "Needs attention", ``run_log.notes``) name the
+    field and how many Accounts it cost."""
+    from churn.job.run import Step, _push, run_job
+    from churn.job.summary import notes_table
+
+    with org(tmp_path, "faulted") as o:
+        o.sf.set_field("Account", READ_ONLY, updateable=False)
+        settings = o.settings()
+        o.world.con.close()
+        result = run_job(settings, steps=(Step("push", _push),))
+        assert result.status == "degraded" and result.exit_code == DEGRADED_EXIT_CODE
+        [note] = result.notes["push"]
+        assert READ_ONLY in note and "3 Accounts" in note
+        assert notes_table(result) is not None
+    tally.record(faults_injected=1)
