@@ -18,6 +18,7 @@ from churn.cli import app
 from churn.errors import ConfigError
 from churn.job.run import Step, _salesforce, run_job
 from churn.pipelines.push.sync import push
+from churn.pipelines.salesforce.client import BudgetedSession, make_salesforce
 from churn.pipelines.salesforce.extract import extract_salesforce
 from churn.sandbox.salesforce.server import RunningSalesforce, start_salesforce_server
 from churn.settings import Settings, load_settings
@@ -163,3 +164,30 @@ def test_the_push_logs_in_again_when_its_session_expires(tmp_path: Path, flow: s
         lost, dups = lost_and_duplicated(expected, held(o.sf))
     tally.record(faults_injected=1, runs_healed=1, rows_lost=lost, duplicates=dups)
     assert (lost, dups) == (0, 0)
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_answers_cut_short_are_asked_for_again(
+    sf: RunningSalesforce, tmp_path: Path, bulk: bool
+) -> None:
+    """HTTP 200 with half a body (a JSON page; a Bulk API 2.0 CSV page with fewer rows
+    than its ``Sforce-NumberOfRecords``): asked for again within the run, through the
+    session's backoff (an injected sleeper: no real wait). Before: a JSONDecodeError
+    failed the stream (REST), and a cut Bulk page landed only the rows it had."""
+    extra: dict[str, object] = {"bulk_threshold": 1} if bulk else {}
+    clean = _extract(_session(sf, tmp_path / "clean.duckdb", **extra))
+    waits: list[float] = []
+    settings = _session(sf, tmp_path / "faulted.duckdb", **extra)
+    session = BudgetedSession(0, sleep=waits.append)
+    client = make_salesforce(settings.salesforce, session)
+    cuts = 2 if bulk else 3
+    sf.truncate_next(cuts, csv_only=bulk)
+    con = warehouse.connect(settings.db)
+    try:
+        faulted = extract_salesforce(settings, con, progress=False, sf=client)
+    finally:
+        con.close()
+    assert sf.org.truncate == 0 and len(waits) == cuts
+    assert faulted.counts == clean.counts
+    assert _core(tmp_path / "faulted.duckdb") == _core(tmp_path / "clean.duckdb")
+    tally.record(faults_injected=cuts, runs_healed=1)

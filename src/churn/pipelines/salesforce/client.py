@@ -6,8 +6,8 @@ trusts ``ca_bundle`` when one is set; TLS checks are never turned off.
 
 Every response's ``Sforce-Limit-Info: api-usage=N/M`` is read; once the remaining calls
 fall to ``api_reserve`` the next request raises :class:`ApiBudgetExhaustedError` instead of
-going out. Transient failures (502/503/504, a dropped connection) are retried with backoff,
-``max_retries`` times.
+going out. Transient failures (502/503/504, a dropped connection, a JSON body cut short) are retried
+with backoff, ``max_retries`` times.
 
 Sessions expire ("When your session expires, the exception code INVALID_SESSION_ID is
 returned. If this happens, you must invoke the login() call again", Salesforce's API
@@ -19,6 +19,7 @@ expiry is a :class:`~churn.errors.ConfigError` (exit 2) with one line.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -111,6 +112,10 @@ class BudgetedSession(requests.Session):
                 self._fresh_token(kwargs)
                 renewed = True
                 continue
+            if _cut_short(response) and attempt < self.max_retries:
+                self._wait(attempt, None)  # a body cut short: the same request again
+                attempt += 1
+                continue
             if response.status_code not in TRANSIENT_STATUS or attempt >= self.max_retries:
                 break
             self._wait(attempt, response.headers.get("Retry-After"))
@@ -163,6 +168,19 @@ class BudgetedSession(requests.Session):
         if match:
             self.used, self.limit = int(match[1]), int(match[2])
         self.server_time = _http_date(response.headers.get("Date")) or self.server_time
+
+
+def _cut_short(response: requests.Response) -> bool:
+    """A 2xx JSON answer that does not parse: a body truncated on its way (retried)."""
+    if not 200 <= response.status_code < 300 or not response.content:
+        return False
+    if "json" not in response.headers.get("Content-Type", ""):
+        return False
+    try:
+        json.loads(response.content)
+    except ValueError:
+        return True
+    return False
 
 
 def _session_expired(response: requests.Response) -> bool:

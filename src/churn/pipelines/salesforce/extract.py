@@ -431,16 +431,7 @@ def extract_stream_bulk(
         params: dict[str, Any] = {"maxRecords": settings.salesforce.bulk_page_size}
         if locator:
             params["locator"] = locator
-        response = sf.session.get(url, params=params, headers=sf.headers, timeout=300)
-        if response.status_code != 200:
-            raise SalesforceExtractError(
-                f"Salesforce stream {stream.name}: bulk results of job {job_id}: HTTP {response.status_code}"
-            )
-        locator = response.headers.get("Sforce-Locator", "null")
-        # The CSV comes as text/csv with no charset, where requests would guess ISO-8859-1;
-        # Salesforce writes it in UTF-8 ("Files must be in UTF-8 format", Bulk API 2.0).
-        reader = csv.DictReader(io.StringIO(response.content.decode("utf-8")))
-        records = [{k: _bulk_value(v) for k, v in row.items()} for row in reader]
+        records, locator = _bulk_page(sf, url, params, stream, job_id, settings)
         page_top = land_page(
             con, stream.name, page_frame(records, utcnow()), settings, move_cursor=False
         )
@@ -486,6 +477,42 @@ def _user_fields(
         with transaction(con):
             write_state(con, _USER_FIELDS_STATE, cursor=",".join(sorted(names)))
     return names
+
+
+def _bulk_page(
+    sf: Salesforce,
+    url: str,
+    params: dict[str, Any],
+    stream: Stream,
+    job_id: str,
+    settings: Settings,
+) -> tuple[list[dict[str, Any]], str]:
+    """One page of a Bulk API 2.0 query's results and the next locator. A page with fewer
+    rows than its ``Sforce-NumberOfRecords`` (cut short on its way) is asked for again."""
+    what = f"Salesforce stream {stream.name}: bulk results of job {job_id}"
+    for attempt in range(settings.salesforce.max_retries + 1):
+        response = sf.session.get(url, params=params, headers=sf.headers, timeout=300)
+        if response.status_code != 200:
+            raise SalesforceExtractError(f"{what}: HTTP {response.status_code}")
+        # The CSV comes as text/csv with no charset, where requests would guess ISO-8859-1;
+        # Salesforce writes it in UTF-8 ("Files must be in UTF-8 format", Bulk API 2.0).
+        try:
+            text = response.content.decode("utf-8")
+            rows = list(csv.DictReader(io.StringIO(text), strict=True))
+        except (UnicodeDecodeError, csv.Error):
+            rows = None
+        declared = response.headers.get("Sforce-NumberOfRecords", "")
+        complete = (
+            rows is not None
+            and (not declared.isdigit() or len(rows) == int(declared))
+            and all(None not in row.values() and None not in row for row in rows)
+        )
+        if complete and rows is not None:
+            records = [{k: _bulk_value(v) for k, v in row.items()} for row in rows]
+            return records, response.headers.get("Sforce-Locator", "null")
+        if attempt < settings.salesforce.max_retries and isinstance(sf.session, BudgetedSession):
+            sf.session._wait(attempt, None)
+    raise SalesforceExtractError(f"{what}: the page came cut short {attempt + 1} times")
 
 
 def detect_multi_currency(sf: Salesforce) -> bool:

@@ -19,7 +19,7 @@ wrong object FIELD_INTEGRITY_EXCEPTION), restricted picklists
 format (15 or 18 letters and digits, else MALFORMED_ID). Faults a test sets on the
 running server: sessions that expire (401 INVALID_SESSION_ID, :meth:`expire_sessions`),
 rows locked by another transaction (UNABLE_TO_LOCK_ROW, :meth:`lock_rows`), outages
-(:meth:`fail_next`).
+(:meth:`fail_next`), answers cut short (:meth:`truncate_next`).
 """
 
 from __future__ import annotations
@@ -115,6 +115,11 @@ class OrgState:
     expire_in: int | None = None
     #: Every Bulk API 2.0 query job's SOQL, as received.
     bulk_queries: list[str] = field(default_factory=list)
+    #: The next this many API answers with a body come cut in half (a proxy's truncation:
+    #: HTTP 200, a Content-Length that matches the half, JSON or CSV that ends early).
+    truncate: int = 0
+    #: Only CSV answers (Bulk API 2.0 results pages) are cut.
+    truncate_csv_only: bool = False
 
     def new_id(self, obj: str) -> str:
         prefix = self.schema[obj].key_prefix
@@ -443,6 +448,18 @@ class _Handler(BaseHTTPRequestHandler):
             headers = {**(headers or {}), **body.headers, "Content-Type": "text/csv"}
         else:
             raw = b"" if body is None else json.dumps(body).encode()
+        org = self.server.org
+        if (
+            status == 200
+            and len(raw) > 1
+            and self.path.startswith("/services/data/")
+            and (isinstance(body, CsvBody) or not org.truncate_csv_only)
+        ):
+            with org.lock:
+                cut = org.truncate > 0
+                org.truncate -= 1 if cut else 0
+            if cut:
+                raw = raw[: len(raw) // 2]
         self.send_response(status)
         for k, v in (headers or {}).items():
             self.send_header(k, v)
@@ -1064,6 +1081,13 @@ class RunningSalesforce:
                 self.org.expire_in = None
             else:
                 self.org.expire_in = after_requests
+
+    def truncate_next(self, count: int, *, csv_only: bool = False) -> None:
+        """Cut the next ``count`` API answers that have a body in half (HTTP 200); with
+        ``csv_only``, only Bulk API 2.0's CSV answers."""
+        with self.org.lock:
+            self.org.truncate += count
+            self.org.truncate_csv_only = csv_only
 
     def lock_rows(self, ids: Iterable[str] = (), *, times: int = 1, next_writes: int = 0) -> None:
         """Writes to ``ids`` answer UNABLE_TO_LOCK_ROW ``times`` times each; the next
