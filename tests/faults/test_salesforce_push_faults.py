@@ -202,3 +202,37 @@ def test_churn_run_ends_degraded_naming_the_field_and_what_it_cost(tmp_path: Pat
         assert READ_ONLY in note and "3 Accounts" in note
         assert notes_table(result) is not None
     tally.record(faults_injected=1)
+
+
+def test_field_level_security_from_the_shipped_permission_set(tmp_path: Path) -> None:
+    """The stand-in takes field-level security from the permission set this project
+    deploys: with it, every owned field is writable and the push is clean; with a copy
+    that makes ``Churn_Top_Reason__c`` not editable (an admin's change), the push writes
+    the rest and blocks that field (degraded)."""
+    from churn.pipelines.push.sync import push as run_push
+    from churn.sandbox.salesforce.server import shipped_permission_set
+
+    shipped = shipped_permission_set()
+    assert shipped is not None
+    expected = _fault_free(tmp_path)
+    with org(tmp_path, "shipped") as o:
+        o.sf.apply_permission_set(shipped.read_text(encoding="utf-8"))
+        result = run_push(o.settings(), o.world.con)
+        assert not result.degraded and result.rejected == []
+        lost, dups = lost_and_duplicated(expected, held(o.sf))
+        assert (lost, dups) == (0, 0)
+    narrowed = shipped.read_text(encoding="utf-8").replace(
+        f"<field>Account.{READ_ONLY}</field><editable>true</editable>",
+        f"<field>Account.{READ_ONLY}</field><editable>false</editable>",
+    )
+    assert narrowed != shipped.read_text(encoding="utf-8")
+    with org(tmp_path, "narrowed") as o:
+        o.sf.apply_permission_set(narrowed)
+        result = run_push(o.settings(), o.world.con)
+        assert [b.name for b in result.blocked] == [READ_ONLY] and result.rejected == []
+        o.sf.apply_permission_set(shipped.read_text(encoding="utf-8"))  # the admin fixes it
+        healed = run_push(o.settings(), o.world.con)
+        assert not healed.degraded
+        lost, dups = lost_and_duplicated(expected, held(o.sf))
+    tally.record(faults_injected=1, runs_healed=1, rows_lost=lost, duplicates=dups)
+    assert (lost, dups) == (0, 0)

@@ -1072,6 +1072,32 @@ class RunningSalesforce:
                 changes["restricted"] = restricted
             od.fields[fd.name] = dataclasses.replace(fd, **changes)
 
+    def apply_permission_set(self, xml: str) -> None:
+        """Field-level security from a permission set (``*.permissionset-meta.xml``, the
+        integration user's only grant): each custom field of the objects it names is
+        writable only when its ``fieldPermissions`` say ``editable``; a custom field it
+        does not list is read-only. ``Activity.X`` covers Task's field X."""
+        import xml.etree.ElementTree as ET
+
+        ns = {"m": "http://soap.sforce.com/2006/04/metadata"}
+        root = ET.fromstring(xml)
+        editable: dict[str, set[str]] = {}
+        for perm in root.findall("m:fieldPermissions", ns):
+            name = perm.findtext("m:field", "", ns)
+            obj, _, fname = name.partition(".")
+            obj = "Task" if obj == "Activity" else obj
+            if perm.findtext("m:editable", "false", ns).strip().lower() == "true":
+                editable.setdefault(obj, set()).add(fname.lower())
+        with self.org.lock:
+            for obj in editable.keys() | {"Account"}:
+                if obj not in self.org.schema:
+                    continue
+                od = self.org.schema[obj]
+                for key, fd in list(od.fields.items()):
+                    if fd.custom:
+                        allowed = fd.name.lower() in editable.get(obj, set())
+                        od.fields[key] = dataclasses.replace(fd, updateable=allowed)
+
     def expire_sessions(self, after_requests: int = 0) -> None:
         """Every session issued so far expires after ``after_requests`` more API requests
         (0: now); the next request with one is answered 401 INVALID_SESSION_ID."""
@@ -1151,8 +1177,13 @@ def start_salesforce_server(
     seed: Mapping[str, Iterable[Mapping[str, Any]]] | None = None,
     rules: Iterable[ValidationRule] = (),
     clock: Callable[[], datetime] | None = None,
+    permission_set: Path | None = None,
 ) -> RunningSalesforce:
-    """Start the stand-in on 127.0.0.1 (port 0: a free one) in a background thread."""
+    """Start the stand-in on 127.0.0.1 (port 0: a free one) in a background thread.
+
+    ``permission_set``: a ``*.permissionset-meta.xml`` whose field permissions decide
+    which custom fields the integration user may write (:func:`shipped_permission_set`
+    is the one this project deploys); by default every declared field is writable."""
     tmp = tempfile.TemporaryDirectory(prefix="sf-standin-")
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
@@ -1206,7 +1237,20 @@ def start_salesforce_server(
                     "IsCorporate": True,
                 },
             )
+    if permission_set is not None:
+        running.apply_permission_set(permission_set.read_text(encoding="utf-8"))
     for obj, rows in (seed or {}).items():
         running.seed(obj, rows)
     running._thread.start()
     return running
+
+
+def shipped_permission_set() -> Path | None:
+    """The integration user's permission set this project deploys (``salesforce/`` in a
+    source checkout), or None where it is not beside the code."""
+    path = (
+        Path(__file__).resolve().parents[4]
+        / "salesforce/force-app/main/default/permissionsets"
+        / "Churn_Signals_Integration.permissionset-meta.xml"
+    )
+    return path if path.exists() else None
