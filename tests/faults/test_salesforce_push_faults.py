@@ -236,3 +236,26 @@ def test_field_level_security_from_the_shipped_permission_set(tmp_path: Path) ->
         lost, dups = lost_and_duplicated(expected, held(o.sf))
     tally.record(faults_injected=1, runs_healed=1, rows_lost=lost, duplicates=dups)
     assert (lost, dups) == (0, 0)
+
+
+def test_a_row_locked_longer_than_the_retries_is_rejected_then_lands_next_run(
+    tmp_path: Path,
+) -> None:
+    """The resends of a locked row are bounded (3, after 1, 2, 4 s): a row still locked
+    is reported like any rejection, and the next run (the first retry is not backed off)
+    lands it."""
+    expected = _fault_free(tmp_path)
+    waits: list[float] = []
+    with org(tmp_path, "faulted") as o:
+        o.sf.lock_rows(o.accounts[:1], times=10)
+        first = push(o.settings(), o.world.con, sleep=waits.append)
+        assert waits == [1.0, 2.0, 4.0]
+        assert [(r.record_key, r.error_code) for r in first.rejected] == [
+            (o.accounts[0], "UNABLE_TO_LOCK_ROW")
+        ]
+        o.sf.org.locked.clear()  # the other transaction committed
+        second = push(o.settings(), o.world.con, sleep=waits.append)
+        assert second.rejected == [] and second.counts["update_account"] == 1
+        lost, dups = lost_and_duplicated(expected, held(o.sf))
+    tally.record(faults_injected=1, runs_healed=1, rows_lost=lost, duplicates=dups)
+    assert (lost, dups) == (0, 0)
