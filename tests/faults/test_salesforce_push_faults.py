@@ -67,6 +67,7 @@ def test_a_read_only_field_costs_only_itself_then_heals_when_made_writable(
         writes = _writes(o.sf)
         second = push(o.settings(), o.world.con)
         assert second.plan.changes == () and _writes(o.sf) == writes
+        assert second.api_calls == 1  # the describe that finds it still read-only
         assert [b.name for b in second.blocked] == [READ_ONLY] and second.degraded
         # The admin fixes field-level security: describe shows it, the field goes again.
         o.sf.set_field("Account", READ_ONLY, updateable=True)

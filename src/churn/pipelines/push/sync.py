@@ -113,9 +113,15 @@ def push(
         _unblock(con, list(blocked))
         blocked = {}
     full = build_plan(settings, con)
+    described = 0  # the calls asking describe about blocked fields
     if blocked and not dry_run and full.changes:
         sf = sf or (connect or _default_connect(settings))()
-        unblocked = _metadata_changed(sf, blocked)
+        probe, detach_probe = attach_meter(sf, settings.salesforce.api_reserve)
+        try:
+            unblocked = _metadata_changed(sf, blocked)
+        finally:
+            described = probe.calls
+            detach_probe()
         if unblocked:
             _unblock(con, unblocked)
             blocked = {k: v for k, v in blocked.items() if k not in unblocked}
@@ -138,6 +144,7 @@ def push(
     for key, info in blocked.items():
         info.records = cost.get(key, 0)
     result.blocked = [b for b in blocked.values() if b.records]
+    result.api_calls = described
     if dry_run or not plan.changes:
         return result
     started = utcnow()
@@ -149,13 +156,13 @@ def push(
         check_safety(settings, con, sf)
         outcome = apply_plan(sf, con, plan.changes, settings, run_id, meter, sleep=sleep)
     except Exception as exc:
-        result.api_calls = meter.calls
+        result.api_calls = described + meter.calls
         if isinstance(exc, ChurnError):
-            exc.api_calls = meter.calls  # a failed push reports the calls it made
+            exc.api_calls = result.api_calls  # a failed push reports the calls it made
         _log_run(con, run_id, started, "failed", result, error=str(exc))
         raise
     finally:
-        result.api_calls = meter.calls
+        result.api_calls = described + meter.calls
         detach()
     result.counts.update(outcome.counts)
     result.rejected = outcome.rejected
