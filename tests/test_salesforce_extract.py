@@ -135,10 +135,11 @@ def test_same_systemmodstamp_across_page_boundary_both_land(tmp_path: Path) -> N
 def test_budget_exhausted_mid_extract_then_next_run_finishes(tmp_path: Path) -> None:
     with start_salesforce_server(batch_size=200, api_budget=10_000) as running:
         running.seed("Contact", [{"LastName": f"C{i:04d}"} for i in range(1000)])
-        settings = _settings(running, tmp_path / "w.duckdb", api_reserve=9_995)
+        settings = _settings(running, tmp_path / "w.duckdb", api_reserve=9_994)
         con = connect(settings.db)
-        # 5 calls allowed: describe, a page each for User, Account, Opportunity, then
-        # Contact's first page.
+        # 6 calls allowed: describe Account, describe User (the first run asks which
+        # fields User has), a page each for User, Account, Opportunity, then Contact's
+        # first page.
         with pytest.raises(ApiBudgetExhaustedError, match="SALESFORCE_API_RESERVE"):
             extract_salesforce(settings, con, progress=False)
         assert _rows(con, "SELECT count(*) FROM core_contacts") == [(200,)]
@@ -230,7 +231,9 @@ def test_same_stamp_split_by_a_budget_stop_lands_on_resume(tmp_path: Path) -> No
     stamp = datetime(2024, 5, 1, 12, 0, 0)  # noqa: DTZ001
     with start_salesforce_server(batch_size=200, clock=lambda: stamp, api_budget=10_000) as running:
         running.seed("Contact", [{"LastName": f"C{i:03d}"} for i in range(201)])
-        settings = _settings(running, tmp_path / "w.duckdb", lookback_seconds=0, api_reserve=9_995)
+        # 6 calls: two describes (Account; User, on the first run), User, Account,
+        # Opportunity, Contact's first page.
+        settings = _settings(running, tmp_path / "w.duckdb", lookback_seconds=0, api_reserve=9_994)
         con = connect(settings.db)
         with pytest.raises(ApiBudgetExhaustedError):
             extract_salesforce(settings, con, progress=False)
@@ -258,10 +261,11 @@ def test_an_incremental_run_costs_one_call_per_stream(tmp_path: Path) -> None:
         streams = len(again.counts)
         assert again.api_calls == 1 + streams  # describe + one page each
         # The first run is also the first deletion reconcile: one Id listing per stream
-        # whose records can be deleted (all but CurrencyType), and the one describe that
-        # asks whether the org has DatedConversionRate (again only with each reconcile).
+        # whose records can be deleted (all but CurrencyType), and the describes that ask
+        # whether the org has DatedConversionRate and which fields User has (again only
+        # with each reconcile).
         listed = [k for k in first.counts if k.startswith("reconcile_deleted_")]
-        assert first.api_calls == 2 + streams + len(listed) and len(listed) == streams - 1
+        assert first.api_calls == 3 + streams + len(listed) and len(listed) == streams - 1
         assert again.counts["contact"] >= 1
         assert _rows(con, "SELECT count(*) FROM core_contacts") == [(4,)]
 

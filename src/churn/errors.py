@@ -4,6 +4,11 @@ Every error the service raises on purpose derives from :class:`ChurnError`, so a
 (the CLI, the scheduler, a notebook) can catch one class. Subclasses say what went wrong
 precisely enough to decide what to do next; each message names the stream, request or
 setting involved and never contains a secret.
+
+Exit codes: 0 success, 1 failed, 2 configuration (:class:`ConfigError`), 3 partial
+(:class:`PartialRunError`, :class:`ApiBudgetExhaustedError`), 4 degraded (the push wrote
+every record it could, but without fields Salesforce refuses: :data:`DEGRADED_EXIT_CODE`),
+75 lock held (:class:`LockHeldError`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ class ChurnError(Exception):
 
     #: Process exit code the CLI uses when this error ends a command.
     exit_code: int = 1
+    #: API calls the failed step made before this error (set by the step; run_log shows it).
+    api_calls: int = 0
 
 
 class ConfigError(ChurnError):
@@ -92,3 +99,9 @@ class ScoringError(ChurnError):
 
 class SandboxError(ChurnError):
     """The sandbox world or its loopback servers could not be built or started."""
+
+
+#: A run (or push) that completed but wrote without some fields Salesforce refuses
+#: (read-only, a value a restricted picklist lacks); the summary names them. Not an error
+#: raised: the work is done and committed; the exit code tells cron someone should look.
+DEGRADED_EXIT_CODE = 4

@@ -28,6 +28,8 @@ def test_failed_payment_opens_a_task_and_its_recovery_closes_it(
 ) -> None:
     case = load_case(GOLDEN / "payment_failure" / "hard_decline.json")
     with start_salesforce_server() as sf:
+        # The Task's owner is a User of the org (a real org refuses an OwnerId that is not).
+        sf.seed("User", [{"Id": OWNER, "Name": "Owner", "IsActive": True}])
         [account] = sf.seed("Account", [{"Name": "Acme", "OwnerId": OWNER}])
         seed(con, case["tables"])
         seed(

@@ -28,16 +28,25 @@ EXT = "Churn_Episode_Key__c"
 WRITES = ("PATCH", "POST", "PUT", "DELETE")
 
 
+FALLBACK = "005000000000FALLBK"
+
+
 @pytest.fixture
 def sf() -> Iterator[RunningSalesforce]:
-    with start_salesforce_server() as running:
+    # The owners the Tasks name are Users of the org: a real org refuses an OwnerId that
+    # is not one (INVALID_CROSS_REFERENCE_KEY), and so does the stand-in.
+    users = [
+        {"Id": OWNER, "Name": "Owner", "IsActive": True},
+        {"Id": FALLBACK, "Name": "Fallback", "IsActive": True},
+    ]
+    with start_salesforce_server(seed={"User": users}) as running:
         yield running
 
 
 def _settings(sf: RunningSalesforce, db: Path, **push_settings: object) -> Settings:
     return Settings().with_overrides(
         db=db,
-        push={"fallback_owner_id": "005000000000FALLBK", **push_settings},
+        push={"fallback_owner_id": FALLBACK, **push_settings},
         salesforce={
             "instance_url": sf.instance_url,
             "session_id": sf.session_id,

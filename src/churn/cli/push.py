@@ -19,8 +19,17 @@ def register(app: typer.Typer, state: CliState) -> None:
         dry_run: Annotated[
             bool, typer.Option("--dry-run", help="Print and store the plan; write nothing.")
         ] = False,
+        retry_blocked: Annotated[
+            bool,
+            typer.Option(
+                "--retry-blocked",
+                help="Send fields blocked by an earlier refusal again (after fixing the org).",
+            ),
+        ] = False,
     ) -> None:
-        """Push Account health fields and Tasks to Salesforce."""
+        """Push Account health fields and Tasks to Salesforce.
+
+        Exit 4 (degraded) when records were written without fields Salesforce refuses."""
         from churn import warehouse
         from churn.cli.state import guarded
         from churn.pipelines.push.sync import push
@@ -32,12 +41,16 @@ def register(app: typer.Typer, state: CliState) -> None:
                 threads=state.settings.run.duckdb_threads,
             )
             try:
-                return push(state.settings, con, dry_run=dry_run)
+                return push(state.settings, con, dry_run=dry_run, retry_blocked=retry_blocked)
             finally:
                 con.close()
 
         result = guarded(run)
         _report(result)
+        if result.degraded:
+            from churn.errors import DEGRADED_EXIT_CODE
+
+            raise typer.Exit(DEGRADED_EXIT_CODE)
 
 
 def _report(result: PushResult) -> None:
@@ -57,6 +70,8 @@ def _report(result: PushResult) -> None:
         out.print(table)
     summary = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
     out.print(f"push {result.run_id}: {summary}; {result.api_calls} API calls", highlight=False)
+    for note in result.notes:
+        out.print(f"[yellow]degraded[/] {note}", highlight=False)
     for rejection in result.rejected:
         out.print(
             f"[yellow]rejected[/] {rejection.sobject} {rejection.record_key}: "

@@ -31,7 +31,13 @@ from typing import Any, Protocol
 import duckdb
 
 from churn import warehouse
-from churn.errors import ChurnError, ConfigError, LockHeldError, PartialRunError
+from churn.errors import (
+    DEGRADED_EXIT_CODE,
+    ChurnError,
+    ConfigError,
+    LockHeldError,
+    PartialRunError,
+)
 from churn.settings import Settings
 
 
@@ -61,6 +67,8 @@ class StepOutcome:
     error: str | None = None
     exit_code: int = 0
     notes: tuple[str, ...] = ()
+    #: Succeeded without some of its writes (the push's blocked fields): exit 4.
+    degraded: bool = False
 
 
 @dataclass
@@ -72,7 +80,7 @@ class JobResult:
 
     @property
     def exit_code(self) -> int:
-        return {"success": 0, "partial": 3}.get(self.status, 1)
+        return {"success": 0, "degraded": DEGRADED_EXIT_CODE, "partial": 3}.get(self.status, 1)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -207,6 +215,7 @@ def _run_step(step: Step, settings: Settings, con: Any, dry_run: bool) -> StepOu
             seconds=time.perf_counter() - started,
             error=f"{step.name}: {type(exc).__name__}: {exc}",
             exit_code=exc.exit_code,
+            api_calls=exc.api_calls,
         )
     return StepOutcome(
         step.name,
@@ -215,18 +224,20 @@ def _run_step(step: Step, settings: Settings, con: Any, dry_run: bool) -> StepOu
         api_calls=int(getattr(result, "api_calls", 0) or 0),
         seconds=time.perf_counter() - started,
         notes=tuple(str(n) for n in getattr(result, "notes", ()) or ()),
+        degraded=bool(getattr(result, "degraded", False)),
     )
 
 
 def overall_status(outcomes: Sequence[StepOutcome]) -> str:
-    """success when every step succeeded; failed when none did; partial in between.
+    """success when every step succeeded (degraded when one wrote without fields
+    Salesforce refuses); failed when none did; partial in between.
 
     A step that raised an error meant as partial (budget exhausted, PartialRunError) makes
     the run partial even if it was the only step.
     """
     ok = [o for o in outcomes if o.status == "success"]
     if len(ok) == len(outcomes):
-        return "success"
+        return "degraded" if any(o.degraded for o in ok) else "success"
     if ok or any(o.exit_code == PartialRunError.exit_code for o in outcomes):
         return "partial"
     return "failed"

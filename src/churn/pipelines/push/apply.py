@@ -7,7 +7,13 @@ the old state, so the next run plans the same changes again and resends them: Ac
 updated by Id, Tasks created by an upsert on their external id (later updated by their Id),
 so the resend neither duplicates a Task nor loses an update. A Task update answered with
 ENTITY_IS_DELETED marks the Task ``deleted`` in ``push_state``: it is not retried. A rejected record stays out of ``push_state``, so it is planned
-and retried next run, with its error kept in ``push_log``.
+and retried next run (after a backoff, see ``sync``), with its error kept in ``push_log``.
+
+Within the run: a record refused for one of its fields (read-only, a value a restricted
+picklist lacks, no such field: :data:`~churn.pipelines.push.plan.FIELD_ERRORS`) is resent
+at once without that field, the field is recorded in ``push_blocked_fields`` and left out
+of the rest of the run; a record answered UNABLE_TO_LOCK_ROW is resent after a backoff
+(``lock_retries`` times, through the injected ``sleep``). Every attempt is in ``push_log``.
 
 Before every call the org's remaining daily API calls (``Sforce-Limit-Info``, read and
 write share it) are checked against ``salesforce.api_reserve``; when the next call would
@@ -21,6 +27,7 @@ import csv
 import io
 import json
 import re
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -33,7 +40,16 @@ from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError
 
 from churn.errors import ApiBudgetExhaustedError, PushError
-from churn.pipelines.push.plan import ACCOUNT, DELETED, TASK, Change, canon
+from churn.pipelines.push.plan import (
+    ACCOUNT,
+    DELETED,
+    FIELD_ERRORS,
+    TASK,
+    Change,
+    canon,
+    strip_blocked,
+    without_fields,
+)
 from churn.settings import Settings
 from churn.warehouse import transaction, utcnow
 
@@ -51,9 +67,23 @@ class Rejection:
 
 
 @dataclass
+class Blocked:
+    """A field Salesforce refused, and how many records were written without it."""
+
+    sobject: str
+    name: str
+    error_code: str
+    message: str
+    records: int = 0
+    refused_values: list[str] = field(default_factory=list)
+
+
+@dataclass
 class ApplyOutcome:
     counts: dict[str, int] = field(default_factory=dict)
     rejected: list[Rejection] = field(default_factory=list)
+    #: Fields blocked during this run, by (sobject, field).
+    blocked: dict[tuple[str, str], Blocked] = field(default_factory=dict)
 
     def add(self, key: str, n: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + n
@@ -119,6 +149,11 @@ def json_body(payload: Any) -> str:
     return text
 
 
+#: Resends of a record answered UNABLE_TO_LOCK_ROW within one run, and the first wait.
+LOCK_RETRIES = 3
+LOCK_BACKOFF_SECONDS = 1.0
+
+
 def apply_plan(
     sf: Salesforce,
     con: duckdb.DuckDBPyConnection,
@@ -126,6 +161,8 @@ def apply_plan(
     settings: Settings,
     run_id: str,
     meter: CallMeter,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> ApplyOutcome:
     """Send the changes, grouped by object, a batch at a time; record every result."""
     outcome = ApplyOutcome()
@@ -135,25 +172,105 @@ def apply_plan(
     # Accounts first: a Task's WhatId should never point at an Account we failed to reach.
     for (sobject, key_field), group in sorted(groups.items(), key=lambda g: g[0][0] != ACCOUNT):
         if len(group) > settings.push.bulk_threshold:
-            _send_bulk(sf, con, sobject, key_field, group, settings, run_id, meter, outcome)
+            _heal(sf, con, sobject, key_field, group, settings, run_id, meter, outcome, sleep)
         else:
             size = settings.push.collection_size
             for start in range(0, len(group), size):
                 batch = group[start : start + size]
-                _send_collection(sf, con, sobject, key_field, batch, run_id, meter, outcome)
+                _heal(sf, con, sobject, key_field, batch, settings, run_id, meter, outcome, sleep)
     return outcome
 
 
-def _send_collection(
+def _heal(
     sf: Salesforce,
     con: duckdb.DuckDBPyConnection,
     sobject: str,
     key_field: str,
     batch: Sequence[Change],
+    settings: Settings,
     run_id: str,
     meter: CallMeter,
     outcome: ApplyOutcome,
+    sleep: Callable[[float], None],
 ) -> None:
+    """Send one batch; resend at once without a refused field, and after a backoff what
+    another transaction had locked; record every attempt."""
+    pending = _strip(list(batch), outcome)
+    lock_round = 0
+    while pending:
+        if len(pending) > settings.push.bulk_threshold:
+            rows = _send_bulk(sf, sobject, key_field, pending, meter)
+            transport = "bulk2"
+        else:
+            rows = _send_collection(sf, sobject, key_field, pending, meter)
+            transport = "collections"
+        again: list[Change] = []
+        retried: set[str] = set()
+        locked: list[Change] = []
+        for row in rows:
+            refused = _refused_fields(row)
+            if refused:
+                _block(outcome, row, refused)
+                kept = without_fields(row.change, refused)
+                retried.add(row.change.idempotency_key)
+                if kept is not None:
+                    again.append(kept)
+                continue
+            if row.error_code == "UNABLE_TO_LOCK_ROW" and lock_round < LOCK_RETRIES:
+                retried.add(row.change.idempotency_key)
+                locked.append(row.change)
+        _record(con, rows, transport, run_id, outcome, retried)
+        outcome.add("resent_without_blocked_field", len(again))
+        outcome.add("resent_after_row_lock", len(locked))
+        if locked:
+            sleep(LOCK_BACKOFF_SECONDS * 2**lock_round)
+            lock_round += 1
+        pending = _strip(again + locked, outcome)
+
+
+def _strip(changes: list[Change], outcome: ApplyOutcome) -> list[Change]:
+    """Leave out the fields blocked earlier in this run (counting what they cost)."""
+    if not outcome.blocked:
+        return changes
+    kept, cost = strip_blocked(changes, outcome.blocked)
+    for key, n in cost.items():
+        outcome.blocked[key].records += n
+    return kept
+
+
+def _refused_fields(row: _Result) -> set[str]:
+    """The fields Salesforce refused in a rejected record (never its key)."""
+    if row.success or row.error_code not in FIELD_ERRORS:
+        return set()
+    names = {f for f in row.fields if f in row.change.fields and f != row.change.key_field}
+    return names if len(names) == len(set(row.fields)) else set()
+
+
+def _block(outcome: ApplyOutcome, row: _Result, refused: set[str]) -> None:
+    for name in sorted(refused):
+        key = (row.change.sobject, name)
+        entry = outcome.blocked.get(key)
+        if entry is None:
+            entry = outcome.blocked[key] = Blocked(
+                row.change.sobject, name, row.error_code or "UNKNOWN", row.message or ""
+            )
+        entry.records += 1
+        value = row.change.fields.get(name)
+        if (
+            row.error_code == "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"
+            and isinstance(value, str)
+            and value not in entry.refused_values
+        ):
+            entry.refused_values.append(value)
+
+
+def _send_collection(
+    sf: Salesforce,
+    sobject: str,
+    key_field: str,
+    batch: Sequence[Change],
+    meter: CallMeter,
+) -> list[_Result]:
     records = [{"attributes": {"type": sobject}, **c.fields} for c in batch]
     if key_field == "Id":
         for record, change in zip(records, batch, strict=True):
@@ -184,22 +301,19 @@ def _send_collection(
                 result.get("id"),
                 first.get("statusCode"),
                 first.get("message"),
+                tuple(str(f) for e in errors for f in (e.get("fields") or [])),
             )
         )
-    _record(con, rows, "collections", run_id, outcome)
+    return rows
 
 
 def _send_bulk(
     sf: Salesforce,
-    con: duckdb.DuckDBPyConnection,
     sobject: str,
     key_field: str,
     group: Sequence[Change],
-    settings: Settings,
-    run_id: str,
     meter: CallMeter,
-    outcome: ApplyOutcome,
-) -> None:
+) -> list[_Result]:
     """One Bulk API 2.0 ingest job for the group (update by Id, or upsert by external id)."""
     # A job takes about six calls plus polling; keep room for them.
     meter.check(10, f"a Bulk API 2.0 {sobject} job ({len(group)} records)")
@@ -226,8 +340,8 @@ def _send_bulk(
             for line in _csv_rows(handler.get_failed_records(job_id)):
                 failed = _take(by_key, line.get(key_field, ""))
                 if failed is not None:
-                    code, message = _bulk_error(line.get("sf__Error") or "")
-                    rows.append(_Result(failed, False, None, code, message))
+                    code, message, fields = _bulk_error(line.get("sf__Error") or "")
+                    rows.append(_Result(failed, False, None, code, message, fields))
     except SalesforceError as exc:
         raise call_error(exc, f"Bulk API 2.0 {sobject} job") from exc
     except ApiBudgetExhaustedError:
@@ -236,18 +350,19 @@ def _send_bulk(
         raise PushError(f"Bulk API 2.0 {sobject} job failed: {exc}") from exc
     for change in by_key.values():  # unprocessed: retried next run
         rows.append(_Result(change, False, None, "UNPROCESSED", "not processed by the job"))
-    _record(con, rows, "bulk2", run_id, outcome)
+    return rows
 
 
-def _bulk_error(text: str) -> tuple[str, str]:
+def _bulk_error(text: str) -> tuple[str, str, tuple[str, ...]]:
     """Bulk API 2.0's ``sf__Error`` (``CODE:message:fields``, sometimes ending ``--``) to
-    its code and message."""
+    its code, message and fields."""
     text = text.strip().removesuffix("--").strip()
     code, _, rest = text.partition(":")
     if not rest:
-        return "UNKNOWN", text
-    message = rest.rsplit(":", 1)[0] if ":" in rest else rest
-    return code, message.strip() or code
+        return "UNKNOWN", text, ()
+    message, _, names = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    fields = tuple(n.strip() for n in names.replace("--", "").split(",") if n.strip())
+    return code, message.strip() or code, fields
 
 
 def _take(pending: dict[str, Change], key: str) -> Change | None:
@@ -288,6 +403,7 @@ class _Result:
     sf_id: str | None
     error_code: str | None
     message: str | None
+    fields: tuple[str, ...] = ()
 
 
 def _task_gone(result: _Result) -> bool:
@@ -306,8 +422,11 @@ def _record(
     transport: str,
     run_id: str,
     outcome: ApplyOutcome,
+    retried: set[str] | None = None,
 ) -> None:
-    """One batch's results: push_log for all, push_state for the accepted, one transaction."""
+    """One batch's results: push_log for all, push_state for the accepted, one transaction.
+    ``retried``: idempotency keys resent within the run (not counted as rejected)."""
+    retried = retried or set()
     now = utcnow()
     log = pl.DataFrame(
         {
@@ -367,6 +486,8 @@ def _record(
             outcome.add(r.change.action)
         elif _task_gone(r):
             outcome.add("task_deleted_in_salesforce")
+        elif r.change.idempotency_key in retried:
+            continue
         else:
             outcome.add("rejected")
             outcome.rejected.append(

@@ -21,6 +21,7 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -516,3 +517,69 @@ def make_plan(
             errors_of[TASK],
         )
     return Plan(as_of=as_of, changes=tuple(changes))
+
+
+#: Salesforce's answers about one field rather than the record: the record is resent
+#: without it and the field is blocked until its metadata changes.
+FIELD_ERRORS = frozenset(
+    {
+        "INVALID_FIELD_FOR_INSERT_UPDATE",  # read-only, or field-level security
+        "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",  # the picklist lacks the value
+        "INVALID_FIELD",  # no such field (deleted, or hidden from the integration user)
+    }
+)
+#: Answers that say nothing about the next attempt: never backed off.
+TRANSIENT_ERRORS = frozenset({"UNABLE_TO_LOCK_ROW", "UNPROCESSED", *FIELD_ERRORS})
+
+
+def without_fields(change: Change, fields: Iterable[str]) -> Change | None:
+    """The change with ``fields`` left out (None when nothing else is left to write).
+
+    The state forgets the fields left out, so a later run compares them with what the
+    extract saw in Salesforce, not with a value Salesforce never accepted.
+    """
+    drop = (set(fields) & set(change.fields)) - {change.key_field}
+    if not drop:
+        return change
+    send = {k: v for k, v in change.fields.items() if k not in drop}
+    if not set(send) - {change.key_field}:
+        return None
+    state = {k: v for k, v in change.state.items() if k not in drop}
+    return dataclasses.replace(
+        change,
+        fields=send,
+        state=state,
+        idempotency_key=idempotency_key(change.sobject, change.record_key, change.action, send),
+    )
+
+
+def strip_blocked(
+    changes: Iterable[Change], blocked: Iterable[tuple[str, str]]
+) -> tuple[list[Change], dict[tuple[str, str], int]]:
+    """Leave blocked fields ((sobject, field)) out of every change; per field, how many
+    records it cost (changes that would have written it)."""
+    by_object: dict[str, set[str]] = {}
+    for sobject, name in blocked:
+        by_object.setdefault(sobject, set()).add(name)
+    out: list[Change] = []
+    cost: dict[tuple[str, str], int] = {}
+    for change in changes:
+        hit = by_object.get(change.sobject, set()) & set(change.fields)
+        hit.discard(change.key_field)
+        if not hit:
+            out.append(change)
+            continue
+        for name in hit:
+            cost[(change.sobject, name)] = cost.get((change.sobject, name), 0) + 1
+        kept = without_fields(change, hit)
+        if kept is not None:
+            out.append(kept)
+    return out, cost
+
+
+def runs_to_wait(failures: int) -> int:
+    """Backoff of a change rejected ``failures`` times in a row (same record, same values):
+    it is sent again 1, 2, 4, 8... push runs after its last rejection (at most 64): the
+    first retry is the next run, as before; a record that keeps failing the same way is
+    not resent on every run."""
+    return int(min(2 ** max(failures - 1, 0), 64))

@@ -9,8 +9,9 @@ sends it with :mod:`churn.pipelines.push.apply`. Nothing to change means no call
 from __future__ import annotations
 
 import json
+import time as time_module
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from typing import Any
@@ -21,8 +22,9 @@ import requests
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError
 
-from churn.errors import ProductionSafetyError, PushError
+from churn.errors import ChurnError, ProductionSafetyError, PushError
 from churn.pipelines.push.apply import (
+    Blocked,
     Rejection,
     apply_plan,
     attach_meter,
@@ -30,12 +32,16 @@ from churn.pipelines.push.apply import (
     json_body,
 )
 from churn.pipelines.push.plan import (
+    TRANSIENT_ERRORS,
     AccountInput,
+    Change,
     Episode,
     Owner,
     Plan,
     PushedState,
     make_plan,
+    runs_to_wait,
+    strip_blocked,
 )
 from churn.pipelines.push.values import account_values
 from churn.settings import Settings
@@ -50,6 +56,36 @@ class PushResult:
     counts: dict[str, int] = field(default_factory=dict)
     api_calls: int = 0
     rejected: list[Rejection] = field(default_factory=list)
+    #: Fields left out of this run (blocked now or before), with what they cost.
+    blocked: list[Blocked] = field(default_factory=list)
+    #: Changes put off by backoff: idempotency key -> push runs still to wait.
+    deferred: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def degraded(self) -> bool:
+        """Written, but without some fields Salesforce refuses (exit 4)."""
+        return bool(self.blocked)
+
+    @property
+    def notes(self) -> list[str]:
+        """Sentences for the run summary: the blocked fields and what they cost."""
+        out = [
+            f"{b.sobject} field {b.name} blocked ({b.error_code}: {_cut(b.message, 160)}):"
+            f" not written to {b.records} {b.sobject}s; it is sent again once describe shows"
+            " it writable (or the picklist value), or with churn push --retry-blocked"
+            for b in self.blocked
+        ]
+        if self.deferred:
+            out.append(
+                f"{len(self.deferred)} records rejected before with the same values put off"
+                " (backoff: sent again 1, 2, 4... runs after a rejection); see"
+                " push_plan.runs_to_wait"
+            )
+        return out
+
+
+def _cut(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def push(
@@ -59,35 +95,219 @@ def push(
     dry_run: bool = False,
     salesforce: Salesforce | None = None,
     connect: Callable[[], Salesforce] | None = None,
+    retry_blocked: bool = False,
+    sleep: Callable[[float], None] = time_module.sleep,
 ) -> PushResult:
     """Plan and (unless ``dry_run``) apply the push. ``salesforce`` or ``connect`` give the
-    client; by default one is made from ``settings.salesforce`` when there is work to do."""
+    client; by default one is made from ``settings.salesforce`` when there is work to do.
+
+    Fields blocked by an earlier run are left out unless describe shows them writable
+    again (one describe call per object with a blocked field) or ``retry_blocked``.
+    Changes rejected before with the same values wait their backoff. ``sleep`` waits
+    between resends of a locked row (tests pass one that does not wait).
+    """
     run_id = f"push-{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    plan = build_plan(settings, con)
+    sf: Salesforce | None = salesforce
+    blocked = load_blocked(con)
+    if retry_blocked and blocked and not dry_run:
+        _unblock(con, list(blocked))
+        blocked = {}
+    full = build_plan(settings, con)
+    described = 0  # the calls asking describe about blocked fields
+    if blocked and not dry_run and full.changes:
+        sf = sf or (connect or _default_connect(settings))()
+        probe, detach_probe = attach_meter(sf, settings.salesforce.api_reserve)
+        try:
+            unblocked = _metadata_changed(sf, blocked)
+        finally:
+            described = probe.calls
+            detach_probe()
+        if unblocked:
+            _unblock(con, unblocked)
+            blocked = {k: v for k, v in blocked.items() if k not in unblocked}
+    changes, cost = strip_blocked(full.changes, blocked)
+    backoff = backoff_of(con)
+    deferred = {
+        c.idempotency_key: backoff[c.idempotency_key]
+        for c in changes
+        if c.idempotency_key in backoff
+    }
+    plan = Plan(full.as_of, tuple(c for c in changes if c.idempotency_key not in deferred))
     store_plan(con, plan, run_id, dry_run)
+    put_off = [c for c in changes if c.idempotency_key in deferred]
+    store_deferred(con, put_off, deferred, run_id, dry_run)
     result = PushResult(run_id, dry_run, plan, counts={"planned": len(plan.changes)})
     result.counts.update({f"planned_{k}": v for k, v in plan.counts().items()})
+    result.deferred = deferred
+    if deferred:
+        result.counts["deferred_backoff"] = len(deferred)
+    for key, info in blocked.items():
+        info.records = cost.get(key, 0)
+    result.blocked = [b for b in blocked.values() if b.records]
+    result.api_calls = described
     if dry_run or not plan.changes:
         return result
     started = utcnow()
     _log_run(con, run_id, started, "running", result)
-    sf = salesforce or (connect or _default_connect(settings))()
+    sf = sf or (connect or _default_connect(settings))()
     meter, detach = attach_meter(sf, settings.salesforce.api_reserve)
     try:
         meter.check(1, "the Organization safety query")
         check_safety(settings, con, sf)
-        outcome = apply_plan(sf, con, plan.changes, settings, run_id, meter)
+        outcome = apply_plan(sf, con, plan.changes, settings, run_id, meter, sleep=sleep)
     except Exception as exc:
-        result.api_calls = meter.calls
+        result.api_calls = described + meter.calls
+        if isinstance(exc, ChurnError):
+            exc.api_calls = result.api_calls  # a failed push reports the calls it made
         _log_run(con, run_id, started, "failed", result, error=str(exc))
         raise
     finally:
-        result.api_calls = meter.calls
+        result.api_calls = described + meter.calls
         detach()
     result.counts.update(outcome.counts)
     result.rejected = outcome.rejected
-    _log_run(con, run_id, started, "partial" if result.rejected else "success", result)
+    if outcome.blocked:
+        save_blocked(con, outcome.blocked.values(), run_id)
+        known = {(b.sobject, b.name): b for b in result.blocked}
+        for key, info in outcome.blocked.items():
+            if key in known:
+                known[key].records += info.records
+            else:
+                result.blocked.append(info)
+    if result.blocked:
+        result.counts["blocked_fields"] = len(result.blocked)
+    status = "degraded" if result.blocked else "partial" if result.rejected else "success"
+    _log_run(con, run_id, started, status, result)
     return result
+
+
+def load_blocked(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], Blocked]:
+    """The fields blocked by earlier runs (``push_blocked_fields``)."""
+    if not _table_exists(con, "push_blocked_fields"):
+        return {}
+    rows = con.execute(
+        "SELECT sobject, field, error_code, error_message, refused_values"
+        " FROM push_blocked_fields ORDER BY sobject, field"
+    ).fetchall()
+    return {
+        (r[0], r[1]): Blocked(r[0], r[1], r[2], r[3] or "", 0, json.loads(r[4] or "[]"))
+        for r in rows
+    }
+
+
+def save_blocked(con: duckdb.DuckDBPyConnection, blocked: Iterable[Blocked], run_id: str) -> None:
+    with transaction(con):
+        for b in blocked:
+            con.execute(
+                "INSERT OR REPLACE INTO push_blocked_fields (sobject, field, error_code,"
+                " error_message, refused_values, records, run_id, blocked_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    b.sobject,
+                    b.name,
+                    b.error_code,
+                    b.message,
+                    json.dumps(b.refused_values),
+                    b.records,
+                    run_id,
+                    utcnow(),
+                ],
+            )
+
+
+def _unblock(con: duckdb.DuckDBPyConnection, keys: list[tuple[str, str]]) -> None:
+    with transaction(con):
+        for sobject, name in keys:
+            con.execute(
+                "DELETE FROM push_blocked_fields WHERE sobject = ? AND field = ?", [sobject, name]
+            )
+
+
+def _metadata_changed(
+    sf: Salesforce, blocked: dict[tuple[str, str], Blocked]
+) -> list[tuple[str, str]]:
+    """Blocked fields whose describe now shows them writable (and a picklist holding
+    every value refused): they are sent again."""
+    out = []
+    for sobject in sorted({k[0] for k in blocked}):
+        try:
+            described = sf.restful(f"sobjects/{sobject}/describe") or {}
+        except SalesforceError:
+            continue  # not described: stays blocked
+        fields = {str(f.get("name")): f for f in described.get("fields", [])}
+        for (obj, name), info in blocked.items():
+            if obj != sobject:
+                continue
+            meta = fields.get(name)
+            if meta is None or not meta.get("updateable"):
+                continue
+            values = {str(v.get("value")) for v in meta.get("picklistValues") or []}
+            if info.refused_values and not set(info.refused_values) <= values:
+                continue
+            out.append((obj, name))
+    return out
+
+
+def backoff_of(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Changes rejected before and never accepted with the same values (idempotency
+    key): how many more push runs each waits (0: sent now). Transient answers and refused
+    fields do not count. A push run is one stored plan that was not a dry run."""
+    transient = sorted(TRANSIENT_ERRORS)
+    marks = ", ".join("?" for _ in transient)
+    rows = con.execute(
+        f"""
+        WITH failed AS (
+            SELECT idempotency_key, count(*) AS failures, max(logged_at) AS last_failure
+            FROM push_log GROUP BY idempotency_key
+            HAVING NOT bool_or(success)
+               AND count(*) FILTER (WHERE error_code NOT IN ({marks})) = count(*)
+        ), runs AS (
+            SELECT run_id, min(planned_at) AS planned_at FROM push_plan
+            WHERE NOT dry_run GROUP BY run_id
+        )
+        SELECT f.idempotency_key, f.failures,
+               (SELECT count(*) FROM runs r WHERE r.planned_at > f.last_failure) AS since
+        FROM failed f
+        """,
+        transient,
+    ).fetchall()
+    out = {}
+    for key, failures, since in rows:
+        wait = runs_to_wait(int(failures)) - 1 - int(since)
+        if wait > 0:
+            out[str(key)] = wait
+    return out
+
+
+def store_deferred(
+    con: duckdb.DuckDBPyConnection,
+    changes: list[Change],
+    deferred: dict[str, int],
+    run_id: str,
+    dry_run: bool,
+) -> None:
+    """The changes put off by backoff, in ``push_plan`` with their next attempt."""
+    if not changes:
+        return
+    with transaction(con):
+        for c in {c.idempotency_key: c for c in changes}.values():
+            con.execute(
+                "INSERT OR REPLACE INTO push_plan (run_id, planned_at, dry_run, idempotency_key,"
+                " sobject, record_key, action, fields, last_error, runs_to_wait)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    run_id,
+                    utcnow(),
+                    dry_run,
+                    c.idempotency_key,
+                    c.sobject,
+                    c.record_key,
+                    c.action,
+                    json_body(dict(c.fields)),
+                    c.last_error,
+                    deferred[c.idempotency_key],
+                ],
+            )
 
 
 def _log_run(
@@ -98,7 +318,7 @@ def _log_run(
     result: PushResult,
     error: str | None = None,
 ) -> None:
-    """The push's row in ``run_log`` (running, then success / partial / failed)."""
+    """The push's row in ``run_log`` (running, then success / degraded / partial / failed)."""
     con.execute(
         "INSERT OR REPLACE INTO run_log (run_id, command, started_at, finished_at, status, "
         "counts, api_calls, error) VALUES (?, 'push', ?, ?, ?, ?, ?, ?)",

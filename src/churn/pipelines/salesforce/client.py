@@ -6,12 +6,20 @@ trusts ``ca_bundle`` when one is set; TLS checks are never turned off.
 
 Every response's ``Sforce-Limit-Info: api-usage=N/M`` is read; once the remaining calls
 fall to ``api_reserve`` the next request raises :class:`ApiBudgetExhaustedError` instead of
-going out. Transient failures (502/503/504, a dropped connection) are retried with backoff,
-``max_retries`` times.
+going out. Transient failures (502/503/504, a dropped connection, a JSON body cut short) are retried
+with backoff, ``max_retries`` times.
+
+Sessions expire ("When your session expires, the exception code INVALID_SESSION_ID is
+returned. If this happens, you must invoke the login() call again", Salesforce's API
+guide): a 401 INVALID_SESSION_ID makes the session call :func:`login` once and resend the
+request with the new token (password and client-credentials flows; every login goes
+through that one function). A fixed ``SALESFORCE_SESSION_ID`` cannot be renewed: its
+expiry is a :class:`~churn.errors.ConfigError` (exit 2) with one line.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -61,6 +69,11 @@ class BudgetedSession(requests.Session):
         self.max_retries = max_retries
         self.backoff_seconds = backoff_seconds
         self.sleep = sleep
+        #: Logs in again and returns the new session id (None: a fixed session id).
+        self.relogin: Callable[[], str] | None = None
+        self.relogins = 0
+        self._token: str | None = None
+        self._stale: set[str] = set()
 
     @property
     def remaining(self) -> int | None:
@@ -80,7 +93,9 @@ class BudgetedSession(requests.Session):
         # REQUESTS_CA_BUNDLE would override a session-level verify; a request-level one wins.
         if isinstance(self.verify, str):
             kwargs.setdefault("verify", self.verify)
+        self._fresh_token(kwargs)
         attempt = 0
+        renewed = False
         while True:
             try:
                 response = super().request(method, url, *args, **kwargs)  # type: ignore[arg-type]
@@ -92,6 +107,15 @@ class BudgetedSession(requests.Session):
                 continue
             self.calls += 1
             self.observe(response)
+            if _session_expired(response) and not renewed:
+                self._renew(method, url)
+                self._fresh_token(kwargs)
+                renewed = True
+                continue
+            if _cut_short(response) and attempt < self.max_retries:
+                self._wait(attempt, None)  # a body cut short: the same request again
+                attempt += 1
+                continue
             if response.status_code not in TRANSIENT_STATUS or attempt >= self.max_retries:
                 break
             self._wait(attempt, response.headers.get("Retry-After"))
@@ -101,6 +125,36 @@ class BudgetedSession(requests.Session):
                 f"Salesforce answered REQUEST_LIMIT_EXCEEDED to {method!s} {_path(url)}"
             )
         return response
+
+    def _renew(self, method: str | bytes, url: str | bytes) -> None:
+        """Log in again after INVALID_SESSION_ID (once a request)."""
+        if self.relogin is None:
+            raise ConfigError(
+                "SALESFORCE_SESSION_ID has expired or is invalid (401 INVALID_SESSION_ID on"
+                f" {method!s} {_path(url)}): set a new one, or a login (SALESFORCE_CLIENT_ID"
+                " and SALESFORCE_CLIENT_SECRET) the service can renew"
+            )
+        old = self._token
+        self._token = self.relogin()
+        self.relogins += 1
+        if old:
+            self._stale.add(old)
+
+    def _fresh_token(self, kwargs: dict[str, Any]) -> None:
+        """Requests built with a session id from before a re-login carry the new one."""
+        headers = kwargs.get("headers")
+        if not (self._token and self._stale and isinstance(headers, dict)):
+            return
+        for key in list(headers):
+            if key.lower() != "authorization":
+                continue
+            scheme, _, token = str(headers[key]).partition(" ")
+            if token in self._stale or token != self._token:
+                kwargs["headers"] = {**headers, key: f"{scheme} {self._token}"}
+
+    def track(self, token: str) -> None:
+        """The session id in use (the one a re-login replaces)."""
+        self._token = token
 
     def _wait(self, attempt: int, retry_after: str | None) -> None:
         self.retries += 1
@@ -114,6 +168,24 @@ class BudgetedSession(requests.Session):
         if match:
             self.used, self.limit = int(match[1]), int(match[2])
         self.server_time = _http_date(response.headers.get("Date")) or self.server_time
+
+
+def _cut_short(response: requests.Response) -> bool:
+    """A 2xx JSON answer that does not parse: a body truncated on its way (retried)."""
+    if not 200 <= response.status_code < 300 or not response.content:
+        return False
+    if "json" not in response.headers.get("Content-Type", ""):
+        return False
+    try:
+        json.loads(response.content)
+    except ValueError:
+        return True
+    return False
+
+
+def _session_expired(response: requests.Response) -> bool:
+    """401 with Salesforce's INVALID_SESSION_ID (not the OAuth endpoint's own errors)."""
+    return response.status_code == 401 and "INVALID_SESSION_ID" in response.text
 
 
 def _http_date(text: str | None) -> datetime | None:
@@ -140,16 +212,41 @@ def make_salesforce(
         session = BudgetedSession(sf_settings.api_reserve, max_retries=sf_settings.max_retries)
     if sf_settings.ca_bundle is not None:
         session.verify = str(sf_settings.ca_bundle)
-    version = sf_settings.api_version
-    if sf_settings.instance_url and sf_settings.session_id:
-        return Salesforce(
-            instance_url=sf_settings.instance_url,
-            session_id=sf_settings.session_id.get_secret_value(),
-            version=version,
-            session=session,
-        )
-    token, instance_url = _oauth(sf_settings, session)
-    return Salesforce(instance_url=instance_url, session_id=token, version=version, session=session)
+    token, instance_url = login(sf_settings, session)
+    sf = Salesforce(
+        instance_url=instance_url,
+        session_id=token,
+        version=sf_settings.api_version,
+        session=session,
+    )
+    if isinstance(session, BudgetedSession):
+        session.track(token)
+        if not fixed_session(sf_settings):
+
+            def relogin() -> str:
+                new, _ = login(sf_settings, session)
+                sf.session_id = new
+                sf.headers["Authorization"] = "Bearer " + new
+                return new
+
+            session.relogin = relogin
+    return sf
+
+
+def fixed_session(s: SalesforceSettings) -> bool:
+    """A session id given in the settings (it cannot be renewed when it expires)."""
+    return bool(s.instance_url and s.session_id)
+
+
+def login(s: SalesforceSettings, session: requests.Session) -> tuple[str, str]:
+    """The one login path: (session id, instance URL). A fixed session id is used as
+    given; otherwise OAuth at ``/services/oauth2/token`` (the username-password flow when
+    a username is set, else client credentials). The re-login after INVALID_SESSION_ID
+    calls this too: a new flow (JWT bearer) is a branch here."""
+    if fixed_session(s):
+        assert s.instance_url is not None and s.session_id is not None
+        return s.session_id.get_secret_value(), s.instance_url
+    return _oauth(s, session)
 
 
 def _oauth(s: SalesforceSettings, session: requests.Session) -> tuple[str, str]:

@@ -24,7 +24,12 @@ import polars as pl
 from simple_salesforce import Salesforce, format_soql
 from simple_salesforce.exceptions import SalesforceError
 
-from churn.errors import ApiBudgetExhaustedError, ConfigError, SalesforceExtractError
+from churn.errors import (
+    ApiBudgetExhaustedError,
+    ChurnError,
+    ConfigError,
+    SalesforceExtractError,
+)
 from churn.pipelines.salesforce.client import (
     BudgetedSession,
     error_codes,
@@ -134,13 +139,20 @@ def parse_sf_datetime(text: str) -> datetime:
     return value.astimezone(UTC).replace(tzinfo=None)
 
 
-def build_soql(stream: Stream, since: datetime | None) -> str:
-    """The stream's query; ``since`` (naive UTC) goes through format_soql."""
+def build_soql(stream: Stream, since: datetime | None, *, ordered: bool = True) -> str:
+    """The stream's query; ``since`` (naive UTC) goes through format_soql.
+
+    ``ordered=False`` for Bulk API 2.0: "Use of ORDER BY in a Bulk 2.0 query disables
+    PKChunking for the query. With PKChunking disabled, the query takes longer to execute,
+    and potentially results in query timeouts" (Salesforce, Troubleshooting Query
+    Timeouts). A bulk read moves its cursor only once every page landed, so order does not
+    matter there."""
     conds = [stream.where] if stream.where else []
     if since is not None:
         conds.append(format_soql("SystemModstamp >= {}", since.replace(tzinfo=UTC)))
     where = f" WHERE {' AND '.join(conds)}" if conds else ""
-    return f"SELECT {', '.join(stream.fields)} FROM {stream.sobject}{where} ORDER BY SystemModstamp, Id"
+    order = " ORDER BY SystemModstamp, Id" if ordered else ""
+    return f"SELECT {', '.join(stream.fields)} FROM {stream.sobject}{where}{order}"
 
 
 def page_frame(records: list[dict[str, Any]], fetched_at: datetime) -> pl.DataFrame:
@@ -352,7 +364,7 @@ def extract_stream(
     """Read one stream page by page from its cursor; returns rows landed."""
     lookback = settings.salesforce.lookback_seconds
     since = since_for(_cursor(con, stream.name), _watermark(con, stream.name), lookback)
-    landed, began = _read_stream(sf, con, stream, settings, build_soql(stream, since))
+    landed, began = _read_stream(sf, con, stream, settings, since)
     if began is not None:
         # The org's own clock when the read began (no skew with ours to reason about).
         _set_watermark(con, stream.name, began - timedelta(seconds=lookback))
@@ -360,11 +372,16 @@ def extract_stream(
 
 
 def _read_stream(
-    sf: Salesforce, con: duckdb.DuckDBPyConnection, stream: Stream, settings: Settings, soql: str
+    sf: Salesforce,
+    con: duckdb.DuckDBPyConnection,
+    stream: Stream,
+    settings: Settings,
+    since: datetime | None,
 ) -> tuple[int, datetime | None]:
     """Read every row of ``soql``; returns the rows landed and the org's clock as the first
     answer came (its Date header, one second early to cover its rounding down)."""
     landed, began = 0, None
+    soql = build_soql(stream, since)
     with salesforce_errors(f"Salesforce stream {stream.name}"):
         for page in query_pages(sf, soql, include_deleted=True):
             if began is None:
@@ -374,7 +391,8 @@ def _read_stream(
                 # of the same rows, and one more API call per stream per run). Above the
                 # threshold the page is dropped and a Bulk API 2.0 job reads everything.
                 if int(page.get("totalSize") or 0) > settings.salesforce.bulk_threshold:
-                    return extract_stream_bulk(sf, con, stream, settings, soql), began
+                    bulk = build_soql(stream, since, ordered=False)
+                    return extract_stream_bulk(sf, con, stream, settings, bulk), began
             frame = page_frame(page.get("records", []), utcnow())
             land_page(con, stream.name, frame, settings)
             landed += frame.height
@@ -413,14 +431,7 @@ def extract_stream_bulk(
         params: dict[str, Any] = {"maxRecords": settings.salesforce.bulk_page_size}
         if locator:
             params["locator"] = locator
-        response = sf.session.get(url, params=params, headers=sf.headers, timeout=300)
-        if response.status_code != 200:
-            raise SalesforceExtractError(
-                f"Salesforce stream {stream.name}: bulk results of job {job_id}: HTTP {response.status_code}"
-            )
-        locator = response.headers.get("Sforce-Locator", "null")
-        reader = csv.DictReader(io.StringIO(response.text))
-        records = [{k: _bulk_value(v) for k, v in row.items()} for row in reader]
+        records, locator = _bulk_page(sf, url, params, stream, job_id, settings)
         page_top = land_page(
             con, stream.name, page_frame(records, utcnow()), settings, move_cursor=False
         )
@@ -431,6 +442,77 @@ def extract_stream_bulk(
         with transaction(con):
             _move_cursor(con, stream.name, top)
     return landed
+
+
+def described_fields(sf: Salesforce, sobject: str) -> set[str] | None:
+    """The field names describe lists for ``sobject`` (None when describe is refused)."""
+    try:
+        described = sf.restful(f"sobjects/{sobject}/describe")
+    except SalesforceError:
+        return None
+    return {str(f.get("name")) for f in (described or {}).get("fields", [])}
+
+
+def only_described(stream: Stream, names: set[str] | None) -> Stream:
+    """The stream without the fields its object does not have (User has no IsDeleted:
+    users are deactivated, never deleted)."""
+    if names is None:
+        return stream
+    kept = tuple(f for f in stream.fields if f in names)
+    return Stream(stream.name, stream.sobject, kept, stream.where)
+
+
+_USER_FIELDS_STATE = "salesforce.user.fields"
+
+
+def _user_fields(
+    sf: Salesforce, con: duckdb.DuckDBPyConnection, *, refresh: bool
+) -> set[str] | None:
+    """User's fields as describe last gave them (asked again when ``refresh``)."""
+    state = read_state(con, _USER_FIELDS_STATE)
+    if state is not None and state.cursor and not refresh:
+        return set(state.cursor.split(","))
+    names = described_fields(sf, "User")
+    if names is not None:
+        with transaction(con):
+            write_state(con, _USER_FIELDS_STATE, cursor=",".join(sorted(names)))
+    return names
+
+
+def _bulk_page(
+    sf: Salesforce,
+    url: str,
+    params: dict[str, Any],
+    stream: Stream,
+    job_id: str,
+    settings: Settings,
+) -> tuple[list[dict[str, Any]], str]:
+    """One page of a Bulk API 2.0 query's results and the next locator. A page with fewer
+    rows than its ``Sforce-NumberOfRecords`` (cut short on its way) is asked for again."""
+    what = f"Salesforce stream {stream.name}: bulk results of job {job_id}"
+    for attempt in range(settings.salesforce.max_retries + 1):
+        response = sf.session.get(url, params=params, headers=sf.headers, timeout=300)
+        if response.status_code != 200:
+            raise SalesforceExtractError(f"{what}: HTTP {response.status_code}")
+        # The CSV comes as text/csv with no charset, where requests would guess ISO-8859-1;
+        # Salesforce writes it in UTF-8 ("Files must be in UTF-8 format", Bulk API 2.0).
+        try:
+            text = response.content.decode("utf-8")
+            rows = list(csv.DictReader(io.StringIO(text), strict=True))
+        except (UnicodeDecodeError, csv.Error):
+            rows = None
+        declared = response.headers.get("Sforce-NumberOfRecords", "")
+        complete = (
+            rows is not None
+            and (not declared.isdigit() or len(rows) == int(declared))
+            and all(None not in row.values() and None not in row for row in rows)
+        )
+        if complete and rows is not None:
+            records = [{k: _bulk_value(v) for k, v in row.items()} for row in rows]
+            return records, response.headers.get("Sforce-Locator", "null")
+        if attempt < settings.salesforce.max_retries and isinstance(sf.session, BudgetedSession):
+            sf.session._wait(attempt, None)
+    raise SalesforceExtractError(f"{what}: the page came cut short {attempt + 1} times")
 
 
 def detect_multi_currency(sf: Salesforce) -> bool:
@@ -500,6 +582,10 @@ def extract_salesforce(
         dated = result.multi_currency and bool(known)
         chosen = streams(settings, multi_currency=result.multi_currency, dated_rates=dated)
         recheck = reconcile or reconcile_due(con, settings, utcnow())
+        # Users: select only the fields User has (no IsDeleted: users are deactivated,
+        # never deleted). Describe tells, on the first run and with each reconcile.
+        user_fields = _user_fields(sf, con, refresh=recheck)
+        chosen = [only_described(s, user_fields) if s.name == "user" else s for s in chosen]
         for stream in chosen:
             result.counts[stream.name] = extract_stream(sf, con, stream, settings)
             if progress:
@@ -521,6 +607,12 @@ def extract_salesforce(
     except ApiBudgetExhaustedError as exc:
         result.api_calls = session.calls - start_calls
         done = ", ".join(f"{k}={v}" for k, v in result.counts.items()) or "nothing"
-        raise ApiBudgetExhaustedError(f"{exc}; landed before stopping: {done}") from None
+        stopped = ApiBudgetExhaustedError(f"{exc}; landed before stopping: {done}")
+        stopped.api_calls = result.api_calls
+        raise stopped from None
+    except ChurnError as exc:
+        # A failed step reports the calls it made (run_log, the summary).
+        exc.api_calls = session.calls - start_calls
+        raise
     result.api_calls = session.calls - start_calls
     return result

@@ -24,6 +24,10 @@ class FieldDef:
     precision: int | None = None
     scale: int | None = None
     picklist_values: tuple[str, ...] = ()
+    #: A restricted picklist: Salesforce refuses a value not in ``picklist_values``.
+    restricted: bool = False
+    #: A lookup's target objects (describe's ``referenceTo``); empty: not checked.
+    reference_to: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -50,8 +54,11 @@ _SYSTEM = [
 ]
 
 
-def _obj(name: str, prefix: str, *fields: FieldDef) -> ObjectDef:
-    allf = [*_SYSTEM, *fields]
+def _obj(name: str, prefix: str, *fields: FieldDef, deletable: bool = True) -> ObjectDef:
+    """``deletable=False``: an object whose records are never deleted has no IsDeleted
+    field (User: "you can't delete a user", they are deactivated; describe lists none)."""
+    system = _SYSTEM if deletable else [f for f in _SYSTEM if f.name != "IsDeleted"]
+    allf = [*system, *fields]
     return ObjectDef(name, prefix, {f.name: f for f in allf})
 
 
@@ -71,6 +78,7 @@ def owned_field(spec: AccountField) -> FieldDef:
         precision=getattr(t, "precision", None),
         scale=getattr(t, "scale", None),
         picklist_values=t.values if isinstance(t, Picklist) else (),
+        restricted=isinstance(t, Picklist) and t.restricted,
     )
 
 
@@ -96,10 +104,10 @@ def default_schema(
             "001",
             FieldDef("Name"),
             FieldDef("Website", "url"),
-            FieldDef("OwnerId", "reference"),
+            FieldDef("OwnerId", "reference", reference_to=("User",)),
             FieldDef("Type", "picklist"),
             # Set by a merge on the Accounts it deletes: the Account kept.
-            FieldDef("MasterRecordId", "reference", updateable=False),
+            FieldDef("MasterRecordId", "reference", updateable=False, reference_to=("Account",)),
             *cur,
             *ACCOUNT_CUSTOM_FIELDS,
         ),
@@ -107,13 +115,13 @@ def default_schema(
             "Opportunity",
             "006",
             FieldDef("Name"),
-            FieldDef("AccountId", "reference"),
+            FieldDef("AccountId", "reference", reference_to=("Account",)),
             FieldDef("StageName", "picklist"),
             FieldDef("Amount", "currency"),
             FieldDef("CloseDate", "date"),
             FieldDef("IsClosed", "boolean"),
             FieldDef("IsWon", "boolean"),
-            FieldDef("OwnerId", "reference"),
+            FieldDef("OwnerId", "reference", reference_to=("User",)),
             *cur,
         ),
         _obj(
@@ -123,7 +131,7 @@ def default_schema(
             FieldDef("LastName"),
             FieldDef("Name", updateable=False),
             FieldDef("Email", "email"),
-            FieldDef("AccountId", "reference"),
+            FieldDef("AccountId", "reference", reference_to=("Account",)),
         ),
         _obj(
             "User",
@@ -131,15 +139,17 @@ def default_schema(
             FieldDef("Name"),
             FieldDef("Email", "email"),
             FieldDef("IsActive", "boolean"),
-            FieldDef("ManagerId", "reference"),
+            FieldDef("ManagerId", "reference", reference_to=("User",)),
+            deletable=False,
         ),
         _obj(
             "Task",
             "00T",
             FieldDef("Subject"),
             FieldDef("Description", "textarea"),
-            FieldDef("WhatId", "reference"),
-            FieldDef("OwnerId", "reference"),
+            # Related To: polymorphic (Account, Opportunity, ...).
+            FieldDef("WhatId", "reference", reference_to=("Account", "Opportunity")),
+            FieldDef("OwnerId", "reference", reference_to=("User",)),
             FieldDef("Status", "picklist"),
             FieldDef("Priority", "picklist"),
             FieldDef("ActivityDate", "date"),

@@ -9,14 +9,27 @@ paging, sObject create/read/update/upsert/delete, sObject Collections, ``describ
 ``limits`` and the ``Sforce-Limit-Info`` header with a daily budget, IsDeleted for deletes,
 validation rules answering FIELD_CUSTOM_VALIDATION_EXCEPTION. Errors use Salesforce's body
 shape: a JSON list of ``{message, errorCode, fields}``.
+
+It enforces what a real org enforces on API writes (records put in with ``seed`` are not
+checked, as a data load by an admin would not be): lookups (a reference to a record that
+is not there is INVALID_CROSS_REFERENCE_KEY, to a deleted one ENTITY_IS_DELETED, to the
+wrong object FIELD_INTEGRITY_EXCEPTION), restricted picklists
+(INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST), read-only fields and field-level security
+(INVALID_FIELD_FOR_INSERT_UPDATE, from the declared schema plus :meth:`set_field`), Id
+format (15 or 18 letters and digits, else MALFORMED_ID). Faults a test sets on the
+running server: sessions that expire (401 INVALID_SESSION_ID, :meth:`expire_sessions`),
+rows locked by another transaction (UNABLE_TO_LOCK_ROW, :meth:`lock_rows`), outages
+(:meth:`fail_next`), answers cut short (:meth:`truncate_next`).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import itertools
 import json
+import re
 import secrets
 import ssl
 import tempfile
@@ -42,6 +55,13 @@ ValidationRule = Callable[[str, Mapping[str, Any]], str | None]
 
 DEFAULT_BATCH = 2000
 COLLECTION_MAX = 200
+#: A Salesforce Id: 15 case-sensitive letters and digits, or 18 (with the case suffix).
+_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
+_LOCKED = "unable to obtain exclusive access to this record or 1 records"
+
+
+def valid_id(text: object) -> bool:
+    return isinstance(text, str) and bool(_ID.match(text))
 
 
 class ApiFault(Exception):
@@ -85,6 +105,21 @@ class OrgState:
     clock: Callable[[], datetime] = field(
         default_factory=lambda: lambda: datetime.now(UTC).replace(tzinfo=None)
     )
+    #: API writes are checked (lookups, picklists, Id format); off while seeding.
+    enforcing: bool = True
+    #: Record Id -> how many more writes to it answer UNABLE_TO_LOCK_ROW.
+    locked: dict[str, int] = field(default_factory=dict)
+    #: The next this many record writes (any record) answer UNABLE_TO_LOCK_ROW.
+    lock_writes: int = 0
+    #: Sessions expire after this many more API requests (None: never).
+    expire_in: int | None = None
+    #: Every Bulk API 2.0 query job's SOQL, as received.
+    bulk_queries: list[str] = field(default_factory=list)
+    #: The next this many API answers with a body come cut in half (a proxy's truncation:
+    #: HTTP 200, a Content-Length that matches the half, JSON or CSV that ends early).
+    truncate: int = 0
+    #: Only CSV answers (Bulk API 2.0 results pages) are cut.
+    truncate_csv_only: bool = False
 
     def new_id(self, obj: str) -> str:
         prefix = self.schema[obj].key_prefix
@@ -119,8 +154,63 @@ class OrgState:
                     " or permission set.",
                     [fd.name],
                 )
+            if self.enforcing:
+                self._check_value(od, fd, value)
             out[fd.name] = value
         return out
+
+    def _check_value(self, od: ObjectDef, fd: FieldDef, value: Any) -> None:
+        """Restricted picklists and lookups, as a real org checks them on a write."""
+        if value is None:
+            return
+        if fd.restricted and value not in fd.picklist_values:
+            raise ApiFault(
+                400,
+                "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+                f"{fd.name}: bad value for restricted picklist field: {value}",
+                [fd.name],
+            )
+        if not fd.reference_to:
+            return
+        targets = [self.schema[t] for t in fd.reference_to if t in self.schema]
+        if not valid_id(value):
+            raise ApiFault(
+                400, "MALFORMED_ID", f"{fd.name}: id value of incorrect type: {value}", [fd.name]
+            )
+        target = next((t for t in targets if str(value).startswith(t.key_prefix)), None)
+        if target is None:
+            raise ApiFault(
+                400,
+                "FIELD_INTEGRITY_EXCEPTION",
+                f"{fd.name}: id value of incorrect type: {value}",
+                [fd.name],
+            )
+        record = self._find(target, str(value))
+        if record is None:
+            raise ApiFault(
+                400, "INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", [fd.name]
+            )
+        if record.get("IsDeleted"):
+            raise ApiFault(400, "ENTITY_IS_DELETED", "entity is deleted", [fd.name])
+
+    def _find(self, od: ObjectDef, rid: str) -> dict[str, Any] | None:
+        """A record by its 15- or 18-character Id (the first 15 name it)."""
+        records = self.records.get(od.name, {})
+        found = records.get(rid)
+        if found is None and len(rid) == 15:
+            found = next((r for k, r in records.items() if k[:15] == rid), None)
+        return found
+
+    def _lock(self, rid: str) -> None:
+        """A write to a record another transaction holds: UNABLE_TO_LOCK_ROW."""
+        if not self.enforcing:
+            return
+        if self.lock_writes > 0:
+            self.lock_writes -= 1
+            raise ApiFault(400, "UNABLE_TO_LOCK_ROW", _LOCKED)
+        if self.locked.get(rid, 0) > 0:
+            self.locked[rid] -= 1
+            raise ApiFault(400, "UNABLE_TO_LOCK_ROW", _LOCKED)
 
     def _validate(self, od: ObjectDef, merged: Mapping[str, Any]) -> None:
         for rule in self.rules:
@@ -131,6 +221,7 @@ class OrgState:
     def insert(self, obj: str, values: Mapping[str, Any]) -> str:
         od = self.obj(obj)
         clean = self._check_fields(od, values, "insert")
+        self._lock("")
         now = soql.format_datetime(self.clock())
         rid = self.new_id(od.name)
         record: dict[str, Any] = {f: None for f in od.fields}
@@ -163,11 +254,12 @@ class OrgState:
         od = self.obj(obj)
         record = self.live(od, rid)
         clean = self._check_fields(od, values, "update")
+        self._lock(record["Id"])
         merged = {**record, **clean}
         self._validate(od, merged)
         now = soql.format_datetime(self.clock())
         merged.update(LastModifiedDate=now, SystemModstamp=now)
-        self.records[od.name][rid] = merged
+        self.records[od.name][record["Id"]] = merged
         self._dated_rates(od.name)
 
     def delete(self, obj: str, rid: str) -> None:
@@ -199,7 +291,9 @@ class OrgState:
         kept.update(LastModifiedDate=now, SystemModstamp=now)
 
     def live(self, od: ObjectDef, rid: str) -> dict[str, Any]:
-        record = self.records.get(od.name, {}).get(rid)
+        if self.enforcing and not valid_id(rid):
+            raise ApiFault(400, "MALFORMED_ID", f"malformed id {rid}", ["Id"])
+        record = self._find(od, rid) if self.enforcing else self.records.get(od.name, {}).get(rid)
         if record is None:
             raise ApiFault(404, "NOT_FOUND", "The requested resource does not exist")
         if record["IsDeleted"]:
@@ -354,6 +448,18 @@ class _Handler(BaseHTTPRequestHandler):
             headers = {**(headers or {}), **body.headers, "Content-Type": "text/csv"}
         else:
             raw = b"" if body is None else json.dumps(body).encode()
+        org = self.server.org
+        if (
+            status == 200
+            and len(raw) > 1
+            and self.path.startswith("/services/data/")
+            and (isinstance(body, CsvBody) or not org.truncate_csv_only)
+        ):
+            with org.lock:
+                cut = org.truncate > 0
+                org.truncate -= 1 if cut else 0
+            if cut:
+                raw = raw[: len(raw) // 2]
         self.send_response(status)
         for k, v in (headers or {}).items():
             self.send_header(k, v)
@@ -374,6 +480,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._token(raw)
             return
         try:
+            with org.lock:
+                if org.expire_in is not None:
+                    if org.expire_in <= 0:
+                        org.tokens.clear()  # every session issued so far has timed out
+                        org.expire_in = None
+                    else:
+                        org.expire_in -= 1
             if not self._authorized():
                 raise ApiFault(401, "INVALID_SESSION_ID", "Session expired or invalid")
             with org.lock:
@@ -695,6 +808,7 @@ def bulk2(
             q = soql.parse(text) if text else None
             if q is None or q.count:
                 raise ApiFault(400, "INVALIDJOB", "Bulk API 2.0 query jobs need a field list")
+            org.bulk_queries.append(text)
             first = org.query(text, include_deleted=spec["operation"] == "queryAll")
             rows = list(first["records"])
             locator = first.get("nextRecordsUrl")
@@ -847,6 +961,10 @@ def _describe_field(f: FieldDef) -> dict[str, Any]:
         out["length"] = f.length
     if f.precision is not None:
         out.update(precision=f.precision, scale=f.scale or 0)
+    if f.reference_to:
+        out["referenceTo"] = list(f.reference_to)
+    if f.type == "picklist":
+        out["restrictedPicklist"] = f.restricted
     if f.picklist_values:
         out["picklistValues"] = [
             {"value": v, "label": v, "active": True, "defaultValue": False}
@@ -896,17 +1014,114 @@ class RunningSalesforce:
         }
 
     def seed(self, obj: str, rows: Iterable[Mapping[str, Any]]) -> list[str]:
-        """Insert records directly (no API call counted, no validation rules)."""
+        """Insert records directly (no API call counted, no validation rules, no checks);
+        a row may name its own ``Id`` (the tests' fixed Users)."""
         with self.org.lock:
             rules, self.org.rules = self.org.rules, []
+            self.org.enforcing = False
             try:
-                return [self.org.insert(obj, row) for row in rows]
+                return [self._seed_one(obj, row) for row in rows]
             finally:
                 self.org.rules = rules
+                self.org.enforcing = True
+
+    def _seed_one(self, obj: str, row: Mapping[str, Any]) -> str:
+        given = row.get("Id")
+        rid = self.org.insert(obj, {k: v for k, v in row.items() if k != "Id"})
+        if not given:
+            return rid
+        od = self.org.obj(obj)
+        record = self.org.records[od.name].pop(rid)
+        record["Id"] = given
+        self.org.records[od.name][str(given)] = record
+        return str(given)
 
     def update(self, obj: str, rid: str, values: Mapping[str, Any]) -> None:
+        """Change a record as a user in the org would (no API call counted, not checked)."""
         with self.org.lock:
-            self.org.update(obj, rid, values)
+            self.org.enforcing = False
+            try:
+                self.org.update(obj, rid, values)
+            finally:
+                self.org.enforcing = True
+
+    # ---- settable faults and metadata changes, per test ----------------------------
+    def set_field(
+        self,
+        obj: str,
+        name: str,
+        *,
+        updateable: bool | None = None,
+        picklist_values: Iterable[str] | None = None,
+        restricted: bool | None = None,
+    ) -> None:
+        """Change a field's metadata as an admin would: make it read-only for the
+        integration user (field-level security), or change a picklist's values. Describe
+        shows the change."""
+        with self.org.lock:
+            od = self.org.obj(obj)
+            fd = od.field_named(name)
+            if fd is None:
+                raise KeyError(f"{obj}.{name}")
+            changes: dict[str, Any] = {}
+            if updateable is not None:
+                changes["updateable"] = updateable
+            if picklist_values is not None:
+                changes["picklist_values"] = tuple(picklist_values)
+            if restricted is not None:
+                changes["restricted"] = restricted
+            od.fields[fd.name] = dataclasses.replace(fd, **changes)
+
+    def apply_permission_set(self, xml: str) -> None:
+        """Field-level security from a permission set (``*.permissionset-meta.xml``, the
+        integration user's only grant): each custom field of the objects it names is
+        writable only when its ``fieldPermissions`` say ``editable``; a custom field it
+        does not list is read-only. ``Activity.X`` covers Task's field X."""
+        import xml.etree.ElementTree as ET
+
+        ns = {"m": "http://soap.sforce.com/2006/04/metadata"}
+        root = ET.fromstring(xml)
+        editable: dict[str, set[str]] = {}
+        for perm in root.findall("m:fieldPermissions", ns):
+            name = perm.findtext("m:field", "", ns)
+            obj, _, fname = name.partition(".")
+            obj = "Task" if obj == "Activity" else obj
+            if perm.findtext("m:editable", "false", ns).strip().lower() == "true":
+                editable.setdefault(obj, set()).add(fname.lower())
+        with self.org.lock:
+            for obj in editable.keys() | {"Account"}:
+                if obj not in self.org.schema:
+                    continue
+                od = self.org.schema[obj]
+                for key, fd in list(od.fields.items()):
+                    if fd.custom:
+                        allowed = fd.name.lower() in editable.get(obj, set())
+                        od.fields[key] = dataclasses.replace(fd, updateable=allowed)
+
+    def expire_sessions(self, after_requests: int = 0) -> None:
+        """Every session issued so far expires after ``after_requests`` more API requests
+        (0: now); the next request with one is answered 401 INVALID_SESSION_ID."""
+        with self.org.lock:
+            if after_requests <= 0:
+                self.org.tokens.clear()
+                self.org.expire_in = None
+            else:
+                self.org.expire_in = after_requests
+
+    def truncate_next(self, count: int, *, csv_only: bool = False) -> None:
+        """Cut the next ``count`` API answers that have a body in half (HTTP 200); with
+        ``csv_only``, only Bulk API 2.0's CSV answers."""
+        with self.org.lock:
+            self.org.truncate += count
+            self.org.truncate_csv_only = csv_only
+
+    def lock_rows(self, ids: Iterable[str] = (), *, times: int = 1, next_writes: int = 0) -> None:
+        """Writes to ``ids`` answer UNABLE_TO_LOCK_ROW ``times`` times each; the next
+        ``next_writes`` record writes (any record) do too."""
+        with self.org.lock:
+            for rid in ids:
+                self.org.locked[rid] = self.org.locked.get(rid, 0) + times
+            self.org.lock_writes += next_writes
 
     def delete(self, obj: str, rid: str) -> None:
         with self.org.lock:
@@ -962,8 +1177,13 @@ def start_salesforce_server(
     seed: Mapping[str, Iterable[Mapping[str, Any]]] | None = None,
     rules: Iterable[ValidationRule] = (),
     clock: Callable[[], datetime] | None = None,
+    permission_set: Path | None = None,
 ) -> RunningSalesforce:
-    """Start the stand-in on 127.0.0.1 (port 0: a free one) in a background thread."""
+    """Start the stand-in on 127.0.0.1 (port 0: a free one) in a background thread.
+
+    ``permission_set``: a ``*.permissionset-meta.xml`` whose field permissions decide
+    which custom fields the integration user may write (:func:`shipped_permission_set`
+    is the one this project deploys); by default every declared field is writable."""
     tmp = tempfile.TemporaryDirectory(prefix="sf-standin-")
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
@@ -1017,7 +1237,20 @@ def start_salesforce_server(
                     "IsCorporate": True,
                 },
             )
+    if permission_set is not None:
+        running.apply_permission_set(permission_set.read_text(encoding="utf-8"))
     for obj, rows in (seed or {}).items():
         running.seed(obj, rows)
     running._thread.start()
     return running
+
+
+def shipped_permission_set() -> Path | None:
+    """The integration user's permission set this project deploys (``salesforce/`` in a
+    source checkout), or None where it is not beside the code."""
+    path = (
+        Path(__file__).resolve().parents[4]
+        / "salesforce/force-app/main/default/permissionsets"
+        / "Churn_Signals_Integration.permissionset-meta.xml"
+    )
+    return path if path.exists() else None
