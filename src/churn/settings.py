@@ -110,7 +110,11 @@ class SalesforceSettings(_Section):
     security_token: SecretStr | None = None
     client_id: str | None = None
     client_secret: SecretStr | None = None
-    #: ``login`` for production, ``test`` for sandboxes, or a My Domain host.
+    #: JWT bearer flow: the PEM private key whose certificate the external client app
+    #: holds; with ``client_id`` (the consumer key) and ``username`` (the run-as user).
+    private_key_file: Path | None = None
+    #: ``login`` for production, ``test`` for sandboxes, or a My Domain host
+    #: (``acme.my.salesforce.com``; required by the client-credentials flow).
     domain: str = "login"
     api_version: str = "62.0"
     #: A PEM bundle to trust in addition to the system's (the sandbox's own CA).
@@ -170,6 +174,7 @@ class SalesforceSettings(_Section):
             (self.instance_url and self.session_id)
             or (self.username and self.password)
             or (self.client_id and self.client_secret)
+            or (self.client_id and self.username and self.private_key_file)
         )
 
 

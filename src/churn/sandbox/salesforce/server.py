@@ -4,7 +4,7 @@ simple-salesforce always builds ``https://`` URLs, so the server serves TLS with
 certificate from a CA made by ``trustme`` at start-up; clients trust ``ca_path``.
 
 Follows the documented REST API for what this service uses: OAuth token login
-(password and client-credentials flows), ``query``/``queryAll`` with ``nextRecordsUrl``
+(password, client-credentials and JWT bearer flows), ``query``/``queryAll`` with ``nextRecordsUrl``
 paging, sObject create/read/update/upsert/delete, sObject Collections, ``describe``,
 ``limits`` and the ``Sforce-Limit-Info`` header with a daily budget, IsDeleted for deletes,
 validation rules answering FIELD_CUSTOM_VALIDATION_EXCEPTION. Errors use Salesforce's body
@@ -79,6 +79,11 @@ class OrgState:
     tokens: set[str] = field(default_factory=set)
     users: dict[str, str] = field(default_factory=dict)  # username -> password+token
     clients: dict[str, str] = field(default_factory=dict)  # client_id -> secret
+    #: JWT bearer flow: client_id -> the PEM public key of the app's certificate.
+    jwt_keys: dict[str, bytes] = field(default_factory=dict)
+    #: Usernames pre-authorised for the JWT bearer flow (admin-approved profiles or
+    #: permission sets); others get "user hasn't approved this consumer".
+    jwt_users: set[str] = field(default_factory=set)
     lock: threading.RLock = field(default_factory=threading.RLock)
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     #: The clock for SystemModstamp; tests may pin it to make equal stamps.
@@ -426,6 +431,12 @@ class _Handler(BaseHTTPRequestHandler):
             ) and org.users.get(form.get("username", "")) == form.get("password")
         elif grant == "client_credentials":
             ok = org.clients.get(form.get("client_id", ""), None) == form.get("client_secret")
+        elif grant == JWT_BEARER_GRANT:
+            problem = _jwt_problem(org, form.get("assertion", ""), self.server.instance_url)
+            if problem is not None:
+                self._send(400, {"error": problem[0], "error_description": problem[1]})
+                return
+            ok = True
         else:
             self._send(
                 400,
@@ -855,6 +866,59 @@ def _describe_field(f: FieldDef) -> dict[str, Any]:
     return out
 
 
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+#: The audiences Salesforce accepts: "https://login.salesforce.com,
+#: https://test.salesforce.com, or https://site.force.com/customers"; the stand-in also
+#: takes its own address, as a My Domain would.
+JWT_AUDIENCES = ("https://login.salesforce.com", "https://test.salesforce.com")
+
+
+def _jwt_problem(org: OrgState, assertion: str, instance_url: str) -> tuple[str, str] | None:
+    """Why a JWT bearer assertion is refused (Salesforce's error and description), or None.
+
+    Checks its shape as Salesforce documents it: signed RS256 with the key of the app's
+    certificate; ``iss`` the consumer key, ``sub`` the username, ``aud`` the
+    authorization server, ``exp`` within 3 minutes.
+    """
+    import jwt
+
+    try:
+        header = jwt.get_unverified_header(assertion)
+        claims = jwt.decode(assertion, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return "invalid_grant", "invalid assertion"
+    if header.get("alg") != "RS256":
+        return "invalid_grant", "invalid assertion"
+    missing = [c for c in ("iss", "sub", "aud", "exp") if not claims.get(c)]
+    if missing:
+        return "invalid_grant", "invalid assertion"
+    key = org.jwt_keys.get(str(claims["iss"]))
+    if key is None:
+        return "invalid_client_id", "client identifier invalid"
+    try:
+        jwt.decode(
+            assertion,
+            key,
+            algorithms=["RS256"],
+            audience=[*JWT_AUDIENCES, instance_url],
+            options={"require": ["iss", "sub", "aud", "exp"]},
+        )
+    except jwt.ExpiredSignatureError:
+        return "invalid_grant", "expired authorization code"
+    except jwt.InvalidAudienceError:
+        return "invalid_grant", "audience is invalid"
+    except jwt.PyJWTError:
+        return "invalid_grant", "invalid assertion"
+    now = datetime.now(UTC).timestamp()
+    if float(claims["exp"]) > now + 300:
+        return "invalid_grant", "invalid assertion"  # exp more than minutes ahead
+    if str(claims["sub"]) not in org.users:
+        return "invalid_grant", "invalid assertion"
+    if str(claims["sub"]) not in org.jwt_users:
+        return "invalid_grant", "user hasn't approved this consumer"
+    return None
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     org: OrgState
@@ -930,6 +994,31 @@ class RunningSalesforce:
             self.org.api_max = max_calls
             if used is not None:
                 self.org.api_used = used
+
+    def jwt_key_file(self) -> Path:
+        """A PEM private key for the JWT bearer flow, its public half registered for
+        ``client_id`` and ``username`` pre-authorised (made on first use: RSA is slow)."""
+        path = Path(self._tmp.name) / "jwt-key.pem"
+        if path.exists():
+            return path
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        public = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        with self.org.lock:
+            self.org.jwt_keys[self.client_id] = public
+            self.org.jwt_users.add(self.username)
+        return path
 
     def calls(self, method: str | None = None, contains: str = "") -> int:
         return sum(
