@@ -25,10 +25,14 @@ def register(app: typer.Typer, state: CliState) -> None:
         from churn.cli.state import guarded
         from churn.pipelines.push.sync import push
 
+        def announce(planned: PushResult) -> None:
+            if planned.plan.changes or planned.plan.deferred_tasks:
+                typer.echo(planned.announcement())
+
         def run() -> PushResult:
             con = warehouse.connect(state.settings.db)
             try:
-                return push(state.settings, con, dry_run=dry_run)
+                return push(state.settings, con, dry_run=dry_run, on_plan=announce)
             finally:
                 con.close()
 

@@ -30,14 +30,17 @@ from churn.pipelines.push.apply import (
     json_body,
 )
 from churn.pipelines.push.plan import (
+    TASK,
     AccountInput,
     Episode,
     Owner,
     Plan,
     PushedState,
+    estimate_calls,
     make_plan,
 )
 from churn.pipelines.push.values import account_values
+from churn.pipelines.salesforce.doctor import check_task_picklists
 from churn.settings import Settings
 from churn.warehouse import transaction, utcnow
 
@@ -50,6 +53,18 @@ class PushResult:
     counts: dict[str, int] = field(default_factory=dict)
     api_calls: int = 0
     rejected: list[Rejection] = field(default_factory=list)
+    #: Nothing pushed before (``push_state`` empty): the run that writes the most.
+    first_push: bool = False
+
+    def announcement(self) -> str:
+        """The plan in one line, with its API call estimate, said before it is sent."""
+        counts = self.plan.counts()
+        parts = [f"{counts.get(a, 0):,} {a.replace('_', ' ')}" for a in sorted(counts)]
+        deferred = self.plan.deferred_tasks
+        later = f"; {deferred:,} more new Tasks left for later runs (the cap)" if deferred else ""
+        first = "first push" if self.first_push else "push"
+        calls = self.counts.get("estimated_api_calls", 0)
+        return f"{first}: {', '.join(parts) or 'nothing'}{later}; about {calls:,} API calls"
 
 
 def push(
@@ -59,14 +74,25 @@ def push(
     dry_run: bool = False,
     salesforce: Salesforce | None = None,
     connect: Callable[[], Salesforce] | None = None,
+    on_plan: Callable[[PushResult], None] | None = None,
 ) -> PushResult:
     """Plan and (unless ``dry_run``) apply the push. ``salesforce`` or ``connect`` give the
-    client; by default one is made from ``settings.salesforce`` when there is work to do."""
+    client; by default one is made from ``settings.salesforce`` when there is work to do.
+    ``on_plan`` sees the plan and its call estimate before any call goes out (the CLI
+    prints it; a first push logs it)."""
     run_id = f"push-{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     plan = build_plan(settings, con)
     store_plan(con, plan, run_id, dry_run)
     result = PushResult(run_id, dry_run, plan, counts={"planned": len(plan.changes)})
     result.counts.update({f"planned_{k}": v for k, v in plan.counts().items()})
+    if plan.deferred_tasks:
+        result.counts["deferred_tasks"] = plan.deferred_tasks
+    if plan.changes:
+        result.counts["estimated_api_calls"] = estimate_calls(plan, settings.push)
+        row = con.execute("SELECT count(*) FROM push_state").fetchone()
+        result.first_push = not (row and row[0])
+    if on_plan is not None:
+        on_plan(result)
     if dry_run or not plan.changes:
         return result
     started = utcnow()
@@ -76,6 +102,11 @@ def push(
     try:
         meter.check(1, "the Organization safety query")
         check_safety(settings, con, sf)
+        if any(c.sobject == TASK for c in plan.changes):
+            # One describe: an org whose Task picklists lack the configured values gets one
+            # clear error here instead of every Task rejected.
+            meter.check(1, "the Task describe")
+            check_task_picklists(sf, settings)
         outcome = apply_plan(sf, con, plan.changes, settings, run_id, meter)
     except Exception as exc:
         result.api_calls = meter.calls

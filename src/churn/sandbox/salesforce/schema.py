@@ -24,6 +24,8 @@ class FieldDef:
     precision: int | None = None
     scale: int | None = None
     picklist_values: tuple[str, ...] = ()
+    #: Picklist values the org keeps but has deactivated (describe: ``active: false``).
+    inactive_values: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,16 @@ def owned_field(spec: AccountField) -> FieldDef:
         picklist_values=t.values if isinstance(t, Picklist) else (),
     )
 
+
+#: A new org's Task Status and Priority picklists.
+TASK_STATUS_VALUES = (
+    "Not Started",
+    "In Progress",
+    "Completed",
+    "Waiting on someone else",
+    "Deferred",
+)
+TASK_PRIORITY_VALUES = ("High", "Normal", "Low")
 
 #: The custom fields the service owns on Account (it writes them in the push), and
 #: Active_Seats__c, which it may read as the usage feed (``CHURN_USAGE__ACCOUNT_FIELD``).
@@ -140,8 +152,9 @@ def default_schema(
             FieldDef("Description", "textarea"),
             FieldDef("WhatId", "reference"),
             FieldDef("OwnerId", "reference"),
-            FieldDef("Status", "picklist"),
-            FieldDef("Priority", "picklist"),
+            # The standard Task picklists' default values (Setup > Object Manager > Task).
+            FieldDef("Status", "picklist", picklist_values=TASK_STATUS_VALUES),
+            FieldDef("Priority", "picklist", picklist_values=TASK_PRIORITY_VALUES),
             FieldDef("ActivityDate", "date"),
             FieldDef("IsClosed", "boolean"),
             _c("Churn_Episode_Key__c", external=True),
@@ -151,6 +164,14 @@ def default_schema(
             "00D",
             FieldDef("Name"),
             FieldDef("IsSandbox", "boolean"),
+        ),
+        # What ``churn doctor`` reads to see the integration user has its permission set.
+        _obj("PermissionSet", "0PS", FieldDef("Name"), FieldDef("Label")),
+        _obj(
+            "PermissionSetAssignment",
+            "0Pa",
+            FieldDef("AssigneeId", "reference"),
+            FieldDef("PermissionSetId", "reference"),
         ),
     ]
     if multi_currency:

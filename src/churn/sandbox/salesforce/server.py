@@ -84,6 +84,8 @@ class OrgState:
     #: Usernames pre-authorised for the JWT bearer flow (admin-approved profiles or
     #: permission sets); others get "user hasn't approved this consumer".
     jwt_users: set[str] = field(default_factory=set)
+    #: What ``GET /services/data/`` lists (the org's API versions).
+    api_versions: tuple[str, ...] = ("60.0", "61.0", "62.0", "63.0", "64.0")
     lock: threading.RLock = field(default_factory=threading.RLock)
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     #: The clock for SystemModstamp; tests may pin it to make equal stamps.
@@ -377,6 +379,30 @@ class _Handler(BaseHTTPRequestHandler):
             org.request_log.append((method, path))
         if path == "/services/oauth2/token" and method == "POST":
             self._token(raw)
+            return
+        if path.rstrip("/") == "/services/data" and method == "GET":
+            # "Lists summary information about each Salesforce version currently
+            # available": no authentication needed, no API call counted.
+            self._send(
+                200,
+                [
+                    {"version": v, "label": f"v{v}", "url": f"/services/data/v{v}"}
+                    for v in org.api_versions
+                ],
+            )
+            return
+        if path == "/services/oauth2/userinfo" and method == "GET":
+            if not self._authorized():
+                self._send(403, "Bad_OAuth_Token")
+                return
+            self._send(
+                200,
+                {
+                    "user_id": INTEGRATION_USER_ID,
+                    "organization_id": "00D000000000001AAA",
+                    "preferred_username": "churn@example.com",
+                },
+            )
             return
         try:
             if not self._authorized():
@@ -858,13 +884,24 @@ def _describe_field(f: FieldDef) -> dict[str, Any]:
         out["length"] = f.length
     if f.precision is not None:
         out.update(precision=f.precision, scale=f.scale or 0)
-    if f.picklist_values:
+    if f.picklist_values or f.inactive_values:
         out["picklistValues"] = [
             {"value": v, "label": v, "active": True, "defaultValue": False}
             for v in f.picklist_values
+        ] + [
+            {"value": v, "label": v, "active": False, "defaultValue": False}
+            for v in f.inactive_values
         ]
     return out
 
+
+#: The integration user every token of the stand-in belongs to (no User record: the
+#: extract's User stream holds the world's owners only).
+INTEGRATION_USER_ID = "005000000000001AAA"
+#: The permission set the metadata deploys, assigned to the integration user at start.
+PERMISSION_SET = "Churn_Signals_Integration"
+_PERMISSION_SET_ID = "0PS000000000001AAA"
+_ASSIGNMENT_ID = "0Pa000000000001AAA"
 
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 #: The audiences Salesforce accepts: "https://login.salesforce.com,
@@ -1020,6 +1057,28 @@ class RunningSalesforce:
             self.org.jwt_users.add(self.username)
         return path
 
+    def set_field(self, obj: str, definition: FieldDef) -> None:
+        """Declare (or re-declare) a field: an org configured differently."""
+        with self.org.lock:
+            od = self.org.obj(obj)
+            existing = od.field_named(definition.name)
+            if existing is not None:
+                del od.fields[existing.name]
+            od.fields[definition.name] = definition
+
+    def drop_field(self, obj: str, name: str) -> None:
+        """Remove a field from the schema (not deployed, or hidden by field-level security)."""
+        with self.org.lock:
+            od = self.org.obj(obj)
+            existing = od.field_named(name)
+            if existing is not None:
+                del od.fields[existing.name]
+
+    def unassign_permission_set(self) -> None:
+        """Take the permission set away from the integration user."""
+        with self.org.lock:
+            self.org.records.get("PermissionSetAssignment", {}).pop(_ASSIGNMENT_ID, None)
+
     def calls(self, method: str | None = None, contains: str = "") -> int:
         return sum(
             1
@@ -1038,6 +1097,18 @@ class RunningSalesforce:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _put(org: OrgState, obj: str, rid: str, values: Mapping[str, Any]) -> None:
+    """A record with a fixed Id (setup data, outside the id counter the tests rely on)."""
+    od = org.obj(obj)
+    now = soql.format_datetime(org.clock())
+    record: dict[str, Any] = {f: None for f in od.fields}
+    record.update(values)
+    record.update(
+        Id=rid, IsDeleted=False, CreatedDate=now, LastModifiedDate=now, SystemModstamp=now
+    )
+    org.records.setdefault(od.name, {})[rid] = record
 
 
 def start_salesforce_server(
@@ -1095,6 +1166,13 @@ def start_salesforce_server(
     org.clients[running.client_id] = running.client_secret
     with org.lock:
         org.insert("Organization", {"Name": "Churn Sandbox Org", "IsSandbox": is_sandbox})
+        _put(org, "PermissionSet", _PERMISSION_SET_ID, {"Name": PERMISSION_SET, "Label": "Churn"})
+        _put(
+            org,
+            "PermissionSetAssignment",
+            _ASSIGNMENT_ID,
+            {"AssigneeId": INTEGRATION_USER_ID, "PermissionSetId": _PERMISSION_SET_ID},
+        )
         if multi_currency:
             org.insert(
                 "CurrencyType",
