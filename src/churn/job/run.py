@@ -18,7 +18,6 @@ from __future__ import annotations
 import fcntl
 import importlib
 import json
-import logging
 import os
 import time
 import uuid
@@ -175,15 +174,7 @@ def _push(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
         if latest is not None and latest > s.run.as_of:
             # A back-fill never rewinds Salesforce to an older state than it already has.
             return _NotPushed({"not_pushed_backfill": 1})
-    return _call("churn.pipelines.push.sync", "push")(
-        s, con, dry_run=dry_run, on_plan=_announce_first_push
-    )
-
-
-def _announce_first_push(result: Any) -> None:
-    """A first push (nothing pushed before) is said before it is sent, with its estimate."""
-    if getattr(result, "first_push", False):
-        logging.getLogger("churn.job.run").warning("%s", result.announcement())
+    return _call("churn.pipelines.push.sync", "push")(s, con, dry_run=dry_run)
 
 
 DEFAULT_STEPS: tuple[Step, ...] = (

@@ -9,6 +9,7 @@ sends it with :mod:`churn.pipelines.push.apply`. Nothing to change means no call
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ from churn.pipelines.push.values import account_values
 from churn.pipelines.salesforce.doctor import check_task_picklists
 from churn.settings import Settings
 from churn.warehouse import transaction, utcnow
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -93,6 +96,9 @@ def push(
         result.first_push = not (row and row[0])
     if on_plan is not None:
         on_plan(result)
+    elif result.first_push and not dry_run:
+        # The run that writes the most, said before any call (churn run logs it).
+        log.warning("%s", result.announcement())
     if dry_run or not plan.changes:
         return result
     started = utcnow()
