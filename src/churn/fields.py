@@ -19,9 +19,11 @@ To add a pushed field:
    ``account_health`` mart lacks, is push or scoring code on top);
 2. add its ``salesforce/force-app/main/default/objects/Account/fields/<Name>.field-meta.xml``
    (same fullName, label, type and shape; the description starting with
-   :data:`OWNED_MARKER`);
-3. add its line ``<fieldPermissions><field>Account.<Name></field><editable>true</editable>
-   <readable>true</readable></fieldPermissions>`` to
+   :data:`OWNED_MARKER`; elements in the Metadata API's order, which
+   ``tests/live/test_metadata_schema.py`` checks), and its ``Account.<Name>`` member in
+   ``salesforce/destructive/destructiveChanges.xml``;
+3. add its line ``<fieldPermissions><editable>true</editable><field>Account.<Name></field>
+   <readable>true</readable></fieldPermissions>`` (the Metadata API's element order) to
    ``salesforce/force-app/main/default/permissionsets/Churn_Signals_Integration.permissionset-meta.xml``.
 
 This module is plain data: it imports nothing from the rest of the package (import-linter
