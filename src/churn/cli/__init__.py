@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "model",
     "dashboard",
     "doctor",
+    "backup",
 )
 
 state = CliState()

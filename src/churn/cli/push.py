@@ -19,6 +19,14 @@ def register(app: typer.Typer, state: CliState) -> None:
         dry_run: Annotated[
             bool, typer.Option("--dry-run", help="Print and store the plan; write nothing.")
         ] = False,
+        close_open_tasks: Annotated[
+            bool,
+            typer.Option(
+                "--close-open-tasks",
+                help="Close every Task the service has open (the way back); with --dry-run,"
+                " list them.",
+            ),
+        ] = False,
     ) -> None:
         """Push Account health fields and Tasks to Salesforce."""
         from churn import warehouse
@@ -32,7 +40,13 @@ def register(app: typer.Typer, state: CliState) -> None:
         def run() -> PushResult:
             con = warehouse.connect(state.settings.db)
             try:
-                return push(state.settings, con, dry_run=dry_run, on_plan=announce)
+                return push(
+                    state.settings,
+                    con,
+                    dry_run=dry_run,
+                    on_plan=announce,
+                    close_open_tasks=close_open_tasks,
+                )
             finally:
                 con.close()
 

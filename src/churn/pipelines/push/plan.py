@@ -498,6 +498,47 @@ def estimate_calls(plan: Plan, settings: PushSettings) -> int:
     return calls
 
 
+#: Why every open Task is closed by ``churn push --close-open-tasks``.
+CLOSED_BY_OPERATOR = (
+    "the service's open Tasks were closed by an operator (churn push --close-open-tasks)"
+)
+
+
+def close_all_tasks(
+    state: Iterable[PushedState], settings: PushSettings, external_id_field: str, today: date
+) -> Plan:
+    """A plan closing every Task the service has open (``push_state`` status ``open``),
+    with a sentence saying why: the way back when the service is taken out of an org.
+    Tasks deleted in Salesforce or already closed are left alone."""
+    changes = []
+    for pushed in sorted(state, key=lambda p: p.record_key):
+        if pushed.sobject != TASK or pushed.status != "open":
+            continue
+        description = (pushed.fields.get("Description") or "") + (
+            f"\n\nClosed by the churn service on {today.isoformat()}: {CLOSED_BY_OPERATOR}."
+        )
+        send = {
+            external_id_field: pushed.record_key,
+            "Status": settings.task_status_closed,
+            "Description": description[:_MAX_DESCRIPTION],
+        }
+        new_state = {**pushed.fields, **{k: canon(v) for k, v in send.items()}}
+        changes.append(
+            _task_change(
+                pushed.record_key,
+                external_id_field,
+                "close_task",
+                send,
+                new_state,
+                "closed",
+                {},
+                pushed.first_seen_at,
+                pushed.sf_id,
+            )
+        )
+    return Plan(as_of=None, changes=tuple(changes))
+
+
 _SEVERITY_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3, "info": 4}
 
 

@@ -37,6 +37,7 @@ from churn.pipelines.push.plan import (
     Owner,
     Plan,
     PushedState,
+    close_all_tasks,
     estimate_calls,
     make_plan,
 )
@@ -78,13 +79,15 @@ def push(
     salesforce: Salesforce | None = None,
     connect: Callable[[], Salesforce] | None = None,
     on_plan: Callable[[PushResult], None] | None = None,
+    close_open_tasks: bool = False,
 ) -> PushResult:
     """Plan and (unless ``dry_run``) apply the push. ``salesforce`` or ``connect`` give the
     client; by default one is made from ``settings.salesforce`` when there is work to do.
     ``on_plan`` sees the plan and its call estimate before any call goes out (the CLI
-    prints it; a first push logs it)."""
+    prints it; a first push logs it). ``close_open_tasks``: instead of the push, close
+    every Task the service has open (the way back)."""
     run_id = f"push-{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    plan = build_plan(settings, con)
+    plan = close_all_plan(settings, con) if close_open_tasks else build_plan(settings, con)
     store_plan(con, plan, run_id, dry_run)
     result = PushResult(run_id, dry_run, plan, counts={"planned": len(plan.changes)})
     result.counts.update({f"planned_{k}": v for k, v in plan.counts().items()})
@@ -325,6 +328,35 @@ def build_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
         task_external_id_field=settings.salesforce.task_external_id_field,
         as_of=as_of,
         last_errors=last_errors,
+    )
+
+
+def read_state(con: duckdb.DuckDBPyConnection) -> list[PushedState]:
+    """Every ``push_state`` row."""
+    return [
+        PushedState(
+            sobject=r[0],
+            record_key=r[1],
+            fields=json.loads(r[2]),
+            pushed_at=r[3],
+            status=r[4],
+            first_seen_at=r[5],
+            sf_id=r[6],
+        )
+        for r in con.execute(
+            "SELECT sobject, record_key, fields, pushed_at, status, first_seen_at, sf_id "
+            "FROM push_state"
+        ).fetchall()
+    ]
+
+
+def close_all_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
+    """The plan of ``churn push --close-open-tasks``: close every Task the service has open."""
+    return close_all_tasks(
+        read_state(con),
+        settings.push,
+        settings.salesforce.task_external_id_field,
+        utcnow().date(),
     )
 
 
