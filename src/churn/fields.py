@@ -114,7 +114,10 @@ class Kind(StrEnum):
     NUMBER = "number"
     #: Integer minor units in the row's ``reporting_currency`` -> a decimal amount with that
     #: currency's exponent (JPY 0, KWD 3). NULL (a missing rate) leaves the field alone:
-    #: unknown is not the same as none.
+    #: unknown is not the same as none. A Currency field holds an amount in its record's
+    #: currency: in a multi-currency org the amount is converted to the Account's
+    #: ``CurrencyIsoCode`` at the org's rates (no rate: left alone). A Number field keeps
+    #: the reporting currency (its label names it), rounded to the field's scale.
     MONEY = "money"
     #: A timestamp (or date) -> its date, sent as ISO ``YYYY-MM-DD``.
     DATE = "date"
@@ -130,7 +133,7 @@ class Kind(StrEnum):
 _KIND_TYPES: dict[Kind, tuple[type, ...]] = {
     Kind.VALUE: (Picklist, Number, Currency, Percent, Date, Text),
     Kind.NUMBER: (Number, Currency, Percent),
-    Kind.MONEY: (Currency,),
+    Kind.MONEY: (Currency, Number),
     Kind.DATE: (Date,),
     Kind.FIRST: (Text,),
     Kind.CUSTOMER_IDS: (Text,),
@@ -186,6 +189,14 @@ ACCOUNT_FIELDS: tuple[AccountField, ...] = (
         api_name="Total_MRR__c",
         label="Total MRR",
         type=Currency(precision=16, scale=2),
+        source="total_mrr_minor",
+        kind=Kind.MONEY,
+    ),
+    AccountField(
+        name="total_mrr_corporate",
+        api_name="Total_MRR_Corporate__c",
+        label="Total MRR (Reporting Currency)",
+        type=Number(precision=18, scale=2),
         source="total_mrr_minor",
         kind=Kind.MONEY,
     ),

@@ -23,6 +23,7 @@ from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError
 
 from churn.errors import ProductionSafetyError, PushError
+from churn.fields import ACCOUNT_FIELDS, Kind
 from churn.pipelines.push.apply import (
     Rejection,
     apply_plan,
@@ -41,9 +42,15 @@ from churn.pipelines.push.plan import (
     estimate_calls,
     make_plan,
 )
-from churn.pipelines.push.values import account_values
+from churn.pipelines.push.values import (
+    ACCOUNT_AMOUNT_PREFIX,
+    ACCOUNT_CURRENCY_COLUMN,
+    account_values,
+)
 from churn.pipelines.salesforce.doctor import check_task_picklists
 from churn.settings import Settings
+from churn.signals import money
+from churn.signals.rates import rates_at_sql
 from churn.warehouse import transaction, utcnow
 
 log = logging.getLogger(__name__)
@@ -211,17 +218,47 @@ def _dicts(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
+def _account_currency_columns(con: duckdb.DuckDBPyConnection) -> str:
+    """SQL select items: the Account's currency, and each money column the owned Currency
+    fields read, converted from the reporting currency to it (``money.sql_convert``: NULL
+    without a rate for either)."""
+    columns = {
+        r[0]
+        for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'account_health'"
+        ).fetchall()
+    }
+    items = ["upper(a.currency_iso_code) AS " + ACCOUNT_CURRENCY_COLUMN]
+    for source in sorted({f.source for f in ACCOUNT_FIELDS if f.kind is Kind.MONEY}):
+        if source not in columns:
+            continue
+        converted = money.sql_convert(
+            f"h.{source}",
+            "h.reporting_currency",
+            "a.currency_iso_code",
+            "rs.conversion_rate",
+            "rt.conversion_rate",
+        )
+        items.append(f"{converted} AS {ACCOUNT_AMOUNT_PREFIX}{source}")
+    return ", ".join(items)
+
+
 def build_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
     """Read the plan's inputs (set-based queries) and compute the plan."""
     accounts: list[AccountInput] = []
     if _table_exists(con, "account_health"):
         frame = _dicts(
             con,
-            """
+            f"""
+            WITH latest AS (SELECT max(as_of) AS t FROM account_health),
+            rates AS ({rates_at_sql("SELECT t FROM latest")})
             SELECT h.*, r.payload AS _sf_payload, r.system_modstamp AS _sf_modstamp,
-                   g.ids AS _guessed_customer_ids, f.ids AS _field_customer_ids
+                   g.ids AS _guessed_customer_ids, f.ids AS _field_customer_ids,
+                   {_account_currency_columns(con)}
             FROM account_health h
             JOIN core_accounts a ON a.account_id = h.account_id AND NOT a.is_deleted
+            LEFT JOIN rates rs ON rs.iso = upper(h.reporting_currency)
+            LEFT JOIN rates rt ON rt.iso = upper(a.currency_iso_code)
             LEFT JOIN raw_sf_account r ON r.id = h.account_id
             LEFT JOIN (
                 SELECT account_id, list(customer_id) AS ids FROM core_account_links
