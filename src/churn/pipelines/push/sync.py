@@ -106,7 +106,7 @@ def push(
         result.first_push = not (row and row[0])
     if on_plan is not None:
         on_plan(result)
-    elif result.first_push and not dry_run:
+    elif result.first_push:
         # The run that writes the most, said before any call (churn run logs it).
         log.warning("%s", result.announcement())
     if dry_run or not plan.changes:
