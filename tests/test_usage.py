@@ -89,8 +89,11 @@ def test_account_field_source_and_config_errors(tmp_path: Path) -> None:
     assert con.execute(
         "SELECT account_id, CAST(day AS VARCHAR), active_seats FROM core_usage"
     ).fetchall() == [("001A", "2025-02-03", 25)]
-    with pytest.raises(ConfigError, match="CHURN_USAGE__FOLDER"):
-        load_usage(_settings(tmp_path, None), con)
+    # No source at all is not an error: the feed is optional (README, Going live: "Usage
+    # feed (optional)"); the result says so in one note.
+    unset = load_usage(_settings(tmp_path, None), con)
+    assert unset.counts == {"not_configured": 1}
+    assert len(unset.notes) == 1 and "CHURN_USAGE__FOLDER" in unset.notes[0]
     with pytest.raises(ConfigError, match="CHURN_USAGE__ACCOUNT_FIELD"):
         load_usage(_settings(tmp_path, None, "x'); DROP"), con)
 

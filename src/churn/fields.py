@@ -19,9 +19,11 @@ To add a pushed field:
    ``account_health`` mart lacks, is push or scoring code on top);
 2. add its ``salesforce/force-app/main/default/objects/Account/fields/<Name>.field-meta.xml``
    (same fullName, label, type and shape; the description starting with
-   :data:`OWNED_MARKER`);
-3. add its line ``<fieldPermissions><field>Account.<Name></field><editable>true</editable>
-   <readable>true</readable></fieldPermissions>`` to
+   :data:`OWNED_MARKER`; elements in the Metadata API's order, which
+   ``tests/live/test_metadata_schema.py`` checks), and its ``Account.<Name>`` member in
+   ``salesforce/destructive/destructiveChanges.xml``;
+3. add its line ``<fieldPermissions><editable>true</editable><field>Account.<Name></field>
+   <readable>true</readable></fieldPermissions>`` (the Metadata API's element order) to
    ``salesforce/force-app/main/default/permissionsets/Churn_Signals_Integration.permissionset-meta.xml``.
 
 This module is plain data: it imports nothing from the rest of the package (import-linter
@@ -112,7 +114,10 @@ class Kind(StrEnum):
     NUMBER = "number"
     #: Integer minor units in the row's ``reporting_currency`` -> a decimal amount with that
     #: currency's exponent (JPY 0, KWD 3). NULL (a missing rate) leaves the field alone:
-    #: unknown is not the same as none.
+    #: unknown is not the same as none. A Currency field holds an amount in its record's
+    #: currency: in a multi-currency org the amount is converted to the Account's
+    #: ``CurrencyIsoCode`` at the org's rates (no rate: left alone). A Number field keeps
+    #: the reporting currency (its label names it), rounded to the field's scale.
     MONEY = "money"
     #: A timestamp (or date) -> its date, sent as ISO ``YYYY-MM-DD``.
     DATE = "date"
@@ -128,7 +133,7 @@ class Kind(StrEnum):
 _KIND_TYPES: dict[Kind, tuple[type, ...]] = {
     Kind.VALUE: (Picklist, Number, Currency, Percent, Date, Text),
     Kind.NUMBER: (Number, Currency, Percent),
-    Kind.MONEY: (Currency,),
+    Kind.MONEY: (Currency, Number),
     Kind.DATE: (Date,),
     Kind.FIRST: (Text,),
     Kind.CUSTOMER_IDS: (Text,),
@@ -184,6 +189,14 @@ ACCOUNT_FIELDS: tuple[AccountField, ...] = (
         api_name="Total_MRR__c",
         label="Total MRR",
         type=Currency(precision=16, scale=2),
+        source="total_mrr_minor",
+        kind=Kind.MONEY,
+    ),
+    AccountField(
+        name="total_mrr_corporate",
+        api_name="Total_MRR_Corporate__c",
+        label="Total MRR (Reporting Currency)",
+        type=Number(precision=18, scale=2),
         source="total_mrr_minor",
         kind=Kind.MONEY,
     ),

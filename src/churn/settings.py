@@ -110,7 +110,11 @@ class SalesforceSettings(_Section):
     security_token: SecretStr | None = None
     client_id: str | None = None
     client_secret: SecretStr | None = None
-    #: ``login`` for production, ``test`` for sandboxes, or a My Domain host.
+    #: JWT bearer flow: the PEM private key whose certificate the external client app
+    #: holds; with ``client_id`` (the consumer key) and ``username`` (the run-as user).
+    private_key_file: Path | None = None
+    #: ``login`` for production, ``test`` for sandboxes, or a My Domain host
+    #: (``acme.my.salesforce.com``; required by the client-credentials flow).
     domain: str = "login"
     api_version: str = "62.0"
     #: A PEM bundle to trust in addition to the system's (the sandbox's own CA).
@@ -170,6 +174,7 @@ class SalesforceSettings(_Section):
             (self.instance_url and self.session_id)
             or (self.username and self.password)
             or (self.client_id and self.client_secret)
+            or (self.client_id and self.username and self.private_key_file)
         )
 
 
@@ -284,6 +289,18 @@ class PushSettings(_Section):
     sponsor_before_final_retry_hours: int = Field(48, ge=1)
     #: Due date of a Task for a signal without an escalation ladder, in days from as_of.
     task_due_days: int = Field(3, ge=0)
+    #: The org's Task Status values for a Task the service opens and one it closes (an
+    #: org with its own Status picklist maps them here; ``churn doctor`` checks them).
+    task_status_open: str = "Not Started"
+    task_status_closed: str = "Completed"
+    #: The service's priorities (High, Normal, Low) -> the org's Task Priority values.
+    task_priorities: dict[str, str] = Field(
+        default_factory=lambda: {"High": "High", "Normal": "Normal", "Low": "Low"}
+    )
+    #: At most this many new Tasks in one push, the most urgent first; the rest are
+    #: created by the next runs (0: no cap). A first run over a large book would otherwise
+    #: open every Task at once.
+    max_new_tasks_per_run: int = Field(100, ge=0)
 
     @field_validator("task_signals")
     @classmethod
@@ -291,7 +308,17 @@ class PushSettings(_Section):
         _check_signals(v, risk_only=False)
         return v
 
-    @field_validator("account_fields", mode="before")
+    @field_validator("task_priorities")
+    @classmethod
+    def _service_priorities(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = set(v) - {"High", "Normal", "Low"}
+        if unknown:
+            raise ValueError(
+                f"keys are the service's priorities High, Normal, Low; not {sorted(unknown)}"
+            )
+        return {"High": "High", "Normal": "Normal", "Low": "Low"} | v
+
+    @field_validator("account_fields", "task_priorities", mode="before")
     @classmethod
     def _json_from_env(cls, v: Any) -> Any:
         # An environment variable carries the mapping as a JSON object.

@@ -29,6 +29,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "model",
     "dashboard",
     "export",
+    "doctor",
+    "backup",
 )
 
 state = CliState()

@@ -108,5 +108,7 @@ def register_salesforce(app: typer.Typer, state: CliState) -> None:
             finally:
                 con.close()
             typer.echo("usage: " + ", ".join(f"{k}={v}" for k, v in result.counts.items()))
+            for note in result.notes:
+                typer.echo(note)
 
         guarded(go)

@@ -26,6 +26,14 @@ def register(app: typer.Typer, state: CliState) -> None:
                 help="Send fields blocked by an earlier refusal again (after fixing the org).",
             ),
         ] = False,
+        close_open_tasks: Annotated[
+            bool,
+            typer.Option(
+                "--close-open-tasks",
+                help="Close every Task the service has open (the way back); with --dry-run,"
+                " list them.",
+            ),
+        ] = False,
     ) -> None:
         """Push Account health fields and Tasks to Salesforce.
 
@@ -34,6 +42,10 @@ def register(app: typer.Typer, state: CliState) -> None:
         from churn.cli.state import guarded
         from churn.pipelines.push.sync import push
 
+        def announce(planned: PushResult) -> None:
+            if planned.plan.changes or planned.plan.deferred_tasks:
+                typer.echo(planned.announcement())
+
         def run() -> PushResult:
             con = warehouse.connect(
                 state.settings.db,
@@ -41,7 +53,14 @@ def register(app: typer.Typer, state: CliState) -> None:
                 threads=state.settings.run.duckdb_threads,
             )
             try:
-                return push(state.settings, con, dry_run=dry_run, retry_blocked=retry_blocked)
+                return push(
+                    state.settings,
+                    con,
+                    dry_run=dry_run,
+                    retry_blocked=retry_blocked,
+                    on_plan=announce,
+                    close_open_tasks=close_open_tasks,
+                )
             finally:
                 con.close()
 

@@ -30,6 +30,15 @@ _FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 class UsageResult:
     counts: dict[str, int] = field(default_factory=dict)
     api_calls: int = 0
+    #: Sentences for the run summary (no usage source configured), never customer data.
+    notes: tuple[str, ...] = ()
+
+
+#: The usage step's note when no source is configured: the feed is optional.
+NOT_CONFIGURED = (
+    "usage feed: not configured (CHURN_USAGE__FOLDER or CHURN_USAGE__ACCOUNT_FIELD);"
+    " no seat signals this run"
+)
 
 
 def read_usage_file(path: Path) -> pl.DataFrame:
@@ -96,10 +105,15 @@ def validate_usage(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 def load_usage(settings: Settings, con: duckdb.DuckDBPyConnection) -> UsageResult:
-    """Load every usage source configured; at least one must be."""
+    """Load every usage source configured.
+
+    The feed is optional: with no source, nothing is loaded and the result carries one
+    note saying so (the seat signals then have nothing to score; the rest of the run goes
+    on).
+    """
     folder, account_field = settings.usage.folder, settings.usage.account_field
     if folder is None and not account_field:
-        raise ConfigError("usage: set CHURN_USAGE__FOLDER or CHURN_USAGE__ACCOUNT_FIELD")
+        return UsageResult(counts={"not_configured": 1}, notes=(NOT_CONFIGURED,))
     result = UsageResult(counts={"files": 0, "rows": 0, "quarantined": 0, "account_field": 0})
     now = utcnow()
     if folder is not None:

@@ -11,6 +11,8 @@ Rules:
   modified after it (then the value the extract saw);
 - a field whose spec says ``margin`` (the churn risk score) moves only when it differs by
   more than ``risk_score_margin``;
+- at most ``max_new_tasks_per_run`` new Tasks, the most urgent first (the rest wait for
+  the next run: a first run over a large book does not open every Task at once);
 - one Task per signal episode, created by an upsert on ``episode_key`` in the Task
   external-id field (a resend after a kill matches it), then updated by its Id, climbing the
   escalation ladder as the episode ages; a Task whose episode is gone from the latest
@@ -126,6 +128,8 @@ class Change:
 class Plan:
     as_of: datetime | None
     changes: tuple[Change, ...]
+    #: New Tasks left for a later run by ``PushSettings.max_new_tasks_per_run``.
+    deferred_tasks: int = 0
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -375,9 +379,8 @@ def plan_tasks(
             or as_of
         )
         rung = ladder(episode, as_of, started, settings)
-        priority = rung.priority or SEVERITY_PRIORITY.get(
-            (episode.severity or "").lower(), "Normal"
-        )
+        level = rung.priority or SEVERITY_PRIORITY.get((episode.severity or "").lower(), "Normal")
+        priority = settings.task_priorities.get(level, level)
         owner_id = owner.owner_id if owner.active is not False else settings.fallback_owner_id
         desired: dict[str, Any] = {
             external_id_field: episode.episode_key,
@@ -391,7 +394,7 @@ def plan_tasks(
             desired["OwnerId"] = owner_id
         if pushed is None or pushed.status == "closed":
             action = "create_task" if pushed is None else "update_task"
-            send = {**desired, "Status": "Not Started"}
+            send = {**desired, "Status": settings.task_status_open}
         else:
             action = "update_task"
             send = {k: v for k, v in desired.items() if canon(v) != pushed.fields.get(k)}
@@ -424,7 +427,7 @@ def plan_tasks(
         )
         send = {
             external_id_field: key,
-            "Status": "Completed",
+            "Status": settings.task_status_closed,
             "Description": description[:_MAX_DESCRIPTION],
         }
         new_state = {**pushed.fields, **{k: canon(v) for k, v in send.items()}}
@@ -472,6 +475,96 @@ def _task_change(
     )
 
 
+#: Calls a Bulk API 2.0 job takes at most (create, upload, close, polls, results), as
+#: the push's meter reserves them.
+BULK_JOB_CALLS = 10
+
+
+def estimate_calls(plan: Plan, settings: PushSettings) -> int:
+    """The API calls sending ``plan`` takes: the Organization check, a Task describe when
+    Tasks are written, one sObject Collections call per ``collection_size`` records of an
+    object and key, or a Bulk API 2.0 job above ``bulk_threshold``. No changes: none."""
+    if not plan.changes:
+        return 0
+    groups: dict[tuple[str, str], int] = {}
+    for change in plan.changes:
+        key = (change.sobject, change.key_field)
+        groups[key] = groups.get(key, 0) + 1
+    calls = 1 + (1 if any(sobject == TASK for sobject, _ in groups) else 0)
+    for n in groups.values():
+        if n > settings.bulk_threshold:
+            calls += BULK_JOB_CALLS
+        else:
+            calls += -(-n // settings.collection_size)
+    return calls
+
+
+#: Why every open Task is closed by ``churn push --close-open-tasks``.
+CLOSED_BY_OPERATOR = (
+    "the service's open Tasks were closed by an operator (churn push --close-open-tasks)"
+)
+
+
+def close_all_tasks(
+    state: Iterable[PushedState], settings: PushSettings, external_id_field: str, today: date
+) -> Plan:
+    """A plan closing every Task the service has open (``push_state`` status ``open``),
+    with a sentence saying why: the way back when the service is taken out of an org.
+    Tasks deleted in Salesforce or already closed are left alone."""
+    changes = []
+    for pushed in sorted(state, key=lambda p: p.record_key):
+        if pushed.sobject != TASK or pushed.status != "open":
+            continue
+        description = (pushed.fields.get("Description") or "") + (
+            f"\n\nClosed by the churn service on {today.isoformat()}: {CLOSED_BY_OPERATOR}."
+        )
+        send = {
+            external_id_field: pushed.record_key,
+            "Status": settings.task_status_closed,
+            "Description": description[:_MAX_DESCRIPTION],
+        }
+        new_state = {**pushed.fields, **{k: canon(v) for k, v in send.items()}}
+        changes.append(
+            _task_change(
+                pushed.record_key,
+                external_id_field,
+                "close_task",
+                send,
+                new_state,
+                "closed",
+                {},
+                pushed.first_seen_at,
+                pushed.sf_id,
+            )
+        )
+    return Plan(as_of=None, changes=tuple(changes))
+
+
+_SEVERITY_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3, "info": 4}
+
+
+def cap_new_tasks(
+    changes: Sequence[Change], episodes: Sequence[Episode], cap: int
+) -> tuple[list[Change], int]:
+    """Keep at most ``cap`` Task creations (0: all), the most urgent first: by severity,
+    then score, then episode key. Returns the changes kept and how many were left out;
+    those are not in ``push_state``, so the next run plans them again."""
+    creates = [c for c in changes if c.action == "create_task"]
+    if cap <= 0 or len(creates) <= cap:
+        return list(changes), 0
+    by_key = {e.episode_key: e for e in episodes}
+
+    def urgency(change: Change) -> tuple[int, float, str]:
+        episode = by_key.get(change.record_key)
+        severity = (episode.severity or "").lower() if episode else ""
+        score = episode.score if episode and episode.score is not None else 0.0
+        return (_SEVERITY_RANK.get(severity, 5), -float(score), change.record_key)
+
+    kept = {c.record_key for c in sorted(creates, key=urgency)[:cap]}
+    out = [c for c in changes if c.action != "create_task" or c.record_key in kept]
+    return out, len(creates) - cap
+
+
 def _description(episode: Episode) -> str:
     severity = f", severity {episode.severity}" if episode.severity else ""
     return (
@@ -506,17 +599,23 @@ def make_plan(
         settings.risk_score_margin,
         errors_of[ACCOUNT],
     )
+    deferred = 0
     if as_of is not None:
-        changes += plan_tasks(
+        tasks, deferred = cap_new_tasks(
+            plan_tasks(
+                episodes,
+                owners,
+                by_kind[TASK],
+                settings,
+                task_external_id_field,
+                as_of,
+                errors_of[TASK],
+            ),
             episodes,
-            owners,
-            by_kind[TASK],
-            settings,
-            task_external_id_field,
-            as_of,
-            errors_of[TASK],
+            settings.max_new_tasks_per_run,
         )
-    return Plan(as_of=as_of, changes=tuple(changes))
+        changes += tasks
+    return Plan(as_of=as_of, changes=tuple(changes), deferred_tasks=deferred)
 
 
 #: Salesforce's answers about one field rather than the record: the record is resent

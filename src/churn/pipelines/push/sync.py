@@ -9,6 +9,7 @@ sends it with :mod:`churn.pipelines.push.apply`. Nothing to change means no call
 from __future__ import annotations
 
 import json
+import logging
 import time as time_module
 import uuid
 from collections.abc import Callable, Iterable
@@ -23,6 +24,7 @@ from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError
 
 from churn.errors import ChurnError, ProductionSafetyError, PushError
+from churn.fields import ACCOUNT_FIELDS, Kind
 from churn.pipelines.push.apply import (
     Blocked,
     Rejection,
@@ -32,6 +34,7 @@ from churn.pipelines.push.apply import (
     json_body,
 )
 from churn.pipelines.push.plan import (
+    TASK,
     TRANSIENT_ERRORS,
     AccountInput,
     Change,
@@ -39,13 +42,24 @@ from churn.pipelines.push.plan import (
     Owner,
     Plan,
     PushedState,
+    close_all_tasks,
+    estimate_calls,
     make_plan,
     runs_to_wait,
     strip_blocked,
 )
-from churn.pipelines.push.values import account_values
+from churn.pipelines.push.values import (
+    ACCOUNT_AMOUNT_PREFIX,
+    ACCOUNT_CURRENCY_COLUMN,
+    account_values,
+)
+from churn.pipelines.salesforce.doctor import check_task_picklists
 from churn.settings import Settings
+from churn.signals import money
+from churn.signals.rates import rates_at_sql
 from churn.warehouse import transaction, utcnow
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,6 +70,19 @@ class PushResult:
     counts: dict[str, int] = field(default_factory=dict)
     api_calls: int = 0
     rejected: list[Rejection] = field(default_factory=list)
+    #: Nothing pushed before (``push_state`` empty): the run that writes the most.
+    first_push: bool = False
+
+    def announcement(self) -> str:
+        """The plan in one line, with its API call estimate, said before it is sent."""
+        counts = self.plan.counts()
+        parts = [f"{counts.get(a, 0):,} {a.replace('_', ' ')}" for a in sorted(counts)]
+        deferred = self.plan.deferred_tasks
+        later = f"; {deferred:,} more new Tasks left for later runs (the cap)" if deferred else ""
+        first = "first push" if self.first_push else "push"
+        calls = self.counts.get("estimated_api_calls", 0)
+        return f"{first}: {', '.join(parts) or 'nothing'}{later}; about {calls:,} API calls"
+
     #: Fields left out of this run (blocked now or before), with what they cost.
     blocked: list[Blocked] = field(default_factory=list)
     #: Changes put off by backoff: idempotency key -> push runs still to wait.
@@ -97,6 +124,8 @@ def push(
     connect: Callable[[], Salesforce] | None = None,
     retry_blocked: bool = False,
     sleep: Callable[[float], None] = time_module.sleep,
+    on_plan: Callable[[PushResult], None] | None = None,
+    close_open_tasks: bool = False,
 ) -> PushResult:
     """Plan and (unless ``dry_run``) apply the push. ``salesforce`` or ``connect`` give the
     client; by default one is made from ``settings.salesforce`` when there is work to do.
@@ -104,7 +133,10 @@ def push(
     Fields blocked by an earlier run are left out unless describe shows them writable
     again (one describe call per object with a blocked field) or ``retry_blocked``.
     Changes rejected before with the same values wait their backoff. ``sleep`` waits
-    between resends of a locked row (tests pass one that does not wait).
+    between resends of a locked row (tests pass one that does not wait). ``on_plan`` sees
+    the plan and its call estimate before any call goes out (the CLI prints it; a first
+    push logs it). ``close_open_tasks``: instead of the push, close every Task the service
+    has open (the way back).
     """
     run_id = f"push-{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     sf: Salesforce | None = salesforce
@@ -112,7 +144,7 @@ def push(
     if retry_blocked and blocked and not dry_run:
         _unblock(con, list(blocked))
         blocked = {}
-    full = build_plan(settings, con)
+    full = close_all_plan(settings, con) if close_open_tasks else build_plan(settings, con)
     described = 0  # the calls asking describe about blocked fields
     if blocked and not dry_run and full.changes:
         sf = sf or (connect or _default_connect(settings))()
@@ -132,7 +164,11 @@ def push(
         for c in changes
         if c.idempotency_key in backoff
     }
-    plan = Plan(full.as_of, tuple(c for c in changes if c.idempotency_key not in deferred))
+    plan = Plan(
+        full.as_of,
+        tuple(c for c in changes if c.idempotency_key not in deferred),
+        deferred_tasks=full.deferred_tasks,
+    )
     store_plan(con, plan, run_id, dry_run)
     put_off = [c for c in changes if c.idempotency_key in deferred]
     store_deferred(con, put_off, deferred, run_id, dry_run)
@@ -145,6 +181,17 @@ def push(
         info.records = cost.get(key, 0)
     result.blocked = [b for b in blocked.values() if b.records]
     result.api_calls = described
+    if plan.deferred_tasks:
+        result.counts["deferred_tasks"] = plan.deferred_tasks
+    if plan.changes:
+        result.counts["estimated_api_calls"] = estimate_calls(plan, settings.push)
+        row = con.execute("SELECT count(*) FROM push_state").fetchone()
+        result.first_push = not (row and row[0])
+    if on_plan is not None:
+        on_plan(result)
+    elif result.first_push:
+        # The run that writes the most, said before any call (churn run logs it).
+        log.warning("%s", result.announcement())
     if dry_run or not plan.changes:
         return result
     started = utcnow()
@@ -154,6 +201,11 @@ def push(
     try:
         meter.check(1, "the Organization safety query")
         check_safety(settings, con, sf)
+        if any(c.sobject == TASK for c in plan.changes):
+            # One describe: an org whose Task picklists lack the configured values gets one
+            # clear error here instead of every Task rejected.
+            meter.check(1, "the Task describe")
+            check_task_picklists(sf, settings)
         outcome = apply_plan(sf, con, plan.changes, settings, run_id, meter, sleep=sleep)
     except Exception as exc:
         result.api_calls = described + meter.calls
@@ -391,17 +443,47 @@ def _dicts(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
+def _account_currency_columns(con: duckdb.DuckDBPyConnection) -> str:
+    """SQL select items: the Account's currency, and each money column the owned Currency
+    fields read, converted from the reporting currency to it (``money.sql_convert``: NULL
+    without a rate for either)."""
+    columns = {
+        r[0]
+        for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'account_health'"
+        ).fetchall()
+    }
+    items = ["upper(a.currency_iso_code) AS " + ACCOUNT_CURRENCY_COLUMN]
+    for source in sorted({f.source for f in ACCOUNT_FIELDS if f.kind is Kind.MONEY}):
+        if source not in columns:
+            continue
+        converted = money.sql_convert(
+            f"h.{source}",
+            "h.reporting_currency",
+            "a.currency_iso_code",
+            "rs.conversion_rate",
+            "rt.conversion_rate",
+        )
+        items.append(f"{converted} AS {ACCOUNT_AMOUNT_PREFIX}{source}")
+    return ", ".join(items)
+
+
 def build_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
     """Read the plan's inputs (set-based queries) and compute the plan."""
     accounts: list[AccountInput] = []
     if _table_exists(con, "account_health"):
         frame = _dicts(
             con,
-            """
+            f"""
+            WITH latest AS (SELECT max(as_of) AS t FROM account_health),
+            rates AS ({rates_at_sql("SELECT t FROM latest")})
             SELECT h.*, r.payload AS _sf_payload, r.system_modstamp AS _sf_modstamp,
-                   g.ids AS _guessed_customer_ids, f.ids AS _field_customer_ids
+                   g.ids AS _guessed_customer_ids, f.ids AS _field_customer_ids,
+                   {_account_currency_columns(con)}
             FROM account_health h
             JOIN core_accounts a ON a.account_id = h.account_id AND NOT a.is_deleted
+            LEFT JOIN rates rs ON rs.iso = upper(h.reporting_currency)
+            LEFT JOIN rates rt ON rt.iso = upper(a.currency_iso_code)
             LEFT JOIN raw_sf_account r ON r.id = h.account_id
             LEFT JOIN (
                 SELECT account_id, list(customer_id) AS ids FROM core_account_links
@@ -508,6 +590,35 @@ def build_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
         task_external_id_field=settings.salesforce.task_external_id_field,
         as_of=as_of,
         last_errors=last_errors,
+    )
+
+
+def read_state(con: duckdb.DuckDBPyConnection) -> list[PushedState]:
+    """Every ``push_state`` row."""
+    return [
+        PushedState(
+            sobject=r[0],
+            record_key=r[1],
+            fields=json.loads(r[2]),
+            pushed_at=r[3],
+            status=r[4],
+            first_seen_at=r[5],
+            sf_id=r[6],
+        )
+        for r in con.execute(
+            "SELECT sobject, record_key, fields, pushed_at, status, first_seen_at, sf_id "
+            "FROM push_state"
+        ).fetchall()
+    ]
+
+
+def close_all_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
+    """The plan of ``churn push --close-open-tasks``: close every Task the service has open."""
+    return close_all_tasks(
+        read_state(con),
+        settings.push,
+        settings.salesforce.task_external_id_field,
+        utcnow().date(),
     )
 
 

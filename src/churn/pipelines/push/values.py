@@ -30,6 +30,10 @@ LEAVE_ALONE: Final = _LeaveAlone()
 
 #: The ``account_health`` column naming the currency of the money columns.
 CURRENCY_COLUMN = "reporting_currency"
+#: Joined to the row by ``sync.build_plan``: the Account's ``CurrencyIsoCode`` (multi-currency
+#: orgs), and each money column converted to it at the org's rates as of the scoring.
+ACCOUNT_CURRENCY_COLUMN = "_account_currency"
+ACCOUNT_AMOUNT_PREFIX = "_account_currency_"
 #: Joined to the row by ``sync.build_plan``: the customers linked by a guess.
 GUESSED_CUSTOMERS_COLUMN = "_guessed_customer_ids"
 #: Joined to the row by ``sync.build_plan``: the customers the Account's field links.
@@ -63,8 +67,18 @@ def field_value(spec: AccountField, row: dict[str, Any], settings: Settings) -> 
         case Kind.MONEY:
             if raw is None:
                 return LEAVE_ALONE  # unknown (no currency rate): not the same as none
-            currency = row.get(CURRENCY_COLUMN) or settings.signals.reporting_currency
-            return money.to_decimal(int(raw), str(currency))
+            currency = str(row.get(CURRENCY_COLUMN) or settings.signals.reporting_currency)
+            if isinstance(spec.type, Number):
+                # The reporting-currency figure: a number, the field's label names it.
+                return round(money.to_decimal(int(raw), currency), spec.type.scale)
+            account_currency = row.get(ACCOUNT_CURRENCY_COLUMN)
+            if account_currency and str(account_currency).upper() != currency.upper():
+                # A Currency field is in its record's currency (multi-currency orgs).
+                converted = row.get(f"{ACCOUNT_AMOUNT_PREFIX}{spec.source}")
+                if converted is None:
+                    return LEAVE_ALONE  # no rate for the Account's currency
+                return money.to_decimal(int(converted), str(account_currency))
+            return money.to_decimal(int(raw), currency)
         case Kind.DATE:
             if isinstance(raw, datetime):
                 return raw.date()

@@ -1,8 +1,10 @@
 """Build a simple-salesforce client from the settings, with the daily API budget enforced.
 
-Logins: a session id with an instance URL, or OAuth at ``/services/oauth2/token`` (the
-username-password flow when a username is set, else client credentials). The session
-trusts ``ca_bundle`` when one is set; TLS checks are never turned off.
+Logins: a session id with an instance URL, or OAuth at ``/services/oauth2/token``: the JWT
+bearer flow when a private key file is set (consumer key, run-as username, a 3-minute
+assertion signed RS256), the username-password flow when a password is set, else client
+credentials, which Salesforce serves only at the org's My Domain. The session trusts
+``ca_bundle`` when one is set; TLS checks are never turned off.
 
 Every response's ``Sforce-Limit-Info: api-usage=N/M`` is read; once the remaining calls
 fall to ``api_reserve`` the next request raises :class:`ApiBudgetExhaustedError` instead of
@@ -26,6 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -249,29 +252,95 @@ def login(s: SalesforceSettings, session: requests.Session) -> tuple[str, str]:
     return _oauth(s, session)
 
 
-def _oauth(s: SalesforceSettings, session: requests.Session) -> tuple[str, str]:
+#: The grant type of the OAuth 2.0 JWT bearer flow (RFC 7523).
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+#: What Salesforce answers a client-credentials login at login.salesforce.com or
+#: test.salesforce.com instead of the org's My Domain.
+NOT_ON_THIS_DOMAIN = "invalid_grant: request not supported on this domain"
+#: How long a JWT assertion is valid: Salesforce wants ``exp`` within 3 minutes.
+JWT_LIFETIME_SECONDS = 180
+
+
+def token_base(s: SalesforceSettings) -> str:
+    """Where ``/services/oauth2/token`` is: the instance URL when set, else the domain."""
+    if s.instance_url:
+        return s.instance_url.rstrip("/")
+    if s.domain in ("login", "test"):
+        return f"https://{s.domain}.salesforce.com"
+    host = s.domain.removeprefix("https://").removeprefix("http://").rstrip("/")
+    return f"https://{host}"
+
+
+def jwt_audience(s: SalesforceSettings) -> str:
+    """The assertion's ``aud``: test.salesforce.com for a sandbox org, else login."""
+    if s.domain == "test" or ".sandbox.my.salesforce.com" in s.domain:
+        return "https://test.salesforce.com"
+    return "https://login.salesforce.com"
+
+
+def jwt_assertion(s: SalesforceSettings, *, now: float | None = None) -> str:
+    """The signed assertion of the JWT bearer flow (the claims simple-salesforce's own
+    ``SalesforceLogin`` sends: iss = consumer key, sub = username, aud, exp)."""
+    import jwt
+
+    if not (s.client_id and s.username and s.private_key_file):
+        raise ConfigError(
+            "the JWT bearer login needs SALESFORCE_CLIENT_ID (the consumer key),"
+            " SALESFORCE_USERNAME (the run-as user) and SALESFORCE_PRIVATE_KEY_FILE"
+        )
+    try:
+        key = Path(s.private_key_file).read_bytes()
+    except OSError:
+        raise ConfigError(
+            f"SALESFORCE_PRIVATE_KEY_FILE {s.private_key_file} cannot be read"
+        ) from None
+    issued = time.time() if now is None else now
+    claims = {
+        "iss": s.client_id,
+        "sub": s.username,
+        "aud": jwt_audience(s),
+        "exp": int(issued) + JWT_LIFETIME_SECONDS,
+    }
+    try:
+        return jwt.encode(claims, key, algorithm="RS256")
+    except (ValueError, TypeError, jwt.PyJWTError):
+        raise ConfigError(
+            f"SALESFORCE_PRIVATE_KEY_FILE {s.private_key_file} is not a PEM RSA private key"
+        ) from None
+
+
+def login_form(s: SalesforceSettings) -> dict[str, str]:
+    """The token request's form for the configured flow (ConfigError when none is)."""
+    if s.private_key_file is not None:
+        return {"grant_type": JWT_BEARER_GRANT, "assertion": jwt_assertion(s)}
     if not (s.client_id and s.client_secret):
         raise ConfigError(
-            "Salesforce login needs SALESFORCE_INSTANCE_URL + SALESFORCE_SESSION_ID, or"
-            " SALESFORCE_CLIENT_ID + SALESFORCE_CLIENT_SECRET (with SALESFORCE_USERNAME +"
-            " SALESFORCE_PASSWORD for the password flow)"
+            "Salesforce login needs SALESFORCE_INSTANCE_URL + SALESFORCE_SESSION_ID;"
+            " or SALESFORCE_CLIENT_ID + SALESFORCE_USERNAME + SALESFORCE_PRIVATE_KEY_FILE"
+            " (JWT bearer); or SALESFORCE_CLIENT_ID + SALESFORCE_CLIENT_SECRET (client"
+            " credentials at My Domain, or with SALESFORCE_USERNAME + SALESFORCE_PASSWORD)"
         )
-    if s.instance_url:
-        base = s.instance_url.rstrip("/")
-    elif s.domain in ("login", "test"):
-        base = f"https://{s.domain}.salesforce.com"
-    else:
-        base = f"https://{s.domain}"
     form = {"client_id": s.client_id, "client_secret": s.client_secret.get_secret_value()}
     if s.username and s.password:
         token = s.security_token.get_secret_value() if s.security_token else ""
-        form |= {
+        return form | {
             "grant_type": "password",
             "username": s.username,
             "password": s.password.get_secret_value() + token,
         }
-    else:
-        form["grant_type"] = "client_credentials"
+    if not s.instance_url and s.domain in ("login", "test"):
+        raise ConfigError(
+            f"SALESFORCE_DOMAIN: the client-credentials flow needs the org's My Domain"
+            f" (e.g. acme.my.salesforce.com), not {s.domain}.salesforce.com, where"
+            f" Salesforce answers '{NOT_ON_THIS_DOMAIN}'"
+        )
+    return form | {"grant_type": "client_credentials"}
+
+
+def _oauth(s: SalesforceSettings, session: requests.Session) -> tuple[str, str]:
+    form = login_form(s)
+    base = token_base(s)
+    grant = "jwt_bearer" if form["grant_type"] == JWT_BEARER_GRANT else form["grant_type"]
     try:
         response = session.post(f"{base}/services/oauth2/token", data=form, timeout=60)
     except requests.RequestException as exc:
@@ -280,11 +349,14 @@ def _oauth(s: SalesforceSettings, session: requests.Session) -> tuple[str, str]:
         ) from None
     if response.status_code != 200:
         try:
-            err = response.json().get("error", "unknown")
-        except ValueError:
+            body = response.json()
+            err = str(body.get("error", "unknown"))
+            if body.get("error_description"):
+                err += f": {body['error_description']}"
+        except (ValueError, AttributeError):
             err = f"HTTP {response.status_code}"
         raise SalesforceExtractError(
-            f"Salesforce login ({form['grant_type']}) at {base}/services/oauth2/token refused: {err}"
+            f"Salesforce login ({grant}) at {base}/services/oauth2/token refused: {err}"
         )
     body = response.json()
     return str(body["access_token"]), str(body.get("instance_url") or base)

@@ -57,6 +57,8 @@ class SalesforceExtractResult:
     counts: dict[str, int] = field(default_factory=dict)
     api_calls: int = 0
     multi_currency: bool = False
+    #: Sentences for the run summary (owned fields the org lacks), never customer data.
+    notes: list[str] = field(default_factory=list)
 
 
 def _ident(name: str, setting: str) -> str:
@@ -65,8 +67,16 @@ def _ident(name: str, setting: str) -> str:
     return name
 
 
-def streams(settings: Settings, *, multi_currency: bool, dated_rates: bool = False) -> list[Stream]:
-    """The streams to read, with the configured custom field names."""
+def streams(
+    settings: Settings,
+    *,
+    multi_currency: bool,
+    dated_rates: bool = False,
+    owned: tuple[str, ...] = (),
+) -> list[Stream]:
+    """The streams to read, with the configured custom field names; ``owned``: the Account
+    fields the push writes that the org has, read back so the push compares against what
+    Salesforce holds (unchanged values are not rewritten, a hand edit is put back)."""
     sf = settings.salesforce
     stripe_field = _ident(
         sf.account_stripe_customer_field, "SALESFORCE_ACCOUNT_STRIPE_CUSTOMER_FIELD"
@@ -77,6 +87,7 @@ def streams(settings: Settings, *, multi_currency: bool, dated_rates: bool = Fal
     account = ["Id", "Name", "Website", "OwnerId", *cur, stripe_field, "MasterRecordId"]
     if settings.usage.account_field:
         account.append(_ident(settings.usage.account_field, "CHURN_USAGE__ACCOUNT_FIELD"))
+    account.extend(_ident(name, "CHURN_PUSH__ACCOUNT_FIELDS") for name in owned)
     base = ("SystemModstamp", "IsDeleted")
     out = [
         Stream("user", "User", ("Id", "Name", "Email", "IsActive", *base)),
@@ -515,16 +526,32 @@ def _bulk_page(
     raise SalesforceExtractError(f"{what}: the page came cut short {attempt + 1} times")
 
 
-def detect_multi_currency(sf: Salesforce) -> bool:
-    """Multi-currency orgs have CurrencyIsoCode on Account (describe tells)."""
+def account_field_names(sf: Salesforce) -> set[str]:
+    """The Account fields the integration user sees (one describe)."""
     try:
         described = sf.restful("sobjects/Account/describe")
     except SalesforceError as exc:
         raise SalesforceExtractError(
             f"Salesforce describe Account failed: {error_codes(exc)}"
         ) from None
-    fields = (described or {}).get("fields", [])
-    return any(f.get("name") == "CurrencyIsoCode" for f in fields)
+    return {str(f.get("name")) for f in (described or {}).get("fields", [])}
+
+
+def detect_multi_currency(sf: Salesforce) -> bool:
+    """Multi-currency orgs have CurrencyIsoCode on Account (describe tells)."""
+    return "CurrencyIsoCode" in account_field_names(sf)
+
+
+def owned_fields_present(settings: Settings, names: set[str]) -> tuple[tuple[str, ...], list[str]]:
+    """The owned Account fields (as mapped) the org has, and those it lacks."""
+    lower = {n.lower(): n for n in names}
+    present, missing = [], []
+    for api_name in dict.fromkeys(settings.push.account_fields.values()):
+        if api_name.lower() in lower:
+            present.append(lower[api_name.lower()])
+        else:
+            missing.append(api_name)
+    return tuple(present), missing
 
 
 _DATED_STATE = "salesforce.datedconversionrate.available"
@@ -575,12 +602,21 @@ def extract_salesforce(
     start_calls = session.calls
     result = SalesforceExtractResult()
     try:
-        result.multi_currency = detect_multi_currency(sf)
+        names = account_field_names(sf)
+        result.multi_currency = "CurrencyIsoCode" in names
+        owned, missing = owned_fields_present(settings, names)
+        if missing:
+            result.notes.append(
+                f"Salesforce: {len(missing)} owned Account field(s) not in the org or not"
+                f" visible, not read back: {', '.join(missing)} (churn doctor)"
+            )
         # Whether the org has DatedConversionRate, as last found: asked again (one
         # describe) on the first run and with each deletion reconcile, after the streams.
         known = _dated_rates_known(con)
         dated = result.multi_currency and bool(known)
-        chosen = streams(settings, multi_currency=result.multi_currency, dated_rates=dated)
+        chosen = streams(
+            settings, multi_currency=result.multi_currency, dated_rates=dated, owned=owned
+        )
         recheck = reconcile or reconcile_due(con, settings, utcnow())
         # Users: select only the fields User has (no IsDeleted: users are deactivated,
         # never deleted). Describe tells, on the first run and with each reconcile.
@@ -595,7 +631,7 @@ def extract_salesforce(
             with transaction(con):
                 write_state(con, _DATED_STATE, cursor="yes" if found else "no")
             if found and not dated:
-                extra = streams(settings, multi_currency=True, dated_rates=True)[-1]
+                extra = streams(settings, multi_currency=True, dated_rates=True, owned=owned)[-1]
                 result.counts[extra.name] = extract_stream(sf, con, extra, settings)
                 chosen.append(extra)
         if recheck:

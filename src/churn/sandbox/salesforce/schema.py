@@ -28,6 +28,8 @@ class FieldDef:
     restricted: bool = False
     #: A lookup's target objects (describe's ``referenceTo``); empty: not checked.
     reference_to: tuple[str, ...] = ()
+    #: Picklist values the org keeps but has deactivated (describe: ``active: false``).
+    inactive_values: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,16 @@ def owned_field(spec: AccountField) -> FieldDef:
         restricted=isinstance(t, Picklist) and t.restricted,
     )
 
+
+#: A new org's Task Status and Priority picklists.
+TASK_STATUS_VALUES = (
+    "Not Started",
+    "In Progress",
+    "Completed",
+    "Waiting on someone else",
+    "Deferred",
+)
+TASK_PRIORITY_VALUES = ("High", "Normal", "Low")
 
 #: The custom fields the service owns on Account (it writes them in the push), and
 #: Active_Seats__c, which it may read as the usage feed (``CHURN_USAGE__ACCOUNT_FIELD``).
@@ -150,8 +162,9 @@ def default_schema(
             # Related To: polymorphic (Account, Opportunity, ...).
             FieldDef("WhatId", "reference", reference_to=("Account", "Opportunity")),
             FieldDef("OwnerId", "reference", reference_to=("User",)),
-            FieldDef("Status", "picklist"),
-            FieldDef("Priority", "picklist"),
+            # The standard Task picklists' default values (Setup > Object Manager > Task).
+            FieldDef("Status", "picklist", picklist_values=TASK_STATUS_VALUES),
+            FieldDef("Priority", "picklist", picklist_values=TASK_PRIORITY_VALUES),
             FieldDef("ActivityDate", "date"),
             FieldDef("IsClosed", "boolean"),
             _c("Churn_Episode_Key__c", external=True),
@@ -161,6 +174,14 @@ def default_schema(
             "00D",
             FieldDef("Name"),
             FieldDef("IsSandbox", "boolean"),
+        ),
+        # What ``churn doctor`` reads to see the integration user has its permission set.
+        _obj("PermissionSet", "0PS", FieldDef("Name"), FieldDef("Label")),
+        _obj(
+            "PermissionSetAssignment",
+            "0Pa",
+            FieldDef("AssigneeId", "reference"),
+            FieldDef("PermissionSetId", "reference"),
         ),
     ]
     if multi_currency:

@@ -4,7 +4,7 @@ simple-salesforce always builds ``https://`` URLs, so the server serves TLS with
 certificate from a CA made by ``trustme`` at start-up; clients trust ``ca_path``.
 
 Follows the documented REST API for what this service uses: OAuth token login
-(password and client-credentials flows), ``query``/``queryAll`` with ``nextRecordsUrl``
+(password, client-credentials and JWT bearer flows), ``query``/``queryAll`` with ``nextRecordsUrl``
 paging, sObject create/read/update/upsert/delete, sObject Collections, ``describe``,
 ``limits`` and the ``Sforce-Limit-Info`` header with a daily budget, IsDeleted for deletes,
 validation rules answering FIELD_CUSTOM_VALIDATION_EXCEPTION. Errors use Salesforce's body
@@ -99,6 +99,13 @@ class OrgState:
     tokens: set[str] = field(default_factory=set)
     users: dict[str, str] = field(default_factory=dict)  # username -> password+token
     clients: dict[str, str] = field(default_factory=dict)  # client_id -> secret
+    #: JWT bearer flow: client_id -> the PEM public key of the app's certificate.
+    jwt_keys: dict[str, bytes] = field(default_factory=dict)
+    #: Usernames pre-authorised for the JWT bearer flow (admin-approved profiles or
+    #: permission sets); others get "user hasn't approved this consumer".
+    jwt_users: set[str] = field(default_factory=set)
+    #: What ``GET /services/data/`` lists (the org's API versions).
+    api_versions: tuple[str, ...] = ("60.0", "61.0", "62.0", "63.0", "64.0")
     lock: threading.RLock = field(default_factory=threading.RLock)
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     #: The clock for SystemModstamp; tests may pin it to make equal stamps.
@@ -479,6 +486,30 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/services/oauth2/token" and method == "POST":
             self._token(raw)
             return
+        if path.rstrip("/") == "/services/data" and method == "GET":
+            # "Lists summary information about each Salesforce version currently
+            # available": no authentication needed, no API call counted.
+            self._send(
+                200,
+                [
+                    {"version": v, "label": f"v{v}", "url": f"/services/data/v{v}"}
+                    for v in org.api_versions
+                ],
+            )
+            return
+        if path == "/services/oauth2/userinfo" and method == "GET":
+            if not self._authorized():
+                self._send(403, "Bad_OAuth_Token")
+                return
+            self._send(
+                200,
+                {
+                    "user_id": INTEGRATION_USER_ID,
+                    "organization_id": "00D000000000001AAA",
+                    "preferred_username": "churn@example.com",
+                },
+            )
+            return
         try:
             with org.lock:
                 if org.expire_in is not None:
@@ -539,6 +570,12 @@ class _Handler(BaseHTTPRequestHandler):
             ) and org.users.get(form.get("username", "")) == form.get("password")
         elif grant == "client_credentials":
             ok = org.clients.get(form.get("client_id", ""), None) == form.get("client_secret")
+        elif grant == JWT_BEARER_GRANT:
+            problem = _jwt_problem(org, form.get("assertion", ""), self.server.instance_url)
+            if problem is not None:
+                self._send(400, {"error": problem[0], "error_description": problem[1]})
+                return
+            ok = True
         else:
             self._send(
                 400,
@@ -965,12 +1002,76 @@ def _describe_field(f: FieldDef) -> dict[str, Any]:
         out["referenceTo"] = list(f.reference_to)
     if f.type == "picklist":
         out["restrictedPicklist"] = f.restricted
-    if f.picklist_values:
+    if f.picklist_values or f.inactive_values:
         out["picklistValues"] = [
             {"value": v, "label": v, "active": True, "defaultValue": False}
             for v in f.picklist_values
+        ] + [
+            {"value": v, "label": v, "active": False, "defaultValue": False}
+            for v in f.inactive_values
         ]
     return out
+
+
+#: The integration user every token of the stand-in belongs to (no User record: the
+#: extract's User stream holds the world's owners only).
+INTEGRATION_USER_ID = "005000000000001AAA"
+#: The permission set the metadata deploys, assigned to the integration user at start.
+PERMISSION_SET = "Churn_Signals_Integration"
+_PERMISSION_SET_ID = "0PS000000000001AAA"
+_ASSIGNMENT_ID = "0Pa000000000001AAA"
+
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+#: The audiences Salesforce accepts: "https://login.salesforce.com,
+#: https://test.salesforce.com, or https://site.force.com/customers"; the stand-in also
+#: takes its own address, as a My Domain would.
+JWT_AUDIENCES = ("https://login.salesforce.com", "https://test.salesforce.com")
+
+
+def _jwt_problem(org: OrgState, assertion: str, instance_url: str) -> tuple[str, str] | None:
+    """Why a JWT bearer assertion is refused (Salesforce's error and description), or None.
+
+    Checks its shape as Salesforce documents it: signed RS256 with the key of the app's
+    certificate; ``iss`` the consumer key, ``sub`` the username, ``aud`` the
+    authorization server, ``exp`` within 3 minutes.
+    """
+    import jwt
+
+    try:
+        header = jwt.get_unverified_header(assertion)
+        claims = jwt.decode(assertion, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return "invalid_grant", "invalid assertion"
+    if header.get("alg") != "RS256":
+        return "invalid_grant", "invalid assertion"
+    missing = [c for c in ("iss", "sub", "aud", "exp") if not claims.get(c)]
+    if missing:
+        return "invalid_grant", "invalid assertion"
+    key = org.jwt_keys.get(str(claims["iss"]))
+    if key is None:
+        return "invalid_client_id", "client identifier invalid"
+    try:
+        jwt.decode(
+            assertion,
+            key,
+            algorithms=["RS256"],
+            audience=[*JWT_AUDIENCES, instance_url],
+            options={"require": ["iss", "sub", "aud", "exp"]},
+        )
+    except jwt.ExpiredSignatureError:
+        return "invalid_grant", "expired authorization code"
+    except jwt.InvalidAudienceError:
+        return "invalid_grant", "audience is invalid"
+    except jwt.PyJWTError:
+        return "invalid_grant", "invalid assertion"
+    now = datetime.now(UTC).timestamp()
+    if float(claims["exp"]) > now + 300:
+        return "invalid_grant", "invalid assertion"  # exp more than minutes ahead
+    if str(claims["sub"]) not in org.users:
+        return "invalid_grant", "invalid assertion"
+    if str(claims["sub"]) not in org.jwt_users:
+        return "invalid_grant", "user hasn't approved this consumer"
+    return None
 
 
 class _Server(ThreadingHTTPServer):
@@ -1146,6 +1247,53 @@ class RunningSalesforce:
             if used is not None:
                 self.org.api_used = used
 
+    def jwt_key_file(self) -> Path:
+        """A PEM private key for the JWT bearer flow, its public half registered for
+        ``client_id`` and ``username`` pre-authorised (made on first use: RSA is slow)."""
+        path = Path(self._tmp.name) / "jwt-key.pem"
+        if path.exists():
+            return path
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        public = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        with self.org.lock:
+            self.org.jwt_keys[self.client_id] = public
+            self.org.jwt_users.add(self.username)
+        return path
+
+    def declare_field(self, obj: str, definition: FieldDef) -> None:
+        """Declare (or re-declare) a field: an org configured differently."""
+        with self.org.lock:
+            od = self.org.obj(obj)
+            existing = od.field_named(definition.name)
+            if existing is not None:
+                del od.fields[existing.name]
+            od.fields[definition.name] = definition
+
+    def drop_field(self, obj: str, name: str) -> None:
+        """Remove a field from the schema (not deployed, or hidden by field-level security)."""
+        with self.org.lock:
+            od = self.org.obj(obj)
+            existing = od.field_named(name)
+            if existing is not None:
+                del od.fields[existing.name]
+
+    def unassign_permission_set(self) -> None:
+        """Take the permission set away from the integration user."""
+        with self.org.lock:
+            self.org.records.get("PermissionSetAssignment", {}).pop(_ASSIGNMENT_ID, None)
+
     def calls(self, method: str | None = None, contains: str = "") -> int:
         return sum(
             1
@@ -1164,6 +1312,18 @@ class RunningSalesforce:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _put(org: OrgState, obj: str, rid: str, values: Mapping[str, Any]) -> None:
+    """A record with a fixed Id (setup data, outside the id counter the tests rely on)."""
+    od = org.obj(obj)
+    now = soql.format_datetime(org.clock())
+    record: dict[str, Any] = {f: None for f in od.fields}
+    record.update(values)
+    record.update(
+        Id=rid, IsDeleted=False, CreatedDate=now, LastModifiedDate=now, SystemModstamp=now
+    )
+    org.records.setdefault(od.name, {})[rid] = record
 
 
 def start_salesforce_server(
@@ -1226,6 +1386,13 @@ def start_salesforce_server(
     org.clients[running.client_id] = running.client_secret
     with org.lock:
         org.insert("Organization", {"Name": "Churn Sandbox Org", "IsSandbox": is_sandbox})
+        _put(org, "PermissionSet", _PERMISSION_SET_ID, {"Name": PERMISSION_SET, "Label": "Churn"})
+        _put(
+            org,
+            "PermissionSetAssignment",
+            _ASSIGNMENT_ID,
+            {"AssigneeId": INTEGRATION_USER_ID, "PermissionSetId": _PERMISSION_SET_ID},
+        )
         if multi_currency:
             org.insert(
                 "CurrencyType",
