@@ -223,8 +223,8 @@ def test_field_level_security_from_the_shipped_permission_set(tmp_path: Path) ->
         lost, dups = lost_and_duplicated(expected, held(o.sf))
         assert (lost, dups) == (0, 0)
     narrowed = shipped.read_text(encoding="utf-8").replace(
-        f"<field>Account.{READ_ONLY}</field><editable>true</editable>",
-        f"<field>Account.{READ_ONLY}</field><editable>false</editable>",
+        f"<editable>true</editable><field>Account.{READ_ONLY}</field>",
+        f"<editable>false</editable><field>Account.{READ_ONLY}</field>",
     )
     assert narrowed != shipped.read_text(encoding="utf-8")
     with org(tmp_path, "narrowed") as o:

@@ -112,7 +112,7 @@ CASES: list[tuple[str, Callable[[RunningSalesforce], None], dict[str, str], str]
         "bad login",
         lambda sf: None,
         {"SALESFORCE_SESSION_ID": "00Dbad!token"},
-        "login: SalesforceExpiredSession: INVALID_SESSION_ID",
+        "login: SALESFORCE_SESSION_ID has expired or is invalid (401 INVALID_SESSION_ID",
     ),
 ]
 

@@ -48,6 +48,8 @@ def _settings(sf: RunningSalesforce, db: Path, **push_settings: object) -> Setti
 
 
 def _world(world: World, sf: RunningSalesforce, episodes: list[dict[str, Any]]) -> list[str]:
+    # A real org refuses a Task whose OwnerId is no User: the owner exists in the org too.
+    sf.seed("User", [{"Id": OWNER, "Name": "Owner", "IsActive": True}])
     ids = sf.seed("Account", [{"Name": f"Account {i}", "OwnerId": OWNER} for i in range(3)])
     world.accounts(ids, owner=OWNER)
     world.users({OWNER: True})
