@@ -5,8 +5,9 @@ dates). :func:`worded` wraps a signal's score function and rewrites the sentence
 evidence and from what the subscription held at ``as_of`` (its product's name, its
 licensed seats), with amounts in their currency (:func:`churn.signals.money.display`):
 
-- ``Payment failed: the $1,960 invoice for the Pro plan is unpaid after 3 failed
-  attempts (the customer must update their card: expired_card).``
+- ``The $1,960 invoice for the Pro plan is unpaid after 3 failed attempts (the
+  customer must update their card: expired_card).`` (a Task's subject puts the rung's
+  label, ``Payment failed: ``, before it)
 - ``Pro plan, 40 → 25 seats: MRR fell 38%, $1,960 → $1,225, in the last 90 days.``
 - ``Pro plan (40 seats, MRR $1,960) cancels on 2026-03-01, in 14 days.``
 - ``The Visa card ending 4242 expires 02/2026, before the Pro plan renews on
@@ -129,9 +130,9 @@ def payment_failure(
     plan = plan_words(plans.subscription(e.get("subscription_id"))[0])
     amount = _int(e.get("amount_at_risk_minor"))
     invoice = (
-        f"the {display(amount, e.get('currency'))} invoice"
+        f"The {display(amount, e.get('currency'))} invoice"
         if amount and e.get("currency")
-        else "an invoice"
+        else "An invoice"
     )
     what = f"{invoice} for the {plan}" if plan else invoice
     how = {
@@ -140,7 +141,7 @@ def payment_failure(
     }.get(str(e.get("decline_class")), "soft decline, retries may succeed")
     code = f": {e['decline_code']}" if e.get("decline_code") else ""
     tries = f"{attempts} failed attempt" + ("" if attempts == 1 else "s")
-    return f"Payment failed: {what} is unpaid after {tries} ({how}{code})."
+    return f"{what} is unpaid after {tries} ({how}{code})."
 
 
 def cancel_at_period_end(
