@@ -90,15 +90,16 @@ def _print(report: dict[str, Any], note: str | None) -> None:
     if not report["runs"]:
         t.add_row("(no run yet)", "", "", "", "", "")
     out.print(t)
-    f = Table(title="Freshness (each stream's cursor)", title_justify="left")
-    for col in ("stream", "cursor (UTC)", "age"):
+    f = Table(title="Freshness (each stream)", title_justify="left")
+    for col in ("stream", "synced (UTC)", "ago", "cursor: data up to (UTC)"):
         f.add_column(col)
     for s in report["streams"]:
         age = s["age_hours"]
         f.add_row(
             s["stream"],
-            (s["cursor_at"] or s["updated_at"] or "")[:16].replace("T", " "),
+            (s["updated_at"] or "")[:16].replace("T", " "),
             "" if age is None else (f"{age:.1f} h" if age < 48 else f"{age / 24:.0f} days"),
+            (s["cursor_at"] or "")[:16].replace("T", " "),
         )
     out.print(f)
     api = report["api"]

@@ -78,9 +78,9 @@ def _streams(con: duckdb.DuckDBPyConnection, now: datetime) -> list[dict[str, An
             "stream": stream,
             "cursor_at": _iso(cursor_ts),
             "updated_at": _iso(updated),
-            "age_hours": round((now - (cursor_ts or updated)).total_seconds() / 3600, 1)
-            if (cursor_ts or updated)
-            else None,
+            # freshness: when the stream last committed (its cursor is the data's own
+            # time, which can be old for a table nobody edits)
+            "age_hours": round((now - updated).total_seconds() / 3600, 1) if updated else None,
         }
         for stream, cursor_ts, updated in rows
     ]
