@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "model",
     "dashboard",
     "status",
+    "config",
 )
 
 _display_type = TyperOption.display_type_rich
