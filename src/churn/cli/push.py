@@ -77,9 +77,11 @@ def _report(result: PushResult, state: CliState, fmt: str, limit: int) -> None:
     summary = ", ".join(f"{k} {v:,}" for k, v in sorted(result.counts.items()))
     out.print(f"push {result.run_id}: {summary}; {result.api_calls} API calls", highlight=False)
     out.print(f"rejected by Salesforce: {len(result.rejected):,}", highlight=False)
+    names = {line.record: line.account for line in lines}
     for rejection in result.rejected[:limit]:
+        name = names.get(rejection.record_key, rejection.record_key)
         out.print(
-            f"[yellow]rejected[/] {rejection.sobject} {rejection.record_key}: "
+            f"[yellow]rejected[/] {rejection.sobject} {name}: "
             + shorten(f"{rejection.error_code}: {rejection.message}", 120),
             highlight=False,
         )
