@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 
-.PHONY: venv test test-fast lint format demo bench dashboard screenshot clean
+.PHONY: venv test test-fast lint format demo bench dashboard screenshot notebooks clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -52,6 +52,16 @@ dashboard: venv
 SCREENSHOT_DIR ?= data/screenshots
 screenshot: venv
 	$(BIN)/python -m churn.dashboard.screenshot --db $(DASHBOARD_DB) --out $(SCREENSHOT_DIR)
+
+## make notebooks: each notebooks/*.py (a jupytext pairing) as an executed .ipynb in
+## NOTEBOOK_DIR, over DASHBOARD_DB's warehouse (run make demo first)
+NOTEBOOK_DIR ?= data/notebooks
+notebooks: venv
+	mkdir -p $(NOTEBOOK_DIR)
+	CHURN_DB=$(DASHBOARD_DB) $(BIN)/python -c "import sys, jupytext, nbformat; \
+	from nbclient import NotebookClient; nb = jupytext.read(sys.argv[1]); \
+	NotebookClient(nb, timeout=600, kernel_name='python3').execute(); nbformat.write(nb, sys.argv[2])" \
+	notebooks/churn_overview.py $(NOTEBOOK_DIR)/churn_overview.ipynb
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -73,7 +73,7 @@ def test_a_model_makes_the_risk_score_and_the_expected_mrr_at_risk(
     assert health["c1"]["risk_score"] == 20
     assert health["c3"]["expected_mrr_at_risk_minor"] == 3000
     # Signal reasons come first; the model's follow.
-    assert health["c1"]["top_reasons"][0].startswith("Invoice in1")
+    assert health["c1"]["top_reasons"][0].startswith("The $10 invoice")
     assert health["c1"]["top_reasons"][1] == "Payments failed 3 times in the last 6 months."
     # An account the model did not score keeps the rule-based numbers.
     assert health["c2"]["churn_probability"] is None

@@ -149,7 +149,8 @@ def test_score_writes_the_marts_and_health_rules(
     assert health["c1"][2] == 45 and health["c1"][5] == 1000  # 100 x 0.9 x 0.5; Failed: all MRR
     assert health["c4"][6] == 10 and health["c4"][7] == 1
     assert json.loads(health["c4"][9]) == ["c4"]
-    assert "Invoice in1" in json.loads(health["c1"][8])[0]
+    # the failed payment leads, with its amount; the invoice id is in the evidence
+    assert json.loads(health["c1"][8])[0].startswith("The $10 invoice")
     assert health["c4"][10] == dt.datetime.fromisoformat("2026-03-01")
 
 

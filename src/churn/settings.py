@@ -10,7 +10,7 @@ Sources, later over earlier: defaults, an optional TOML file (``CHURN_CONFIG`` o
   ``CHURN_SIGNALS__CARD_EXPIRY_HORIZON_DAYS=45``.
 
 The TOML file uses the same names: top-level ``db``, then tables ``[stripe]``,
-``[salesforce]``, ``[signals]``, ``[push]``, ``[usage]``, ``[run]``.
+``[salesforce]``, ``[signals]``, ``[push]``, ``[usage]``, ``[run]``, ``[alert]``.
 
 Secrets are :class:`pydantic.SecretStr`: masked in every repr, str and log line.
 Errors name the variable (or TOML key) at fault, never its value.
@@ -353,6 +353,10 @@ class RunSettings(_Section):
         None, pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"
     )
     duckdb_threads: int | None = Field(None, ge=1, le=256)
+    #: A partial run (some steps landed, or the API budget stopped one) exits 3, which
+    #: systemd and cron count as a failure; true makes it exit 0 (still ``partial`` in
+    #: run_log, and still alerted).
+    partial_is_success: bool = False
 
     @field_validator("as_of", mode="before")
     @classmethod
@@ -371,6 +375,27 @@ class RunSettings(_Section):
         return v
 
 
+class AlertSettings(_Section):
+    """Where a failed or partial run, or one whose push Salesforce partly rejected, is
+    reported: a small JSON POST (run id, status, exit code, the step that failed, counts
+    of rejections by error code; never customer data)."""
+
+    #: An https (or loopback http) address to POST to, e.g. a Slack or Teams incoming
+    #: webhook or your alerting's; unset: no alerts. A secret: such URLs carry a token.
+    webhook_url: SecretStr | None = None
+    #: Seconds to wait for the receiver; an alert that fails is logged, never fails a run.
+    timeout_seconds: float = Field(10.0, gt=0)
+    #: Also alert when Salesforce rejected records of a run that otherwise succeeded.
+    on_rejections: bool = True
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (or http:// for a loopback receiver)")
+        return v
+
+
 class Settings(_Section):
     """Everything the service reads from its environment, validated once."""
 
@@ -381,6 +406,7 @@ class Settings(_Section):
     signals: SignalSettings = SignalSettings()
     push: PushSettings = PushSettings()
     run: RunSettings = RunSettings()
+    alert: AlertSettings = AlertSettings()
 
     def with_overrides(self, **sections: Mapping[str, Any] | Any) -> Settings:
         """A copy with some fields replaced, validated again (for CLI options and tests)."""
@@ -394,7 +420,7 @@ class Settings(_Section):
 
 
 _PREFIXED_SECTIONS = {"STRIPE_": "stripe", "SALESFORCE_": "salesforce"}
-_SECTIONS = ("stripe", "salesforce", "usage", "signals", "push", "run")
+_SECTIONS = ("stripe", "salesforce", "usage", "signals", "push", "run", "alert")
 
 
 def load_settings(

@@ -74,7 +74,8 @@ def test_most_money_at_risk_first_healthy_left_out_and_pushes_of_this_run_only(
     text = console.export_text()
     con.close()
     assert "objects=12" in text and "events" not in text
-    assert "Globex" in text and "cancelling" in text and "990,000 JPY" in text
+    # a scheduled cancellation reads as one (not "Healthy | cancelling"); yen as yen
+    assert "Globex" in text and "Cancelling" in text and "¥990,000" in text
     assert "Calm Co" not in text
     assert "close_task" in text and "create_task" not in text
 

@@ -34,6 +34,18 @@ def register(app: typer.Typer, state: CliState) -> None:
                 " list them.",
             ),
         ] = False,
+        fmt: Annotated[
+            str,
+            typer.Option(
+                "--format",
+                help="table (grouped, a few per action), or csv / json: every planned change "
+                "on stdout.",
+                show_default=True,
+            ),
+        ] = "table",
+        limit: Annotated[
+            int, typer.Option("--limit", min=1, help="Records shown per action in the table.")
+        ] = 20,
     ) -> None:
         """Push Account health fields and Tasks to Salesforce.
 
@@ -64,36 +76,52 @@ def register(app: typer.Typer, state: CliState) -> None:
             finally:
                 con.close()
 
+        if fmt not in ("table", "csv", "json"):
+            raise typer.BadParameter("table, csv or json", param_hint="--format")
         result = guarded(run)
-        _report(result)
+        _report(result, state, fmt, limit)
         if result.degraded:
             from churn.errors import DEGRADED_EXIT_CODE
 
             raise typer.Exit(DEGRADED_EXIT_CODE)
 
 
-def _report(result: PushResult) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _report(result: PushResult, state: CliState, fmt: str, limit: int) -> None:
+    import sys
 
-    out = Console()
-    if result.dry_run:
-        table = Table(title=f"push plan {result.run_id} (dry run: nothing written)")
-        for column in ("object", "record", "action", "fields", "last error"):
-            table.add_column(column, overflow="fold")
-        for change in result.plan.changes:
-            fields = ", ".join(f"{k}={v}" for k, v in change.fields.items())
-            table.add_row(
-                change.sobject, change.record_key, change.action, fields, change.last_error or ""
-            )
-        out.print(table)
-    summary = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
+    from rich.console import Console
+
+    from churn import warehouse
+    from churn.job.summary import plan_table, shorten
+    from churn.pipelines.push.report import plan_lines, write_plan
+
+    out = Console(stderr=fmt != "table")
+    settings = state.settings
+    if result.plan.changes:
+        con = warehouse.connect(settings.db, read_only=True)
+        try:
+            lines = plan_lines(con, settings, result.run_id)
+        finally:
+            con.close()
+    else:
+        lines = []
+    if fmt != "table":
+        write_plan(lines, fmt, sys.stdout)
+    elif result.dry_run:
+        title = f"push plan {result.run_id} (dry run: nothing written)"
+        out.print(plan_table(lines, title, limit, "all of it: --format csv|json"))
+    summary = ", ".join(f"{k} {v:,}" for k, v in sorted(result.counts.items()))
     out.print(f"push {result.run_id}: {summary}; {result.api_calls} API calls", highlight=False)
     for note in result.notes:
         out.print(f"[yellow]degraded[/] {note}", highlight=False)
-    for rejection in result.rejected:
+    out.print(f"rejected by Salesforce: {len(result.rejected):,}", highlight=False)
+    names = {line.record: line.account for line in lines}
+    for rejection in result.rejected[:limit]:
+        name = names.get(rejection.record_key, rejection.record_key)
         out.print(
-            f"[yellow]rejected[/] {rejection.sobject} {rejection.record_key}: "
-            f"{rejection.error_code}: {rejection.message}",
+            f"[yellow]rejected[/] {rejection.sobject} {name}: "
+            + shorten(f"{rejection.error_code}: {rejection.message}", 120),
             highlight=False,
         )
+    if len(result.rejected) > limit:
+        out.print(f"... and {len(result.rejected) - limit:,} more (push_log)", highlight=False)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import importlib
 import json
+import logging
 import os
 import time
 import uuid
@@ -39,6 +40,8 @@ from churn.errors import (
     PartialRunError,
 )
 from churn.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class StepResult(Protocol):
@@ -74,13 +77,21 @@ class StepOutcome:
 @dataclass
 class JobResult:
     run_id: str
-    status: str  # success | partial | failed
+    status: str  # success | degraded | partial | failed
     steps: list[StepOutcome]
     seconds: float
+    #: A dry run: the push planned and stored its plan, and wrote nothing.
+    dry_run: bool = False
+    #: ``run.partial_is_success``: a partial run exits 0 instead of 3.
+    partial_is_success: bool = False
 
     @property
     def exit_code(self) -> int:
-        return {"success": 0, "degraded": DEGRADED_EXIT_CODE, "partial": 3}.get(self.status, 1)
+        """0 success, 4 degraded, 3 partial (0 with ``run.partial_is_success``), 1 failed."""
+        partial = 0 if self.partial_is_success else PartialRunError.exit_code
+        return {"success": 0, "degraded": DEGRADED_EXIT_CODE, "partial": partial}.get(
+            self.status, 1
+        )
 
     @property
     def counts(self) -> dict[str, int]:
@@ -265,11 +276,22 @@ def run_job(
         )
         try:
             result = _run_locked(settings, con, dry_run, steps, on_step, should_stop)
+            _alert(settings, result, con)
         finally:
             con.close()
         # Closed and still locked: the dashboard's consistent copy (warehouse.read_copy).
         warehouse.publish_read_copy(settings.db)
         return result
+
+
+def _alert(settings: Settings, result: JobResult, con: duckdb.DuckDBPyConnection) -> None:
+    """The alert hook (:mod:`churn.job.alert`); it never changes the run's outcome."""
+    from churn.job.alert import notify
+
+    try:
+        notify(result, settings, con)
+    except Exception:  # a broken receiver or payload must not fail a run that landed
+        log.warning("alert hook failed", exc_info=True, extra={"run_id": result.run_id})
 
 
 def close_interrupted_runs(con: duckdb.DuckDBPyConnection) -> int:
@@ -300,11 +322,14 @@ def _run_locked(
     started_at = warehouse.utcnow()
     t0 = time.perf_counter()
     command = "run --dry-run" if dry_run else "run"
-    close_interrupted_runs(con)
+    interrupted = close_interrupted_runs(con)
+    if interrupted:
+        log.warning("%d earlier run(s) marked interrupted", interrupted, extra={"run_id": run_id})
     con.execute(
         "INSERT INTO run_log (run_id, command, started_at, status) VALUES (?, ?, ?, 'running')",
         [run_id, command, started_at],
     )
+    log.info("run started", extra={"run_id": run_id, "dry_run": dry_run})
     outcomes: list[StepOutcome] = []
     extract_failed = False
     for step in steps:
@@ -318,6 +343,23 @@ def _run_locked(
             on_step(step.name)
         outcome = _run_step(step, settings, con, dry_run)
         outcomes.append(outcome)
+        log.log(
+            logging.INFO if outcome.status == "success" else logging.WARNING,
+            "step %s %s in %.1fs",
+            step.name,
+            outcome.status,
+            outcome.seconds,
+            extra={
+                "run_id": run_id,
+                "step": step.name,
+                "status": outcome.status,
+                "seconds": round(outcome.seconds, 3),
+                "api_calls": outcome.api_calls,
+                "counts": outcome.counts,
+                # the error's class, not its message (which may name a record)
+                "error_type": error_type_of(outcome.error),
+            },
+        )
         if outcome.status != "success" and step.name in {"stripe", "salesforce", "usage"}:
             extract_failed = True
     status = overall_status(outcomes)
@@ -336,4 +378,33 @@ def _run_locked(
             run_id,
         ],
     )
-    return JobResult(run_id, status, outcomes, time.perf_counter() - t0)
+    result = JobResult(
+        run_id,
+        status,
+        outcomes,
+        time.perf_counter() - t0,
+        dry_run=dry_run,
+        partial_is_success=settings.run.partial_is_success,
+    )
+    log.log(
+        {"success": logging.INFO, "partial": logging.WARNING}.get(status, logging.ERROR),
+        "run %s in %.1fs (exit %d)",
+        status,
+        result.seconds,
+        result.exit_code,
+        extra={
+            "run_id": run_id,
+            "status": status,
+            "exit_code": result.exit_code,
+            "seconds": round(result.seconds, 3),
+            "api_calls": result.api_calls,
+            "rejections": int(result.counts.get("push.rejected", 0)),
+        },
+    )
+    return result
+
+
+def error_type_of(error: str | None) -> str | None:
+    """``ExtractError`` from a step's ``"<step>: <ErrorClass>: <message>"``."""
+    parts = (error or "").split(": ")
+    return parts[1] if len(parts) > 2 and parts[1].isidentifier() else None

@@ -86,6 +86,7 @@ SELECT account_id,
             || ', and it is the card Stripe will charge.' END AS reason,
   json_object('kind', kind, 'subscription_id', subscription_id, 'payment_method_id', pm_id,
     'card_exp_month', card_exp_month, 'card_exp_year', card_exp_year,
+    'card_brand', card_brand, 'card_last4', card_last4,
     'renewal_at', renewal_at)::VARCHAR AS evidence,
   'card_expiry:' || subscription_id || ':' || COALESCE(pm_id, 'none') || ':'
     || strftime(renewal_at, '%Y-%m-%d') AS episode_key

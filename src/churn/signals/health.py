@@ -10,7 +10,7 @@ Payment Health, first rule that matches:
 Risk score (0..100): ``100 x (1 - prod(1 - weight_s x score_s))`` over the account's risk
 signals, weights from settings. Known churn (a scheduled cancellation) and expansion are
 not in it: the score predicts churn nobody has announced, and known churn is shown apart
-(``known_churn``, the whole MRR at risk, the cancellation first in ``top_reasons`` and its
+(``known_churn``, the whole MRR at risk, the cancellation early in ``top_reasons`` and its
 own Task). Mixing them would let the announced cases, trivially predicted, hide how well
 the rest is predicted. A trained model may replace
 :func:`risk_score`; it is the only place the number is made.
@@ -25,7 +25,9 @@ the rule-based number: ``risk_score`` is the probability in percent, and
 Failed, as above). Without a model, ``churn_probability`` and ``model_version`` are NULL
 and the expected MRR at risk is the rule-based one, so every worklist orders by one column
 either way. Signal reasons come first in ``top_reasons`` (a failed invoice says what to
-do), the model's after them.
+do), the model's after them; among signals, the order of :data:`REASON_RANK` (the top
+reason agrees with Payment Health: a ``Failed`` account's is its failed payment, even when
+a card expiry scores higher), then score. The first is ``Churn_Top_Reason__c``.
 """
 
 from __future__ import annotations
@@ -74,6 +76,14 @@ MODEL_SCORE_SCHEMA: dict[str, pl.DataType] = {
 }
 #: How many reasons an account's row keeps.
 TOP_REASONS = 3
+#: The order of an account's reasons before their scores: the signal that makes Payment
+#: Health ``Failed``, then a scheduled cancellation, then the card expiry that makes it
+#: ``At Risk`` or ``No Payment Method``; any other signal after these, by score.
+REASON_RANK: dict[str, int] = {
+    payment_failure.NAME: 0,
+    cancel_at_period_end.NAME: 1,
+    card_expiry.NAME: 2,
+}
 
 
 def risk_score(signals: pl.DataFrame, settings: SignalSettings) -> pl.DataFrame:
@@ -157,9 +167,12 @@ def account_health(
         .group_by("account_id")
         .agg(churn_effective_at=pl.col("eff").min())
     )
+    # The top reason agrees with what the row shows: Payment Health's own signal first
+    # (Failed: the failed payment, not a card expiring later), then known churn.
     reasons = (
         signals.filter(~pl.col("signal").is_in(names_of("expansion")))
-        .sort("score", descending=True)
+        .with_columns(_rank=pl.col("signal").replace_strict(REASON_RANK, default=len(REASON_RANK)))
+        .sort(["_rank", "score"], descending=[False, True])
         .group_by("account_id", maintain_order=True)
         .agg(signal_reasons=pl.col("reason"))
     )

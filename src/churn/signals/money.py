@@ -126,3 +126,38 @@ def sql_convert(minor: str, source: str, target: str, source_rate: str, target_r
     num = f"(CAST({minor} AS HUGEINT) * {tgt} * CAST(pow(10, greatest({shift}, 0)) AS HUGEINT))"
     den = f"({src} * CAST(pow(10, greatest(-{shift}, 0)) AS HUGEINT))"
     return f"TRY_CAST({sql_round_div(num, den)} AS BIGINT)"
+
+
+#: Symbols for the currencies people recognise at a glance; others show their ISO code.
+SYMBOLS: dict[str, str] = {
+    "USD": "$",
+    "EUR": "€",
+    "GBP": "£",
+    "JPY": "¥",
+    "CAD": "CA$",
+    "AUD": "A$",
+    "CHF": "CHF ",
+    "INR": "₹",
+    "KRW": "₩",
+    "BRL": "R$",
+    "SEK": "SEK ",
+}
+
+
+def display(minor: int | None, currency: str | None, *, whole: bool = False) -> str:
+    """An amount for people: ``$1,234.50``, ``¥1,235``, ``KWD 1.235`` (the currency's own
+    decimals); ``whole`` rounds to the major unit (half up) for sentences and headlines
+    (``$1,960``); a whole amount drops its ``.00``. ``n/a`` when the amount or its
+    currency is unknown."""
+    from decimal import ROUND_HALF_UP
+
+    if minor is None or not currency:
+        return "n/a"
+    value = to_decimal(int(minor), currency)
+    places = exponent(currency)
+    if whole or value == value.to_integral_value():
+        value = value.quantize(Decimal(1), rounding=ROUND_HALF_UP)
+        places = 0
+    code = currency.upper()
+    sign = "-" if value < 0 else ""
+    return f"{sign}{SYMBOLS.get(code, code + ' ')}{abs(value):,.{places}f}"

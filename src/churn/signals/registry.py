@@ -10,12 +10,13 @@ from churn.signals import (
     seat_utilization,
 )
 from churn.signals.schema import Kind, Signal
+from churn.signals.wording import worded
 
 #: Every signal, in the order they are scored.
 SIGNALS: tuple[Signal, ...] = (
     Signal(
         payment_failure.NAME,
-        payment_failure.score,
+        worded(payment_failure.NAME, payment_failure.score),
         kind="risk",
         weight=0.9,
         makes_tasks=True,
@@ -24,7 +25,7 @@ SIGNALS: tuple[Signal, ...] = (
     ),
     Signal(
         downgrade.NAME,
-        downgrade.score,
+        worded(downgrade.NAME, downgrade.score),
         kind="risk",
         weight=0.6,
         makes_tasks=True,
@@ -32,7 +33,7 @@ SIGNALS: tuple[Signal, ...] = (
     ),
     Signal(
         cancel_at_period_end.NAME,
-        cancel_at_period_end.score,
+        worded(cancel_at_period_end.NAME, cancel_at_period_end.score),
         kind="known_churn",
         weight=None,
         makes_tasks=True,
@@ -40,7 +41,7 @@ SIGNALS: tuple[Signal, ...] = (
     ),
     Signal(
         card_expiry.NAME,
-        card_expiry.score,
+        worded(card_expiry.NAME, card_expiry.score),
         kind="risk",
         weight=0.5,
         makes_tasks=True,
