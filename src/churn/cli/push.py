@@ -66,8 +66,9 @@ def _report(result: PushResult) -> None:
         out.print(table)
     summary = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
     out.print(f"push {result.run_id}: {summary}; {result.api_calls} API calls", highlight=False)
+    label = "degraded" if result.degraded else "note"
     for note in result.notes:
-        out.print(f"[yellow]degraded[/] {note}", highlight=False)
+        out.print(f"[yellow]{label}[/] {note}", highlight=False)
     for rejection in result.rejected:
         out.print(
             f"[yellow]rejected[/] {rejection.sobject} {rejection.record_key}: "
