@@ -112,8 +112,9 @@ def _report(result: PushResult, state: CliState, fmt: str, limit: int) -> None:
         out.print(plan_table(lines, title, limit, "all of it: --format csv|json"))
     summary = ", ".join(f"{k} {v:,}" for k, v in sorted(result.counts.items()))
     out.print(f"push {result.run_id}: {summary}; {result.api_calls} API calls", highlight=False)
+    label = "degraded" if result.degraded else "note"
     for note in result.notes:
-        out.print(f"[yellow]degraded[/] {note}", highlight=False)
+        out.print(f"[yellow]{label}[/] {note}", highlight=False)
     out.print(f"rejected by Salesforce: {len(result.rejected):,}", highlight=False)
     names = {line.record: line.account for line in lines}
     for rejection in result.rejected[:limit]:
