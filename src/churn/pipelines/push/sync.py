@@ -59,11 +59,13 @@ def push(
     dry_run: bool = False,
     salesforce: Salesforce | None = None,
     connect: Callable[[], Salesforce] | None = None,
+    scores: Scores | None = None,
 ) -> PushResult:
     """Plan and (unless ``dry_run``) apply the push. ``salesforce`` or ``connect`` give the
-    client; by default one is made from ``settings.salesforce`` when there is work to do."""
+    client; by default one is made from ``settings.salesforce`` when there is work to do.
+    ``scores``: push only these accounts, from these tables (the webhook worker's)."""
     run_id = f"push-{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    plan = build_plan(settings, con)
+    plan = build_plan(settings, con, scores)
     store_plan(con, plan, run_id, dry_run)
     result = PushResult(run_id, dry_run, plan, counts={"planned": len(plan.changes)})
     result.counts.update({f"planned_{k}": v for k, v in plan.counts().items()})
@@ -165,22 +167,45 @@ def _table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(row and row[0])
 
 
-def _dicts(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
-    cursor = con.execute(sql)
+def _dicts(
+    con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    cursor = con.execute(sql, params or {})
     names = [d[0] for d in cursor.description or []]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-def build_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
+@dataclass(frozen=True)
+class Scores:
+    """Where a partial push reads its scores, and the only accounts it plans for.
+
+    The webhook worker scores the accounts a micro-batch touched into temporary tables of
+    the marts' shape; the plan then covers those accounts alone: their Account fields,
+    their episodes' Tasks, and the closing of their own open Tasks only (a Task of an
+    account not in ``account_ids`` is never closed for being absent).
+    """
+
+    health_table: str
+    signals_table: str
+    account_ids: tuple[str, ...]
+
+
+def build_plan(
+    settings: Settings, con: duckdb.DuckDBPyConnection, scores: Scores | None = None
+) -> Plan:
     """Read the plan's inputs (set-based queries) and compute the plan."""
+    health = scores.health_table if scores else "account_health"
+    signal_table = scores.signals_table if scores else "signal_events"
+    only = "" if scores is None else " AND h.account_id IN (SELECT unnest($ids::VARCHAR[]))"
+    params = {} if scores is None else {"ids": list(scores.account_ids)}
     accounts: list[AccountInput] = []
-    if _table_exists(con, "account_health"):
+    if _table_exists(con, health):
         frame = _dicts(
             con,
-            """
+            f"""
             SELECT h.*, r.payload AS _sf_payload, r.system_modstamp AS _sf_modstamp,
                    g.ids AS _guessed_customer_ids, f.ids AS _field_customer_ids
-            FROM account_health h
+            FROM {health} h
             JOIN core_accounts a ON a.account_id = h.account_id AND NOT a.is_deleted
             LEFT JOIN raw_sf_account r ON r.id = h.account_id
             LEFT JOIN (
@@ -191,9 +216,10 @@ def build_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
                 SELECT account_id, list(customer_id) AS ids FROM core_account_links
                 WHERE method = 'account_field' GROUP BY account_id
             ) f ON f.account_id = h.account_id
-            WHERE h.as_of = (SELECT max(as_of) FROM account_health)
+            WHERE h.as_of = (SELECT max(as_of) FROM {health}){only}
             ORDER BY h.account_id
             """,
+            params,
         )
         for row in frame:
             payload = json.loads(row["_sf_payload"]) if row["_sf_payload"] else None
@@ -217,7 +243,7 @@ def build_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
     }
     # The latest scoring's as_of: account_health has a row per account every run, while
     # signal_events may have none when every episode has resolved.
-    marts = [t for t in ("account_health", "signal_events") if _table_exists(con, t)]
+    marts = [t for t in (health, signal_table) if _table_exists(con, t)]
     as_of: datetime | None = None
     if marts:
         latest = con.execute(
@@ -225,14 +251,14 @@ def build_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
         ).fetchone()
         as_of = latest[0] if latest else None
     episodes: list[Episode] = []
-    if as_of is not None and "signal_events" in marts:
+    if as_of is not None and signal_table in marts:
         seen: set[str] = set()
         rows = con.execute(
-            """
-            SELECT * FROM signal_events WHERE as_of = ? AND episode_key IS NOT NULL
+            f"""
+            SELECT * FROM {signal_table} h WHERE as_of = $as_of AND episode_key IS NOT NULL{only}
             ORDER BY episode_key, score DESC NULLS LAST
             """,
-            [as_of],
+            {"as_of": as_of, **params},
         )
         names = [d[0] for d in rows.description or []]
         for values in rows.fetchall():
@@ -267,6 +293,13 @@ def build_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
         for r in con.execute(
             "SELECT sobject, record_key, fields, pushed_at, status, first_seen_at, sf_id "
             "FROM push_state"
+            + (
+                ""
+                if scores is None
+                else " WHERE (CASE WHEN sobject = 'Account' THEN record_key"
+                " ELSE fields->>'WhatId' END) IN (SELECT unnest($ids::VARCHAR[]))"
+            ),
+            params,
         ).fetchall()
     ]
     last_errors = {
