@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sandbox",
     "model",
     "dashboard",
+    "webhook",
 )
 
 state = CliState()
