@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hook_world import SECRET, Hooked
 
 from churn.job.run import run_job
-from churn.sandbox.demo import Sandbox, demo_settings, serve_world
-from churn.sandbox.stripe.webhooks import Endpoint, WebhookSender
+from churn.sandbox.demo import demo_settings, serve_world
+from churn.sandbox.stripe.webhooks import WebhookSender
 from churn.sandbox.world import generate_world, write_world
-from churn.settings import Settings
-
-SECRET = "whsec_test_loopback_secret"
 
 
 @pytest.fixture(scope="session")
@@ -29,14 +26,6 @@ def hook_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         result = run_job(demo_settings(box, db))
         assert result.status == "success", result.steps
     return folder, db
-
-
-@dataclass
-class Hooked:
-    box: Sandbox
-    settings: Settings
-    sender: WebhookSender
-    endpoint_secret: str
 
 
 @pytest.fixture
@@ -57,7 +46,3 @@ def hooked(hook_world: tuple[Path, Path], tmp_path: Path) -> Iterator[Hooked]:
         )
         yield Hooked(box, settings, sender, SECRET)
         sender.stop()
-
-
-def register(sender: WebhookSender, url: str, secret: str = SECRET) -> Endpoint:
-    return sender.register(url, secret)

@@ -7,11 +7,11 @@ import threading
 from typing import Any
 
 import pytest
+from hook_world import Hooked, linked_subscriptions, raw_event_counts, register, tasks
 
 from churn import warehouse
 from churn.job.webhook import open_spool, receiver, work
-from churn.sandbox.stripe.webhooks import fail_payment, live_subscriptions, pay_invoice
-from conftest import Hooked, register
+from churn.sandbox.stripe.webhooks import fail_payment, pay_invoice
 
 pytestmark = pytest.mark.slow
 
@@ -21,30 +21,13 @@ def _drain(h: Hooked) -> None:
 
 
 def _linked_subscription(h: Hooked) -> tuple[str, str]:
-    """A live subscription whose customer is linked to an Account, and that Account."""
-    con = warehouse.connect(h.settings.db, read_only=True)
-    try:
-        links = dict(con.execute(
-            "SELECT customer_id, account_id FROM core_account_links WHERE account_id IS NOT NULL"
-        ).fetchall())  # fmt: skip
-        open_tasks = {r[0] for r in con.execute(
-            "SELECT DISTINCT fields->>'WhatId' FROM push_state WHERE sobject = 'Task'"
-        ).fetchall()}  # fmt: skip
-    finally:
-        con.close()
-    world = h.box.stripe.world
-    for sub_id in live_subscriptions(world):
-        sub = world.get(sub_id) or {}
-        account = links.get(sub.get("customer"))
-        if account and account not in open_tasks:
-            return sub_id, account
-    raise AssertionError("no linked live subscription without a Task in the world")
+    found = linked_subscriptions(h)
+    assert found, "no linked live subscription without a Task in the world"
+    return found[0]
 
 
 def _tasks(h: Hooked, account: str) -> list[dict[str, Any]]:
-    field = h.settings.salesforce.task_external_id_field
-    return [t for t in h.box.salesforce.records.get("Task", {}).values()
-            if t.get("WhatId") == account and t.get(field)]  # fmt: skip
+    return tasks(h, account)
 
 
 def _health(h: Hooked, account: str) -> Any:
@@ -74,19 +57,6 @@ def test_payment_failed_then_paid_reaches_salesforce(hooked: Hooked) -> None:
     assert _health(h, account) != "Failed"
 
 
-def _raw_counts(h: Hooked, ids: list[str]) -> dict[str, int]:
-    con = warehouse.connect(h.settings.db, read_only=True)
-    try:
-        rows = con.execute(
-            "SELECT id, count(*) FROM raw_stripe_event WHERE id IN (SELECT unnest(?::VARCHAR[]))"
-            " GROUP BY id",
-            [ids],
-        ).fetchall()
-    finally:
-        con.close()
-    return {r[0]: r[1] for r in rows}
-
-
 def test_duplicates_and_reversed_order_change_nothing(hooked: Hooked) -> None:
     """Stripe: an endpoint "might occasionally receive the same event more than once", and
     Stripe "doesn't guarantee the delivery of events in the order in which they're
@@ -111,7 +81,7 @@ def test_duplicates_and_reversed_order_change_nothing(hooked: Hooked) -> None:
     ids = [e["id"] for e in failed + paid]
     assert len(h.sender.log) == 2 * len(ids) and all(d.ok for d in h.sender.log)
     assert counters["duplicate"] == len(ids) and counters["processed"] == len(ids)
-    assert _raw_counts(h, ids) == dict.fromkeys(ids, 1)
+    assert raw_event_counts(h, ids) == dict.fromkeys(ids, 1)
     tasks = _tasks(h, account)
     assert len(tasks) == 1 and tasks[0]["Status"] == "Completed"
 
@@ -165,3 +135,48 @@ def test_the_stand_in_retries_a_refused_delivery_with_backoff(hooked: Hooked) ->
         gaps = [b.at - a.at for a, b in zip(h.sender.log, h.sender.log[1:], strict=False)]
         assert gaps[1] > gaps[0] >= 1
         assert rx.spool.event_ids() == [failed[0]["id"]]
+
+
+def test_while_a_run_writes_deliveries_are_acknowledged_and_the_worker_catches_up(
+    hooked: Hooked,
+) -> None:
+    from churn.job.run import Step, run_job
+
+    h = hooked
+    sub_id, account = _linked_subscription(h)
+    holding = threading.Event()
+    release = threading.Event()
+
+    def hold(settings: Any, con: Any, dry_run: bool) -> Any:
+        con.execute("CREATE OR REPLACE TABLE _held_by_run AS SELECT 1 AS x")  # it writes
+        holding.set()
+        release.wait(120)
+        return None
+
+    results: list[Any] = []
+    run = threading.Thread(
+        target=lambda: results.append(run_job(h.settings, steps=(Step("hold", hold),)))
+    )
+    with receiver(h.settings, port=0, worker=True) as rx:
+        register(h.sender, rx.url)
+        run.start()
+        assert holding.wait(60)
+        _invoice, failed = fail_payment(h.box.stripe.world, sub_id)
+        h.sender.send(failed)
+        h.sender.deliver_pending()
+        assert [d.status for d in h.sender.log] == [200] * len(failed)
+        # Acknowledged and durable; the worker cannot have landed them: the run holds
+        # the lock (and DuckDB's single writer).
+        assert rx.spool.pending() == len(failed)
+        assert _tasks(h, account) == []
+        release.set()
+        run.join(60)
+        assert results and results[0].status == "success"
+        for _ in range(1200):  # the worker polls every 50 ms; a bound, not a deadline
+            if rx.spool.pending() == 0 and _tasks(h, account):
+                break
+            threading.Event().wait(0.1)
+        assert rx.spool.pending() == 0
+    assert raw_event_counts(h, [e["id"] for e in failed]) == {e["id"]: 1 for e in failed}
+    assert len(_tasks(h, account)) == 1
+    assert _health(h, account) == "Failed"
