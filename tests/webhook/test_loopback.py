@@ -180,3 +180,24 @@ def test_while_a_run_writes_deliveries_are_acknowledged_and_the_worker_catches_u
     assert raw_event_counts(h, [e["id"] for e in failed]) == {e["id"]: 1 for e in failed}
     assert len(_tasks(h, account)) == 1
     assert _health(h, account) == "Failed"
+
+
+def test_scoring_a_few_accounts_gives_their_rows_of_scoring_all(hooked: Hooked) -> None:
+    """The worker scores only the accounts a batch touched: their rows must be what the
+    scoring step computes for them among all accounts."""
+    from churn.job.scoring import compute
+    from churn.job.webhook import ModelCache, score_accounts
+
+    h = hooked
+    con = warehouse.connect(h.settings.db, read_only=True)
+    try:
+        as_of = warehouse.utcnow()
+        every = compute(con, h.settings, as_of)
+        accounts = sorted(every["account_health"]["account_id"].to_list())[::3]
+        few = score_accounts(con, h.settings, as_of, accounts, ModelCache())
+    finally:
+        con.close()
+    for name in ("account_health", "signal_events"):
+        want = every[name].filter(every[name]["account_id"].is_in(accounts))
+        assert few[name].sort(few[name].columns[:3]).equals(want.sort(want.columns[:3])), name
+    assert few["account_health"].height == len(accounts)

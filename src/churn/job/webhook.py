@@ -45,10 +45,16 @@ import polars as pl
 
 from churn import warehouse
 from churn.errors import ChurnError, LockHeldError
+from churn.job.model import in_force_version, load_in_force
 from churn.job.run import WEBHOOK_HOLDER, lock_path_for, run_lock, run_waiting
-from churn.job.scoring import compute, write_frames
+from churn.job.scoring import write_frames
 from churn.pipelines.webhook.spool import Spool, SpooledEvent, spool_path_for
 from churn.settings import Settings
+from churn.signals import SIGNAL_SCHEMA, SIGNALS
+from churn.signals.health import account_health
+from churn.signals.model.model import ChurnModel, predict
+from churn.signals.mrr import account_mrr
+from churn.signals.tables import Tables
 from churn.warehouse import transaction
 
 if TYPE_CHECKING:
@@ -80,6 +86,8 @@ class BatchResult:
     api_calls: int = 0
     seconds: float = 0.0
     push_error: str | None = None
+    #: Seconds by stage: land (events, core, history), score, push.
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -151,12 +159,56 @@ def land_events(
     return len(new)
 
 
+class ModelCache:
+    """The model in force, loaded once per version (loading one takes seconds)."""
+
+    def __init__(self) -> None:
+        self.version: str | None = None
+        self.model: ChurnModel | None = None
+
+    def get(self, con: duckdb.DuckDBPyConnection, as_of: datetime) -> ChurnModel | None:
+        version = in_force_version(con, as_of)
+        if version is None:
+            self.version, self.model = None, None
+        elif version != self.version:
+            self.model = load_in_force(con, as_of)
+            self.version = self.model.version if self.model is not None else None
+        return self.model
+
+
+def score_accounts(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    as_of: datetime,
+    accounts: Sequence[str],
+    models: ModelCache | None = None,
+) -> dict[str, pl.DataFrame]:
+    """``account_health`` and ``signal_events`` rows of ``accounts`` as of ``as_of``: what
+    the scoring step computes for them (signals, MRR, the model's probability and reasons,
+    Payment Health), without the marts the push does not read (MRR movements)."""
+    tables = Tables(con)
+    sig = settings.signals
+    frames = [s.score(tables, as_of, sig) for s in SIGNALS]
+    signals = pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=SIGNAL_SCHEMA)
+    mrr = account_mrr(tables, as_of, sig)
+    model = (models or ModelCache()).get(con, as_of)
+    scores = None if model is None else predict(tables, as_of, model, sig, accounts=accounts)
+    health = account_health(tables, as_of, sig, signals, mrr, scores)
+    keep = list(accounts)
+    return {
+        "account_health": health.filter(pl.col("account_id").is_in(keep)),
+        "signal_events": signals.filter(pl.col("account_id").is_in(keep)),
+    }
+
+
 def rescore_and_push(
     con: duckdb.DuckDBPyConnection,
     settings: Settings,
     accounts: Sequence[str],
     salesforce: Any = None,
     newest: datetime | None = None,
+    models: ModelCache | None = None,
+    stages: dict[str, float] | None = None,
 ) -> tuple[dict[str, int], int]:
     """Score as of now, keep ``accounts``, push them only. Returns (push counts, API calls).
 
@@ -167,12 +219,9 @@ def rescore_and_push(
         return {}, 0
     now = warehouse.utcnow()
     as_of = max(now, newest) if newest is not None else now
-    marts = compute(con, settings, as_of)
-    keep = list(accounts)
-    frames = {
-        "account_health": marts["account_health"].filter(pl.col("account_id").is_in(keep)),
-        "signal_events": marts["signal_events"].filter(pl.col("account_id").is_in(keep)),
-    }
+    t0 = time.perf_counter()
+    frames = score_accounts(con, settings, as_of, accounts, models)
+    t1 = time.perf_counter()
     for name, table in (("account_health", HEALTH_TABLE), ("signal_events", SIGNALS_TABLE)):
         con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM {name} LIMIT 0")
     write_frames(con, frames, {"account_health": HEALTH_TABLE, "signal_events": SIGNALS_TABLE})
@@ -183,6 +232,8 @@ def rescore_and_push(
         salesforce=salesforce,
         scores=scores(HEALTH_TABLE, SIGNALS_TABLE, tuple(accounts)),
     )
+    if stages is not None:
+        stages.update(score=t1 - t0, push=time.perf_counter() - t1)
     return dict(result.counts), result.api_calls
 
 
@@ -192,6 +243,7 @@ def process_batch(
     *,
     salesforce: Any = None,
     point: Callable[[str], None] | None = None,
+    models: ModelCache | None = None,
 ) -> BatchResult | None:
     """One micro-batch (module docstring); None when a run holds or waits for the lock."""
     lock = lock_path_for(settings)
@@ -205,10 +257,15 @@ def process_batch(
             if not claimed:
                 return BatchResult()
             mark("claimed")
-            result = _locked_batch(settings, spool, claimed, salesforce, mark)
+            result = _locked_batch(settings, spool, claimed, salesforce, mark, models)
     except LockHeldError:
         return None
     result.seconds = time.perf_counter() - started
+    log.info(
+        "webhook batch: %d events (%d new), %d accounts, %.2fs (%s)",
+        result.claimed, result.landed, result.accounts, result.seconds,
+        ", ".join(f"{k} {v:.2f}s" for k, v in result.stage_seconds.items()),
+    )  # fmt: skip
     return result
 
 
@@ -218,12 +275,15 @@ def _locked_batch(
     claimed: list[SpooledEvent],
     salesforce: Any,
     mark: Callable[[str], None],
+    models: ModelCache | None,
 ) -> BatchResult:
     events = [e.event() for e in claimed]
     result = BatchResult(claimed=len(claimed))
+    t0 = time.perf_counter()
     con = warehouse.connect(settings.db)
     try:
         result.landed = land_events(con, settings, events)
+        result.stage_seconds["land"] = time.perf_counter() - t0
         mark("landed")
         accounts = _accounts(con, customer_ids(events))
         result.accounts = len(accounts)
@@ -261,13 +321,20 @@ def work(
     salesforce: Any = None,
     on_batch: Callable[[BatchResult], None] | None = None,
     point: Callable[[str], None] | None = None,
+    ready: threading.Event | None = None,
 ) -> WorkTotals:
     """Drain the spool until ``stop`` (``once``: until it is empty and no run holds the lock).
 
-    Between batches the lock is released; an idle worker looks again every
-    ``poll_seconds``. A failed batch stays pending and is retried after a pause.
+    First the model in force is loaded (seconds, once per version), so the first delivery
+    does not wait for it; ``ready`` is set after that. Between batches the lock is
+    released; an idle worker looks again every ``poll_seconds``. A failed batch stays
+    pending and is retried after a pause.
     """
     totals = WorkTotals()
+    models = ModelCache()
+    _warm_up(settings, models)
+    if ready is not None:
+        ready.set()
     poll = settings.webhook.poll_seconds
     sf = salesforce
     while not stop.is_set():
@@ -278,7 +345,7 @@ def work(
             except ChurnError as exc:
                 log.warning("webhook worker: no Salesforce session (%s)", type(exc).__name__)
         try:
-            result = process_batch(settings, spool, salesforce=sf, point=point)
+            result = process_batch(settings, spool, salesforce=sf, point=point, models=models)
         except (ChurnError, duckdb.Error) as exc:
             totals.failures += 1
             spool.count("batch_failed")
@@ -303,6 +370,22 @@ def work(
     return totals
 
 
+def _warm_up(settings: Settings, models: ModelCache) -> None:
+    """Load the model in force, if the warehouse is free now (else the first batch does)."""
+    lock = lock_path_for(settings)
+    if run_waiting(lock) or not settings.db.exists():
+        return
+    try:
+        with run_lock(lock, holder=WEBHOOK_HOLDER):
+            con = warehouse.connect(settings.db)
+            try:
+                models.get(con, warehouse.utcnow())
+            finally:
+                con.close()
+    except (LockHeldError, ChurnError, duckdb.Error) as exc:
+        log.info("webhook worker: model not preloaded (%s)", type(exc).__name__)
+
+
 # -- serving ------------------------------------------------------------------------------
 
 
@@ -324,6 +407,8 @@ class RunningReceiver:
     _thread: threading.Thread
     _stop: threading.Event
     _worker: threading.Thread | None
+    #: Set once the worker has loaded the model in force (at once without a worker).
+    ready: threading.Event = field(default_factory=threading.Event)
 
     def stop(self) -> None:
         self._stop.set()
@@ -364,18 +449,21 @@ def start_receiver(
     )
     thread.start()
     stop = threading.Event()
+    ready = threading.Event()
     worker_thread = None
     if settings.webhook.worker_in_serve if worker is None else worker:
         worker_thread = threading.Thread(
-            target=work, args=(settings, spool, stop), kwargs={"salesforce": salesforce},
+            target=work, args=(settings, spool, stop), kwargs={"salesforce": salesforce, "ready": ready},
             name="webhook-worker", daemon=True,
         )  # fmt: skip
         worker_thread.start()
     while not server.started and thread.is_alive():
         time.sleep(0.01)
     shown = f"[{host}]" if ":" in host else host
+    if worker_thread is None:
+        ready.set()
     return RunningReceiver(f"http://{shown}:{bound}/stripe/webhook", spool, server, thread,
-                           stop, worker_thread)  # fmt: skip
+                           stop, worker_thread, ready)  # fmt: skip
 
 
 @contextmanager

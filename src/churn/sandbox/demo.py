@@ -180,8 +180,9 @@ def run_demo(
     return sandbox, DemoReport([first, second], checks, figures)
 
 
-def _linked_live_subscription(settings: Settings, sandbox: Sandbox) -> tuple[str, str] | None:
-    """A live subscription linked to an Account that has no Task yet, and the Account."""
+def linked_live_subscriptions(settings: Settings, sandbox: Sandbox) -> list[tuple[str, str]]:
+    """Live subscriptions linked to an Account that has no Task yet, with the Account;
+    one per Account."""
     from churn.sandbox.stripe.webhooks import live_subscriptions
 
     con = warehouse.connect(settings.db, read_only=True)
@@ -201,11 +202,12 @@ def _linked_live_subscription(settings: Settings, sandbox: Sandbox) -> tuple[str
     finally:
         con.close()
     world = sandbox.stripe.world
+    out: dict[str, str] = {}
     for sub_id in live_subscriptions(world):
         account = links.get((world.get(sub_id) or {}).get("customer"))
-        if account and account not in tasked:
-            return sub_id, account
-    return None
+        if account and account not in tasked and account not in out:
+            out[account] = sub_id
+    return [(sub, account) for account, sub in out.items()]
 
 
 def webhook_step(
@@ -221,10 +223,10 @@ def webhook_step(
     from churn.job.webhook import receiver
     from churn.sandbox.stripe.webhooks import WebhookSender, fail_payment
 
-    found = _linked_live_subscription(settings, sandbox)
-    if found is None:
+    found = linked_live_subscriptions(settings, sandbox)
+    if not found:
         return [("webhook: a failed payment reaches Salesforce", False, "no linked account")], {}
-    sub_id, account = found
+    sub_id, account = found[0]
     secret = "whsec_" + secrets.token_hex(16)
     hooked = settings.with_overrides(
         stripe={"webhook_secret": [secret]}, webhook={"port": 0, "poll_seconds": 0.05}
@@ -236,6 +238,7 @@ def webhook_step(
     with receiver(hooked, port=0) as rx:
         sender.register(rx.url, secret)
         sender.start()
+        rx.ready.wait(timeout_seconds)  # the worker has loaded the model in force
         try:
             started = time.perf_counter()
             _, events = fail_payment(sandbox.stripe.world, sub_id)

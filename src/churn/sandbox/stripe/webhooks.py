@@ -14,7 +14,8 @@
 
 World actions that emit the events a payment makes (:func:`fail_payment`,
 :func:`pay_invoice`) stamp them with a strictly increasing second at or after the wall
-clock, so two of them are never of the same second.
+clock, so two of them are never of the same second; :func:`renew` (a burst of renewals)
+stamps the current second.
 """
 
 from __future__ import annotations
@@ -235,10 +236,10 @@ class WebhookSender:
 _last_second: dict[int, int] = {}
 
 
-def _stamp(world: StripeWorld) -> int:
-    """A second after every one this world has emitted here, not before the wall clock."""
+def _stamp(world: StripeWorld, *, distinct: bool = True) -> int:
+    """Not before the wall clock nor any second emitted here; ``distinct``: after them."""
     last = _last_second.get(id(world), 0)
-    at = max(int(time.time()), last + 1, world.now)
+    at = max(int(time.time()), last + 1 if distinct else last, world.now)
     _last_second[id(world)] = at
     world.now = max(world.now, at)
     return at
@@ -270,6 +271,42 @@ def live_subscriptions(world: StripeWorld) -> list[str]:
         return sorted(i for i, m in meta.items() if m.get("status") == "active")
 
 
+def _new_invoice(world: StripeWorld, sub: dict[str, Any], at: int) -> dict[str, Any]:
+    """A renewal invoice of ``sub`` like its latest one (new ids), open, not yet attempted."""
+    last = world.get(str(sub.get("latest_invoice") or "")) or {}
+    inv_id = "in_wh" + secrets.token_hex(10)
+    inv: dict[str, Any] = (
+        copy.deepcopy(last) if last else {"object": "invoice", "lines": {"data": []}}
+    )
+    for line in (inv.get("lines") or {}).get("data") or []:
+        line["id"] = "il_wh" + secrets.token_hex(10)
+        line["invoice"] = inv_id
+    amount = int(inv.get("amount_due") or 0)
+    inv.update(
+        id=inv_id, created=at, customer=sub["customer"], currency=sub.get("currency"),
+        status="open", attempted=False, attempt_count=0, amount_paid=0,
+        amount_remaining=amount, billing_reason="subscription_cycle",
+        next_payment_attempt=None, period_start=at, period_end=at,
+        status_transitions={"finalized_at": at, "paid_at": None},
+        parent={"quote_details": None, "type": "subscription_details",
+                "subscription_details": {"metadata": {}, "subscription": sub["id"]}},
+    )  # fmt: skip
+    inv.pop("charge", None)
+    inv.pop("payment_intent", None)
+    if isinstance(inv.get("lines"), dict):
+        inv["lines"]["url"] = f"/v1/invoices/{inv_id}/lines"
+    sub["latest_invoice"] = inv_id
+    world.tables["subscription"].put(sub)
+    return inv
+
+
+def _subscription(world: StripeWorld, subscription_id: str) -> dict[str, Any]:
+    sub = world.tables["subscription"].get(subscription_id)
+    if sub is None:
+        raise KeyError(subscription_id)
+    return sub
+
+
 def fail_payment(
     world: StripeWorld, subscription_id: str
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -277,70 +314,43 @@ def fail_payment(
     one attempt, a retry in three days) and its events (``invoice.created``,
     ``charge.failed``, ``invoice.payment_failed``)."""
     with world.lock:
-        sub = world.tables["subscription"].get(subscription_id)
-        if sub is None:
-            raise KeyError(subscription_id)
-        last = world.get(str(sub.get("latest_invoice") or "")) or {}
         at = _stamp(world)
-        inv_id = "in_wh" + secrets.token_hex(10)
-        inv: dict[str, Any] = (
-            copy.deepcopy(last) if last else {"object": "invoice", "lines": {"data": []}}
-        )
-        for line in (inv.get("lines") or {}).get("data") or []:
-            line["id"] = "il_wh" + secrets.token_hex(10)
-            line["invoice"] = inv_id
+        inv = _new_invoice(world, _subscription(world, subscription_id), at)
+        created = _event(world, "invoice.created", {**inv, "status": "draft"}, at)
+        inv.update(attempted=True, attempt_count=1, next_payment_attempt=at + 3 * 86_400)
         amount = int(inv.get("amount_due") or 0)
-        inv.update(
-            id=inv_id,
-            created=at,
-            customer=sub["customer"],
-            currency=sub.get("currency"),
-            status="open",
-            attempted=True,
-            attempt_count=1,
-            amount_paid=0,
-            amount_remaining=amount,
-            billing_reason="subscription_cycle",
-            next_payment_attempt=at + 3 * 86_400,
-            period_start=at,
-            period_end=at,
-            status_transitions={"finalized_at": at, "paid_at": None},
-            parent={
-                "quote_details": None,
-                "type": "subscription_details",
-                "subscription_details": {"metadata": {}, "subscription": sub["id"]},
-            },
-        )
-        inv.pop("charge", None)
-        inv.pop("payment_intent", None)
-        if "lines" in inv:
-            inv["lines"]["url"] = f"/v1/invoices/{inv_id}/lines"
         charge = {
             "id": "ch_wh" + secrets.token_hex(10), "object": "charge", "amount": amount,
             "amount_captured": 0, "amount_refunded": 0, "captured": False, "created": at,
-            "currency": inv.get("currency"), "customer": sub["customer"], "invoice": inv_id,
+            "currency": inv.get("currency"), "customer": inv["customer"], "invoice": inv["id"],
             "livemode": False, "paid": False, "refunded": False, "status": "failed",
             "failure_code": "card_declined", "failure_message": "Your card was declined.",
             "outcome": {"network_status": "declined_by_network", "reason": "generic_decline",
                         "type": "issuer_declined", "seller_message": "The bank did not return"
                         " any further details with this decline."},
-            "payment_method": sub.get("default_payment_method"),
         }  # fmt: skip
         world.tables["invoice"].put(inv)
         world.tables["charge"].put(charge)
         events = [
-            _event(
-                world,
-                "invoice.created",
-                {**inv, "status": "draft", "attempt_count": 0, "attempted": False},
-                at,
-            ),
+            created,
             _event(world, "charge.failed", charge, at),
             _event(world, "invoice.payment_failed", inv, at),
         ]
-        sub["latest_invoice"] = inv_id
-        world.tables["subscription"].put(sub)
         return inv, events
+
+
+def renew(world: StripeWorld, subscription_id: str) -> list[dict[str, Any]]:
+    """A renewal paid at its first attempt (the first of the month's burst):
+    ``invoice.created`` and ``invoice.paid``."""
+    with world.lock:
+        at = _stamp(world, distinct=False)
+        inv = _new_invoice(world, _subscription(world, subscription_id), at)
+        created = _event(world, "invoice.created", {**inv, "status": "draft"}, at)
+        amount = int(inv.get("amount_due") or 0)
+        inv.update(status="paid", attempted=True, attempt_count=1, amount_paid=amount,
+                   amount_remaining=0, status_transitions={"finalized_at": at, "paid_at": at})  # fmt: skip
+        world.tables["invoice"].put(inv)
+        return [created, _event(world, "invoice.paid", inv, at)]
 
 
 def pay_invoice(world: StripeWorld, invoice_id: str) -> list[dict[str, Any]]:
