@@ -201,3 +201,27 @@ def test_scoring_a_few_accounts_gives_their_rows_of_scoring_all(hooked: Hooked) 
         want = every[name].filter(every[name]["account_id"].is_in(accounts))
         assert few[name].sort(few[name].columns[:3]).equals(want.sort(want.columns[:3])), name
     assert few["account_health"].height == len(accounts)
+
+
+def test_an_event_that_cannot_land_is_set_aside_and_the_rest_land(hooked: Hooked) -> None:
+    """A bad event fails its batch; the worker goes on one event at a time, sets the bad
+    one aside after MAX_ATTEMPTS and lands the others."""
+    import json
+
+    from churn.job.webhook import MAX_ATTEMPTS
+    from churn.pipelines.webhook import FAILED
+
+    h = hooked
+    sub_id, account = _linked_subscription(h)
+    _, failed = fail_payment(h.box.stripe.world, sub_id)
+    bad = {**failed[0], "id": "evt_bad", "created": 10**20}  # no such second
+    spool = open_spool(h.settings)
+    for event in [bad, *failed]:
+        spool.put(event, json.dumps(event), used=True)
+    _drain(h)
+    assert spool.event_ids(FAILED) == ["evt_bad"]
+    assert spool.pending() == 0
+    counters = spool.counters()
+    assert counters["failed_events"] == 1 and counters["batch_failed"] == MAX_ATTEMPTS
+    assert raw_event_counts(h, [e["id"] for e in failed]) == {e["id"]: 1 for e in failed}
+    assert _health(h, account) == "Failed"

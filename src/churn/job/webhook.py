@@ -70,6 +70,11 @@ def _lazy(module: str, name: str) -> Any:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC).replace(tzinfo=None)
+#: Attempts at landing an event before it is set aside; after a failed batch the worker
+#: takes one event at a time until one succeeds, so one bad event does not hold the rest.
+MAX_ATTEMPTS = 5
+#: Days done and ignored spool rows are kept.
+KEEP_DAYS = 7.0
 #: The worker's temporary tables of the marts' shape (its connection only).
 HEALTH_TABLE = "_webhook_account_health"
 SIGNALS_TABLE = "_webhook_signal_events"
@@ -244,8 +249,11 @@ def process_batch(
     salesforce: Any = None,
     point: Callable[[str], None] | None = None,
     models: ModelCache | None = None,
+    limit: int | None = None,
 ) -> BatchResult | None:
-    """One micro-batch (module docstring); None when a run holds or waits for the lock."""
+    """One micro-batch (module docstring); None when a run holds or waits for the lock.
+
+    An event claimed ``MAX_ATTEMPTS`` times without landing is set aside (``failed``)."""
     lock = lock_path_for(settings)
     if run_waiting(lock):
         return None
@@ -253,9 +261,15 @@ def process_batch(
     started = time.perf_counter()
     try:
         with run_lock(lock, holder=WEBHOOK_HOLDER):
-            claimed = spool.claim(settings.webhook.batch_size)
+            claimed = spool.claim(limit or settings.webhook.batch_size)
+            worn = [e.seq for e in claimed if e.attempts > MAX_ATTEMPTS]
+            if worn:
+                spool.set_aside(worn)
+                log.error("webhook batch: %d events set aside after %d attempts",
+                          len(worn), MAX_ATTEMPTS)  # fmt: skip
+                claimed = [e for e in claimed if e.attempts <= MAX_ATTEMPTS]
             if not claimed:
-                return BatchResult()
+                return BatchResult(claimed=len(worn))
             mark("claimed")
             result = _locked_batch(settings, spool, claimed, salesforce, mark, models)
     except LockHeldError:
@@ -332,6 +346,8 @@ def work(
     """
     totals = WorkTotals()
     models = ModelCache()
+    single = False  # after a failed batch: one event at a time until one lands
+    spool.prune(KEEP_DAYS)
     _warm_up(settings, models)
     if ready is not None:
         ready.set()
@@ -345,8 +361,12 @@ def work(
             except ChurnError as exc:
                 log.warning("webhook worker: no Salesforce session (%s)", type(exc).__name__)
         try:
-            result = process_batch(settings, spool, salesforce=sf, point=point, models=models)
-        except (ChurnError, duckdb.Error) as exc:
+            result = process_batch(
+                settings, spool, salesforce=sf, point=point, models=models,
+                limit=1 if single else None,
+            )  # fmt: skip
+        except Exception as exc:  # the worker outlives a bad batch; the type only, no data
+            single = True
             totals.failures += 1
             spool.count("batch_failed")
             log.error("webhook worker: batch failed (%s); retried", type(exc).__name__)
@@ -361,6 +381,7 @@ def work(
                 break
             stop.wait(poll)
             continue
+        single = False
         totals.batches += 1
         totals.events += result.claimed
         totals.landed += result.landed

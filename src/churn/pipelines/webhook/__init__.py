@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from churn.pipelines.webhook.spool import (
     DONE,
+    FAILED,
     IGNORED,
     PENDING,
     Spool,
@@ -18,4 +19,4 @@ from churn.pipelines.webhook.spool import (
     spool_path_for,
 )
 
-__all__ = ["DONE", "IGNORED", "PENDING", "Spool", "SpooledEvent", "spool_path_for"]
+__all__ = ["DONE", "FAILED", "IGNORED", "PENDING", "Spool", "SpooledEvent", "spool_path_for"]

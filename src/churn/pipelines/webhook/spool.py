@@ -9,7 +9,11 @@ duplicates land once. Counters (refusals by reason, duplicates, ignored types) l
 the same file and are bumped in the same transaction as the row they count.
 
 Statuses: ``pending`` (acknowledged, not yet landed), ``done`` (landed, rescored and
-pushed), ``ignored`` (an event type the service does not use: kept and counted only).
+pushed), ``ignored`` (an event type the service does not use: kept and counted only),
+``failed`` (an event that failed to land on its own ``max_attempts`` times: set aside,
+counted, and left to the scheduled run's events read and reconciliation). Rows done or
+ignored are pruned after ``keep_days``; a redelivery after that lands nothing twice
+(``raw_stripe_event`` is keyed by event id).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +44,7 @@ CREATE INDEX IF NOT EXISTS spool_status ON spool (status, seq);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, n INTEGER NOT NULL);
 """
 
-PENDING, DONE, IGNORED = "pending", "done", "ignored"
+PENDING, DONE, IGNORED, FAILED = "pending", "done", "ignored", "failed"
 
 
 def spool_path_for(db: Path, configured: Path | None = None) -> Path:
@@ -113,6 +117,9 @@ class Spool:
         Durable on return (WAL, ``synchronous=FULL``): only then may the receiver answer 2xx.
         """
         live = event.get("livemode")
+        created = event.get("created")
+        if not (isinstance(created, int) and -(2**63) <= created < 2**63):
+            created = None  # kept in the payload as sent; landing judges it
         with self._write() as con:
             cur = con.execute(
                 "INSERT OR IGNORE INTO spool (event_id, type, created, livemode, payload,"
@@ -120,7 +127,7 @@ class Spool:
                 [
                     str(event["id"]),
                     str(event.get("type") or ""),
-                    int(event["created"]) if isinstance(event.get("created"), int) else None,
+                    created,
                     int(live) if isinstance(live, bool) else None,
                     payload,
                     _now(),
@@ -168,6 +175,27 @@ class Spool:
                 [(DONE, _now(), s, PENDING) for s in seqs],
             )
             self._bump(con, "processed", len(seqs))
+
+    def set_aside(self, seqs: Sequence[int]) -> None:
+        """Mark events that keep failing to land as ``failed`` (counted ``failed_events``)."""
+        if not seqs:
+            return
+        with self._write() as con:
+            con.executemany(
+                "UPDATE spool SET status = ?, done_at = ? WHERE seq = ? AND status = ?",
+                [(FAILED, _now(), s, PENDING) for s in seqs],
+            )
+            self._bump(con, "failed_events", len(seqs))
+
+    def prune(self, keep_days: float) -> int:
+        """Delete rows done or ignored more than ``keep_days`` ago; returns how many."""
+        cutoff = (datetime.now(UTC).replace(tzinfo=None) - timedelta(days=keep_days)).isoformat()
+        with self._write() as con:
+            cur = con.execute(
+                "DELETE FROM spool WHERE status IN (?, ?) AND coalesce(done_at, received_at) < ?",
+                [DONE, IGNORED, cutoff],
+            )
+            return int(cur.rowcount)
 
     def pending(self) -> int:
         with self._connect() as con, closing(con.cursor()) as cur:
