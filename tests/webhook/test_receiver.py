@@ -206,3 +206,37 @@ def test_a_spool_that_cannot_be_written_answers_503(
         )
         assert answer.status_code == 503
         assert "in_000001" not in answer.text
+
+
+def test_webhook_serve_without_a_secret_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from typer.testing import CliRunner
+
+    from churn.cli import app
+
+    for name in list(os.environ):
+        if name.startswith(("STRIPE_", "CHURN_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("CHURN_DB", str(tmp_path / "w.duckdb"))
+    result = CliRunner().invoke(app, ["webhook", "serve", "--port", "0"])
+    assert result.exit_code == 2
+    assert "STRIPE_WEBHOOK_SECRET" in result.output
+
+
+def test_webhook_status_prints_the_spools_counters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from churn.cli import app
+
+    settings = _settings(tmp_path)
+    spool = Spool(tmp_path / "churn.duckdb.webhook-spool.sqlite")
+    spool.count("refused_signature", 2)
+    monkeypatch.setenv("CHURN_DB", str(settings.db))
+    result = CliRunner().invoke(app, ["webhook", "status"])
+    assert result.exit_code == 0, result.output
+    assert "refused_signature: 2" in result.output
