@@ -10,7 +10,7 @@ Sources, later over earlier: defaults, an optional TOML file (``CHURN_CONFIG`` o
   ``CHURN_SIGNALS__CARD_EXPIRY_HORIZON_DAYS=45``.
 
 The TOML file uses the same names: top-level ``db``, then tables ``[stripe]``,
-``[salesforce]``, ``[signals]``, ``[push]``, ``[usage]``, ``[run]``.
+``[salesforce]``, ``[signals]``, ``[push]``, ``[usage]``, ``[run]``, ``[webhook]``.
 
 Secrets are :class:`pydantic.SecretStr`: masked in every repr, str and log line.
 Errors name the variable (or TOML key) at fault, never its value.
