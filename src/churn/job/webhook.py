@@ -382,6 +382,8 @@ def work(
             stop.wait(poll)
             continue
         single = False
+        if result.push_error is not None and salesforce is None:
+            sf = None  # a fresh session for the next batch (this one may have expired)
         totals.batches += 1
         totals.events += result.claimed
         totals.landed += result.landed
