@@ -73,6 +73,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC).replace(tzinfo=None)
 #: Attempts at landing an event before it is set aside; after a failed batch the worker
 #: takes one event at a time until one succeeds, so one bad event does not hold the rest.
 MAX_ATTEMPTS = 5
+#: How far ahead of this machine's clock an event's ``created`` may move the score's as_of.
+MAX_SKEW = timedelta(minutes=5)
 #: Days done and ignored spool rows are kept.
 KEEP_DAYS = 7.0
 #: The worker's temporary tables of the marts' shape (its connection only).
@@ -223,7 +225,8 @@ def rescore_and_push(
     if not accounts:
         return {}, 0
     now = warehouse.utcnow()
-    as_of = max(now, newest) if newest is not None else now
+    # A second or two of skew, not a bogus future stamp: at most MAX_SKEW ahead of now.
+    as_of = max(now, min(newest, now + MAX_SKEW)) if newest is not None else now
     t0 = time.perf_counter()
     frames = score_accounts(con, settings, as_of, accounts, models)
     t1 = time.perf_counter()
@@ -309,6 +312,8 @@ def _locked_batch(
                 accounts,
                 salesforce,
                 _EPOCH + timedelta(seconds=newest) if newest else None,
+                models,
+                result.stage_seconds,
             )
         except ChurnError as exc:
             # Landed, not pushed: the next churn run pushes it (it plans against
