@@ -10,7 +10,8 @@ Sources, later over earlier: defaults, an optional TOML file (``CHURN_CONFIG`` o
   ``CHURN_SIGNALS__CARD_EXPIRY_HORIZON_DAYS=45``.
 
 The TOML file uses the same names: top-level ``db``, then tables ``[stripe]``,
-``[salesforce]``, ``[signals]``, ``[push]``, ``[usage]``, ``[run]``, ``[alert]``.
+``[salesforce]``, ``[signals]``, ``[push]``, ``[usage]``, ``[run]``, ``[alert]``,
+``[webhook]``.
 
 Secrets are :class:`pydantic.SecretStr`: masked in every repr, str and log line.
 Errors name the variable (or TOML key) at fault, never its value.
@@ -79,6 +80,16 @@ class StripeSettings(_Section):
     #: Stripe's Dashboard (``/test`` for a test key) or, with another ``api_base`` (the
     #: sandbox's stand-in), that address's ``/v1``.
     dashboard_url: str | None = None
+    #: Webhook endpoint signing secrets (``STRIPE_WEBHOOK_SECRET``, comma-separated: during
+    #: a secret roll Stripe signs with both, and either is accepted).
+    webhook_secret: tuple[SecretStr, ...] = ()
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _split_secrets(cls, v: object) -> object:
+        if isinstance(v, str):
+            return tuple(part.strip() for part in v.split(",") if part.strip())
+        return v
 
     @field_validator("api_base")
     @classmethod
@@ -396,6 +407,27 @@ class AlertSettings(_Section):
         return v
 
 
+class WebhookSettings(_Section):
+    """The Stripe webhook receiver and its worker (``CHURN_WEBHOOK__*``)."""
+
+    #: Loopback by default: TLS is terminated by a reverse proxy in front of it.
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535)
+    #: The SQLite spool the receiver writes and the worker drains; default beside CHURN_DB
+    #: (``<db>.webhook-spool.sqlite``).
+    spool_path: Path | None = None
+    #: A delivery's signature timestamp may be at most this old (Stripe's SDKs: 300 s).
+    tolerance_seconds: int = Field(300, ge=1)
+    #: Bodies above this size are refused before anything is parsed.
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    #: Events a worker micro-batch takes from the spool at most.
+    batch_size: int = Field(500, ge=1)
+    #: How often an idle worker looks at the spool, and retries a held run lock (seconds).
+    poll_seconds: float = Field(0.2, gt=0)
+    #: Run the worker inside ``churn webhook serve`` (otherwise ``churn webhook work``).
+    worker_in_serve: bool = True
+
+
 class Settings(_Section):
     """Everything the service reads from its environment, validated once."""
 
@@ -407,6 +439,7 @@ class Settings(_Section):
     push: PushSettings = PushSettings()
     run: RunSettings = RunSettings()
     alert: AlertSettings = AlertSettings()
+    webhook: WebhookSettings = WebhookSettings()
 
     def with_overrides(self, **sections: Mapping[str, Any] | Any) -> Settings:
         """A copy with some fields replaced, validated again (for CLI options and tests)."""
@@ -420,7 +453,7 @@ class Settings(_Section):
 
 
 _PREFIXED_SECTIONS = {"STRIPE_": "stripe", "SALESFORCE_": "salesforce"}
-_SECTIONS = ("stripe", "salesforce", "usage", "signals", "push", "run", "alert")
+_SECTIONS = ("stripe", "salesforce", "usage", "signals", "push", "run", "alert", "webhook")
 
 
 def load_settings(

@@ -35,6 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "backup",
     "status",
     "config",
+    "webhook",
 )
 
 _display_type = TyperOption.display_type_rich

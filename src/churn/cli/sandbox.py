@@ -49,9 +49,32 @@ def register(app: typer.Typer, state: CliState) -> None:
         world: Annotated[Path, typer.Argument(help="A world folder.")],
         stripe_port: Annotated[int, typer.Option("--stripe-port")] = 0,
         salesforce_port: Annotated[int, typer.Option("--salesforce-port")] = 0,
+        webhook: Annotated[
+            list[str] | None,
+            typer.Option("--webhook", help="Deliver Stripe webhooks to this URL (repeatable)."),
+        ] = None,
+        webhook_secret: Annotated[
+            str | None,
+            typer.Option("--webhook-secret", help="The endpoints' signing secret (default: new)."),
+        ] = None,
+        fail_payments_every: Annotated[
+            float,
+            typer.Option(
+                "--fail-payments-every",
+                help="Seconds between payment failures the world makes (each paid one period"
+                " later); 0: none.",
+            ),
+        ] = 0.0,
     ) -> None:
-        """Serve a world on 127.0.0.1 until Ctrl-C; prints the env vars to point churn at it."""
+        """Serve a world on 127.0.0.1 until Ctrl-C; prints the env vars to point churn at it.
+
+        With ``--webhook URL``, the Stripe stand-in delivers the events it makes to the URL
+        as Stripe does (signed, retried with backoff, sometimes twice or out of order) and
+        prints ``STRIPE_WEBHOOK_SECRET``."""
+        import secrets
+
         from churn.sandbox.demo import serve_world
+        from churn.sandbox.stripe.webhooks import WebhookSender, fail_payment, pay_invoice
 
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -59,8 +82,34 @@ def register(app: typer.Typer, state: CliState) -> None:
                                          sf_port=salesforce_port)) as box:  # fmt: skip
             for k, v in box.env().items():
                 print(f"export {k}={v}", flush=True)
-            with contextlib.suppress(KeyboardInterrupt):
-                stop.wait()
+            sender = None
+            if webhook:
+                secret = webhook_secret or "whsec_" + secrets.token_hex(16)
+                sender = WebhookSender(seed=0, duplicate_rate=0.05, reorder_rate=0.1)
+                for url in webhook:
+                    sender.register(url, secret)
+                sender.start()
+                print(f"export STRIPE_WEBHOOK_SECRET={secret}", flush=True)
+            try:
+                with contextlib.suppress(KeyboardInterrupt):
+                    if sender is None or fail_payments_every <= 0:
+                        stop.wait()
+                    else:
+                        from churn.sandbox.stripe.webhooks import live_subscriptions
+
+                        unpaid: list[str] = []
+                        subs = iter(live_subscriptions(box.stripe.world))
+                        while not stop.wait(fail_payments_every):
+                            if unpaid:
+                                sender.send(pay_invoice(box.stripe.world, unpaid.pop(0)))
+                            sub = next(subs, None)
+                            if sub is not None:
+                                invoice, events = fail_payment(box.stripe.world, sub)
+                                unpaid.append(invoice["id"])
+                                sender.send(events)
+            finally:
+                if sender is not None:
+                    sender.stop()
 
     @sandbox.command("demo")
     def demo(

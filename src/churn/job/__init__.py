@@ -2,7 +2,9 @@
 
 ``run`` holds the steps, the run lock and the ``run_log`` bookkeeping; ``scoring`` is the
 scoring step (signals over the warehouse, written to the marts); ``scheduler`` repeats
-the job; ``summary`` renders the one-screen summary. May import :mod:`churn.pipelines`,
+the job; ``summary`` renders the one-screen summary; ``webhook`` is the webhook worker
+(micro-batches from the spool under the same lock) and ``churn webhook serve``. May
+import :mod:`churn.pipelines` (those that import an SDK at call time only),
 :mod:`churn.signals` and :mod:`churn.warehouse`; never :mod:`churn.cli` or
 :mod:`churn.sandbox`.
 """

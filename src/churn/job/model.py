@@ -128,6 +128,17 @@ def load_in_force(con: duckdb.DuckDBPyConnection, as_of: datetime) -> ChurnModel
     )
 
 
+def in_force_version(con: duckdb.DuckDBPyConnection, as_of: datetime) -> str | None:
+    """The version :func:`load_in_force` would load for ``as_of`` (without loading it)."""
+    rows = con.execute(
+        "SELECT version FROM model_registry"
+        " WHERE promoted_at IS NOT NULL AND model IS NOT NULL AND cutoff <= ?"
+        " AND features = ? ORDER BY promoted DESC, promoted_at DESC LIMIT 1",
+        [as_of, _FEATURES_JSON],
+    ).fetchall()
+    return str(rows[0][0]) if rows else None
+
+
 @dataclass(frozen=True)
 class RetrainResult:
     """What the run's model step did: counts for ``run_log`` and a sentence why."""

@@ -107,29 +107,88 @@ class JobResult:
         return {s.name: s.notes for s in self.steps if s.notes}
 
 
+#: How long a run waits for a webhook worker's micro-batch to release the lock.
+RUN_WAITS_FOR_WORKER_SECONDS = 300.0
+
+
 def lock_path_for(settings: Settings) -> Path:
     if settings.run.lock_path is not None:
         return settings.run.lock_path
     return settings.db.with_name(settings.db.name + ".lock")
 
 
+#: The run lock's holder tag of the webhook worker (written beside the pid): a run that
+#: finds the lock held by it waits for the worker's micro-batch instead of giving up.
+WEBHOOK_HOLDER = "webhook"
+
+
+def waiting_path(path: Path) -> Path:
+    """The flag file a run holds (``flock``) while it waits for a worker's micro-batch."""
+    return path.with_name(path.name + ".run-waiting")
+
+
+def run_waiting(path: Path) -> bool:
+    """Whether a run is waiting for the lock (the worker then lets it go first)."""
+    flag = waiting_path(path)
+    if not flag.exists():
+        return False
+    fd = os.open(flag, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock taken here
+    return False
+
+
+def _holder(fd: int) -> str:
+    return os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+
+
 @contextmanager
-def run_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive, non-blocking ``flock``; the OS drops it if the process dies."""
+def run_lock(
+    path: Path,
+    *,
+    holder: str = "run",
+    wait_for_worker_seconds: float = 0.0,
+    poll_seconds: float = 0.02,
+) -> Iterator[None]:
+    """Hold an exclusive, non-blocking ``flock``; the OS drops it if the process dies.
+
+    The lock file holds ``<pid> <holder>``. With ``wait_for_worker_seconds``, a lock held
+    by the webhook worker (a bounded micro-batch) is waited for, with the wait flagged
+    (:func:`run_waiting`) so the worker takes no next batch before this run has run: the
+    two never overlap and neither starves. Any other holder (another run) refuses at once.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    flag_fd: int | None = None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise LockHeldError(
-                f"another churn run holds the lock {path} (pid {holder}); not started"
-            ) from None
+        deadline = time.monotonic() + wait_for_worker_seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                held_by = _holder(fd)
+                if not held_by.endswith(" " + WEBHOOK_HOLDER) or time.monotonic() > deadline:
+                    raise LockHeldError(
+                        f"another churn run holds the lock {path} (pid {held_by}); not started"
+                    ) from None
+                if flag_fd is None:
+                    flag_fd = os.open(waiting_path(path), os.O_RDWR | os.O_CREAT, 0o644)
+                    fcntl.flock(flag_fd, fcntl.LOCK_EX)
+                time.sleep(poll_seconds)
+        if flag_fd is not None:
+            os.close(flag_fd)
+            flag_fd = None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        os.pwrite(fd, f"{os.getpid()} {holder}".encode(), 0)
         yield
     finally:
+        if flag_fd is not None:
+            os.close(flag_fd)
         os.close(fd)
 
 
@@ -268,7 +327,7 @@ def run_job(
     are marked skipped and the run ends partial, with what landed committed.
     """
     scoring_as_of(settings)  # a future as_of is a settings error, before any work
-    with run_lock(lock_path_for(settings)):
+    with run_lock(lock_path_for(settings), wait_for_worker_seconds=RUN_WAITS_FOR_WORKER_SECONDS):
         con = warehouse.connect(
             settings.db,
             memory_limit=settings.run.duckdb_memory_limit,

@@ -81,6 +81,20 @@ _INSERT = {
 }
 
 
+def write_frames(
+    con: duckdb.DuckDBPyConnection,
+    frames: dict[str, pl.DataFrame],
+    into: dict[str, str],
+) -> None:
+    """Insert mart frames into other tables of the same shape (``into``: mart -> table),
+    converted as the marts are (the webhook worker's temporary tables)."""
+    for name, frame in frames.items():
+        if frame.height:
+            con.execute(
+                _INSERT[name].replace(f"INSERT INTO {name} ", f"INSERT INTO {into[name]} ", 1)
+            )
+
+
 def score(settings: Settings, con: duckdb.DuckDBPyConnection, *, as_of: datetime) -> ScoreResult:
     """Score every account at ``as_of`` (naive UTC) and write the marts; returns counts."""
     if as_of.tzinfo is not None:

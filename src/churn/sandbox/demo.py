@@ -174,7 +174,98 @@ def run_demo(
         first = run_job(settings)
         second = run_job(settings)
         checks, figures = check_demo(sandbox, settings, first, second)
+        hook_checks, hook_figures = webhook_step(sandbox, settings)
+        checks += hook_checks
+        figures.update(hook_figures)
     return sandbox, DemoReport([first, second], checks, figures)
+
+
+def linked_live_subscriptions(settings: Settings, sandbox: Sandbox) -> list[tuple[str, str]]:
+    """Live subscriptions linked to an Account that has no Task yet, with the Account;
+    one per Account."""
+    from churn.sandbox.stripe.webhooks import live_subscriptions
+
+    con = warehouse.connect(settings.db, read_only=True)
+    try:
+        links = dict(
+            con.execute(
+                "SELECT customer_id, account_id FROM core_account_links"
+                " WHERE account_id IS NOT NULL"
+            ).fetchall()
+        )
+        tasked = {
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT fields->>'WhatId' FROM push_state WHERE sobject = 'Task'"
+            ).fetchall()
+        }
+    finally:
+        con.close()
+    world = sandbox.stripe.world
+    out: dict[str, str] = {}
+    for sub_id in live_subscriptions(world):
+        account = links.get((world.get(sub_id) or {}).get("customer"))
+        if account and account not in tasked and account not in out:
+            out[account] = sub_id
+    return [(sub, account) for account, sub in out.items()]
+
+
+def webhook_step(
+    sandbox: Sandbox, settings: Settings, *, timeout_seconds: float = 60.0
+) -> tuple[list[tuple[str, bool, str]], dict[str, float]]:
+    """Near real time: a payment fails in the Stripe stand-in, which delivers the signed
+    webhooks to the receiver (`churn webhook serve`, in process on loopback); the worker
+    lands them and pushes the Account's Payment Health and a Task. Returns the check and
+    the seconds from the failure to the Task in the Salesforce stand-in."""
+    import secrets
+    import time
+
+    from churn.job.webhook import receiver
+    from churn.sandbox.stripe.webhooks import WebhookSender, fail_payment
+
+    found = linked_live_subscriptions(settings, sandbox)
+    if not found:
+        return [("webhook: a failed payment reaches Salesforce", False, "no linked account")], {}
+    sub_id, account = found[0]
+    secret = "whsec_" + secrets.token_hex(16)
+    hooked = settings.with_overrides(
+        stripe={"webhook_secret": [secret]}, webhook={"port": 0, "poll_seconds": 0.05}
+    )
+    field = settings.salesforce.task_external_id_field
+    sender = WebhookSender()
+    seconds = float("nan")
+    task: dict[str, Any] | None = None
+    with receiver(hooked, port=0) as rx:
+        sender.register(rx.url, secret)
+        sender.start()
+        rx.ready.wait(timeout_seconds)  # the worker has loaded the model in force
+        try:
+            started = time.perf_counter()
+            _, events = fail_payment(sandbox.stripe.world, sub_id)
+            sender.send(events)
+            while time.perf_counter() - started < timeout_seconds:
+                with sandbox.salesforce.org.lock:
+                    task = next(
+                        (dict(t) for t in sandbox.salesforce.records.get("Task", {}).values()
+                         if t.get("WhatId") == account and t.get(field)),
+                        None,
+                    )  # fmt: skip
+                if task is not None:
+                    seconds = time.perf_counter() - started
+                    break
+                time.sleep(0.05)
+        finally:
+            sender.stop()
+    health = sandbox.salesforce.records.get("Account", {}).get(account, {}).get("Payment_Health__c")
+    ok = task is not None and health == "Failed"
+    detail = (
+        f"Task and Payment Health {health} in {seconds:.1f}s"
+        if task is not None
+        else f"no Task within {timeout_seconds:.0f}s"
+    )
+    return [("webhook: a failed payment reaches Salesforce", ok, detail)], (
+        {"webhook_seconds_to_task": round(seconds, 2)} if task is not None else {}
+    )
 
 
 def check_demo(

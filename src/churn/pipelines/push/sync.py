@@ -126,6 +126,7 @@ def push(
     sleep: Callable[[float], None] = time_module.sleep,
     on_plan: Callable[[PushResult], None] | None = None,
     close_open_tasks: bool = False,
+    scores: Scores | None = None,
 ) -> PushResult:
     """Plan and (unless ``dry_run``) apply the push. ``salesforce`` or ``connect`` give the
     client; by default one is made from ``settings.salesforce`` when there is work to do.
@@ -136,7 +137,8 @@ def push(
     between resends of a locked row (tests pass one that does not wait). ``on_plan`` sees
     the plan and its call estimate before any call goes out (the CLI prints it; a first
     push logs it). ``close_open_tasks``: instead of the push, close every Task the service
-    has open (the way back).
+    has open (the way back). ``scores``: push only these accounts, from these tables (the
+    webhook worker's).
     """
     run_id = f"push-{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     sf: Salesforce | None = salesforce
@@ -144,7 +146,7 @@ def push(
     if retry_blocked and blocked and not dry_run:
         _unblock(con, list(blocked))
         blocked = {}
-    full = close_all_plan(settings, con) if close_open_tasks else build_plan(settings, con)
+    full = close_all_plan(settings, con) if close_open_tasks else build_plan(settings, con, scores)
     described = 0  # the calls asking describe about blocked fields
     if blocked and not dry_run and full.changes:
         sf = sf or (connect or _default_connect(settings))()
@@ -437,8 +439,10 @@ def _table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(row and row[0])
 
 
-def _dicts(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
-    cursor = con.execute(sql)
+def _dicts(
+    con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    cursor = con.execute(sql, params or {})
     names = [d[0] for d in cursor.description or []]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
@@ -468,19 +472,40 @@ def _account_currency_columns(con: duckdb.DuckDBPyConnection) -> str:
     return ", ".join(items)
 
 
-def build_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
+@dataclass(frozen=True)
+class Scores:
+    """Where a partial push reads its scores, and the only accounts it plans for.
+
+    The webhook worker scores the accounts a micro-batch touched into temporary tables of
+    the marts' shape; the plan then covers those accounts alone: their Account fields,
+    their episodes' Tasks, and the closing of their own open Tasks only (a Task of an
+    account not in ``account_ids`` is never closed for being absent).
+    """
+
+    health_table: str
+    signals_table: str
+    account_ids: tuple[str, ...]
+
+
+def build_plan(
+    settings: Settings, con: duckdb.DuckDBPyConnection, scores: Scores | None = None
+) -> Plan:
     """Read the plan's inputs (set-based queries) and compute the plan."""
+    health = scores.health_table if scores else "account_health"
+    signal_table = scores.signals_table if scores else "signal_events"
+    only = "" if scores is None else " AND h.account_id IN (SELECT unnest($ids::VARCHAR[]))"
+    params = {} if scores is None else {"ids": list(scores.account_ids)}
     accounts: list[AccountInput] = []
-    if _table_exists(con, "account_health"):
+    if _table_exists(con, health):
         frame = _dicts(
             con,
             f"""
-            WITH latest AS (SELECT max(as_of) AS t FROM account_health),
+            WITH latest AS (SELECT max(as_of) AS t FROM {health}),
             rates AS ({rates_at_sql("SELECT t FROM latest")})
             SELECT h.*, r.payload AS _sf_payload, r.system_modstamp AS _sf_modstamp,
                    g.ids AS _guessed_customer_ids, f.ids AS _field_customer_ids,
                    {_account_currency_columns(con)}
-            FROM account_health h
+            FROM {health} h
             JOIN core_accounts a ON a.account_id = h.account_id AND NOT a.is_deleted
             LEFT JOIN rates rs ON rs.iso = upper(h.reporting_currency)
             LEFT JOIN rates rt ON rt.iso = upper(a.currency_iso_code)
@@ -493,9 +518,10 @@ def build_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
                 SELECT account_id, list(customer_id) AS ids FROM core_account_links
                 WHERE method = 'account_field' GROUP BY account_id
             ) f ON f.account_id = h.account_id
-            WHERE h.as_of = (SELECT max(as_of) FROM account_health)
+            WHERE h.as_of = (SELECT max(as_of) FROM {health}){only}
             ORDER BY h.account_id
             """,
+            params,
         )
         for row in frame:
             payload = json.loads(row["_sf_payload"]) if row["_sf_payload"] else None
@@ -519,7 +545,7 @@ def build_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
     }
     # The latest scoring's as_of: account_health has a row per account every run, while
     # signal_events may have none when every episode has resolved.
-    marts = [t for t in ("account_health", "signal_events") if _table_exists(con, t)]
+    marts = [t for t in (health, signal_table) if _table_exists(con, t)]
     as_of: datetime | None = None
     if marts:
         latest = con.execute(
@@ -527,14 +553,14 @@ def build_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
         ).fetchone()
         as_of = latest[0] if latest else None
     episodes: list[Episode] = []
-    if as_of is not None and "signal_events" in marts:
+    if as_of is not None and signal_table in marts:
         seen: set[str] = set()
         rows = con.execute(
-            """
-            SELECT * FROM signal_events WHERE as_of = ? AND episode_key IS NOT NULL
+            f"""
+            SELECT * FROM {signal_table} h WHERE as_of = $as_of AND episode_key IS NOT NULL{only}
             ORDER BY episode_key, score DESC NULLS LAST
             """,
-            [as_of],
+            {"as_of": as_of, **params},
         )
         names = [d[0] for d in rows.description or []]
         for values in rows.fetchall():
@@ -569,6 +595,13 @@ def build_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
         for r in con.execute(
             "SELECT sobject, record_key, fields, pushed_at, status, first_seen_at, sf_id "
             "FROM push_state"
+            + (
+                ""
+                if scores is None
+                else " WHERE (CASE WHEN sobject = 'Account' THEN record_key"
+                " ELSE fields->>'WhatId' END) IN (SELECT unnest($ids::VARCHAR[]))"
+            ),
+            params,
         ).fetchall()
     ]
     last_errors = {

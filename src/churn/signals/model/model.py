@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -250,10 +251,16 @@ def _score_frame(
 
 
 def predict(
-    tables: Tables, as_of: datetime, model: ChurnModel, settings: SignalSettings
+    tables: Tables,
+    as_of: datetime,
+    model: ChurnModel,
+    settings: SignalSettings,
+    accounts: Sequence[str] | None = None,
 ) -> pl.DataFrame:
     """Per live account without a scheduled cancellation: its probability of churn within
-    the horizon, up to three reasons in words, and the model version."""
+    the horizon, up to three reasons in words, and the model version. ``accounts``: only
+    these (the webhook worker's); each account's row does not depend on the others (the
+    reasons' reference values are the model's own)."""
     trained_on = [f["name"] for f in model.card.get("features", [])]
     if not model.is_baseline and trained_on and trained_on != list(FEATURE_NAMES):
         raise ScoringError(
@@ -261,6 +268,8 @@ def predict(
             " computes: retrain it (churn model train)"
         )
     feats = compute_features(tables, [as_of], settings).filter(~pl.col("known_churn"))
+    if accounts is not None:
+        feats = feats.filter(pl.col("account_id").is_in(list(accounts)))
     if model.is_baseline:
         base = baseline_at(tables, as_of, settings)
         out = feats.select("account_id").join(base, on="account_id", how="left")
