@@ -56,7 +56,9 @@ def test_failed_payment_opens_a_task_and_its_recovery_closes_it(
         task = tasks["payment_failure:in1"]  # and a Task for each other signal of the case
         assert task["OwnerId"] == OWNER
         assert task["Status"] == "Not Started" and task["Priority"] == "High"
-        assert "in1" in task["Subject"]
+        # the subject reads as a sentence (amount, no id); the episode's ids are in the body
+        assert task["Subject"].startswith("Payment failed: The $10 invoice is unpaid")
+        assert "payment_failure:in1" in task["Description"]
 
         paid_at = datetime(2026, 2, 16, tzinfo=UTC).replace(tzinfo=None)
         con.execute(
