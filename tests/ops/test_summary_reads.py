@@ -181,3 +181,37 @@ def test_shorten_cuts_at_a_word_with_an_ellipsis() -> None:
     assert shorten(text, 200) == text
     assert shorten(text, 40) == "Pro plan (40 seats, MRR $1,960) cancels…"
     assert len(shorten(text, 40)) <= 40
+
+
+def test_push_dry_run_prints_names_and_values_and_exports_everything(tmp_path: Path) -> None:
+    """Before: one table row per record with its Id and raw field=value pairs (20,423 lines
+    on the demo), no names, no old values, no export."""
+    from typer.testing import CliRunner
+
+    from churn.cli import app
+
+    db = tmp_path / "w.duckdb"
+    _world(db, accounts=40)
+    con = warehouse.connect(db)
+    con.execute(
+        "INSERT INTO account_health (account_id, as_of, payment_health, risk_score, known_churn,"
+        " reporting_currency, total_mrr_minor, mrr_at_risk_minor, subscription_count,"
+        " top_reasons) SELECT account_id, ?, 'Healthy', 7, false, 'USD', 4900, 343, 1, '[]'"
+        " FROM core_accounts WHERE account_id LIKE '001X%'",
+        [T0],
+    )
+    con.close()
+    runner = CliRunner()
+    args = ["--db", str(db), "push", "--dry-run", "--limit", "5"]
+    table = runner.invoke(app, args, env={"COLUMNS": "100"})
+    assert table.exit_code == 0, table.output
+    assert "update_account 39" in table.output and "... and 34 more" in table.output
+    flat = " ".join(table.output.replace("│", " ").split())
+    assert "Extra 000" in flat and "Churn Risk Score — → 7" in flat and "→ $49" in flat
+    assert "001X000" not in table.output
+    export = runner.invoke(app, [*args, "--format", "json"])
+    assert export.exit_code == 0
+    rows = json.loads(export.stdout)
+    assert {r["account"] for r in rows if r["action"] == "update_account"} >= {
+        f"Extra {i:03d}" for i in range(37)
+    }

@@ -20,6 +20,7 @@ import importlib
 import json
 import logging
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -200,9 +201,10 @@ def _call(module: str, func: str) -> Callable[..., Any]:
 
 
 def _stripe(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
-    # Progress bars, but no per-step table: the job prints one summary at the end.
+    # Progress bars on a terminal (never in cron, systemd or a container's log lines),
+    # but no per-step table: the job prints one summary at the end.
     fn = _call("churn.pipelines.stripe.extract", "extract_stripe")
-    return fn(s, con, progress=True, summary=False)
+    return fn(s, con, progress=sys.stderr.isatty(), summary=False)
 
 
 def _salesforce(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
