@@ -225,3 +225,30 @@ def test_an_event_that_cannot_land_is_set_aside_and_the_rest_land(hooked: Hooked
     assert counters["failed_events"] == 1 and counters["batch_failed"] == MAX_ATTEMPTS
     assert raw_event_counts(h, [e["id"] for e in failed]) == {e["id"]: 1 for e in failed}
     assert _health(h, account) == "Failed"
+
+
+def test_one_model_cache_serves_every_batch_of_a_worker(
+    hooked: Hooked, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading the model in force takes seconds: a worker loads it once, not per batch."""
+    import json
+
+    from churn.job import webhook
+
+    h = hooked
+    seen: list[Any] = []
+    real = webhook.score_accounts
+
+    def spy(con: Any, settings: Any, as_of: Any, accounts: Any, models: Any = None) -> Any:
+        seen.append(models)
+        return real(con, settings, as_of, accounts, models)
+
+    monkeypatch.setattr(webhook, "score_accounts", spy)
+    spool = open_spool(h.settings)
+    for sub_id, _ in linked_subscriptions(h)[:2]:
+        for event in fail_payment(h.box.stripe.world, sub_id)[1]:
+            spool.put(event, json.dumps(event), used=True)
+    settings = h.settings.with_overrides(webhook={"batch_size": 3})
+    work(settings, spool, threading.Event(), once=True)
+    assert len(seen) == 2
+    assert seen[0] is not None and seen[0] is seen[1]
