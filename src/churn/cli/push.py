@@ -56,7 +56,8 @@ def register(app: typer.Typer, state: CliState) -> None:
 
         def announce(planned: PushResult) -> None:
             if planned.plan.changes or planned.plan.deferred_tasks:
-                typer.echo(planned.announcement())
+                # stdout carries the plan itself with --format csv|json
+                typer.echo(planned.announcement(), err=fmt != "table")
 
         def run() -> PushResult:
             con = warehouse.connect(
