@@ -66,7 +66,11 @@ _AROUND = """
 
 def _sql(settings: SignalSettings) -> str:
     return f"""
-WITH m AS ({account_mrr_sql(POINTS, settings)}),
+WITH
+-- the items at the two points and around each change: each computed once, read twice
+-- (MRR and seats)
+pt_items AS MATERIALIZED ({item_mrr_sql(POINTS, settings)}),
+m AS ({account_mrr_sql(POINTS, settings, items="SELECT * FROM pt_items")}),
 per_cur AS (
   SELECT account_id, upper(currency) AS currency, any_value(reporting_currency) AS rep,
     sum(CASE WHEN t = $start THEN mrr_minor ELSE 0 END) AS cur_start,
@@ -97,26 +101,46 @@ mrr AS (
       ORDER BY CASE WHEN p.cur_start > 0 THEN (p.cur_start - p.cur_end) / p.cur_start
                     ELSE 0 END DESC, p.currency) = 1)
 ),
-items AS ({item_mrr_sql(POINTS, settings)}),
 seats AS (
   SELECT {account_key("i.customer_id")} AS account_id,
     sum(CASE WHEN i.t = $start THEN i.quantity ELSE 0 END) AS seats_start,
     sum(CASE WHEN i.t = $as_of THEN i.quantity ELSE 0 END) AS seats_end
-  FROM items i LEFT JOIN account_links_as_of($as_of) l ON l.customer_id = i.customer_id
+  FROM pt_items i LEFT JOIN account_links_as_of($as_of) l ON l.customer_id = i.customer_id
   WHERE COALESCE(i.usage_type, 'licensed') = 'licensed'
   GROUP BY ALL
 ),
-chg AS ({_CHANGES}),
-sub_mrr AS ({subscription_mrr_sql(_AROUND, settings, per_subscription=True)}),
-sub_seats AS (
-  SELECT subscription_id, t, sum(quantity) AS seats
-  FROM ({item_mrr_sql(_AROUND, settings, per_subscription=True)})
-  WHERE COALESCE(usage_type, 'licensed') = 'licensed' GROUP BY ALL
+-- each account's MRR and seats at both ends: only an account whose drop passes the bar
+-- can fire, so only its subscriptions' changes are priced below (the same rows for it)
+ends AS (
+  SELECT mrr.*, COALESCE(seats.seats_start, 0) AS seats_start,
+         COALESCE(seats.seats_end, 0) AS seats_end,
+         CASE WHEN mrr_start > 0 THEN (mrr_start - mrr_end) / mrr_start ELSE 0 END AS mrr_drop,
+         CASE WHEN COALESCE(seats.seats_start, 0) > 0
+              THEN (seats.seats_start - seats.seats_end) / seats.seats_start ELSE 0 END AS seat_drop
+  FROM mrr LEFT JOIN seats USING (account_id)
+),
+fell AS MATERIALIZED (
+  SELECT * FROM ends WHERE mrr_end > 0 AND (mrr_drop >= $min_drop OR seat_drop >= $min_drop)
 ),
 owner AS (
   SELECT DISTINCT h.subscription_id, {account_key("h.customer_id")} AS account_id
   FROM history_subscriptions h LEFT JOIN account_links_as_of($as_of) l ON l.customer_id = h.customer_id
   WHERE h.valid_from <= $as_of
+),
+chg AS MATERIALIZED (
+  SELECT * FROM ({_CHANGES})
+  WHERE subscription_id IN (SELECT o.subscription_id FROM owner o SEMI JOIN fell USING (account_id))
+),
+around_items AS MATERIALIZED ({item_mrr_sql(_AROUND, settings, per_subscription=True)}),
+sub_mrr AS ({
+        subscription_mrr_sql(
+            _AROUND, settings, per_subscription=True, items="SELECT * FROM around_items"
+        )
+    }),
+sub_seats AS (
+  SELECT subscription_id, t, sum(quantity) AS seats
+  FROM around_items
+  WHERE COALESCE(usage_type, 'licensed') = 'licensed' GROUP BY ALL
 ),
 decreases AS (
   SELECT o.account_id, c.c AS changed_at
@@ -136,12 +160,7 @@ n AS (
   FROM decreases GROUP BY account_id
 ),
 j AS (
-  SELECT mrr.*, COALESCE(seats.seats_start, 0) AS seats_start,
-         COALESCE(seats.seats_end, 0) AS seats_end, n.decreases, n.last_decrease_at,
-         CASE WHEN mrr_start > 0 THEN (mrr_start - mrr_end) / mrr_start ELSE 0 END AS mrr_drop,
-         CASE WHEN COALESCE(seats.seats_start, 0) > 0
-              THEN (seats.seats_start - seats.seats_end) / seats.seats_start ELSE 0 END AS seat_drop
-  FROM mrr LEFT JOIN seats USING (account_id) JOIN n USING (account_id)
+  SELECT fell.*, n.decreases, n.last_decrease_at FROM fell JOIN n USING (account_id)
 )
 SELECT account_id,
   least(1.0, 0.3 + 1.5 * greatest(mrr_drop, seat_drop) + 0.15 * greatest(decreases - 1, 0))

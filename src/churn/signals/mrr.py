@@ -222,18 +222,22 @@ def subscription_mrr_sql(
     *,
     per_subscription: bool = False,
     by_customer: bool = False,
+    items: str | None = None,
 ) -> str:
     """Per subscription at each point ``t``: gross MRR, discount and MRR, with account key.
 
     The account key is the customer's link as of ``$as_of`` (:data:`LINKS_AS_OF`) at every
     point; ``by_customer``: the customer id instead, for a caller that keys each point
-    itself (the model's snapshots, no ``$as_of``).
+    itself (the model's snapshots, no ``$as_of``). ``items``: SQL of the items' rows at
+    these points when the caller has them already (a CTE of :func:`item_mrr_sql` over the
+    same ``points``, computed once for several readers), else they are computed here.
     """
     link = "" if by_customer else links_join("n.customer_id")
     key = "n.customer_id" if by_customer else account_key("n.customer_id")
     temporary = "TRUE" if settings.count_temporary_discounts else "FALSE"
+    items = items or item_mrr_sql(points, settings, per_subscription=per_subscription)
     return f"""
-    WITH items AS ({item_mrr_sql(points, settings, per_subscription=per_subscription)}),
+    WITH items AS ({items}),
     per_sub AS (
       SELECT t, subscription_id, customer_id, min(currency) AS currency,
              sum(mrr_minor) AS gross,
@@ -284,16 +288,19 @@ def _configured_rates(settings: SignalSettings) -> str:
     return "VALUES " + ", ".join(rows)
 
 
-def account_mrr_sql(points: str, settings: SignalSettings, *, by_customer: bool = False) -> str:
+def account_mrr_sql(
+    points: str, settings: SignalSettings, *, by_customer: bool = False, items: str | None = None
+) -> str:
     """Per account and original currency at each ``t``: MRR and its reporting value.
 
     Converted at the rates as they stood at ``t`` (:func:`churn.signals.rates.rates_at_sql`:
     dated conversion rates, else CurrencyType as seen by then, else today's), then the
     settings' ``currency_rates`` for a currency with none. ``by_customer``: keyed by
-    customer id (see :func:`subscription_mrr_sql`).
+    customer id; ``items``: the items' rows already computed (see
+    :func:`subscription_mrr_sql`).
     """
     rep = settings.reporting_currency.upper()
-    subs = subscription_mrr_sql(points, settings, by_customer=by_customer)
+    subs = subscription_mrr_sql(points, settings, by_customer=by_customer, items=items)
     return f"""
     WITH subs AS ({subs}),
     acc AS (

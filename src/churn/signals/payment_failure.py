@@ -89,6 +89,22 @@ def _in(values: tuple[str, ...]) -> str:
     return ", ".join(f"'{v}'" for v in values)
 
 
+#: ``history_invoice_events`` (migration 060's view, the same columns and expressions) for
+#: the invoices of ``inv`` and the events created by ``$as_of`` only: the events are narrowed
+#: before their payloads are parsed. Through the view DuckDB parses every invoice event's
+#: payload first and joins after (12,416 events for 58 open invoices at 10,000 accounts:
+#: 0.1-0.3 s instead of 0.03 s). ``tests/test_payment_failure_events.py`` holds it equal to
+#: the view.
+INVOICE_EVENTS = """
+  SELECT e.object_id AS invoice_id,
+         e.type AS event_type,
+         e.created AS created_at,
+         TRY_CAST(e.payload->>'$.data.object.attempt_count' AS INTEGER) AS attempt_count,
+         stripe_ts(e.payload->'$.data.object.next_payment_attempt') AS next_payment_attempt,
+         e.payload->>'$.data.object.status' AS status
+  FROM raw_stripe_event e SEMI JOIN inv ON inv.invoice_id = e.object_id
+  WHERE e.object_type = 'invoice' AND e.object_id IS NOT NULL AND e.created <= $as_of"""
+
 #: Every open invoice with a failed attempt by ``$as_of``, judged ``stale`` or not.
 JUDGED = f"""
 WITH horizon AS (
@@ -154,6 +170,9 @@ last_fail AS (
   LEFT JOIN core_payment_intents pi
     ON pi.payment_intent_id = ch.payment_intent_id AND pi.last_error_charge_id = ch.charge_id
 ),
+inv_events AS (
+  {INVOICE_EVENTS}
+),
 events AS (
   SELECT invoice_id,
     greatest(count(*) FILTER (WHERE event_type = 'invoice.payment_failed'),
@@ -161,9 +180,7 @@ events AS (
       AS failed_events,
     arg_max(next_payment_attempt, created_at) AS next_attempt_then,
     count(*) AS n_events
-  FROM history_invoice_events
-  WHERE created_at <= $as_of AND invoice_id IN (SELECT invoice_id FROM inv)
-  GROUP BY invoice_id
+  FROM inv_events GROUP BY invoice_id
 ),
 counted AS (
   SELECT i.*, lf.last_failed_at, lf.decline_code, lf.failure_code, lf.outcome_type,

@@ -40,6 +40,7 @@ from churn.signals.model.features import (
 )
 from churn.signals.model.metrics import calibration_table, summary
 from churn.signals.model.reasons import contributions, reasons_frame
+from churn.signals.model.routing import may_change
 from churn.signals.model.train import (
     backtest,
     fit_calibrated,
@@ -246,7 +247,9 @@ def _score_frame(
     reference = np.asarray(model.reference, dtype=np.float32)
     if len(reference) != x.shape[1]:
         reference = np.full(x.shape[1], np.nan, dtype=np.float32)
-    p, contrib = contributions(model.proba, x, reference)
+    p, contrib = contributions(
+        model.proba, x, reference, may_change=may_change(model.estimator, x, reference)
+    )
     return p, reasons_frame(feats, contrib)
 
 

@@ -10,8 +10,7 @@ never a column name.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -215,44 +214,83 @@ def sentence(feature: str, row: Mapping[str, float]) -> str:
     return text.replace("Opportunitys", "Opportunities") + "."
 
 
+#: Rows per call of the model when attributing: the moved copies of many features go to
+#: the model together, in blocks of this many rows. Gradient boosting predicts tree by
+#: tree over the whole block, so a block that stays in cache (8,192 x 47 float32, 1.5 MB)
+#: is fastest: 10,000 accounts, 125,000 moved rows: 1.75 s CPU at 8,192 and 2,000 rows a
+#: block, 2.5 s at 32,000, 3.6 s at 200,000 (one call per feature: 1.9 s).
+CONTRIBUTION_BLOCK_ROWS = 8_192
+
+
 def contributions(
     predict: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float64]],
     x: npt.NDArray[np.float32],
     reference: npt.NDArray[np.float32],
+    block_rows: int = CONTRIBUTION_BLOCK_ROWS,
+    may_change: npt.NDArray[np.bool_] | None = None,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Probabilities and, per feature, probability minus that with the feature at its
-    reference value (only where the account's value differs from it)."""
+    reference value (only where the account's value differs from it).
+
+    The model is a function of each row alone, so the rows moved for every feature are
+    stacked and predicted together, in blocks of ``block_rows``: the same numbers as one
+    call per feature, without a call's fixed cost (thread limits, input checks) 48 times.
+    ``may_change`` (:func:`churn.signals.model.routing.may_change`): False where the move
+    cannot change the prediction, so its difference is 0 without predicting it.
+    """
     base = predict(x)
     out = np.zeros(x.shape, dtype=np.float64)
-    for j in range(x.shape[1]):
-        ref = reference[j]
-        col = x[:, j]
-        differs = ~((col == ref) | (np.isnan(col) & np.isnan(ref)))
-        if not differs.any():
-            continue
-        rows = np.flatnonzero(differs)
-        moved = x[rows].copy()
-        moved[:, j] = ref
-        out[rows, j] = base[rows] - predict(moved)
+    ref = np.asarray(reference, dtype=np.float32)
+    differs = ~((x == ref) | (np.isnan(x) & np.isnan(ref)))
+    if may_change is not None:
+        differs &= may_change
+    # (row, feature) of every moved copy, feature-major as the loop over features was
+    cols, rows = np.nonzero(differs.T)
+    for start in range(0, len(rows), max(1, block_rows)):
+        r = rows[start : start + block_rows]
+        c = cols[start : start + block_rows]
+        moved = x[r]  # fancy indexing copies
+        moved[np.arange(len(r)), c] = ref[c]
+        out[r, c] = base[r] - predict(moved)
     return base, out
+
+
+class _Row(Mapping[str, float]):
+    """One account's feature values by name (NaN where missing), read from the matrix
+    only for the features a sentence names."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: npt.NDArray[np.float64]) -> None:
+        self._values = values
+
+    def __getitem__(self, name: str) -> float:
+        return float(self._values[_INDEX[name]])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(FEATURE_NAMES)
+
+    def __len__(self) -> int:
+        return len(FEATURE_NAMES)
+
+
+_INDEX = {name: j for j, name in enumerate(FEATURE_NAMES)}
 
 
 def reasons_frame(
     frame: pl.DataFrame, contrib: npt.NDArray[np.float64], top: int = 3
 ) -> list[list[str]]:
     """Per row of ``frame`` (its feature columns), up to ``top`` sentences, largest first."""
-    feats = frame.select(FEATURE_NAMES).to_dicts()
+    values = frame.select(FEATURE_NAMES).to_numpy().astype(np.float64)  # nulls are NaN
+    order = np.argsort(-contrib, axis=1, kind="stable")[:, : top * 2]
     out: list[list[str]] = []
-    for i, row in enumerate(feats):
-        values: dict[str, Any] = {
-            k: float("nan") if v is None else float(v) for k, v in row.items()
-        }
-        order = np.argsort(-contrib[i], kind="stable")[: top * 2]
+    for i in range(contrib.shape[0]):
+        row = _Row(values[i])
         said: list[str] = []
-        for j in order:
+        for j in order[i]:
             if contrib[i, j] < MIN_CONTRIBUTION or len(said) >= top:
                 break
-            text = sentence(FEATURE_NAMES[j], values)
+            text = sentence(FEATURE_NAMES[j], row)
             if text not in said:
                 said.append(text)
         out.append(said)
