@@ -117,7 +117,15 @@ def test_two_churn_runs_started_together_one_exits_75(tmp_path: Path) -> None:
         "    return SimpleNamespace(counts={}, api_calls=0)\n"
         "print(run_job(load_settings(), steps=[Step('stripe', wait)]).status)\n"
     )
-    env = {**os.environ, "CHURN_DB": str(tmp_path / "w.duckdb"), "PYTHONPATH": "src"}
+    env = {
+        **os.environ,
+        "CHURN_DB": str(tmp_path / "w.duckdb"),
+        "PYTHONPATH": "src",
+        # credentials of the right shape: `churn run` checks them before taking the lock
+        "STRIPE_API_KEY": "sk_test_x",
+        "SALESFORCE_INSTANCE_URL": "http://127.0.0.1:9",
+        "SALESFORCE_SESSION_ID": "00Dx!session",
+    }
     first = subprocess.Popen(
         [sys.executable, "-c", holder_code, str(gate)], env=env, stdout=subprocess.PIPE, text=True
     )
@@ -179,6 +187,10 @@ def test_churn_schedule_stops_on_sigterm(tmp_path: Path) -> None:
         "STRIPE_API_KEY": "sk_test_x",
         "STRIPE_API_BASE": "http://127.0.0.1:9",
         "STRIPE_MAX_RETRIES": "0",
+        # a login of the right shape (checked before any work), unreachable the same way
+        "SALESFORCE_INSTANCE_URL": "http://127.0.0.1:9",
+        "SALESFORCE_SESSION_ID": "00Dx!session",
+        "SALESFORCE_MAX_RETRIES": "0",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "churn", "schedule", "--every", "1h"],

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import duckdb
 
-from churn.errors import MigrationError, WarehouseError
+from churn.errors import MigrationError, WarehouseBusyError, WarehouseError
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
@@ -55,10 +55,25 @@ def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConn
         path.parent.mkdir(parents=True, exist_ok=True)
         con = duckdb.connect(str(path))
     except duckdb.Error as exc:
+        if _held_by_another(exc):
+            # DuckDB: one writer or many readers per file, across processes.
+            raise WarehouseBusyError(
+                f"the warehouse {path} is open in another process (a reader or a run);"
+                " try again when it is closed"
+            ) from None
         raise WarehouseError(f"cannot open the warehouse {path}: {exc}") from exc
     con.execute("SET TimeZone = 'UTC'")
     migrate(con)
     return con
+
+
+def _held_by_another(exc: duckdb.Error) -> bool:
+    """DuckDB's refusal when another process holds the file ("Could not set lock on
+    file ...: Conflicting lock is held in ...")."""
+    text = str(exc)
+    return isinstance(exc, duckdb.IOException) and (
+        "Conflicting lock" in text or "Could not set lock" in text
+    )
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
