@@ -642,3 +642,63 @@ def test_a_long_error_message_is_cut_to_a_bound(server: tuple[str, Script]) -> N
     with pytest.raises(StripeRequestError) as info:
         api.get("charge", "/v1/charges", {})
     assert len(str(info.value)) < 400
+
+
+def _thin_event(eid: str, obj: dict[str, Any], created: int) -> dict[str, Any]:
+    return {
+        "id": eid,
+        "object": "event",
+        "type": f"{obj['object']}.updated",
+        "created": created,
+        "livemode": False,
+        "api_version": "2025-09-30.clover",
+        "data": {"object": obj},
+    }
+
+
+def test_a_partial_event_object_is_completed_by_a_retrieve(
+    server: tuple[str, Script], db_path: Path
+) -> None:
+    """Issue 15: {id, object} alone replaced the stored customer. The extract retrieves
+    the object (GET /v1/customers/<id>) and lands that instead."""
+    base, script = server
+    con = _backfilled(db_path, base, script)
+    now = int(time.time())
+    script.add(
+        "/v1/events",
+        200,
+        _page(_thin_event("evt_thin", {"id": "cus_1", "object": "customer"}, now)),
+    )
+    script.add(
+        "/v1/customers/cus_1", 200, {**_customer(1, "One, renamed"), "email": "b@c1.example"}
+    )
+    result = extract_stripe(_settings(db_path, base), con, progress=False)
+    assert result.counts["events_completed_by_retrieve"] == 1
+    assert "/v1/customers/cus_1" in script.requests
+    got = con.execute("SELECT name, email_domain FROM core_customers WHERE customer_id = 'cus_1'")
+    assert got.fetchall() == [("One, renamed", "c1.example")]
+    assert con.execute("SELECT count(*) FROM quarantine").fetchone() == (0,)
+    con.close()
+
+
+def test_a_partial_object_that_cannot_be_retrieved_is_kept_out(
+    server: tuple[str, Script], db_path: Path
+) -> None:
+    base, script = server
+    con = _backfilled(db_path, base, script)
+    now = int(time.time())
+    script.add(
+        "/v1/events",
+        200,
+        _page(_thin_event("evt_thin", {"id": "cus_2", "object": "customer"}, now)),
+    )
+    script.add(
+        "/v1/customers/cus_2", 404, _error("invalid_request_error", "No such customer: 'cus_2'")
+    )
+    result = extract_stripe(_settings(db_path, base), con, progress=False)
+    assert result.counts["quarantined_partial_events"] == 1
+    got = con.execute("SELECT name FROM core_customers WHERE customer_id = 'cus_2'").fetchall()
+    assert got == [("Two",)]  # the full payload stays
+    rows = con.execute("SELECT source, stream, object_id FROM quarantine").fetchall()
+    assert rows == [("stripe_event", "customer", "evt_thin")]
+    con.close()

@@ -46,9 +46,11 @@ from churn.pipelines.stripe.client import StripeApi, make_stripe_client
 from churn.pipelines.stripe.history import build_history
 from churn.pipelines.stripe.land import Version, check_mode, land, mark_deleted
 from churn.pipelines.stripe.normalise import normalise
+from churn.pipelines.stripe.partial import QUARANTINE_SOURCE, is_partial, missing_fields
 from churn.pipelines.stripe.streams import (
     LISTED,
     OBJECT_TABLES,
+    STREAMS_BY_NAME,
     Stream,
     embedded_table,
     flatten,
@@ -452,7 +454,7 @@ class _Run:
             list(fetched.values()), self.settings.stripe.events_order
         )
         unseen = {e["id"] for e in self._unseen(list(fetched.values()))}
-        new = [(e, seq) for e, seq in ordered if e["id"] in unseen]
+        new = [(self._completed(e), seq) for e, seq in ordered if e["id"] in unseen]
         # Items beyond a subscription's embedded page: as listed now (the event's own
         # page is kept as it was); one call per such subscription, not per event.
         more_items: dict[str, list[dict[str, Any]]] = {}
@@ -482,6 +484,43 @@ class _Run:
             log.debug("stream events: page committed (%d events, cursor %s)", len(chunk), cursor)
             self._advance(task, len(chunk))
         self._finish(task)
+
+    def _completed(self, event: dict[str, Any]) -> dict[str, Any]:
+        """The event, its ``data.object`` retrieved whole when it came partial.
+
+        The retrieved object (as of now) stands for the event's; a 404 (the object is
+        gone) leaves the event as sent, and :func:`apply_events` keeps its object out.
+        """
+        obj = (event.get("data") or {}).get("object")
+        kind = obj.get("object") if isinstance(obj, dict) else None
+        table = OBJECT_TABLES.get(kind) if isinstance(kind, str) else None
+        if table is None or not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
+            return event
+        if not is_partial(table, obj):
+            return event
+        stream = STREAMS_BY_NAME[table]
+        path = f"/v1/{stream.served_as}/{obj['id']}"
+        params: dict[str, Any] = {}
+        if "expand" in stream.params and stream.path:
+            # the listing's expansions, without its "data." prefix
+            params["expand"] = [e.removeprefix("data.") for e in stream.params["expand"]]
+        try:
+            whole = self.api.get(stream.name, path, params)
+        except StripeRequestError as exc:
+            if exc.http_status not in (400, 404):
+                raise
+            log.warning(
+                "stream events: event %s carries a partial %s %s, which cannot be retrieved",
+                event["id"],
+                table,
+                obj["id"],
+            )
+            return event
+        if whole.get("id") != obj["id"]:
+            return event
+        self.result.add("events_completed_by_retrieve", 1)
+        data = {**event["data"], "object": whole}
+        return {**event, "data": data}
 
     def _unseen(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not events:
@@ -601,6 +640,7 @@ def apply_events(
     check_mode(key_mode, [e for e, _ in events], "stream events")
     by_table: dict[str, list[tuple[dict[str, Any], Version]]] = {}
     rows = []
+    partial: list[tuple[Any, ...]] = []
     for event, seq in events:
         obj = (event.get("data") or {}).get("object")
         kind = obj.get("object") if isinstance(obj, dict) else None
@@ -620,6 +660,23 @@ def apply_events(
         )
         if table is None or not isinstance(obj, dict) or "id" not in obj:
             continue
+        missing = missing_fields(table, obj)
+        if missing:
+            # Never stored over a full payload: kept out, with a quarantine row.
+            partial.append(
+                (
+                    QUARANTINE_SOURCE,
+                    table,
+                    event["id"],
+                    f"data.object of {table} {str(obj['id'])[:40]} is partial (no "
+                    + ", ".join(missing)[:120]
+                    + ") and could not be retrieved; kept out",
+                    stripe_land.dumps({"id": obj["id"], "object": kind}),
+                    result.run_id if result is not None else None,
+                    fetched,
+                )
+            )
+            continue
         if kind == "subscription" and more_items and obj["id"] in more_items:
             obj = with_items(obj, more_items[obj["id"]])
         flat, inner = flatten(obj)
@@ -635,6 +692,14 @@ def apply_events(
         for e in inner:
             by_table.setdefault(embedded_table(e), []).append((e, version))
     stripe_land.store_events(con, rows)
+    if partial:
+        con.executemany(
+            "INSERT OR REPLACE INTO quarantine (source, stream, object_id, reason, payload,"
+            " run_id, quarantined_at) VALUES (?, ?, ?, ?, ?::JSON, ?, ?)",
+            partial,
+        )
+        if result is not None:
+            result.add("quarantined_partial_events", len(partial))
     for table, items in sorted(by_table.items()):
         land(con, table, items, fetched)
         if result is not None:
