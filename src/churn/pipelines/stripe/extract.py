@@ -454,12 +454,27 @@ class _Run:
             list(fetched.values()), self.settings.stripe.events_order
         )
         unseen = {e["id"] for e in self._unseen(list(fetched.values()))}
-        new = [(self._completed(e), seq) for e, seq in ordered if e["id"] in unseen]
+        new = [(e, seq) for e, seq in ordered if e["id"] in unseen]
+        # Partial objects: retrieved whole, landed as of the retrieve (never as of the
+        # event: the state at the event's time is what the thin event did not say).
+        retrieved = {e["id"]: got for e, _ in new if (got := self._retrieve_partial(e))}
+        # Where a partial event is its object's newest in this read, the object retrieved
+        # now is its state from that event on (a change without an event is as rare here
+        # as for a listing): landed as of the event, as the event itself would have been.
+        # An older one's state is unknown (a later change came after it): as of the fetch.
+        newest: dict[str, str] = {}
+        for event, _ in new:  # oldest first: the last seen is the newest
+            obj = (event.get("data") or {}).get("object")
+            if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+                newest[obj["id"]] = event["id"]
+        at_event = {eid for eid, (obj, _) in retrieved.items() if newest.get(obj["id"]) == eid}
         # Items beyond a subscription's embedded page: as listed now (the event's own
         # page is kept as it was); one call per such subscription, not per event.
         more_items: dict[str, list[dict[str, Any]]] = {}
         for event, _ in new:
             obj = (event.get("data") or {}).get("object")
+            if event["id"] in retrieved:
+                obj = retrieved[event["id"]][0]
             if not (isinstance(obj, dict) and obj.get("object") == "subscription"):
                 continue
             if obj.get("id") not in more_items and _has_more_items(obj):
@@ -479,25 +494,23 @@ class _Run:
                 state["polled_at"] = polled.isoformat()
                 state.pop("retained", None)
             with transaction(self.con):
-                self._apply_events(chunk, more_items)
+                self._apply_events(chunk, more_items, retrieved, at_event)
                 self._set_state(EVENTS, None, cursor, state)
             log.debug("stream events: page committed (%d events, cursor %s)", len(chunk), cursor)
             self._advance(task, len(chunk))
         self._finish(task)
 
-    def _completed(self, event: dict[str, Any]) -> dict[str, Any]:
-        """The event, its ``data.object`` retrieved whole when it came partial.
-
-        The retrieved object (as of now) stands for the event's; a 404 (the object is
-        gone) leaves the event as sent, and :func:`apply_events` keeps its object out.
-        """
+    def _retrieve_partial(self, event: dict[str, Any]) -> tuple[dict[str, Any], datetime] | None:
+        """The whole object and when it was fetched, for an event whose ``data.object``
+        came partial; None when it came whole, or the retrieve answers 404 (the object is
+        gone: :func:`apply_events` then keeps the partial one out)."""
         obj = (event.get("data") or {}).get("object")
         kind = obj.get("object") if isinstance(obj, dict) else None
         table = OBJECT_TABLES.get(kind) if isinstance(kind, str) else None
         if table is None or not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
-            return event
+            return None
         if not is_partial(table, obj):
-            return event
+            return None
         stream = STREAMS_BY_NAME[table]
         path = f"/v1/{stream.served_as}/{obj['id']}"
         params: dict[str, Any] = {}
@@ -515,12 +528,11 @@ class _Run:
                 table,
                 obj["id"],
             )
-            return event
-        if whole.get("id") != obj["id"]:
-            return event
+            return None
+        if whole.get("id") != obj["id"] or is_partial(table, whole):
+            return None
         self.result.add("events_completed_by_retrieve", 1)
-        data = {**event["data"], "object": whole}
-        return {**event, "data": data}
+        return whole, utcnow()
 
     def _unseen(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not events:
@@ -536,11 +548,14 @@ class _Run:
         self,
         events: list[tuple[dict[str, Any], int]],
         more_items: dict[str, list[dict[str, Any]]],
+        retrieved: dict[str, tuple[dict[str, Any], datetime]],
+        at_event: set[str],
     ) -> None:
         if not events:
             return
         key_mode = self.settings.stripe.key_mode
-        self.result.add("events", apply_events(self.con, events, key_mode, self.result, more_items))
+        n = apply_events(self.con, events, key_mode, self.result, more_items, retrieved, at_event)
+        self.result.add("events", n)
 
     # -- reconciliation ----------------------------------------------------------------
 
@@ -628,13 +643,19 @@ def apply_events(
     key_mode: str | None,
     result: StripeExtractResult | None = None,
     more_items: dict[str, list[dict[str, Any]]] | None = None,
+    retrieved: dict[str, tuple[dict[str, Any], datetime]] | None = None,
+    at_event: set[str] | None = None,
 ) -> int:
     """Store events (once each) and land their objects newer-over-older.
 
     ``events`` pairs each event with its sequence in its second (see
     :func:`~churn.pipelines.stripe.land.sequence_events`); the caller's transaction.
     ``more_items``: by subscription id, the items its embedded page left out; the event
-    is stored as Stripe sent it, the subscription landed with them.
+    is stored as Stripe sent it, the subscription landed with them. ``retrieved``: by event
+    id, the whole object retrieved for a partial one and when: landed as of that fetch
+    (as a listing is), or as of the event for the events in ``at_event`` (each its
+    object's newest); the event is stored as sent. A partial object not retrieved is kept
+    out, with a quarantine row (source ``stripe_event``).
     """
     fetched = utcnow()
     check_mode(key_mode, [e for e, _ in events], "stream events")
@@ -660,7 +681,27 @@ def apply_events(
         )
         if table is None or not isinstance(obj, dict) or "id" not in obj:
             continue
+        got = (retrieved or {}).get(event["id"])
         missing = missing_fields(table, obj)
+        if got is not None:
+            obj, at = got
+            if kind == "subscription" and more_items and obj["id"] in more_items:
+                obj = with_items(obj, more_items[obj["id"]])
+            flat, inner = flatten(obj)
+            if event["id"] in (at_event or set()):
+                at_version = Version(
+                    "event", _from_epoch(event.get("created")), seq, event["id"],
+                    event.get("api_version"),
+                )  # fmt: skip
+            else:
+                at_version = Version(
+                    "retrieve", stripe_land.list_version_ts(at), at.microsecond, "",
+                    event.get("api_version"),
+                )  # fmt: skip
+            by_table.setdefault(table, []).append((flat, at_version))
+            for e in inner:
+                by_table.setdefault(embedded_table(e), []).append((e, at_version))
+            continue
         if missing:
             # Never stored over a full payload: kept out, with a quarantine row.
             partial.append(
