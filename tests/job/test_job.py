@@ -17,6 +17,7 @@ from churn.errors import ApiBudgetExhaustedError, LockHeldError, StripeExtractEr
 from churn.job.run import Step, run_job, run_lock
 from churn.job.scheduler import parse_every, schedule
 from churn.settings import load_settings
+from faults import tally
 
 
 def _settings(tmp_path: Path) -> Any:
@@ -214,6 +215,7 @@ def test_churn_schedule_stops_on_sigterm(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.faults
 def test_a_killed_run_is_marked_interrupted_by_the_next(tmp_path: Path) -> None:
     """SIGKILL mid-step leaves run_log 'running'; the next run, holding the lock and the
     warehouse, marks it 'interrupted' (never 'success') and runs normally."""
@@ -239,6 +241,7 @@ def test_a_killed_run_is_marked_interrupted_by_the_next(tmp_path: Path) -> None:
     rows = {r[0]: r[1:] for r in _run_log_status(tmp_path)}
     assert rows.pop(result.run_id) == ("success", None)
     [(status, error)] = rows.values()
+    tally.record(kills=1, runs_healed=1)
     assert status == "interrupted" and "killed or crashed" in error
 
 

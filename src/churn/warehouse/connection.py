@@ -49,10 +49,12 @@ def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConn
     ``read_only`` opens without migrating, for the dashboard and notebooks.
     """
     path = Path(path)
+    wal = path.with_name(path.name + ".wal")
     try:
         if read_only:
             return duckdb.connect(str(path), read_only=True)
         path.parent.mkdir(parents=True, exist_ok=True)
+        recovered = wal.exists() and wal.stat().st_size > 0
         con = duckdb.connect(str(path))
     except duckdb.Error as exc:
         if _held_by_another(exc):
@@ -64,6 +66,11 @@ def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConn
         raise WarehouseError(f"cannot open the warehouse {path}: {exc}") from exc
     con.execute("SET TimeZone = 'UTC'")
     migrate(con)
+    if recovered:
+        # A process killed mid-write left its log. DuckDB replays it on open, but did not
+        # fold it into the file on close (seen with DuckDB 2.0): every later run then
+        # found a log after closing and refused to publish the read copy. Folded in now.
+        con.execute("CHECKPOINT")
     return con
 
 
