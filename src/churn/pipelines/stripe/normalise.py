@@ -44,8 +44,58 @@ def _integer(json_expr: str, *, nullable: bool = False) -> str:
 
 
 _QUANTITY_IS_INTEGER = _integer("i->'$.quantity'")
+#: The items as a list only where they are one (a rule's OR does not short-circuit: the
+#: cast of an object would fail the whole statement).
+_ITEMS = f"CASE WHEN json_type(payload->'$.items.data') = 'ARRAY' THEN {ITEMS_JSON} END"
+
+#: Fields Stripe documents as integers (amounts in minor units, Unix timestamps, counts)
+#: and as lists, per stream: any other JSON type cannot be normalised (a string "12.50"
+#: would be cast and rounded, a list cast to a number fails the statement).
+_INTEGERS = {
+    "customer": ("created",),
+    "subscription": ("created", "current_period_start", "current_period_end", "canceled_at",
+                     "ended_at", "cancel_at", "trial_start", "trial_end", "start_date",
+                     "billing_cycle_anchor"),
+    "price": ("created",),
+    "invoice": ("created", "amount_due", "amount_paid", "amount_remaining", "subtotal", "tax",
+                "total", "attempt_count", "next_payment_attempt", "period_start", "period_end"),
+    "charge": ("created", "amount", "amount_refunded"),
+    "refund": ("created", "amount"),
+}  # fmt: skip
+_LISTS = {
+    "subscription": ("items.data", "discounts"),
+    "price": ("tiers",),
+    "invoice": ("lines.data", "total_taxes", "discounts"),
+}
+_OBJECTS = {
+    "subscription": ("items",),
+    "price": ("recurring", "transform_quantity"),
+    "invoice": ("lines",),
+}
+
+
+def typed(stream: str) -> str:
+    """SQL: some field of the stream's payload has a type Stripe does not document."""
+    checks = [
+        "NOT " + _integer("payload->'$." + f + "'", nullable=True)
+        for f in _INTEGERS.get(stream, ())
+    ]
+    checks += [
+        f"coalesce(json_type(payload->'$.{f}') NOT IN ('ARRAY', 'NULL'), FALSE)"
+        for f in _LISTS.get(stream, ())
+    ]
+    checks += [
+        f"coalesce(json_type(payload->'$.{f}') NOT IN ('OBJECT', 'NULL'), FALSE)"
+        for f in _OBJECTS.get(stream, ())
+    ]
+    return " OR ".join(checks) or "FALSE"
+
 
 RULES: tuple[Rule, ...] = (
+    *(
+        Rule(stream, "a field of another type than Stripe documents", typed(stream))
+        for stream in ("customer", "subscription", "price", "invoice", "charge", "refund")
+    ),
     Rule("customer", "id is not a customer id", "NOT starts_with(id, 'cus_')"),
     Rule(
         "subscription",
@@ -56,13 +106,13 @@ RULES: tuple[Rule, ...] = (
         "subscription",
         "items missing or an item without price or plan",
         f"json_type(payload->'$.items.data') IS DISTINCT FROM 'ARRAY' OR "
-        f"list_bool_or(list_transform({ITEMS_JSON}, lambda i: coalesce(stripe_id(i->'$.price'), "
+        f"list_bool_or(list_transform({_ITEMS}, lambda i: coalesce(stripe_id(i->'$.price'), "
         f"stripe_id(i->'$.plan')) IS NULL))",
     ),
     Rule(
         "subscription",
         "an item quantity is not an integer",
-        f"list_bool_or(list_transform({ITEMS_JSON}, lambda i: i->>'$.quantity' IS NOT NULL "
+        f"list_bool_or(list_transform({_ITEMS}, lambda i: i->>'$.quantity' IS NOT NULL "
         f"AND NOT {_QUANTITY_IS_INTEGER}))",
     ),
     # "quantity: The quantity of the plan to which the customer should be subscribed"
@@ -70,7 +120,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "subscription",
         "an item quantity is negative",
-        f"list_bool_or(list_transform({ITEMS_JSON}, lambda i: "
+        f"list_bool_or(list_transform({_ITEMS}, lambda i: "
         f"TRY_CAST(i->>'$.quantity' AS BIGINT) < 0))",
     ),
     Rule(
