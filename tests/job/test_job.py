@@ -178,7 +178,6 @@ def test_schedule_stops_between_steps_when_asked(tmp_path: Path, monkeypatch: An
 def test_churn_schedule_stops_on_sigterm(tmp_path: Path) -> None:
     """A real `churn schedule`: after its first run it waits; SIGTERM ends it at once, cleanly."""
     import signal
-    import time
 
     env = {
         **os.environ,
@@ -200,10 +199,10 @@ def test_churn_schedule_stops_on_sigterm(tmp_path: Path) -> None:
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.startswith("run_"), line
-    started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
-    assert time.monotonic() - started < 10
+    # It waits 1h for the next run: ending well before that is ending the wait at once
+    # (no wall-clock bound of seconds, which a loaded machine breaks).
+    assert proc.wait(timeout=600) == 0
     con = warehouse.connect(tmp_path / "w.duckdb")
     try:
         rows = con.execute(
