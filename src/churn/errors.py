@@ -33,6 +33,12 @@ class WarehouseError(ChurnError):
     """The DuckDB warehouse cannot be opened, migrated or written."""
 
 
+class WarehouseBusyError(WarehouseError):
+    """Another process (a reader or a writer) holds the DuckDB file's lock; try again later."""
+
+    exit_code = 75  # EX_TEMPFAIL, as a held run lock: cron should not count a failure
+
+
 class MigrationError(WarehouseError):
     """A numbered migration failed; the warehouse is left at the previous version."""
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, time
@@ -34,6 +35,36 @@ from churn.fields import ACCOUNT_FIELDS, account_field
 from churn.signals import SIGNALS_BY_NAME, default_risk_weights, default_task_signals
 
 STRIPE_DEFAULT_API_BASE = "https://api.stripe.com"
+#: Stripe's documented key prefixes: secret and restricted keys, test and live mode
+#: ("Secret keys ... sk_test_ ... sk_live_"; restricted keys "rk_test_" / "rk_live_").
+STRIPE_KEY_PREFIXES = ("sk_test_", "sk_live_", "rk_test_", "rk_live_")
+#: ``CHURN_*`` variables that are not settings but are read by the CLI's global options
+#: (``--config``, ``--log-format``, ``--log-level``), the notebooks, the model's
+#: command-line tools and the test suite (everything else named ``CHURN_*`` is a setting).
+CHURN_TOOL_VARIABLES = frozenset(
+    {
+        "CHURN_CONFIG",
+        "CHURN_LOG_FORMAT",
+        "CHURN_LOG_LEVEL",
+        "CHURN_CUTOFF",
+        "CHURN_TRUTH",
+        "CHURN_NOTEBOOK_OUT",
+        "CHURN_HORIZON_DAYS",
+        "CHURN_FAULT_TALLY_DIR",
+    }
+)
+_EVERY = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_EVERY_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def every_seconds(text: str) -> float:
+    """'15m' -> 900.0 seconds (``run.every``, ``--every``); ValueError when malformed."""
+    match = _EVERY.match(text)
+    if not match or int(match[1]) == 0:
+        raise ValueError(f"must look like 30s, 15m, 1h or 1d, not {text[:20]!r}")
+    return float(int(match[1]) * _EVERY_UNIT[match[2]])
+
+
 #: The Account fields the push can own (keys of ``PushSettings.account_fields``).
 ACCOUNT_FIELD_NAMES = tuple(f.name for f in ACCOUNT_FIELDS)
 
@@ -89,6 +120,16 @@ class StripeSettings(_Section):
     def _split_secrets(cls, v: object) -> object:
         if isinstance(v, str):
             return tuple(part.strip() for part in v.split(",") if part.strip())
+        return v
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_shape(cls, v: SecretStr | None) -> SecretStr | None:
+        # The shape only: never the value, which may be a secret pasted in the wrong place.
+        if v is not None and not v.get_secret_value().startswith(STRIPE_KEY_PREFIXES):
+            raise ValueError("a Stripe key starts with sk_test_, sk_live_, rk_test_ or rk_live_")
+        if v is not None and len(v.get_secret_value()) <= 8:
+            raise ValueError("a Stripe key has characters after its prefix")
         return v
 
     @field_validator("api_base")
@@ -369,6 +410,12 @@ class RunSettings(_Section):
     #: run_log, and still alerted).
     partial_is_success: bool = False
 
+    @field_validator("every")
+    @classmethod
+    def _every_shape(cls, v: str) -> str:
+        every_seconds(v)
+        return v
+
     @field_validator("as_of", mode="before")
     @classmethod
     def _as_of_utc(cls, v: Any) -> Any:
@@ -472,6 +519,7 @@ def load_settings(
     for name, value in env.items():
         target = _env_target(name)
         if target is None:
+            _refuse_unknown(name)
             continue
         section, field = target
         if section is None:
@@ -514,6 +562,28 @@ def _env_target(name: str) -> tuple[str | None, str] | None:
         if section in _SECTIONS:
             return section, field
     return None
+
+
+def _refuse_unknown(name: str) -> None:
+    """A ``CHURN_*`` variable that is neither a setting nor a tool's is a typo: refused.
+
+    ``CHURN_<SECTION>__<FIELD>`` with an unknown section, or a ``CHURN_`` name without the
+    double underscore (``CHURN_DB`` and the tools' variables apart), would otherwise be
+    ignored silently and the default used. ``STRIPE_*`` and ``SALESFORCE_*`` are shared with
+    other tools (Stripe's CLI reads ``STRIPE_API_KEY`` too) and stay unchecked.
+    """
+    if not name.startswith("CHURN_") or name in CHURN_TOOL_VARIABLES:
+        return
+    if "__" in name:
+        section = name[len("CHURN_") :].lower().partition("__")[0]
+        known = ", ".join(s for s in _SECTIONS if s not in _PREFIXED_SECTIONS.values())
+        raise ConfigError(
+            f"invalid settings: {name}: unknown section {section[:30]!r} (known: {known})"
+        )
+    raise ConfigError(
+        f"invalid settings: {name}: not a setting (settings are CHURN_DB and "
+        "CHURN_<SECTION>__<FIELD>, e.g. CHURN_RUN__EVERY)"
+    )
 
 
 def _fields(section: str) -> set[str]:

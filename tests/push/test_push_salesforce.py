@@ -20,6 +20,7 @@ from churn.errors import ApiBudgetExhaustedError, ProductionSafetyError
 from churn.pipelines.push.sync import PushResult, push
 from churn.sandbox.salesforce.server import RunningSalesforce, start_salesforce_server
 from churn.settings import Settings
+from faults import tally
 
 pytestmark = pytest.mark.slow
 
@@ -206,6 +207,7 @@ def test_rejected_records_are_reported_and_do_not_stop_the_rest(
     assert _account(sf, ids[1])["Payment_Health__c"] == "Healthy"
 
 
+@pytest.mark.faults
 def test_kill_during_apply_then_rerun_no_duplicate_task_no_lost_update(
     world: World, sf: RunningSalesforce, db_path: Path
 ) -> None:
@@ -251,6 +253,8 @@ def test_kill_during_apply_then_rerun_no_duplicate_task_no_lost_update(
         assert rerun.rejected == []
         by_key = _tasks(sf)
         assert sorted(by_key) == sorted(f"pf:{a}" for a in ids)
+        duplicates = sum(len(tasks) - 1 for tasks in by_key.values())
+        tally.record(kills=1, runs_healed=1, duplicates=duplicates)
         assert all(len(tasks) == 1 for tasks in by_key.values())  # no duplicate Task
         assert all(_account(sf, a)["Payment_Health__c"] == "Failed" for a in ids)
         state = con.execute("SELECT count(*) FROM push_state").fetchone()

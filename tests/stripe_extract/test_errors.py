@@ -55,7 +55,8 @@ def server() -> Iterator[tuple[str, Script]]:
         def do_GET(self) -> None:
             script.queries.append(unquote(self.path))
             status, headers, body = script.answer(self.path.split("?", 1)[0])
-            data = json.dumps(body).encode()
+            # bytes are sent as they are: a body cut off on the way
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -561,4 +562,143 @@ def test_a_backfill_lands_several_pages_per_transaction(
     ]
     assert [m.split("(")[1].split(",")[0] for m in commits] == ["2 pages", "2 pages", "1 pages"]
     assert con.execute("SELECT count(*) FROM raw_stripe_customer").fetchone() == (5,)
+    con.close()
+
+
+def _people_page(n: int) -> dict[str, Any]:
+    """A page of customers whose names and emails a customer wrote."""
+    return _page(
+        *(
+            {
+                **_customer(i, f"Zoë Customer-{i:04d} Müller"),
+                "email": f"zoe.{i:04d}@customer-{i:04d}.example",
+                "description": "Invoice notes: " + "private words " * 20,
+            }
+            for i in range(n)
+        )
+    )
+
+
+def test_a_truncated_body_is_retried_within_the_run(server: tuple[str, Script]) -> None:
+    """Issue 15: one truncated body (HTTP 200, half a page) failed the extract.
+
+    The SDK raises APIError "Invalid response body from API: <the whole body> (HTTP
+    response code was 200)" for a 200 it cannot parse: the request worked, its answer was
+    lost on the way, so asking again is safe (every request here is a GET)."""
+    base, script = server
+    whole = json.dumps(_people_page(3)).encode()
+    script.add("/v1/customers", 200, whole[: len(whole) // 2])
+    script.add("/v1/customers", 200, b'{"object": "list", "da')
+    script.add("/v1/customers", 200, _people_page(3))
+    api, slept = _api(base, backoff_base_seconds=0.25)
+    page = api.get("customer", "/v1/customers", {"limit": 100})
+    assert [c["id"] for c in page["data"]] == ["cus_0", "cus_1", "cus_2"]
+    assert api.calls == 3 and api.retries == 2 and slept == [0.25, 0.5]
+
+
+def test_a_parsed_body_that_is_not_a_stripe_answer_is_retried(server: tuple[str, Script]) -> None:
+    """A list without its ``data`` array would read as an empty page (the end of the
+    listing, and a backfill marked done with objects missing): asked again instead."""
+    base, script = server
+    script.add("/v1/customers", 200, {"object": "list", "has_more": True})
+    script.add("/v1/customers", 200, _people_page(1))
+    api, _ = _api(base, backoff_base_seconds=0)
+    assert api.get("customer", "/v1/customers", {})["data"][0]["id"] == "cus_0"
+    assert api.calls == 2
+
+
+def test_truncated_bodies_never_reach_run_log_or_the_logs(
+    server: tuple[str, Script], db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15: the whole body (61 KB of customer names and emails) went into
+    run_log.error. Errors name the stream, the request and the object id, cut to a bound;
+    nothing a customer wrote goes into run_log or a log line."""
+    base, script = server
+    whole = json.dumps(_people_page(125), ensure_ascii=False).encode()
+    assert len(whole) > 61_000
+    for _ in range(5):  # more than the retries allow
+        script.add("/v1/products", 200, whole[: len(whole) - 100])
+    caplog.set_level("DEBUG")
+    con = warehouse.connect(db_path)
+    try:
+        with pytest.raises(StripeRequestError) as info:
+            extract_stripe(_settings(db_path, base), con, progress=False)
+        rows = con.execute("SELECT error FROM run_log").fetchall()
+    finally:
+        con.close()
+    message = str(info.value)
+    assert "stream product" in message and "GET /v1/products" in message
+    assert "not valid JSON" in message and len(message) < 500
+    for text in [message, *(r[0] or "" for r in rows), caplog.text]:
+        assert "Müller" not in text and "@customer-" not in text and "private words" not in text
+        assert "Customer-0" not in text
+    assert all(len(r[0] or "") < 1000 for r in rows)
+
+
+def test_a_long_error_message_is_cut_to_a_bound(server: tuple[str, Script]) -> None:
+    base, script = server
+    script.add("/v1/charges", 400, _error("invalid_request_error", "x" * 5000))
+    api, _ = _api(base)
+    with pytest.raises(StripeRequestError) as info:
+        api.get("charge", "/v1/charges", {})
+    assert len(str(info.value)) < 400
+
+
+def _thin_event(eid: str, obj: dict[str, Any], created: int) -> dict[str, Any]:
+    return {
+        "id": eid,
+        "object": "event",
+        "type": f"{obj['object']}.updated",
+        "created": created,
+        "livemode": False,
+        "api_version": "2025-09-30.clover",
+        "data": {"object": obj},
+    }
+
+
+def test_a_partial_event_object_is_completed_by_a_retrieve(
+    server: tuple[str, Script], db_path: Path
+) -> None:
+    """Issue 15: {id, object} alone replaced the stored customer. The extract retrieves
+    the object (GET /v1/customers/<id>) and lands that instead."""
+    base, script = server
+    con = _backfilled(db_path, base, script)
+    now = int(time.time())
+    script.add(
+        "/v1/events",
+        200,
+        _page(_thin_event("evt_thin", {"id": "cus_1", "object": "customer"}, now)),
+    )
+    script.add(
+        "/v1/customers/cus_1", 200, {**_customer(1, "One, renamed"), "email": "b@c1.example"}
+    )
+    result = extract_stripe(_settings(db_path, base), con, progress=False)
+    assert result.counts["events_completed_by_retrieve"] == 1
+    assert "/v1/customers/cus_1" in script.requests
+    got = con.execute("SELECT name, email_domain FROM core_customers WHERE customer_id = 'cus_1'")
+    assert got.fetchall() == [("One, renamed", "c1.example")]
+    assert con.execute("SELECT count(*) FROM quarantine").fetchone() == (0,)
+    con.close()
+
+
+def test_a_partial_object_that_cannot_be_retrieved_is_kept_out(
+    server: tuple[str, Script], db_path: Path
+) -> None:
+    base, script = server
+    con = _backfilled(db_path, base, script)
+    now = int(time.time())
+    script.add(
+        "/v1/events",
+        200,
+        _page(_thin_event("evt_thin", {"id": "cus_2", "object": "customer"}, now)),
+    )
+    script.add(
+        "/v1/customers/cus_2", 404, _error("invalid_request_error", "No such customer: 'cus_2'")
+    )
+    result = extract_stripe(_settings(db_path, base), con, progress=False)
+    assert result.counts["quarantined_partial_events"] == 1
+    got = con.execute("SELECT name FROM core_customers WHERE customer_id = 'cus_2'").fetchall()
+    assert got == [("Two",)]  # the full payload stays
+    rows = con.execute("SELECT source, stream, object_id FROM quarantine").fetchall()
+    assert rows == [("stripe_event", "customer", "evt_thin")]
     con.close()

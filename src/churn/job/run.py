@@ -270,10 +270,56 @@ DEFAULT_STEPS: tuple[Step, ...] = (
 _NEEDS_EXTRACTS = {"links", "model", "score", "push"}
 
 
+#: What a step's error message may hold at most (characters): errors name the stream,
+#: the request and the object id; nothing longer (no payload) reaches run_log.
+ERROR_BOUND = 500
+
+
+def bounded(text: str, limit: int = ERROR_BOUND) -> str:
+    """``text`` cut to ``limit`` characters (a payload never rides along in full)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def check_credentials(settings: Settings, steps: Sequence[Step]) -> None:
+    """Refuse, before any work, credentials a step will need and cannot have.
+
+    The Stripe key's shape is checked when settings load; its absence, and a Salesforce
+    login that is missing or incomplete, are found here, not after the Stripe extract ran.
+    """
+    runs = {s.run for s in steps}
+    if _stripe in runs and settings.stripe.api_key is None:
+        raise ConfigError("STRIPE_API_KEY is not set (churn run extracts Stripe first)")
+    sf = settings.salesforce
+    # Username, password and token alone are refused by orgs today (the issue 15/17
+    # finding): the password flow needs the app's client id and secret too.
+    if _salesforce in runs and not (
+        (sf.instance_url and sf.session_id)
+        or (sf.client_id and sf.client_secret)
+        or (sf.client_id and sf.username and sf.private_key_file)
+    ):
+        raise ConfigError(
+            "Salesforce login: set SALESFORCE_INSTANCE_URL and SALESFORCE_SESSION_ID, or"
+            " SALESFORCE_CLIENT_ID with SALESFORCE_USERNAME and SALESFORCE_PRIVATE_KEY_FILE"
+            " (JWT bearer), or SALESFORCE_CLIENT_ID and SALESFORCE_CLIENT_SECRET (client"
+            " credentials; with SALESFORCE_USERNAME and SALESFORCE_PASSWORD for the password"
+            " flow)"
+        )
+
+
 def _run_step(step: Step, settings: Settings, con: Any, dry_run: bool) -> StepOutcome:
     started = time.perf_counter()
     try:
         result = step.run(settings, con, dry_run)
+    except OSError as exc:
+        # The network (requests' ConnectionError is an OSError too): an API unreachable.
+        # Its text names hosts and ports at most, but only the kind is kept.
+        return StepOutcome(
+            step.name,
+            "failed",
+            seconds=time.perf_counter() - started,
+            error=f"{step.name}: {step.name} unreachable ({type(exc).__name__}); rerun when it answers",
+            exit_code=1,
+        )
     except ModuleNotFoundError as exc:
         if not (exc.name or "").startswith("churn."):
             raise
@@ -285,7 +331,7 @@ def _run_step(step: Step, settings: Settings, con: Any, dry_run: bool) -> StepOu
             step.name,
             "failed",
             seconds=time.perf_counter() - started,
-            error=f"{step.name}: {type(exc).__name__}: {exc}",
+            error=bounded(f"{step.name}: {type(exc).__name__}: {exc}"),
             exit_code=exc.exit_code,
             api_calls=exc.api_calls,
         )
@@ -329,6 +375,7 @@ def run_job(
     are marked skipped and the run ends partial, with what landed committed.
     """
     scoring_as_of(settings)  # a future as_of is a settings error, before any work
+    check_credentials(settings, steps)
     with run_lock(lock_path_for(settings), wait_for_worker_seconds=RUN_WAITS_FOR_WORKER_SECONDS):
         con = warehouse.connect(
             settings.db,
@@ -393,36 +440,49 @@ def _run_locked(
     log.info("run started", extra={"run_id": run_id, "dry_run": dry_run})
     outcomes: list[StepOutcome] = []
     extract_failed = False
-    for step in steps:
-        if should_stop is not None and should_stop():
-            outcomes.append(StepOutcome(step.name, "skipped", error="stopped by signal"))
-            continue
-        if extract_failed and step.name in _NEEDS_EXTRACTS:
-            outcomes.append(StepOutcome(step.name, "skipped", error="an extract failed"))
-            continue
-        if on_step is not None:
-            on_step(step.name)
-        outcome = _run_step(step, settings, con, dry_run)
-        outcomes.append(outcome)
-        log.log(
-            logging.INFO if outcome.status == "success" else logging.WARNING,
-            "step %s %s in %.1fs",
-            step.name,
-            outcome.status,
-            outcome.seconds,
-            extra={
-                "run_id": run_id,
-                "step": step.name,
-                "status": outcome.status,
-                "seconds": round(outcome.seconds, 3),
-                "api_calls": outcome.api_calls,
-                "counts": outcome.counts,
-                # the error's class, not its message (which may name a record)
-                "error_type": error_type_of(outcome.error),
-            },
+    try:
+        for step in steps:
+            if should_stop is not None and should_stop():
+                outcomes.append(StepOutcome(step.name, "skipped", error="stopped by signal"))
+                continue
+            if extract_failed and step.name in _NEEDS_EXTRACTS:
+                outcomes.append(StepOutcome(step.name, "skipped", error="an extract failed"))
+                continue
+            if on_step is not None:
+                on_step(step.name)
+            outcome = _run_step(step, settings, con, dry_run)
+            outcomes.append(outcome)
+            log.log(
+                logging.INFO if outcome.status == "success" else logging.WARNING,
+                "step %s %s in %.1fs",
+                step.name,
+                outcome.status,
+                outcome.seconds,
+                extra={
+                    "run_id": run_id,
+                    "step": step.name,
+                    "status": outcome.status,
+                    "seconds": round(outcome.seconds, 3),
+                    "api_calls": outcome.api_calls,
+                    "counts": outcome.counts,
+                    # the error's class, not its message (which may name a record)
+                    "error_type": error_type_of(outcome.error),
+                },
+            )
+            if outcome.status != "success" and step.name in {"stripe", "salesforce", "usage"}:
+                extract_failed = True
+    except Exception as exc:
+        # An error no step expected: the row is closed (not left 'running'), naming the
+        # kind only (its text may carry what a customer wrote), and the error goes on.
+        con.execute(
+            "UPDATE run_log SET finished_at = ?, status = 'failed', error = ? WHERE run_id = ?",
+            [
+                warehouse.utcnow(),
+                f"unexpected {type(exc).__name__} after {len(outcomes)} steps",
+                run_id,
+            ],
         )
-        if outcome.status != "success" and step.name in {"stripe", "salesforce", "usage"}:
-            extract_failed = True
+        raise
     status = overall_status(outcomes)
     errors = "; ".join(o.error for o in outcomes if o.error) or None
     con.execute(

@@ -6,7 +6,6 @@ skips the rest; a signal while waiting ends the wait at once.
 
 from __future__ import annotations
 
-import re
 import signal
 import threading
 from collections.abc import Callable
@@ -14,18 +13,17 @@ from types import FrameType
 
 from churn.errors import ConfigError, LockHeldError
 from churn.job.run import JobResult, run_job
-from churn.settings import Settings
-
-_EVERY = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+from churn.settings import Settings, every_seconds
 
 
 def parse_every(text: str) -> float:
     """'15m' -> 900.0 seconds; the setting run.every or --every."""
-    match = _EVERY.match(text)
-    if not match or int(match[1]) == 0:
-        raise ConfigError(f"run.every / --every must look like 30s, 15m, 1h or 1d, not {text!r}")
-    return float(int(match[1]) * _UNIT[match[2]])
+    try:
+        return every_seconds(text)
+    except ValueError:
+        raise ConfigError(
+            f"run.every / --every must look like 30s, 15m, 1h or 1d, not {text[:20]!r}"
+        ) from None
 
 
 def schedule(

@@ -113,13 +113,25 @@ def score(settings: Settings, con: duckdb.DuckDBPyConnection, *, as_of: datetime
     counts = {name: marts[name].height for name in MARTS}
     if thinned:
         counts["snapshots_thinned"] = thinned
+    # Accounts whose MRR is unknown (an item at a quarantined price): said, not hidden.
+    unknown = marts["account_mrr"].filter(pl.col("mrr_minor").is_null())["account_id"].n_unique()
+    if unknown:
+        counts["accounts_mrr_unknown"] = unknown
     # Accounts whose MRR could not be converted (no rate for a currency): said, not hidden.
-    missing = marts["account_health"].filter(pl.col("total_mrr_minor").is_null()).height
+    missing = (
+        marts["account_mrr"]
+        .filter(pl.col("reporting_mrr_minor").is_null() & pl.col("mrr_minor").is_not_null())[
+            "account_id"
+        ]
+        .n_unique()
+    )
     if missing:
         counts["accounts_mrr_missing_rate"] = missing
         currencies = sorted(
             marts["account_mrr"]
-            .filter(pl.col("reporting_mrr_minor").is_null())["currency"]
+            .filter(pl.col("reporting_mrr_minor").is_null() & pl.col("mrr_minor").is_not_null())[
+                "currency"
+            ]
             .unique()
             .to_list()
         )
@@ -132,7 +144,9 @@ def score(settings: Settings, con: duckdb.DuckDBPyConnection, *, as_of: datetime
     counts.update(usage_counts)
     debt_counts, debt_notes = uncollected_debt(con, settings, as_of)
     counts.update(debt_counts)
-    notes = (*notes, *debt_notes)
+    bad_counts, bad_notes = quarantined_input(con, unknown)
+    counts.update(bad_counts)
+    notes = (*notes, *debt_notes, *bad_notes)
     for note in notes:
         log.warning("%s", note)
     log.info("scored as_of %s: %s", as_of.isoformat(), counts)
@@ -143,6 +157,35 @@ def score(settings: Settings, con: duckdb.DuckDBPyConnection, *, as_of: datetime
         health=marts["account_health"],
         notes=notes,
     )
+
+
+def quarantined_input(
+    con: duckdb.DuckDBPyConnection, unknown_mrr_accounts: int = 0
+) -> tuple[dict[str, int], tuple[str, ...]]:
+    """What the extracts kept out as bad input (the ``quarantine`` table): counts per
+    source and stream (``quarantined_<source>_<stream>``) and one note per reason, most
+    first; reasons are the service's own words and never carry customer data."""
+    rows = con.execute(
+        "SELECT source, stream, reason, count(*) AS n FROM quarantine GROUP BY ALL"
+        " ORDER BY n DESC, source, stream, reason"
+    ).fetchall()
+    counts: dict[str, int] = {}
+    for source, stream, _, n in rows:
+        key = f"quarantined_{source}_{stream}"
+        counts[key] = counts.get(key, 0) + int(n)
+    notes = [
+        f"quarantine: {n:,} {source} {stream} row{'' if n == 1 else 's'} kept out: {reason}"
+        for source, stream, reason, n in rows[:_MAX_NOTES]
+    ]
+    rest = sum(int(r[3]) for r in rows[_MAX_NOTES:])
+    if rest:
+        notes.append(f"quarantine: {rest:,} more rows kept out for other reasons")
+    if unknown_mrr_accounts:
+        notes.append(
+            f"MRR unknown (not 0) for {unknown_mrr_accounts:,} account"
+            f"{'' if unknown_mrr_accounts == 1 else 's'}: an item at a quarantined price"
+        )
+    return dict(sorted(counts.items())), tuple(notes)
 
 
 def uncollected_debt(

@@ -65,8 +65,31 @@ def read_usage_file(path: Path) -> pl.DataFrame:
     )
 
 
-def validate_usage(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Split string rows into (good: account_id, day, active_seats, source) and (bad + reason)."""
+#: The reason a usage row for an account or customer the warehouse does not know is kept
+#: out; such rows are released into core_usage by a later load once the id is known.
+UNKNOWN_ACCOUNT = "account_id is no known Salesforce Account or Stripe customer"
+#: The quarantine stream of a whole file kept out (its object id is the file's name).
+FILE_STREAM = "usage_file"
+
+
+def _known_ids(con: duckdb.DuckDBPyConnection) -> set[str] | None:
+    """Every Salesforce Account and Stripe customer id known, or None when the warehouse
+    knows none yet (nothing to judge a usage row's id by: every row is taken)."""
+    rows = con.execute(
+        "SELECT account_id FROM core_accounts UNION SELECT customer_id FROM core_customers"
+        " UNION SELECT account_id FROM core_account_links WHERE account_id IS NOT NULL"
+    ).fetchall()
+    return {r[0] for r in rows} or None
+
+
+def validate_usage(
+    raw: pl.DataFrame, known: set[str] | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split string rows into (good: account_id, day, active_seats, source) and (bad + reason).
+
+    ``known``: the account and customer ids the warehouse knows; a row for another id is
+    bad (``UNKNOWN_ACCOUNT``), its payload the parsed values, for a later release.
+    """
     parsed = raw.with_columns(
         pl.col("account_id").str.strip_chars().alias("account_id"),
         pl.col("day")
@@ -84,6 +107,11 @@ def validate_usage(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         .then(pl.lit("active_seats is not an integer"))
         .when(pl.col("seats_p") < 0)
         .then(pl.lit("active_seats is negative"))
+        .when(
+            pl.lit(known is not None)
+            & ~pl.col("account_id").is_in(pl.lit(sorted(known or ()), dtype=pl.List(pl.Utf8)))
+        )
+        .then(pl.lit(UNKNOWN_ACCOUNT))
         .alias("reason")
     )
     good = (
@@ -99,9 +127,67 @@ def validate_usage(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     bad = parsed.filter(pl.col("reason").is_not_null()).select(
         (pl.col("file") + pl.lit(":") + pl.col("line").cast(pl.Utf8)).alias("object_id"),
         "reason",
-        pl.struct("account_id", "day", "active_seats").struct.json_encode().alias("payload"),
+        pl.when(pl.col("reason") == UNKNOWN_ACCOUNT)
+        .then(
+            pl.struct(
+                "account_id",
+                pl.col("day_p").cast(pl.Utf8).alias("day"),
+                pl.col("seats_p").alias("active_seats"),
+            ).struct.json_encode()
+        )
+        .otherwise(pl.struct("account_id", "day", "active_seats").struct.json_encode())
+        .alias("payload"),
     )
     return good, bad
+
+
+def _quarantine_file(
+    con: duckdb.DuckDBPyConnection, path: Path, stamp: str, reason: str, now: datetime
+) -> None:
+    """Keep a whole file out: one quarantine row (its name), and its stamp, so it is read
+    again only once changed."""
+    with transaction(con):
+        con.execute(
+            "INSERT OR REPLACE INTO quarantine (source, stream, object_id, reason, payload,"
+            " run_id, quarantined_at) VALUES ('usage', ?, ?, ?, NULL, NULL, ?)",
+            [FILE_STREAM, path.name, reason.replace(str(path), path.name)[:300], now],
+        )
+        write_state(con, f"usage:file:{path.name}", cursor=stamp, cursor_ts=now)
+
+
+def _release_known(con: duckdb.DuckDBPyConnection, now: datetime) -> int:
+    """Rows kept out for an unknown account whose account is known now: into core_usage,
+    out of quarantine. Returns how many."""
+    with transaction(con):
+        con.execute(
+            """CREATE OR REPLACE TEMP TABLE usage_released AS
+            SELECT q.object_id, q.payload->>'account_id' AS account_id,
+                   CAST(q.payload->>'day' AS DATE) AS day,
+                   CAST(q.payload->>'active_seats' AS BIGINT) AS active_seats,
+                   split_part(q.object_id, ':', 1) AS source, CAST(? AS TIMESTAMP) AS loaded_at
+            FROM quarantine q
+            WHERE q.source = 'usage' AND q.stream = 'usage' AND q.reason = ?
+              AND q.payload->>'account_id' IN (
+                  SELECT account_id FROM core_accounts UNION SELECT customer_id FROM core_customers
+                  UNION SELECT account_id FROM core_account_links)""",
+            [now, UNKNOWN_ACCOUNT],
+        )
+        rows = con.execute("SELECT count(*) FROM usage_released").fetchall()
+        n = int(rows[0][0]) if rows else 0
+        if n:
+            con.execute(
+                """CREATE OR REPLACE TEMP TABLE usage_release_rows AS
+                SELECT account_id, day, active_seats, source, loaded_at FROM usage_released
+                QUALIFY row_number() OVER (PARTITION BY account_id, day ORDER BY object_id DESC) = 1"""
+            )
+            _upsert(con, "usage_release_rows", now)
+            con.execute(
+                "DELETE FROM quarantine WHERE source = 'usage' AND stream = 'usage'"
+                " AND object_id IN (SELECT object_id FROM usage_released)"
+            )
+            con.execute("DROP TABLE usage_release_rows")
+        con.execute("DROP TABLE usage_released")
+    return n
 
 
 def load_usage(settings: Settings, con: duckdb.DuckDBPyConnection) -> UsageResult:
@@ -121,6 +207,7 @@ def load_usage(settings: Settings, con: duckdb.DuckDBPyConnection) -> UsageResul
             raise ConfigError(f"CHURN_USAGE__FOLDER {folder} is not a folder")
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".csv", ".parquet"))
         result.counts["files_unchanged"] = 0
+        known = _known_ids(con)
         for path in files:
             # A file loaded before and not touched since is skipped: a feed of daily files
             # costs one file a day, not the whole history every run.
@@ -128,11 +215,22 @@ def load_usage(settings: Settings, con: duckdb.DuckDBPyConnection) -> UsageResul
             if _loaded_stamp(con, path) == stamp:
                 result.counts["files_unchanged"] += 1
                 continue
-            good, bad = validate_usage(read_usage_file(path))
+            try:
+                raw = read_usage_file(path)
+            except ExtractError as exc:
+                # One bad file (a column missing, not CSV at all) is kept out whole, with
+                # a file-level quarantine row; the other files load and scoring goes on.
+                _quarantine_file(con, path, stamp, str(exc), now)
+                result.counts["files_quarantined"] = result.counts.get("files_quarantined", 0) + 1
+                continue
+            good, bad = validate_usage(raw, known)
             _land(con, good.with_columns(pl.lit(now).alias("loaded_at")), bad, now, path, stamp)
             result.counts["files"] += 1
             result.counts["rows"] += good.height
             result.counts["quarantined"] += bad.height
+        released = _release_known(con, now)
+        if released:
+            result.counts["released_known_account"] = released
     if account_field:
         if not _FIELD.match(account_field):
             raise ConfigError("CHURN_USAGE__ACCOUNT_FIELD is not a Salesforce field name")
@@ -207,6 +305,11 @@ def _land(
                   (source, stream, object_id, reason, payload, run_id, quarantined_at)
                 SELECT 'usage', 'usage', object_id, reason, payload, NULL, ? FROM usage_bad""",
                 [now],
+            )
+            # A file kept out before and readable now is no longer quarantined.
+            con.execute(
+                "DELETE FROM quarantine WHERE source = 'usage' AND stream = ? AND object_id = ?",
+                [FILE_STREAM, path.name],
             )
             # The file's size and modification time, with its rows: a kill before the
             # commit leaves neither, and the next run loads the file again.

@@ -11,7 +11,10 @@ subscription discount):
   and rounded once with the rest. Stripe includes a price's ``tiers`` only when expanded
   (the extract lists prices with ``expand=data.tiers``); a tiered price whose tiers are
   still unknown (an object seen only embedded or by event) counts zero. Not supported:
-  ``custom_unit_amount`` (pay what you want) prices;
+  ``custom_unit_amount`` (pay what you want) prices. An item whose price the extract
+  quarantined (an amount that is not an integer, an unknown interval, tiers without
+  amounts) has unknown MRR: NULL, not 0, and so has its subscription and its account's
+  MRR in that currency (movements leave such an account out, as with a missing rate);
 - normalised to a month: month / interval_count; year / (12 x count);
   week x 52 / (12 x count); day x 365 / (12 x count);
 - zero for trials (status ``trialing``), metered prices and one-time prices, and while
@@ -153,8 +156,14 @@ def item_mrr_sql(points: str, settings: SignalSettings, *, per_subscription: boo
       WHERE h.status IN ({live})
          OR (h.status = 'canceled' AND h.ended_at > pts.t)
     ),
+    -- prices the extract quarantined (bad input): an item at one has unknown MRR (NULL)
+    quarantined_prices AS (
+      SELECT DISTINCT object_id AS price_id FROM quarantine
+      WHERE source = 'stripe' AND stream = 'price'
+    ),
     it AS (
       SELECT s.t, s.subscription_id, s.customer_id, s.status, s.paused, i.item_id, i.price_id,
+             s.currency AS sub_currency, p.price_id IS NULL AS price_quarantined,
              COALESCE(i.quantity, 1) AS quantity,
              CASE WHEN COALESCE(p.transform_divide_by, 0) > 0 THEN
                     CASE WHEN p.transform_round = 'up'
@@ -166,7 +175,9 @@ def item_mrr_sql(points: str, settings: SignalSettings, *, per_subscription: boo
       JOIN history_subscription_items i
         ON i.subscription_id = s.subscription_id
        AND i.valid_from <= s.t AND (i.valid_to IS NULL OR i.valid_to > s.t)
-      JOIN core_prices p ON p.price_id = i.price_id
+      LEFT JOIN core_prices p ON p.price_id = i.price_id
+      LEFT JOIN quarantined_prices qp ON qp.price_id = i.price_id
+      WHERE p.price_id IS NOT NULL OR qp.price_id IS NOT NULL
     ),
     -- each (tiered price, quantity) priced once, joined back: no per-row subquery
     tq AS (
@@ -195,10 +206,12 @@ def item_mrr_sql(points: str, settings: SignalSettings, *, per_subscription: boo
       GROUP BY ALL
     )
     SELECT it.t, it.subscription_id, it.customer_id, it.item_id, it.price_id, it.quantity,
-           lower(p.currency) AS currency, p.usage_type,
+           lower(COALESCE(p.currency, it.sub_currency)) AS currency, p.usage_type,
            p.recurring_interval AS interval, COALESCE(p.recurring_interval_count, 1) AS interval_count,
            CASE
-             WHEN it.status = 'trialing' OR it.paused OR p.usage_type = 'metered'
+             WHEN it.status = 'trialing' OR it.paused THEN CAST(0 AS BIGINT)
+             WHEN it.price_quarantined THEN CAST(NULL AS BIGINT)
+             WHEN p.usage_type = 'metered'
                   OR COALESCE(p.type, 'recurring') <> 'recurring' THEN CAST(0 AS BIGINT)
              ELSE CAST({
         sql_round_div(
@@ -210,7 +223,7 @@ def item_mrr_sql(points: str, settings: SignalSettings, *, per_subscription: boo
         )
     } AS BIGINT)
            END AS mrr_minor
-    FROM it JOIN core_prices p ON p.price_id = it.price_id
+    FROM it LEFT JOIN core_prices p ON p.price_id = it.price_id
     LEFT JOIN tier_amount ta ON ta.price_id = it.price_id AND ta.q = it.q
     LEFT JOIN tx ON tx.t = it.t AND tx.subscription_id = it.subscription_id
     """
@@ -240,7 +253,8 @@ def subscription_mrr_sql(
     WITH items AS ({items}),
     per_sub AS (
       SELECT t, subscription_id, customer_id, min(currency) AS currency,
-             sum(mrr_minor) AS gross,
+             -- one item of unknown MRR (a quarantined price) makes the whole unknown
+             CASE WHEN bool_or(mrr_minor IS NULL) THEN NULL ELSE sum(mrr_minor) END AS gross,
              -- the interval used to spread an amount-off coupon over a month
              min(interval) AS interval, min(interval_count) AS interval_count
       FROM items GROUP BY ALL
@@ -271,7 +285,8 @@ def subscription_mrr_sql(
     )
     SELECT n.t, n.subscription_id, n.customer_id, {key} AS account_id,
            n.currency, CAST(n.gross AS BIGINT) AS gross_mrr_minor,
-           CAST(greatest(n.after_pct - n.monthly_amount_off, 0) AS BIGINT) AS mrr_minor
+           CASE WHEN n.gross IS NOT NULL THEN
+             CAST(greatest(n.after_pct - n.monthly_amount_off, 0) AS BIGINT) END AS mrr_minor
     FROM net n {link}
     """
 
@@ -304,7 +319,9 @@ def account_mrr_sql(
     return f"""
     WITH subs AS ({subs}),
     acc AS (
-      SELECT t, account_id, currency, CAST(sum(mrr_minor) AS BIGINT) AS mrr_minor,
+      SELECT t, account_id, currency,
+             CASE WHEN NOT bool_or(mrr_minor IS NULL) THEN CAST(sum(mrr_minor) AS BIGINT) END
+               AS mrr_minor,
              count(*) AS subscription_count
       FROM subs GROUP BY ALL
     ),

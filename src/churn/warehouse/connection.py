@@ -17,7 +17,7 @@ from pathlib import Path
 
 import duckdb
 
-from churn.errors import MigrationError, WarehouseError
+from churn.errors import MigrationError, WarehouseBusyError, WarehouseError
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
@@ -57,12 +57,20 @@ def connect(
     ``<file>.tmp/``); unset, DuckDB's defaults (80% of memory, a thread per core).
     """
     path = Path(path)
+    wal = path.with_name(path.name + ".wal")
     try:
         if read_only:
             return duckdb.connect(str(path), read_only=True)
         path.parent.mkdir(parents=True, exist_ok=True)
+        recovered = wal.exists() and wal.stat().st_size > 0
         con = duckdb.connect(str(path))
     except duckdb.Error as exc:
+        if _held_by_another(exc):
+            # DuckDB: one writer or many readers per file, across processes.
+            raise WarehouseBusyError(
+                f"the warehouse {path} is open in another process (a reader or a run);"
+                " try again when it is closed"
+            ) from None
         raise WarehouseError(f"cannot open the warehouse {path}: {exc}") from exc
     con.execute("SET TimeZone = 'UTC'")
     if memory_limit is not None:
@@ -71,7 +79,21 @@ def connect(
     if threads is not None:
         con.execute(f"SET threads = {int(threads)}")
     migrate(con)
+    if recovered:
+        # A process killed mid-write left its log. DuckDB replays it on open, but did not
+        # fold it into the file on close (seen with DuckDB 2.0): every later run then
+        # found a log after closing and refused to publish the read copy. Folded in now.
+        con.execute("CHECKPOINT")
     return con
+
+
+def _held_by_another(exc: duckdb.Error) -> bool:
+    """DuckDB's refusal when another process holds the file ("Could not set lock on
+    file ...: Conflicting lock is held in ...")."""
+    text = str(exc)
+    return isinstance(exc, duckdb.IOException) and (
+        "Conflicting lock" in text or "Could not set lock" in text
+    )
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:

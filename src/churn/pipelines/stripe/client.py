@@ -19,6 +19,10 @@ from churn.errors import ConfigError, StripeExtractError, StripeRequestError
 from churn.settings import StripeSettings
 
 log = logging.getLogger(__name__)
+# The SDK logs each response body at DEBUG ("API response body"): whole pages of customer
+# names and emails. Its INFO lines (method, path, status) are kept; its bodies never are,
+# whatever level the service logs at (`churn -v`).
+logging.getLogger("stripe").setLevel(logging.INFO)
 
 _RETRYABLE_STATUS = frozenset({409, 429, 500, 502, 503, 504})
 
@@ -58,10 +62,16 @@ class StripeApi:
             self.calls_by_stream[stream] = self.calls_by_stream.get(stream, 0) + 1
             try:
                 response = self.client.raw_request("get", path, **dict(params))
+                malformed = _malformed(response.data)
             except stripe.StripeError as exc:
                 status = exc.http_status
-                retryable = status in _RETRYABLE_STATUS or (
-                    status is None and isinstance(exc, stripe.APIConnectionError)
+                # A 2xx whose body is not JSON (cut off on the way: "Invalid response body
+                # from API"): the request was fine, its answer was lost; ask again.
+                truncated = status is not None and 200 <= status < 300
+                retryable = (
+                    truncated
+                    or status in _RETRYABLE_STATUS
+                    or (status is None and isinstance(exc, stripe.APIConnectionError))
                 )
                 if retryable and attempt < self.settings.max_retries:
                     delay = self._delay(attempt, exc.headers or {})
@@ -78,16 +88,30 @@ class StripeApi:
                     self.retries += 1
                     self.sleep(delay)
                     continue
-                message = _describe(stream, path, params, exc, attempt, retryable)
+                message = _describe(stream, path, params, exc, attempt, retryable, truncated)
                 if self.settings.api_key is not None:
                     message = message.replace(self.settings.api_key.get_secret_value(), "***")
                 raise StripeRequestError(message, exc.http_status) from None
+            if malformed is not None:
+                if attempt < self.settings.max_retries:
+                    log.warning(
+                        "stream %s: GET %s answered %s; retry %d/%d",
+                        stream,
+                        path,
+                        malformed,
+                        attempt + 1,
+                        self.settings.max_retries,
+                    )
+                    attempt += 1
+                    self.retries += 1
+                    self.sleep(self._delay(attempt - 1, {}))
+                    continue
+                raise StripeExtractError(
+                    f"stream {stream}: GET {path} answered {malformed} after {attempt} retries"
+                )
             self.api_version = _header(response.headers or {}, "stripe-version") or self.api_version
             data = response.data
-            if not isinstance(data, dict):
-                raise StripeExtractError(
-                    f"stream {stream}: GET {path} answered a body that is not a JSON object"
-                )
+            assert isinstance(data, dict)
             return data
 
     def _delay(self, attempt: int, headers: Mapping[str, str]) -> float:
@@ -108,6 +132,22 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return None
 
 
+#: At most this many characters of Stripe's own explanation go into an error message.
+REASON_BOUND = 200
+
+
+def _malformed(data: object) -> str | None:
+    """What is wrong with a 2xx body that parsed, or None: every Stripe answer is an
+    object with an ``object`` field, and a list's ``data`` is an array."""
+    if not isinstance(data, dict):
+        return "a body that is not a JSON object"
+    if not isinstance(data.get("object"), str):
+        return "a JSON object without its 'object' field"
+    if data["object"] == "list" and not isinstance(data.get("data"), list):
+        return "a list without its 'data' array"
+    return None
+
+
 def _describe(
     stream: str,
     path: str,
@@ -115,11 +155,18 @@ def _describe(
     exc: stripe.StripeError,
     attempt: int,
     retryable: bool,
+    truncated: bool = False,
 ) -> str:
     shown = {k: v for k, v in params.items() if k != "expand"}
     request = f"GET {path}" + (f" {shown}" if shown else "")
     status = exc.http_status if exc.http_status is not None else "no response"
-    # The SDK's message carries Stripe's explanation; it never contains the key itself.
-    reason = (exc.user_message or str(exc) or type(exc).__name__).strip()
+    if truncated:
+        # The SDK's message quotes the whole body (customer names, emails): never kept.
+        reason = "the body was not valid JSON (cut off or malformed)"
+    else:
+        # Stripe's explanation (an error body's message), bounded; never the key itself.
+        reason = (exc.user_message or str(exc) or type(exc).__name__).strip()
+        if len(reason) > REASON_BOUND:
+            reason = reason[: REASON_BOUND - 1] + "…"
     after = f" after {attempt} retries" if retryable and attempt else ""
     return f"stream {stream}: {request} failed{after} ({status} {type(exc).__name__}): {reason}"

@@ -46,9 +46,11 @@ from churn.pipelines.stripe.client import StripeApi, make_stripe_client
 from churn.pipelines.stripe.history import build_history
 from churn.pipelines.stripe.land import Version, check_mode, land, mark_deleted
 from churn.pipelines.stripe.normalise import normalise
+from churn.pipelines.stripe.partial import QUARANTINE_SOURCE, is_partial, missing_fields
 from churn.pipelines.stripe.streams import (
     LISTED,
     OBJECT_TABLES,
+    STREAMS_BY_NAME,
     Stream,
     embedded_table,
     flatten,
@@ -453,11 +455,26 @@ class _Run:
         )
         unseen = {e["id"] for e in self._unseen(list(fetched.values()))}
         new = [(e, seq) for e, seq in ordered if e["id"] in unseen]
+        # Partial objects: retrieved whole, landed as of the retrieve (never as of the
+        # event: the state at the event's time is what the thin event did not say).
+        retrieved = {e["id"]: got for e, _ in new if (got := self._retrieve_partial(e))}
+        # Where a partial event is its object's newest in this read, the object retrieved
+        # now is its state from that event on (a change without an event is as rare here
+        # as for a listing): landed as of the event, as the event itself would have been.
+        # An older one's state is unknown (a later change came after it): as of the fetch.
+        newest: dict[str, str] = {}
+        for event, _ in new:  # oldest first: the last seen is the newest
+            obj = (event.get("data") or {}).get("object")
+            if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+                newest[obj["id"]] = event["id"]
+        at_event = {eid for eid, (obj, _) in retrieved.items() if newest.get(obj["id"]) == eid}
         # Items beyond a subscription's embedded page: as listed now (the event's own
         # page is kept as it was); one call per such subscription, not per event.
         more_items: dict[str, list[dict[str, Any]]] = {}
         for event, _ in new:
             obj = (event.get("data") or {}).get("object")
+            if event["id"] in retrieved:
+                obj = retrieved[event["id"]][0]
             if not (isinstance(obj, dict) and obj.get("object") == "subscription"):
                 continue
             if obj.get("id") not in more_items and _has_more_items(obj):
@@ -477,11 +494,45 @@ class _Run:
                 state["polled_at"] = polled.isoformat()
                 state.pop("retained", None)
             with transaction(self.con):
-                self._apply_events(chunk, more_items)
+                self._apply_events(chunk, more_items, retrieved, at_event)
                 self._set_state(EVENTS, None, cursor, state)
             log.debug("stream events: page committed (%d events, cursor %s)", len(chunk), cursor)
             self._advance(task, len(chunk))
         self._finish(task)
+
+    def _retrieve_partial(self, event: dict[str, Any]) -> tuple[dict[str, Any], datetime] | None:
+        """The whole object and when it was fetched, for an event whose ``data.object``
+        came partial; None when it came whole, or the retrieve answers 404 (the object is
+        gone: :func:`apply_events` then keeps the partial one out)."""
+        obj = (event.get("data") or {}).get("object")
+        kind = obj.get("object") if isinstance(obj, dict) else None
+        table = OBJECT_TABLES.get(kind) if isinstance(kind, str) else None
+        if table is None or not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
+            return None
+        if not is_partial(table, obj):
+            return None
+        stream = STREAMS_BY_NAME[table]
+        path = f"/v1/{stream.served_as}/{obj['id']}"
+        params: dict[str, Any] = {}
+        if "expand" in stream.params and stream.path:
+            # the listing's expansions, without its "data." prefix
+            params["expand"] = [e.removeprefix("data.") for e in stream.params["expand"]]
+        try:
+            whole = self.api.get(stream.name, path, params)
+        except StripeRequestError as exc:
+            if exc.http_status not in (400, 404):
+                raise
+            log.warning(
+                "stream events: event %s carries a partial %s %s, which cannot be retrieved",
+                event["id"],
+                table,
+                obj["id"],
+            )
+            return None
+        if whole.get("id") != obj["id"] or is_partial(table, whole):
+            return None
+        self.result.add("events_completed_by_retrieve", 1)
+        return whole, utcnow()
 
     def _unseen(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not events:
@@ -497,11 +548,14 @@ class _Run:
         self,
         events: list[tuple[dict[str, Any], int]],
         more_items: dict[str, list[dict[str, Any]]],
+        retrieved: dict[str, tuple[dict[str, Any], datetime]],
+        at_event: set[str],
     ) -> None:
         if not events:
             return
         key_mode = self.settings.stripe.key_mode
-        self.result.add("events", apply_events(self.con, events, key_mode, self.result, more_items))
+        n = apply_events(self.con, events, key_mode, self.result, more_items, retrieved, at_event)
+        self.result.add("events", n)
 
     # -- reconciliation ----------------------------------------------------------------
 
@@ -589,18 +643,25 @@ def apply_events(
     key_mode: str | None,
     result: StripeExtractResult | None = None,
     more_items: dict[str, list[dict[str, Any]]] | None = None,
+    retrieved: dict[str, tuple[dict[str, Any], datetime]] | None = None,
+    at_event: set[str] | None = None,
 ) -> int:
     """Store events (once each) and land their objects newer-over-older.
 
     ``events`` pairs each event with its sequence in its second (see
     :func:`~churn.pipelines.stripe.land.sequence_events`); the caller's transaction.
     ``more_items``: by subscription id, the items its embedded page left out; the event
-    is stored as Stripe sent it, the subscription landed with them.
+    is stored as Stripe sent it, the subscription landed with them. ``retrieved``: by event
+    id, the whole object retrieved for a partial one and when: landed as of that fetch
+    (as a listing is), or as of the event for the events in ``at_event`` (each its
+    object's newest); the event is stored as sent. A partial object not retrieved is kept
+    out, with a quarantine row (source ``stripe_event``).
     """
     fetched = utcnow()
     check_mode(key_mode, [e for e, _ in events], "stream events")
     by_table: dict[str, list[tuple[dict[str, Any], Version]]] = {}
     rows = []
+    partial: list[tuple[Any, ...]] = []
     for event, seq in events:
         obj = (event.get("data") or {}).get("object")
         kind = obj.get("object") if isinstance(obj, dict) else None
@@ -620,6 +681,43 @@ def apply_events(
         )
         if table is None or not isinstance(obj, dict) or "id" not in obj:
             continue
+        got = (retrieved or {}).get(event["id"])
+        missing = missing_fields(table, obj)
+        if got is not None:
+            obj, at = got
+            if kind == "subscription" and more_items and obj["id"] in more_items:
+                obj = with_items(obj, more_items[obj["id"]])
+            flat, inner = flatten(obj)
+            if event["id"] in (at_event or set()):
+                at_version = Version(
+                    "event", _from_epoch(event.get("created")), seq, event["id"],
+                    event.get("api_version"),
+                )  # fmt: skip
+            else:
+                at_version = Version(
+                    "retrieve", stripe_land.list_version_ts(at), at.microsecond, "",
+                    event.get("api_version"),
+                )  # fmt: skip
+            by_table.setdefault(table, []).append((flat, at_version))
+            for e in inner:
+                by_table.setdefault(embedded_table(e), []).append((e, at_version))
+            continue
+        if missing:
+            # Never stored over a full payload: kept out, with a quarantine row.
+            partial.append(
+                (
+                    QUARANTINE_SOURCE,
+                    table,
+                    event["id"],
+                    f"data.object of {table} {str(obj['id'])[:40]} is partial (no "
+                    + ", ".join(missing)[:120]
+                    + ") and could not be retrieved; kept out",
+                    stripe_land.dumps({"id": obj["id"], "object": kind}),
+                    result.run_id if result is not None else None,
+                    fetched,
+                )
+            )
+            continue
         if kind == "subscription" and more_items and obj["id"] in more_items:
             obj = with_items(obj, more_items[obj["id"]])
         flat, inner = flatten(obj)
@@ -635,6 +733,14 @@ def apply_events(
         for e in inner:
             by_table.setdefault(embedded_table(e), []).append((e, version))
     stripe_land.store_events(con, rows)
+    if partial:
+        con.executemany(
+            "INSERT OR REPLACE INTO quarantine (source, stream, object_id, reason, payload,"
+            " run_id, quarantined_at) VALUES (?, ?, ?, ?, ?::JSON, ?, ?)",
+            partial,
+        )
+        if result is not None:
+            result.add("quarantined_partial_events", len(partial))
     for table, items in sorted(by_table.items()):
         land(con, table, items, fetched)
         if result is not None:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import duckdb
 
-from churn.pipelines.stripe.normalise import dirty
+from churn.pipelines.stripe.normalise import dirty, typed
 
 _ITEMS = "CAST(payload->'$.items.data' AS JSON[])"
 
@@ -71,6 +71,7 @@ _VERSIONS = f"""
                           AND q.stream = 'subscription' AND q.object_id = s.subscription_id)
           -- an older version the quarantine rule would refuse (the latest one passed)
           AND stripe_id(payload->'$.customer') IS NOT NULL AND payload->>'$.status' IS NOT NULL
+          AND NOT coalesce(({typed("subscription")}), FALSE)
     ), first_seen AS (
         SELECT subscription_id, min(version_ts) AS first_ts,
                arg_min(payload, (version_ts, version_seq)) AS payload,
@@ -450,6 +451,10 @@ def build_in_place_history(con: duckdb.DuckDBPyConnection, *, full: bool = False
     customers = "SELECT id FROM raw_stripe_customer" if full else (
         "SELECT id FROM stripe_dirty WHERE stream = 'customer'"
     )  # fmt: skip
+    # a quarantined customer has no history either (its payload cannot be read)
+    customers += (
+        " EXCEPT SELECT object_id FROM quarantine WHERE source = 'stripe' AND stream = 'customer'"
+    )
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _pm_scope AS "
         + (

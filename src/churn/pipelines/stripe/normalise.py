@@ -33,7 +33,69 @@ class Rule:
     broken: str
 
 
+def _integer(json_expr: str, *, nullable: bool = False) -> str:
+    """SQL: the JSON value is an integer (a JSON number without a fraction). The amounts
+    Stripe documents as integers in minor units are never strings or decimals: a string
+    ``"12.50"`` would otherwise be cast (and rounded, to 13) by ``TRY_CAST``."""
+    kinds = "'UBIGINT', 'BIGINT'" + (", 'NULL'" if nullable else "")
+    json_expr = f"({json_expr})"  # `->` binds looser than IS NULL
+    absent = f"{json_expr} IS NULL OR " if nullable else ""
+    return f"({absent}coalesce(json_type({json_expr}) IN ({kinds}), FALSE))"
+
+
+_QUANTITY_IS_INTEGER = _integer("i->'$.quantity'")
+#: The items as a list only where they are one (a rule's OR does not short-circuit: the
+#: cast of an object would fail the whole statement).
+_ITEMS = f"CASE WHEN json_type(payload->'$.items.data') = 'ARRAY' THEN {ITEMS_JSON} END"
+
+#: Fields Stripe documents as integers (amounts in minor units, Unix timestamps, counts)
+#: and as lists, per stream: any other JSON type cannot be normalised (a string "12.50"
+#: would be cast and rounded, a list cast to a number fails the statement).
+_INTEGERS = {
+    "customer": ("created",),
+    "subscription": ("created", "current_period_start", "current_period_end", "canceled_at",
+                     "ended_at", "cancel_at", "trial_start", "trial_end", "start_date",
+                     "billing_cycle_anchor"),
+    "price": ("created",),
+    "invoice": ("created", "amount_due", "amount_paid", "amount_remaining", "subtotal", "tax",
+                "total", "attempt_count", "next_payment_attempt", "period_start", "period_end"),
+    "charge": ("created", "amount", "amount_refunded"),
+    "refund": ("created", "amount"),
+}  # fmt: skip
+_LISTS = {
+    "subscription": ("items.data", "discounts"),
+    "price": ("tiers",),
+    "invoice": ("lines.data", "total_taxes", "discounts"),
+}
+_OBJECTS = {
+    "subscription": ("items",),
+    "price": ("recurring", "transform_quantity"),
+    "invoice": ("lines",),
+}
+
+
+def typed(stream: str) -> str:
+    """SQL: some field of the stream's payload has a type Stripe does not document."""
+    checks = [
+        "NOT " + _integer("payload->'$." + f + "'", nullable=True)
+        for f in _INTEGERS.get(stream, ())
+    ]
+    checks += [
+        f"coalesce(json_type(payload->'$.{f}') NOT IN ('ARRAY', 'NULL'), FALSE)"
+        for f in _LISTS.get(stream, ())
+    ]
+    checks += [
+        f"coalesce(json_type(payload->'$.{f}') NOT IN ('OBJECT', 'NULL'), FALSE)"
+        for f in _OBJECTS.get(stream, ())
+    ]
+    return " OR ".join(checks) or "FALSE"
+
+
 RULES: tuple[Rule, ...] = (
+    *(
+        Rule(stream, "a field of another type than Stripe documents", typed(stream))
+        for stream in ("customer", "subscription", "price", "invoice", "charge", "refund")
+    ),
     Rule("customer", "id is not a customer id", "NOT starts_with(id, 'cus_')"),
     Rule(
         "subscription",
@@ -44,37 +106,70 @@ RULES: tuple[Rule, ...] = (
         "subscription",
         "items missing or an item without price or plan",
         f"json_type(payload->'$.items.data') IS DISTINCT FROM 'ARRAY' OR "
-        f"list_bool_or(list_transform({ITEMS_JSON}, lambda i: coalesce(stripe_id(i->'$.price'), "
+        f"list_bool_or(list_transform({_ITEMS}, lambda i: coalesce(stripe_id(i->'$.price'), "
         f"stripe_id(i->'$.plan')) IS NULL))",
     ),
     Rule(
         "subscription",
         "an item quantity is not an integer",
-        f"list_bool_or(list_transform({ITEMS_JSON}, lambda i: i->>'$.quantity' IS NOT NULL "
-        f"AND TRY_CAST(i->>'$.quantity' AS BIGINT) IS NULL))",
+        f"list_bool_or(list_transform({_ITEMS}, lambda i: i->>'$.quantity' IS NOT NULL "
+        f"AND NOT {_QUANTITY_IS_INTEGER}))",
+    ),
+    # "quantity: The quantity of the plan to which the customer should be subscribed"
+    # (the Subscription Item object): a count of seats or units, never below zero.
+    Rule(
+        "subscription",
+        "an item quantity is negative",
+        f"list_bool_or(list_transform({_ITEMS}, lambda i: "
+        f"TRY_CAST(i->>'$.quantity' AS BIGINT) < 0))",
     ),
     Rule(
         "price",
         "no currency, or an amount that is not an integer",
-        "payload->>'$.currency' IS NULL OR (coalesce(payload->>'$.unit_amount', "
-        "payload->>'$.amount') IS NOT NULL AND TRY_CAST(coalesce(payload->>'$.unit_amount', "
-        "payload->>'$.amount') AS BIGINT) IS NULL)",
+        "payload->>'$.currency' IS NULL OR NOT "
+        + _integer("coalesce(payload->'$.unit_amount', payload->'$.amount')", nullable=True),
+    ),
+    # "unit_amount: A non-negative integer in cents representing how much to charge."
+    Rule(
+        "price",
+        "a negative amount",
+        "TRY_CAST(coalesce(payload->>'$.unit_amount', payload->>'$.amount') AS BIGINT) < 0",
+    ),
+    # "recurring.interval: The frequency at which a subscription is billed. One of day,
+    # week, month or year." (the Price object); anything else cannot be made monthly.
+    Rule(
+        "price",
+        "recurring interval is not day, week, month or year",
+        "coalesce(payload->>'$.recurring.interval', payload->>'$.interval') NOT IN "
+        "('day', 'week', 'month', 'year') OR coalesce(TRY_CAST(coalesce("
+        "payload->>'$.recurring.interval_count', payload->>'$.interval_count') AS BIGINT), 1) < 1",
+    ),
+    # A tiered price's tiers, when known (expanded), each carry a unit or a flat amount
+    # ("tiers.flat_amount ... tiers.unit_amount": a tier with neither prices nothing).
+    Rule(
+        "price",
+        "tiered, with a tier that has no amount",
+        "payload->>'$.billing_scheme' = 'tiered' AND json_type(payload->'$.tiers') = 'ARRAY' "
+        "AND (json_array_length(payload->'$.tiers') = 0 OR list_bool_or(list_transform("
+        "CAST(payload->'$.tiers' AS JSON[]), lambda t: coalesce(t->>'$.unit_amount', "
+        "t->>'$.unit_amount_decimal', t->>'$.flat_amount', t->>'$.flat_amount_decimal') "
+        "IS NULL)))",
     ),
     Rule(
         "invoice",
         "no currency, or an amount that is not an integer",
-        "payload->>'$.currency' IS NULL OR (payload->>'$.amount_due' IS NOT NULL AND "
-        "TRY_CAST(payload->>'$.amount_due' AS BIGINT) IS NULL)",
+        "payload->>'$.currency' IS NULL OR NOT "
+        + _integer("payload->'$.amount_due'", nullable=True),
     ),
     Rule(
         "charge",
         "no currency, or an amount that is missing or not an integer",
-        "payload->>'$.currency' IS NULL OR TRY_CAST(payload->>'$.amount' AS BIGINT) IS NULL",
+        "payload->>'$.currency' IS NULL OR NOT " + _integer("payload->'$.amount'"),
     ),
     Rule(
         "refund",
         "amount missing or not an integer",
-        "TRY_CAST(payload->>'$.amount' AS BIGINT) IS NULL",
+        "NOT " + _integer("payload->'$.amount'"),
     ),
 )
 

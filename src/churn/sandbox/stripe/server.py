@@ -20,6 +20,8 @@ import bisect
 import copy
 import gzip
 import json
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -366,9 +368,90 @@ class _RateLimiter:
             return True
 
 
+FAULT_KINDS = ("429", "5xx", "reset", "slow", "truncate", "partial_event")
+
+
+@dataclass
+class Fault:
+    """One scripted misbehaviour: ``kind`` on the next ``times`` requests whose path starts
+    with ``path`` (any when None)."""
+
+    kind: str
+    path: str | None = None
+    times: int = 1
+    #: The status of a ``5xx`` answer.
+    status: int = 503
+    #: The Retry-After of a ``429`` (seconds, as Stripe sends it).
+    retry_after: str = "1"
+
+
+class StripeFaults:
+    """Faults set per test on a running stand-in, served in the order they were added.
+
+    - ``429``: "Too many requests" with ``Retry-After`` (a burst: ``times`` in a row);
+    - ``5xx``: an ``api_error`` with ``status`` (500, 502, 503, 504);
+    - ``reset``: the connection is closed with a TCP reset before any answer;
+    - ``slow``: no answer until the client gives up (its read timeout), deterministic:
+      the handler waits on an event nobody sets while the client waits, never a sleep;
+    - ``truncate``: HTTP 200 with the first half of the body (a page cut off on the way);
+    - ``partial_event``: an events page whose events carry ``data.object`` as
+      ``{id, object}`` only (the object is served whole by its own retrieve).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: list[Fault] = []
+        #: How many requests a fault answered, by kind.
+        self.injected: dict[str, int] = {}
+        #: Set on stop: a ``slow`` answer still waiting gives up.
+        self.released = threading.Event()
+
+    def add(self, kind: str, *, path: str | None = None, times: int = 1, **kw: Any) -> None:
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault {kind!r}; known: {FAULT_KINDS}")
+        with self._lock:
+            self._queue.append(Fault(kind, path, times, **kw))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._queue.clear()
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return sum(f.times for f in self._queue)
+
+    @property
+    def total(self) -> int:
+        return sum(self.injected.values())
+
+    def take(self, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self._queue:
+                if fault.times > 0 and (fault.path is None or path.startswith(fault.path)):
+                    if fault.kind == "partial_event" and not path.startswith("/v1/events"):
+                        continue
+                    fault.times -= 1
+                    self.injected[fault.kind] = self.injected.get(fault.kind, 0) + 1
+                    if fault.times == 0:
+                        self._queue.remove(fault)
+                    return fault
+        return None
+
+
+def _thin_events(text: str) -> str:
+    page = json.loads(text)
+    for event in page.get("data") or []:
+        obj = (event.get("data") or {}).get("object")
+        if isinstance(obj, dict) and "id" in obj:
+            event["data"]["object"] = {"id": obj["id"], "object": obj.get("object")}
+    return json.dumps(page, separators=(",", ":"))
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    _fault: Fault | None = None
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         return
@@ -377,7 +460,12 @@ class _Handler(BaseHTTPRequestHandler):
         self, status: int, body: dict[str, Any] | str, headers: dict[str, str] | None = None
     ) -> None:
         text = body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))
+        fault: Fault | None = getattr(self, "_fault", None)
+        if fault is not None and status == 200 and fault.kind == "partial_event":
+            text = _thin_events(text)
         data = text.encode()
+        if fault is not None and status == 200 and fault.kind == "truncate":
+            data = data[: len(data) // 2]
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -392,10 +480,47 @@ class _Handler(BaseHTTPRequestHandler):
         srv = self.server
         with srv.count_lock:
             srv.requests += 1
+        self._fault = None
         try:
+            if self._misbehave():
+                return
             self._get()
         except _ApiError as exc:
             self._send(exc.status, exc.body)
+
+    def _misbehave(self) -> bool:
+        """Answer with the next fault set for this path, if any; True when answered."""
+        fault = self.server.faults.take(urlsplit(self.path).path)
+        if fault is None:
+            return False
+        if fault.kind == "429":
+            self._send(429, {"error": {"type": "invalid_request_error", "code": "rate_limit",
+                                       "message": "Too many requests hit the API too quickly.",
+                                       "param": None}},
+                       {"Retry-After": fault.retry_after})  # fmt: skip
+            return True
+        if fault.kind == "5xx":
+            self._send(fault.status, {"error": {"type": "api_error", "code": None, "param": None,
+                                                "message": "An unexpected error occurred."}})  # fmt: skip
+            return True
+        if fault.kind in ("reset", "slow"):
+            if fault.kind == "slow":
+                # Until the client's read timeout closes its end (the read below returns
+                # at once then), or the stand-in stops.
+                self.connection.settimeout(0.05)
+                while not self.server.faults.released.is_set():
+                    try:
+                        if self.connection.recv(1, socket.MSG_PEEK) == b"":
+                            break
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        break
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            raise _Dropped
+        self._fault = fault  # truncate, partial_event: the answer is served, then altered
+        return False
 
     def _get(self) -> None:
         srv = self.server
@@ -447,6 +572,10 @@ class _Handler(BaseHTTPRequestHandler):
     do_DELETE = do_POST
 
 
+class _Dropped(Exception):
+    """A connection dropped on purpose (a ``reset`` or ``slow`` fault)."""
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -455,6 +584,14 @@ class _Server(ThreadingHTTPServer):
         self.world, self.api_key, self.limiter = world, api_key, _RateLimiter(rate)
         self.requests = 0
         self.count_lock = threading.Lock()
+        self.faults = StripeFaults()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A dropped connection (a fault, or a client that timed out) is no server error.
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (_Dropped, OSError)):
+            super().handle_error(request, client_address)
 
 
 @dataclass
@@ -469,10 +606,16 @@ class RunningStripe:
     def requests(self) -> int:
         return self._server.requests
 
+    @property
+    def faults(self) -> StripeFaults:
+        """Faults to serve next (see :class:`StripeFaults`)."""
+        return self._server.faults
+
     def settings_env(self) -> dict[str, str]:
         return {"STRIPE_API_KEY": self.api_key, "STRIPE_API_BASE": self.api_base}
 
     def stop(self) -> None:
+        self._server.faults.released.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
