@@ -239,26 +239,49 @@ mrr AS (
   LEFT JOIN mrr_at m90 ON m90.account_id = a.account_id AND m90.t = a.t AND m90.k = 90
   LEFT JOIN mrr_at m180 ON m180.account_id = a.account_id AND m180.t = a.t AND m180.k = 180
 ),
+-- the usage feed as known at each snapshot (core_usage_as_of for many snapshots at
+-- once): a sample never restated as it is; a restated one by the version loaded last at
+-- or before t, or, when every version was loaded after t (a feed's history loaded on a
+-- later first run), by its first version, the earliest statement of that day
+use_known AS (
+  SELECT s.t, u.account_id, CAST(u.day AS TIMESTAMP) AS day, u.active_seats
+  FROM snaps s JOIN (FROM core_usage ANTI JOIN core_usage_history USING (account_id, day)) u
+    ON CAST(u.day AS TIMESTAMP) < s.t AND CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 180 DAY
+  UNION ALL
+  SELECT t, account_id, day, active_seats FROM (
+    SELECT s.t, v.account_id, CAST(v.day AS TIMESTAMP) AS day, v.active_seats, v.loaded_at
+    FROM snaps s JOIN (
+      SELECT u.account_id, u.day, u.active_seats, u.loaded_at
+      FROM core_usage u SEMI JOIN core_usage_history h USING (account_id, day)
+      UNION ALL
+      SELECT account_id, day, active_seats, loaded_at FROM core_usage_history
+    ) v ON CAST(v.day AS TIMESTAMP) < s.t AND CAST(v.day AS TIMESTAMP) >= s.t - INTERVAL 180 DAY
+    QUALIFY row_number() OVER (
+      PARTITION BY s.t, v.account_id, v.day
+      ORDER BY v.loaded_at <= s.t DESC,
+               CASE WHEN v.loaded_at <= s.t THEN -epoch(v.loaded_at)
+                    ELSE epoch(v.loaded_at) END) = 1
+  )
+),
 use_w AS (
   -- average active seats per 30-day window before t: w0 = (t-30d, t], w1 the 30 before...
   -- (a feed of any cadence: daily, a weekly rollup, both; each window its samples' mean;
   -- a sample keyed by customer counts for its Account as linked at t)
-  SELECT s.t, {account_key("u.account_id")} AS account_id,
-    CAST(floor(({_days("s.t", "CAST(u.day AS TIMESTAMP)")} ) / 30) AS INTEGER) AS w,
+  SELECT u.t, {account_key("u.account_id")} AS account_id,
+    CAST(floor(({_days("u.t", "u.day")} ) / 30) AS INTEGER) AS w,
     avg(u.active_seats) AS active,
-    avg(u.active_seats) FILTER (WHERE CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 14 DAY)
+    avg(u.active_seats) FILTER (WHERE u.day >= u.t - INTERVAL 14 DAY)
       AS active_14,
-    sum(u.active_seats) FILTER (WHERE CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 90 DAY) AS sy,
-    sum(u.active_seats * {_days("CAST(u.day AS TIMESTAMP)", "s.t")})
-      FILTER (WHERE CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 90 DAY) AS sxy,
-    sum({_days("CAST(u.day AS TIMESTAMP)", "s.t")})
-      FILTER (WHERE CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 90 DAY) AS sx,
-    sum(pow({_days("CAST(u.day AS TIMESTAMP)", "s.t")}, 2))
-      FILTER (WHERE CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 90 DAY) AS sxx,
-    count(*) FILTER (WHERE CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 90 DAY) AS n90
-  FROM snaps s JOIN core_usage u
-    ON CAST(u.day AS TIMESTAMP) < s.t AND CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 180 DAY
-  {links_at_join("u.account_id", "s.t")}
+    sum(u.active_seats) FILTER (WHERE u.day >= u.t - INTERVAL 90 DAY) AS sy,
+    sum(u.active_seats * {_days("u.day", "u.t")})
+      FILTER (WHERE u.day >= u.t - INTERVAL 90 DAY) AS sxy,
+    sum({_days("u.day", "u.t")})
+      FILTER (WHERE u.day >= u.t - INTERVAL 90 DAY) AS sx,
+    sum(pow({_days("u.day", "u.t")}, 2))
+      FILTER (WHERE u.day >= u.t - INTERVAL 90 DAY) AS sxx,
+    count(*) FILTER (WHERE u.day >= u.t - INTERVAL 90 DAY) AS n90
+  FROM use_known u
+  {links_at_join("u.account_id", "u.t")}
   GROUP BY ALL
 ),
 use_p AS (
