@@ -11,9 +11,11 @@ only from what was known at ``t``:
   usage is a value: ``NaN``, never a crash),
 - charges created by ``t``; invoices by their finalized/paid/voided times,
 - the card the renewal is charged to and its expiry,
-- Salesforce context (owner active, Opportunities closed by ``t``, contacts): Salesforce
-  keeps no history in the warehouse, so the owner's status and the contacts are today's
-  (named in the model card as such).
+- Salesforce context (owner active, Opportunities, contacts) as known at ``t``: the
+  warehouse keeps each Salesforce record as last seen with its ``SystemModstamp``, so a
+  record unchanged since ``t`` is read as it stands and one modified after ``t`` (state
+  then unknown: no field history, no ``CreatedDate``) is not counted; Opportunities
+  lost by their close date.
 
 Accounts with a scheduled cancellation at ``t`` (``cancel_at_period_end`` or a
 ``cancel_at``) are *known churn*: flagged ``known_churn`` and kept out of training and
@@ -96,10 +98,10 @@ FEATURES: tuple[Feature, ...] = (
     Feature("days_since_payment", "days since the last successful charge (NaN: never)"),
     Feature("card_days_after_renewal", "days the card stays good after the renewal"),
     Feature("no_payment_method", "1 when the renewal has no payment method"),
-    Feature("owner_inactive", "1 when the Salesforce owner is inactive (today's state)"),
+    Feature("owner_inactive", "1 when the Salesforce owner was deactivated by the snapshot"),
     Feature("open_opportunities", "Opportunities open at the snapshot"),
     Feature("lost_opportunities_365d", "Opportunities closed lost in the last year"),
-    Feature("contacts", "Salesforce contacts on the Account (today's)"),
+    Feature("contacts", "Salesforce contacts on the Account unchanged since the snapshot"),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 DESCRIPTIONS: dict[str, str] = {f.name: f.description for f in FEATURES}
@@ -383,16 +385,26 @@ card AS (
                                                   c.default_payment_method, c.default_source)
   GROUP BY ALL
 ),
+-- Salesforce context as known at t: the warehouse keeps each record as last seen with its
+-- SystemModstamp (last modified); a record not modified since t held the same values
+-- then, one modified after t has a state at t unknown (no field history, no CreatedDate):
+-- the owner counts as inactive only when deactivated by t, a contact counts only when
+-- unchanged since t, an Opportunity is open at t when unchanged since and still open.
 sf_acct AS (
-  SELECT a.account_id, CASE WHEN u.is_active = FALSE THEN 1 ELSE 0 END AS owner_inactive,
-    (SELECT count(*) FROM core_contacts k WHERE k.account_id = a.account_id
-       AND NOT k.is_deleted) AS contacts
-  FROM core_accounts a LEFT JOIN core_users u ON u.user_id = a.owner_id
-  WHERE NOT a.is_deleted
+  SELECT s.t, a.account_id,
+    CASE WHEN u.is_active = FALSE AND u.system_modstamp <= s.t THEN 1 ELSE 0 END
+      AS owner_inactive
+  FROM snaps s JOIN core_accounts a ON NOT a.is_deleted
+  LEFT JOIN core_users u ON u.user_id = a.owner_id
+),
+contacts AS (
+  SELECT s.t, k.account_id, count(*) AS contacts
+  FROM snaps s JOIN core_contacts k ON NOT k.is_deleted AND k.system_modstamp <= s.t
+  GROUP BY ALL
 ),
 opps AS (
   SELECT s.t, o.account_id,
-    count(*) FILTER (WHERE NOT COALESCE(o.is_closed, FALSE) OR o.close_date > s.t)
+    count(*) FILTER (WHERE NOT COALESCE(o.is_closed, FALSE) AND o.system_modstamp <= s.t)
       AS open_opportunities,
     count(*) FILTER (WHERE o.is_closed AND NOT COALESCE(o.is_won, FALSE)
                        AND o.close_date <= s.t AND o.close_date > s.t - INTERVAL 365 DAY)
@@ -452,7 +464,7 @@ SELECT l.account_id, l.t AS snapshot_at, l.known_churn,
   COALESCE(sf.owner_inactive, 0) AS owner_inactive,
   COALESCE(op.open_opportunities, 0) AS open_opportunities,
   COALESCE(op.lost_opportunities_365d, 0) AS lost_opportunities_365d,
-  COALESCE(sf.contacts, 0) AS contacts
+  COALESCE(k.contacts, 0) AS contacts
 FROM live l
 LEFT JOIN tenure te USING (t, account_id)
 LEFT JOIN plan p USING (t, account_id)
@@ -464,7 +476,8 @@ LEFT JOIN pay py USING (t, account_id)
 LEFT JOIN invs r USING (t, account_id)
 LEFT JOIN streak o USING (t, account_id)
 LEFT JOIN card c USING (t, account_id)
-LEFT JOIN sf_acct sf USING (account_id)
+LEFT JOIN sf_acct sf USING (t, account_id)
+LEFT JOIN contacts k USING (t, account_id)
 LEFT JOIN opps op USING (t, account_id)
 LEFT JOIN later USING (t, account_id)
 ORDER BY l.t, l.account_id
