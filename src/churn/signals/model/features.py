@@ -10,7 +10,8 @@ only from what was known at ``t``:
 - usage samples dated before ``t``'s day, up to 180 days back, of any cadence (missing
   usage is a value: ``NaN``, never a crash),
 - charges created by ``t``; invoices by their finalized/paid/voided times,
-- the card the renewal is charged to and its expiry,
+- the card the renewal is charged to and its expiry, as known at ``t`` (defaults and
+  card versions from the payment-method history),
 - Salesforce context (owner active, Opportunities, contacts) as known at ``t``: the
   warehouse keeps each Salesforce record as last seen with its ``SystemModstamp``, so a
   record unchanged since ``t`` is read as it stands and one modified after ``t`` (state
@@ -365,24 +366,34 @@ invs AS (
   {links_at_join("i.customer_id", "s.t")}
   GROUP BY ALL
 ),
+-- the card the renewal is charged to as known at t (as the card_expiry signal reads it):
+-- the subscription's defaults from its version at t, the customer's from
+-- history_customer_defaults, the card's expiry (updated in place) from
+-- history_payment_methods
 pm AS (
-  SELECT payment_method_id,
-    CASE WHEN card_exp_year IS NOT NULL
-         THEN make_timestamp(card_exp_year, card_exp_month, 1, 0, 0, 0) + INTERVAL 1 MONTH
+  SELECT s.t, h.payment_method_id,
+    CASE WHEN h.card_exp_year IS NOT NULL
+         THEN make_timestamp(h.card_exp_year, h.card_exp_month, 1, 0, 0, 0) + INTERVAL 1 MONTH
     END AS good_until
-  FROM core_payment_methods WHERE NOT is_deleted
+  FROM snaps s JOIN history_payment_methods h
+    ON h.valid_from <= s.t AND (h.valid_to IS NULL OR h.valid_to > s.t) AND NOT h.is_deleted
+),
+cdef AS (
+  SELECT s.t, d.customer_id, d.default_payment_method, d.default_source
+  FROM snaps s JOIN history_customer_defaults d
+    ON d.valid_from <= s.t AND (d.valid_to IS NULL OR d.valid_to > s.t)
 ),
 card AS (
   SELECT s.t, s.account_id,
     min({_days("pm.good_until", "s.renewal_at")})
       AS card_days_after_renewal,
-    max(CASE WHEN COALESCE(s.default_payment_method, c.default_payment_method,
-                           c.default_source) IS NULL
+    max(CASE WHEN COALESCE(s.default_payment_method, s.default_source,
+                           c.default_payment_method, c.default_source) IS NULL
               AND COALESCE(s.collection_method, 'charge_automatically') = 'charge_automatically'
              THEN 1 ELSE 0 END) AS no_payment_method
-  FROM subs s LEFT JOIN core_customers c ON c.customer_id = s.customer_id
-  LEFT JOIN pm ON pm.payment_method_id = COALESCE(s.default_payment_method,
-                                                  c.default_payment_method, c.default_source)
+  FROM subs s LEFT JOIN cdef c ON c.t = s.t AND c.customer_id = s.customer_id
+  LEFT JOIN pm ON pm.t = s.t AND pm.payment_method_id = COALESCE(
+    s.default_payment_method, s.default_source, c.default_payment_method, c.default_source)
   GROUP BY ALL
 ),
 -- Salesforce context as known at t: the warehouse keeps each record as last seen with its
