@@ -51,9 +51,11 @@ KNOWN: dict[str, int] = {
 #: Read from the renewal date: the warehouse extracted at T carries, for some
 #: subscriptions, a version whose period end is a stale one from an earlier period
 #: (stepped forward by calendar months, while this world bills 30-day periods, so it
-#: drifts a day a month), and the card is today's default (no card history yet, issue 11).
+#: drifts a day a month), and the card is read from the payment-method history, where a
+#: card replaced before the 30 days of events Stripe keeps has no version on today's side.
 #: Differences of more than a week are allowed for at most this share of accounts
-#: (measured: 6 of 300 for the renewal, 9 for the card).
+#: (measured with today's card: 6 of 300 for the renewal, 9 for the card; the time-travel
+#: test measures 1 card difference since the card is read from history).
 RENEWAL = ("days_to_renewal", "card_days_after_renewal")
 RENEWAL_MAX_SHARE = 0.05
 

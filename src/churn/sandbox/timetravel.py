@@ -142,7 +142,17 @@ def world_at(folder: Path, at: datetime | int, out: Path) -> TimeTravelReport:
 
 
 #: What is compared per account, each a cause when it differs.
-ASPECTS = ("payment_health", "total_mrr", "risk_score", "known_churn")
+ASPECTS = (
+    "payment_health",
+    "total_mrr",
+    "risk_score",
+    "known_churn",
+    "churn_probability",
+    "model_version",
+)
+#: Probabilities closer than this are the same score (float noise of one model fed the
+#: same features; a risk score is compared in whole percent anyway).
+PROBABILITY_TOLERANCE = 1e-6
 
 
 @dataclass
@@ -156,32 +166,66 @@ class Comparison:
     differing: dict[str, int] = field(default_factory=dict)
     #: cause -> a few account keys, to look at (synthetic ids of a sandbox world).
     examples: dict[str, list[str]] = field(default_factory=dict)
+    #: the one model both warehouses were scored with (None: rule-based score only)
+    model_version: str | None = None
 
     def lines(self) -> list[str]:
         out = [
             f"time travel as of {self.at:%Y-%m-%d}: {self.accounts} accounts compared, "
             f"{self.equal} equal, {self.accounts - self.equal} differing"
+            + (f"; model {self.model_version}" if self.model_version else "")
         ]
         out += [f"  {cause}: {n}" for cause, n in sorted(self.differing.items())]
         return out
 
 
-def _extract_and_score(folder: Path, db: Path, at: datetime) -> None:
+def _run(folder: Path, db: Path, at: datetime, names: tuple[str, ...]) -> None:
+    """Run the job's steps named ``names`` on ``folder``'s world into ``db`` as of ``at``."""
     from churn.job.run import DEFAULT_STEPS, run_job
     from churn.sandbox.demo import demo_settings, serve_world
 
     with serve_world(folder) as sandbox:
         settings = demo_settings(sandbox, db).with_overrides(run={"as_of": at})
-        # No push (nothing to compare there) and no model step: a model trained on each
-        # warehouse would differ by its fit, not by what was known at T. The model's
-        # features are held to the point-in-time rule on their own
-        # (tests/model/test_model_world.py), so this compares the signals and the
-        # rule-based risk score they make.
-        steps = [s for s in DEFAULT_STEPS if s.name not in ("push", "model")]
-        result = run_job(settings, steps=steps)
+        result = run_job(settings, steps=[s for s in DEFAULT_STEPS if s.name in names])
     if result.status != "success":
         errors = "; ".join(o.error for o in result.steps if o.error)
         raise SandboxError(f"time travel: the job on {folder.name} ended {result.status}: {errors}")
+
+
+#: The job's steps that land data (everything before the model and scoring).
+EXTRACT_STEPS = ("stripe", "salesforce", "usage", "links")
+
+
+def _extract_and_score(folder: Path, db: Path, at: datetime) -> None:
+    """Extract and score without a model (the rule-based score only)."""
+    _run(folder, db, at, (*EXTRACT_STEPS, "score"))
+
+
+def train_once_and_store(train_db: Path, dbs: tuple[Path, ...], at: datetime) -> str:
+    """Train the churn model at ``at`` on ``train_db``'s warehouse once and store the same
+    version, promoted, in every warehouse of ``dbs``: their scores as of ``at`` then differ
+    only by the features each warehouse gives the one model, never by a fit. Returns the
+    version (``baseline-...`` when the history holds too few churners)."""
+    from churn import warehouse
+    from churn.job.model import promote, save_model
+    from churn.settings import Settings
+    from churn.signals.model.model import train
+    from churn.signals.tables import Tables
+
+    settings = Settings()
+    con = warehouse.connect(train_db, read_only=True)
+    try:
+        model, _ = train(Tables(con), settings.signals, at, trained_at=at)
+    finally:
+        con.close()
+    for db in dbs:
+        con = warehouse.connect(db)
+        try:
+            save_model(con, model, at)
+            promote(con, model.version, at)
+        finally:
+            con.close()
+    return model.version
 
 
 def _scores(db: Path, at: datetime) -> dict[str, dict[str, Any]]:
@@ -190,8 +234,8 @@ def _scores(db: Path, at: datetime) -> dict[str, dict[str, Any]]:
     con = warehouse.connect(db, read_only=True)
     try:
         health = con.execute(
-            "SELECT account_id, payment_health, total_mrr_minor, risk_score, known_churn"
-            " FROM account_health WHERE as_of = ?",
+            "SELECT account_id, payment_health, total_mrr_minor, risk_score, known_churn,"
+            " churn_probability, model_version FROM account_health WHERE as_of = ?",
             [at],
         ).fetchall()
         events = con.execute(
@@ -201,12 +245,14 @@ def _scores(db: Path, at: datetime) -> dict[str, dict[str, Any]]:
     finally:
         con.close()
     out: dict[str, dict[str, Any]] = {}
-    for account, ph, mrr, risk, known in health:
+    for account, ph, mrr, risk, known, probability, version in health:
         out[account] = {
             "payment_health": ph,
             "total_mrr": mrr,
             "risk_score": risk,
             "known_churn": known,
+            "churn_probability": probability,
+            "model_version": version,
         }
     for account, signal, key, severity in events:
         row = out.setdefault(account, {})
@@ -214,19 +260,38 @@ def _scores(db: Path, at: datetime) -> dict[str, dict[str, Any]]:
     return out
 
 
-def compare_at(folder: Path, at: datetime, work: Path) -> Comparison:
+def _differ(key: str, a: Any, b: Any) -> bool:
+    if key == "churn_probability" and a is not None and b is not None:
+        return bool(abs(float(a) - float(b)) > PROBABILITY_TOLERANCE)
+    return bool(a != b)
+
+
+def compare_at(folder: Path, at: datetime, work: Path, *, model: bool = True) -> Comparison:
     """Extract ``folder`` as it stood at ``at`` and as it stands now, score both as of
-    ``at`` and compare every account (``work`` holds the two warehouses)."""
+    ``at`` and compare every account (``work`` holds the two warehouses).
+
+    With ``model`` (the default) the churn model is trained once, at ``at`` on today's
+    warehouse (labels known at ``at`` only), stored in both and promoted, and both are
+    scored with it: the probability, the risk score it makes and the version are compared
+    like the signals. Without it, the rule-based score only."""
     work.mkdir(parents=True, exist_ok=True)
     then_world = work / "world-then"
     world_at(folder, at, then_world)
     then_db, now_db = work / "then.duckdb", work / "now.duckdb"
     for db in (then_db, now_db):
         db.unlink(missing_ok=True)
-    _extract_and_score(then_world, then_db, at)
-    _extract_and_score(folder, now_db, at)
+    if model:
+        _run(then_world, then_db, at, EXTRACT_STEPS)
+        _run(folder, now_db, at, EXTRACT_STEPS)
+        version = train_once_and_store(now_db, (then_db, now_db), at)
+        _run(then_world, then_db, at, ("score",))
+        _run(folder, now_db, at, ("score",))
+    else:
+        version = None
+        _extract_and_score(then_world, then_db, at)
+        _extract_and_score(folder, now_db, at)
     then, now = _scores(then_db, at), _scores(now_db, at)
-    result = Comparison(at=at)
+    result = Comparison(at=at, model_version=version)
     for account in sorted(set(then) | set(now)):
         result.accounts += 1
         a, b = then.get(account), now.get(account)
@@ -234,7 +299,7 @@ def compare_at(folder: Path, at: datetime, work: Path) -> Comparison:
             causes = ["only_then" if b is None else "only_now"]
         else:
             keys = sorted(set(a) | set(b))
-            causes = [k for k in keys if a.get(k) != b.get(k)]
+            causes = [k for k in keys if _differ(k, a.get(k), b.get(k))]
         if not causes:
             result.equal += 1
         for cause in causes:

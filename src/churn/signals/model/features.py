@@ -10,10 +10,13 @@ only from what was known at ``t``:
 - usage samples dated before ``t``'s day, up to 180 days back, of any cadence (missing
   usage is a value: ``NaN``, never a crash),
 - charges created by ``t``; invoices by their finalized/paid/voided times,
-- the card the renewal is charged to and its expiry,
-- Salesforce context (owner active, Opportunities closed by ``t``, contacts): Salesforce
-  keeps no history in the warehouse, so the owner's status and the contacts are today's
-  (named in the model card as such).
+- the card the renewal is charged to and its expiry, as known at ``t`` (defaults and
+  card versions from the payment-method history),
+- Salesforce context (owner active, Opportunities, contacts) as known at ``t``: the
+  warehouse keeps each Salesforce record as last seen with its ``SystemModstamp``, so a
+  record unchanged since ``t`` is read as it stands and one modified after ``t`` (state
+  then unknown: no field history, no ``CreatedDate``) is not counted; Opportunities
+  lost by their close date.
 
 Accounts with a scheduled cancellation at ``t`` (``cancel_at_period_end`` or a
 ``cancel_at``) are *known churn*: flagged ``known_churn`` and kept out of training and
@@ -96,10 +99,10 @@ FEATURES: tuple[Feature, ...] = (
     Feature("days_since_payment", "days since the last successful charge (NaN: never)"),
     Feature("card_days_after_renewal", "days the card stays good after the renewal"),
     Feature("no_payment_method", "1 when the renewal has no payment method"),
-    Feature("owner_inactive", "1 when the Salesforce owner is inactive (today's state)"),
+    Feature("owner_inactive", "1 when the Salesforce owner was deactivated by the snapshot"),
     Feature("open_opportunities", "Opportunities open at the snapshot"),
     Feature("lost_opportunities_365d", "Opportunities closed lost in the last year"),
-    Feature("contacts", "Salesforce contacts on the Account (today's)"),
+    Feature("contacts", "Salesforce contacts on the Account unchanged since the snapshot"),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 DESCRIPTIONS: dict[str, str] = {f.name: f.description for f in FEATURES}
@@ -239,26 +242,49 @@ mrr AS (
   LEFT JOIN mrr_at m90 ON m90.account_id = a.account_id AND m90.t = a.t AND m90.k = 90
   LEFT JOIN mrr_at m180 ON m180.account_id = a.account_id AND m180.t = a.t AND m180.k = 180
 ),
+-- the usage feed as known at each snapshot (core_usage_as_of for many snapshots at
+-- once): a sample never restated as it is; a restated one by the version loaded last at
+-- or before t, or, when every version was loaded after t (a feed's history loaded on a
+-- later first run), by its first version, the earliest statement of that day
+use_known AS (
+  SELECT s.t, u.account_id, CAST(u.day AS TIMESTAMP) AS day, u.active_seats
+  FROM snaps s JOIN (FROM core_usage ANTI JOIN core_usage_history USING (account_id, day)) u
+    ON CAST(u.day AS TIMESTAMP) < s.t AND CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 180 DAY
+  UNION ALL
+  SELECT t, account_id, day, active_seats FROM (
+    SELECT s.t, v.account_id, CAST(v.day AS TIMESTAMP) AS day, v.active_seats, v.loaded_at
+    FROM snaps s JOIN (
+      SELECT u.account_id, u.day, u.active_seats, u.loaded_at
+      FROM core_usage u SEMI JOIN core_usage_history h USING (account_id, day)
+      UNION ALL
+      SELECT account_id, day, active_seats, loaded_at FROM core_usage_history
+    ) v ON CAST(v.day AS TIMESTAMP) < s.t AND CAST(v.day AS TIMESTAMP) >= s.t - INTERVAL 180 DAY
+    QUALIFY row_number() OVER (
+      PARTITION BY s.t, v.account_id, v.day
+      ORDER BY v.loaded_at <= s.t DESC,
+               CASE WHEN v.loaded_at <= s.t THEN -epoch(v.loaded_at)
+                    ELSE epoch(v.loaded_at) END) = 1
+  )
+),
 use_w AS (
   -- average active seats per 30-day window before t: w0 = (t-30d, t], w1 the 30 before...
   -- (a feed of any cadence: daily, a weekly rollup, both; each window its samples' mean;
   -- a sample keyed by customer counts for its Account as linked at t)
-  SELECT s.t, {account_key("u.account_id")} AS account_id,
-    CAST(floor(({_days("s.t", "CAST(u.day AS TIMESTAMP)")} ) / 30) AS INTEGER) AS w,
+  SELECT u.t, {account_key("u.account_id")} AS account_id,
+    CAST(floor(({_days("u.t", "u.day")} ) / 30) AS INTEGER) AS w,
     avg(u.active_seats) AS active,
-    avg(u.active_seats) FILTER (WHERE CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 14 DAY)
+    avg(u.active_seats) FILTER (WHERE u.day >= u.t - INTERVAL 14 DAY)
       AS active_14,
-    sum(u.active_seats) FILTER (WHERE CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 90 DAY) AS sy,
-    sum(u.active_seats * {_days("CAST(u.day AS TIMESTAMP)", "s.t")})
-      FILTER (WHERE CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 90 DAY) AS sxy,
-    sum({_days("CAST(u.day AS TIMESTAMP)", "s.t")})
-      FILTER (WHERE CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 90 DAY) AS sx,
-    sum(pow({_days("CAST(u.day AS TIMESTAMP)", "s.t")}, 2))
-      FILTER (WHERE CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 90 DAY) AS sxx,
-    count(*) FILTER (WHERE CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 90 DAY) AS n90
-  FROM snaps s JOIN core_usage u
-    ON CAST(u.day AS TIMESTAMP) < s.t AND CAST(u.day AS TIMESTAMP) >= s.t - INTERVAL 180 DAY
-  {links_at_join("u.account_id", "s.t")}
+    sum(u.active_seats) FILTER (WHERE u.day >= u.t - INTERVAL 90 DAY) AS sy,
+    sum(u.active_seats * {_days("u.day", "u.t")})
+      FILTER (WHERE u.day >= u.t - INTERVAL 90 DAY) AS sxy,
+    sum({_days("u.day", "u.t")})
+      FILTER (WHERE u.day >= u.t - INTERVAL 90 DAY) AS sx,
+    sum(pow({_days("u.day", "u.t")}, 2))
+      FILTER (WHERE u.day >= u.t - INTERVAL 90 DAY) AS sxx,
+    count(*) FILTER (WHERE u.day >= u.t - INTERVAL 90 DAY) AS n90
+  FROM use_known u
+  {links_at_join("u.account_id", "u.t")}
   GROUP BY ALL
 ),
 use_p AS (
@@ -340,36 +366,56 @@ invs AS (
   {links_at_join("i.customer_id", "s.t")}
   GROUP BY ALL
 ),
+-- the card the renewal is charged to as known at t (as the card_expiry signal reads it):
+-- the subscription's defaults from its version at t, the customer's from
+-- history_customer_defaults, the card's expiry (updated in place) from
+-- history_payment_methods
 pm AS (
-  SELECT payment_method_id,
-    CASE WHEN card_exp_year IS NOT NULL
-         THEN make_timestamp(card_exp_year, card_exp_month, 1, 0, 0, 0) + INTERVAL 1 MONTH
+  SELECT s.t, h.payment_method_id,
+    CASE WHEN h.card_exp_year IS NOT NULL
+         THEN make_timestamp(h.card_exp_year, h.card_exp_month, 1, 0, 0, 0) + INTERVAL 1 MONTH
     END AS good_until
-  FROM core_payment_methods WHERE NOT is_deleted
+  FROM snaps s JOIN history_payment_methods h
+    ON h.valid_from <= s.t AND (h.valid_to IS NULL OR h.valid_to > s.t) AND NOT h.is_deleted
+),
+cdef AS (
+  SELECT s.t, d.customer_id, d.default_payment_method, d.default_source
+  FROM snaps s JOIN history_customer_defaults d
+    ON d.valid_from <= s.t AND (d.valid_to IS NULL OR d.valid_to > s.t)
 ),
 card AS (
   SELECT s.t, s.account_id,
     min({_days("pm.good_until", "s.renewal_at")})
       AS card_days_after_renewal,
-    max(CASE WHEN COALESCE(s.default_payment_method, c.default_payment_method,
-                           c.default_source) IS NULL
+    max(CASE WHEN COALESCE(s.default_payment_method, s.default_source,
+                           c.default_payment_method, c.default_source) IS NULL
               AND COALESCE(s.collection_method, 'charge_automatically') = 'charge_automatically'
              THEN 1 ELSE 0 END) AS no_payment_method
-  FROM subs s LEFT JOIN core_customers c ON c.customer_id = s.customer_id
-  LEFT JOIN pm ON pm.payment_method_id = COALESCE(s.default_payment_method,
-                                                  c.default_payment_method, c.default_source)
+  FROM subs s LEFT JOIN cdef c ON c.t = s.t AND c.customer_id = s.customer_id
+  LEFT JOIN pm ON pm.t = s.t AND pm.payment_method_id = COALESCE(
+    s.default_payment_method, s.default_source, c.default_payment_method, c.default_source)
   GROUP BY ALL
 ),
+-- Salesforce context as known at t: the warehouse keeps each record as last seen with its
+-- SystemModstamp (last modified); a record not modified since t held the same values
+-- then, one modified after t has a state at t unknown (no field history, no CreatedDate):
+-- the owner counts as inactive only when deactivated by t, a contact counts only when
+-- unchanged since t, an Opportunity is open at t when unchanged since and still open.
 sf_acct AS (
-  SELECT a.account_id, CASE WHEN u.is_active = FALSE THEN 1 ELSE 0 END AS owner_inactive,
-    (SELECT count(*) FROM core_contacts k WHERE k.account_id = a.account_id
-       AND NOT k.is_deleted) AS contacts
-  FROM core_accounts a LEFT JOIN core_users u ON u.user_id = a.owner_id
-  WHERE NOT a.is_deleted
+  SELECT s.t, a.account_id,
+    CASE WHEN u.is_active = FALSE AND u.system_modstamp <= s.t THEN 1 ELSE 0 END
+      AS owner_inactive
+  FROM snaps s JOIN core_accounts a ON NOT a.is_deleted
+  LEFT JOIN core_users u ON u.user_id = a.owner_id
+),
+contacts AS (
+  SELECT s.t, k.account_id, count(*) AS contacts
+  FROM snaps s JOIN core_contacts k ON NOT k.is_deleted AND k.system_modstamp <= s.t
+  GROUP BY ALL
 ),
 opps AS (
   SELECT s.t, o.account_id,
-    count(*) FILTER (WHERE NOT COALESCE(o.is_closed, FALSE) OR o.close_date > s.t)
+    count(*) FILTER (WHERE NOT COALESCE(o.is_closed, FALSE) AND o.system_modstamp <= s.t)
       AS open_opportunities,
     count(*) FILTER (WHERE o.is_closed AND NOT COALESCE(o.is_won, FALSE)
                        AND o.close_date <= s.t AND o.close_date > s.t - INTERVAL 365 DAY)
@@ -429,7 +475,7 @@ SELECT l.account_id, l.t AS snapshot_at, l.known_churn,
   COALESCE(sf.owner_inactive, 0) AS owner_inactive,
   COALESCE(op.open_opportunities, 0) AS open_opportunities,
   COALESCE(op.lost_opportunities_365d, 0) AS lost_opportunities_365d,
-  COALESCE(sf.contacts, 0) AS contacts
+  COALESCE(k.contacts, 0) AS contacts
 FROM live l
 LEFT JOIN tenure te USING (t, account_id)
 LEFT JOIN plan p USING (t, account_id)
@@ -441,7 +487,8 @@ LEFT JOIN pay py USING (t, account_id)
 LEFT JOIN invs r USING (t, account_id)
 LEFT JOIN streak o USING (t, account_id)
 LEFT JOIN card c USING (t, account_id)
-LEFT JOIN sf_acct sf USING (account_id)
+LEFT JOIN sf_acct sf USING (t, account_id)
+LEFT JOIN contacts k USING (t, account_id)
 LEFT JOIN opps op USING (t, account_id)
 LEFT JOIN later USING (t, account_id)
 ORDER BY l.t, l.account_id

@@ -206,7 +206,9 @@ def train(
         "features": [{"name": n, "description": DESCRIPTIONS[n]} for n in FEATURE_NAMES],
         "known_churn": "accounts with a scheduled cancellation at a snapshot are kept out",
         "serialization": "skops.io with an explicit trusted-type list; never pickle",
-        "salesforce_context": "owner status and contacts as of today (no history kept)",
+        "salesforce_context": "as known at each snapshot from SystemModstamp: an owner"
+        " inactive only when deactivated by then, contacts and open Opportunities unchanged"
+        " since (no Salesforce field history kept)",
     }
     if churners < settings.model_min_churners or len(set(y.tolist())) < 2:
         card |= {
