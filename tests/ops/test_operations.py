@@ -253,3 +253,19 @@ def test_churn_status_shows_runs_freshness_budget_and_rejections(tmp_path: Path)
     assert table.exit_code == 0
     assert "partial" in table.output and "stripe:events" in table.output
     assert "FIELD_CUSTOM_VALIDATION_EXCEPTION 1" in table.output
+
+
+def test_the_stripe_sdk_request_lines_only_with_verbose() -> None:
+    """One INFO line per Stripe request (thousands a backfill) flooded `churn run`'s stderr
+    once the SDK's logger was set to INFO; they show with -v only, and its DEBUG (response
+    bodies: customer names and emails) never."""
+    from churn.cli.logs import configure
+
+    configure("text", "WARNING")
+    assert not logging.getLogger("stripe").isEnabledFor(logging.INFO)
+    configure("json", "INFO")
+    assert not logging.getLogger("stripe").isEnabledFor(logging.INFO)
+    configure("text", "DEBUG")
+    stripe_log = logging.getLogger("stripe")
+    assert stripe_log.isEnabledFor(logging.INFO) and not stripe_log.isEnabledFor(logging.DEBUG)
+    configure("text", "WARNING")

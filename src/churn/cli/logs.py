@@ -93,3 +93,7 @@ def configure(fmt: str = "text", level: int | str = logging.WARNING) -> None:
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("churn").setLevel(level)
+    # The Stripe SDK's request lines (INFO, one per request) only with -v; never its
+    # DEBUG, where it logs whole response bodies (customer data).
+    verbose = logging.getLogger("churn").getEffectiveLevel() <= logging.DEBUG
+    logging.getLogger("stripe").setLevel(logging.INFO if verbose else logging.WARNING)

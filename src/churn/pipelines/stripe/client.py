@@ -20,9 +20,10 @@ from churn.settings import StripeSettings
 
 log = logging.getLogger(__name__)
 # The SDK logs each response body at DEBUG ("API response body"): whole pages of customer
-# names and emails. Its INFO lines (method, path, status) are kept; its bodies never are,
-# whatever level the service logs at (`churn -v`).
-logging.getLogger("stripe").setLevel(logging.INFO)
+# names and emails, never wanted, whatever level the service logs at. Its INFO lines
+# (method, path, status: one per request, thousands a backfill) only with `churn -v`
+# (the CLI's log set-up lowers this to INFO then, never to DEBUG).
+logging.getLogger("stripe").setLevel(logging.WARNING)
 
 _RETRYABLE_STATUS = frozenset({409, 429, 500, 502, 503, 504})
 
