@@ -93,6 +93,8 @@ def test_insert_update_delete_and_typed_core(tmp_path: Path) -> None:
         first = extract_salesforce(settings, con, progress=False)
         assert first.multi_currency and first.counts["account"] == 2 and first.counts["task"] == 1
         assert first.api_calls == running.org.api_used
+        # the daily budget left, as the last answer's Sforce-Limit-Info said (churn status)
+        assert first.counts["api_remaining"] == running.org.api_max - running.org.api_used
         assert _rows(
             con,
             "SELECT name, website_domain, owner_id, stripe_customer_id, currency_iso_code FROM core_accounts ORDER BY name",

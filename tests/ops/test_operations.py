@@ -269,3 +269,12 @@ def test_the_stripe_sdk_request_lines_only_with_verbose() -> None:
     stripe_log = logging.getLogger("stripe")
     assert stripe_log.isEnabledFor(logging.INFO) and not stripe_log.isEnabledFor(logging.DEBUG)
     configure("text", "WARNING")
+
+
+def test_the_salesforce_budget_left_is_a_gauge_not_a_headline() -> None:
+    """The extract records the org's daily API budget left (for `churn status`); the
+    run summary's step line shows work done, so a run that landed nothing still says so."""
+    from churn.job.summary import headline_counts
+
+    assert headline_counts({"api_remaining": 14_990}) == "nothing new"
+    assert headline_counts({"account": 3, "api_remaining": 14_990}) == "account=3"

@@ -61,10 +61,16 @@ def status_of(payment_health: str | None, known_churn: bool, effective: Any) -> 
     return ", ".join(parts)
 
 
+#: Counts that are gauges, not work done: `churn status` shows them, the step's line not.
+_NOT_HEADLINES = frozenset({"api_remaining"})
+
+
 def headline_counts(counts: dict[str, int]) -> str:
     """The counts worth a glance: Stripe's objects summed, zeros dropped, largest first."""
     merged: dict[str, int] = {}
     for key, value in counts.items():
+        if key in _NOT_HEADLINES:
+            continue
         name = "objects" if key.startswith("objects_") else key
         merged[name] = merged.get(name, 0) + int(value)
     shown = sorted(((k, v) for k, v in merged.items() if v), key=lambda kv: (-kv[1], kv[0]))

@@ -651,4 +651,8 @@ def extract_salesforce(
         exc.api_calls = session.calls - start_calls
         raise
     result.api_calls = session.calls - start_calls
+    if session.remaining is not None:
+        # The org's daily budget left, from the last answer's Sforce-Limit-Info: what
+        # `churn status` shows as the budget.
+        result.counts["api_remaining"] = session.remaining
     return result
