@@ -268,7 +268,9 @@ def test_the_stripe_sdk_request_lines_only_with_verbose() -> None:
     configure("text", "DEBUG")
     stripe_log = logging.getLogger("stripe")
     assert stripe_log.isEnabledFor(logging.INFO) and not stripe_log.isEnabledFor(logging.DEBUG)
+    assert logging.getLogger("urllib3").isEnabledFor(logging.DEBUG)  # -v: every request line
     configure("text", "WARNING")
+    assert not logging.getLogger("urllib3").isEnabledFor(logging.INFO)
 
 
 def test_the_salesforce_budget_left_is_a_gauge_not_a_headline() -> None:

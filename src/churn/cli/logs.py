@@ -97,3 +97,6 @@ def configure(fmt: str = "text", level: int | str = logging.WARNING) -> None:
     # DEBUG, where it logs whole response bodies (customer data).
     verbose = logging.getLogger("churn").getEffectiveLevel() <= logging.DEBUG
     logging.getLogger("stripe").setLevel(logging.INFO if verbose else logging.WARNING)
+    # -v shows every HTTP request (urllib3: method, host, path and status; never a body),
+    # as `churn -v` always has: the fault suite's kill points are these lines.
+    logging.getLogger("urllib3").setLevel(logging.DEBUG if verbose else logging.WARNING)
