@@ -122,6 +122,6 @@ def test_vectorised_attribution_and_sentences_equal_the_loop(
     np.testing.assert_array_equal(got_p, want_p)
     if mask is not None:  # a move no split sees leaves the very same probability
         assert not want_c[~mask].any()
-    np.testing.assert_allclose(got_c, want_c, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(got_c, want_c)
     frame = pl.DataFrame({n: x[:, j] for j, n in enumerate(FEATURE_NAMES)})
     assert reasons_frame(frame, got_c) == loop_reasons(frame, want_c)

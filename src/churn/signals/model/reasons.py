@@ -232,18 +232,30 @@ def contributions(
     """Probabilities and, per feature, probability minus that with the feature at its
     reference value (only where the account's value differs from it).
 
-    The model is a function of each row alone, so the rows moved for every feature are
+    With ``may_change`` (:func:`churn.signals.model.routing.may_change`, gradient
+    boosting: each row's probability is computed alone, in float64, the same whatever rows
+    come with it): the moves it marks False cannot change the prediction, so their
+    difference is 0 without predicting them, and the other moved rows of every feature are
     stacked and predicted together, in blocks of ``block_rows``: the same numbers as one
-    call per feature, without a call's fixed cost (thread limits, input checks) 48 times.
-    ``may_change`` (:func:`churn.signals.model.routing.may_change`): False where the move
-    cannot change the prediction, so its difference is 0 without predicting it.
+    call per feature, without a call's fixed cost 48 times. Without it, one call per
+    feature.
     """
     base = predict(x)
     out = np.zeros(x.shape, dtype=np.float64)
     ref = np.asarray(reference, dtype=np.float32)
     differs = ~((x == ref) | (np.isnan(x) & np.isnan(ref)))
-    if may_change is not None:
-        differs &= may_change
+    if may_change is None:
+        # Not a model whose rows are independent to the last bit (the linear candidate
+        # computes in float32, and its sums' last bits depend on the rows predicted with
+        # them): one call per feature, as always.
+        for j in range(x.shape[1]):
+            rows_j = np.flatnonzero(differs[:, j])
+            if len(rows_j):
+                moved_j = x[rows_j]  # fancy indexing copies
+                moved_j[:, j] = ref[j]
+                out[rows_j, j] = base[rows_j] - predict(moved_j)
+        return base, out
+    differs &= may_change
     # (row, feature) of every moved copy, feature-major as the loop over features was
     cols, rows = np.nonzero(differs.T)
     for start in range(0, len(rows), max(1, block_rows)):
