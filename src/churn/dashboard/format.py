@@ -9,7 +9,9 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal
 
 from churn.settings import STRIPE_DEFAULT_API_BASE, Settings
-from churn.signals.money import exponent, to_decimal
+
+# One table of currency symbols: the run summary's and the Tasks' amounts read the same.
+from churn.signals.money import SYMBOLS, exponent, to_decimal
 
 __all__ = [
     "SYMBOLS",
@@ -20,21 +22,6 @@ __all__ = [
     "stripe_base_url",
     "stripe_customer_url",
 ]
-
-#: Symbols for the currencies people recognise at a glance; others show their ISO code.
-SYMBOLS: dict[str, str] = {
-    "USD": "$",
-    "EUR": "€",
-    "GBP": "£",
-    "JPY": "¥",
-    "CAD": "CA$",
-    "AUD": "A$",
-    "CHF": "CHF ",
-    "INR": "₹",
-    "KRW": "₩",
-    "BRL": "R$",
-    "SEK": "SEK ",
-}
 
 
 def _prefix(currency: str) -> str:

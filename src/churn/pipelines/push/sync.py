@@ -12,7 +12,7 @@ import json
 import logging
 import time as time_module
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from typing import Any
@@ -582,28 +582,7 @@ def build_plan(
             )
     if isinstance(as_of, date) and not isinstance(as_of, datetime):
         as_of = datetime.combine(as_of, time())
-    state = [
-        PushedState(
-            sobject=r[0],
-            record_key=r[1],
-            fields=json.loads(r[2]),
-            pushed_at=r[3],
-            status=r[4],
-            first_seen_at=r[5],
-            sf_id=r[6],
-        )
-        for r in con.execute(
-            "SELECT sobject, record_key, fields, pushed_at, status, first_seen_at, sf_id "
-            "FROM push_state"
-            + (
-                ""
-                if scores is None
-                else " WHERE (CASE WHEN sobject = 'Account' THEN record_key"
-                " ELSE fields->>'WhatId' END) IN (SELECT unnest($ids::VARCHAR[]))"
-            ),
-            params,
-        ).fetchall()
-    ]
+    state = read_state(con, None if scores is None else scores.account_ids)
     last_errors = {
         (r[0], r[1]): f"{r[2]}: {r[3]}"
         for r in con.execute(
@@ -626,8 +605,18 @@ def build_plan(
     )
 
 
-def read_state(con: duckdb.DuckDBPyConnection) -> list[PushedState]:
-    """Every ``push_state`` row."""
+def read_state(
+    con: duckdb.DuckDBPyConnection, account_ids: Sequence[str] | None = None
+) -> list[PushedState]:
+    """Every ``push_state`` row, or only those of ``account_ids`` (an Account's own row and
+    the Tasks whose WhatId is one of them)."""
+    where = (
+        ""
+        if account_ids is None
+        else " WHERE (CASE WHEN sobject = 'Account' THEN record_key"
+        " ELSE fields->>'WhatId' END) IN (SELECT unnest($ids::VARCHAR[]))"
+    )
+    params = {} if account_ids is None else {"ids": list(account_ids)}
     return [
         PushedState(
             sobject=r[0],
@@ -640,7 +629,8 @@ def read_state(con: duckdb.DuckDBPyConnection) -> list[PushedState]:
         )
         for r in con.execute(
             "SELECT sobject, record_key, fields, pushed_at, status, first_seen_at, sf_id "
-            "FROM push_state"
+            "FROM push_state" + where,
+            params,
         ).fetchall()
     ]
 
