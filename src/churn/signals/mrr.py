@@ -415,6 +415,48 @@ def classify_movements(series: pl.DataFrame) -> pl.DataFrame:
     return out.select(pl.col(name).cast(dtype) for name, dtype in MOVEMENT_SCHEMA.items())
 
 
+def changed_months_sql(mrr: str, points: str) -> str:
+    """SQL: from ``mrr`` (rows ``account_id, t, reporting_mrr_minor`` at the ``points``), the
+    account-months whose MRR changed: ``account_id, month, start_mrr_minor, end_mrr_minor``.
+
+    A month's start is the previous point's MRR, 0 where the account has no row there (none
+    in force); an account with an unconvertible amount (NULL) at any point is left out.
+    Months without a change are not returned: :func:`classify_movements` gives them no row
+    and they decide nothing (an earlier MRR above zero is always followed by a changed
+    month down to zero before a month that starts at zero). Pairs of consecutive points
+    by a join on their rank, not a window over a grid of every account at every point
+    (``tests/test_movements_paths.py`` holds it equal to that grid).
+    """
+    return f"""
+      WITH m AS ({mrr}),
+      acc AS (
+        SELECT account_id, t, sum(reporting_mrr_minor) AS mrr,
+               bool_or(reporting_mrr_minor IS NULL) AS missing
+        FROM m GROUP BY ALL
+      ),
+      -- the points in order: k = 1 is the end of the month before the first one
+      pts AS (SELECT t, row_number() OVER (ORDER BY t) AS k FROM ({points})),
+      -- an account with MRR it cannot convert at some point is left out (every month)
+      ak AS (
+        SELECT a.account_id, p.k, a.mrr FROM acc a JOIN pts p USING (t)
+        ANTI JOIN (SELECT DISTINCT account_id FROM acc WHERE missing) x USING (account_id)
+      ),
+      -- each month: MRR at its end against the end of the month before (0 where an
+      -- account has no row: none in force then); only the months where it changed
+      pairs AS (
+        SELECT COALESCE(e.account_id, s.account_id) AS account_id,
+               COALESCE(e.k, s.k + 1) AS k,
+               COALESCE(s.mrr, 0) AS start_mrr, COALESCE(e.mrr, 0) AS end_mrr
+        FROM ak e FULL JOIN ak s ON s.account_id = e.account_id AND s.k = e.k - 1
+      )
+      SELECT q.account_id, CAST(date_trunc('month', p.t) AS DATE) AS month,
+             CAST(q.start_mrr AS BIGINT) AS start_mrr_minor,
+             CAST(q.end_mrr AS BIGINT) AS end_mrr_minor
+      FROM pairs q JOIN pts p ON p.k = q.k
+      WHERE q.k > 1 AND q.start_mrr <> q.end_mrr
+    """
+
+
 def movements(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl.DataFrame:
     """``mrr_movements`` for the months up to ``as_of``, in the reporting currency.
 
@@ -430,29 +472,5 @@ def movements(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl.D
         CAST($as_of AS TIMESTAMP) + INTERVAL 1 MICROSECOND, INTERVAL 1 MONTH) r(m)
       UNION SELECT CAST($as_of AS TIMESTAMP)
     """
-    sql = f"""
-      WITH m AS ({account_mrr_sql(points, settings)}),
-      acc AS (
-        SELECT account_id, t, sum(reporting_mrr_minor) AS mrr,
-               bool_or(reporting_mrr_minor IS NULL) AS missing
-        FROM m GROUP BY ALL
-      ),
-      grid AS (
-        SELECT a.account_id, p.t FROM (SELECT DISTINCT account_id FROM acc) a
-        CROSS JOIN ({points}) p
-      ),
-      filled AS (
-        SELECT g.account_id, g.t, COALESCE(acc.mrr, 0) AS mrr, COALESCE(acc.missing, FALSE) AS missing
-        FROM grid g LEFT JOIN acc USING (account_id, t)
-      ),
-      bounds AS (
-        SELECT account_id, CAST(date_trunc('month', t) AS DATE) AS month, lag(t) OVER w AS prev_t,
-               lag(mrr) OVER w AS start_mrr, mrr AS end_mrr,
-               bool_or(missing) OVER (PARTITION BY account_id) AS any_missing
-        FROM filled WINDOW w AS (PARTITION BY account_id ORDER BY t)
-      )
-      SELECT account_id, month, CAST(start_mrr AS BIGINT) AS start_mrr_minor,
-             CAST(end_mrr AS BIGINT) AS end_mrr_minor
-      FROM bounds WHERE prev_t IS NOT NULL AND NOT any_missing
-    """
+    sql = changed_months_sql(account_mrr_sql(points, settings), points)
     return classify_movements(tables.frame(sql, {"as_of": as_of}))
