@@ -181,7 +181,7 @@ _SPARSE = (
     " || cadence || ' days' ELSE '' END"
 )
 
-_LOW = f"""{_ACCOUNTS}
+_LOW_ROWS = f"""
 SELECT account_id,
   1.0 - util / $low AS score,
   'Only ' || CAST(round(100 * util) AS BIGINT) || '% of '
@@ -199,7 +199,7 @@ SELECT account_id,
 FROM r_low WHERE util < $low
 """
 
-_EXPANSION = f"""{_ACCOUNTS}
+_EXPANSION_ROWS = """
 SELECT account_id, least(1.0, min_util) AS score,
   'All ' || seats || ' purchased seats are in use: at least '
     || CAST(floor(100 * min_util) AS BIGINT) || '% '
@@ -213,6 +213,15 @@ SELECT account_id, least(1.0, min_util) AS score,
     'cadence_days', COALESCE(cadence, 1), 'window_days', window_days)::VARCHAR AS evidence,
   'seat_expansion:' || account_id AS episode_key
 FROM r WHERE min_util >= $high
+"""
+
+_LOW = _ACCOUNTS + _LOW_ROWS
+_EXPANSION = _ACCOUNTS + _EXPANSION_ROWS
+#: Both signals' rows from one pass over the usage and the seats (``kind``: which signal).
+_BOTH = f"""{_ACCOUNTS}
+SELECT 'low' AS kind, * FROM ({_LOW_ROWS})
+UNION ALL
+SELECT 'expansion' AS kind, * FROM ({_EXPANSION_ROWS})
 """
 
 _UNSUPPORTED = f"""{_ACCOUNTS}
@@ -250,15 +259,34 @@ def _params(as_of: datetime, settings: SignalSettings, *extra: str) -> dict[str,
     return params | {k: more[k] for k in extra}
 
 
+#: The last both-signal read: (the Tables instance, its parameters, the rows). The two
+#: signals run one after the other in one score over one Tables instance; each score
+#: makes its own instance (the job's scoring step and the webhook worker's batches
+#: alike), so an identity match can only be the same score, never data changed since.
+_LAST: list[tuple[Tables, dict[str, object], pl.DataFrame]] = []
+
+
+def _both(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl.DataFrame:
+    """Both signals' rows, read once per score: the usage, the seats at every sample and
+    the per-sample utilization are the same for both (half the seat signals' time)."""
+    params = _params(as_of, settings, "low", "high")
+    if _LAST and _LAST[0][0] is tables and _LAST[0][1] == params:
+        return _LAST[0][2]
+    rows = tables.frame(_BOTH, params)
+    _LAST[:] = [(tables, params, rows)]
+    return rows
+
+
 def score(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl.DataFrame:
     """Low seat use (churn risk): mean utilization below ``seat_low_utilization``."""
-    return finish(tables.frame(_LOW, _params(as_of, settings, "low")), NAME, as_of)
+    rows = _both(tables, as_of, settings).filter(pl.col("kind") == "low").drop("kind")
+    return finish(rows, NAME, as_of)
 
 
 def score_expansion(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl.DataFrame:
     """Every sample at or above ``seat_expansion_utilization`` (an expansion lead, info)."""
-    frame = tables.frame(_EXPANSION, _params(as_of, settings, "high"))
-    return finish(frame, EXPANSION, as_of, info=True)
+    rows = _both(tables, as_of, settings).filter(pl.col("kind") == "expansion").drop("kind")
+    return finish(rows, EXPANSION, as_of, info=True)
 
 
 def unsupported(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl.DataFrame:
