@@ -72,8 +72,12 @@ def _movements(con: duckdb.DuckDBPyConnection, sql: str) -> pl.DataFrame:
 
 # per account and point: no row (nothing in force), an amount (0 too: a trial), or NULL (no
 # rate); two rows at one point (two currencies) add up
-amount: st.SearchStrategy[int | None] = st.one_of(st.none(), st.integers(0, 3), st.sampled_from([0, 1000, 2500]))
-cell: st.SearchStrategy[list[int | None]] = st.one_of(st.just([]), st.lists(amount, min_size=1, max_size=2))
+amount: st.SearchStrategy[int | None] = st.one_of(
+    st.none(), st.integers(0, 3), st.sampled_from([0, 1000, 2500])
+)
+cell: st.SearchStrategy[list[int | None]] = st.one_of(
+    st.just([]), st.lists(amount, min_size=1, max_size=2)
+)
 
 
 @settings(max_examples=150, deadline=None)
