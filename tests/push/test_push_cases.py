@@ -316,3 +316,73 @@ def test_a_case_on_a_deleted_account_is_refused_by_the_stand_in(sf: RunningSales
     )
     created = send(Subject="no account")
     assert created["success"] and sf.records["Case"][created["id"]]["Status"] == "New"
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_kill_mid_push_then_rerun_makes_no_duplicate_case(
+    world: World, sf: RunningSalesforce, db_path: Path
+) -> None:
+    """SIGKILL of `churn push` once Salesforce has created some Cases (a call landed, its
+    commit may not have): the rerun upserts by Churn_Case_Key__c, one Case per episode."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from churn import warehouse
+    from faults import tally
+
+    accounts = sf.seed("Account", [{"Name": f"A{i}", "OwnerId": OWNER} for i in range(6)])
+    world.users({OWNER: True})
+    world.accounts(accounts, owner=OWNER)
+    as_of = FAILED_AT + timedelta(hours=30)
+    world.health([{"account_id": a, "payment_health": "Failed"} for a in accounts], as_of)
+    evidence = {"attempts": 1, "first_failed_at": FAILED_AT.isoformat(sep=" ")}
+    world.signals(
+        [
+            {"account_id": a, "episode_key": f"payment_failure:in{i}", "evidence": evidence}
+            for i, a in enumerate(accounts)
+        ],
+        as_of,
+    )
+    world.con.close()
+
+    def slow_org(sobject: str, record: Any) -> None:
+        time.sleep(0.15 if sobject == "Case" else 0.0)  # a busy org: writes take time
+
+    sf.add_rule(slow_org)
+    env = {
+        **os.environ,
+        **sf.settings_env(),
+        "PYTHONPATH": "src",
+        "SALESFORCE_API_RESERVE": "0",
+        "CHURN_PUSH__COLLECTION_SIZE": "2",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "churn", "--db", str(db_path), "push"],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while len(_cases(sf)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+    assert 2 <= len(_cases(sf)) < 6
+    sf.org.rules.clear()
+    con = warehouse.connect(db_path)
+    try:
+        rerun = push(_settings(sf, db_path), con)
+        assert rerun.rejected == []
+        keys = [c[CASE_EXT] for c in _cases(sf)]
+        duplicates = len(keys) - len(set(keys))
+        tally.record(kills=1, runs_healed=1, duplicates=duplicates)
+        assert sorted(keys) == sorted(f"payment_failure:in{i}" for i in range(6))
+        assert push(_settings(sf, db_path), con).counts == {"planned": 0}
+    finally:
+        con.close()

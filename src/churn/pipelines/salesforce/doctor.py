@@ -305,14 +305,17 @@ def case_picklist_problem(sf: Salesforce, settings: Settings) -> str | None:
     return None
 
 
-#: Stripe's own customer emails about failed payments and card updates. No API exposes
-#: these Dashboard settings (Stripe's API reference has no resource for the Billing
-#: email settings), so the doctor names where to check them.
+#: Stripe's own customer emails about failed payments and card updates, in the Dashboard
+#: at Settings > Billing > Subscriptions and emails: "Send emails when card payments fail"
+#: (with the link: "Link to a Stripe-hosted page"), "Send emails about expiring cards", and
+#: under Manage payments that require confirmation "Send a Stripe-hosted link for customers
+#: to confirm their payments". Stripe's API has no resource for these settings, so the
+#: doctor says where to check them instead of guessing.
 STRIPE_EMAIL_SETTINGS = (
-    "Stripe's customer emails (failed card payments, the Stripe-hosted link to update the"
-    " payment method, expiring cards): not checkable through the API; check Dashboard >"
-    " Settings > Billing > Subscriptions and emails (Manage failed payments) and"
-    " Settings > Billing > Customer emails"
+    "not checkable through the API; check Dashboard > Settings > Billing > Subscriptions"
+    " and emails: 'Send emails when card payments fail' (link to a Stripe-hosted page),"
+    " 'Send emails about expiring cards', 'Send a Stripe-hosted link for customers to"
+    " confirm their payments'"
 )
 
 
