@@ -386,3 +386,18 @@ def test_kill_mid_push_then_rerun_makes_no_duplicate_case(
         assert push(_settings(sf, db_path), con).counts == {"planned": 0}
     finally:
         con.close()
+
+
+def test_a_dry_run_shows_the_case_by_account_and_subject(
+    world: World, sf: RunningSalesforce, db_path: Path
+) -> None:
+    from churn.pipelines.push.report import plan_lines
+
+    account, _ = _world(world, sf)
+    _score(world, account, FAILED_AT + timedelta(hours=30), failing=True)
+    settings = _settings(sf, db_path)
+    result = push(settings, world.con, dry_run=True)
+    [line] = [x for x in plan_lines(world.con, settings, result.run_id) if x.sobject == "Case"]
+    assert (line.action, line.account, line.field) == ("create_case", "Account " + account, "Case")
+    assert line.new.startswith("Payment failed: The $10 invoice is unpaid")
+    assert "Case" not in sf.records or _cases(sf) == []

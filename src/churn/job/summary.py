@@ -240,6 +240,10 @@ def plan_table(
                 change = f"Task: {first.new}"
             elif action == "close_task":
                 change = f"close Task: {first.old}"
+            elif action == "create_case":
+                change = f"Case: {first.new}"
+            elif action == "close_case":
+                change = f"close Case: {first.old}"
             else:
                 change = "; ".join(f"{x.field} {x.old} → {x.new}" for x in record)
             t.add_row(action, first.account, shorten(change, REASON_WIDTH))
