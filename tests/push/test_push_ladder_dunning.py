@@ -70,3 +70,14 @@ def test_an_open_task_never_climbs_down_the_ladder() -> None:
     for change in changes:
         assert "Subject" not in change.fields and "Priority" not in change.fields
         assert change.state["_stage"] == "3"
+
+
+def test_no_outreach_while_a_retry_due_has_no_outcome_seen() -> None:
+    """80 hours after the failure a CSM would reach out; but Stripe's retry was due an
+    hour ago and its outcome has not landed (it may have recovered the payment): the
+    episode stays on the escalation rung until it does. Red before: "CSM outreach"."""
+    started = AS_OF - timedelta(hours=80)
+    due = (AS_OF - timedelta(hours=1)).isoformat(sep=" ")
+    pending = ladder(_episode(retry_due_unseen_at=due), AS_OF, started, SETTINGS)
+    assert (pending.stage, pending.label) == (1, "Escalation: payment still failing")
+    assert ladder(_episode(), AS_OF, started, SETTINGS).stage == 2

@@ -29,6 +29,11 @@ was pending throughout the dunning before it). A retry due exactly at ``as_of`` 
 ``next_payment_attempt`` is when "payment will next be attempted", so at that instant the
 attempt is still to come (``next_retry_at`` names it; the push's ladder reads it).
 
+**A retry due but not seen** (``retry_due_unseen_at``): the retry Stripe had scheduled fell
+before ``as_of`` and no failed attempt at or after it is known by then: its outcome is
+outstanding (Stripe may already have recovered the payment), so the push's ladder does not
+climb to outreach on it.
+
 **When the dunning began** (``first_failed_at``): the first failed charge of the invoice by
 ``as_of``, else the first ``invoice.payment_failed`` event by then; the push's escalation
 clock starts there, not at its own first push.
@@ -202,6 +207,9 @@ counted AS (
          ELSE 0 END AS attempts,
     CASE WHEN e.n_events > 0 THEN e.next_attempt_then
          WHEN i.next_payment_attempt >= $as_of THEN i.next_payment_attempt END AS next_attempt,
+    -- the retry Stripe had scheduled as of then, due or not
+    CASE WHEN e.n_events > 0 THEN e.next_attempt_then ELSE i.next_payment_attempt END
+      AS scheduled_attempt,
     hz.at_latest
   FROM inv i CROSS JOIN (SELECT $as_of >= t AS at_latest FROM horizon) hz
   LEFT JOIN fails f USING (invoice_id)
@@ -269,6 +277,9 @@ SELECT account_id,
     'payment_method_id', payment_method_id, 'card_exp_month', card_exp_month,
     'card_exp_year', card_exp_year, 'last_failed_at', last_failed_at,
     'first_failed_at', first_failed_at,
+    'retry_due_unseen_at', CASE WHEN scheduled_attempt < $as_of
+      AND (last_failed_at IS NULL OR last_failed_at < scheduled_attempt)
+      THEN scheduled_attempt END,
     'amount_at_risk_minor', amount_at_risk, 'currency', currency,
     'subscription_id', subscription_id, 'customer_id', customer_id)::VARCHAR AS evidence,
   'payment_failure:' || invoice_id AS episode_key

@@ -302,7 +302,9 @@ def ladder(episode: Episode, as_of: datetime, started_at: datetime, settings: Pu
     The ladder is the one the episode's signal names in the registry. ``dunning`` follows
     Stripe's retries: a Task at once; after
     ``escalate_after_hours`` without recovery it escalates; after ``outreach_after_hours``
-    a CSM reaches out; a decline Stripe will not retry (the evidence's ``decline_class``
+    a CSM reaches out, unless a retry Stripe was due to make before ``as_of`` has no
+    outcome seen yet (the evidence's ``retry_due_unseen_at``: it may have recovered the
+    payment; the episode stays on the escalation rung); a decline Stripe will not retry (the evidence's ``decline_class``
     ``hard``) is on the escalation rung at once, High; when the next retry is Stripe's last (the evidence's
     ``final_attempt``, else ``dunning_attempts``) and comes within
     ``sponsor_before_final_retry_hours``, an executive sponsor is flagged. ``flat`` (and
@@ -332,7 +334,10 @@ def ladder(episode: Episode, as_of: datetime, started_at: datetime, settings: Pu
         and (next_try - as_of).total_seconds() / 3600 <= settings.sponsor_before_final_retry_hours
     ):
         return Rung(3, "Executive sponsor: final payment retry", today, "High")
-    if hours >= settings.outreach_after_hours:
+    # A retry Stripe made (due before as_of) whose outcome is not seen yet may have
+    # recovered the payment: no outreach on it until the outcome lands.
+    outcome_pending = _instant(episode.evidence.get("retry_due_unseen_at")) is not None
+    if hours >= settings.outreach_after_hours and not outcome_pending:
         due = max(next_try.date(), today) if next_try else today + timedelta(days=1)
         return Rung(2, "CSM outreach: payment still failing", due, "High")
     if hours >= settings.escalate_after_hours:
