@@ -304,9 +304,10 @@ def ladder(episode: Episode, as_of: datetime, started_at: datetime, settings: Pu
     ``escalate_after_hours`` without recovery it escalates; after ``outreach_after_hours``
     a CSM reaches out, unless a retry Stripe was due to make before ``as_of`` has no
     outcome seen yet (the evidence's ``retry_due_unseen_at``: it may have recovered the
-    payment; the episode stays on the escalation rung); a decline Stripe will not retry (the evidence's ``decline_class``
-    ``hard``) is on the escalation rung at once, High; when the next retry is Stripe's last (the evidence's
-    ``final_attempt``, else ``dunning_attempts``) and comes within
+    payment; the episode stays on the escalation rung); a decline Stripe will not retry
+    (the evidence's ``decline_class`` ``hard``) is on the escalation rung at once, High;
+    when the next retry is Stripe's last (the evidence's ``final_attempt``, else
+    ``dunning_attempts``) and comes within
     ``sponsor_before_final_retry_hours``, an executive sponsor is flagged. ``flat`` (and
     a signal the registry no longer knows) sits on the first rung, due ``task_due_days``
     after as_of.
