@@ -10,8 +10,8 @@ Sources, later over earlier: defaults, an optional TOML file (``CHURN_CONFIG`` o
   ``CHURN_SIGNALS__CARD_EXPIRY_HORIZON_DAYS=45``.
 
 The TOML file uses the same names: top-level ``db``, then tables ``[stripe]``,
-``[salesforce]``, ``[signals]``, ``[push]``, ``[usage]``, ``[run]``, ``[alert]``,
-``[webhook]``.
+``[salesforce]``, ``[signals]``, ``[push]``, ``[case]``, ``[usage]``, ``[run]``,
+``[alert]``, ``[webhook]``.
 
 Secrets are :class:`pydantic.SecretStr`: masked in every repr, str and log line.
 Errors name the variable (or TOML key) at fault, never its value.
@@ -385,6 +385,54 @@ class PushSettings(_Section):
         return v
 
 
+class CaseSettings(_Section):
+    """The Salesforce Case opened per payment-failure episode (``CHURN_CASE__*``): one per
+    failed invoice, upserted by its external id, closed when the invoice is paid, voided or
+    marked uncollectible. Status, Origin and Priority values are checked against the
+    org's picklists by ``churn doctor`` and before the push writes a Case."""
+
+    #: When the Case opens on the escalation ladder: ``escalation`` (after
+    #: ``push.escalate_after_hours``, 24 h by default, or at once for a decline Stripe will
+    #: not retry), ``outreach`` (after ``push.outreach_after_hours``), or ``off``.
+    open_at: Literal["off", "escalation", "outreach"] = "escalation"
+    #: The Case's External ID field (deployed by salesforce/force-app), one value per episode.
+    external_id_field: str = "Churn_Case_Key__c"
+    #: The org's Case Status values for a Case the service opens and one it closes.
+    status_open: str = "New"
+    status_closed: str = "Closed"
+    #: Case Origin (a picklist; a new org has Phone, Email, Web).
+    origin: str = "Web"
+    #: The service's priorities (High, Normal, Low) -> the org's Case Priority values (a new
+    #: org has High, Medium, Low).
+    priorities: dict[str, str] = Field(
+        default_factory=lambda: {"High": "High", "Normal": "Medium", "Low": "Low"}
+    )
+    #: Owner of new Cases: a User or a queue Id (00G...); unset: the Account's owner.
+    owner_id: str | None = None
+    #: The Case record type Id (012...), for an org with Case record types; unset: default.
+    record_type_id: str | None = None
+
+    @field_validator("priorities", mode="before")
+    @classmethod
+    def _json_priorities(cls, v: Any) -> Any:
+        return json.loads(v) if isinstance(v, str) else v
+
+    @field_validator("priorities")
+    @classmethod
+    def _service_levels(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = set(v) - {"High", "Normal", "Low"}
+        if unknown:
+            raise ValueError(
+                f"keys are the service's priorities High, Normal, Low; not {sorted(unknown)}"
+            )
+        return {"High": "High", "Normal": "Medium", "Low": "Low"} | v
+
+    @property
+    def stage(self) -> int | None:
+        """The escalation rung at which the Case opens (None: off)."""
+        return {"escalation": 1, "outreach": 2}.get(self.open_at)
+
+
 class RunSettings(_Section):
     """The scheduled job."""
 
@@ -484,6 +532,7 @@ class Settings(_Section):
     usage: UsageSettings = UsageSettings()
     signals: SignalSettings = SignalSettings()
     push: PushSettings = PushSettings()
+    case: CaseSettings = CaseSettings()
     run: RunSettings = RunSettings()
     alert: AlertSettings = AlertSettings()
     webhook: WebhookSettings = WebhookSettings()
@@ -500,7 +549,9 @@ class Settings(_Section):
 
 
 _PREFIXED_SECTIONS = {"STRIPE_": "stripe", "SALESFORCE_": "salesforce"}
-_SECTIONS = ("stripe", "salesforce", "usage", "signals", "push", "run", "alert", "webhook")
+_SECTIONS = (
+    "stripe", "salesforce", "usage", "signals", "push", "case", "run", "alert", "webhook",
+)  # fmt: skip
 
 
 def load_settings(

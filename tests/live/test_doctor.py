@@ -44,6 +44,11 @@ def test_a_right_org_is_all_ok_and_nothing_is_written(sf: RunningSalesforce) -> 
         "Task Priority values",
         "permission set Churn_Signals_Integration",
         "daily API budget",
+        "field Case.Churn_Case_Key__c",
+        "Case Status values",
+        "Case Origin values",
+        "Case Priority values",
+        "Stripe customer emails: not checkable through the API; check Dashboard >",
     ):
         assert expected in names
     assert not [m for m, _ in sf.request_log if m in ("POST", "PATCH", "PUT", "DELETE")]
@@ -104,6 +109,19 @@ CASES: list[tuple[str, Callable[[RunningSalesforce], None], dict[str, str], str]
         _inactive_priority,
         {},
         "Task Priority values: 'Low' (CHURN_PUSH__TASK_PRIORITIES Low) is inactive",
+    ),
+    (
+        "Case value the org lacks",
+        lambda sf: None,
+        {"CHURN_CASE__ORIGIN": "Chat"},
+        "Case Origin values: 'Chat' (CHURN_CASE__ORIGIN) is missing in the org's Case Origin"
+        " picklist (active: Email, Phone, Web)",
+    ),
+    (
+        "Case field not deployed",
+        lambda sf: sf.drop_field("Case", "Churn_Case_Key__c"),
+        {},
+        "field Case.Churn_Case_Key__c: missing",
     ),
     ("no permission", _no_permission, {}, "permission set Churn_Signals_Integration: not assigned"),
     ("low budget", _low_budget, {}, "calls left today, reserve 500: fewer than 100 above"),

@@ -136,10 +136,38 @@ def test_the_removal_manifest_names_every_owned_field_and_the_permission_sets() 
     }
     owned = {f"Account.{f.api_name}" for f in ACCOUNT_FIELDS}
     ext = Settings().salesforce.task_external_id_field
-    assert members["CustomField"] == owned | {f"Activity.{ext}"}
+    case_ext = Settings().case.external_id_field
+    assert members["CustomField"] == owned | {f"Activity.{ext}", f"Case.{case_ext}"}
     assert members["PermissionSet"] == {
         p.name.removesuffix(".permissionset-meta.xml")
         for p in (DEFAULT / "permissionsets").glob("*.xml")
     }
     project = json.loads((SALESFORCE / "sfdx-project.json").read_text())
     assert project["sourceApiVersion"] == Settings().salesforce.api_version
+
+
+def test_the_case_external_id_field_is_shipped_with_its_permissions() -> None:
+    """The Case upsert key: a unique, case-sensitive External ID text field, editable by the
+    integration user, which may create and edit Cases (not delete them)."""
+    name = Settings().case.external_id_field
+    root = ET.parse(DEFAULT / f"objects/Case/fields/{name}.field-meta.xml").getroot()
+    assert _text(root, "fullName") == name
+    assert (_text(root, "type"), _text(root, "externalId"), _text(root, "unique")) == (
+        "Text",
+        "true",
+        "true",
+    )
+    fields = {
+        _text(p, "field"): (_text(p, "readable"), _text(p, "editable"))
+        for p in _permission_set().iterfind(f"{Q}fieldPermissions")
+    }
+    assert fields[f"Case.{name}"] == ("true", "true")
+    objects = {
+        _text(p, "object"): (
+            _text(p, "allowCreate"),
+            _text(p, "allowEdit"),
+            _text(p, "allowDelete"),
+        )
+        for p in _permission_set().iterfind(f"{Q}objectPermissions")
+    }
+    assert objects["Case"] == ("true", "true", "false")

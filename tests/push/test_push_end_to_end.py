@@ -58,9 +58,17 @@ def test_failed_payment_opens_a_task_and_its_recovery_closes_it(
         task = tasks["payment_failure:in1"]  # and a Task for each other signal of the case
         assert task["OwnerId"] == OWNER
         assert task["Status"] == "Not Started" and task["Priority"] == "High"
-        # the subject reads as a sentence (amount, no id); the episode's ids are in the body
-        assert task["Subject"].startswith("Payment failed: The $10 invoice is unpaid")
+        # the subject reads as a sentence (amount, no id); the episode's ids are in the body.
+        # The ladder's clock starts at the failure (2026-02-01), not at this first push: 14
+        # days on, the CSM reaches out (issue 18; before, this first push said "Payment
+        # failed", as if the failure had just happened).
+        assert task["Subject"].startswith(
+            "CSM outreach: payment still failing: The $10 invoice is unpaid"
+        )
         assert "payment_failure:in1" in task["Description"]
+        [case] = [c for c in sf.records["Case"].values() if not c["IsDeleted"]]
+        assert (case["Churn_Case_Key__c"], case["AccountId"]) == ("payment_failure:in1", account)
+        assert "2026-02-01 00:00 UTC: the card was reported stolen" in case["Description"]
 
         paid_at = datetime(2026, 2, 16, tzinfo=UTC).replace(tzinfo=None)
         con.execute(
@@ -81,4 +89,6 @@ def test_failed_payment_opens_a_task_and_its_recovery_closes_it(
         assert len(sf.records["Task"]) >= len(tasks)  # updated in place, never duplicated
         assert closed["Id"] == task["Id"] and closed["Status"] == "Completed"
         assert "the invoice was paid" in closed["Description"]
+        assert second.counts.get("close_case") == 1  # closed in the same push as the Task
+        assert sf.records["Case"][case["Id"]]["Status"] == "Closed"
         assert sf.records["Account"][account]["Payment_Health__c"] != "Failed"

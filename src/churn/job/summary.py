@@ -148,6 +148,17 @@ def pushed(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, int]:
     return {str(a): int(n) for a, n in rows}
 
 
+#: The steps that call Salesforce (their api_calls are Salesforce's).
+SALESFORCE_STEPS = ("salesforce", "push")
+
+
+def case_line(result: JobResult, push_counts: dict[str, int]) -> str:
+    """Cases opened and closed by this run, and its Salesforce calls: one short clause."""
+    calls = sum(o.api_calls for o in result.steps if o.name in SALESFORCE_STEPS)
+    opened, closed = push_counts.get("create_case", 0), push_counts.get("close_case", 0)
+    return f"Cases opened {opened:,}, closed {closed:,}; Salesforce calls {calls:,}"
+
+
 def notes_table(result: JobResult) -> Table | None:
     """What the steps could not use and why (their notes), or None when there is nothing.
 
@@ -229,6 +240,10 @@ def plan_table(
                 change = f"Task: {first.new}"
             elif action == "close_task":
                 change = f"close Task: {first.old}"
+            elif action == "create_case":
+                change = f"Case: {first.new}"
+            elif action == "close_case":
+                change = f"close Case: {first.old}"
             else:
                 change = "; ".join(f"{x.field} {x.old} → {x.new}" for x in record)
             t.add_row(action, first.account, shorten(change, REASON_WIDTH))
@@ -337,7 +352,7 @@ def _push_parts(
         hint = "all of it: --format csv|json"
         return [plan_table(lines, title, plan_limit, hint)]
     push_counts = pushed(con, result.run_id)
-    t = Table(title="Pushed to Salesforce by this run")
+    t = Table(title=f"Pushed to Salesforce by this run ({case_line(result, push_counts)})")
     t.add_column("action")
     t.add_column("records", justify="right")
     for action, n in push_counts.items():

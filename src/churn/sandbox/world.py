@@ -30,7 +30,7 @@ from churn.pipelines.stripe.streams import STREAMS
 
 API_VERSION = "2025-09-30.clover"
 # Bumped whenever the generator changes what it writes, so cached worlds are remade.
-GENERATOR_VERSION = 10
+GENERATOR_VERSION = 11
 DAY = 86_400
 MONTH = 30 * DAY
 CURRENCIES = ("usd", "eur", "gbp", "jpy")
@@ -338,7 +338,10 @@ class _Builder:
                     "Id": self.ids.sf("003"),
                     "AccountId": acct_id,
                     "LastName": f"Admin {i}",
-                    "Email": f"admin@{domain}",
+                    # Every other Account's Contact is its billing contact: the Stripe
+                    # customer's email (billing@), so the push links it to the Task and
+                    # the Case; the others have none that matches.
+                    "Email": f"billing@{domain}" if i % 2 == 0 else f"admin@{domain}",
                     "SystemModstamp": _sf_time(created),
                     "IsDeleted": False,
                 }
@@ -775,6 +778,8 @@ class _Builder:
             "billing_reason": "subscription_cycle",
             "collection_method": "charge_automatically",
             "created": ts,
+            # Stripe's page where the customer pays the invoice or updates the card.
+            "hosted_invoice_url": f"https://invoice.stripe.com/i/acct_sandbox/{inv_id}",
             "currency": sub["currency"],
             "customer": customer["id"],
             "lines": {

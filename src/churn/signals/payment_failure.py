@@ -24,8 +24,19 @@ else is known):
    had happened by then cannot be told, and a guess would leak the future.
 
 The next retry is the ``next_payment_attempt`` the latest invoice event at or before
-``as_of`` carried, else today's when it lies after ``as_of`` (a pending retry seen today was
-pending throughout the dunning before it).
+``as_of`` carried, else today's when it lies at or after ``as_of`` (a pending retry seen today
+was pending throughout the dunning before it). A retry due exactly at ``as_of`` is upcoming:
+``next_payment_attempt`` is when "payment will next be attempted", so at that instant the
+attempt is still to come (``next_retry_at`` names it; the push's ladder reads it).
+
+**A retry due but not seen** (``retry_due_unseen_at``): the retry Stripe had scheduled fell
+before ``as_of`` and no failed attempt at or after it is known by then: its outcome is
+outstanding (Stripe may already have recovered the payment), so the push's ladder does not
+climb to outreach on it.
+
+**When the dunning began** (``first_failed_at``): the first failed charge of the invoice by
+``as_of``, else the first ``invoice.payment_failed`` event by then; the push's escalation
+clock starts there, not at its own first push.
 
 **Decline classes**, from the last failed charge by ``as_of`` (Stripe, Declines; the Charge's
 ``outcome``; Smart Retries "doesn't retry payments if ... the issuer returned a hard decline
@@ -158,7 +169,8 @@ fails AS (
     count(*) FILTER (WHERE status = 'failed' AND created_at <= $as_of) AS failed_attempts,
     arg_max(charge_id, created_at) FILTER (WHERE status = 'failed' AND created_at <= $as_of)
       AS last_charge_id,
-    max(created_at) FILTER (WHERE status = 'failed' AND created_at <= $as_of) AS last_failed_at
+    max(created_at) FILTER (WHERE status = 'failed' AND created_at <= $as_of) AS last_failed_at,
+    min(created_at) FILTER (WHERE status = 'failed' AND created_at <= $as_of) AS first_failed_at
   FROM linked GROUP BY invoice_id
 ),
 last_fail AS (
@@ -179,6 +191,7 @@ events AS (
              COALESCE(max(attempt_count) FILTER (WHERE event_type = 'invoice.payment_failed'), 0))
       AS failed_events,
     arg_max(next_payment_attempt, created_at) AS next_attempt_then,
+    min(created_at) FILTER (WHERE event_type = 'invoice.payment_failed') AS first_failed_event_at,
     count(*) AS n_events
   FROM inv_events GROUP BY invoice_id
 ),
@@ -186,12 +199,17 @@ counted AS (
   SELECT i.*, lf.last_failed_at, lf.decline_code, lf.failure_code, lf.outcome_type,
     lf.network_status, lf.payment_method_id, lf.card_exp_month, lf.card_exp_year,
     lf.advice_code,
+    -- when the dunning began: the first failed charge, else the first payment_failed event
+    COALESCE(f.first_failed_at, e.first_failed_event_at) AS first_failed_at,
     CASE WHEN f.invoice_id IS NOT NULL THEN f.failed_attempts
          WHEN COALESCE(e.failed_events, 0) > 0 THEN e.failed_events
          WHEN hz.at_latest AND i.attempted THEN COALESCE(i.attempt_count, 0)
          ELSE 0 END AS attempts,
     CASE WHEN e.n_events > 0 THEN e.next_attempt_then
-         WHEN i.next_payment_attempt > $as_of THEN i.next_payment_attempt END AS next_attempt,
+         WHEN i.next_payment_attempt >= $as_of THEN i.next_payment_attempt END AS next_attempt,
+    -- the retry Stripe had scheduled as of then, due or not
+    CASE WHEN e.n_events > 0 THEN e.next_attempt_then ELSE i.next_payment_attempt END
+      AS scheduled_attempt,
     hz.at_latest
   FROM inv i CROSS JOIN (SELECT $as_of >= t AS at_latest FROM horizon) hz
   LEFT JOIN fails f USING (invoice_id)
@@ -205,7 +223,7 @@ failed AS MATERIALIZED (
 judged AS (
   SELECT c.*,
     -- stale: collection stopped (subscription ended, customer deleted), no retry pending
-    NOT COALESCE(c.next_attempt > $as_of, FALSE)
+    NOT COALESCE(c.next_attempt >= $as_of, FALSE)
       AND (COALESCE(h.status IN ({_in(ENDED_STATUSES)}), FALSE)
            OR COALESCE(h.ended_at <= $as_of, FALSE)
            OR (COALESCE(cu.is_deleted, FALSE) AND c.at_latest)) AS stale,
@@ -252,12 +270,16 @@ SELECT account_id,
   json_object('invoice_id', invoice_id, 'attempts', attempts, 'dunning_stage',
     CASE WHEN attempts >= $final THEN 'final' ELSE 'retry_' || attempts END,
     'final_attempt', $final,
-    'next_retry_at', CASE WHEN next_attempt > $as_of THEN next_attempt END,
+    'next_retry_at', CASE WHEN next_attempt >= $as_of THEN next_attempt END,
     'decline_code', COALESCE(decline_code, failure_code), 'decline_class', decline_class,
     'advice_code', advice_code, 'outcome_type', outcome_type,
     'network_status', network_status,
     'payment_method_id', payment_method_id, 'card_exp_month', card_exp_month,
     'card_exp_year', card_exp_year, 'last_failed_at', last_failed_at,
+    'first_failed_at', first_failed_at,
+    'retry_due_unseen_at', CASE WHEN scheduled_attempt < $as_of
+      AND (last_failed_at IS NULL OR last_failed_at < scheduled_attempt)
+      THEN scheduled_attempt END,
     'amount_at_risk_minor', amount_at_risk, 'currency', currency,
     'subscription_id', subscription_id, 'customer_id', customer_id)::VARCHAR AS evidence,
   'payment_failure:' || invoice_id AS episode_key

@@ -42,6 +42,7 @@ from simple_salesforce.exceptions import SalesforceError
 from churn.errors import ApiBudgetExhaustedError, PushError
 from churn.pipelines.push.plan import (
     ACCOUNT,
+    CASE,
     DELETED,
     FIELD_ERRORS,
     TASK,
@@ -407,10 +408,10 @@ class _Result:
 
 
 def _task_gone(result: _Result) -> bool:
-    """An update by Id of a Task that is no longer in Salesforce."""
+    """An update by Id of a Task (or Case) that is no longer in Salesforce."""
     return (
         not result.success
-        and result.change.sobject == TASK
+        and result.change.sobject in (TASK, CASE)
         and result.change.sf_id is not None
         and result.error_code == "ENTITY_IS_DELETED"
     )

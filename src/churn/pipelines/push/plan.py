@@ -33,11 +33,13 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from churn.fields import AccountField, Text, account_field
+from churn.pipelines.push.billing import Billing, task_lines
 from churn.settings import PushSettings
 from churn.signals import SIGNALS_BY_NAME, UNKNOWN_RESOLUTION, money
 
 ACCOUNT = "Account"
 TASK = "Task"
+CASE = "Case"
 #: ``push_state.status`` of a Task deleted in Salesforce after the service made it.
 DELETED = "deleted"
 
@@ -300,8 +302,12 @@ def ladder(episode: Episode, as_of: datetime, started_at: datetime, settings: Pu
     The ladder is the one the episode's signal names in the registry. ``dunning`` follows
     Stripe's retries: a Task at once; after
     ``escalate_after_hours`` without recovery it escalates; after ``outreach_after_hours``
-    a CSM reaches out; when the next retry is Stripe's last (the evidence's
-    ``final_attempt``, else ``dunning_attempts``) and comes within
+    a CSM reaches out, unless a retry Stripe was due to make before ``as_of`` has no
+    outcome seen yet (the evidence's ``retry_due_unseen_at``: it may have recovered the
+    payment; the episode stays on the escalation rung); a decline Stripe will not retry
+    (the evidence's ``decline_class`` ``hard``) is on the escalation rung at once, High;
+    when the next retry is Stripe's last (the evidence's ``final_attempt``, else
+    ``dunning_attempts``) and comes within
     ``sponsor_before_final_retry_hours``, an executive sponsor is flagged. ``flat`` (and
     a signal the registry no longer knows) sits on the first rung, due ``task_due_days``
     after as_of.
@@ -319,20 +325,50 @@ def ladder(episode: Episode, as_of: datetime, started_at: datetime, settings: Pu
     last_try = final if isinstance(final, int) and final > 0 else settings.dunning_attempts
     final_next = isinstance(attempts, int) and attempts >= last_try - 1
     retries_spent = isinstance(attempts, int) and attempts >= last_try
+    # A decline Stripe will not retry (Smart Retries "doesn't retry payments if ... the
+    # issuer returned a hard decline code": lost, stolen, fraudulent...) waits for no
+    # retry: straight to the customer-facing rung, High, at once.
+    hard = episode.evidence.get("decline_class") == "hard"
     if retries_spent or (
         final_next
         and next_try is not None
         and (next_try - as_of).total_seconds() / 3600 <= settings.sponsor_before_final_retry_hours
     ):
         return Rung(3, "Executive sponsor: final payment retry", today, "High")
-    if hours >= settings.outreach_after_hours:
+    # A retry Stripe made (due before as_of) whose outcome is not seen yet may have
+    # recovered the payment: no outreach on it until the outcome lands.
+    outcome_pending = _instant(episode.evidence.get("retry_due_unseen_at")) is not None
+    if hours >= settings.outreach_after_hours and not outcome_pending:
         due = max(next_try.date(), today) if next_try else today + timedelta(days=1)
         return Rung(2, "CSM outreach: payment still failing", due, "High")
     if hours >= settings.escalate_after_hours:
         due = (started_at + timedelta(hours=settings.outreach_after_hours)).date()
         return Rung(1, "Escalation: payment still failing", max(due, today), "High")
+    if hard:
+        return Rung(1, "Escalation: card declined, Stripe will not retry it", today, "High")
     due = (started_at + timedelta(hours=settings.escalate_after_hours)).date()
     return Rung(0, "Payment failed", max(due, today), None)
+
+
+def episode_started(episode: Episode, pushed: PushedState | None, as_of: datetime) -> datetime:
+    """When the episode's escalation clock started: the failure's own time from the
+    evidence (payment_failure's ``first_failed_at``), else when the service first saw it,
+    else ``as_of``."""
+    return (
+        _instant(_first(episode.evidence, "first_failed_at", "failed_at", "started_at", "since"))
+        or (pushed.first_seen_at if pushed else None)
+        or as_of
+    )
+
+
+def _held_stage(pushed: PushedState | None) -> int | None:
+    """The ladder rung an open record was last pushed at (``_stage`` in its state)."""
+    if pushed is None or pushed.status != "open":
+        return None
+    try:
+        return int(str(pushed.fields.get("_stage")))
+    except ValueError:
+        return None
 
 
 def _label(signal: str) -> str:
@@ -352,13 +388,19 @@ def plan_tasks(
     external_id_field: str,
     as_of: datetime,
     last_errors: Mapping[str, str] | None = None,
+    billing: Mapping[str, Billing] | None = None,
 ) -> list[Change]:
     """Task upserts for open episodes and closes for resolved ones.
 
     ``owners`` holds the Accounts Salesforce has (Account Id -> owner); an episode of an
     account not there (an unlinked Stripe customer) has nowhere to go and is skipped.
+    ``billing`` (episode key -> :class:`~churn.pipelines.push.billing.Billing`): the
+    billing Contact (the Task's WhoId) and the invoice's link, named in the description.
+    A Task never climbs down the ladder: once pushed at a rung, a later scoring that puts
+    the episode lower keeps the rung's subject, priority and due date.
     """
     last_errors = last_errors or {}
+    billing = billing or {}
     changes: list[Change] = []
     open_keys = set()
     for episode in episodes:
@@ -371,27 +413,31 @@ def plan_tasks(
         pushed = state.get(episode.episode_key)
         if pushed is not None and pushed.status == DELETED:
             continue  # deleted in Salesforce: the CSM's answer, not recreated
-        started = (
-            _instant(
-                _first(episode.evidence, "first_failed_at", "failed_at", "started_at", "since")
-            )
-            or (pushed.first_seen_at if pushed else None)
-            or as_of
-        )
+        started = episode_started(episode, pushed, as_of)
         rung = ladder(episode, as_of, started, settings)
         level = rung.priority or SEVERITY_PRIORITY.get((episode.severity or "").lower(), "Normal")
         priority = settings.task_priorities.get(level, level)
         owner_id = owner.owner_id if owner.active is not False else settings.fallback_owner_id
+        paid_by = billing.get(episode.episode_key)
         desired: dict[str, Any] = {
             external_id_field: episode.episode_key,
             "WhatId": episode.account_id,
             "Subject": f"{rung.label}: {episode.reason}"[:_MAX_TEXT],
-            "Description": _description(episode)[:_MAX_DESCRIPTION],
+            "Description": _description(episode, paid_by)[:_MAX_DESCRIPTION],
             "Priority": priority,
             "ActivityDate": rung.due.isoformat(),
         }
+        stage = rung.stage
+        held = _held_stage(pushed)
+        if held is not None and pushed is not None and held > rung.stage:
+            stage = held
+            for name in ("Subject", "Priority", "ActivityDate"):
+                if pushed.fields.get(name) is not None:
+                    desired[name] = pushed.fields[name]
         if owner_id:
             desired["OwnerId"] = owner_id
+        if paid_by is not None and paid_by.contact is not None:
+            desired["WhoId"] = paid_by.contact.contact_id
         if pushed is None or pushed.status == "closed":
             action = "create_task" if pushed is None else "update_task"
             send = {**desired, "Status": settings.task_status_open}
@@ -404,6 +450,7 @@ def plan_tasks(
         new_state = dict(pushed.fields) if pushed else {}
         new_state.update({k: canon(v) for k, v in send.items()})
         new_state["_signal"] = episode.signal  # says why, when the Task is closed
+        new_state["_stage"] = str(stage)  # the rung, which a Task never climbs down
         changes.append(
             _task_change(
                 episode.episode_key,
@@ -491,6 +538,7 @@ def estimate_calls(plan: Plan, settings: PushSettings) -> int:
         key = (change.sobject, change.key_field)
         groups[key] = groups.get(key, 0) + 1
     calls = 1 + (1 if any(sobject == TASK for sobject, _ in groups) else 0)
+    calls += 1 if any(sobject == CASE for sobject, _ in groups) else 0  # the Case describe
     for n in groups.values():
         if n > settings.bulk_threshold:
             calls += BULK_JOB_CALLS
@@ -565,10 +613,12 @@ def cap_new_tasks(
     return out, len(creates) - cap
 
 
-def _description(episode: Episode) -> str:
+def _description(episode: Episode, billing: Billing | None = None) -> str:
     severity = f", severity {episode.severity}" if episode.severity else ""
+    extra = "".join(f"\n{line}" for line in task_lines(billing))
     return (
         f"{episode.reason}\n\nSignal: {episode.signal}{severity}. Episode: {episode.episode_key}."
+        + (f"\n{extra}" if extra else "")
     )
 
 
@@ -582,6 +632,7 @@ def make_plan(
     task_external_id_field: str,
     as_of: datetime | None,
     last_errors: Mapping[tuple[str, str], str] | None = None,
+    billing: Mapping[str, Billing] | None = None,
 ) -> Plan:
     """The whole plan: Account updates first, then Task upserts and closes."""
     last_errors = last_errors or {}
@@ -610,6 +661,7 @@ def make_plan(
                 task_external_id_field,
                 as_of,
                 errors_of[TASK],
+                billing,
             ),
             episodes,
             settings.max_new_tasks_per_run,

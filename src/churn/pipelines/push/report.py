@@ -30,7 +30,10 @@ from churn.signals.money import display, to_minor
 __all__ = ["PlanLine", "find_plan", "plan_counts", "plan_lines", "write_plan"]
 
 #: The actions in the order they are shown (and sent).
-ACTIONS = ("update_account", "create_task", "update_task", "close_task")
+ACTIONS = (
+    "update_account", "create_task", "update_task", "close_task",
+    "create_case", "update_case", "close_case",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,9 @@ def plan_lines(con: duckdb.DuckDBPyConnection, settings: Settings, run_id: str) 
           SELECT p.*, s.fields AS state_fields, s.pushed_at, s.status AS state_status,
                  CASE WHEN p.sobject = 'Account' THEN p.record_key
                       ELSE coalesce(json_extract_string(p.fields, '$.WhatId'),
-                                    json_extract_string(s.fields, '$.WhatId')) END AS s_acc
+                                    json_extract_string(s.fields, '$.WhatId'),
+                                    json_extract_string(p.fields, '$.AccountId'),
+                                    json_extract_string(s.fields, '$.AccountId')) END AS s_acc
           FROM push_plan p
           LEFT JOIN push_state s ON s.sobject = p.sobject AND s.record_key = p.record_key
           WHERE p.run_id = ?
@@ -171,9 +176,15 @@ def plan_lines(con: duckdb.DuckDBPyConnection, settings: Settings, run_id: str) 
         elif action == "close_task":
             subject = held.get("Subject") or record
             out.append(PlanLine(**base, field="Task closed", old=str(subject), new="Completed"))
+        elif action == "create_case":
+            out.append(PlanLine(**base, field="Case", old="—", new=str(new.get("Subject") or "")))
+        elif action == "close_case":
+            subject = held.get("Subject") or record
+            status = str(new.get("Status") or settings.case.status_closed)
+            out.append(PlanLine(**base, field="Case closed", old=str(subject), new=status))
         else:
             for key, value in new.items():
-                if key == external_id:
+                if key in (external_id, settings.case.external_id_field):
                     continue
                 out.append(PlanLine(**base, field=key, old=_show(held.get(key)), new=_show(value)))
     return out

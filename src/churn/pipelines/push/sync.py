@@ -33,7 +33,10 @@ from churn.pipelines.push.apply import (
     call_error,
     json_body,
 )
+from churn.pipelines.push.billing import Attempt, Billing, BillingContact
+from churn.pipelines.push.cases import CASE_SIGNAL, plan_cases
 from churn.pipelines.push.plan import (
+    CASE,
     TASK,
     TRANSIENT_ERRORS,
     AccountInput,
@@ -53,7 +56,7 @@ from churn.pipelines.push.values import (
     ACCOUNT_CURRENCY_COLUMN,
     account_values,
 )
-from churn.pipelines.salesforce.doctor import check_task_picklists
+from churn.pipelines.salesforce.doctor import case_picklist_problem, check_task_picklists
 from churn.settings import Settings
 from churn.signals import money
 from churn.signals.rates import rates_at_sql
@@ -87,6 +90,8 @@ class PushResult:
     blocked: list[Blocked] = field(default_factory=list)
     #: Changes put off by backoff: idempotency key -> push runs still to wait.
     deferred: dict[str, int] = field(default_factory=dict)
+    #: Why no Case was written this run (a Case setting the org's picklists lack).
+    case_problem: str | None = None
 
     @property
     def degraded(self) -> bool:
@@ -102,6 +107,8 @@ class PushResult:
             " it writable (or the picklist value), or with churn push --retry-blocked"
             for b in self.blocked
         ]
+        if self.case_problem:
+            out.append(self.case_problem)
         if self.deferred:
             out.append(
                 f"{len(self.deferred)} records rejected before with the same values put off"
@@ -208,7 +215,17 @@ def push(
             # clear error here instead of every Task rejected.
             meter.check(1, "the Task describe")
             check_task_picklists(sf, settings)
-        outcome = apply_plan(sf, con, plan.changes, settings, run_id, meter, sleep=sleep)
+        send = list(plan.changes)
+        if any(c.sobject == CASE for c in send):
+            # One describe: a Case value the org's picklists lack is one line in the
+            # summary (and in churn doctor), not a batch of rejected Cases; the rest goes.
+            meter.check(1, "the Case describe")
+            result.case_problem = case_picklist_problem(sf, settings)
+            if result.case_problem:
+                held = sum(c.sobject == CASE for c in send)
+                send = [c for c in send if c.sobject != CASE]
+                result.counts["cases_not_written"] = held
+        outcome = apply_plan(sf, con, send, settings, run_id, meter, sleep=sleep)
     except Exception as exc:
         result.api_calls = described + meter.calls
         if isinstance(exc, ChurnError):
@@ -593,7 +610,8 @@ def build_plan(
             """
         ).fetchall()
     }
-    return make_plan(
+    billing = read_billing(con, episodes, state, as_of)
+    plan = make_plan(
         accounts=accounts,
         episodes=episodes,
         owners=owners,
@@ -602,7 +620,112 @@ def build_plan(
         task_external_id_field=settings.salesforce.task_external_id_field,
         as_of=as_of,
         last_errors=last_errors,
+        billing=billing,
     )
+    if as_of is None:
+        return plan
+    # The Case per payment-failure episode (push/cases.py), beside the Tasks.
+    cases = plan_cases(
+        episodes,
+        owners,
+        {r.record_key: r for r in state if r.sobject == CASE},
+        {r.record_key: r for r in state if r.sobject == TASK},
+        settings.push,
+        settings.case,
+        as_of,
+        billing,
+        {key: msg for (sobject, key), msg in last_errors.items() if sobject == CASE},
+    )
+    return Plan(plan.as_of, plan.changes + tuple(cases), deferred_tasks=plan.deferred_tasks)
+
+
+def read_billing(
+    con: duckdb.DuckDBPyConnection,
+    episodes: Sequence[Episode],
+    state: Sequence[PushedState],
+    as_of: datetime | None,
+) -> dict[str, Billing]:
+    """Per payment-failure episode (open, or with an open Case to close): the billing
+    Contact (the Account's Contact whose Email is the Stripe customer's, case-insensitive;
+    the lowest Id when several), the invoice's ``hosted_invoice_url`` (from its payload),
+    its failed charges by ``as_of`` and its status today."""
+    prefix = f"{CASE_SIGNAL}:"
+    keys = {(e.episode_key, e.account_id) for e in episodes if e.episode_key.startswith(prefix)}
+    keys |= {
+        (r.record_key, str(r.fields.get("AccountId") or ""))
+        for r in state
+        if r.sobject == CASE and r.status == "open"
+    }
+    if not keys or as_of is None:
+        return {}
+    frame = pl.DataFrame(
+        {
+            "episode_key": [k for k, _ in keys],
+            "account_id": [a for _, a in keys],
+            "invoice_id": [k.removeprefix(prefix) for k, _ in keys],
+        }
+    )
+    con.register("_billing_keys", frame)
+    try:
+        rows = _dicts(
+            con,
+            """
+            SELECT k.episode_key, i.status, r.payload->>'hosted_invoice_url' AS url,
+                   (SELECT arg_min(c.contact_id, c.contact_id) FROM core_contacts c
+                    WHERE NOT c.is_deleted AND c.account_id = k.account_id
+                      AND lower(c.email) = lower(cu.email)) AS contact_id
+            FROM _billing_keys k
+            LEFT JOIN core_invoices i ON i.invoice_id = k.invoice_id
+            LEFT JOIN raw_stripe_invoice r ON r.id = k.invoice_id
+            LEFT JOIN core_customers cu ON cu.customer_id = i.customer_id
+            """,
+        )
+        attempts = con.execute(
+            """
+            WITH links AS (
+              SELECT k.episode_key, ch.charge_id FROM _billing_keys k
+                JOIN core_charges ch ON ch.invoice_id = k.invoice_id
+              UNION
+              SELECT k.episode_key, ch.charge_id FROM _billing_keys k
+                JOIN core_invoices i ON i.invoice_id = k.invoice_id
+                JOIN core_charges ch ON ch.payment_intent_id = i.payment_intent_id
+              UNION
+              SELECT k.episode_key, ch.charge_id FROM _billing_keys k
+                JOIN core_invoice_payments ip ON ip.invoice_id = k.invoice_id
+                JOIN core_charges ch ON ch.payment_intent_id = ip.payment_intent_id
+                  OR ch.charge_id = ip.charge_id
+            )
+            SELECT l.episode_key, ch.created_at, COALESCE(ch.decline_code, ch.failure_code)
+            FROM links l JOIN core_charges ch ON ch.charge_id = l.charge_id
+            WHERE ch.status = 'failed' AND ch.created_at <= $as_of
+            ORDER BY l.episode_key, ch.created_at
+            """,
+            {"as_of": as_of},
+        ).fetchall()
+    finally:
+        con.unregister("_billing_keys")
+    contacts = {
+        r[0]: BillingContact(r[0], r[1], r[2])
+        for r in con.execute(
+            "SELECT contact_id, name, email FROM core_contacts WHERE contact_id IN"
+            " (SELECT unnest($ids::VARCHAR[]))",
+            {"ids": [r["contact_id"] for r in rows if r["contact_id"]]},
+        ).fetchall()
+    }
+    tries: dict[str, list[Attempt]] = {}
+    for key, at, code in attempts:
+        tries.setdefault(key, []).append(Attempt(at, code))
+    return {
+        r["episode_key"]: Billing(
+            contact=contacts.get(r["contact_id"]) if r["contact_id"] else None,
+            hosted_invoice_url=r["url"],
+            attempts=tuple(tries.get(r["episode_key"], ())),
+            invoice_status=r["status"]
+            if r["status"] in ("paid", "void", "uncollectible")
+            else None,
+        )
+        for r in rows
+    }
 
 
 def read_state(
@@ -614,7 +737,8 @@ def read_state(
         ""
         if account_ids is None
         else " WHERE (CASE WHEN sobject = 'Account' THEN record_key"
-        " ELSE fields->>'WhatId' END) IN (SELECT unnest($ids::VARCHAR[]))"
+        " ELSE coalesce(fields->>'WhatId', fields->>'AccountId') END)"
+        " IN (SELECT unnest($ids::VARCHAR[]))"
     )
     params = {} if account_ids is None else {"ids": list(account_ids)}
     return [

@@ -173,12 +173,15 @@ def check_account_fields(sf: Salesforce, settings: Settings) -> list[Check]:
 
 
 def _picklist_problem(
-    fields: Mapping[str, dict[str, Any]], name: str, wanted: Mapping[str, str]
+    fields: Mapping[str, dict[str, Any]],
+    name: str,
+    wanted: Mapping[str, str],
+    sobject: str = "Task",
 ) -> str | None:
     """Why the configured values (setting -> value) do not fit the picklist ``name``."""
     found = fields.get(name.lower())
     if found is None:
-        return f"Task.{name} is not visible to the integration user"
+        return f"{sobject}.{name} is not visible to the integration user"
     values = found.get("picklistValues") or []
     active = {str(v.get("value")) for v in values if v.get("active", True)}
     inactive = {str(v.get("value")) for v in values if not v.get("active", True)}
@@ -191,7 +194,7 @@ def _picklist_problem(
     if not bad:
         return None
     shown = ", ".join(sorted(active)) or "none"
-    return f"{'; '.join(bad)} in the org's Task {name} picklist (active: {shown})"
+    return f"{'; '.join(bad)} in the org's {sobject} {name} picklist (active: {shown})"
 
 
 def _task_values(settings: Settings) -> tuple[dict[str, str], dict[str, str]]:
@@ -245,6 +248,79 @@ def check_task_picklists(sf: Salesforce, settings: Settings) -> None:
         problem = _picklist_problem(fields, name, wanted)
         if problem:
             raise ConfigError(f"no Task written: {problem}; map the values in the settings")
+
+
+def _case_values(settings: Settings) -> dict[str, dict[str, str]]:
+    case = settings.case
+    return {
+        "Status": {
+            "CHURN_CASE__STATUS_OPEN": case.status_open,
+            "CHURN_CASE__STATUS_CLOSED": case.status_closed,
+        },
+        "Origin": {"CHURN_CASE__ORIGIN": case.origin},
+        "Priority": {
+            f"CHURN_CASE__PRIORITIES {level}": value for level, value in case.priorities.items()
+        },
+    }
+
+
+def check_case(sf: Salesforce, settings: Settings) -> list[Check]:
+    """The Case external-id field and the Status, Origin and Priority values the settings
+    send (nothing when Cases are off)."""
+    if settings.case.stage is None:
+        return [Check("Case", True, "off (CHURN_CASE__OPEN_AT)")]
+    try:
+        fields = describe_fields(sf, "Case")
+    except (SalesforceError, requests.RequestException) as exc:
+        return [Check("describe Case", False, _problem(exc))]
+    out = [
+        _field_check(
+            "Case",
+            fields,
+            settings.case.external_id_field,
+            ("string",),
+            writable=True,
+            setting="deploy salesforce/force-app (Case field) or CHURN_CASE__EXTERNAL_ID_FIELD",
+            external_id=True,
+        )
+    ]
+    for name, wanted in _case_values(settings).items():
+        problem = _picklist_problem(fields, name, wanted, "Case")
+        detail = ", ".join(sorted(set(wanted.values())))
+        out.append(Check(f"Case {name} values", problem is None, problem or detail))
+    return out
+
+
+def case_picklist_problem(sf: Salesforce, settings: Settings) -> str | None:
+    """One sentence when a Case value the push sends is not an active value of the org's
+    picklist, or the Case cannot be described (one describe call); None when all fit."""
+    try:
+        fields = describe_fields(sf, "Case")
+    except SalesforceError as exc:
+        return f"no Case written: describe Case failed ({_problem(exc)})"
+    for name, wanted in _case_values(settings).items():
+        problem = _picklist_problem(fields, name, wanted, "Case")
+        if problem:
+            return f"no Case written: {problem}; map the values in the [case] settings"
+    return None
+
+
+#: Stripe's own customer emails about failed payments and card updates, in the Dashboard
+#: at Settings > Billing > Subscriptions and emails: "Send emails when card payments fail"
+#: (with the link: "Link to a Stripe-hosted page"), "Send emails about expiring cards", and
+#: under Manage payments that require confirmation "Send a Stripe-hosted link for customers
+#: to confirm their payments". Stripe's API has no resource for these settings, so the
+#: doctor says where to check them instead of guessing.
+STRIPE_EMAIL_SETTINGS = (
+    "not checkable through the API; check Dashboard > Settings > Billing > Subscriptions"
+    " and emails: 'Send emails when card payments fail' (link to a Stripe-hosted page),"
+    " 'Send emails about expiring cards', 'Send a Stripe-hosted link for customers to"
+    " confirm their payments'"
+)
+
+
+def check_stripe_emails() -> Check:
+    return Check("Stripe customer emails", True, STRIPE_EMAIL_SETTINGS)
 
 
 def check_permission_set(sf: Salesforce) -> Check:
@@ -302,14 +378,17 @@ def run_doctor(settings: Settings, connect: Callable[[], Salesforce] | None = No
     checks = [login, check_api_version(sf, settings.salesforce.api_version)]
     checks += check_account_fields(sf, settings)
     checks += check_task(sf, settings)
+    checks += check_case(sf, settings)
     checks.append(check_permission_set(sf))
     checks.append(check_budget(sf, settings.salesforce.api_reserve))
+    checks.append(check_stripe_emails())
     return checks
 
 
 __all__ = [
     "PERMISSION_SET",
     "Check",
+    "case_picklist_problem",
     "check_task_picklists",
     "run_doctor",
 ]

@@ -93,6 +93,14 @@ TASK_STATUS_VALUES = (
     "Deferred",
 )
 TASK_PRIORITY_VALUES = ("High", "Normal", "Low")
+#: A new org's Case Status, Origin and Priority picklists (Setup > Object Manager > Case);
+#: restricted here as an org that restricts them, so a value outside is refused.
+CASE_STATUS_VALUES = ("New", "Working", "Escalated", "Closed")
+CASE_CLOSED_VALUES = ("Closed",)
+CASE_ORIGIN_VALUES = ("Phone", "Email", "Web")
+CASE_PRIORITY_VALUES = ("High", "Medium", "Low")
+#: Case Status "Defaulted on create": the picklist's default value.
+CASE_DEFAULT_STATUS = "New"
 
 #: The custom fields the service owns on Account (it writes them in the push), and
 #: Active_Seats__c, which it may read as the usage feed (``CHURN_USAGE__ACCOUNT_FIELD``).
@@ -161,6 +169,8 @@ def default_schema(
             FieldDef("Description", "textarea"),
             # Related To: polymorphic (Account, Opportunity, ...).
             FieldDef("WhatId", "reference", reference_to=("Account", "Opportunity")),
+            # Name: a Contact (or Lead) the Task is about.
+            FieldDef("WhoId", "reference", reference_to=("Contact",)),
             FieldDef("OwnerId", "reference", reference_to=("User",)),
             # The standard Task picklists' default values (Setup > Object Manager > Task).
             FieldDef("Status", "picklist", picklist_values=TASK_STATUS_VALUES),
@@ -169,6 +179,24 @@ def default_schema(
             FieldDef("IsClosed", "boolean"),
             _c("Churn_Episode_Key__c", external=True),
         ),
+        _obj(
+            "Case",
+            "500",
+            FieldDef("CaseNumber", updateable=False),
+            FieldDef("Subject"),
+            FieldDef("Description", "textarea"),
+            FieldDef("AccountId", "reference", reference_to=("Account",)),
+            FieldDef("ContactId", "reference", reference_to=("Contact",)),
+            # A User or a queue (Group, 00G).
+            FieldDef("OwnerId", "reference", reference_to=("User", "Group")),
+            FieldDef("RecordTypeId", "reference"),
+            FieldDef("Status", "picklist", picklist_values=CASE_STATUS_VALUES, restricted=True),
+            FieldDef("Origin", "picklist", picklist_values=CASE_ORIGIN_VALUES, restricted=True),
+            FieldDef("Priority", "picklist", picklist_values=CASE_PRIORITY_VALUES, restricted=True),
+            FieldDef("IsClosed", "boolean", updateable=False),
+            _c("Churn_Case_Key__c", external=True),
+        ),
+        _obj("Group", "00G", FieldDef("Name"), FieldDef("Type")),
         _obj(
             "Organization",
             "00D",

@@ -48,7 +48,13 @@ import trustme
 
 from churn.errors import SandboxError
 from churn.sandbox.salesforce import soql
-from churn.sandbox.salesforce.schema import FieldDef, ObjectDef, default_schema
+from churn.sandbox.salesforce.schema import (
+    CASE_CLOSED_VALUES,
+    CASE_DEFAULT_STATUS,
+    FieldDef,
+    ObjectDef,
+    default_schema,
+)
 
 #: A validation rule: (sobject, merged record) -> an error message, or None to accept.
 ValidationRule = Callable[[str, Mapping[str, Any]], str | None]
@@ -240,6 +246,10 @@ class OrgState:
             record["Name"] = " ".join(
                 p for p in (record.get("FirstName"), record.get("LastName")) if p
             )
+        if od.name == "Case":
+            record["Status"] = record.get("Status") or CASE_DEFAULT_STATUS
+            record["CaseNumber"] = f"{len(self.records.get('Case', {})) + 1:08d}"
+            _case_closed(record)
         self._validate(od, record)
         self.records.setdefault(od.name, {})[rid] = record
         self._dated_rates(od.name)
@@ -266,6 +276,8 @@ class OrgState:
         self._validate(od, merged)
         now = soql.format_datetime(self.clock())
         merged.update(LastModifiedDate=now, SystemModstamp=now)
+        if od.name == "Case":
+            _case_closed(merged)
         self.records[od.name][record["Id"]] = merged
         self._dated_rates(od.name)
 
@@ -275,10 +287,14 @@ class OrgState:
         now = soql.format_datetime(self.clock())
         record.update(IsDeleted=True, LastModifiedDate=now, SystemModstamp=now)
         self._dated_rates(od.name)
-        # Deleting a record deletes its activities (Tasks whose WhatId is the record).
+        # Deleting a record deletes its activities (Tasks whose WhatId is the record), and
+        # deleting an Account its Cases.
         for task in self.records.get("Task", {}).values():
             if task.get("WhatId") == rid and not task["IsDeleted"]:
                 task.update(IsDeleted=True, LastModifiedDate=now, SystemModstamp=now)
+        for case in self.records.get("Case", {}).values() if od.name == "Account" else ():
+            if case.get("AccountId") == rid and not case["IsDeleted"]:
+                case.update(IsDeleted=True, LastModifiedDate=now, SystemModstamp=now)
 
     def merge(self, obj: str, master: str, victims: Iterable[str]) -> None:
         """Salesforce's merge: the victims are deleted with MasterRecordId set to the master,
@@ -1312,6 +1328,11 @@ class RunningSalesforce:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _case_closed(record: dict[str, Any]) -> None:
+    """Case.IsClosed follows its Status (the CaseStatus value's IsClosed)."""
+    record["IsClosed"] = record.get("Status") in CASE_CLOSED_VALUES
 
 
 def _put(org: OrgState, obj: str, rid: str, values: Mapping[str, Any]) -> None:
