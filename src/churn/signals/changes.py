@@ -247,8 +247,8 @@ def summary(row: dict[str, Any]) -> str:
     currency = row.get("currency")
     if kind == "payment_recovered":
         attempts = row.get("attempts")
-        after = f" after {int(attempts)} attempts" if attempts else ""
-        return f"Payment of {display(row.get('amount_minor'), currency)} recovered{after}"
+        tries = f" after {int(attempts)} attempts" if attempts else ""
+        return f"Payment of {display(row.get('amount_minor'), currency)} recovered{tries}"
     if kind in ("cancellation_scheduled", "cancellation_withdrawn"):
         when = row.get("effective_at")
         day = when.date().isoformat() if isinstance(when, datetime) else "an unknown date"
