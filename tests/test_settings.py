@@ -105,7 +105,7 @@ def test_timeline_group_from_the_environment_and_a_toml_table(tmp_path: Path) ->
         "payment_recovered",
     )
     assert load_settings({"CHURN_PUSH__TIMELINE__KINDS": "[]"}).push.timeline.kinds == ()
-    with pytest.raises(ConfigError, match="CHURN_PUSH__TIMELINE__KINDS: .*unknown kind"):
+    with pytest.raises(ConfigError, match=r"CHURN_PUSH__TIMELINE__KINDS: .*unknown kind"):
         load_settings({"CHURN_PUSH__TIMELINE__KINDS": "refund"})
     with pytest.raises(ConfigError, match="CHURN_PUSH__TIMELINE__WINDOW_DAYS"):
         load_settings({"CHURN_PUSH__TIMELINE__WINDOW_DAYS": "-1"})
