@@ -123,7 +123,9 @@ def example_toml() -> str:
             lines += ["", "", f"[{section}.{group}]"]
             doc = inspect.getdoc(sub) or ""
             lines += [f"# {line}".rstrip() for line in doc.splitlines()]
-            lines += _field_lines(f"{section}.{group}", sub, getattr(getattr(default, section), group))
+            lines += _field_lines(
+                f"{section}.{group}", sub, getattr(getattr(default, section), group)
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,7 @@ sends it with :mod:`churn.pipelines.push.apply`. Nothing to change means no call
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time as time_module
@@ -48,6 +49,7 @@ from churn.pipelines.push.plan import (
     runs_to_wait,
     strip_blocked,
 )
+from churn.pipelines.push.timeline import plan_timeline
 from churn.pipelines.push.values import (
     ACCOUNT_AMOUNT_PREFIX,
     ACCOUNT_CURRENCY_COLUMN,
@@ -56,7 +58,9 @@ from churn.pipelines.push.values import (
 from churn.pipelines.salesforce.doctor import check_task_picklists
 from churn.settings import Settings
 from churn.signals import money
+from churn.signals.changes import derive as derive_changes
 from churn.signals.rates import rates_at_sql
+from churn.signals.tables import Tables
 from churn.warehouse import transaction, utcnow
 
 log = logging.getLogger(__name__)
@@ -593,7 +597,7 @@ def build_plan(
             """
         ).fetchall()
     }
-    return make_plan(
+    plan = make_plan(
         accounts=accounts,
         episodes=episodes,
         owners=owners,
@@ -602,6 +606,42 @@ def build_plan(
         task_external_id_field=settings.salesforce.task_external_id_field,
         as_of=as_of,
         last_errors=last_errors,
+    )
+    timeline = timeline_changes(settings, con, as_of, owners, state, last_errors, scores)
+    return dataclasses.replace(plan, changes=plan.changes + tuple(timeline)) if timeline else plan
+
+
+def timeline_changes(
+    settings: Settings,
+    con: duckdb.DuckDBPyConnection,
+    as_of: datetime | None,
+    owners: dict[str, Owner],
+    state: Sequence[PushedState],
+    last_errors: dict[tuple[str, str], str],
+    scores: Scores | None = None,
+) -> list[Change]:
+    """The plan's timeline records (:mod:`churn.pipelines.push.timeline`): the changes of
+    the window before ``as_of`` not logged yet; only ``scores``' accounts when given."""
+    config = settings.push.timeline
+    if as_of is None or not config.kinds or config.window_days <= 0:
+        return []
+    derived = derive_changes(
+        Tables(con),
+        as_of,
+        settings.signals,
+        window_days=config.window_days,
+        kinds=config.kinds,
+    )
+    if scores is not None:
+        only = set(scores.account_ids)
+        derived = [c for c in derived if c.account_id in only]
+    return plan_timeline(
+        derived,
+        owners,
+        {r.record_key: r for r in state if r.sobject == TASK},
+        settings.push,
+        settings.salesforce.task_external_id_field,
+        {key: msg for (sobject, key), msg in last_errors.items() if sobject == TASK},
     )
 
 
