@@ -8,14 +8,15 @@ before and after in words. Kinds (:data:`KINDS`):
 - ``upgrade`` / ``downgrade``: a subscription carries more / less MRR than just before
   (a price, a quantity, a coupon, an interval), in its own currency, both sides non-zero
   (a trial starting to pay, a pause, a new or an ended subscription are not plan changes);
-- ``seat_change``: licensed seats moved and MRR did not (or is unknown, or zero);
-- ``plan_change``: the plans changed and neither MRR nor seats did;
+- ``plan_change``: the plans changed and MRR did not (or is unknown, or zero);
+- ``seat_change``: only licensed seats moved (MRR the same, unknown, or zero: a trial);
 - ``cancellation_scheduled`` / ``cancellation_withdrawn``: a version of the subscription
   sets (or drops) ``cancel_at_period_end`` or ``cancel_at`` while it is still in force;
 - ``payment_recovered``: an invoice paid after at least one failed attempt.
 
-**Instants.** A subscription's changes are its own history boundaries (versions, items,
-discounts), as the downgrade signal reads them, and MRR and seats are computed around
+**Instants.** A subscription's changes are its own history boundaries (items, discounts),
+as the downgrade signal reads them (a version of the subscription alone, a renewal or a
+status, moves no price and no seat), and MRR and seats are computed around
 each (``mrr.item_mrr_sql`` with per-subscription points: the MRR engine's rules, one
 place). **Point in time**: only instants in ``(as_of - window, as_of]``, the links as of
 ``as_of``, a payment known paid by ``as_of`` (its failed attempts counted up to the
@@ -52,11 +53,12 @@ KINDS: tuple[str, ...] = (
     "payment_recovered",
 )
 
-#: Every instant in (since, as_of] at which a subscription's plan, seats or MRR may change.
+#: Every instant in (since, as_of] at which a subscription's plan, seats or MRR may change
+#: with MRR on both sides: its items and discounts. (A new version of the subscription alone,
+#: a renewal or a status, moves no price or seat: MRR from or to zero is not a plan change.)
+#: The cancellations' instants join them, for the MRR at stake.
 _INSTANTS = """
-  SELECT subscription_id, valid_from AS c FROM history_subscriptions
-  WHERE valid_from > $since AND valid_from <= $as_of
-  UNION SELECT subscription_id, valid_from FROM history_subscription_items
+  SELECT subscription_id, valid_from AS c FROM history_subscription_items
   WHERE valid_from > $since AND valid_from <= $as_of
   UNION SELECT subscription_id, valid_to FROM history_subscription_items
   WHERE valid_to > $since AND valid_to <= $as_of
@@ -88,7 +90,31 @@ def _plan_label() -> str:
 def _sql(settings: SignalSettings) -> str:
     return f"""
 WITH
-chg AS MATERIALIZED (SELECT DISTINCT subscription_id, c FROM ({_INSTANTS}) WHERE c IS NOT NULL),
+versions AS MATERIALIZED (
+  SELECT h.*, {account_key("h.customer_id")} AS account_id,
+    h.cancel_at_period_end OR h.cancel_at IS NOT NULL AS scheduled,
+    COALESCE(h.cancel_at, h.current_period_end) AS effective_at,
+    lag(h.cancel_at_period_end OR h.cancel_at IS NOT NULL) OVER w AS scheduled_before,
+    lag(COALESCE(h.cancel_at, h.current_period_end)) OVER w AS effective_before
+  FROM history_subscriptions h LEFT JOIN account_links_as_of($as_of) l
+    ON l.customer_id = h.customer_id
+  WHERE h.valid_from <= $as_of
+  WINDOW w AS (PARTITION BY h.subscription_id ORDER BY h.valid_from)
+),
+cancel_versions AS MATERIALIZED (
+  SELECT * FROM versions v
+  WHERE v.valid_from > $since AND v.scheduled_before IS NOT NULL
+    AND {sql_in("v.status", IN_FORCE_STATUSES)}
+    AND ((v.scheduled AND (NOT v.scheduled_before
+                           OR v.effective_at IS DISTINCT FROM v.effective_before))
+         OR (NOT v.scheduled AND v.scheduled_before))
+),
+chg AS MATERIALIZED (
+  SELECT DISTINCT subscription_id, c FROM (
+    {_INSTANTS}
+    UNION SELECT subscription_id, valid_from FROM cancel_versions
+  ) WHERE c IS NOT NULL
+),
 around_items AS MATERIALIZED ({item_mrr_sql(_AROUND, settings, per_subscription=True)}),
 sub_mrr AS ({
         subscription_mrr_sql(
@@ -127,33 +153,17 @@ plan_kinds AS (
   SELECT *,
     CASE WHEN mrr_before > 0 AND mrr_after > 0 AND mrr_after > mrr_before THEN 'upgrade'
          WHEN mrr_before > 0 AND mrr_after > 0 AND mrr_after < mrr_before THEN 'downgrade'
-         WHEN seats_before IS DISTINCT FROM seats_after THEN 'seat_change'
-         WHEN plan_before IS DISTINCT FROM plan_after THEN 'plan_change' END AS kind
+         WHEN plan_before IS DISTINCT FROM plan_after THEN 'plan_change'
+         WHEN seats_before IS DISTINCT FROM seats_after THEN 'seat_change' END AS kind
   FROM plan_moves
-),
-versions AS (
-  SELECT h.*, {account_key("h.customer_id")} AS account_id,
-    h.cancel_at_period_end OR h.cancel_at IS NOT NULL AS scheduled,
-    COALESCE(h.cancel_at, h.current_period_end) AS effective_at,
-    lag(h.cancel_at_period_end OR h.cancel_at IS NOT NULL) OVER w AS scheduled_before,
-    lag(COALESCE(h.cancel_at, h.current_period_end)) OVER w AS effective_before
-  FROM history_subscriptions h LEFT JOIN account_links_as_of($as_of) l
-    ON l.customer_id = h.customer_id
-  WHERE h.valid_from <= $as_of
-  WINDOW w AS (PARTITION BY h.subscription_id ORDER BY h.valid_from)
 ),
 cancels AS (
   SELECT v.account_id, v.subscription_id, v.valid_from AS occurred_at,
     CASE WHEN v.scheduled THEN 'cancellation_scheduled' ELSE 'cancellation_withdrawn' END AS kind,
     CASE WHEN v.scheduled THEN v.effective_at ELSE v.effective_before END AS effective_at,
     m.currency, m.mrr_minor
-  FROM versions v
+  FROM cancel_versions v
   LEFT JOIN sub_mrr m ON m.subscription_id = v.subscription_id AND m.t = v.valid_from
-  WHERE v.valid_from > $since AND v.scheduled_before IS NOT NULL
-    AND {sql_in("v.status", IN_FORCE_STATUSES)}
-    AND ((v.scheduled AND (NOT v.scheduled_before
-                           OR v.effective_at IS DISTINCT FROM v.effective_before))
-         OR (NOT v.scheduled AND v.scheduled_before))
 ),
 paid AS (
   SELECT * FROM core_invoices
