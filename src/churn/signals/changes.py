@@ -170,19 +170,28 @@ paid AS (
   WHERE status = 'paid' AND NOT COALESCE(is_deleted, FALSE)
     AND paid_at > $since AND paid_at <= $as_of
 ),
+linked AS (
+  -- the invoice's charges in both API shapes (as payment_failure links them), equi-joins
+  SELECT p.invoice_id, ch.charge_id FROM paid p JOIN core_charges ch ON ch.invoice_id = p.invoice_id
+  UNION SELECT p.invoice_id, p.charge_id FROM paid p WHERE p.charge_id IS NOT NULL
+  UNION SELECT p.invoice_id, ch.charge_id FROM paid p
+    JOIN core_charges ch ON ch.payment_intent_id = p.payment_intent_id
+  UNION SELECT p.invoice_id, ch.charge_id FROM paid p
+    JOIN core_payment_intents pi ON pi.invoice_id = p.invoice_id
+    JOIN core_charges ch ON ch.payment_intent_id = pi.payment_intent_id
+  UNION SELECT p.invoice_id, ch.charge_id FROM paid p
+    JOIN core_invoice_payments ip ON ip.invoice_id = p.invoice_id
+    JOIN core_charges ch ON ch.payment_intent_id = ip.payment_intent_id
+  UNION SELECT p.invoice_id, ip.charge_id FROM paid p
+    JOIN core_invoice_payments ip ON ip.invoice_id = p.invoice_id
+  WHERE ip.charge_id IS NOT NULL
+),
 attempts AS (
-  -- the invoice's failed charges before its payment, in both API shapes
+  -- the failed ones before the payment
   SELECT p.invoice_id, count(DISTINCT ch.charge_id) AS failed
-  FROM paid p JOIN core_charges ch
-    ON ch.status = 'failed' AND ch.created_at < p.paid_at
-   AND (ch.invoice_id = p.invoice_id OR ch.charge_id = p.charge_id
-        OR ch.payment_intent_id = p.payment_intent_id
-        OR ch.payment_intent_id IN (SELECT payment_intent_id FROM core_payment_intents
-                                    WHERE invoice_id = p.invoice_id)
-        OR ch.payment_intent_id IN (SELECT payment_intent_id FROM core_invoice_payments
-                                    WHERE invoice_id = p.invoice_id)
-        OR ch.charge_id IN (SELECT charge_id FROM core_invoice_payments
-                            WHERE invoice_id = p.invoice_id))
+  FROM paid p JOIN linked k ON k.invoice_id = p.invoice_id
+  JOIN core_charges ch ON ch.charge_id = k.charge_id
+  WHERE ch.status = 'failed' AND ch.created_at < p.paid_at
   GROUP BY p.invoice_id
 ),
 failed_events AS (
