@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from push_world import AS_OF, World
 
-from churn.pipelines.push.sync import build_plan, push
+from churn.pipelines.push.sync import Scores, build_plan, push
 from churn.pipelines.push.timeline import ACTION
 from churn.sandbox.salesforce.server import RunningSalesforce, start_salesforce_server
 from churn.settings import Settings
@@ -127,6 +127,9 @@ def test_a_downgrade_is_one_completed_task_with_before_and_after_and_none_on_a_r
     cut = AS_OF - 3 * DAY
     seed(world.con, {**PRICES, **_seat_cut(0, cut)})
     settings = _settings(sf, db_path)
+    # the webhook worker's partial push leaves the timeline to the run
+    partial = build_plan(settings, world.con, Scores("account_health", "signal_events", (account,)))
+    assert not [c for c in partial.changes if c.action == ACTION]
 
     first = push(settings, world.con)
     assert first.rejected == []
