@@ -86,3 +86,26 @@ def test_account_fields_from_the_environment_replace_the_default() -> None:
     assert s.push.account_fields == {"risk_score": "Risk__c"}
     with pytest.raises(ConfigError, match="CHURN_PUSH__ACCOUNT_FIELDS"):
         load_settings(env={"CHURN_PUSH__ACCOUNT_FIELDS": '{"no_such_field": "X__c"}'})
+
+
+def test_timeline_group_from_the_environment_and_a_toml_table(tmp_path: Path) -> None:
+    """[push.timeline] in a file, CHURN_PUSH__TIMELINE__<FIELD> in the environment; each
+    kind off-able, unknown kinds refused naming the variable."""
+    default = load_settings({})
+    assert default.push.timeline.window_days == 30
+    assert "downgrade" in default.push.timeline.kinds
+    path = tmp_path / "churn.toml"
+    path.write_text('[push.timeline]\nkinds = ["downgrade"]\nwindow_days = 7\n')
+    from_file = load_settings({}, config_path=path)
+    assert from_file.push.timeline.kinds == ("downgrade",)
+    assert from_file.push.timeline.window_days == 7
+    env = {"CHURN_PUSH__TIMELINE__KINDS": "upgrade,payment_recovered"}
+    assert load_settings(env, config_path=path).push.timeline.kinds == (
+        "upgrade",
+        "payment_recovered",
+    )
+    assert load_settings({"CHURN_PUSH__TIMELINE__KINDS": "[]"}).push.timeline.kinds == ()
+    with pytest.raises(ConfigError, match=r"CHURN_PUSH__TIMELINE__KINDS: .*unknown kind"):
+        load_settings({"CHURN_PUSH__TIMELINE__KINDS": "refund"})
+    with pytest.raises(ConfigError, match="CHURN_PUSH__TIMELINE__WINDOW_DAYS"):
+        load_settings({"CHURN_PUSH__TIMELINE__WINDOW_DAYS": "-1"})

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from churn.errors import ConfigError
 from churn.fields import ACCOUNT_FIELDS, account_field
 from churn.signals import SIGNALS_BY_NAME, default_risk_weights, default_task_signals
+from churn.signals.changes import KINDS as TIMELINE_KINDS
 
 STRIPE_DEFAULT_API_BASE = "https://api.stripe.com"
 #: Stripe's documented key prefixes: secret and restricted keys, test and live mode
@@ -313,6 +314,28 @@ class SignalSettings(_Section):
         return out
 
 
+class TimelineSettings(_Section):
+    """Plan changes on the Account timeline: each one a completed Task on the Account
+    (upgrades, downgrades, seat and plan changes, a cancellation scheduled or withdrawn, a
+    payment recovered), upserted by a change key in the Task external-id field."""
+
+    #: The kinds of change logged (drop one to stop logging it; [] turns the timeline off):
+    #: upgrade, downgrade, seat_change, plan_change, cancellation_scheduled,
+    #: cancellation_withdrawn, payment_recovered.
+    kinds: tuple[str, ...] = TIMELINE_KINDS
+    #: Only changes this many days back from the run's as_of are logged: a first run does
+    #: not back-fill years of history onto the timeline (0: none).
+    window_days: int = Field(30, ge=0, le=3660)
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(v) - set(TIMELINE_KINDS))
+        if unknown:
+            raise ValueError(f"unknown kind(s) {unknown}; known: {list(TIMELINE_KINDS)}")
+        return v
+
+
 class PushSettings(_Section):
     """The push to Salesforce."""
 
@@ -353,6 +376,7 @@ class PushSettings(_Section):
     #: created by the next runs (0: no cap). A first run over a large book would otherwise
     #: open every Task at once.
     max_new_tasks_per_run: int = Field(100, ge=0)
+    timeline: TimelineSettings = TimelineSettings()
 
     @field_validator("task_signals")
     @classmethod
@@ -576,16 +600,29 @@ def load_settings(
         if section is None:
             data[field] = value
             origin[(field,)] = name
+        elif "__" in field:
+            # a group inside a section: CHURN_PUSH__TIMELINE__KINDS -> [push.timeline] kinds
+            group, _, leaf = field.partition("__")
+            inner = data.setdefault(section, {}).setdefault(group, {})
+            if isinstance(inner, dict):
+                inner[leaf] = _from_env(section, leaf, value, name, group)
+            origin[(section, group, leaf)] = name
         else:
             data.setdefault(section, {})[field] = _from_env(section, field, value, name)
             origin[(section, field)] = name
     return _validate(data, origin)
 
 
-def _from_env(section: str, field: str, value: str, name: str) -> Any:
-    """A mapping or list setting from one variable: JSON, or a list as ``a,b,c``."""
+def _from_env(section: str, field: str, value: str, name: str, group: str | None = None) -> Any:
+    """A mapping or list setting from one variable: JSON, or a list as ``a,b,c``.
+    ``group``: the field is in that group of the section (``[push.timeline]``)."""
     model = Settings.model_fields[section].annotation
     assert isinstance(model, type) and issubclass(model, BaseModel)
+    if group is not None:
+        inner = model.model_fields.get(group)
+        model = inner.annotation if inner else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return value  # refused by validation, naming the variable
     info = model.model_fields.get(field)
     kind = getattr(info.annotation, "__origin__", info.annotation) if info else None
     if kind not in (dict, list, tuple):
@@ -678,5 +715,5 @@ def _env_name(loc: tuple[str, ...]) -> str:
     if len(loc) >= 2 and loc[0] in ("stripe", "salesforce"):
         return f"{loc[0].upper()}_{loc[1].upper()}"
     if len(loc) >= 2:
-        return f"CHURN_{loc[0].upper()}__{loc[1].upper()}"
+        return "CHURN_" + "__".join(part.upper() for part in loc[:3])
     return ".".join(loc)

@@ -33,8 +33,15 @@ def test_the_example_names_every_setting_and_its_defaults_load(tmp_path: Path) -
             assert re.search(rf"^# {section} = ", text, flags=re.M), section
             continue
         body = text.split(f"\n[{section}]\n")[1].split("\n[")[0]
-        for name in fields:
-            assert re.search(rf"^# {name} = ", body, flags=re.M), f"{section}.{name}"
+        for name, field in fields.items():
+            inner = getattr(field.annotation, "model_fields", None)
+            if inner is None:
+                assert re.search(rf"^# {name} = ", body, flags=re.M), f"{section}.{name}"
+                continue
+            # a group inside the section ([push.timeline]): its own table, every field
+            group = text.split(f"\n[{section}.{name}]\n")[1].split("\n[")[0]
+            for leaf in inner:
+                assert re.search(rf"^# {leaf} = ", group, flags=re.M), f"{section}.{name}.{leaf}"
     # every line with a value, uncommented, is valid TOML that loads as the defaults
     uncommented = "\n".join(
         line[2:] if re.match(r"# [a-z_]+ = ", line) and "(unset)" not in line else line

@@ -71,7 +71,8 @@ def _env(section: str | None, field: str) -> str:
         return "CHURN_DB" if field == "db" else field
     if section in _PREFIXED:
         return _PREFIXED[section] + field.upper()
-    return f"CHURN_{section.upper()}__{field.upper()}"
+    # a group inside a section ([push.timeline]): CHURN_PUSH__TIMELINE__FIELD
+    return f"CHURN_{section.upper().replace('.', '__')}__{field.upper()}"
 
 
 def _field_lines(section: str | None, model: type[BaseModel], default: BaseModel) -> list[str]:
@@ -114,6 +115,17 @@ def example_toml() -> str:
         doc = inspect.getdoc(model) or ""
         lines += [f"# {line}".rstrip() for line in doc.splitlines()]
         lines += _field_lines(section, model, getattr(default, section))
+        # groups inside the section: [section.group], after the section's own fields
+        for group, inner in model.model_fields.items():
+            sub = inner.annotation
+            if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+                continue
+            lines += ["", "", f"[{section}.{group}]"]
+            doc = inspect.getdoc(sub) or ""
+            lines += [f"# {line}".rstrip() for line in doc.splitlines()]
+            lines += _field_lines(
+                f"{section}.{group}", sub, getattr(getattr(default, section), group)
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -437,6 +437,7 @@ def account_timeline(con: duckdb.DuckDBPyConnection, account_id: str) -> pl.Data
           CASE WHEN NOT success THEN 'Task rejected'
                WHEN action = 'create_task' THEN 'Task pushed'
                WHEN action = 'close_task' THEN 'Task closed'
+               WHEN action = 'log_timeline' THEN 'Timeline record pushed'
                ELSE 'Task escalated' END AS kind,
           CASE WHEN NOT success THEN COALESCE(error_code, '') || ': ' || COALESCE(error_message, '')
                ELSE COALESCE(fields->>'Subject', fields->>'Status', 'updated') END AS what

@@ -27,6 +27,8 @@ _MAX_COUNTS = 3
 REASON_WIDTH = 140
 #: Records shown per action of a planned push; the export has them all.
 PLAN_LIMIT = 10
+#: Actions of the pushed table named for people (others show their action name).
+_PUSHED_LABELS = {"log_timeline": "timeline records written (plan changes)"}
 
 
 def _table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
@@ -244,6 +246,8 @@ def plan_table(
                 change = f"Case: {first.new}"
             elif action == "close_case":
                 change = f"close Case: {first.old}"
+            elif action == "log_timeline":
+                change = f"timeline: {first.new}"
             else:
                 change = "; ".join(f"{x.field} {x.old} → {x.new}" for x in record)
             t.add_row(action, first.account, shorten(change, REASON_WIDTH))
@@ -356,7 +360,7 @@ def _push_parts(
     t.add_column("action")
     t.add_column("records", justify="right")
     for action, n in push_counts.items():
-        t.add_row(action, f"{n:,}")
+        t.add_row(_PUSHED_LABELS.get(action, action), f"{n:,}")
     if not push_counts:
         t.add_row("(nothing)", "0")
     return [t, rejections_table(rejections(con, result.run_id))]

@@ -340,7 +340,12 @@ def check_demo(
         # second run's to create; nothing else is new.
         deferred = (push1.counts if push1 else {}).get("deferred_tasks", 0)
         written = sum(v for k, v in counts2.items() if k in ("update_account", "update_task",
-                                                              "close_task"))  # fmt: skip
+                                                              "close_task", "log_timeline"))  # fmt: skip
+        # Plan changes on the Account timeline, per run (the rerun logs none: same as_of).
+        figures["timeline_records_first_run"] = float(
+            (push1.counts if push1 else {}).get("log_timeline", 0)
+        )
+        figures["timeline_records_second_run"] = float(counts2.get("log_timeline", 0))
         ok = (push2 is not None and push2.status == "success" and written == 0
               and counts2.get("create_task", 0) <= deferred)  # fmt: skip
         checks.append(("second run pushes nothing new but the Tasks the cap deferred", ok,

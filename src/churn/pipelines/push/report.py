@@ -32,7 +32,7 @@ __all__ = ["PlanLine", "find_plan", "plan_counts", "plan_lines", "write_plan"]
 #: The actions in the order they are shown (and sent).
 ACTIONS = (
     "update_account", "create_task", "update_task", "close_task",
-    "create_case", "update_case", "close_case",
+    "create_case", "update_case", "close_case", "log_timeline",
 )  # fmt: skip
 
 
@@ -143,7 +143,8 @@ def plan_lines(con: duckdb.DuckDBPyConnection, settings: Settings, run_id: str) 
         FROM p LEFT JOIN core_accounts a ON a.account_id = p.s_acc
         LEFT JOIN raw_sf_account r ON r.id = p.record_key AND p.sobject = 'Account'
         ORDER BY CASE p.action WHEN 'update_account' THEN 0 WHEN 'create_task' THEN 1
-                 WHEN 'update_task' THEN 2 WHEN 'close_task' THEN 3 ELSE 4 END,
+                 WHEN 'update_task' THEN 2 WHEN 'close_task' THEN 3
+                 WHEN 'log_timeline' THEN 4 ELSE 5 END,
                  lower(coalesce(a.name, p.s_acc, p.record_key)), p.record_key
         """,
         [run_id],
@@ -173,6 +174,8 @@ def plan_lines(con: duckdb.DuckDBPyConnection, settings: Settings, run_id: str) 
         elif action == "create_task":
             subject = new.get("Subject") or ""
             out.append(PlanLine(**base, field="Task", old="—", new=str(subject)))
+        elif action == "log_timeline":  # a plan change on the Account's timeline
+            out.append(PlanLine(**base, field="Timeline", old="—", new=str(new.get("Subject"))))
         elif action == "close_task":
             subject = held.get("Subject") or record
             out.append(PlanLine(**base, field="Task closed", old=str(subject), new="Completed"))
