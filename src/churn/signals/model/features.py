@@ -442,14 +442,21 @@ contacts AS (
   FROM snaps s JOIN core_contacts k ON NOT k.is_deleted AND k.system_modstamp <= s.t
   GROUP BY ALL
 ),
+-- IsClosed and IsWon follow the stage (OpportunityStage holds them per stage value); a
+-- record that carries them empty is read from its StageName ('Closed Won', 'Closed Lost')
+opp AS (
+  SELECT o.account_id, o.close_date, o.system_modstamp,
+    COALESCE(o.is_closed, o.stage_name ILIKE 'closed%', FALSE) AS closed,
+    COALESCE(o.is_won, o.stage_name ILIKE 'closed won%', FALSE) AS won
+  FROM core_opportunities o WHERE NOT o.is_deleted
+),
 opps AS (
   SELECT s.t, o.account_id,
-    count(*) FILTER (WHERE NOT COALESCE(o.is_closed, FALSE) AND o.system_modstamp <= s.t)
-      AS open_opportunities,
-    count(*) FILTER (WHERE o.is_closed AND NOT COALESCE(o.is_won, FALSE)
+    count(*) FILTER (WHERE NOT o.closed AND o.system_modstamp <= s.t) AS open_opportunities,
+    count(*) FILTER (WHERE o.closed AND NOT o.won
                        AND o.close_date <= s.t AND o.close_date > s.t - INTERVAL 365 DAY)
       AS lost_opportunities_365d
-  FROM snaps s JOIN core_opportunities o ON NOT o.is_deleted
+  FROM snaps s JOIN opp o ON TRUE
   GROUP BY ALL
 ),
 later AS (
