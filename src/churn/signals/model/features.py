@@ -6,7 +6,8 @@ only from what was known at ``t``:
 
 - subscription state (valid intervals of ``history_subscriptions`` holding ``t``),
 - MRR at ``t`` and at ``t - 30/90/180`` days (the MRR engine, :mod:`churn.signals.mrr`),
-- seats (licensed per-unit quantities) at ``t`` and ``t - 90`` days,
+- seats (licensed per-unit quantities) at ``t`` and ``t - 90`` days, and in the middle of
+  each 30-day usage window (each window's use is read against the seats held in it),
 - usage samples dated before ``t``'s day, up to 180 days back, of any cadence (missing
   usage is a value: ``NaN``, never a crash),
 - charges created by ``t``; invoices by their finalized/paid/voided times,
