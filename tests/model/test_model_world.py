@@ -42,6 +42,12 @@ KNOWN: dict[str, int] = {
     # one account's MRR 180 days before T rebuilt differently from the invoice lines
     "mrr_change_180d": 1,
     "downgrade_180d": 1,
+    # each 30-day window's use is read against the seats held in it: the same rebuild of
+    # the history 150 to 180 days before T gives one account other seats in that window
+    # (measured: 1 of 300, 001000000000006541, the only difference in these columns)
+    "utilization_180d": 1,
+    "utilization_fall_180d": 1,
+    "utilization_change_180d": 1,
     # a discount (measured: 1 of 300) the warehouse extracted at T saw in force and
     # today's does not: one removed from its subscription before the 30 days of events
     # Stripe keeps is neither listed nor in an event any more (invoice lines'

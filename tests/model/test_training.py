@@ -61,6 +61,17 @@ def test_folds_train_only_on_snapshots_whose_horizon_ended_before_the_test_block
     assert [min(f.test) for f in folds] == sorted(min(f.test) for f in folds)
 
 
+def test_the_default_backtest_has_five_time_ordered_folds() -> None:
+    """The model is chosen on five later blocks of two snapshots, not three of four."""
+    folds = backtest_folds(SNAPS, horizon_days=90)
+    assert len(folds) == 5
+    assert all(len(f.test) == 2 for f in folds)
+    assert [min(f.test) for f in folds] == sorted(min(f.test) for f in folds)
+    assert max(folds[-1].test) == SNAPS[-1]
+    for fold in folds:
+        assert max(fold.train) + timedelta(days=90) <= min(fold.test)
+
+
 def test_usable_rows_have_labels_known_at_the_cutoff_and_no_known_churn() -> None:
     frame = synthetic(20)
     cutoff = SNAPS[30]
@@ -231,3 +242,44 @@ def test_the_latest_snapshots_are_learned_from_not_only_calibrated_on(kind: str)
     y = test["churned"].cast(pl.Int8).to_numpy()
     figures = summary(y, probabilities(est, test))
     assert figures["roc_auc"] > 0.9, figures
+
+
+def test_gradient_boosting_keeps_the_known_direction_of_risk() -> None:
+    """Where every subscription business knows the direction (``train.MONOTONIC``: more
+    failed payments never lower the risk, more seat use never raises it), the boosted
+    model keeps it whatever noise its training rows carry: here the direction-known
+    features are noise, and moving one of them up never lowers a probability."""
+    from churn.signals.model.train import MONOTONIC
+
+    frame = synthetic(300, seed=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = fit_calibrated("gradient_boosting", frame)
+    rows = frame.head(300)
+    base = rows.select(FEATURE_NAMES).to_numpy().astype(np.float32)
+    grid = np.linspace(-3, 3, 25, dtype=np.float32)
+    for name in ("failures_30d", "failures_365d", "utilization_90d", "card_days_after_renewal"):
+        j = FEATURE_NAMES.index(name)
+        probs = []
+        for value in grid:
+            x = base.copy()
+            x[:, j] = value
+            probs.append(est.predict_proba(x)[:, 1])
+        steps = np.diff(np.asarray(probs), axis=0) * MONOTONIC[name]
+        assert steps.min() >= -1e-12, (name, float(steps.min()))
+
+
+def test_gradient_boosting_learns_with_a_feature_empty_in_a_calibration_fold() -> None:
+    """Missing values go to the trees as they are; a feature with no value at all in the
+    rows of one fit (a usage feed that starts late, seen by a few accounts only) is not
+    learned from rather than failing the fit."""
+    frame = synthetic(120, seed=2)
+    few = pl.col("account_id").is_in(["a1", "a2"])
+    frame = frame.with_columns(
+        pl.when(few).then(pl.lit(0.5)).otherwise(float("nan")).cast(pl.Float32).alias("seats")
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = fit_calibrated("gradient_boosting", frame)
+    y = frame["churned"].cast(pl.Int8).to_numpy()
+    assert summary(y, probabilities(est, frame))["roc_auc"] > 0.8

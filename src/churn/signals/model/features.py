@@ -6,7 +6,8 @@ only from what was known at ``t``:
 
 - subscription state (valid intervals of ``history_subscriptions`` holding ``t``),
 - MRR at ``t`` and at ``t - 30/90/180`` days (the MRR engine, :mod:`churn.signals.mrr`),
-- seats (licensed per-unit quantities) at ``t`` and ``t - 90`` days,
+- seats (licensed per-unit quantities) at ``t`` and ``t - 90`` days, and in the middle of
+  each 30-day usage window (each window's use is read against the seats held in it),
 - usage samples dated before ``t``'s day, up to 180 days back, of any cadence (missing
   usage is a value: ``NaN``, never a crash),
 - charges created by ``t``; invoices by their finalized/paid/voided times,
@@ -215,6 +216,26 @@ seats_then AS (
   JOIN core_prices p ON p.price_id = i.price_id
   GROUP BY ALL
 ),
+-- licensed seats held in the middle of each 30-day usage window (w = 0: the last 30 days,
+-- w = 1 the 30 before...): each window's use is read against the seats held then, not
+-- today's (a seat purchase is growth, not a rise of use)
+seats_w AS (
+  SELECT s.t, v.w, a.account_id,
+    sum(CASE WHEN COALESCE(p.usage_type, 'licensed') = 'licensed'
+             AND COALESCE(p.billing_scheme, 'per_unit') = 'per_unit'
+             THEN COALESCE(i.quantity, 1) ELSE 0 END) AS seats
+  FROM snaps s CROSS JOIN (VALUES (0), (1), (2), (3), (4), (5)) v(w)
+  JOIN history_subscriptions h
+    ON h.valid_from <= s.t - to_days(30 * v.w + 15)
+   AND (h.valid_to IS NULL OR h.valid_to > s.t - to_days(30 * v.w + 15))
+   AND {sql_in("h.status", IN_FORCE_STATUSES)}
+  JOIN acct a ON a.t = s.t AND a.customer_id = h.customer_id
+  JOIN history_subscription_items i
+    ON i.subscription_id = h.subscription_id AND i.valid_from <= s.t - to_days(30 * v.w + 15)
+   AND (i.valid_to IS NULL OR i.valid_to > s.t - to_days(30 * v.w + 15))
+  JOIN core_prices p ON p.price_id = i.price_id
+  GROUP BY ALL
+),
 disc AS (
   SELECT s.t, s.account_id, 1 AS has_discount
   FROM subs s JOIN core_subscription_discounts d ON d.subscription_id = s.subscription_id
@@ -287,19 +308,28 @@ use_w AS (
   {links_at_join("u.account_id", "u.t")}
   GROUP BY ALL
 ),
+use_u AS (
+  -- each window's use as a share of the seats held in it (today's seats when none were
+  -- held then: usage before the first subscription's start)
+  SELECT w.*, w.active / NULLIF(COALESCE(sw.seats, pl.seats), 0) AS util
+  FROM use_w w
+  LEFT JOIN seats_w sw ON sw.t = w.t AND sw.account_id = w.account_id AND sw.w = w.w
+  LEFT JOIN plan pl ON pl.t = w.t AND pl.account_id = w.account_id
+),
 use_p AS (
   SELECT t, account_id,
-    max(active) FILTER (WHERE w = 0) AS a0, max(active) FILTER (WHERE w = 1) AS a1,
-    max(active) FILTER (WHERE w = 2) AS a2, max(active) FILTER (WHERE w = 3) AS a3,
-    max(active) FILTER (WHERE w = 5) AS a5,
+    max(util) FILTER (WHERE w = 0) AS u0, max(util) FILTER (WHERE w = 1) AS u1,
+    max(util) FILTER (WHERE w = 2) AS u2, max(util) FILTER (WHERE w = 3) AS u3,
+    max(util) FILTER (WHERE w = 5) AS u5,
+    max(active) FILTER (WHERE w = 0) AS a0,
     max(active_14) AS a14,
-    avg(active) FILTER (WHERE w < 3) AS a90, avg(active) AS a180,
-    min(active) AS amin, max(active) AS amax,
+    avg(util) FILTER (WHERE w < 3) AS u90, avg(util) AS u180,
+    min(util) AS umin, max(util) AS umax,
     -- least squares slope of active seats on days over the last 90 days' samples
     CASE WHEN sum(n90) >= 3 AND sum(n90) * sum(sxx) - sum(sx) * sum(sx) > 0
          THEN (sum(n90) * sum(sxy) - sum(sx) * sum(sy))
               / (sum(n90) * sum(sxx) - sum(sx) * sum(sx)) END AS slope
-  FROM use_w GROUP BY ALL
+  FROM use_u GROUP BY ALL
 ),
 -- charges known at each snapshot, keyed by the Account linked then
 charges AS (
@@ -413,14 +443,21 @@ contacts AS (
   FROM snaps s JOIN core_contacts k ON NOT k.is_deleted AND k.system_modstamp <= s.t
   GROUP BY ALL
 ),
+-- IsClosed and IsWon follow the stage (OpportunityStage holds them per stage value); a
+-- record that carries them empty is read from its StageName ('Closed Won', 'Closed Lost')
+opp AS (
+  SELECT o.account_id, o.close_date, o.system_modstamp,
+    COALESCE(o.is_closed, o.stage_name ILIKE 'closed%', FALSE) AS closed,
+    COALESCE(o.is_won, o.stage_name ILIKE 'closed won%', FALSE) AS won
+  FROM core_opportunities o WHERE NOT o.is_deleted
+),
 opps AS (
   SELECT s.t, o.account_id,
-    count(*) FILTER (WHERE NOT COALESCE(o.is_closed, FALSE) AND o.system_modstamp <= s.t)
-      AS open_opportunities,
-    count(*) FILTER (WHERE o.is_closed AND NOT COALESCE(o.is_won, FALSE)
+    count(*) FILTER (WHERE NOT o.closed AND o.system_modstamp <= s.t) AS open_opportunities,
+    count(*) FILTER (WHERE o.closed AND NOT o.won
                        AND o.close_date <= s.t AND o.close_date > s.t - INTERVAL 365 DAY)
       AS lost_opportunities_365d
-  FROM snaps s JOIN core_opportunities o ON NOT o.is_deleted
+  FROM snaps s JOIN opp o ON TRUE
   GROUP BY ALL
 ),
 later AS (
@@ -446,17 +483,17 @@ SELECT l.account_id, l.t AS snapshot_at, l.known_churn,
   COALESCE(p.seats, 0) AS seats,
   CASE WHEN st.seats_90 > 0 THEN (COALESCE(p.seats, 0) - st.seats_90) / st.seats_90 END
     AS seat_change_90d,
-  CASE WHEN p.seats > 0 THEN u.a0 / p.seats END AS utilization_30d,
-  CASE WHEN p.seats > 0 THEN (u.a0 - u.a1) / p.seats END AS utilization_change_30d,
-  CASE WHEN p.seats > 0 THEN (u.a0 - u.a2) / p.seats END AS utilization_change_60d,
-  CASE WHEN p.seats > 0 THEN (u.a0 - u.a3) / p.seats END AS utilization_change_90d,
+  CASE WHEN p.seats > 0 THEN u.u0 END AS utilization_30d,
+  CASE WHEN p.seats > 0 THEN u.u0 - u.u1 END AS utilization_change_30d,
+  CASE WHEN p.seats > 0 THEN u.u0 - u.u2 END AS utilization_change_60d,
+  CASE WHEN p.seats > 0 THEN u.u0 - u.u3 END AS utilization_change_90d,
   CASE WHEN u.a0 IS NULL THEN 1 ELSE 0 END AS usage_missing,
   CASE WHEN p.seats > 0 THEN u.a14 / p.seats END AS utilization_14d,
-  CASE WHEN p.seats > 0 THEN u.a90 / p.seats END AS utilization_90d,
-  CASE WHEN p.seats > 0 THEN u.a180 / p.seats END AS utilization_180d,
-  CASE WHEN p.seats > 0 THEN u.amin / p.seats END AS utilization_min_180d,
-  CASE WHEN p.seats > 0 THEN (u.amax - u.a0) / p.seats END AS utilization_fall_180d,
-  CASE WHEN p.seats > 0 THEN (u.a0 - u.a5) / p.seats END AS utilization_change_180d,
+  CASE WHEN p.seats > 0 THEN u.u90 END AS utilization_90d,
+  CASE WHEN p.seats > 0 THEN u.u180 END AS utilization_180d,
+  CASE WHEN p.seats > 0 THEN u.umin END AS utilization_min_180d,
+  CASE WHEN p.seats > 0 THEN u.umax - u.u0 END AS utilization_fall_180d,
+  CASE WHEN p.seats > 0 THEN u.u0 - u.u5 END AS utilization_change_180d,
   CASE WHEN p.seats > 0 THEN 30 * u.slope / p.seats END AS utilization_slope_90d,
   COALESCE(o.failed_since_payment, 0) AS failed_since_payment,
   {_days("l.t", "o.streak_from")} AS days_in_failure,

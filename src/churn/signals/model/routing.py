@@ -2,14 +2,17 @@
 
 A reason is the account's probability minus its probability with one feature set to its
 reference value (:func:`churn.signals.model.reasons.contributions`). For the gradient
-boosting candidate (median imputation with missing indicators, then
-``HistGradientBoostingClassifier``, optionally calibrated), a prediction depends on a
-feature only through the splits on its columns: every split sends a value left when it is
-``<= threshold`` (no missing value reaches the trees: the imputer fills them). When the
-value and the reference fall on the same side of every threshold of the feature's columns
-(its imputed value, and its missing indicator), every tree routes both rows to the same
-leaves, so both probabilities are the same number and the difference is exactly 0: there
-is no need to predict the moved row. :func:`may_change` says which rows need it.
+boosting candidate (``HistGradientBoostingClassifier`` behind a median imputer and a
+missing indicator for every feature; as stored before, indicators only for the features
+that had gaps; or on the raw features, missing values native; optionally calibrated), a
+prediction depends on a feature only through the splits on its columns: every split
+sends a value left when it is ``<= threshold`` and a missing value (raw features only)
+the way the split learned. When the value and the reference fall on the same side of
+every threshold of the feature's columns (its value and its indicator; or both missing),
+every tree routes both rows to the same leaves, so both probabilities are the same
+number and the difference is exactly 0: there is no need to predict the moved row. A
+move between a missing value and a present one on raw features is always predicted.
+:func:`may_change` says which rows need it.
 
 Anything else (another estimator, a categorical split, an unexpected pipeline) gives
 ``None``: every moved row is predicted, as before.
@@ -23,26 +26,41 @@ import numpy as np
 import numpy.typing as npt
 
 
-def _tree_pipeline(estimator: Any) -> tuple[Any, Any] | None:
-    """(imputer, boosting model) of a fitted gradient boosting candidate, else None."""
+def _tree_pipeline(estimator: Any) -> tuple[Any | None, Any] | None:
+    """(imputing step or None, boosting model) of a fitted gradient boosting candidate,
+    else None. The step is a ``SimpleImputer`` with indicators for the features that had
+    gaps (as stored before), or a ``FeatureUnion`` of a median imputer and a missing
+    indicator for every feature."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.impute import SimpleImputer
-    from sklearn.pipeline import Pipeline
+    from sklearn.impute import MissingIndicator, SimpleImputer
+    from sklearn.pipeline import FeatureUnion, Pipeline
 
     if isinstance(estimator, CalibratedClassifierCV):
         fitted = getattr(estimator, "calibrated_classifiers_", [])
         if len(fitted) != 1:
             return None
         estimator = fitted[0].estimator
+    if isinstance(estimator, Pipeline) and len(estimator.steps) == 1:
+        estimator = estimator.steps[0][1]
+    if isinstance(estimator, HistGradientBoostingClassifier):
+        return None, estimator
     if not isinstance(estimator, Pipeline) or len(estimator.steps) != 2:
         return None
-    imputer, model = estimator.steps[0][1], estimator.steps[1][1]
-    if not isinstance(imputer, SimpleImputer) or not isinstance(
-        model, HistGradientBoostingClassifier
-    ):
+    step, model = estimator.steps[0][1], estimator.steps[1][1]
+    if not isinstance(model, HistGradientBoostingClassifier):
         return None
-    return imputer, model
+    if isinstance(step, SimpleImputer):
+        return step, model
+    if (
+        isinstance(step, FeatureUnion)
+        and len(step.transformer_list) == 2
+        and isinstance(step.transformer_list[0][1], SimpleImputer)
+        and isinstance(step.transformer_list[1][1], MissingIndicator)
+        and step.transformer_list[1][1].features == "all"
+    ):
+        return step, model
+    return None
 
 
 def may_change(
@@ -66,13 +84,23 @@ def may_change(
     n, n_features = x.shape
     if n == 0:
         return np.zeros((0, n_features), dtype=bool)
-    xt = np.asarray(imputer.transform(x), dtype=np.float64)
-    rt = np.asarray(imputer.transform(reference.reshape(1, -1)), dtype=np.float64)[0]
-    indicator = getattr(imputer, "indicator_", None)
-    indicators = [] if indicator is None else [int(j) for j in indicator.features_]
-    if xt.shape[1] != n_features + len(indicators) or np.isnan(xt).any() or np.isnan(rt).any():
-        return None  # a missing value reaching the trees would follow its own rule
-    # the columns the trees see for feature j: its imputed value, then its indicator
+    if imputer is None:  # missing values reach the trees
+        xt = np.asarray(x, dtype=np.float64)
+        rt = np.asarray(reference, dtype=np.float64)
+        if xt.shape[1] != n_features or model.n_features_in_ != n_features:
+            return None
+        indicators: list[int] = []
+    else:
+        xt = np.asarray(imputer.transform(x), dtype=np.float64)
+        rt = np.asarray(imputer.transform(reference.reshape(1, -1)), dtype=np.float64)[0]
+        indicator = getattr(imputer, "indicator_", None)
+        if hasattr(imputer, "transformer_list"):  # value, then an indicator per feature
+            indicators = list(range(n_features))
+        else:
+            indicators = [] if indicator is None else [int(j) for j in indicator.features_]
+        if xt.shape[1] != n_features + len(indicators) or np.isnan(xt).any() or np.isnan(rt).any():
+            return None  # a missing value reaching these trees would follow its own rule
+    # the columns the trees see for feature j: its value, then its indicator (imputed)
     columns: list[list[int]] = [[j] for j in range(n_features)]
     for k, j in enumerate(indicators):
         columns[j].append(n_features + k)
@@ -82,8 +110,10 @@ def may_change(
             thresholds = np.unique(splits["num_threshold"][splits["feature_idx"] == c])
             if len(thresholds) == 0:
                 continue
-            # the same side of every threshold <=> as many thresholds below each value
-            below_x = np.searchsorted(thresholds, xt[:, c], side="left")
-            below_ref = np.searchsorted(thresholds, rt[c], side="left")
-            out[:, j] |= below_x != below_ref
+            # the same side of every threshold <=> as many thresholds below each value;
+            # missing on one side only: predicted (the split's own rule sends it)
+            x_nan, r_nan = np.isnan(xt[:, c]), np.bool_(np.isnan(rt[c]))
+            below_x = np.searchsorted(thresholds, np.where(x_nan, 0.0, xt[:, c]), side="left")
+            below_ref = np.searchsorted(thresholds, 0.0 if r_nan else rt[c], side="left")
+            out[:, j] |= (x_nan != r_nan) | (~x_nan & ~r_nan & (below_x != below_ref))
     return out
