@@ -102,6 +102,16 @@ class StripeSettings(_Section):
     reconcile_window_days: int = Field(60, ge=0)
     #: A backfill commits this many list pages per transaction (with their cursor).
     land_batch_pages: int = Field(10, ge=1)
+    #: Requests a second to the account, all streams together (0: no limit). Stripe's
+    #: rate limits page: "Global API rate limit: Live mode: 100 requests per second;
+    #: Sandbox: 25 requests per second" (set 25 for a test-mode key's own account).
+    rate_per_second: float = Field(100.0, ge=0)
+    #: Requests a second to one endpoint (0: no limit): "API endpoints have a default
+    #: limit of 25 requests per second" (docs.stripe.com/rate-limits).
+    endpoint_rate_per_second: float = Field(25.0, ge=0)
+    #: Streams a backfill lists at once (threads; the warehouse keeps one writer). Four
+    #: endpoints at 25 a second make the global 100; more keep it full as streams end.
+    concurrency: int = Field(6, ge=1, le=32)
     #: Each events read starts this many seconds before the cursor (ids de-duplicate).
     events_overlap_seconds: int = Field(300, ge=0)
     #: How the API lists events: Stripe lists newest first; ``auto`` reads it from the

@@ -18,8 +18,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -63,6 +66,20 @@ log = logging.getLogger(__name__)
 EVENTS = "stripe:events"
 RECONCILE = "stripe:reconcile"
 BACKFILL_PREFIX = "stripe:backfill:"
+
+
+@dataclass
+class _Fetched:
+    """What a backfill's reader hands the writer: a page of one stream, the end of a
+    stream (``finished``), the end of a reader (no ``stream``), or a reader's failure."""
+
+    stream: Stream | None
+    objects: list[dict[str, Any]] | None
+    has_more: bool
+    path: str | None
+    fetched: datetime
+    finished: bool = False
+    error: BaseException | None = None
 
 
 @dataclass
@@ -172,6 +189,8 @@ class _Run:
         self._no_expand: set[str] = set()
         #: Optional streams whose listing answered 404 (an API or stand-in without them).
         self._unserved: set[str] = set()
+        #: A concurrent backfill's streams' committed state, read before the readers start.
+        self._state_of: dict[str, tuple[str | None, datetime | None, dict[str, Any]]] = {}
 
     # -- state -------------------------------------------------------------------------
 
@@ -382,8 +401,13 @@ class _Run:
                 self._set_state(
                     BACKFILL_PREFIX + "all", None, started, {"started_at": started.isoformat()}
                 )
-        for stream in LISTED:
-            self._backfill_stream(stream)
+        todo = [s for s in LISTED if not self._state(BACKFILL_PREFIX + s.name)[2].get("done")]
+        workers = min(self.settings.stripe.concurrency, len(todo))
+        if workers <= 1:
+            for stream in todo:
+                self._backfill_stream(stream)
+        else:
+            self._backfill_concurrently(todo, workers)
         with transaction(self.con):
             _, _, meta = self._state(BACKFILL_PREFIX + "all")
             began = datetime.fromisoformat(meta.get("started_at", started.isoformat()))
@@ -425,6 +449,129 @@ class _Run:
                 commit(done=False)
             raise
         self._finish(task)
+
+    def _backfill_concurrently(self, streams: list[Stream], workers: int) -> None:
+        """List ``streams`` with ``workers`` threads, one stream per thread at a time (a
+        stream's pages follow each other's cursor), under the API's shared rate limiter.
+
+        This thread is the warehouse's only writer: it lands each stream's pages in
+        batches of ``land_batch_pages``, in the stream's order, with the stream's cursor
+        in the same transaction, exactly as the one-stream-at-a-time backfill does; so a
+        kill at any point leaves every stream at its last committed batch. The queue
+        between the readers and the writer is bounded: memory is a few batches of pages,
+        whatever the account's size. On a failure the readers stop, what was fetched
+        lands (the rerun goes on from it) and the first failure is raised.
+        """
+        size = self.settings.stripe.land_batch_pages
+        pages: queue.Queue[_Fetched] = queue.Queue(maxsize=max(2, workers * 2))
+        todo: queue.Queue[Stream] = queue.Queue()
+        for stream in streams:
+            todo.put(stream)
+        stop = threading.Event()
+
+        def put(item: _Fetched) -> bool:
+            while not stop.is_set():
+                try:
+                    pages.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def read() -> None:
+            while not stop.is_set():
+                try:
+                    stream = todo.get_nowait()
+                except queue.Empty:
+                    break
+                cursor, _, details = self._state_of[stream.name]
+                path = details.get("path", stream.path)
+                try:
+                    for objects, has_more, asked in self._pages(stream, cursor, path):
+                        if not put(_Fetched(stream, objects, has_more, asked, utcnow())):
+                            return
+                    if not put(_Fetched(stream, None, False, None, utcnow(), finished=True)):
+                        return
+                except BaseException as exc:  # handed to the writer, which raises it
+                    put(_Fetched(stream, None, False, None, utcnow(), error=exc))
+                    return
+            put(_Fetched(None, None, False, None, utcnow(), finished=True))
+
+        # Each stream's committed state, read here: the readers never touch the warehouse.
+        self._state_of = {s.name: self._state(BACKFILL_PREFIX + s.name) for s in streams}
+        batches: dict[str, list[tuple[list[dict[str, Any]], datetime]]] = {}
+        last: dict[str, str | None] = {s.name: self._state_of[s.name][0] for s in streams}
+        paths: dict[str, str | None] = {
+            s.name: self._state_of[s.name][2].get("path", s.path) for s in streams
+        }
+        tasks: dict[str, Any] = {}
+        by_name = {s.name: s for s in streams}
+
+        def commit(name: str, done: bool) -> None:
+            batch = batches.pop(name, [])
+            if not batch:
+                return
+            stream = by_name[name]
+            with transaction(self.con):
+                n = self._land_pages(stream, batch, "list")
+                self._set_state(BACKFILL_PREFIX + name, last[name], batch[-1][1],
+                                {"done": done, "path": paths[name]})  # fmt: skip
+            log.debug("stream %s: page committed (%d pages, %d objects, after %s)",
+                      name, len(batch), n, last[name])  # fmt: skip
+            self._advance(tasks[name], n)
+
+        threads = [
+            threading.Thread(target=read, name=f"stripe-backfill-{k}", daemon=True)
+            for k in range(workers)
+        ]
+        for t in threads:
+            t.start()
+        failure: BaseException | None = None
+        running = workers
+        try:
+            while running:
+                try:
+                    item = pages.get(timeout=0.2)
+                except queue.Empty:
+                    # Readers stopped by a failure end without a word.
+                    if stop.is_set() and not any(t.is_alive() for t in threads):
+                        break
+                    continue
+                if item.stream is None:
+                    running -= 1
+                    continue
+                name = item.stream.name
+                if name not in tasks:
+                    tasks[name] = self._task(name)
+                if item.error is not None:
+                    failure = failure or item.error
+                    stop.set()
+                    commit(name, done=False)
+                    running -= 1  # that reader returned
+                    continue
+                if item.finished:
+                    commit(name, done=False)  # only pages a failure left behind
+                    self._finish(tasks[name])
+                    continue
+                assert item.objects is not None
+                batches.setdefault(name, []).append((item.objects, item.fetched))
+                paths[name] = item.path
+                last[name] = item.objects[-1]["id"] if item.objects else last[name]
+                if not item.has_more or len(batches[name]) >= size:
+                    commit(name, done=not item.has_more)
+        except BaseException as exc:
+            failure = failure or exc
+            stop.set()
+            raise
+        finally:
+            stop.set()
+            if failure is not None:
+                # What was fetched before the failure lands: the rerun goes on from it.
+                for name in list(batches):
+                    with contextlib.suppress(Exception):
+                        commit(name, done=False)
+        if failure is not None:
+            raise failure
 
     # -- events ------------------------------------------------------------------------
 
