@@ -497,6 +497,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         srv = self.server
+        if self.path == "/_sandbox/stats":
+            # The sandbox's own counters (not Stripe's API), for a stand-in in its own process.
+            self._send(200, {"object": "sandbox_stats", "requests": srv.requests,
+                             "rate_limited": srv.limiter.refused})  # fmt: skip
+            return
         with srv.count_lock:
             srv.requests += 1
         self._fault = None
