@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import stripe
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -66,6 +67,16 @@ log = logging.getLogger(__name__)
 EVENTS = "stripe:events"
 RECONCILE = "stripe:reconcile"
 BACKFILL_PREFIX = "stripe:backfill:"
+#: A read's events as staged in ``_events_read``.
+_STAGED = pa.schema(
+    [
+        ("id", pa.string()),
+        ("listed", pa.int64()),
+        ("created", pa.int64()),
+        ("object_id", pa.string()),
+        ("payload", pa.string()),
+    ]
+)
 
 
 @dataclass
@@ -113,6 +124,35 @@ def extract_stripe(
     work was committed, the :class:`StripeExtractError` itself when nothing landed.
     """
     started = time.monotonic()
+    limit = (
+        settings.stripe.extract_memory_limit if settings.run.duckdb_memory_limit is None else None
+    )
+    if limit is None:
+        return _extract_stripe(
+            settings, con, reconcile, full, progress, summary, http_client, started
+        )
+    # fetchall, not fetchone: DuckDB 2 keeps an unfinished result busy on the connection.
+    rows = con.execute("SELECT current_setting('memory_limit')").fetchall()
+    con.execute(f"SET memory_limit = '{limit}'")
+    try:
+        return _extract_stripe(
+            settings, con, reconcile, full, progress, summary, http_client, started
+        )
+    finally:
+        if rows:
+            con.execute(f"SET memory_limit = '{rows[0][0]}'")
+
+
+def _extract_stripe(
+    settings: Settings,
+    con: duckdb.DuckDBPyConnection,
+    reconcile: bool,
+    full: bool,
+    progress: bool,
+    summary: bool | None,
+    http_client: stripe.HTTPClient | None,
+    started: float,
+) -> StripeExtractResult:
     api = StripeApi(make_stripe_client(settings.stripe, http_client), settings.stripe)
     run = _Run(settings, con, api, progress)
     backfilling = full or not run.backfill_complete()
@@ -576,13 +616,26 @@ class _Run:
     # -- events ------------------------------------------------------------------------
 
     def events(self) -> None:
+        """Read ``/v1/events`` from the cursor and apply what is new, in chunks.
+
+        The pages go to a temporary table as they come (``_events_read``: each event's
+        place in the listing, its second, its object and its text), so memory holds one
+        page and one chunk, never the read: the first read takes every event Stripe still
+        keeps (30 days), hundreds of thousands on a large account. The order, the
+        sequences within each second, what is new and which event is each object's newest
+        are then computed over the whole read in SQL, exactly as over a list in memory.
+        """
         polled = utcnow()
         _, cursor_ts, details = self._state(EVENTS)
         overlap = timedelta(seconds=self.settings.stripe.events_overlap_seconds)
         retained = details.get("retained") == "pending"
         since = None if retained else (cursor_ts or polled) - overlap
         task = self._task("events")
-        fetched: dict[str, dict[str, Any]] = {}  # in the API's order, first sighting kept
+        self.con.execute(
+            "CREATE OR REPLACE TEMP TABLE _events_read (id VARCHAR, listed BIGINT, "
+            "created BIGINT, object_id VARCHAR, payload VARCHAR)"
+        )
+        listed = 0
         starting_after: str | None = None
         while True:
             params: dict[str, Any] = {"limit": self.settings.stripe.page_size}
@@ -592,49 +645,44 @@ class _Run:
                 params["starting_after"] = starting_after
             page = self.api.get("events", "/v1/events", params)
             data = [e for e in page.get("data") or [] if isinstance(e, dict) and "id" in e]
-            for event in data:
-                fetched.setdefault(event["id"], event)
+            if data:
+                self._stage_events(data, listed)
+                listed += len(data)
             if not (page.get("has_more") and data):
                 break
             starting_after = data[-1]["id"]
-        ordered = stripe_land.sequence_events(
-            list(fetched.values()), self.settings.stripe.events_order
-        )
-        unseen = {e["id"] for e in self._unseen(list(fetched.values()))}
-        new = [(e, seq) for e, seq in ordered if e["id"] in unseen]
-        # Partial objects: retrieved whole, landed as of the retrieve (never as of the
-        # event: the state at the event's time is what the thin event did not say).
-        retrieved = {e["id"]: got for e, _ in new if (got := self._retrieve_partial(e))}
-        # Where a partial event is its object's newest in this read, the object retrieved
-        # now is its state from that event on (a change without an event is as rare here
-        # as for a listing): landed as of the event, as the event itself would have been.
-        # An older one's state is unknown (a later change came after it): as of the fetch.
-        newest: dict[str, str] = {}
-        for event, _ in new:  # oldest first: the last seen is the newest
-            obj = (event.get("data") or {}).get("object")
-            if isinstance(obj, dict) and isinstance(obj.get("id"), str):
-                newest[obj["id"]] = event["id"]
-        at_event = {eid for eid, (obj, _) in retrieved.items() if newest.get(obj["id"]) == eid}
-        # Items beyond a subscription's embedded page: as listed now (the event's own
-        # page is kept as it was); one call per such subscription, not per event.
-        more_items: dict[str, list[dict[str, Any]]] = {}
-        for event, _ in new:
-            obj = (event.get("data") or {}).get("object")
-            if event["id"] in retrieved:
-                obj = retrieved[event["id"]][0]
-            if not (isinstance(obj, dict) and obj.get("object") == "subscription"):
-                continue
-            if obj.get("id") not in more_items and _has_more_items(obj):
-                more_items[obj["id"]] = self._more_items(obj)
-        self.result.add("seen_events", len(fetched))
+        n_read, n_new = self._order_events()
+        self.result.add("seen_events", n_read)
         cursor = cursor_ts or polled
         # A page's worth per transaction; the first read of everything Stripe keeps is
         # redone whole if killed, so it commits in larger steps (tens of thousands of
         # events on a big account).
         size = self.settings.stripe.page_size * (20 if retained else 1)
-        for start in range(0, max(len(new), 1), size):
-            chunk = new[start : start + size]
-            done = start + size >= len(new)
+        more_items: dict[str, list[dict[str, Any]]] = {}
+        for start in range(0, max(n_new, 1), size):
+            chunk = self._events_chunk(start, size)
+            done = start + size >= n_new
+            # Partial objects: retrieved whole, landed as of the retrieve (never as of the
+            # event: the state at the event's time is what the thin event did not say).
+            retrieved = {e["id"]: got for e, _ in chunk if (got := self._retrieve_partial(e))}
+            # Where a partial event is its object's newest in this read, the object
+            # retrieved now is its state from that event on (a change without an event is
+            # as rare here as for a listing): landed as of the event, as the event itself
+            # would have been. An older one's state is unknown (a later change came after
+            # it): as of the fetch.
+            at_event = {
+                eid for eid, (obj, _) in retrieved.items() if self._newest(obj["id"]) == eid
+            }
+            # Items beyond a subscription's embedded page: as listed now (the event's own
+            # page is kept as it was); one call per such subscription, not per event.
+            for event, _ in chunk:
+                obj = (event.get("data") or {}).get("object")
+                if event["id"] in retrieved:
+                    obj = retrieved[event["id"]][0]
+                if not (isinstance(obj, dict) and obj.get("object") == "subscription"):
+                    continue
+                if obj.get("id") not in more_items and _has_more_items(obj):
+                    more_items[obj["id"]] = self._more_items(obj)
             cursor = max([cursor, *(_from_epoch(e.get("created")) for e, _ in chunk)])
             state = {**details, "last_event": chunk[-1][0]["id"] if chunk else None}
             if done:
@@ -645,7 +693,80 @@ class _Run:
                 self._set_state(EVENTS, None, cursor, state)
             log.debug("stream events: page committed (%d events, cursor %s)", len(chunk), cursor)
             self._advance(task, len(chunk))
+        self.con.execute("DROP TABLE IF EXISTS _events_read")
+        self.con.execute("DROP TABLE IF EXISTS _events_new")
         self._finish(task)
+
+    def _stage_events(self, data: list[dict[str, Any]], listed: int) -> None:
+        """One page of events into ``_events_read``, in the API's order."""
+        objs = [(e.get("data") or {}).get("object") for e in data]
+        batch = pa.Table.from_pydict(
+            {
+                "id": [str(e["id"]) for e in data],
+                "listed": list(range(listed, listed + len(data))),
+                "created": [int(e.get("created") or 0) for e in data],
+                "object_id": [
+                    o.get("id") if isinstance(o, dict) and isinstance(o.get("id"), str) else None
+                    for o in objs
+                ],
+                "payload": [json.dumps(e, separators=(",", ":")) for e in data],
+            },
+            schema=_STAGED,
+        )
+        self.con.register("_events_page", batch)
+        try:
+            self.con.execute("INSERT INTO _events_read SELECT * FROM _events_page")
+        finally:
+            self.con.unregister("_events_page")
+
+    def _order_events(self) -> tuple[int, int]:
+        """``_events_new``: the read's events not stored yet, each with its sequence in its
+        second (:func:`~churn.pipelines.stripe.land.sequence_events`' rule) and its place
+        (``ord``) oldest first. Returns (events read, new ones)."""
+        # First sighting of each id, in the API's order.
+        self.con.execute(
+            "CREATE OR REPLACE TEMP TABLE _events_first AS SELECT * FROM _events_read "
+            "QUALIFY row_number() OVER (PARTITION BY id ORDER BY listed) = 1"
+        )
+        order = self.settings.stripe.events_order
+        if order == "auto":
+            ((ascending, descending),) = self.con.execute(
+                "SELECT coalesce(bool_or(created < nxt), false), "
+                "coalesce(bool_or(created > nxt), false) FROM (SELECT created, "
+                "lead(created) OVER (ORDER BY listed) AS nxt FROM _events_first)"
+            ).fetchall()
+            order = "oldest_first" if ascending and not descending else "newest_first"
+        # Oldest first within a second: the listing's order, or its reverse.
+        within = "listed" if order == "oldest_first" else "listed DESC"
+        self.con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE _events_new AS
+            SELECT f.id, f.object_id, f.payload,
+                   row_number() OVER (PARTITION BY f.created ORDER BY {within}) AS seq,
+                   row_number() OVER (ORDER BY f.created, {within}) AS ord
+            FROM _events_first f
+            WHERE f.id NOT IN (SELECT id FROM raw_stripe_event)
+            """
+        )
+        ((n_read, n_new),) = self.con.execute(
+            "SELECT (SELECT count(*) FROM _events_first), (SELECT count(*) FROM _events_new)"
+        ).fetchall()
+        self.con.execute("DROP TABLE _events_first")
+        return int(n_read), int(n_new)
+
+    def _events_chunk(self, start: int, size: int) -> list[tuple[dict[str, Any], int]]:
+        rows = self.con.execute(
+            "SELECT payload, seq FROM _events_new WHERE ord > ? AND ord <= ? ORDER BY ord",
+            [start, start + size],
+        ).fetchall()
+        return [(json.loads(text), int(seq)) for text, seq in rows]
+
+    def _newest(self, object_id: str) -> str | None:
+        """The id of ``object_id``'s newest new event in this read."""
+        ((newest,),) = self.con.execute(
+            "SELECT arg_max(id, ord) FROM _events_new WHERE object_id = ?", [object_id]
+        ).fetchall()
+        return None if newest is None else str(newest)
 
     def _retrieve_partial(self, event: dict[str, Any]) -> tuple[dict[str, Any], datetime] | None:
         """The whole object and when it was fetched, for an event whose ``data.object``
