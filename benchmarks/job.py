@@ -29,17 +29,20 @@ def vm_hwm_mb() -> float:
 
 
 def main() -> int:
-    from churn.job.run import run_job
+    from churn.job.run import DEFAULT_STEPS, run_job
     from churn.settings import load_settings
 
     settings = load_settings(env=dict(os.environ))
+    # --steps stripe,salesforce: only those steps (the backfill's Stripe part alone).
+    names = sys.argv[sys.argv.index("--steps") + 1].split(",") if "--steps" in sys.argv else None
+    steps = [s for s in DEFAULT_STEPS if names is None or s.name in names]
     marks: list[tuple[str, float, float]] = []
 
     def on_step(name: str) -> None:
         marks.append((name, time.perf_counter(), vm_hwm_mb()))
 
     t0 = time.perf_counter()
-    result = run_job(settings, on_step=on_step)
+    result = run_job(settings, steps=steps, on_step=on_step)
     wall = time.perf_counter() - t0
     peaks: dict[str, float] = {}
     names = [m[0] for m in marks]

@@ -109,12 +109,13 @@ class StripeSettings(_Section):
     #: Requests a second to one endpoint (0: no limit): "API endpoints have a default
     #: limit of 25 requests per second" (docs.stripe.com/rate-limits).
     endpoint_rate_per_second: float = Field(25.0, ge=0)
-    #: DuckDB's ``memory_limit`` while the Stripe extract runs (restored after it), unless
-    #: ``run.duckdb_memory_limit`` sets one for the whole run: the extract's memory is then
-    #: a page batch and DuckDB's bounded buffers, whatever the account's size (past it,
-    #: DuckDB spills to its temp directory). None: DuckDB's default (80% of the RAM).
+    #: DuckDB's ``memory_limit`` while the Stripe extract lists (backfill pages, events,
+    #: reconciliation; restored before core and the history are rebuilt, whose whole-table
+    #: statements need more), unless ``run.duckdb_memory_limit`` bounds the whole run.
+    #: None: DuckDB's default (80% of the RAM). 256MB met "Out of Memory" in the rebuild
+    #: at 10,000 accounts, hence listing only.
     extract_memory_limit: str | None = Field(
-        "256MB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"
+        None, pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"
     )
     #: Streams a backfill lists at once (threads; the warehouse keeps one writer). Four
     #: endpoints at 25 a second make the global 100; more keep it full as streams end.

@@ -124,35 +124,6 @@ def extract_stripe(
     work was committed, the :class:`StripeExtractError` itself when nothing landed.
     """
     started = time.monotonic()
-    limit = (
-        settings.stripe.extract_memory_limit if settings.run.duckdb_memory_limit is None else None
-    )
-    if limit is None:
-        return _extract_stripe(
-            settings, con, reconcile, full, progress, summary, http_client, started
-        )
-    # fetchall, not fetchone: DuckDB 2 keeps an unfinished result busy on the connection.
-    rows = con.execute("SELECT current_setting('memory_limit')").fetchall()
-    con.execute(f"SET memory_limit = '{limit}'")
-    try:
-        return _extract_stripe(
-            settings, con, reconcile, full, progress, summary, http_client, started
-        )
-    finally:
-        if rows:
-            con.execute(f"SET memory_limit = '{rows[0][0]}'")
-
-
-def _extract_stripe(
-    settings: Settings,
-    con: duckdb.DuckDBPyConnection,
-    reconcile: bool,
-    full: bool,
-    progress: bool,
-    summary: bool | None,
-    http_client: stripe.HTTPClient | None,
-    started: float,
-) -> StripeExtractResult:
     api = StripeApi(make_stripe_client(settings.stripe, http_client), settings.stripe)
     run = _Run(settings, con, api, progress)
     backfilling = full or not run.backfill_complete()
@@ -162,7 +133,7 @@ def _extract_stripe(
     _log_start(con, run.run_id)
     failure: ChurnError | None = None
     try:
-        with run.progress_bar():
+        with run.progress_bar(), _memory_limit(con, settings):
             if backfilling:
                 run.backfill(full=full)
                 # The events Stripe still keeps (30 days) are history a first run has too.
@@ -182,10 +153,15 @@ def _extract_stripe(
         failure = WarehouseError(f"Stripe extract could not write the warehouse: {exc}")
     finally:
         result.api_calls = api.calls
-    with transaction(con):
-        quarantined, intervals = refresh_core(con, run.run_id, full=full)
-        result.add("quarantined", quarantined)
-        result.add("history_intervals", intervals)
+    if not (backfilling and failure is not None and not run.backfill_complete()):
+        with transaction(con):
+            quarantined, intervals = refresh_core(con, run.run_id, full=full)
+            result.add("quarantined", quarantined)
+            result.add("history_intervals", intervals)
+    # else: a backfill stopped part-way leaves core and the history to the run that
+    # completes it (what landed stays pending in stripe_dirty), as a killed one does:
+    # streams read concurrently stop at different points (a subscription's invoices half
+    # landed), and a history built from half its invoices is not redone when the rest come.
     result.seconds = round(time.monotonic() - started, 3)
     landed = {k: v for k, v in result.counts.items() if v and k.startswith(("objects", "events"))}
     _log_end(con, result, failure, partial=bool(landed))
@@ -200,6 +176,23 @@ def _extract_stripe(
             ) from failure
         raise failure
     return result
+
+
+@contextlib.contextmanager
+def _memory_limit(con: duckdb.DuckDBPyConnection, settings: Settings) -> Iterator[None]:
+    """DuckDB held to ``stripe.extract_memory_limit`` inside, restored after."""
+    limit = settings.stripe.extract_memory_limit
+    if limit is None or settings.run.duckdb_memory_limit is not None:
+        yield
+        return
+    # fetchall, not fetchone: DuckDB 2 keeps an unfinished result busy on the connection.
+    rows = con.execute("SELECT current_setting('memory_limit')").fetchall()
+    con.execute(f"SET memory_limit = '{limit}'")
+    try:
+        yield
+    finally:
+        if rows:
+            con.execute(f"SET memory_limit = '{rows[0][0]}'")
 
 
 def refresh_core(
@@ -741,11 +734,15 @@ class _Run:
         self.con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE _events_new AS
-            SELECT f.id, f.object_id, f.payload,
-                   row_number() OVER (PARTITION BY f.created ORDER BY {within}) AS seq,
-                   row_number() OVER (ORDER BY f.created, {within}) AS ord
-            FROM _events_first f
-            WHERE f.id NOT IN (SELECT id FROM raw_stripe_event)
+            SELECT id, object_id, payload, seq,
+                   row_number() OVER (ORDER BY created, seq) AS ord
+            FROM (
+                -- sequences over the whole read, stored events included (a rerun after a
+                -- kill gives each event the sequence the killed read gave it)
+                SELECT f.*, row_number() OVER (PARTITION BY f.created ORDER BY {within}) AS seq
+                FROM _events_first f
+            )
+            WHERE id NOT IN (SELECT id FROM raw_stripe_event)
             """
         )
         ((n_read, n_new),) = self.con.execute(
