@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import time
 from typing import Any
@@ -23,8 +24,6 @@ def vm_hwm_mb() -> float:
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -36,19 +35,26 @@ def main() -> int:
     # --steps stripe,salesforce: only those steps (the backfill's Stripe part alone).
     names = sys.argv[sys.argv.index("--steps") + 1].split(",") if "--steps" in sys.argv else None
     steps = [s for s in DEFAULT_STEPS if names is None or s.name in names]
-    marks: list[tuple[str, float, float]] = []
+    marks: list[tuple[str, float, float, float]] = []
+
+    def cpu() -> float:
+        # this process's CPU seconds (all threads): on a loaded machine, beside the wall
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
 
     def on_step(name: str) -> None:
-        marks.append((name, time.perf_counter(), vm_hwm_mb()))
+        marks.append((name, time.perf_counter(), vm_hwm_mb(), cpu()))
 
     t0 = time.perf_counter()
     result = run_job(settings, steps=steps, on_step=on_step)
     wall = time.perf_counter() - t0
     peaks: dict[str, float] = {}
+    cpus: dict[str, float] = {}
     names = [m[0] for m in marks]
     for i, name in enumerate(names):
         # the high-water mark when the next step starts (or at the end) covers this step
         peaks[name] = marks[i + 1][2] if i + 1 < len(marks) else vm_hwm_mb()
+        cpus[name] = (marks[i + 1][3] if i + 1 < len(marks) else cpu()) - marks[i][3]
     out: dict[str, Any] = {
         "status": result.status,
         "seconds": round(wall, 2),
@@ -62,6 +68,7 @@ def main() -> int:
                 "api_calls": s.api_calls,
                 "counts": s.counts,
                 "peak_rss_mb": round(peaks.get(s.name, 0.0), 0),
+                "cpu_seconds": round(cpus.get(s.name, 0.0), 1),
             }
             for s in result.steps
         ],

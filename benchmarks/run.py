@@ -245,6 +245,9 @@ def _backfill(
         results[f"backfill_{step['name']}_seconds"] = round(step["seconds"], 1)
     seconds = float(stripe_step["seconds"])
     results["backfill_objects_per_second"] = round(stripe_objects / max(seconds, 1e-9), 0)
+    # CPU seconds of the run's process in the Stripe step (its threads; DuckDB's too):
+    # what the wall would be on a quiet machine if nothing waited on the network.
+    results["backfill_stripe_cpu_seconds"] = stripe_step.get("cpu_seconds")
     # The floor a rate-limited account allows: its list calls at the configured rate.
     floor = calls / STRIPE_RATE
     results["backfill_rate_limit_floor_seconds"] = round(floor, 1)
