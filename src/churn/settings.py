@@ -103,6 +103,24 @@ class StripeSettings(_Section):
     reconcile_window_days: int = Field(60, ge=0)
     #: A backfill commits this many list pages per transaction (with their cursor).
     land_batch_pages: int = Field(10, ge=1)
+    #: Requests a second to the account, all streams together (0: no limit). Stripe's
+    #: rate limits page: "Global API rate limit: Live mode: 100 requests per second;
+    #: Sandbox: 25 requests per second" (set 25 for a test-mode key's own account).
+    rate_per_second: float = Field(100.0, ge=0)
+    #: Requests a second to one endpoint (0: no limit): "API endpoints have a default
+    #: limit of 25 requests per second" (docs.stripe.com/rate-limits).
+    endpoint_rate_per_second: float = Field(25.0, ge=0)
+    #: DuckDB's ``memory_limit`` while the Stripe extract lists (backfill pages, events,
+    #: reconciliation; restored before core and the history are rebuilt, whose whole-table
+    #: statements need more), unless ``run.duckdb_memory_limit`` bounds the whole run.
+    #: None: DuckDB's default (80% of the RAM). 256MB met "Out of Memory" in the rebuild
+    #: at 10,000 accounts, hence listing only.
+    extract_memory_limit: str | None = Field(
+        None, pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"
+    )
+    #: Streams a backfill lists at once (threads; the warehouse keeps one writer). Four
+    #: endpoints at 25 a second make the global 100; more keep it full as streams end.
+    concurrency: int = Field(6, ge=1, le=32)
     #: Each events read starts this many seconds before the cursor (ids de-duplicate).
     events_overlap_seconds: int = Field(300, ge=0)
     #: How the API lists events: Stripe lists newest first; ``auto`` reads it from the

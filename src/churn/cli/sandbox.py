@@ -65,8 +65,21 @@ def register(app: typer.Typer, state: CliState) -> None:
                 " later); 0: none.",
             ),
         ] = 0.0,
+        stripe_rate: Annotated[
+            float,
+            typer.Option("--stripe-rate", help="Stripe requests a second before 429 (0: none)."),
+        ] = 0.0,
+        stripe_endpoint_rate: Annotated[
+            float,
+            typer.Option(
+                "--stripe-endpoint-rate", help="Stripe requests a second per endpoint (0: none)."
+            ),
+        ] = 0.0,
     ) -> None:
         """Serve a world on 127.0.0.1 until Ctrl-C; prints the env vars to point churn at it.
+
+        ``--stripe-rate 100 --stripe-endpoint-rate 25`` enforce Stripe's documented live
+        rate limits (429 past them).
 
         With ``--webhook URL``, the Stripe stand-in delivers the events it makes to the URL
         as Stripe does (signed, retried with backoff, sometimes twice or out of order) and
@@ -79,7 +92,10 @@ def register(app: typer.Typer, state: CliState) -> None:
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         with guarded(lambda: serve_world(world, stripe_port=stripe_port,
-                                         sf_port=salesforce_port)) as box:  # fmt: skip
+                                         sf_port=salesforce_port,
+                                         stripe_rate=stripe_rate or None,
+                                         stripe_endpoint_rate=stripe_endpoint_rate or None,
+                                         )) as box:  # fmt: skip
             for k, v in box.env().items():
                 print(f"export {k}={v}", flush=True)
             sender = None

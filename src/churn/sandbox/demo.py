@@ -130,12 +130,26 @@ def _load_salesforce(running: Any, folder: Path) -> dict[str, str]:
 
 
 @contextmanager
-def serve_world(folder: Path, *, stripe_port: int = 0, sf_port: int = 0) -> Iterator[Sandbox]:
-    """Both stand-ins on loopback, loaded with the world; stopped on exit."""
+def serve_world(
+    folder: Path,
+    *,
+    stripe_port: int = 0,
+    sf_port: int = 0,
+    stripe_rate: float | None = None,
+    stripe_endpoint_rate: float | None = None,
+) -> Iterator[Sandbox]:
+    """Both stand-ins on loopback, loaded with the world; stopped on exit. With
+    ``stripe_rate`` (and ``stripe_endpoint_rate``) the Stripe stand-in answers 429 past
+    those rates, as Stripe does past its documented limits."""
     from churn.sandbox.salesforce.server import start_salesforce_server
 
     with ExitStack() as stack:
-        stripe = start_stripe_server(folder, port=stripe_port)
+        stripe = start_stripe_server(
+            folder,
+            port=stripe_port,
+            rate_per_second=stripe_rate,
+            endpoint_rate_per_second=stripe_endpoint_rate,
+        )
         stack.callback(stripe.stop)
         sf = start_salesforce_server(port=sf_port, api_budget=1_000_000)
         stack.callback(sf.stop)

@@ -8,6 +8,7 @@ HTTP request is counted. Nothing here touches ``stripe.api_key``.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 import stripe
 
 from churn.errors import ConfigError, StripeExtractError, StripeRequestError
+from churn.pipelines.stripe.ratelimit import RateLimiter, endpoint_of
 from churn.settings import StripeSettings
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,12 @@ def make_stripe_client(
 
 @dataclass
 class StripeApi:
-    """GET requests with bounded retries, counted; errors name the stream and request."""
+    """GET requests with bounded retries, counted; errors name the stream and request.
+
+    Safe to share between threads (a backfill's streams): every request first takes a
+    token from ``limiter`` (the account's rate limits, :mod:`.ratelimit`), and a 429
+    pauses the limiter, so every stream backs off, not only the one that met it.
+    """
 
     client: stripe.StripeClient
     settings: StripeSettings
@@ -54,13 +61,33 @@ class StripeApi:
     calls_by_stream: dict[str, int] = field(default_factory=dict)
     #: The API version the last answer was rendered in (its Stripe-Version header).
     api_version: str | None = None
+    #: None: one from ``settings`` (``rate_per_second``, ``endpoint_rate_per_second``).
+    limiter: RateLimiter | None = None
+    #: 429 answers met (all streams).
+    rate_limited: int = 0
+    _count_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.limiter is None:
+            # Its own (real) sleep: ``sleep`` is the retries' backoff, which tests record.
+            self.limiter = RateLimiter(
+                self.settings.rate_per_second, self.settings.endpoint_rate_per_second
+            )
 
     def get(self, stream: str, path: str, params: Mapping[str, Any]) -> dict[str, Any]:
         """One GET; retries 429 (honouring Retry-After), 409 and 5xx up to ``max_retries``."""
         attempt = 0
+        limiter = self.limiter
+        assert limiter is not None
+        endpoint = endpoint_of(path)
+        met_429 = False
         while True:
-            self.calls += 1
-            self.calls_by_stream[stream] = self.calls_by_stream.get(stream, 0) + 1
+            # After its own 429 a request has waited out the Retry-After already.
+            limiter.acquire(endpoint, ignore_pause=met_429)
+            met_429 = False
+            with self._count_lock:
+                self.calls += 1
+                self.calls_by_stream[stream] = self.calls_by_stream.get(stream, 0) + 1
             try:
                 response = self.client.raw_request("get", path, **dict(params))
                 malformed = _malformed(response.data)
@@ -76,6 +103,12 @@ class StripeApi:
                 )
                 if retryable and attempt < self.settings.max_retries:
                     delay = self._delay(attempt, exc.headers or {})
+                    if status == 429:
+                        # The account's limit, not this stream's: every stream waits.
+                        with self._count_lock:
+                            self.rate_limited += 1
+                        limiter.pause(delay)
+                        met_429 = True
                     log.warning(
                         "stream %s: GET %s answered %s; retry %d/%d in %.1fs",
                         stream,
@@ -86,7 +119,8 @@ class StripeApi:
                         delay,
                     )
                     attempt += 1
-                    self.retries += 1
+                    with self._count_lock:
+                        self.retries += 1
                     self.sleep(delay)
                     continue
                 message = _describe(stream, path, params, exc, attempt, retryable, truncated)
@@ -104,7 +138,8 @@ class StripeApi:
                         self.settings.max_retries,
                     )
                     attempt += 1
-                    self.retries += 1
+                    with self._count_lock:
+                        self.retries += 1
                     self.sleep(self._delay(attempt - 1, {}))
                     continue
                 raise StripeExtractError(

@@ -18,8 +18,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import stripe
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -63,6 +67,30 @@ log = logging.getLogger(__name__)
 EVENTS = "stripe:events"
 RECONCILE = "stripe:reconcile"
 BACKFILL_PREFIX = "stripe:backfill:"
+#: A read's events as staged in ``_events_read``.
+_STAGED = pa.schema(
+    [
+        ("id", pa.string()),
+        ("listed", pa.int64()),
+        ("created", pa.int64()),
+        ("object_id", pa.string()),
+        ("payload", pa.string()),
+    ]
+)
+
+
+@dataclass
+class _Fetched:
+    """What a backfill's reader hands the writer: a page of one stream, the end of a
+    stream (``finished``), the end of a reader (no ``stream``), or a reader's failure."""
+
+    stream: Stream | None
+    objects: list[dict[str, Any]] | None
+    has_more: bool
+    path: str | None
+    fetched: datetime
+    finished: bool = False
+    error: BaseException | None = None
 
 
 @dataclass
@@ -105,7 +133,7 @@ def extract_stripe(
     _log_start(con, run.run_id)
     failure: ChurnError | None = None
     try:
-        with run.progress_bar():
+        with run.progress_bar(), _memory_limit(con, settings):
             if backfilling:
                 run.backfill(full=full)
                 # The events Stripe still keeps (30 days) are history a first run has too.
@@ -125,10 +153,15 @@ def extract_stripe(
         failure = WarehouseError(f"Stripe extract could not write the warehouse: {exc}")
     finally:
         result.api_calls = api.calls
-    with transaction(con):
-        quarantined, intervals = refresh_core(con, run.run_id, full=full)
-        result.add("quarantined", quarantined)
-        result.add("history_intervals", intervals)
+    if not (backfilling and failure is not None and not run.backfill_complete()):
+        with transaction(con):
+            quarantined, intervals = refresh_core(con, run.run_id, full=full)
+            result.add("quarantined", quarantined)
+            result.add("history_intervals", intervals)
+    # else: a backfill stopped part-way leaves core and the history to the run that
+    # completes it (what landed stays pending in stripe_dirty), as a killed one does:
+    # streams read concurrently stop at different points (a subscription's invoices half
+    # landed), and a history built from half its invoices is not redone when the rest come.
     result.seconds = round(time.monotonic() - started, 3)
     landed = {k: v for k, v in result.counts.items() if v and k.startswith(("objects", "events"))}
     _log_end(con, result, failure, partial=bool(landed))
@@ -143,6 +176,23 @@ def extract_stripe(
             ) from failure
         raise failure
     return result
+
+
+@contextlib.contextmanager
+def _memory_limit(con: duckdb.DuckDBPyConnection, settings: Settings) -> Iterator[None]:
+    """DuckDB held to ``stripe.extract_memory_limit`` inside, restored after."""
+    limit = settings.stripe.extract_memory_limit
+    if limit is None or settings.run.duckdb_memory_limit is not None:
+        yield
+        return
+    # fetchall, not fetchone: DuckDB 2 keeps an unfinished result busy on the connection.
+    rows = con.execute("SELECT current_setting('memory_limit')").fetchall()
+    con.execute(f"SET memory_limit = '{limit}'")
+    try:
+        yield
+    finally:
+        if rows:
+            con.execute(f"SET memory_limit = '{rows[0][0]}'")
 
 
 def refresh_core(
@@ -172,6 +222,8 @@ class _Run:
         self._no_expand: set[str] = set()
         #: Optional streams whose listing answered 404 (an API or stand-in without them).
         self._unserved: set[str] = set()
+        #: A concurrent backfill's streams' committed state, read before the readers start.
+        self._state_of: dict[str, tuple[str | None, datetime | None, dict[str, Any]]] = {}
 
     # -- state -------------------------------------------------------------------------
 
@@ -382,8 +434,13 @@ class _Run:
                 self._set_state(
                     BACKFILL_PREFIX + "all", None, started, {"started_at": started.isoformat()}
                 )
-        for stream in LISTED:
-            self._backfill_stream(stream)
+        todo = [s for s in LISTED if not self._state(BACKFILL_PREFIX + s.name)[2].get("done")]
+        workers = min(self.settings.stripe.concurrency, len(todo))
+        if workers <= 1:
+            for stream in todo:
+                self._backfill_stream(stream)
+        else:
+            self._backfill_concurrently(todo, workers)
         with transaction(self.con):
             _, _, meta = self._state(BACKFILL_PREFIX + "all")
             began = datetime.fromisoformat(meta.get("started_at", started.isoformat()))
@@ -426,16 +483,152 @@ class _Run:
             raise
         self._finish(task)
 
+    def _backfill_concurrently(self, streams: list[Stream], workers: int) -> None:
+        """List ``streams`` with ``workers`` threads, one stream per thread at a time (a
+        stream's pages follow each other's cursor), under the API's shared rate limiter.
+
+        This thread is the warehouse's only writer: it lands each stream's pages in
+        batches of ``land_batch_pages``, in the stream's order, with the stream's cursor
+        in the same transaction, exactly as the one-stream-at-a-time backfill does; so a
+        kill at any point leaves every stream at its last committed batch. The queue
+        between the readers and the writer is bounded: memory is a few batches of pages,
+        whatever the account's size. On a failure the readers stop, what was fetched
+        lands (the rerun goes on from it) and the first failure is raised.
+        """
+        size = self.settings.stripe.land_batch_pages
+        pages: queue.Queue[_Fetched] = queue.Queue(maxsize=max(2, workers * 2))
+        todo: queue.Queue[Stream] = queue.Queue()
+        for stream in streams:
+            todo.put(stream)
+        stop = threading.Event()
+
+        def put(item: _Fetched) -> bool:
+            while not stop.is_set():
+                try:
+                    pages.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def read() -> None:
+            while not stop.is_set():
+                try:
+                    stream = todo.get_nowait()
+                except queue.Empty:
+                    break
+                cursor, _, details = self._state_of[stream.name]
+                path = details.get("path", stream.path)
+                try:
+                    for objects, has_more, asked in self._pages(stream, cursor, path):
+                        if not put(_Fetched(stream, objects, has_more, asked, utcnow())):
+                            return
+                    if not put(_Fetched(stream, None, False, None, utcnow(), finished=True)):
+                        return
+                except BaseException as exc:  # handed to the writer, which raises it
+                    put(_Fetched(stream, None, False, None, utcnow(), error=exc))
+                    return
+            put(_Fetched(None, None, False, None, utcnow(), finished=True))
+
+        # Each stream's committed state, read here: the readers never touch the warehouse.
+        self._state_of = {s.name: self._state(BACKFILL_PREFIX + s.name) for s in streams}
+        batches: dict[str, list[tuple[list[dict[str, Any]], datetime]]] = {}
+        last: dict[str, str | None] = {s.name: self._state_of[s.name][0] for s in streams}
+        paths: dict[str, str | None] = {
+            s.name: self._state_of[s.name][2].get("path", s.path) for s in streams
+        }
+        tasks: dict[str, Any] = {}
+        by_name = {s.name: s for s in streams}
+
+        def commit(name: str, done: bool) -> None:
+            batch = batches.pop(name, [])
+            if not batch:
+                return
+            stream = by_name[name]
+            with transaction(self.con):
+                n = self._land_pages(stream, batch, "list")
+                self._set_state(BACKFILL_PREFIX + name, last[name], batch[-1][1],
+                                {"done": done, "path": paths[name]})  # fmt: skip
+            log.debug("stream %s: page committed (%d pages, %d objects, after %s)",
+                      name, len(batch), n, last[name])  # fmt: skip
+            self._advance(tasks[name], n)
+
+        threads = [
+            threading.Thread(target=read, name=f"stripe-backfill-{k}", daemon=True)
+            for k in range(workers)
+        ]
+        for t in threads:
+            t.start()
+        failure: BaseException | None = None
+        running = workers
+        try:
+            while running:
+                try:
+                    item = pages.get(timeout=0.2)
+                except queue.Empty:
+                    # Readers stopped by a failure end without a word.
+                    if stop.is_set() and not any(t.is_alive() for t in threads):
+                        break
+                    continue
+                if item.stream is None:
+                    running -= 1
+                    continue
+                name = item.stream.name
+                if name not in tasks:
+                    tasks[name] = self._task(name)
+                if item.error is not None:
+                    failure = failure or item.error
+                    stop.set()
+                    commit(name, done=False)
+                    running -= 1  # that reader returned
+                    continue
+                if item.finished:
+                    commit(name, done=False)  # only pages a failure left behind
+                    self._finish(tasks[name])
+                    continue
+                assert item.objects is not None
+                batches.setdefault(name, []).append((item.objects, item.fetched))
+                paths[name] = item.path
+                last[name] = item.objects[-1]["id"] if item.objects else last[name]
+                if not item.has_more or len(batches[name]) >= size:
+                    commit(name, done=not item.has_more)
+        except BaseException as exc:
+            failure = failure or exc
+            stop.set()
+            raise
+        finally:
+            stop.set()
+            if failure is not None:
+                # What was fetched before the failure lands: the rerun goes on from it.
+                for name in list(batches):
+                    with contextlib.suppress(Exception):
+                        commit(name, done=False)
+        if failure is not None:
+            raise failure
+
     # -- events ------------------------------------------------------------------------
 
     def events(self) -> None:
+        """Read ``/v1/events`` from the cursor and apply what is new, in chunks.
+
+        The pages go to a temporary table as they come (``_events_read``: each event's
+        place in the listing, its second, its object and its text), so memory holds one
+        page and one chunk, never the read: the first read takes every event Stripe still
+        keeps (30 days), hundreds of thousands on a large account. The order, the
+        sequences within each second, what is new and which event is each object's newest
+        are then computed over the whole read in SQL, exactly as over a list in memory.
+        """
         polled = utcnow()
         _, cursor_ts, details = self._state(EVENTS)
         overlap = timedelta(seconds=self.settings.stripe.events_overlap_seconds)
         retained = details.get("retained") == "pending"
         since = None if retained else (cursor_ts or polled) - overlap
         task = self._task("events")
-        fetched: dict[str, dict[str, Any]] = {}  # in the API's order, first sighting kept
+        self.con.execute(
+            "CREATE OR REPLACE TEMP TABLE _events_read (id VARCHAR, listed BIGINT, "
+            "created BIGINT, object_id VARCHAR, payload VARCHAR)"
+        )
+        listed = 0
         starting_after: str | None = None
         while True:
             params: dict[str, Any] = {"limit": self.settings.stripe.page_size}
@@ -445,49 +638,44 @@ class _Run:
                 params["starting_after"] = starting_after
             page = self.api.get("events", "/v1/events", params)
             data = [e for e in page.get("data") or [] if isinstance(e, dict) and "id" in e]
-            for event in data:
-                fetched.setdefault(event["id"], event)
+            if data:
+                self._stage_events(data, listed)
+                listed += len(data)
             if not (page.get("has_more") and data):
                 break
             starting_after = data[-1]["id"]
-        ordered = stripe_land.sequence_events(
-            list(fetched.values()), self.settings.stripe.events_order
-        )
-        unseen = {e["id"] for e in self._unseen(list(fetched.values()))}
-        new = [(e, seq) for e, seq in ordered if e["id"] in unseen]
-        # Partial objects: retrieved whole, landed as of the retrieve (never as of the
-        # event: the state at the event's time is what the thin event did not say).
-        retrieved = {e["id"]: got for e, _ in new if (got := self._retrieve_partial(e))}
-        # Where a partial event is its object's newest in this read, the object retrieved
-        # now is its state from that event on (a change without an event is as rare here
-        # as for a listing): landed as of the event, as the event itself would have been.
-        # An older one's state is unknown (a later change came after it): as of the fetch.
-        newest: dict[str, str] = {}
-        for event, _ in new:  # oldest first: the last seen is the newest
-            obj = (event.get("data") or {}).get("object")
-            if isinstance(obj, dict) and isinstance(obj.get("id"), str):
-                newest[obj["id"]] = event["id"]
-        at_event = {eid for eid, (obj, _) in retrieved.items() if newest.get(obj["id"]) == eid}
-        # Items beyond a subscription's embedded page: as listed now (the event's own
-        # page is kept as it was); one call per such subscription, not per event.
-        more_items: dict[str, list[dict[str, Any]]] = {}
-        for event, _ in new:
-            obj = (event.get("data") or {}).get("object")
-            if event["id"] in retrieved:
-                obj = retrieved[event["id"]][0]
-            if not (isinstance(obj, dict) and obj.get("object") == "subscription"):
-                continue
-            if obj.get("id") not in more_items and _has_more_items(obj):
-                more_items[obj["id"]] = self._more_items(obj)
-        self.result.add("seen_events", len(fetched))
+        n_read, n_new = self._order_events()
+        self.result.add("seen_events", n_read)
         cursor = cursor_ts or polled
         # A page's worth per transaction; the first read of everything Stripe keeps is
         # redone whole if killed, so it commits in larger steps (tens of thousands of
         # events on a big account).
         size = self.settings.stripe.page_size * (20 if retained else 1)
-        for start in range(0, max(len(new), 1), size):
-            chunk = new[start : start + size]
-            done = start + size >= len(new)
+        more_items: dict[str, list[dict[str, Any]]] = {}
+        for start in range(0, max(n_new, 1), size):
+            chunk = self._events_chunk(start, size)
+            done = start + size >= n_new
+            # Partial objects: retrieved whole, landed as of the retrieve (never as of the
+            # event: the state at the event's time is what the thin event did not say).
+            retrieved = {e["id"]: got for e, _ in chunk if (got := self._retrieve_partial(e))}
+            # Where a partial event is its object's newest in this read, the object
+            # retrieved now is its state from that event on (a change without an event is
+            # as rare here as for a listing): landed as of the event, as the event itself
+            # would have been. An older one's state is unknown (a later change came after
+            # it): as of the fetch.
+            at_event = {
+                eid for eid, (obj, _) in retrieved.items() if self._newest(obj["id"]) == eid
+            }
+            # Items beyond a subscription's embedded page: as listed now (the event's own
+            # page is kept as it was); one call per such subscription, not per event.
+            for event, _ in chunk:
+                obj = (event.get("data") or {}).get("object")
+                if event["id"] in retrieved:
+                    obj = retrieved[event["id"]][0]
+                if not (isinstance(obj, dict) and obj.get("object") == "subscription"):
+                    continue
+                if obj.get("id") not in more_items and _has_more_items(obj):
+                    more_items[obj["id"]] = self._more_items(obj)
             cursor = max([cursor, *(_from_epoch(e.get("created")) for e, _ in chunk)])
             state = {**details, "last_event": chunk[-1][0]["id"] if chunk else None}
             if done:
@@ -498,7 +686,84 @@ class _Run:
                 self._set_state(EVENTS, None, cursor, state)
             log.debug("stream events: page committed (%d events, cursor %s)", len(chunk), cursor)
             self._advance(task, len(chunk))
+        self.con.execute("DROP TABLE IF EXISTS _events_read")
+        self.con.execute("DROP TABLE IF EXISTS _events_new")
         self._finish(task)
+
+    def _stage_events(self, data: list[dict[str, Any]], listed: int) -> None:
+        """One page of events into ``_events_read``, in the API's order."""
+        objs = [(e.get("data") or {}).get("object") for e in data]
+        batch = pa.Table.from_pydict(
+            {
+                "id": [str(e["id"]) for e in data],
+                "listed": list(range(listed, listed + len(data))),
+                "created": [int(e.get("created") or 0) for e in data],
+                "object_id": [
+                    o.get("id") if isinstance(o, dict) and isinstance(o.get("id"), str) else None
+                    for o in objs
+                ],
+                "payload": [json.dumps(e, separators=(",", ":")) for e in data],
+            },
+            schema=_STAGED,
+        )
+        self.con.register("_events_page", batch)
+        try:
+            self.con.execute("INSERT INTO _events_read SELECT * FROM _events_page")
+        finally:
+            self.con.unregister("_events_page")
+
+    def _order_events(self) -> tuple[int, int]:
+        """``_events_new``: the read's events not stored yet, each with its sequence in its
+        second (:func:`~churn.pipelines.stripe.land.sequence_events`' rule) and its place
+        (``ord``) oldest first. Returns (events read, new ones)."""
+        # First sighting of each id, in the API's order.
+        self.con.execute(
+            "CREATE OR REPLACE TEMP TABLE _events_first AS SELECT * FROM _events_read "
+            "QUALIFY row_number() OVER (PARTITION BY id ORDER BY listed) = 1"
+        )
+        order = self.settings.stripe.events_order
+        if order == "auto":
+            ((ascending, descending),) = self.con.execute(
+                "SELECT coalesce(bool_or(created < nxt), false), "
+                "coalesce(bool_or(created > nxt), false) FROM (SELECT created, "
+                "lead(created) OVER (ORDER BY listed) AS nxt FROM _events_first)"
+            ).fetchall()
+            order = "oldest_first" if ascending and not descending else "newest_first"
+        # Oldest first within a second: the listing's order, or its reverse.
+        within = "listed" if order == "oldest_first" else "listed DESC"
+        self.con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE _events_new AS
+            SELECT id, object_id, payload, seq,
+                   row_number() OVER (ORDER BY created, seq) AS ord
+            FROM (
+                -- sequences over the whole read, stored events included (a rerun after a
+                -- kill gives each event the sequence the killed read gave it)
+                SELECT f.*, row_number() OVER (PARTITION BY f.created ORDER BY {within}) AS seq
+                FROM _events_first f
+            )
+            WHERE id NOT IN (SELECT id FROM raw_stripe_event)
+            """
+        )
+        ((n_read, n_new),) = self.con.execute(
+            "SELECT (SELECT count(*) FROM _events_first), (SELECT count(*) FROM _events_new)"
+        ).fetchall()
+        self.con.execute("DROP TABLE _events_first")
+        return int(n_read), int(n_new)
+
+    def _events_chunk(self, start: int, size: int) -> list[tuple[dict[str, Any], int]]:
+        rows = self.con.execute(
+            "SELECT payload, seq FROM _events_new WHERE ord > ? AND ord <= ? ORDER BY ord",
+            [start, start + size],
+        ).fetchall()
+        return [(json.loads(text), int(seq)) for text, seq in rows]
+
+    def _newest(self, object_id: str) -> str | None:
+        """The id of ``object_id``'s newest new event in this read."""
+        ((newest,),) = self.con.execute(
+            "SELECT arg_max(id, ord) FROM _events_new WHERE object_id = ?", [object_id]
+        ).fetchall()
+        return None if newest is None else str(newest)
 
     def _retrieve_partial(self, event: dict[str, Any]) -> tuple[dict[str, Any], datetime] | None:
         """The whole object and when it was fetched, for an event whose ``data.object``

@@ -146,20 +146,61 @@ def land(
     )
     con.register("_land_batch", batch)
     try:
-        # What core and the history must redo: rows new or different (a superset: an
-        # older payload that loses below still marks its id, which costs a no-op redo).
-        con.execute(
+        # Ids not stored yet go in first, found by the primary key's index (a backfill's
+        # pages are all such): no statement here reads the stored rows for them, so a
+        # batch costs the same whatever the table's size.
+        new = con.execute(
             f"""
-            INSERT INTO stripe_dirty
-            SELECT DISTINCT '{table}', b.id FROM _land_batch b
-            LEFT JOIN raw_stripe_{table} r ON r.id = b.id
-            WHERE r.id IS NULL OR r.payload::VARCHAR <> b.payload
-               OR r.is_deleted <> b.is_deleted
+            INSERT INTO raw_stripe_{table}
+            SELECT id, payload::JSON, api_version, source, version_ts, version_seq,
+                   fetched_at, is_deleted, livemode
+            FROM _land_batch
+            QUALIFY row_number() OVER (
+                PARTITION BY id ORDER BY version_ts DESC, version_seq DESC, payload DESC) = 1
             ON CONFLICT DO NOTHING
+            RETURNING id
             """
-        )
-        con.execute(
-            f"""
+        ).fetchall()
+        if new:
+            con.execute(
+                "INSERT INTO stripe_dirty SELECT ?, unnest(?::VARCHAR[]) ON CONFLICT DO NOTHING",
+                [table, [r[0] for r in new]],
+            )
+        if len(new) < len({obj["id"] for obj, _ in items}):
+            _land_stored(con, table)
+        if table == "subscription":
+            _add_subscription_versions(con)
+        elif table == "discount":
+            # a discount fills core_subscription_discounts through its subscription
+            con.execute(
+                "INSERT INTO stripe_dirty SELECT DISTINCT 'subscription', "
+                "json_extract_string(payload::JSON, '$.subscription') FROM _land_batch "
+                "WHERE json_extract_string(payload::JSON, '$.subscription') IS NOT NULL "
+                "ON CONFLICT DO NOTHING"
+            )
+    finally:
+        # After a failed statement the transaction is aborted; the original error matters.
+        with contextlib.suppress(duckdb.Error):
+            con.unregister("_land_batch")
+    return len(items)
+
+
+def _land_stored(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    """The batch's ids already stored: newer over older (the new ones, just inserted,
+    compare equal to themselves and lose, which leaves them as they are)."""
+    # What core and the history must redo: rows different (a superset: an older payload
+    # that loses below still marks its id, which costs a no-op redo).
+    con.execute(
+        f"""
+        INSERT INTO stripe_dirty
+        SELECT DISTINCT '{table}', b.id FROM _land_batch b
+        JOIN raw_stripe_{table} r ON r.id = b.id
+        WHERE r.payload::VARCHAR <> b.payload OR r.is_deleted <> b.is_deleted
+        ON CONFLICT DO NOTHING
+        """
+    )
+    con.execute(
+        f"""
             INSERT INTO raw_stripe_{table}
             SELECT id, payload::JSON, api_version, source, version_ts, version_seq,
                    fetched_at, is_deleted, livemode
@@ -177,22 +218,7 @@ def land(
                         OR (excluded.version_seq = raw_stripe_{table}.version_seq
                             AND excluded.payload::VARCHAR > raw_stripe_{table}.payload::VARCHAR)))
             """
-        )
-        if table == "subscription":
-            _add_subscription_versions(con)
-        elif table == "discount":
-            # a discount fills core_subscription_discounts through its subscription
-            con.execute(
-                "INSERT INTO stripe_dirty SELECT DISTINCT 'subscription', "
-                "json_extract_string(payload::JSON, '$.subscription') FROM _land_batch "
-                "WHERE json_extract_string(payload::JSON, '$.subscription') IS NOT NULL "
-                "ON CONFLICT DO NOTHING"
-            )
-    finally:
-        # After a failed statement the transaction is aborted; the original error matters.
-        with contextlib.suppress(duckdb.Error):
-            con.unregister("_land_batch")
-    return len(items)
+    )
 
 
 def _add_subscription_versions(con: duckdb.DuckDBPyConnection) -> None:
@@ -216,6 +242,7 @@ def _add_subscription_versions(con: duckdb.DuckDBPyConnection) -> None:
         WITH latest AS (
             SELECT subscription_id, payload::VARCHAR AS payload
             FROM stripe_subscription_versions
+            WHERE subscription_id IN (SELECT id FROM _land_batch)
             QUALIFY row_number() OVER (
                 PARTITION BY subscription_id
                 ORDER BY version_ts DESC, version_seq DESC, version_key DESC) = 1

@@ -349,22 +349,41 @@ def _expands(params: dict[str, list[str]]) -> list[str]:
 
 
 class _RateLimiter:
-    """A sliding one-second window; past ``per_second`` requests, answer 429."""
+    """Stripe's documented limits (docs.stripe.com/rate-limits): ``per_second`` requests
+    a second to the account ("Global API rate limit: Live mode: 100 requests per second;
+    Sandbox: 25"), and ``per_endpoint`` to any one endpoint ("API endpoints have a default
+    limit of 25 requests per second"; a retrieve by id counts as one endpoint whatever the
+    id). Past either, 429. Each limit is a token bucket holding one second of requests
+    (Stripe's engineering blog, "Scaling your API with rate limiters", describes its
+    request rate limiter as a token bucket); None or 0 turns a limit off."""
 
-    def __init__(self, per_second: int | None) -> None:
-        self.per_second = per_second
+    def __init__(self, per_second: float | None, per_endpoint: float | None = None) -> None:
+        self.per_second = per_second or 0.0
+        self.per_endpoint = per_endpoint or 0.0
         self.lock = threading.Lock()
-        self.stamps: list[float] = []
+        self.buckets: dict[str, list[float]] = {}  # key -> [tokens, stamp]
+        #: Requests refused with 429 (all endpoints).
+        self.refused = 0
 
-    def allow(self) -> bool:
-        if not self.per_second:
+    def _take(self, key: str, rate: float, now: float) -> bool:
+        bucket = self.buckets.setdefault(key, [rate, now])
+        bucket[0] = min(rate, bucket[0] + (now - bucket[1]) * rate)
+        bucket[1] = now
+        return bucket[0] >= 1.0
+
+    def allow(self, path: str = "") -> bool:
+        if not (self.per_second or self.per_endpoint):
             return True
+        parts = [p for p in path.split("/") if p]
+        endpoint = "/".join(parts[:2]) + ("/{id}" if len(parts) > 2 else "")
         now = time.monotonic()
         with self.lock:
-            self.stamps = [t for t in self.stamps if now - t < 1.0]
-            if len(self.stamps) >= self.per_second:
+            keys = [(k, r) for k, r in (("", self.per_second), (endpoint, self.per_endpoint)) if r]
+            if not all(self._take(k, r, now) for k, r in keys):
+                self.refused += 1
                 return False
-            self.stamps.append(now)
+            for k, _ in keys:
+                self.buckets[k][0] -= 1.0
             return True
 
 
@@ -478,6 +497,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         srv = self.server
+        if self.path == "/_sandbox/stats":
+            # The sandbox's own counters (not Stripe's API), for a stand-in in its own process.
+            self._send(200, {"object": "sandbox_stats", "requests": srv.requests,
+                             "rate_limited": srv.limiter.refused})  # fmt: skip
+            return
         with srv.count_lock:
             srv.requests += 1
         self._fault = None
@@ -528,7 +552,9 @@ class _Handler(BaseHTTPRequestHandler):
         if auth != f"Bearer {srv.api_key}":
             raise _ApiError(401, "invalid_request_error",
                             "Invalid API Key provided.", "api_key_invalid", None)  # fmt: skip
-        if not srv.limiter.allow():
+        if not srv.limiter.allow(urlsplit(self.path).path):
+            # Stripe's rate limits page does not document a Retry-After header (it advises
+            # "an exponential backoff"); the SDKs honour one when sent, so it is sent here.
             self._send(429, {"error": {"type": "invalid_request_error",
                                        "message": "Too many requests hit the API too quickly.",
                                        "code": "rate_limit", "param": None}},
@@ -566,6 +592,23 @@ class _Handler(BaseHTTPRequestHandler):
                         f"Unrecognized request URL (GET: {url.path}).", None, None)  # fmt: skip
 
     def do_POST(self) -> None:
+        url = urlsplit(self.path)
+        if url.path == "/_sandbox/advance":
+            # The sandbox's own control (not Stripe's API), for a stand-in served in its
+            # own process: StripeWorld.advance, answering how many subscriptions changed.
+            if self.headers.get("Authorization", "") != f"Bearer {self.server.api_key}":
+                raise_body = {"error": {"type": "invalid_request_error", "code": None,
+                                        "param": None, "message": "Invalid API Key provided."}}  # fmt: skip
+                self._send(401, raise_body)
+                return
+            q = dict(parse_qsl(url.query))
+            changed = self.server.world.advance(
+                float(q.get("share", "0.01")),
+                seconds=int(q.get("seconds", "3600")),
+                seed=int(q.get("seed", "0")),
+            )
+            self._send(200, {"object": "sandbox_advance", "changed": changed})
+            return
         self._send(405, {"error": {"type": "invalid_request_error", "code": None, "param": None,
                                    "message": "The sandbox Stripe stand-in is read-only."}})  # fmt: skip
 
@@ -579,9 +622,17 @@ class _Dropped(Exception):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, world: StripeWorld, api_key: str, rate: int | None, port: int) -> None:
+    def __init__(
+        self,
+        world: StripeWorld,
+        api_key: str,
+        rate: float | None,
+        port: int,
+        endpoint_rate: float | None = None,
+    ) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
-        self.world, self.api_key, self.limiter = world, api_key, _RateLimiter(rate)
+        self.world, self.api_key = world, api_key
+        self.limiter = _RateLimiter(rate, endpoint_rate)
         self.requests = 0
         self.count_lock = threading.Lock()
         self.faults = StripeFaults()
@@ -607,6 +658,11 @@ class RunningStripe:
         return self._server.requests
 
     @property
+    def rate_limited(self) -> int:
+        """Requests answered 429 by the rate limits (not by injected faults)."""
+        return self._server.limiter.refused
+
+    @property
     def faults(self) -> StripeFaults:
         """Faults to serve next (see :class:`StripeFaults`)."""
         return self._server.faults
@@ -625,12 +681,14 @@ def start_stripe_server(
     world: Path | StripeWorld,
     *,
     api_key: str = "sk_test_sandbox",
-    rate_per_second: int | None = None,
+    rate_per_second: float | None = None,
+    endpoint_rate_per_second: float | None = None,
     port: int = 0,
 ) -> RunningStripe:
-    """Serve a world folder on 127.0.0.1 (port 0: a free one) in a background thread."""
+    """Serve a world folder on 127.0.0.1 (port 0: a free one) in a background thread;
+    with ``rate_per_second`` (and ``endpoint_rate_per_second``), 429 past those rates."""
     loaded = world if isinstance(world, StripeWorld) else StripeWorld(world)
-    server = _Server(loaded, api_key, rate_per_second, port)
+    server = _Server(loaded, api_key, rate_per_second, port, endpoint_rate_per_second)
     thread = threading.Thread(target=server.serve_forever, name="stripe-standin", daemon=True)
     thread.start()
     host, bound = server.server_address[:2]
