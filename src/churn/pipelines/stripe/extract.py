@@ -153,15 +153,18 @@ def extract_stripe(
         failure = WarehouseError(f"Stripe extract could not write the warehouse: {exc}")
     finally:
         result.api_calls = api.calls
-    if not (backfilling and failure is not None and not run.backfill_complete()):
-        with transaction(con):
-            quarantined, intervals = refresh_core(con, run.run_id, full=full)
-            result.add("quarantined", quarantined)
-            result.add("history_intervals", intervals)
-    # else: a backfill stopped part-way leaves core and the history to the run that
-    # completes it (what landed stays pending in stripe_dirty), as a killed one does:
-    # streams read concurrently stop at different points (a subscription's invoices half
-    # landed), and a history built from half its invoices is not redone when the rest come.
+    # A backfill stopped part-way by a failure still builds core from what landed (a
+    # stream that fails every run, such as one a restricted key may not read, must not
+    # keep the rest from being scored), but keeps it pending: streams read concurrently
+    # stop at different points (a subscription's invoices half landed), so the run that
+    # completes the backfill builds those objects and their history again, whole.
+    partial_backfill = backfilling and failure is not None and not run.backfill_complete()
+    with transaction(con):
+        quarantined, intervals = refresh_core(
+            con, run.run_id, full=full, keep_pending=partial_backfill
+        )
+        result.add("quarantined", quarantined)
+        result.add("history_intervals", intervals)
     result.seconds = round(time.monotonic() - started, 3)
     landed = {k: v for k, v in result.counts.items() if v and k.startswith(("objects", "events"))}
     _log_end(con, result, failure, partial=bool(landed))
@@ -196,14 +199,20 @@ def _memory_limit(con: duckdb.DuckDBPyConnection, settings: Settings) -> Iterato
 
 
 def refresh_core(
-    con: duckdb.DuckDBPyConnection, run_id: str | None = None, *, full: bool = False
+    con: duckdb.DuckDBPyConnection,
+    run_id: str | None = None,
+    *,
+    full: bool = False,
+    keep_pending: bool = False,
 ) -> tuple[int, int]:
     """Core and history for what landed since the last refresh (``full``: for everything),
-    then forget what was pending; the caller's transaction. Returns (quarantined, intervals).
+    then forget what was pending (``keep_pending``: keep it, for the next refresh to build
+    again); the caller's transaction. Returns (quarantined, intervals).
     """
     quarantined = normalise(con, run_id, full=full)
     intervals = build_history(con, full=full)
-    con.execute("DELETE FROM stripe_dirty")
+    if not keep_pending:
+        con.execute("DELETE FROM stripe_dirty")
     return quarantined, intervals
 
 
