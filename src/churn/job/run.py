@@ -240,7 +240,7 @@ class _NotPushed:
 
 
 def _score(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
-    return _call("churn.job.scoring", "score")(s, con, as_of=scoring_as_of(s))
+    return _call("churn.job.scoring", "score")(s, con, as_of=scoring_as_of(s), incremental=True)
 
 
 def _model(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
@@ -254,7 +254,15 @@ def _push(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
         if latest is not None and latest > s.run.as_of:
             # A back-fill never rewinds Salesforce to an older state than it already has.
             return _NotPushed({"not_pushed_backfill": 1})
-    return _call("churn.pipelines.push.sync", "push")(s, con, dry_run=dry_run)
+    # After an incremental scoring, the accounts it computed (and those with an open Task
+    # or a refused change): the others' rows were carried unchanged.
+    accounts = _call("churn.job.incremental", "pushed_accounts")(con)
+    scores = None
+    if accounts is not None:
+        scores = _call("churn.pipelines.push.sync", "Scores")(
+            "account_health", "signal_events", tuple(accounts)
+        )
+    return _call("churn.pipelines.push.sync", "push")(s, con, dry_run=dry_run, scores=scores)
 
 
 DEFAULT_STEPS: tuple[Step, ...] = (

@@ -1,0 +1,29 @@
+-- Incremental scoring (churn.job.incremental): what each scoring of the marts did.
+-- started_at: this machine's clock when the scoring began reading; rows landed at or
+-- after it (fetched_at, loaded_at, a link's valid_from) are the next scoring's changes.
+-- kind: 'full' (every account computed) or 'incremental' (the accounts in
+-- score_state_accounts computed, the others' rows carried from the snapshot before).
+-- fingerprint: the signal settings and the scoring code's version; model_version: the
+-- churn model in force (NULL: the rule-based score); shared_digest: a digest of the input
+-- every account reads (prices, products, coupons, currency rates, quarantined input). A
+-- change of any of them scores in full.
+CREATE TABLE score_state (
+    as_of TIMESTAMP PRIMARY KEY,
+    started_at TIMESTAMP NOT NULL,
+    kind VARCHAR NOT NULL,
+    reason VARCHAR,
+    fingerprint VARCHAR NOT NULL,
+    model_version VARCHAR,
+    shared_digest VARCHAR NOT NULL,
+    accounts INTEGER NOT NULL
+);
+
+-- The accounts the newest incremental scoring computed (the push plans those).
+CREATE TABLE score_state_accounts (
+    as_of TIMESTAMP NOT NULL,
+    account_id VARCHAR NOT NULL,
+    PRIMARY KEY (as_of, account_id)
+);
+
+-- A row carried by an incremental scoring: the as_of it was computed at (NULL: as_of).
+ALTER TABLE account_health ADD COLUMN scored_as_of TIMESTAMP;
