@@ -25,8 +25,8 @@ Otherwise it computes the accounts whose data changed since the last scoring beg
   customer's old and new Account both);
 
 each customer as the account it keys to now and at the last scoring, and the accounts
-with something due by the clock since the last scoring: an episode open in its snapshot
-(its days and ladder move), whole days since the last payment moving on, or a subscription's period end, trial end, cancellation,
+with something due by the clock since the last scoring: a payment failure open in its
+snapshot (its days and retries move on within the day), whole days since the last payment moving on, or a subscription's period end, trial end, cancellation,
 pause end or end, a discount's end, or an invoice's next retry or due date between the two
 instants. The other accounts' rows are carried to the new snapshot unchanged, with the
 ``as_of`` they were computed at in ``account_health.scored_as_of``.
@@ -237,7 +237,9 @@ def _changed_accounts(
       UNION SELECT COALESCE(l.account_id, c.customer_id) FROM customers c
         LEFT JOIN account_links_as_of($prev) l ON l.customer_id = c.customer_id
       -- due by the clock: an open episode, or an instant passed since the last scoring
-      UNION SELECT account_id FROM signal_events WHERE as_of = $prev
+      -- a payment failure open in the last snapshot: its days and retries move on
+      UNION SELECT account_id FROM signal_events
+        WHERE as_of = $prev AND signal = 'payment_failure'
       -- the whole days since the last payment (a pushed field) move on at its time of day
       UNION SELECT account_id FROM account_health
         WHERE as_of = $prev AND last_successful_payment_at IS NOT NULL
