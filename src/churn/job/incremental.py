@@ -19,8 +19,10 @@ Otherwise it computes the accounts whose data changed since the last scoring beg
 - Stripe: every raw object and event landed since (``fetched_at``), mapped to its
   customer (its ``customer``; an invoice payment's invoice's, a refund's charge's, a
   detached payment method's customer from its history);
-- Salesforce: Accounts landed since, the Accounts of Contacts, Opportunities and Tasks
-  landed since (their ``AccountId``/``WhatId``), the Accounts owned by a User landed since;
+- Salesforce: Accounts whose owner or deletion differs from what the last scoring read
+  (``score_sf_accounts``: the push's own updates land every pushed Account again), the
+  Accounts of Contacts and Opportunities landed since (their ``AccountId``), the Accounts
+  owned by a User landed since;
 - usage samples loaded or restated since; links opened or closed since (a relinked
   customer's old and new Account both);
 
@@ -196,7 +198,7 @@ def _changed_accounts(
     sf_children = " UNION ".join(
         f"SELECT json_extract_string(payload::JSON, '$.{key}') FROM raw_sf_{obj}"
         " WHERE fetched_at >= $since"
-        for obj, key in (("contact", "AccountId"), ("opportunity", "AccountId"), ("task", "WhatId"))
+        for obj, key in (("contact", "AccountId"), ("opportunity", "AccountId"))
         if _table_exists(con, f"raw_sf_{obj}")
     )
     sql = f"""
@@ -225,7 +227,10 @@ def _changed_accounts(
       UNION SELECT account_id FROM core_usage_history WHERE replaced_at >= $since
     ),
     accounts AS (
-      SELECT id FROM raw_sf_account WHERE fetched_at >= $since
+      -- an Account's owner or deletion as the last scoring read it (not its landing time:
+      -- the push's own updates land every pushed Account again)
+      SELECT account_id AS id FROM core_accounts a FULL JOIN score_sf_accounts s USING (account_id)
+      WHERE a.owner_id IS DISTINCT FROM s.owner_id OR a.is_deleted IS DISTINCT FROM s.is_deleted
       {"UNION " + sf_children if sf_children else ""}
       UNION SELECT a.account_id FROM core_accounts a
         JOIN raw_sf_user u ON u.id = a.owner_id WHERE u.fetched_at >= $since
@@ -286,6 +291,10 @@ def record(
         [as_of, started_at, "full" if decision.full else "incremental", decision.reason,
          fingerprint(settings), model_version, shared_digest(con), computed],
     )  # fmt: skip
+    con.execute("DELETE FROM score_sf_accounts")
+    con.execute(
+        "INSERT INTO score_sf_accounts SELECT account_id, owner_id, is_deleted FROM core_accounts"
+    )
     con.execute("DELETE FROM score_state_accounts")
     if not decision.full and decision.accounts:
         con.execute(
@@ -296,17 +305,26 @@ def record(
 
 def pushed_accounts(con: duckdb.DuckDBPyConnection) -> Sequence[str] | None:
     """The accounts the push plans after the newest scoring: None (all) after a full one;
-    after an incremental one, those it computed and those with an open Task of the service
-    (a ladder moves by the clock) or a change Salesforce refused last time."""
+    after an incremental one, those it computed, the Salesforce Accounts landed since the
+    scoring before began, and those with an open Task of the service (a ladder moves by
+    the clock) or a change Salesforce refused last time."""
     rows = con.execute("SELECT as_of, kind FROM score_state ORDER BY as_of DESC LIMIT 1").fetchall()
     if not rows or rows[0][1] != "incremental":
         return None
     newest = con.execute("SELECT max(as_of) FROM account_health").fetchall()[0][0]
     if newest != rows[0][0]:
         return None
+    before = con.execute(
+        "SELECT started_at FROM score_state ORDER BY as_of DESC LIMIT 1 OFFSET 1"
+    ).fetchall()
+    if not before:
+        return None
     ids = con.execute(
         """
         SELECT account_id FROM score_state_accounts WHERE as_of = $as_of
+        -- Accounts landed since (an edit in Salesforce of a field the push owns; the
+        -- plan finds the push's own updates unchanged)
+        UNION SELECT id FROM raw_sf_account WHERE fetched_at >= $since
         UNION SELECT fields->>'WhatId' FROM push_state WHERE sobject = 'Task' AND status = 'open'
         UNION SELECT CASE WHEN s.sobject = 'Account' THEN s.record_key ELSE s.fields->>'WhatId' END
           FROM push_state s JOIN (
@@ -315,6 +333,6 @@ def pushed_accounts(con: duckdb.DuckDBPyConnection) -> Sequence[str] | None:
                                        ORDER BY logged_at DESC) = 1 AND NOT success
           ) f USING (sobject, record_key)
         """,
-        {"as_of": rows[0][0]},
+        {"as_of": rows[0][0], "since": before[0][0]},
     ).fetchall()
     return sorted(str(r[0]) for r in ids if r[0] is not None)

@@ -43,6 +43,9 @@ _UNSET = _Unset()
 
 @dataclass(frozen=True)
 class ScoreResult:
+    """What a scoring wrote. ``counts`` are the snapshot's; ``signals`` and ``health`` the
+    rows computed (after an incremental scoring, the changed accounts' only)."""
+
     as_of: datetime
     counts: dict[str, int] = field(default_factory=dict)
     api_calls: int = 0
@@ -148,6 +151,7 @@ def score(
     if as_of.tzinfo is not None:
         raise ScoringError("as_of must be naive UTC")
     started_at = utcnow()
+    sizes: dict[str, int] = {}
     try:
         model = load_in_force(con, as_of)
         version = None if model is None else model.version
@@ -169,7 +173,12 @@ def score(
             record(con, settings, as_of, started_at, decision, version, computed)
             thinned = thin_snapshots(con, settings.run.keep_every_snapshot_days)
         if decision.accounts is not None:
-            marts = {name: _snapshot(con, name, as_of) for name in MARTS}
+            # the snapshot's counts and MRR gaps are the whole snapshot's; the frames
+            # returned are the rows computed
+            computed_marts = marts
+            marts = {name: _snapshot(con, name, as_of) for name in ("account_mrr",)}
+            marts.update({name: computed_marts[name] for name in MARTS if name != "account_mrr"})
+            sizes = {name: _count(con, name, as_of) for name in MARTS}
     except duckdb.Error as exc:
         raise ScoringError(f"scoring as_of {as_of.isoformat()} failed: {exc}") from exc
     log.info(
@@ -177,7 +186,9 @@ def score(
         as_of.isoformat(), "whole" if decision.full else "incremental", decision.reason,
         computed,
     )  # fmt: skip
-    counts = {name: marts[name].height for name in MARTS}
+    counts = (
+        sizes if decision.accounts is not None else {name: marts[name].height for name in MARTS}
+    )
     counts["accounts_computed"] = computed
     if not decision.full:
         counts["scoring_incremental"] = 1
@@ -243,14 +254,12 @@ def _carry(con: duckdb.DuckDBPyConnection, name: str, decision: Decision, as_of:
 
 
 def _snapshot(con: duckdb.DuckDBPyConnection, name: str, as_of: datetime) -> pl.DataFrame:
-    """A mart's rows at ``as_of``, shaped as :func:`compute` returns them."""
-    lists = (
-        " REPLACE (from_json(top_reasons, '[\"VARCHAR\"]') AS top_reasons,"
-        " from_json(stripe_customer_ids, '[\"VARCHAR\"]') AS stripe_customer_ids)"
-        if name == "account_health"
-        else ""
-    )
-    return con.sql(f"SELECT *{lists} FROM {name} WHERE as_of = ?", params=[as_of]).pl()
+    return con.sql(f"SELECT * FROM {name} WHERE as_of = ?", params=[as_of]).pl()
+
+
+def _count(con: duckdb.DuckDBPyConnection, name: str, as_of: datetime) -> int:
+    row = con.execute(f"SELECT count(*) FROM {name} WHERE as_of = ?", [as_of]).fetchone()
+    return int(row[0]) if row else 0
 
 
 def quarantined_input(

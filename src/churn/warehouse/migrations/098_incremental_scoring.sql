@@ -27,3 +27,12 @@ CREATE TABLE score_state_accounts (
 
 -- A row carried by an incremental scoring: the as_of it was computed at (NULL: as_of).
 ALTER TABLE account_health ADD COLUMN scored_as_of TIMESTAMP;
+
+-- What the last scoring read of each Salesforce Account (the owner, deleted or not): the
+-- push's own updates move an Account's SystemModstamp and land it again, so the next
+-- scoring compares these values rather than the landing time.
+CREATE TABLE score_sf_accounts (
+    account_id VARCHAR PRIMARY KEY,
+    owner_id VARCHAR,
+    is_deleted BOOLEAN
+);
