@@ -258,8 +258,8 @@ def _snapshot(con: duckdb.DuckDBPyConnection, name: str, as_of: datetime) -> pl.
 
 
 def _count(con: duckdb.DuckDBPyConnection, name: str, as_of: datetime) -> int:
-    row = con.execute(f"SELECT count(*) FROM {name} WHERE as_of = ?", [as_of]).fetchone()
-    return int(row[0]) if row else 0
+    rows = con.execute(f"SELECT count(*) FROM {name} WHERE as_of = ?", [as_of]).fetchall()
+    return int(rows[0][0])
 
 
 def quarantined_input(
