@@ -240,7 +240,7 @@ class _NotPushed:
 
 
 def _score(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
-    return _call("churn.job.scoring", "score")(s, con, as_of=scoring_as_of(s), incremental=True)
+    return _call("churn.job.scoring", "score")(s, con, as_of=scoring_as_of(s))
 
 
 def _model(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
@@ -257,12 +257,12 @@ def _push(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
     # After an incremental scoring, the accounts it computed (and those with an open Task
     # or a refused change): the others' rows were carried unchanged.
     accounts = _call("churn.job.incremental", "pushed_accounts")(con)
-    scores = None
-    if accounts is not None:
-        scores = _call("churn.pipelines.push.sync", "Scores")(
-            "account_health", "signal_events", tuple(accounts)
-        )
-    return _call("churn.pipelines.push.sync", "push")(s, con, dry_run=dry_run, scores=scores)
+    push = _call("churn.pipelines.push.sync", "push")
+    if accounts is None:
+        return push(s, con, dry_run=dry_run)
+    scores = _call("churn.pipelines.push.sync", "Scores")
+    return push(s, con, dry_run=dry_run,
+                scores=scores("account_health", "signal_events", tuple(accounts)))  # fmt: skip
 
 
 DEFAULT_STEPS: tuple[Step, ...] = (

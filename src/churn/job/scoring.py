@@ -139,11 +139,12 @@ def score(
     con: duckdb.DuckDBPyConnection,
     *,
     as_of: datetime,
-    incremental: bool = False,
+    incremental: bool | None = None,
 ) -> ScoreResult:
     """Score at ``as_of`` (naive UTC) and write the marts' snapshot; returns counts.
 
-    Every account, or with ``incremental`` (the run's scoring step) and when
+    Every account, or with ``incremental`` (None: ``run.incremental_scoring``, as the
+    run's scoring step calls it; ``churn score`` passes False) and when
     :func:`churn.job.incremental.decide` allows, only the accounts whose data changed
     since the last scoring, the others' rows carried from the snapshot before
     with the instant they were computed at (``account_health.scored_as_of``).
@@ -157,7 +158,7 @@ def score(
         version = None if model is None else model.version
         decision = (
             decide(con, settings, as_of, version)
-            if incremental
+            if (settings.run.incremental_scoring if incremental is None else incremental)
             else Decision(True, "every account asked for")
         )
         marts = compute(con, settings, as_of, accounts=decision.accounts, model=model)
