@@ -1,7 +1,8 @@
 """Incremental scoring: which accounts a run's scoring must compute, and which it carries.
 
-Each scoring records itself in ``score_state`` (migration 098): its ``as_of``, when it
-began reading (``started_at``, this machine's clock), full or incremental, the settings'
+Each scoring records itself in ``score_state`` (migration 098): its ``as_of``, the
+newest landing instant in the warehouse when it read it (``landed_through``: scoring reads
+no clock), full or incremental, the settings'
 and code's fingerprint and the model in force. The next scoring (:func:`decide`) is whole
 when any of these holds, and says why:
 
@@ -14,7 +15,8 @@ when any of these holds, and says why:
   coupons, currency rates, quarantined input;
 - more than ``run.incremental_max_share`` of the accounts would be computed anyway.
 
-Otherwise it computes the accounts whose data changed since the last scoring began:
+Otherwise it computes the accounts whose data landed after the last scoring's
+``landed_through``:
 
 - Stripe: every raw object and event landed since (``fetched_at``), mapped to its
   customer (its ``customer``; an invoice payment's invoice's, a refund's charge's, a
@@ -53,6 +55,7 @@ __all__ = [
     "Decision",
     "decide",
     "fingerprint",
+    "landed_through",
     "pushed_accounts",
     "record",
     "shared_digest",
@@ -86,6 +89,33 @@ class Decision:
     accounts: tuple[str, ...] | None = None
 
 
+#: (table, column) of every landing instant a score's input carries.
+_LANDED = (
+    *((f"raw_stripe_{s}", "fetched_at") for s in _PER_CUSTOMER_STRIPE),
+    ("raw_stripe_event", "fetched_at"),
+    ("raw_sf_account", "fetched_at"),
+    ("raw_sf_contact", "fetched_at"),
+    ("raw_sf_opportunity", "fetched_at"),
+    ("raw_sf_user", "fetched_at"),
+    ("core_usage", "loaded_at"),
+    ("core_usage_history", "replaced_at"),
+    ("history_account_links", "valid_from"),
+    ("history_account_links", "valid_to"),
+)
+
+
+def landed_through(con: duckdb.DuckDBPyConnection) -> datetime | None:
+    """The newest landing instant of any input a score reads (None: nothing landed)."""
+    parts = [
+        f"SELECT max({column}) AS t FROM {table}"
+        for table, column in _LANDED
+        if _table_exists(con, table)
+    ]
+    rows = con.execute(f"SELECT max(t) FROM ({' UNION ALL '.join(parts)})").fetchall()
+    value = rows[0][0]
+    return value if isinstance(value, datetime) else None
+
+
 def fingerprint(settings: Settings) -> str:
     """The signal settings and the scoring code's version, hashed."""
     text = f"{__version__}|{SCORING_CODE_VERSION}|{settings.signals.model_dump_json()}"
@@ -111,13 +141,15 @@ def decide(
     if settings.run.as_of is not None:
         return Decision(True, "an explicit as_of")
     last = con.execute(
-        "SELECT as_of, started_at, kind, fingerprint, model_version, shared_digest"
+        "SELECT as_of, landed_through, kind, fingerprint, model_version, shared_digest"
         " FROM score_state"
         " ORDER BY as_of DESC LIMIT 1"
     ).fetchall()
     if not last:
         return Decision(True, "no scoring before")
     prev, started, _, printed, prev_model, digest = last[0]
+    if started is None:
+        return Decision(True, "nothing had landed at the last scoring")
     newest = con.execute("SELECT max(as_of) FROM account_health").fetchall()[0][0]
     if newest != prev:
         return Decision(True, "the marts' newest snapshot is not the last scoring's")
@@ -192,12 +224,12 @@ def _changed_accounts(
 ) -> list[str]:
     touched = " UNION ALL ".join(
         f"SELECT '{s}' AS object_type, id AS object_id, payload::JSON AS obj"
-        f" FROM raw_stripe_{s} WHERE fetched_at >= $since"
+        f" FROM raw_stripe_{s} WHERE fetched_at > $since"
         for s in _PER_CUSTOMER_STRIPE
     )
     sf_children = " UNION ".join(
         f"SELECT json_extract_string(payload::JSON, '$.{key}') FROM raw_sf_{obj}"
-        " WHERE fetched_at >= $since"
+        " WHERE fetched_at > $since"
         for obj, key in (("contact", "AccountId"), ("opportunity", "AccountId"))
         if _table_exists(con, f"raw_sf_{obj}")
     )
@@ -206,7 +238,7 @@ def _changed_accounts(
       {touched}
       UNION ALL
       SELECT object_type, object_id, payload::JSON -> '$.data.object' AS obj
-      FROM raw_stripe_event WHERE fetched_at >= $since
+      FROM raw_stripe_event WHERE fetched_at > $since
     ),
     customers AS (
       SELECT {_obj_id("customer")} AS customer_id FROM touched
@@ -221,10 +253,10 @@ def _changed_accounts(
         JOIN history_payment_methods h ON h.payment_method_id = touched.object_id
         WHERE touched.object_type IN ('payment_method', 'card', 'source')
       UNION SELECT customer_id FROM history_account_links
-        WHERE valid_from >= $since OR valid_to >= $since
+        WHERE valid_from > $since OR valid_to > $since
       -- usage keyed by a customer id
-      UNION SELECT account_id FROM core_usage WHERE loaded_at >= $since
-      UNION SELECT account_id FROM core_usage_history WHERE replaced_at >= $since
+      UNION SELECT account_id FROM core_usage WHERE loaded_at > $since
+      UNION SELECT account_id FROM core_usage_history WHERE replaced_at > $since
     ),
     accounts AS (
       -- an Account's owner or deletion as the last scoring read it (not its landing time:
@@ -233,9 +265,9 @@ def _changed_accounts(
       WHERE a.owner_id IS DISTINCT FROM s.owner_id OR a.is_deleted IS DISTINCT FROM s.is_deleted
       {"UNION " + sf_children if sf_children else ""}
       UNION SELECT a.account_id FROM core_accounts a
-        JOIN raw_sf_user u ON u.id = a.owner_id WHERE u.fetched_at >= $since
-      UNION SELECT account_id FROM core_usage WHERE loaded_at >= $since
-      UNION SELECT account_id FROM core_usage_history WHERE replaced_at >= $since
+        JOIN raw_sf_user u ON u.id = a.owner_id WHERE u.fetched_at > $since
+      UNION SELECT account_id FROM core_usage WHERE loaded_at > $since
+      UNION SELECT account_id FROM core_usage_history WHERE replaced_at > $since
       -- each changed customer as the account it keys to now and at the last scoring
       UNION SELECT COALESCE(l.account_id, c.customer_id) FROM customers c
         LEFT JOIN account_links_as_of($as_of) l ON l.customer_id = c.customer_id
@@ -278,7 +310,7 @@ def record(
     con: duckdb.DuckDBPyConnection,
     settings: Settings,
     as_of: datetime,
-    started_at: datetime,
+    landed: datetime | None,
     decision: Decision,
     model_version: str | None,
     computed: int,
@@ -288,7 +320,7 @@ def record(
     con.execute("DELETE FROM score_state WHERE as_of = ?", [as_of])
     con.execute(
         "INSERT INTO score_state VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [as_of, started_at, "full" if decision.full else "incremental", decision.reason,
+        [as_of, landed, "full" if decision.full else "incremental", decision.reason,
          fingerprint(settings), model_version, shared_digest(con), computed],
     )  # fmt: skip
     con.execute("DELETE FROM score_sf_accounts")
@@ -315,16 +347,16 @@ def pushed_accounts(con: duckdb.DuckDBPyConnection) -> Sequence[str] | None:
     if newest != rows[0][0]:
         return None
     before = con.execute(
-        "SELECT started_at FROM score_state ORDER BY as_of DESC LIMIT 1 OFFSET 1"
+        "SELECT landed_through FROM score_state ORDER BY as_of DESC LIMIT 1 OFFSET 1"
     ).fetchall()
-    if not before:
+    if not before or before[0][0] is None:
         return None
     ids = con.execute(
         """
         SELECT account_id FROM score_state_accounts WHERE as_of = $as_of
         -- Accounts landed since (an edit in Salesforce of a field the push owns; the
         -- plan finds the push's own updates unchanged)
-        UNION SELECT id FROM raw_sf_account WHERE fetched_at >= $since
+        UNION SELECT id FROM raw_sf_account WHERE fetched_at > $since
         UNION SELECT fields->>'WhatId' FROM push_state WHERE sobject = 'Task' AND status = 'open'
         UNION SELECT CASE WHEN s.sobject = 'Account' THEN s.record_key ELSE s.fields->>'WhatId' END
           FROM push_state s JOIN (

@@ -17,7 +17,7 @@ import duckdb
 import polars as pl
 
 from churn.errors import ScoringError
-from churn.job.incremental import Decision, decide, record
+from churn.job.incremental import Decision, decide, landed_through, record
 from churn.job.model import load_in_force
 from churn.job.retention import thin_snapshots
 from churn.job.scope import keep, scoped
@@ -27,7 +27,7 @@ from churn.signals.health import account_health
 from churn.signals.model.model import ChurnModel, predict
 from churn.signals.mrr import account_mrr, movements
 from churn.signals.tables import Tables
-from churn.warehouse import transaction, utcnow
+from churn.warehouse import transaction
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +151,9 @@ def score(
     """
     if as_of.tzinfo is not None:
         raise ScoringError("as_of must be naive UTC")
-    started_at = utcnow()
     sizes: dict[str, int] = {}
     try:
+        landed = landed_through(con)
         model = load_in_force(con, as_of)
         version = None if model is None else model.version
         decision = (
@@ -171,7 +171,7 @@ def score(
                 if frame.height:
                     con.execute(_INSERT[name])
             computed = marts["account_health"].height
-            record(con, settings, as_of, started_at, decision, version, computed)
+            record(con, settings, as_of, landed, decision, version, computed)
             thinned = thin_snapshots(con, settings.run.keep_every_snapshot_days)
         if decision.accounts is not None:
             # the snapshot's counts and MRR gaps are the whole snapshot's; the frames
@@ -190,8 +190,8 @@ def score(
     counts = (
         sizes if decision.accounts is not None else {name: marts[name].height for name in MARTS}
     )
-    counts["accounts_computed"] = computed
     if not decision.full:
+        counts["accounts_computed"] = computed
         counts["scoring_incremental"] = 1
     if thinned:
         counts["snapshots_thinned"] = thinned

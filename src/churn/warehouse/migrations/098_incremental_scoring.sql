@@ -1,6 +1,7 @@
 -- Incremental scoring (churn.job.incremental): what each scoring of the marts did.
--- started_at: this machine's clock when the scoring began reading; rows landed at or
--- after it (fetched_at, loaded_at, a link's valid_from) are the next scoring's changes.
+-- landed_through: the newest landing instant in the warehouse when the scoring read it
+-- (fetched_at, loaded_at, a link's valid_from; scoring reads no clock): rows landed after
+-- it are the next scoring's changes. NULL: nothing had landed.
 -- kind: 'full' (every account computed) or 'incremental' (the accounts in
 -- score_state_accounts computed, the others' rows carried from the snapshot before).
 -- fingerprint: the signal settings and the scoring code's version; model_version: the
@@ -9,7 +10,7 @@
 -- change of any of them scores in full.
 CREATE TABLE score_state (
     as_of TIMESTAMP PRIMARY KEY,
-    started_at TIMESTAMP NOT NULL,
+    landed_through TIMESTAMP,
     kind VARCHAR NOT NULL,
     reason VARCHAR,
     fingerprint VARCHAR NOT NULL,
