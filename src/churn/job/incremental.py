@@ -338,7 +338,7 @@ def record(
 def pushed_accounts(con: duckdb.DuckDBPyConnection) -> Sequence[str] | None:
     """The accounts the push plans after the newest scoring: None (all) after a full one;
     after an incremental one, those it computed, the Salesforce Accounts landed since the
-    scoring before began, and those with an open Task of the service (a ladder moves by
+    scoring before read, and those with an open Task of the service (a ladder moves by
     the clock) or a change Salesforce refused last time."""
     rows = con.execute("SELECT as_of, kind FROM score_state ORDER BY as_of DESC LIMIT 1").fetchall()
     if not rows or rows[0][1] != "incremental":
