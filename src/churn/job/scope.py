@@ -39,18 +39,23 @@ import polars as pl
 
 __all__ = ["SHADOWED", "keep", "scoped"]
 
+#: A row of a customer in scope, or of no customer (a detached payment method, a charge or
+#: payment intent without one): such rows reach an account only through its own invoices,
+#: subscriptions or defaults, so keeping all of them is a harmless superset.
+_CUSTOMER_OR_NONE = "customer_id IN (SELECT id FROM temp._scope_customers) OR customer_id IS NULL"
+
 #: (table, the filter of its rows in scope), in creation order: a filter may read a
 #: shadowed table created before it (``temp.<name>``).
 SHADOWED: tuple[tuple[str, str], ...] = (
     ("core_customers", "customer_id IN (SELECT id FROM temp._scope_customers)"),
-    ("core_subscriptions", "customer_id IN (SELECT id FROM temp._scope_customers)"),
-    ("history_subscriptions", "customer_id IN (SELECT id FROM temp._scope_customers)"),
-    ("core_invoices", "customer_id IN (SELECT id FROM temp._scope_customers)"),
-    ("core_charges", "customer_id IN (SELECT id FROM temp._scope_customers)"),
-    ("core_payment_intents", "customer_id IN (SELECT id FROM temp._scope_customers)"),
-    ("core_payment_methods", "customer_id IN (SELECT id FROM temp._scope_customers)"),
-    ("history_payment_methods", "customer_id IN (SELECT id FROM temp._scope_customers)"),
-    ("history_customer_defaults", "customer_id IN (SELECT id FROM temp._scope_customers)"),
+    ("core_subscriptions", _CUSTOMER_OR_NONE),
+    ("history_subscriptions", _CUSTOMER_OR_NONE),
+    ("core_invoices", _CUSTOMER_OR_NONE),
+    ("core_charges", _CUSTOMER_OR_NONE),
+    ("core_payment_intents", _CUSTOMER_OR_NONE),
+    ("core_payment_methods", _CUSTOMER_OR_NONE),
+    ("history_payment_methods", _CUSTOMER_OR_NONE),
+    ("history_customer_defaults", _CUSTOMER_OR_NONE),
     (
         "core_subscription_items",
         "subscription_id IN (SELECT subscription_id FROM temp.history_subscriptions"
