@@ -21,7 +21,9 @@ What is in scope, so that an account's rows equal its rows of a full score:
   (or customer id): usage samples, Contacts, Opportunities and the Account.
 
 Tables shared by every account (prices, products, rates, quarantine, links, the events a
-view reads) are not shadowed. A score of a superset of customers is harmless: the caller
+view reads) are not shadowed, nor are the subscription items' versions, which a signal
+reads across accounts (seat_utilization's seat prices: any item at the price with a
+quantity other than 1). A score of a superset of customers is harmless: the caller
 keeps the rows of the accounts in scope only (:func:`keep`), and no account's row depends
 on another account's (signals, MRR, Payment Health and the model's rows are per account).
 ``tests/test_scoped_scoring.py`` holds a scoped score equal to the same accounts' rows of
@@ -61,11 +63,9 @@ SHADOWED: tuple[tuple[str, str], ...] = (
         "subscription_id IN (SELECT subscription_id FROM temp.history_subscriptions"
         " UNION SELECT subscription_id FROM temp.core_subscriptions)",
     ),
-    (
-        "history_subscription_items",
-        "subscription_id IN (SELECT subscription_id FROM temp.history_subscriptions"
-        " UNION SELECT subscription_id FROM temp.core_subscriptions)",
-    ),
+    # history_subscription_items is not shadowed: seat_utilization counts a price as a seat
+    # price when any item at it, of any account, holds a quantity other than 1 (a rule
+    # over every account's items; the scoped-scoring test found it).
     (
         "core_subscription_discounts",
         "subscription_id IN (SELECT subscription_id FROM temp.history_subscriptions"
