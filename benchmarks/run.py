@@ -483,7 +483,7 @@ def _score(db: Path, results: dict[str, float | int | str]) -> None:
         "from churn.settings import load_settings\n"
         "s = load_settings(env={'CHURN_DB': sys.argv[1]})\n"
         "con = warehouse.connect(s.db)\n"
-        "t = time.perf_counter(); score(s, con, as_of=warehouse.utcnow())\n"
+        "t = time.perf_counter(); score(s, con, as_of=warehouse.utcnow(), incremental=False)\n"
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
         "peak = int(hwm[0].split()[1]) // 1024 if hwm else"
         " resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024\n"

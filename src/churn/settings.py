@@ -499,6 +499,14 @@ class RunSettings(_Section):
     #: systemd and cron count as a failure; true makes it exit 0 (still ``partial`` in
     #: run_log, and still alerted).
     partial_is_success: bool = False
+    #: Score only the accounts whose data changed since the last scoring (and those with
+    #: something due by the clock: an open episode, a period, trial or retry ending), the
+    #: others' rows carried to the new snapshot with the instant they were scored
+    #: (``account_health.scored_as_of``); whole when the settings, the model or the code
+    #: changed, on the first run of each UTC day, and when more than
+    #: ``incremental_max_share`` of the accounts changed (``churn.job.incremental``).
+    incremental_scoring: bool = True
+    incremental_max_share: float = Field(0.3, ge=0.0, le=1.0)
 
     @field_validator("every")
     @classmethod

@@ -74,7 +74,7 @@ def register(app: typer.Typer, state: CliState) -> None:
         def run() -> ScoreResult:
             con = connect(state.settings.db)
             try:
-                return score(state.settings, con, as_of=when)
+                return score(state.settings, con, as_of=when, incremental=False)
             finally:
                 con.close()
 

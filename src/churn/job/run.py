@@ -254,7 +254,15 @@ def _push(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
         if latest is not None and latest > s.run.as_of:
             # A back-fill never rewinds Salesforce to an older state than it already has.
             return _NotPushed({"not_pushed_backfill": 1})
-    return _call("churn.pipelines.push.sync", "push")(s, con, dry_run=dry_run)
+    # After an incremental scoring, the accounts it computed (and those with an open Task
+    # or a refused change): the others' rows were carried unchanged.
+    accounts = _call("churn.job.incremental", "pushed_accounts")(con)
+    push = _call("churn.pipelines.push.sync", "push")
+    if accounts is None:
+        return push(s, con, dry_run=dry_run)
+    scores = _call("churn.pipelines.push.sync", "Scores")
+    return push(s, con, dry_run=dry_run,
+                scores=scores("account_health", "signal_events", tuple(accounts)))  # fmt: skip
 
 
 DEFAULT_STEPS: tuple[Step, ...] = (

@@ -9,6 +9,7 @@ not use is said, not hidden: usage that supports no seat signal is counted by re
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -16,12 +17,14 @@ import duckdb
 import polars as pl
 
 from churn.errors import ScoringError
+from churn.job.incremental import Decision, decide, landed_through, record
 from churn.job.model import load_in_force
 from churn.job.retention import thin_snapshots
+from churn.job.scope import keep, scoped
 from churn.settings import Settings
 from churn.signals import SIGNAL_SCHEMA, SIGNALS, payment_failure, seat_utilization
 from churn.signals.health import account_health
-from churn.signals.model.model import predict
+from churn.signals.model.model import ChurnModel, predict
 from churn.signals.mrr import account_mrr, movements
 from churn.signals.tables import Tables
 from churn.warehouse import transaction
@@ -31,8 +34,18 @@ log = logging.getLogger(__name__)
 MARTS = ("signal_events", "account_health", "account_mrr", "mrr_movements")
 
 
+class _Unset:
+    """No model given: :func:`compute` loads the one in force."""
+
+
+_UNSET = _Unset()
+
+
 @dataclass(frozen=True)
 class ScoreResult:
+    """What a scoring wrote. ``counts`` are the snapshot's; ``signals`` and ``health`` the
+    rows computed (after an incremental scoring, the changed accounts' only)."""
+
     as_of: datetime
     counts: dict[str, int] = field(default_factory=dict)
     api_calls: int = 0
@@ -40,19 +53,45 @@ class ScoreResult:
     health: pl.DataFrame = field(default_factory=pl.DataFrame)
     #: Sentences for the run summary and run_log: what could not be scored, and why.
     notes: tuple[str, ...] = ()
+    #: Whole or incremental, and why (:func:`churn.job.incremental.decide`).
+    scoring: str = ""
 
 
 def compute(
-    con: duckdb.DuckDBPyConnection, settings: Settings, as_of: datetime
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    as_of: datetime,
+    accounts: Sequence[str] | None = None,
+    model: ChurnModel | _Unset | None = _UNSET,
 ) -> dict[str, pl.DataFrame]:
-    """Every mart's rows for ``as_of``, computed without writing anything."""
+    """Every mart's rows for ``as_of``, computed without writing anything.
+
+    ``accounts``: the rows of these accounts only, computed over their own rows of the
+    warehouse (:func:`churn.job.scope.scoped`): equal to the same accounts' rows of a full
+    score. ``model``: the model in force when the caller has it loaded already (the
+    webhook worker's cache), else it is loaded here.
+    """
+    if isinstance(model, _Unset):
+        model = load_in_force(con, as_of)
+    if accounts is None:
+        return _compute(con, settings, as_of, model, None)
+    with scoped(con, accounts, as_of) as cur:
+        return keep(_compute(cur, settings, as_of, model, accounts), accounts)
+
+
+def _compute(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    as_of: datetime,
+    model: ChurnModel | None,
+    accounts: Sequence[str] | None,
+) -> dict[str, pl.DataFrame]:
     tables = Tables(con)
     sig = settings.signals
     frames = [s.score(tables, as_of, sig) for s in SIGNALS]
     signals = pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=SIGNAL_SCHEMA)
     mrr = account_mrr(tables, as_of, sig)
-    model = load_in_force(con, as_of)
-    model_scores = None if model is None else predict(tables, as_of, model, sig)
+    model_scores = None if model is None else predict(tables, as_of, model, sig, accounts=accounts)
     health = account_health(tables, as_of, sig, signals, mrr, model_scores)
     moves = movements(tables, as_of, sig).with_columns(
         as_of=pl.lit(as_of).cast(pl.Datetime("us")),
@@ -95,22 +134,65 @@ def write_frames(
             )
 
 
-def score(settings: Settings, con: duckdb.DuckDBPyConnection, *, as_of: datetime) -> ScoreResult:
-    """Score every account at ``as_of`` (naive UTC) and write the marts; returns counts."""
+def score(
+    settings: Settings,
+    con: duckdb.DuckDBPyConnection,
+    *,
+    as_of: datetime,
+    incremental: bool | None = None,
+) -> ScoreResult:
+    """Score at ``as_of`` (naive UTC) and write the marts' snapshot; returns counts.
+
+    Every account, or with ``incremental`` (None: ``run.incremental_scoring``, as the
+    run's scoring step calls it; ``churn score`` passes False) and when
+    :func:`churn.job.incremental.decide` allows, only the accounts whose data changed
+    since the last scoring, the others' rows carried from the snapshot before
+    with the instant they were computed at (``account_health.scored_as_of``).
+    """
     if as_of.tzinfo is not None:
         raise ScoringError("as_of must be naive UTC")
+    sizes: dict[str, int] = {}
     try:
-        marts = compute(con, settings, as_of)
+        landed = landed_through(con)
+        model = load_in_force(con, as_of)
+        version = None if model is None else model.version
+        decision = (
+            decide(con, settings, as_of, version)
+            if (settings.run.incremental_scoring if incremental is None else incremental)
+            else Decision(True, "every account asked for")
+        )
+        marts = compute(con, settings, as_of, accounts=decision.accounts, model=model)
         with transaction(con):
             for name in MARTS:
                 con.execute(f"DELETE FROM {name} WHERE as_of = ?", [as_of])
+                if decision.accounts is not None:
+                    _carry(con, name, decision, as_of)
                 frame = marts[name]
                 if frame.height:
                     con.execute(_INSERT[name])
+            computed = marts["account_health"].height
+            record(con, settings, as_of, landed, decision, version, computed)
             thinned = thin_snapshots(con, settings.run.keep_every_snapshot_days)
+        if decision.accounts is not None:
+            # the snapshot's counts and MRR gaps are the whole snapshot's; the frames
+            # returned are the rows computed
+            computed_marts = marts
+            marts = {name: _snapshot(con, name, as_of) for name in ("account_mrr",)}
+            marts.update({name: computed_marts[name] for name in MARTS if name != "account_mrr"})
+            sizes = {name: _count(con, name, as_of) for name in MARTS}
     except duckdb.Error as exc:
         raise ScoringError(f"scoring as_of {as_of.isoformat()} failed: {exc}") from exc
-    counts = {name: marts[name].height for name in MARTS}
+    log.info(
+        "scoring as_of %s: %s (%s), %d accounts computed",
+        as_of.isoformat(), "whole" if decision.full else "incremental", decision.reason,
+        computed,
+    )  # fmt: skip
+    counts = (
+        sizes if decision.accounts is not None else {name: marts[name].height for name in MARTS}
+    )
+    if not decision.full:
+        counts["accounts_computed"] = computed
+        counts["scoring_incremental"] = 1
     if thinned:
         counts["snapshots_thinned"] = thinned
     # Accounts whose MRR is unknown (an item at a quarantined price): said, not hidden.
@@ -156,7 +238,29 @@ def score(settings: Settings, con: duckdb.DuckDBPyConnection, *, as_of: datetime
         signals=marts["signal_events"],
         health=marts["account_health"],
         notes=notes,
+        scoring=f"{'whole' if decision.full else 'incremental'}: {decision.reason}",
     )
+
+
+def _carry(con: duckdb.DuckDBPyConnection, name: str, decision: Decision, as_of: datetime) -> None:
+    """Copy the rows of the accounts not computed from the snapshot before to ``as_of``
+    (``account_health`` keeps the instant each row was computed at)."""
+    scored = ", COALESCE(scored_as_of, as_of) AS scored_as_of" if name == "account_health" else ""
+    con.execute(
+        f"INSERT INTO {name} SELECT * REPLACE (CAST($as_of AS TIMESTAMP) AS as_of{scored})"
+        f" FROM {name} WHERE as_of = $prev"
+        " AND account_id NOT IN (SELECT unnest($ids::VARCHAR[]))",
+        {"as_of": as_of, "prev": decision.previous, "ids": list(decision.accounts or ())},
+    )
+
+
+def _snapshot(con: duckdb.DuckDBPyConnection, name: str, as_of: datetime) -> pl.DataFrame:
+    return con.sql(f"SELECT * FROM {name} WHERE as_of = ?", params=[as_of]).pl()
+
+
+def _count(con: duckdb.DuckDBPyConnection, name: str, as_of: datetime) -> int:
+    rows = con.execute(f"SELECT count(*) FROM {name} WHERE as_of = ?", [as_of]).fetchall()
+    return int(rows[0][0])
 
 
 def quarantined_input(

@@ -47,6 +47,7 @@ from churn import warehouse
 from churn.errors import ChurnError, LockHeldError
 from churn.job.model import in_force_version, load_in_force
 from churn.job.run import WEBHOOK_HOLDER, lock_path_for, run_lock, run_waiting
+from churn.job.scope import keep, scoped
 from churn.job.scoring import write_frames
 from churn.pipelines.webhook.spool import Spool, SpooledEvent, spool_path_for
 from churn.settings import Settings
@@ -192,20 +193,21 @@ def score_accounts(
 ) -> dict[str, pl.DataFrame]:
     """``account_health`` and ``signal_events`` rows of ``accounts`` as of ``as_of``: what
     the scoring step computes for them (signals, MRR, the model's probability and reasons,
-    Payment Health), without the marts the push does not read (MRR movements)."""
-    tables = Tables(con)
-    sig = settings.signals
-    frames = [s.score(tables, as_of, sig) for s in SIGNALS]
-    signals = pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=SIGNAL_SCHEMA)
-    mrr = account_mrr(tables, as_of, sig)
+    Payment Health), without the marts the push does not read (MRR movements). Computed
+    over these accounts' own rows of the warehouse (:func:`churn.job.scope.scoped`), not
+    over every account's."""
     model = (models or ModelCache()).get(con, as_of)
-    scores = None if model is None else predict(tables, as_of, model, sig, accounts=accounts)
-    health = account_health(tables, as_of, sig, signals, mrr, scores)
-    keep = list(accounts)
-    return {
-        "account_health": health.filter(pl.col("account_id").is_in(keep)),
-        "signal_events": signals.filter(pl.col("account_id").is_in(keep)),
-    }
+    sig = settings.signals
+    with scoped(con, accounts, as_of) as cur:
+        tables = Tables(cur)
+        frames = [s.score(tables, as_of, sig) for s in SIGNALS]
+        signals = (
+            pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=SIGNAL_SCHEMA)
+        )
+        mrr = account_mrr(tables, as_of, sig)
+        scores = None if model is None else predict(tables, as_of, model, sig, accounts=accounts)
+        health = account_health(tables, as_of, sig, signals, mrr, scores)
+    return keep({"account_health": health, "signal_events": signals}, accounts)
 
 
 def rescore_and_push(

@@ -392,7 +392,7 @@ def backtest_separation(settings: Settings, sandbox: Sandbox, days: int = 90) ->
         shutil.copy(settings.db, copy)
         con = warehouse.connect(copy)
         try:
-            score(settings.with_overrides(db=copy), con, as_of=as_of)
+            score(settings.with_overrides(db=copy), con, as_of=as_of, incremental=False)
             rows = con.execute(
                 "SELECT h.account_id, h.risk_score, coalesce(max(e.score), 0), h.known_churn"
                 " FROM account_health h LEFT JOIN signal_events e"
