@@ -614,6 +614,11 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiFault(404, "NOT_FOUND", "The requested resource does not exist")
         parts = [unquote(p) for p in path[len(prefix) :].strip("/").split("/")][1:]
         head = parts[0] if parts else ""
+        if not parts and method == "GET":
+            # "Resources by Version": the resources this API version offers.
+            version = path[len(prefix) :].strip("/")
+            base = f"/services/data/v{version}"
+            return 200, {r: f"{base}/{r}" for r in ("limits", "query", "queryAll", "sobjects")}
         if head == "limits" and method == "GET":
             return 200, {
                 "DailyApiRequests": {
