@@ -106,6 +106,9 @@ class OrgState:
     jwt_users: set[str] = field(default_factory=set)
     #: What ``GET /services/data/`` lists (the org's API versions).
     api_versions: tuple[str, ...] = ("60.0", "61.0", "62.0", "63.0", "64.0")
+    #: Called with (method, path) as each request arrives, before it is answered and
+    #: outside the lock: a test holds a chosen call there (a kill at the Nth request).
+    on_request: Callable[[str, str], None] | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     #: The clock for SystemModstamp; tests may pin it to make equal stamps.
@@ -483,6 +486,9 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._body()
         with org.lock:
             org.request_log.append((method, path))
+            hook = org.on_request
+        if hook is not None:
+            hook(method, path)
         if path == "/services/oauth2/token" and method == "POST":
             self._token(raw)
             return
