@@ -19,7 +19,15 @@ settings.register_profile("churn", deadline=None, derandomize=True, print_blob=T
 settings.load_profile("churn")
 
 
+#: Variables the service reads (settings, credentials): a shell's own must not reach a
+#: test (a real key in a developer's environment would be used; a CHURN_DB would be shared
+#: by two suites run side by side). Tests set what they need explicitly.
+SERVICE_PREFIXES = ("CHURN_", "STRIPE_", "SALESFORCE_")
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    for name in [n for n in os.environ if n.startswith(SERVICE_PREFIXES) and n != tally.ENV]:
+        del os.environ[name]
     # The controller picks the fault suite's totals directory; xdist workers, started
     # after this, inherit it through the environment.
     if not hasattr(config, "workerinput") and tally.ENV not in os.environ:
