@@ -7,17 +7,29 @@ PYTEST_WORKERS ?= 2
 
 .PHONY: venv test test-fast lint format demo bench dashboard screenshot notebooks clean
 
+# Two makes at once in one checkout (two `make test` side by side) must not install into
+# one venv together: the install holds the venv's lock alone (flock -x), a test run holds it
+# shared (flock -s), so a second make waits, then finds the stamp newer than pyproject.toml
+# and installs nothing; and no install replaces packages under a running suite. Without
+# flock (not Linux) the targets run unlocked, as before.
+FLOCK := $(shell command -v flock 2>/dev/null)
+LOCKFILE := $(VENV).lock
+INSTALL_LOCK := $(if $(FLOCK),$(FLOCK) -x $(LOCKFILE))
+RUN_LOCK := $(if $(FLOCK),$(FLOCK) -s $(LOCKFILE))
+
 $(STAMP): pyproject.toml
-	$(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e . --group dev
-	touch $(STAMP)
+	$(INSTALL_LOCK) sh -c '[ "$(STAMP)" -nt pyproject.toml ] && exit 0; \
+	  $(PY) -m venv $(VENV) && \
+	  $(BIN)/python -m pip install -q --upgrade pip && \
+	  $(BIN)/python -m pip install -q -e . --group dev && \
+	  touch $(STAMP)'
 
 venv: $(STAMP)
 
 ## make test: the whole suite (unit, golden, integration against loopback stand-ins)
+## (no pytest cache: two runs side by side would write one .pytest_cache/ at once)
 test: venv
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+	$(RUN_LOCK) $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -p no:cacheprovider
 
 ## make test-fast: skip the slow integration tier
 test-fast: venv
@@ -64,4 +76,4 @@ notebooks: venv
 	notebooks/churn_overview.py $(NOTEBOOK_DIR)/churn_overview.ipynb
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOCKFILE) data .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,11 +20,30 @@ settings.register_profile("churn", deadline=None, derandomize=True, print_blob=T
 settings.load_profile("churn")
 
 
+#: Variables the service reads (settings, credentials): a shell's own must not reach a
+#: test (a real key in a developer's environment would be used; a CHURN_DB would be shared
+#: by two suites run side by side). Tests set what they need explicitly.
+SERVICE_PREFIXES = ("CHURN_", "STRIPE_", "SALESFORCE_")
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    for name in [n for n in os.environ if n.startswith(SERVICE_PREFIXES) and n != tally.ENV]:
+        del os.environ[name]
     # The controller picks the fault suite's totals directory; xdist workers, started
     # after this, inherit it through the environment.
     if not hasattr(config, "workerinput") and tally.ENV not in os.environ:
-        os.environ[tally.ENV] = tempfile.mkdtemp(prefix="churn-fault-tally-")
+        os.environ[tally.ENV] = _OWN_TALLY[0] = tempfile.mkdtemp(prefix="churn-fault-tally-")
+
+
+#: The totals directory this session made (removed at its end; one given is left alone).
+_OWN_TALLY: list[str] = [""]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _OWN_TALLY[0]:
+        shutil.rmtree(_OWN_TALLY[0], ignore_errors=True)
+        os.environ.pop(tally.ENV, None)
+        _OWN_TALLY[0] = ""
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -5,8 +5,9 @@ import random
 import signal
 import subprocess
 import sys
-import time
-from datetime import datetime, timedelta
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -22,6 +23,42 @@ from churn.warehouse import connect
 def _settings(running: RunningSalesforce, db: Path, **sf: object) -> Settings:
     s = load_settings(env={**running.settings_env(), "CHURN_DB": str(db)})
     return s.with_overrides(salesforce=sf) if sf else s
+
+
+#: Seconds a wait may take before the test fails: a guard against a hang, not a speed check.
+HANG = 600.0
+
+
+def _distinct_stamps() -> Callable[[], datetime]:
+    """The org's clock, one millisecond on at least at every reading: a record changed
+    after a run has a later SystemModstamp than what that run read, without sleeping for
+    the wall clock to move (it need not, on a fast machine, within one millisecond)."""
+    last = [datetime(2000, 1, 1)]  # noqa: DTZ001 (naive UTC, as the org's clock)
+    lock = threading.Lock()
+
+    def clock() -> datetime:
+        with lock:
+            now = datetime.now(UTC).replace(tzinfo=None)
+            last[0] = max(now, last[0] + timedelta(milliseconds=1))
+            return last[0]
+
+    return clock
+
+
+def _hold_at(
+    nth: int, contains: str, reached: threading.Event, release: threading.Event
+) -> Callable[[str, str], None]:
+    """A stand-in request hook holding the ``nth`` request whose path has ``contains``."""
+    seen = [0]
+
+    def hook(method: str, path: str) -> None:
+        if contains in path:
+            seen[0] += 1
+            if seen[0] == nth:
+                reached.set()
+                release.wait(HANG)
+
+    return hook
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple[object, ...]]:
@@ -41,7 +78,7 @@ def test_build_soql_formats_the_cursor_and_task_filter() -> None:
 
 @pytest.mark.slow
 def test_insert_update_delete_and_typed_core(tmp_path: Path) -> None:
-    with start_salesforce_server() as running:
+    with start_salesforce_server(clock=_distinct_stamps()) as running:
         (user,) = running.seed(
             "User", [{"Name": "Ann Owner", "Email": "ann@x.io", "IsActive": True}]
         )
@@ -108,7 +145,6 @@ def test_insert_update_delete_and_typed_core(tmp_path: Path) -> None:
         assert _rows(con, "SELECT json_extract_string(payload, '$.Subject') FROM raw_sf_task") == [
             ("ours",)
         ]
-        time.sleep(0.002)
         running.update("Account", acme, {"Name": "Acme Corp"})
         running.delete("Account", globex)
         extract_salesforce(settings, con, progress=False)
@@ -174,19 +210,24 @@ def test_kill_at_random_points_then_rerun_equals_clean_run(tmp_path: Path) -> No
         killed = tmp_path / "killed.duckdb"
         partial = []
         for nth in sorted(random.Random(7).sample(range(6, 18), 2)):
-            # SIGKILL once the run has sent its nth query call: mid-extract, not during imports.
-            before = running.calls(contains="/query")
+            # SIGKILL once the run has sent its nth query call: mid-extract, not during
+            # imports. The org holds that call until the process is dead, so the kill lands
+            # there however loaded the machine is (no polling, no deadline).
+            reached, release = threading.Event(), threading.Event()
+            running.org.on_request = _hold_at(nth, "/query", reached, release)
             proc = subprocess.Popen(
                 cmd,
                 env={**env, "CHURN_DB": str(killed)},
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            deadline = time.monotonic() + 30
-            while running.calls(contains="/query") - before < nth and time.monotonic() < deadline:
-                time.sleep(0.002)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            try:
+                assert reached.wait(HANG), f"the extract never sent query call {nth}"
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(HANG)
+            finally:
+                running.org.on_request = None
+                release.set()
             partial.append(sum(1 for row in snapshot(killed) if row[0] == "core"))
         assert any(0 < n < 3000 for n in partial), partial
         subprocess.run(cmd, env={**env, "CHURN_DB": str(killed)}, check=True, capture_output=True)
@@ -332,7 +373,7 @@ def test_dated_conversion_rates_where_the_org_has_them(tmp_path: Path) -> None:
     StartDate, NextStartDate); CurrencyType rates are kept as seen, a version per change.
     Without it (describe answers NOT_FOUND, as the object "is not available ... if the
     organization doesn't have advanced currency management enabled") nothing else changes."""
-    with start_salesforce_server(advanced_currency=True) as running:
+    with start_salesforce_server(advanced_currency=True, clock=_distinct_stamps()) as running:
         running.seed("DatedConversionRate", [
             {"IsoCode": "EUR", "ConversionRate": 0.9, "StartDate": "2026-01-01"},
             {"IsoCode": "EUR", "ConversionRate": 0.95, "StartDate": "2026-02-01"},
@@ -353,7 +394,6 @@ def test_dated_conversion_rates_where_the_org_has_them(tmp_path: Path) -> None:
             ("EUR", "0.900000000", "2026-01-01", "2026-02-01"),
             ("EUR", "0.950000000", "2026-02-01", None),
         ]
-        time.sleep(0.002)
         running.update("CurrencyType", eur, {"ConversionRate": 0.97})
         extract_salesforce(settings, con, progress=False)
         assert _rows(

@@ -34,7 +34,7 @@ def _call(sf: RunningSalesforce, method: str, path: str, body: Any = None) -> re
         headers={"Authorization": f"Bearer {sf.session_id}", "Content-Type": "application/json"},
         data=None if body is None else json.dumps(body),
         verify=str(sf.ca_path),
-        timeout=30,
+        timeout=600,
     )
 
 

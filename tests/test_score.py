@@ -382,7 +382,7 @@ def test_the_notebooks_run_read_only_on_a_scored_warehouse(
     for nb in notebooks:
         run = subprocess.run(
             [sys.executable, str(nb)], env={**os.environ, "CHURN_DB": str(db_path)},
-            capture_output=True, text=True, timeout=120,
+            capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         assert run.returncode == 0, nb.name + run.stderr[-2000:]
         assert "Failed" in run.stdout and "payment_failure" in run.stdout

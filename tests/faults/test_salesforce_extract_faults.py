@@ -5,7 +5,9 @@ warehouse (or org) equals a fault-free run's."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +141,8 @@ def test_an_expired_fixed_session_is_a_configuration_error_with_its_calls(
     error (exit 2, one line naming the variable), and the failed step reports the API
     calls it made (before: 0)."""
     settings = _session(sf, tmp_path / "w.duckdb")
-    sf.expire_sessions(after_requests=2)
+    # The session check at the start (one request, outside the step), then two answered.
+    sf.expire_sessions(after_requests=3)
     result = run_job(settings, steps=(Step("salesforce", _salesforce),))
     [step] = result.steps
     assert step.status == "failed" and step.exit_code == ConfigError.exit_code
@@ -154,6 +157,98 @@ def test_an_expired_fixed_session_is_a_configuration_error_with_its_calls(
     assert "SALESFORCE_SESSION_ID has expired" in out.output
     assert "Traceback" not in out.output and sf.session_id not in out.output
     tally.record(faults_injected=2)
+
+
+class _CountingStripe:
+    """A Stripe stand-in that answers every list empty and counts the requests it got."""
+
+    def __init__(self) -> None:
+        paths: list[str] = []
+        self.paths = paths
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                paths.append(self.path.split("?", 1)[0])
+                body = b'{"object": "list", "data": [], "has_more": false}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def counting_stripe() -> Iterator[_CountingStripe]:
+    stand_in = _CountingStripe()
+    try:
+        yield stand_in
+    finally:
+        stand_in.close()
+
+
+def test_churn_run_with_an_expired_fixed_session_exits_2_before_any_stripe_call(
+    sf: RunningSalesforce, counting_stripe: _CountingStripe, tmp_path: Path
+) -> None:
+    """ "When your session expires, the exception code INVALID_SESSION_ID is returned. If
+    this happens, you must invoke the login() call again" (Salesforce's API guide): with a
+    fixed SALESFORCE_SESSION_ID there is no login to invoke, so `churn run` cannot succeed
+    until the setting changes. Issue 15: it is a settings problem, exit 2 with one line,
+    found by the credentials check at the start, before the Stripe extract spends calls.
+    Before: the Stripe extract ran first, then the Salesforce step failed (exit 3)."""
+    sf.expire_sessions()  # every session issued so far has timed out
+    env = {
+        **sf.settings_env(),
+        "CHURN_DB": str(tmp_path / "w.duckdb"),
+        "STRIPE_API_KEY": "sk_test_churn_tests",
+        "STRIPE_API_BASE": counting_stripe.base,
+        "STRIPE_MAX_RETRIES": "0",
+    }
+    out = CliRunner().invoke(app, ["run"], env=env)
+    assert out.exit_code == 2, out.output
+    assert "SALESFORCE_SESSION_ID has expired" in out.output
+    assert len(out.output.strip().splitlines()) == 1, out.output
+    assert "Traceback" not in out.output and sf.session_id not in out.output
+    assert counting_stripe.paths == []  # no Stripe call spent
+    tally.record(faults_injected=1)
+
+
+def test_a_fixed_session_that_expires_mid_run_exits_2(
+    sf: RunningSalesforce, counting_stripe: _CountingStripe, tmp_path: Path
+) -> None:
+    """The session answers the check at the start, then expires during the Salesforce
+    extract: the Stripe step landed, the Salesforce step failed on a setting. The run
+    exits 2 (settings), not 3 (partial, as if the next run could heal it without a change):
+    no rerun succeeds until SALESFORCE_SESSION_ID is replaced."""
+    sf.expire_sessions(after_requests=3)  # the check at the start, then two of the extract
+    env = {
+        **sf.settings_env(),
+        "CHURN_DB": str(tmp_path / "w.duckdb"),
+        "STRIPE_API_KEY": "sk_test_churn_tests",
+        "STRIPE_API_BASE": counting_stripe.base,
+        "STRIPE_MAX_RETRIES": "0",
+    }
+    out = CliRunner().invoke(app, ["run"], env=env)
+    assert out.exit_code == 2, out.output
+    # the summary's table wraps the step's error over lines
+    assert "ConfigError" in out.output and "SALESFORCE_SESSION_ID" in out.output
+    assert "Traceback" not in out.output and sf.session_id not in out.output
+    assert counting_stripe.paths  # the Stripe step ran
+    with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
+        [(status,)] = con.execute("SELECT status FROM run_log WHERE command = 'run'").fetchall()
+    assert status == "partial"  # what landed is recorded as it is
+    tally.record(faults_injected=1)
 
 
 @pytest.mark.parametrize("flow", ["client_credentials", "password"])

@@ -19,6 +19,10 @@ from churn.job.scheduler import parse_every, schedule
 from churn.settings import load_settings
 from faults import tally
 
+#: Seconds a wait on a child may take before the test fails: a guard against a hang, not a
+#: speed check (every wait here ends on an event: a line, a closed pipe, an exit).
+HANG = 600.0
+
 
 def _settings(tmp_path: Path) -> Any:
     return load_settings(env={"CHURN_DB": str(tmp_path / "w.duckdb")})
@@ -102,19 +106,17 @@ def test_second_run_while_locked_raises_lock_held(tmp_path: Path) -> None:
 def test_two_churn_runs_started_together_one_exits_75(tmp_path: Path) -> None:
     """Two real `churn run` processes: the one that finds the lock held says so and exits 75.
 
-    The first holds the lock for a while through a step that waits on a file, so the
-    race has one outcome without sleeping on timing.
+    The first holds the lock through a step that waits on its stdin (the test closes it
+    when the second has answered), so the race has one outcome without sleeping on timing.
     """
-    gate = tmp_path / "gate"
     holder_code = (
-        "import sys, time, pathlib\n"
+        "import sys\n"
         "from types import SimpleNamespace\n"
         "from churn.job.run import Step, run_job\n"
         "from churn.settings import load_settings\n"
-        "gate = pathlib.Path(sys.argv[1])\n"
         "def wait(s, con, dry):\n"
         "    print('holding', flush=True)\n"
-        "    while not gate.exists(): time.sleep(0.05)\n"
+        "    sys.stdin.read()  # until the test closes the pipe\n"
         "    return SimpleNamespace(counts={}, api_calls=0)\n"
         "print(run_job(load_settings(), steps=[Step('stripe', wait)]).status)\n"
     )
@@ -128,15 +130,17 @@ def test_two_churn_runs_started_together_one_exits_75(tmp_path: Path) -> None:
         "SALESFORCE_SESSION_ID": "00Dx!session",
     }
     first = subprocess.Popen(
-        [sys.executable, "-c", holder_code, str(gate)], env=env, stdout=subprocess.PIPE, text=True
-    )
-    assert first.stdout is not None
+        [sys.executable, "-c", holder_code],
+        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert first.stdin is not None and first.stdout is not None
     assert first.stdout.readline().strip() == "holding"
     second = subprocess.run(
-        [sys.executable, "-m", "churn", "run"], env=env, capture_output=True, text=True, timeout=60
-    )
-    gate.touch()
-    assert first.wait(timeout=60) == 0
+        [sys.executable, "-m", "churn", "run"], env=env, capture_output=True, text=True,
+        timeout=HANG,
+    )  # fmt: skip
+    first.stdin.close()  # the holder's step returns
+    assert first.wait(timeout=HANG) == 0
     assert second.returncode == 75
     assert "another churn run holds the lock" in second.stderr
     assert first.stdout.read().strip() == "success"
@@ -202,7 +206,7 @@ def test_churn_schedule_stops_on_sigterm(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     # It waits 1h for the next run: ending well before that is ending the wait at once
     # (no wall-clock bound of seconds, which a loaded machine breaks).
-    assert proc.wait(timeout=600) == 0
+    assert proc.wait(timeout=HANG) == 0
     con = warehouse.connect(tmp_path / "w.duckdb")
     try:
         rows = con.execute(
@@ -221,20 +225,20 @@ def test_a_killed_run_is_marked_interrupted_by_the_next(tmp_path: Path) -> None:
     import signal
 
     holder_code = (
-        "import time\n"
+        "import sys\n"
         "from churn.job.run import Step, run_job\n"
         "from churn.settings import load_settings\n"
         "def hang(s, con, dry):\n"
         "    print('holding', flush=True)\n"
-        "    time.sleep(600)\n"
+        "    sys.stdin.read()  # never closed: the test kills it here\n"
         "run_job(load_settings(), steps=[Step('stripe', hang)])\n"
     )
     env = {**os.environ, "CHURN_DB": str(tmp_path / "w.duckdb"), "PYTHONPATH": "src"}
     victim = subprocess.Popen([sys.executable, "-c", holder_code], env=env,
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
     assert victim.stdout is not None and victim.stdout.readline().strip() == "holding"
     victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=30)
+    victim.wait(timeout=HANG)
     result = run_job(_settings(tmp_path), steps=[Step("stripe", _ok({"objects": 1}, 1))])
     assert result.status == "success"
     rows = {r[0]: r[1:] for r in _run_log_status(tmp_path)}

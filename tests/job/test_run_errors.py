@@ -90,7 +90,7 @@ def test_a_reader_holding_the_file_makes_churn_run_exit_75(tmp_path: Path) -> No
         assert holder.stdin is not None
         holder.stdin.write("\n")
         holder.stdin.close()
-        holder.wait(timeout=60)
+        holder.wait(timeout=600)
     assert result.exit_code == 75, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "open in another process" in lines[0]

@@ -12,6 +12,9 @@ import pytest
 from churn.errors import LockHeldError
 from churn.job.run import WEBHOOK_HOLDER, run_lock, run_waiting
 
+#: Seconds a wait may take before the test fails: a guard against a hang, not a speed check.
+HANG = 600.0
+
 
 def test_a_run_waits_for_the_workers_batch_and_the_worker_yields(tmp_path: Path) -> None:
     lock = tmp_path / "churn.duckdb.lock"
@@ -22,7 +25,7 @@ def test_a_run_waits_for_the_workers_batch_and_the_worker_yields(tmp_path: Path)
     def worker_batch() -> None:
         with run_lock(lock, holder=WEBHOOK_HOLDER):
             batch_running.set()
-            finish_batch.wait(30)
+            finish_batch.wait(HANG)
             order.append("worker batch done")
 
     def run() -> None:
@@ -31,18 +34,18 @@ def test_a_run_waits_for_the_workers_batch_and_the_worker_yields(tmp_path: Path)
 
     w = threading.Thread(target=worker_batch)
     w.start()
-    assert batch_running.wait(30)
+    assert batch_running.wait(HANG)
     r = threading.Thread(target=run)
     r.start()
     # The run flags its wait before it polls; the worker would see it between batches.
-    for _ in range(3000):
+    for _ in range(int(HANG * 100)):  # a file flag, polled: a bound against a hang
         if run_waiting(lock):
             break
         threading.Event().wait(0.01)
     assert run_waiting(lock)
     finish_batch.set()
-    w.join(30)
-    r.join(30)
+    w.join(HANG)
+    r.join(HANG)
     assert order == ["worker batch done", "run"]
     assert not run_waiting(lock)
 

@@ -5,6 +5,8 @@ it showed minor units and ids, and opening it needed jupytext, which was not ins
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import duckdb
@@ -33,7 +35,17 @@ def test_the_overview_notebook_executes_with_names_and_formatted_amounts(
     monkeypatch.setenv("CHURN_DB", str(db_path))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [
         str(NOTEBOOK.parents[1] / "src"), os.environ.get("PYTHONPATH")])))  # fmt: skip
-    NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+    # The kernel over Unix sockets, not TCP: jupyter_client picks TCP ports by binding and
+    # releasing them, which a suite running beside this one could take in between.
+    from jupyter_client.manager import KernelManager
+
+    sockets = Path(tempfile.mkdtemp(prefix="churn-kernel-"))  # short: a socket path's limit
+    try:
+        km = KernelManager(kernel_name="python3", transport="ipc", ip=str(sockets / "k"))
+        # timeout: per cell, a guard against a hang, not a speed check
+        NotebookClient(notebook, km=km, timeout=600, kernel_name="python3").execute()
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
     nbformat.validate(notebook)
     text = "\n".join(
         str(output.get("text", "")) + str(output.get("data", {}).get("text/plain", ""))

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -30,6 +30,8 @@ WRITES = ("PATCH", "POST", "PUT", "DELETE")
 
 
 FALLBACK = "005000000000FALLBK"
+#: Seconds a wait may take before the test fails: a guard against a hang, not a speed check.
+HANG = 600.0
 
 
 @pytest.fixture
@@ -215,11 +217,21 @@ def test_kill_during_apply_then_rerun_no_duplicate_task_no_lost_update(
     world.signals([{"account_id": a, "episode_key": f"pf:{a}"} for a in ids])
     world.con.close()
 
-    def slow_org(sobject: str, record: Mapping[str, Any]) -> None:
-        time.sleep(0.15 if sobject == "Task" else 0.0)  # a busy org: writes take time
+    # The kill lands at one point, whatever the machine's load: the org holds the second
+    # Task call after applying its first record (the call landed, its answer never comes,
+    # so the push cannot have committed it), until the process is dead.
+    reached, release = threading.Event(), threading.Event()
+    tasks_seen: list[Mapping[str, Any]] = []
+
+    def hold_the_second_task_call(sobject: str, record: Mapping[str, Any]) -> None:
+        if sobject == "Task":
+            tasks_seen.append(record)
+            if len(tasks_seen) == 4:  # the second record of the second call of two
+                reached.set()
+                release.wait(HANG)
         return None
 
-    sf.add_rule(slow_org)
+    sf.add_rule(hold_the_second_task_call)
     env = {
         **os.environ,
         **sf.settings_env(),
@@ -234,16 +246,15 @@ def test_kill_during_apply_then_rerun_no_duplicate_task_no_lost_update(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 60
-    # Kill once Salesforce has applied some Tasks: a call landed, its commit may not have.
-    while len(sf.records.get("Task", {})) < 2 and time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
+    try:
+        assert reached.wait(HANG), "the push never sent its second Task call"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=HANG)
+    finally:
+        release.set()  # the held call ends (its record applied, its answer to no one)
     assert proc.returncode == -signal.SIGKILL
-    assert 2 <= len(sf.records["Task"]) < 6
+    with sf.org.lock:  # the held call holds the org until it has finished
+        assert 2 <= len(sf.records["Task"]) < 6
     sf.org.rules.clear()
     from churn import warehouse
 

@@ -58,14 +58,14 @@ def test_churn_sandbox_serve_then_churn_run_from_another_process(tmp_path: Path)
         db = tmp_path / "w.duckdb"
         run = subprocess.run(
             [*churn, "run"], env={**env, **exports, "CHURN_DB": str(db)},
-            capture_output=True, text=True, timeout=120,
+            capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
         for secret in ("STRIPE_API_KEY", "SALESFORCE_SESSION_ID"):
             assert exports[secret] not in run.stdout + run.stderr
     finally:
         serve.send_signal(signal.SIGTERM)
-        assert serve.wait(timeout=20) == 0
+        assert serve.wait(timeout=600) == 0
     con = warehouse.connect(db, read_only=True)
     try:
         assert con.execute("SELECT count(*) FROM raw_stripe_customer").fetchone() == (30,)

@@ -17,13 +17,15 @@ from churn.settings import Settings, StripeSettings
 
 RUNNER = Path(__file__).with_name("localstripe_runner.py")
 TEST_KEY = "sk_test_churn_tests"
+#: Seconds a call to localstripe may take before the test fails: a guard against a hang.
+HANG = 600.0
 
 
 class CountingClient(stripe.RequestsClient):
     """The SDK's own HTTP client, counting requests by path (the client seam)."""
 
     def __init__(self) -> None:
-        super().__init__(timeout=30)
+        super().__init__(timeout=HANG)
         self.paths: list[str] = []
 
     def request(self, method: str, url: str, headers: Any, post_data: Any = None) -> Any:
@@ -44,7 +46,20 @@ class LocalStripe:
     def reset(self) -> None:
         import requests
 
-        requests.delete(f"{self.base}/_config/data", timeout=10).raise_for_status()
+        requests.delete(f"{self.base}/_config/data", timeout=HANG).raise_for_status()
+        self.shift_clock(0)
+
+    def shift_clock(self, seconds: float) -> int:
+        """localstripe's clock from now on: the wall clock plus ``seconds`` (Stripe stamps
+        to the second; moving this clock replaces sleeping until the second turns).
+        Returns localstripe's time now, in whole seconds."""
+        import requests
+
+        answer = requests.post(
+            f"{self.base}/_config/churn_clock", json={"offset": seconds}, timeout=HANG
+        )
+        answer.raise_for_status()
+        return int(answer.json()["now"])
 
 
 def start_localstripe() -> LocalStripe:
@@ -71,7 +86,7 @@ def localstripe() -> Iterator[LocalStripe]:
     finally:
         server.process.terminate()
         try:
-            server.process.wait(timeout=10)
+            server.process.wait(timeout=HANG)
         except subprocess.TimeoutExpired:
             server.process.kill()
 

@@ -22,7 +22,7 @@ from churn.pipelines.stripe.streams import CORE_TABLES, STREAMS
 from churn.settings import load_settings
 from faults import tally
 
-from .conftest import TEST_KEY, LocalStripe, add_card, build_world
+from .conftest import HANG, TEST_KEY, LocalStripe, add_card, build_world
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.xdist_group("localstripe-kill")]
 
@@ -79,7 +79,7 @@ def _cli(db: Path, base: str) -> subprocess.Popen[bytes]:
 def _clean_run(db: Path, base: str) -> int:
     """Runs to the end; returns how many pages it committed."""
     process = _cli(db, base)
-    _, err = process.communicate(timeout=120)
+    _, err = process.communicate(timeout=HANG)
     assert process.returncode == 0, err[-2000:]
     return err.count(COMMITTED)
 
@@ -128,7 +128,7 @@ def _kill_after(db: Path, base: str, commits: int, jitter: float) -> None:
         seen += COMMITTED in line
     time.sleep(jitter)
     process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=30)
+    process.communicate(timeout=HANG)
 
 
 def _phase(
@@ -171,14 +171,19 @@ def test_sigkill_backfill_and_incremental_then_rerun(
 ) -> None:
     c = localstripe.client()
     localstripe.reset()
+    # The world's own events stay before the backfill's cursor: stamped 5 s early on
+    # localstripe's clock (Stripe stamps to the second), not waited out.
+    localstripe.shift_clock(-5)
     world = build_world(c)
-    time.sleep(2)  # the world's own events stay before the backfill's cursor
+    localstripe.shift_clock(0)
 
     backfill_points = _phase(tmp_path, localstripe.base, None, "backfill", seed=1)
 
     base_db = tmp_path / "base.duckdb"
     _clean_run(base_db, localstripe.base)
-    time.sleep(1.1)
+    # The changes below are stamped after the base run's last second: 2 s on, on
+    # localstripe's clock, instead of sleeping until the wall clock's second turns.
+    localstripe.shift_clock(2)
     # Changes that emit events: new customers with subscriptions, cancellations, deletions.
     for i in range(12):
         cus = c.v1.customers.create({"email": f"late{i}@late.example", "name": f"Late {i}"})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +45,12 @@ def _sub(con: duckdb.DuckDBPyConnection, sub_id: str) -> tuple[Any, ...]:
 def test_backfill_events_and_reconcile(localstripe: LocalStripe, tmp_path: Path) -> None:
     c = localstripe.client()
     localstripe.reset()
+    # The world's own events fall outside the first incremental read (it overlaps the
+    # cursor by a second): stamped 5 s early on localstripe's clock, not waited out.
+    localstripe.shift_clock(-5)
     world = build_world(c)
+    localstripe.shift_clock(0)
     db = tmp_path / "w.duckdb"
-    time.sleep(2)  # the world's own events fall outside the first incremental read
 
     # Backfill lands every object the API lists.
     result, http = _run(db, localstripe.base)
@@ -99,7 +101,10 @@ def test_backfill_events_and_reconcile(localstripe: LocalStripe, tmp_path: Path)
         con.close()
 
     # Changes: some emit events in localstripe, some do not.
-    time.sleep(1.1)  # past the second of the last list fetch (events are stamped to the second)
+    # Past the second of the last list fetch (events are stamped to the second): the
+    # changes are stamped 2 s on, on localstripe's clock, instead of waiting for the wall
+    # clock's second to turn.
+    localstripe.shift_clock(2)
     new_customer = c.v1.customers.create({"email": "new@late.example", "name": "Late"}).id
     c.v1.subscriptions.cancel(world.subscriptions["sub4"])
     gone = world.customers[5]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,12 +14,11 @@ import time
 from typing import Any
 
 import pytest
-import requests
-from hook_world import SECRET, Hooked, linked_subscriptions, raw_event_counts, register, tasks
+from hook_world import SECRET, Hooked, linked_subscriptions, raw_event_counts, tasks
 
 from churn.job.webhook import open_spool, work
 from churn.pipelines.webhook import PENDING
-from churn.sandbox.stripe.webhooks import fail_payment
+from churn.sandbox.stripe.webhooks import Delivery, Endpoint, fail_payment
 from faults import tally
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
@@ -39,12 +37,6 @@ def _env(h: Hooked, port: int, **extra: str) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _churn(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "churn", *args],
@@ -55,15 +47,37 @@ def _churn(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
-def _wait_listening(port: int, proc: subprocess.Popen[str]) -> None:
-    for _ in range(600):  # a bound for a loaded machine, not a deadline
-        assert proc.poll() is None, proc.communicate()
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
-                return
-        except requests.RequestException:
-            time.sleep(0.05)
-    raise AssertionError("receiver did not start")
+def _serve(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """`churn webhook serve --no-worker` on a port the OS picks; returns once it listens
+    (the line it prints after the bind: deliveries wait in the backlog from then on)."""
+    receiver = _churn("webhook", "serve", "--no-worker", env=env)
+    assert receiver.stdout is not None
+    for line in receiver.stdout:
+        if "listening on " in line:
+            return receiver, line.split("listening on ", 1)[1].strip()
+    raise AssertionError(f"receiver did not start: {receiver.communicate()}")
+
+
+class _Acks(list[Delivery]):
+    """The sender's delivery log, waking a waiter at each delivery."""
+
+    def __init__(self, changed: threading.Condition) -> None:
+        super().__init__()
+        self.changed = changed
+
+    def append(self, delivery: Delivery) -> None:
+        with self.changed:
+            super().append(delivery)
+            self.changed.notify_all()
+
+    def ok(self) -> int:
+        with self.changed:
+            return sum(d.ok for d in self)
+
+
+#: How long a wait may take before the test fails: a guard against a hang, not a speed
+#: check (the waits end on events; a loaded machine is slower, never this much).
+HANG = 600.0
 
 
 def _events(h: Hooked, n_subs: int) -> list[dict[str, Any]]:
@@ -73,41 +87,62 @@ def _events(h: Hooked, n_subs: int) -> list[dict[str, Any]]:
     return events
 
 
+def _deliver_until(h: Hooked, acks: _Acks, target: int) -> threading.Thread:
+    """Deliver what is queued on a thread; return it once ``target`` deliveries were
+    acknowledged in all (or it delivered everything first)."""
+    finished = threading.Event()
+
+    def deliver() -> None:
+        try:
+            h.sender.deliver_pending()
+        finally:
+            with acks.changed:
+                finished.set()
+                acks.changed.notify_all()
+
+    delivering = threading.Thread(target=deliver)
+    delivering.start()
+    with acks.changed:
+        assert acks.changed.wait_for(
+            lambda: finished.is_set() or sum(d.ok for d in acks) >= target, timeout=HANG
+        )
+    return delivering
+
+
 def test_killing_the_receiver_loses_no_acknowledged_event(hooked: Hooked) -> None:
     h = hooked
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/stripe/webhook"
-    env = _env(h, port)
-    register(h.sender, url)
+    # Port 0 for every receiver (no port picked here and bound later: another suite beside
+    # this one could take it in between); each restart is registered at its new URL.
+    env = _env(h, 0)
+    h.sender.log = acks = _Acks(threading.Condition())
     rng = random.Random(3)
     events = _events(h, 12)
     assert len(events) >= 30
     kills = 0
     for round_ in range(3):
-        receiver = _churn("webhook", "serve", "--no-worker", env=env)
-        _wait_listening(port, receiver)
+        receiver, url = _serve(env)
+        h.sender.endpoints = [Endpoint(url, SECRET)]
         chunk = events[round_ * len(events) // 3 : (round_ + 1) * len(events) // 3]
         h.sender.send(chunk)
-        deliver = threading.Thread(target=h.sender.deliver_pending)
-        deliver.start()
-        # Kill after a random number of acknowledgements, mid-burst.
-        target = sum(d.ok for d in h.sender.log) + rng.randrange(1, len(chunk))
-        while deliver.is_alive() and sum(d.ok for d in h.sender.log) < target:
-            time.sleep(0.001)
+        # Kill after a random number of acknowledgements, mid-burst: woken by each one.
+        target = acks.ok() + rng.randrange(1, len(chunk))
+        delivering = _deliver_until(h, acks, target)
         receiver.send_signal(signal.SIGKILL)
-        receiver.communicate(timeout=30)
+        receiver.communicate(timeout=HANG)
         kills += 1
-        deliver.join(60)
+        # What was in flight fails, is retried on the sender's own clock, then given up.
+        delivering.join(HANG)
+        assert not delivering.is_alive()
     # Stripe retries what it could not deliver; the receiver is back.
-    receiver = _churn("webhook", "serve", "--no-worker", env=env)
+    receiver, url = _serve(env)
     try:
-        _wait_listening(port, receiver)
+        h.sender.endpoints = [Endpoint(url, SECRET)]
         h.sender.send([e for e in events if e["id"] in {i for i, _ in h.sender.given_up}])
         h.sender.given_up.clear()
         h.sender.deliver_pending()
     finally:
         receiver.send_signal(signal.SIGTERM)
-        receiver.communicate(timeout=30)
+        receiver.communicate(timeout=HANG)
     acked = {d.event_id for d in h.sender.log if d.ok}
     spool = open_spool(h.settings)
     lost = acked - set(spool.event_ids())
@@ -136,9 +171,9 @@ def _kill_worker_at(env: dict[str, str], batch: int, point: str, jitter: float) 
             if seen == batch:
                 time.sleep(jitter)
                 proc.send_signal(signal.SIGKILL)
-                proc.communicate(timeout=30)
+                proc.communicate(timeout=HANG)
                 return True
-    proc.communicate(timeout=30)
+    proc.communicate(timeout=HANG)
     return False
 
 

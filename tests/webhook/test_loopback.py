@@ -13,6 +13,9 @@ from churn import warehouse
 from churn.job.webhook import open_spool, receiver, work
 from churn.sandbox.stripe.webhooks import fail_payment, pay_invoice
 
+#: Seconds a wait may take before the test fails: a guard against a hang, not a speed check.
+HANG = 600.0
+
 pytestmark = pytest.mark.slow
 
 
@@ -150,7 +153,7 @@ def test_while_a_run_writes_deliveries_are_acknowledged_and_the_worker_catches_u
     def hold(settings: Any, con: Any, dry_run: bool) -> Any:
         con.execute("CREATE OR REPLACE TABLE _held_by_run AS SELECT 1 AS x")  # it writes
         holding.set()
-        release.wait(120)
+        release.wait(HANG)
         return None
 
     results: list[Any] = []
@@ -158,9 +161,19 @@ def test_while_a_run_writes_deliveries_are_acknowledged_and_the_worker_catches_u
         target=lambda: results.append(run_job(h.settings, steps=(Step("hold", hold),)))
     )
     with receiver(h.settings, port=0, worker=True) as rx:
+        # The worker's batches, told as they end (its spool's mark_done), instead of polls.
+        batch_done = threading.Condition()
+        mark_done = rx.spool.mark_done
+
+        def mark_done_and_tell(seqs: Any) -> None:
+            mark_done(seqs)
+            with batch_done:
+                batch_done.notify_all()
+
+        rx.spool.mark_done = mark_done_and_tell  # type: ignore[method-assign]
         register(h.sender, rx.url)
         run.start()
-        assert holding.wait(60)
+        assert holding.wait(HANG)
         _invoice, failed = fail_payment(h.box.stripe.world, sub_id)
         h.sender.send(failed)
         h.sender.deliver_pending()
@@ -170,13 +183,12 @@ def test_while_a_run_writes_deliveries_are_acknowledged_and_the_worker_catches_u
         assert rx.spool.pending() == len(failed)
         assert _tasks(h, account) == []
         release.set()
-        run.join(60)
+        run.join(HANG)
         assert results and results[0].status == "success"
-        for _ in range(1200):  # the worker polls every 50 ms; a bound, not a deadline
-            if rx.spool.pending() == 0 and _tasks(h, account):
-                break
-            threading.Event().wait(0.1)
-        assert rx.spool.pending() == 0
+        # The worker catches up once the run is done: woken by each batch it finishes.
+        with batch_done:
+            assert batch_done.wait_for(lambda: rx.spool.pending() == 0, HANG)
+        assert _tasks(h, account)
     assert raw_event_counts(h, [e["id"] for e in failed]) == {e["id"]: 1 for e in failed}
     assert len(_tasks(h, account)) == 1
     assert _health(h, account) == "Failed"

@@ -6,8 +6,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,8 @@ from churn.pipelines.webhook import PENDING
 from churn.settings import load_settings
 
 pytestmark = pytest.mark.slow
+
+HANG = 600.0  # seconds: a guard against a hang, not a speed check
 
 
 def test_sandbox_serve_delivers_signed_webhooks_to_the_registered_url(
@@ -33,6 +36,16 @@ def test_sandbox_serve_delivers_signed_webhooks_to_the_registered_url(
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "SALESFORCE_"))}
     with receiver(settings, port=0, worker=False) as rx:
+        spooled = threading.Condition()
+        put = rx.spool.put
+
+        def put_and_tell(event: dict[str, Any], payload: str, *, used: bool) -> bool:
+            new = put(event, payload, used=used)
+            with spooled:
+                spooled.notify_all()
+            return new
+
+        rx.spool.put = put_and_tell  # type: ignore[method-assign]
         serve = subprocess.Popen(
             [sys.executable, "-m", "churn", "sandbox", "serve", str(folder),
              "--webhook", rx.url, "--webhook-secret", secret,
@@ -48,14 +61,14 @@ def test_sandbox_serve_delivers_signed_webhooks_to_the_registered_url(
                 key, _, value = line.removeprefix("export ").strip().partition("=")
                 exports[key] = value
             assert exports["STRIPE_WEBHOOK_SECRET"] == secret
-            for _ in range(600):  # a bound, not a deadline
-                types = {i.split("_")[0] for i in rx.spool.event_ids(PENDING)}
-                if len(rx.spool.event_ids(PENDING)) >= 5:
-                    break
-                time.sleep(0.05)
+            # Woken by each delivery the receiver spools (no polling); the timeout is a
+            # guard against a hang, not a speed check.
+            with spooled:
+                assert spooled.wait_for(lambda: len(rx.spool.event_ids(PENDING)) >= 5, HANG)
+            types = {i.split("_")[0] for i in rx.spool.event_ids(PENDING)}
         finally:
             serve.send_signal(signal.SIGTERM)
-            assert serve.wait(timeout=30) == 0
+            assert serve.wait(timeout=HANG) == 0
         counters = rx.spool.counters()
     assert types == {"evt"}
     assert counters.get("accepted", 0) >= 5

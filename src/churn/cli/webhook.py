@@ -38,9 +38,13 @@ def register(app: typer.Typer, state: CliState) -> None:
 
         overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
         settings = state.settings.with_overrides(webhook=overrides) if overrides else state.settings
-        where = f"{settings.webhook.host}:{settings.webhook.port}"
-        out.print(f"churn webhook: listening on http://{where}/stripe/webhook", highlight=False)
-        guarded(lambda: serve(settings, worker=worker))
+
+        def listening(url: str) -> None:
+            # After the bind: the port is the one chosen (--port 0), and a reader of this
+            # line (a supervisor, a test) may deliver at once.
+            out.print(f"churn webhook: listening on {url}", highlight=False, soft_wrap=True)
+
+        guarded(lambda: serve(settings, worker=worker, on_listening=listening))
 
     @hook.command("work")
     def work_cmd(

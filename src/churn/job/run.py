@@ -88,8 +88,13 @@ class JobResult:
 
     @property
     def exit_code(self) -> int:
-        """0 success, 4 degraded, 3 partial (0 with ``run.partial_is_success``), 1 failed."""
+        """0 success, 4 degraded, 3 partial (0 with ``run.partial_is_success``), 1 failed;
+        2 when a step failed on a setting (whatever else landed)."""
         partial = 0 if self.partial_is_success else PartialRunError.exit_code
+        if any(s.status == "failed" and s.exit_code == ConfigError.exit_code for s in self.steps):
+            # A step failed on a setting (a fixed session that expired mid-run): no rerun
+            # heals it until the setting changes.
+            return ConfigError.exit_code
         return {"success": 0, "degraded": DEGRADED_EXIT_CODE, "partial": partial}.get(
             self.status, 1
         )
@@ -312,6 +317,10 @@ def check_credentials(settings: Settings, steps: Sequence[Step]) -> None:
             " credentials; with SALESFORCE_USERNAME and SALESFORCE_PASSWORD for the password"
             " flow)"
         )
+    if runs & {_salesforce, _push}:
+        # A fixed session id the org no longer accepts cannot be renewed: a settings
+        # problem (exit 2), found before the Stripe extract spends calls.
+        _call("churn.pipelines.salesforce.client", "check_fixed_session")(sf)
 
 
 def _run_step(step: Step, settings: Settings, con: Any, dry_run: bool) -> StepOutcome:

@@ -505,16 +505,27 @@ def receiver(settings: Settings, **kwargs: Any) -> Iterator[RunningReceiver]:
         running.stop()
 
 
-def serve(settings: Settings, *, worker: bool | None = None) -> None:
+def serve(
+    settings: Settings,
+    *,
+    worker: bool | None = None,
+    on_listening: Callable[[str], None] | None = None,
+) -> None:
     """``churn webhook serve``: the receiver in the foreground (uvicorn handles SIGINT and
     SIGTERM: it stops taking deliveries, finishes the ones in flight), the worker beside it
-    on a thread, stopped after its current batch."""
+    on a thread, stopped after its current batch. ``on_listening`` gets the URL once the
+    socket listens (the port the OS chose for port 0): deliveries from then on wait in the
+    backlog until uvicorn accepts them."""
     if not settings.stripe.webhook_secret:
         from churn.errors import ConfigError
 
         raise ConfigError("STRIPE_WEBHOOK_SECRET is not set: no delivery could be verified")
     spool = open_spool(settings)
     sock = _bind(settings.webhook.host, settings.webhook.port)
+    if on_listening is not None:
+        host = settings.webhook.host
+        shown = f"[{host}]" if ":" in host else host
+        on_listening(f"http://{shown}:{sock.getsockname()[1]}/stripe/webhook")
     server = _uvicorn_server(settings, spool)
     stop = threading.Event()
     worker_thread = None

@@ -132,11 +132,7 @@ class BudgetedSession(requests.Session):
     def _renew(self, method: str | bytes, url: str | bytes) -> None:
         """Log in again after INVALID_SESSION_ID (once a request)."""
         if self.relogin is None:
-            raise ConfigError(
-                "SALESFORCE_SESSION_ID has expired or is invalid (401 INVALID_SESSION_ID on"
-                f" {method!s} {_path(url)}): set a new one, or a login (SALESFORCE_CLIENT_ID"
-                " and SALESFORCE_CLIENT_SECRET) the service can renew"
-            )
+            raise expired_session_error(method, url)
         old = self._token
         self._token = self.relogin()
         self.relogins += 1
@@ -234,6 +230,40 @@ def make_salesforce(
 
             session.relogin = relogin
     return sf
+
+
+def expired_session_error(method: str | bytes, url: str | bytes) -> ConfigError:
+    """The one line for a fixed SALESFORCE_SESSION_ID the org refuses (it has no renewal)."""
+    return ConfigError(
+        "SALESFORCE_SESSION_ID has expired or is invalid (401 INVALID_SESSION_ID on"
+        f" {method!s} {_path(url)}): set a new one, or a login (SALESFORCE_CLIENT_ID"
+        " and SALESFORCE_CLIENT_SECRET) the service can renew"
+    )
+
+
+#: How long the session check at a run's start waits for an answer (seconds): a guard
+#: against a hang, not a speed check (an org that does not answer is the step's to report).
+SESSION_CHECK_TIMEOUT = 60.0
+
+
+def check_fixed_session(s: SalesforceSettings) -> None:
+    """Before a run spends any call elsewhere: a fixed session id the org answers
+    INVALID_SESSION_ID is a :class:`ConfigError` (one line, exit 2), since nothing can
+    renew it. One authenticated GET of the API version's resource list (``/services/data/
+    vXX.X/``, the cheapest call that needs a session). Any other answer, or none (the org
+    unreachable), is left to the steps, which report it as they do today."""
+    if not fixed_session(s):
+        return
+    assert s.instance_url is not None and s.session_id is not None
+    url = f"{s.instance_url.rstrip('/')}/services/data/v{s.api_version}/"
+    headers = {"Authorization": f"Bearer {s.session_id.get_secret_value()}"}
+    verify: bool | str = str(s.ca_bundle) if s.ca_bundle is not None else True
+    try:
+        response = requests.get(url, headers=headers, verify=verify, timeout=SESSION_CHECK_TIMEOUT)
+    except requests.RequestException:
+        return
+    if _session_expired(response):
+        raise expired_session_error("GET", url)
 
 
 def fixed_session(s: SalesforceSettings) -> bool:

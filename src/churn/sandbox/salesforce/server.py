@@ -112,6 +112,9 @@ class OrgState:
     jwt_users: set[str] = field(default_factory=set)
     #: What ``GET /services/data/`` lists (the org's API versions).
     api_versions: tuple[str, ...] = ("60.0", "61.0", "62.0", "63.0", "64.0")
+    #: Called with (method, path) as each request arrives, before it is answered and
+    #: outside the lock: a test holds a chosen call there (a kill at the Nth request).
+    on_request: Callable[[str, str], None] | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     #: The clock for SystemModstamp; tests may pin it to make equal stamps.
@@ -499,6 +502,9 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._body()
         with org.lock:
             org.request_log.append((method, path))
+            hook = org.on_request
+        if hook is not None:
+            hook(method, path)
         if path == "/services/oauth2/token" and method == "POST":
             self._token(raw)
             return
@@ -630,6 +636,11 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiFault(404, "NOT_FOUND", "The requested resource does not exist")
         parts = [unquote(p) for p in path[len(prefix) :].strip("/").split("/")][1:]
         head = parts[0] if parts else ""
+        if not parts and method == "GET":
+            # "Resources by Version": the resources this API version offers.
+            version = path[len(prefix) :].strip("/")
+            base = f"/services/data/v{version}"
+            return 200, {r: f"{base}/{r}" for r in ("limits", "query", "queryAll", "sobjects")}
         if head == "limits" and method == "GET":
             return 200, {
                 "DailyApiRequests": {
