@@ -267,7 +267,7 @@ def _push(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
         return push(s, con, dry_run=dry_run)
     scores = _call("churn.pipelines.push.sync", "Scores")
     return push(s, con, dry_run=dry_run,
-                scores=scores("account_health", "signal_events", tuple(accounts)))  # fmt: skip
+                scores=scores("account_health", "signal_events", tuple(accounts), timeline=True))  # fmt: skip
 
 
 DEFAULT_STEPS: tuple[Step, ...] = (

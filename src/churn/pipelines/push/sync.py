@@ -506,6 +506,10 @@ class Scores:
     health_table: str
     signals_table: str
     account_ids: tuple[str, ...]
+    #: Plan those accounts' timeline records too: the incremental run's push does (its
+    #: accounts are the ones whose data changed), the webhook worker's does not (the
+    #: derivation reads every subscription: too dear per micro-batch; the next run logs it).
+    timeline: bool = False
 
 
 def build_plan(
@@ -744,12 +748,14 @@ def timeline_changes(
     scores: Scores | None = None,
 ) -> list[Change]:
     """The plan's timeline records (:mod:`churn.pipelines.push.timeline`): the changes of
-    the window before ``as_of`` not logged yet. None on the webhook worker's partial push
-    (``scores``): the derivation reads every subscription (0.4-1.2 s on 2,000 accounts),
-    too dear per micro-batch, and a record of history is not urgent; the next run, whose
-    window still holds the change, logs it."""
+    the window before ``as_of`` not logged yet. On a partial push (``scores``), only its
+    accounts' changes, and none on the webhook worker's (``scores.timeline`` false): the
+    derivation reads every subscription (0.4-1.2 s on 2,000 accounts), too dear per
+    micro-batch, and a record of history is not urgent; the next run logs it."""
     config = settings.push.timeline
-    if as_of is None or scores is not None or not config.kinds or config.window_days <= 0:
+    if as_of is None or not config.kinds or config.window_days <= 0:
+        return []
+    if scores is not None and not scores.timeline:
         return []
     derived = derive_changes(
         Tables(con),
@@ -758,6 +764,10 @@ def timeline_changes(
         window_days=config.window_days,
         kinds=config.kinds,
     )
+    if scores is not None:
+        # Only the plan's accounts: their Tasks' push_state is all this plan has read.
+        ids = set(scores.account_ids)
+        derived = [c for c in derived if c.account_id in ids]
     return plan_timeline(
         derived,
         owners,
