@@ -40,8 +40,8 @@ from churn.pipelines.push.plan import (
     PushedState,
     canon,
     episode_started,
-    idempotency_key,
     ladder,
+    record_change,
 )
 from churn.settings import CaseSettings, PushSettings
 from churn.signals import SIGNALS_BY_NAME, UNKNOWN_RESOLUTION
@@ -140,7 +140,8 @@ def plan_cases(
         new_state.update({k: canon(v) for k, v in send.items()})
         new_state["AccountId"] = episode.account_id  # the webhook push's account filter
         changes.append(
-            _case_change(
+            record_change(
+                CASE,
                 episode.episode_key,
                 ext,
                 action,
@@ -168,7 +169,8 @@ def plan_cases(
         send["Description"] = str(send["Description"])[:_MAX_DESCRIPTION]
         new_state = {**pushed.fields, **{k: canon(v) for k, v in send.items()}}
         changes.append(
-            _case_change(
+            record_change(
+                CASE,
                 key,
                 ext,
                 "close_case",
@@ -181,31 +183,3 @@ def plan_cases(
             )
         )
     return changes
-
-
-def _case_change(
-    key: str,
-    ext: str,
-    action: str,
-    send: dict[str, Any],
-    new_state: dict[str, Any],
-    status: str,
-    last_errors: Mapping[str, str],
-    first_seen_at: datetime | None,
-    sf_id: str | None,
-) -> Change:
-    return Change(
-        sobject=CASE,
-        record_key=key,
-        # Created by an upsert on the external id (a resend after a kill matches it);
-        # updated by its Id (an update of a deleted Case fails instead of recreating it).
-        key_field="Id" if sf_id else ext,
-        sf_id=sf_id,
-        action=action,
-        fields=send,
-        state=new_state,
-        status=status,
-        idempotency_key=idempotency_key(CASE, key, action, send),
-        last_error=last_errors.get(key),
-        first_seen_at=first_seen_at,
-    )

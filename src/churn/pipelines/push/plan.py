@@ -505,18 +505,38 @@ def _task_change(
     first_seen_at: datetime | None,
     sf_id: str | None = None,
 ) -> Change:
+    return record_change(
+        TASK, key, external_id_field, action, send, new_state, status, last_errors,
+        first_seen_at, sf_id,
+    )  # fmt: skip
+
+
+def record_change(
+    sobject: str,
+    key: str,
+    external_id_field: str,
+    action: str,
+    send: dict[str, Any],
+    new_state: dict[str, Any],
+    status: str,
+    last_errors: Mapping[str, str],
+    first_seen_at: datetime | None,
+    sf_id: str | None = None,
+) -> Change:
+    """A Task's or a Case's change: created by an upsert on its external id (a resend after
+    a kill matches it), then updated by its Id."""
     return Change(
-        sobject=TASK,
+        sobject=sobject,
         record_key=key,
-        # A Task Salesforce has answered for is updated by its Id: an update of a deleted
-        # Task fails with ENTITY_IS_DELETED where an upsert would create a new one.
+        # A record Salesforce has answered for is updated by its Id: an update of a deleted
+        # one fails with ENTITY_IS_DELETED where an upsert would create a new one.
         key_field="Id" if sf_id else external_id_field,
         sf_id=sf_id,
         action=action,
         fields=send,
         state=new_state,
         status=status,
-        idempotency_key=idempotency_key(TASK, key, action, send),
+        idempotency_key=idempotency_key(sobject, key, action, send),
         last_error=last_errors.get(key),
         first_seen_at=first_seen_at,
     )
