@@ -40,10 +40,13 @@ def sf() -> Iterator[RunningSalesforce]:
         yield s
 
 
-def _settings(sf: RunningSalesforce, db: Path, **case: Any) -> Settings:
+def _settings(
+    sf: RunningSalesforce, db: Path, push: dict[str, Any] | None = None, **case: Any
+) -> Settings:
     return Settings().with_overrides(
         db=db,
         case=case,
+        push=push or {},
         salesforce={
             "instance_url": sf.instance_url,
             "session_id": sf.session_id,
@@ -401,3 +404,61 @@ def test_a_dry_run_shows_the_case_by_account_and_subject(
     assert (line.action, line.account, line.field) == ("create_case", "Account " + account, "Case")
     assert line.new.startswith("Payment failed: The $10 invoice is unpaid")
     assert "Case" not in sf.records or _cases(sf) == []
+
+
+def _failing_accounts(world: World, sf: RunningSalesforce, n: int) -> list[str]:
+    """``n`` Accounts, each with a payment failure 30 hours old (past the Case's rung)."""
+    accounts = sf.seed("Account", [{"Name": f"A{i}", "OwnerId": OWNER} for i in range(n)])
+    world.users({OWNER: True})
+    world.accounts(accounts, owner=OWNER)
+    as_of = FAILED_AT + timedelta(hours=30)
+    world.health([{"account_id": a, "payment_health": "Failed"} for a in accounts], as_of)
+    evidence = {"attempts": 1, "first_failed_at": FAILED_AT.isoformat(sep=" ")}
+    world.signals(
+        [
+            {"account_id": a, "episode_key": f"payment_failure:in{i}", "evidence": evidence}
+            for i, a in enumerate(accounts)
+        ],
+        as_of,
+    )
+    return accounts
+
+
+def test_new_cases_are_capped_like_new_tasks_and_the_rest_open_next_run(
+    world: World, sf: RunningSalesforce, db_path: Path
+) -> None:
+    """A first run over a big book opens at most ``push.max_new_tasks_per_run`` Cases, as
+    it does Tasks (counted apart); the push says how many it held back, and the next run
+    opens them."""
+    _failing_accounts(world, sf, 3)
+    settings = _settings(sf, db_path, push={"max_new_tasks_per_run": 2})
+    first = push(settings, world.con)
+    assert first.rejected == []
+    assert first.counts.get("create_task") == 2 and first.counts.get("deferred_tasks") == 1
+    assert first.counts.get("create_case") == 2 and first.counts.get("deferred_cases") == 1
+    assert "1 more new Cases left for later runs (the cap)" in first.announcement()
+    assert len(_cases(sf)) == 2
+    second = push(settings, world.con)
+    assert second.counts.get("create_case") == 1 and "deferred_cases" not in second.counts
+    assert sorted(c[CASE_EXT] for c in _cases(sf)) == [f"payment_failure:in{i}" for i in range(3)]
+    assert push(settings, world.con).counts == {"planned": 0}
+
+
+def test_closing_the_open_tasks_closes_the_open_cases_too(
+    world: World, sf: RunningSalesforce, db_path: Path
+) -> None:
+    """``churn push --close-open-tasks`` (the way back) closes the service's open Cases
+    with the same closing sentence as its Tasks; a Case already closed is left alone."""
+    from churn.pipelines.push.plan import CLOSED_BY_OPERATOR
+
+    _failing_accounts(world, sf, 2)
+    settings = _settings(sf, db_path)
+    push(settings, world.con)
+    assert len(_cases(sf)) == 2
+    closed = push(settings, world.con, close_open_tasks=True)
+    assert closed.rejected == []
+    assert closed.counts.get("close_task") == 2 and closed.counts.get("close_case") == 2
+    for case in _cases(sf):
+        assert case["Status"] == "Closed" and case["IsClosed"]
+        assert CLOSED_BY_OPERATOR in case["Description"]
+    assert push(settings, world.con, close_open_tasks=True).counts == {"planned": 0}

@@ -30,8 +30,8 @@ def register(app: typer.Typer, state: CliState) -> None:
             bool,
             typer.Option(
                 "--close-open-tasks",
-                help="Close every Task the service has open (the way back); with --dry-run,"
-                " list them.",
+                help="Close every Task and Case the service has open (the way back); with"
+                " --dry-run, list them.",
             ),
         ] = False,
         fmt: Annotated[
@@ -55,7 +55,7 @@ def register(app: typer.Typer, state: CliState) -> None:
         from churn.pipelines.push.sync import push
 
         def announce(planned: PushResult) -> None:
-            if planned.plan.changes or planned.plan.deferred_tasks:
+            if planned.plan.changes or planned.plan.deferred_tasks or planned.plan.deferred_cases:
                 # stdout carries the plan itself with --format csv|json
                 typer.echo(planned.announcement(), err=fmt != "table")
 

@@ -12,7 +12,8 @@ Rules:
 - a field whose spec says ``margin`` (the churn risk score) moves only when it differs by
   more than ``risk_score_margin``;
 - at most ``max_new_tasks_per_run`` new Tasks, the most urgent first (the rest wait for
-  the next run: a first run over a large book does not open every Task at once);
+  the next run: a first run over a large book does not open every Task at once), and as
+  many new Cases, counted apart (:func:`cap_new_tasks` with ``action="create_case"``);
 - one Task per signal episode, created by an upsert on ``episode_key`` in the Task
   external-id field (a resend after a kill matches it), then updated by its Id, climbing the
   escalation ladder as the episode ages; a Task whose episode is gone from the latest
@@ -34,7 +35,7 @@ from typing import Any
 
 from churn.fields import AccountField, Text, account_field
 from churn.pipelines.push.billing import Billing, task_lines
-from churn.settings import PushSettings
+from churn.settings import CaseSettings, PushSettings
 from churn.signals import SIGNALS_BY_NAME, UNKNOWN_RESOLUTION, money
 
 ACCOUNT = "Account"
@@ -132,6 +133,8 @@ class Plan:
     changes: tuple[Change, ...]
     #: New Tasks left for a later run by ``PushSettings.max_new_tasks_per_run``.
     deferred_tasks: int = 0
+    #: New Cases left for a later run by the same cap (counted apart from the Tasks).
+    deferred_cases: int = 0
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -567,36 +570,46 @@ def estimate_calls(plan: Plan, settings: PushSettings) -> int:
     return calls
 
 
-#: Why every open Task is closed by ``churn push --close-open-tasks``.
+#: Why every open Task and Case is closed by ``churn push --close-open-tasks``.
 CLOSED_BY_OPERATOR = (
-    "the service's open Tasks were closed by an operator (churn push --close-open-tasks)"
+    "the service's open Tasks and Cases were closed by an operator (churn push --close-open-tasks)"
 )
 
 
 def close_all_tasks(
-    state: Iterable[PushedState], settings: PushSettings, external_id_field: str, today: date
+    state: Iterable[PushedState],
+    settings: PushSettings,
+    external_id_field: str,
+    today: date,
+    case: CaseSettings | None = None,
 ) -> Plan:
     """A plan closing every Task the service has open (``push_state`` status ``open``),
+    and every Case when ``case`` is given (with its closed status, by its external id),
     with a sentence saying why: the way back when the service is taken out of an org.
-    Tasks deleted in Salesforce or already closed are left alone."""
+    Records deleted in Salesforce or already closed are left alone."""
+    closing = {TASK: (external_id_field, settings.task_status_closed, "close_task")}
+    if case is not None:
+        closing[CASE] = (case.external_id_field, case.status_closed, "close_case")
     changes = []
-    for pushed in sorted(state, key=lambda p: p.record_key):
-        if pushed.sobject != TASK or pushed.status != "open":
+    for pushed in sorted(state, key=lambda p: (p.sobject != TASK, p.sobject, p.record_key)):
+        if pushed.sobject not in closing or pushed.status != "open":
             continue
+        ext, status, action = closing[pushed.sobject]
         description = (pushed.fields.get("Description") or "") + (
             f"\n\nClosed by the churn service on {today.isoformat()}: {CLOSED_BY_OPERATOR}."
         )
         send = {
-            external_id_field: pushed.record_key,
-            "Status": settings.task_status_closed,
+            ext: pushed.record_key,
+            "Status": status,
             "Description": description[:_MAX_DESCRIPTION],
         }
         new_state = {**pushed.fields, **{k: canon(v) for k, v in send.items()}}
         changes.append(
-            _task_change(
+            record_change(
+                pushed.sobject,
                 pushed.record_key,
-                external_id_field,
-                "close_task",
+                ext,
+                action,
                 send,
                 new_state,
                 "closed",
@@ -612,12 +625,16 @@ _SEVERITY_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3, "info": 4}
 
 
 def cap_new_tasks(
-    changes: Sequence[Change], episodes: Sequence[Episode], cap: int
+    changes: Sequence[Change],
+    episodes: Sequence[Episode],
+    cap: int,
+    action: str = "create_task",
 ) -> tuple[list[Change], int]:
-    """Keep at most ``cap`` Task creations (0: all), the most urgent first: by severity,
-    then score, then episode key. Returns the changes kept and how many were left out;
-    those are not in ``push_state``, so the next run plans them again."""
-    creates = [c for c in changes if c.action == "create_task"]
+    """Keep at most ``cap`` creations (``action``: Tasks, or ``create_case``; 0: all), the
+    most urgent first: by severity, then score, then episode key. Returns the changes kept
+    and how many were left out; those are not in ``push_state``, so the next run plans
+    them again."""
+    creates = [c for c in changes if c.action == action]
     if cap <= 0 or len(creates) <= cap:
         return list(changes), 0
     by_key = {e.episode_key: e for e in episodes}
@@ -629,7 +646,7 @@ def cap_new_tasks(
         return (_SEVERITY_RANK.get(severity, 5), -float(score), change.record_key)
 
     kept = {c.record_key for c in sorted(creates, key=urgency)[:cap]}
-    out = [c for c in changes if c.action != "create_task" or c.record_key in kept]
+    out = [c for c in changes if c.action != action or c.record_key in kept]
     return out, len(creates) - cap
 
 

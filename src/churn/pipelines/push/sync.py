@@ -46,6 +46,7 @@ from churn.pipelines.push.plan import (
     Owner,
     Plan,
     PushedState,
+    cap_new_tasks,
     close_all_tasks,
     estimate_calls,
     make_plan,
@@ -86,6 +87,8 @@ class PushResult:
         parts = [f"{counts.get(a, 0):,} {a.replace('_', ' ')}" for a in sorted(counts)]
         deferred = self.plan.deferred_tasks
         later = f"; {deferred:,} more new Tasks left for later runs (the cap)" if deferred else ""
+        if self.plan.deferred_cases:
+            later += f"; {self.plan.deferred_cases:,} more new Cases left for later runs (the cap)"
         first = "first push" if self.first_push else "push"
         calls = self.counts.get("estimated_api_calls", 0)
         return f"{first}: {', '.join(parts) or 'nothing'}{later}; about {calls:,} API calls"
@@ -147,8 +150,8 @@ def push(
     Changes rejected before with the same values wait their backoff. ``sleep`` waits
     between resends of a locked row (tests pass one that does not wait). ``on_plan`` sees
     the plan and its call estimate before any call goes out (the CLI prints it; a first
-    push logs it). ``close_open_tasks``: instead of the push, close every Task the service
-    has open (the way back). ``scores``: push only these accounts, from these tables (the
+    push logs it). ``close_open_tasks``: instead of the push, close every Task and Case the
+    service has open (the way back). ``scores``: push only these accounts, from these tables (the
     webhook worker's).
     """
     run_id = f"push-{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
@@ -181,6 +184,7 @@ def push(
         full.as_of,
         tuple(c for c in changes if c.idempotency_key not in deferred),
         deferred_tasks=full.deferred_tasks,
+        deferred_cases=full.deferred_cases,
     )
     store_plan(con, plan, run_id, dry_run)
     put_off = [c for c in changes if c.idempotency_key in deferred]
@@ -196,6 +200,8 @@ def push(
     result.api_calls = described
     if plan.deferred_tasks:
         result.counts["deferred_tasks"] = plan.deferred_tasks
+    if plan.deferred_cases:
+        result.counts["deferred_cases"] = plan.deferred_cases
     if plan.changes:
         result.counts["estimated_api_calls"] = estimate_calls(plan, settings.push)
         row = con.execute("SELECT count(*) FROM push_state").fetchone()
@@ -632,21 +638,31 @@ def build_plan(
     )
     if as_of is None:
         return plan
-    # The Case per payment-failure episode (push/cases.py), beside the Tasks.
-    cases = plan_cases(
+    # The Case per payment-failure episode (push/cases.py), beside the Tasks; new ones
+    # capped as new Tasks are (a first run over a big book does not open hundreds).
+    cases, deferred_cases = cap_new_tasks(
+        plan_cases(
+            episodes,
+            owners,
+            {r.record_key: r for r in state if r.sobject == CASE},
+            {r.record_key: r for r in state if r.sobject == TASK},
+            settings.push,
+            settings.case,
+            as_of,
+            billing,
+            {key: msg for (sobject, key), msg in last_errors.items() if sobject == CASE},
+        ),
         episodes,
-        owners,
-        {r.record_key: r for r in state if r.sobject == CASE},
-        {r.record_key: r for r in state if r.sobject == TASK},
-        settings.push,
-        settings.case,
-        as_of,
-        billing,
-        {key: msg for (sobject, key), msg in last_errors.items() if sobject == CASE},
+        settings.push.max_new_tasks_per_run,
+        action="create_case",
     )
     # Plan changes on the Account timeline (push/timeline.py), beside them.
     timeline = timeline_changes(settings, con, as_of, owners, state, last_errors, scores)
-    return dataclasses.replace(plan, changes=plan.changes + tuple(cases) + tuple(timeline))
+    return dataclasses.replace(
+        plan,
+        changes=plan.changes + tuple(cases) + tuple(timeline),
+        deferred_cases=deferred_cases,
+    )
 
 
 def read_billing(
@@ -810,12 +826,14 @@ def read_state(
 
 
 def close_all_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
-    """The plan of ``churn push --close-open-tasks``: close every Task the service has open."""
+    """The plan of ``churn push --close-open-tasks``: close every Task and Case the service
+    has open."""
     return close_all_tasks(
         read_state(con),
         settings.push,
         settings.salesforce.task_external_id_field,
         utcnow().date(),
+        settings.case,
     )
 
 
