@@ -4,6 +4,7 @@ on warehouses with and without the model's columns."""
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -92,8 +93,85 @@ def test_read_copy_replaces_atomically_and_open_readers_keep_theirs(tmp_path: Pa
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     warehouse.publish_read_copy(db)
     versions = sorted(p.name for p in tmp_path.glob("churn.read.v*.duckdb"))
-    assert len(versions) == 2  # the newest and the one before (a reader may hold it)
+    # Only the one the link names: a reader holding an older one reads its unlinked file
+    # (old_reader above), one that resolved it just before the swap resolves again.
+    assert len(versions) == 1
     assert (tmp_path / "churn.read.duckdb").resolve().name == versions[-1]
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, check=True, text=True)  # fmt: skip
+    return int(proc.stdout)
+
+
+def test_a_publish_leaves_no_superseded_version_nor_a_killed_publishers_files(
+    tmp_path: Path,
+) -> None:
+    """Bench runs left an older version beside the read copy (290 MB at 10,000 accounts)
+    and a publisher killed part-way leaves its half-written copy, its link, or a version
+    it never linked: the next publish removes them once their process is gone; a live
+    process's files are left alone."""
+    db = tmp_path / "churn.duckdb"
+    con = warehouse.connect(db)
+    con.execute("CREATE TABLE t AS SELECT 1 AS x")
+    con.close()
+    warehouse.publish_read_copy(db)
+    held = warehouse.connect_read_copy(db)  # a reader holding the version a publish supersedes
+    dead, live = _dead_pid(), os.getppid()
+    killed = [
+        tmp_path / f".churn.read.v20260101T000000000000-{dead}.duckdb.tmp",
+        tmp_path / f".churn.read.duckdb.{dead}.link",
+        tmp_path / f"churn.read.v20260101T000000000001-{dead}.duckdb",  # copied, never linked
+    ]
+    alive = tmp_path / f".churn.read.v20260101T000000000002-{live}.duckdb.tmp"
+    for path in (*killed, alive):
+        path.write_bytes(b"partial")
+    try:
+        warehouse.publish_read_copy(db)
+        assert _count(held, "t") == 1  # still reading its unlinked version
+    finally:
+        held.close()
+    assert [p for p in killed if p.exists()] == []
+    assert alive.exists()  # its publisher may still be writing it
+    versions = sorted(p.name for p in tmp_path.glob("churn.read.v*.duckdb"))
+    assert versions == [(tmp_path / "churn.read.duckdb").resolve().name]
+
+
+def test_a_reader_whose_version_is_removed_before_it_opens_it_resolves_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader resolves the link, a publish swaps it and removes that version, then the
+    reader opens it: it resolves the link again and opens the new version."""
+    import duckdb
+
+    db = tmp_path / "churn.duckdb"
+    con = warehouse.connect(db)
+    con.execute("CREATE TABLE t AS SELECT 1 AS x")
+    con.close()
+    warehouse.publish_read_copy(db)
+    con = warehouse.connect(db)
+    con.execute("INSERT INTO t VALUES (2)")
+    con.close()
+    real = duckdb.connect
+    opened: list[str] = []
+
+    def publish_first(path: str, **kwargs: object) -> duckdb.DuckDBPyConnection:
+        if not opened:
+            warehouse.publish_read_copy(db)  # swaps the link, removes the resolved version
+        opened.append(path)
+        return real(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(duckdb, "connect", publish_first)
+    reader = warehouse.connect_read_copy(db)
+    try:
+        assert _count(reader, "t") == 2
+        assert len(opened) == 2 and opened[0] != opened[1]
+    finally:
+        reader.close()
 
 
 def test_read_copy_is_refused_while_the_writer_has_a_log(tmp_path: Path) -> None:

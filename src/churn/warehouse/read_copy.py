@@ -9,8 +9,13 @@ on close, so the file holds every committed change and no write-ahead log): the 
 copied to a new version beside it (``churn.read.v<UTC stamp>-<pid>.duckdb``), flushed to
 disk, and the read copy ``churn.read.duckdb``, a symbolic link, is ``os.replace``-d to
 point at it. The swap is atomic on POSIX: a reader resolves the previous version or the new
-one, never half of one. The previous version is kept (a reader may have just resolved
-it) and older ones removed; a reader holding one open keeps reading its unlinked file.
+one, never half of one. Every superseded version is then removed: a reader holding one
+open keeps reading its unlinked file, and a reader that resolved the link just before the
+swap but had not opened the version yet finds it gone and resolves the link again
+(:func:`connect_read_copy`). What a publisher killed part-way left (a half-written
+``.<version>.tmp``, a ``.<link>.<pid>.link``, a version never linked) is removed by the
+next publish once that publisher's process is gone. So a warehouse has one version beside
+it, not one per run (a bench at 10,000 accounts: 290 MB each).
 
 Versions have their own names because DuckDB shares one database per path within a
 process: a Streamlit server reopening the same name while another session still held it
@@ -24,6 +29,7 @@ readers may want (notebooks too), and needs no schema of its own to keep in step
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,9 +52,54 @@ def _versions(db: Path) -> list[Path]:
     return sorted(db.parent.glob(f"{db.stem}.read.v*{db.suffix or '.duckdb'}"))
 
 
-def publish_read_copy(db: Path | str, *, keep: int = 2) -> Path:
+def _pid_of(name: str) -> int | None:
+    """The publisher's process id in a version's (or its temporary file's, or a link's)
+    name: ``churn.read.v<stamp>-<pid>.duckdb``, ``.churn.read.duckdb.<pid>.link``."""
+    match = _PID.search(name)
+    return int(match.group(1) or match.group(2)) if match else None
+
+
+_PID = re.compile(r"-(\d+)\.[^.]+(?:\.tmp)?$|\.(\d+)\.link$")
+
+
+def _gone(pid: int | None) -> bool:
+    """Whether the process that wrote a file is this one or no longer runs (its leftovers
+    are then safe to remove); a file whose name names no process is left alone."""
+    if pid is None:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # another user's live process
+    return False
+
+
+def _sweep(db: Path, current: Path, keep: int) -> None:
+    """Remove the superseded versions (all but ``current`` and the ``keep - 1`` newest
+    others) and the temporary files of publishers no longer running."""
+    suffix = db.suffix or ".duckdb"
+    older = [v for v in _versions(db) if v.name != current.name]
+    for old in older[: max(len(older) - (keep - 1), 0)]:
+        if _gone(_pid_of(old.name)):
+            old.unlink(missing_ok=True)  # a reader holding it open keeps reading it
+    target = read_copy_path(db)
+    leftovers = [
+        *db.parent.glob(f".{db.stem}.read.v*{suffix}.tmp"),
+        *db.parent.glob(f".{target.name}.*.link"),
+    ]
+    for path in leftovers:
+        if _gone(_pid_of(path.name)):
+            path.unlink(missing_ok=True)
+
+
+def publish_read_copy(db: Path | str, *, keep: int = 1) -> Path:
     """Copy the closed warehouse ``db`` to a new version and point the read copy at it;
-    returns the read copy's path. Versions beyond the newest ``keep`` are removed.
+    returns the read copy's path. Superseded versions are removed but the ``keep - 1``
+    newest (1: only the one the link names), and what killed publishers left behind.
 
     The caller must hold the job's lock and have closed its connection, so nothing writes
     ``db`` while it is copied.
@@ -76,8 +127,7 @@ def publish_read_copy(db: Path | str, *, keep: int = 2) -> Path:
         tmp.unlink(missing_ok=True)
         link.unlink(missing_ok=True)
         raise WarehouseError(f"cannot publish the read copy {target}: {exc.strerror}") from exc
-    for old in _versions(db)[:-keep]:
-        old.unlink(missing_ok=True)  # a reader holding it open keeps reading it
+    _sweep(db, version, keep)
     return target
 
 
@@ -86,18 +136,28 @@ def connect_read_copy(db: Path | str) -> duckdb.DuckDBPyConnection:
 
     The link is resolved first and the version opened by its own name: DuckDB shares one
     database per path within a process, so opening the link's name would hand a new
-    reader the version an older connection still holds.
+    reader the version an older connection still holds. A version removed between the
+    resolve and the open (a publish swapped the link meanwhile and removed it) is not an
+    error: the link is resolved again.
     """
     path = read_copy_path(db)
-    try:
-        version = path.resolve(strict=True)
-    except (FileNotFoundError, RuntimeError):
-        raise WarehouseError(
-            f"no read copy {path} yet: it is published at the end of each `churn run`"
-        ) from None
-    try:
-        con = duckdb.connect(str(version), read_only=True)
-    except duckdb.Error as exc:
-        raise WarehouseError(f"cannot open the read copy {path}: {exc}") from exc
-    con.execute("SET TimeZone = 'UTC'")
-    return con
+    for _ in range(_REOPENS):
+        try:
+            version = path.resolve(strict=True)
+        except (FileNotFoundError, RuntimeError):
+            raise WarehouseError(
+                f"no read copy {path} yet: it is published at the end of each `churn run`"
+            ) from None
+        try:
+            con = duckdb.connect(str(version), read_only=True)
+        except duckdb.Error as exc:
+            if not version.exists():
+                continue  # superseded and removed since the resolve: the link names another
+            raise WarehouseError(f"cannot open the read copy {path}: {exc}") from exc
+        con.execute("SET TimeZone = 'UTC'")
+        return con
+    raise WarehouseError(f"cannot open the read copy {path}: it kept being replaced")
+
+
+#: How many times a reader resolves the link again when the version it named was removed.
+_REOPENS = 5
