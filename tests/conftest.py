@@ -30,9 +30,11 @@ def pytest_configure(config: pytest.Config) -> None:
     for name in [n for n in os.environ if n.startswith(SERVICE_PREFIXES) and n != tally.ENV]:
         del os.environ[name]
     # The controller picks the fault suite's totals directory; xdist workers, started
-    # after this, inherit it through the environment.
+    # after this, inherit it through the environment. A session killed before its end
+    # (SIGTERM from a timeout) leaves its directory: the next one removes it.
     if not hasattr(config, "workerinput") and tally.ENV not in os.environ:
-        os.environ[tally.ENV] = _OWN_TALLY[0] = tempfile.mkdtemp(prefix="churn-fault-tally-")
+        tally.sweep(Path(tempfile.gettempdir()))
+        os.environ[tally.ENV] = _OWN_TALLY[0] = tally.new_directory()
 
 
 #: The totals directory this session made (removed at its end; one given is left alone).
