@@ -406,3 +406,36 @@ def test_dated_conversion_rates_where_the_org_has_them(tmp_path: Path) -> None:
         con = connect(settings.db)
         result = extract_salesforce(settings, con, progress=False)
         assert "datedconversionrate" not in result.counts and result.multi_currency
+
+
+def test_account_contact_roles_are_read_only_when_a_billing_role_is_configured(
+    tmp_path: Path,
+) -> None:
+    """AccountContactRole ("Represents the role that a Contact plays on an Account":
+    AccountId, ContactId, Role, a picklist, IsPrimary; Salesforce Object Reference) lands
+    in core_account_contact_roles when push.billing_contact_roles names a role (the push's
+    fallback for the billing contact); without one, no call reads it."""
+    with start_salesforce_server(clock=_distinct_stamps()) as running:
+        (acme,) = running.seed("Account", [{"Name": "Acme"}])
+        (fin,) = running.seed("Contact", [{"AccountId": acme, "LastName": "Fin"}])
+        running.seed(
+            "AccountContactRole",
+            [{"AccountId": acme, "ContactId": fin, "Role": "Billing Contact", "IsPrimary": True}],
+        )
+        plain = _settings(running, tmp_path / "plain.duckdb")
+        con = connect(plain.db)
+        without = extract_salesforce(plain, con, progress=False)
+        assert "accountcontactrole" not in without.counts  # not read: no query for it
+        con.close()
+        roles = plain.with_overrides(
+            db=tmp_path / "roles.duckdb", push={"billing_contact_roles": ["Billing Contact"]}
+        )
+        con = connect(roles.db)
+        result = extract_salesforce(roles, con, progress=False)
+        assert result.counts["accountcontactrole"] == 1
+        assert _rows(
+            con,
+            "SELECT account_id, contact_id, role, is_primary, is_deleted"
+            " FROM core_account_contact_roles",
+        ) == [(acme, fin, "Billing Contact", True, False)]
+        con.close()

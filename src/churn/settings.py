@@ -382,6 +382,11 @@ class PushSettings(_Section):
     sponsor_before_final_retry_hours: int = Field(48, ge=1)
     #: Due date of a Task for a signal without an escalation ladder, in days from as_of.
     task_due_days: int = Field(3, ge=0)
+    #: The billing contact of a payment failure (the Task's WhoId, the Case's ContactId)
+    #: is the Account's Contact whose email is the Stripe customer's; else one whose
+    #: AccountContactRole Role is one of these, in this order (then the primary one). Empty:
+    #: no fallback, and AccountContactRole is not read.
+    billing_contact_roles: tuple[str, ...] = ()
     #: The org's Task Status values for a Task the service opens and one it closes (an
     #: org with its own Status picklist maps them here; ``churn doctor`` checks them).
     task_status_open: str = "Not Started"

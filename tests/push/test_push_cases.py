@@ -462,3 +462,110 @@ def test_closing_the_open_tasks_closes_the_open_cases_too(
         assert case["Status"] == "Closed" and case["IsClosed"]
         assert CLOSED_BY_OPERATOR in case["Description"]
     assert push(settings, world.con, close_open_tasks=True).counts == {"planned": 0}
+
+
+def _no_email_match(world: World, sf: RunningSalesforce) -> tuple[str, str, str]:
+    """The customer's email is no Contact's: the billing contact can come only from a
+    role. Two Contacts with roles: an Economic Buyer (primary) and a Billing Contact."""
+    account, _ = _world(world, sf)
+    world.con.execute("UPDATE core_customers SET email = 'ap@elsewhere.test'")
+    buyer, payer = sf.seed(
+        "Contact",
+        [
+            {"LastName": "Buyer", "Email": "buyer@acme.test", "AccountId": account},
+            {"LastName": "Finance", "Email": "finance@acme.test", "AccountId": account},
+        ],
+    )
+    roles = sf.seed(
+        "AccountContactRole",
+        [
+            {"AccountId": account, "ContactId": buyer, "Role": "Economic Buyer", "IsPrimary": True},
+            {"AccountId": account, "ContactId": payer, "Role": "Billing Contact"},
+        ],
+    )
+    seed(
+        world.con,
+        {
+            "core_contacts": [
+                {
+                    "contact_id": buyer,
+                    "account_id": account,
+                    "name": "Buyer",
+                    "email": "buyer@acme.test",
+                },
+                {
+                    "contact_id": payer,
+                    "account_id": account,
+                    "name": "Finance",
+                    "email": "finance@acme.test",
+                },
+            ],
+            "core_account_contact_roles": [
+                {
+                    "role_id": roles[0],
+                    "account_id": account,
+                    "contact_id": buyer,
+                    "role": "Economic Buyer",
+                    "is_primary": True,
+                },
+                {
+                    "role_id": roles[1],
+                    "account_id": account,
+                    "contact_id": payer,
+                    "role": "Billing Contact",
+                    "is_primary": False,
+                },
+            ],
+        },
+    )
+    return account, buyer, payer
+
+
+def test_the_billing_contact_falls_back_to_a_configured_role_and_says_which(
+    world: World, sf: RunningSalesforce, db_path: Path
+) -> None:
+    """No Contact's email is the Stripe customer's: the Contact with a role in
+    ``push.billing_contact_roles`` (AccountContactRole: "Represents the role that a Contact
+    plays on an Account", its Role a picklist, "Different contacts can play the same role
+    on the same account", IsPrimary: "each account has only one primary contact role";
+    Salesforce Object Reference) is the billing contact, the configured roles in order,
+    then the primary, then the lowest Id; the Task and the Case say it was chosen by role."""
+    account, _, payer = _no_email_match(world, sf)
+    _score(world, account, FAILED_AT + timedelta(hours=30), failing=True)
+    roles = {"billing_contact_roles": ["Billing Contact", "Economic Buyer"]}
+    result = push(_settings(sf, db_path, push=roles), world.con)
+    assert result.rejected == []
+    task, [case] = _task(sf), _cases(sf)
+    assert task["WhoId"] == payer and case["ContactId"] == payer
+    for text in (task["Description"], case["Description"]):
+        assert "Billing contact: Finance <finance@acme.test>." in text
+        assert "Chosen by its role on the Account (Billing Contact): no Contact's email" in text
+
+
+def test_without_an_email_match_or_a_configured_role_there_is_no_billing_contact(
+    world: World, sf: RunningSalesforce, db_path: Path
+) -> None:
+    """No email match and no role configured (the default): no WhoId, no ContactId, and the
+    Task and the Case say why; with an email match, they say it was chosen by email."""
+    account, _, _ = _no_email_match(world, sf)
+    _score(world, account, FAILED_AT + timedelta(hours=30), failing=True)
+    assert push(_settings(sf, db_path), world.con).rejected == []
+    task, [case] = _task(sf), _cases(sf)
+    assert task["WhoId"] is None and case["ContactId"] is None
+    for text in (task["Description"], case["Description"]):
+        assert (
+            "No billing contact: no Contact of the Account has the Stripe customer's email,"
+            " and no role is configured (push.billing_contact_roles)." in text
+        )
+
+
+def test_an_email_match_is_said_to_be_one(
+    world: World, sf: RunningSalesforce, db_path: Path
+) -> None:
+    account, billing = _world(world, sf)
+    _score(world, account, FAILED_AT + timedelta(hours=30), failing=True)
+    roles = {"billing_contact_roles": ["Billing Contact"]}
+    assert push(_settings(sf, db_path, push=roles), world.con).rejected == []
+    task = _task(sf)
+    assert task["WhoId"] == billing
+    assert "Chosen by email: the Contact's email is the Stripe customer's." in task["Description"]

@@ -1,11 +1,12 @@
 """The billing side of a payment-failure episode, pure: who pays and where they pay.
 
 :mod:`churn.pipelines.push.sync` gathers, per payment-failure episode, the billing Contact
-(the Account's Contact whose Email is the Stripe customer's email, case-insensitive), the
+(the Account's Contact whose Email is the Stripe customer's email, case-insensitive; else
+one whose AccountContactRole Role is one of ``push.billing_contact_roles``), the
 invoice's ``hosted_invoice_url`` (Stripe's page where the customer pays the invoice or
 updates the card) and its failed attempts as of the scoring's ``as_of``. The Task's
-description names the Contact and the link so the CSM can send it (its WhoId links the
-Contact); the Case (:mod:`churn.pipelines.push.cases`) holds the whole failure history.
+description names the Contact, how it was chosen (or why there is none) and the link so
+the CSM can send it (its WhoId links the Contact); the Case (:mod:`churn.pipelines.push.cases`) holds the whole failure history.
 No clock, no network here.
 """
 
@@ -48,6 +49,8 @@ class BillingContact:
     contact_id: str
     name: str | None
     email: str | None
+    #: The AccountContactRole Role it was chosen by; None: its email is the customer's.
+    role: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,14 +71,33 @@ class Billing:
     #: The invoice's status today when it is no longer open (paid, void, uncollectible):
     #: why a Case closes.
     invoice_status: str | None = None
+    #: The roles a billing contact may be chosen by (``push.billing_contact_roles``).
+    roles: Sequence[str] = ()
 
 
 def contact_line(billing: Billing | None) -> str | None:
-    if billing is None or billing.contact is None:
+    """The billing contact and how it was chosen, or why there is none."""
+    if billing is None:
         return None
     c = billing.contact
+    if c is None:
+        roles = ", ".join(billing.roles)
+        why = (
+            f"nor a role on it ({roles})"
+            if roles
+            else "and no role is configured (push.billing_contact_roles)"
+        )
+        return (
+            f"No billing contact: no Contact of the Account has the Stripe customer's email, {why}."
+        )
     who = " ".join(p for p in (c.name, f"<{c.email}>" if c.email else None) if p)
-    return f"Billing contact: {who or c.contact_id}."
+    how = (
+        f"Chosen by its role on the Account ({c.role}): no Contact's email is the Stripe"
+        " customer's."
+        if c.role
+        else "Chosen by email: the Contact's email is the Stripe customer's."
+    )
+    return f"Billing contact: {who or c.contact_id}. {how}"
 
 
 def link_line(billing: Billing | None) -> str | None:

@@ -624,7 +624,7 @@ def build_plan(
             """
         ).fetchall()
     }
-    billing = read_billing(con, episodes, state, as_of)
+    billing = read_billing(con, episodes, state, as_of, settings.push.billing_contact_roles)
     plan = make_plan(
         accounts=accounts,
         episodes=episodes,
@@ -670,10 +670,13 @@ def read_billing(
     episodes: Sequence[Episode],
     state: Sequence[PushedState],
     as_of: datetime | None,
+    roles: Sequence[str] = (),
 ) -> dict[str, Billing]:
     """Per payment-failure episode (open, or with an open Case to close): the billing
     Contact (the Account's Contact whose Email is the Stripe customer's, case-insensitive;
-    the lowest Id when several), the invoice's ``hosted_invoice_url`` (from its payload),
+    the lowest Id when several; else, with ``roles``, a live Contact of the Account whose
+    AccountContactRole Role is one of them: the first role in ``roles``, then the primary,
+    then the lowest Id), the invoice's ``hosted_invoice_url`` (from its payload),
     its failed charges by ``as_of`` and its status today."""
     prefix = f"{CASE_SIGNAL}:"
     keys = {(e.episode_key, e.account_id) for e in episodes if e.episode_key.startswith(prefix)}
@@ -696,15 +699,29 @@ def read_billing(
         rows = _dicts(
             con,
             """
+            WITH roles AS (
+                SELECT r.account_id, r.contact_id, r.role,
+                       row_number() OVER (
+                           PARTITION BY r.account_id
+                           ORDER BY list_position($roles, r.role), r.is_primary DESC,
+                                    r.contact_id) AS n
+                FROM core_account_contact_roles r
+                JOIN core_contacts c ON c.contact_id = r.contact_id AND NOT c.is_deleted
+                WHERE NOT r.is_deleted AND list_contains($roles, r.role)
+                  AND r.account_id IN (SELECT account_id FROM _billing_keys)
+            )
             SELECT k.episode_key, i.status, r.payload->>'hosted_invoice_url' AS url,
                    (SELECT arg_min(c.contact_id, c.contact_id) FROM core_contacts c
                     WHERE NOT c.is_deleted AND c.account_id = k.account_id
-                      AND lower(c.email) = lower(cu.email)) AS contact_id
+                      AND lower(c.email) = lower(cu.email)) AS email_contact_id,
+                   ro.contact_id AS role_contact_id, ro.role
             FROM _billing_keys k
+            LEFT JOIN roles ro ON ro.account_id = k.account_id AND ro.n = 1
             LEFT JOIN core_invoices i ON i.invoice_id = k.invoice_id
             LEFT JOIN raw_stripe_invoice r ON r.id = k.invoice_id
             LEFT JOIN core_customers cu ON cu.customer_id = i.customer_id
             """,
+            {"roles": list(roles)},
         )
         attempts = con.execute(
             """
@@ -730,8 +747,12 @@ def read_billing(
         ).fetchall()
     finally:
         con.unregister("_billing_keys")
+    for r in rows:
+        # The Contact whose email is the customer's; else the one with a configured role.
+        r["contact_id"] = r["email_contact_id"] or r["role_contact_id"]
+        r["role"] = None if r["email_contact_id"] else r["role"]
     contacts = {
-        r[0]: BillingContact(r[0], r[1], r[2])
+        r[0]: (r[1], r[2])
         for r in con.execute(
             "SELECT contact_id, name, email FROM core_contacts WHERE contact_id IN"
             " (SELECT unnest($ids::VARCHAR[]))",
@@ -743,12 +764,15 @@ def read_billing(
         tries.setdefault(key, []).append(Attempt(at, code))
     return {
         r["episode_key"]: Billing(
-            contact=contacts.get(r["contact_id"]) if r["contact_id"] else None,
+            contact=BillingContact(r["contact_id"], *contacts[r["contact_id"]], role=r["role"])
+            if r["contact_id"] in contacts
+            else None,
             hosted_invoice_url=r["url"],
             attempts=tuple(tries.get(r["episode_key"], ())),
             invoice_status=r["status"]
             if r["status"] in ("paid", "void", "uncollectible")
             else None,
+            roles=tuple(roles),
         )
         for r in rows
     }

@@ -116,6 +116,15 @@ def streams(
             where=f"{task_field} != null",
         ),
     ]
+    if settings.push.billing_contact_roles:
+        # The push's billing contact when no Contact's email is the Stripe customer's.
+        out.append(
+            Stream(
+                "accountcontactrole",
+                "AccountContactRole",
+                ("Id", "AccountId", "ContactId", "Role", "IsPrimary", *base),
+            )
+        )
     if multi_currency:
         out.append(
             Stream(
@@ -242,6 +251,14 @@ def _core_sql(stream: str, settings: Settings) -> tuple[str, list[Any]] | None:
             SELECT id, {j}, {j}, {j}, system_modstamp, is_deleted
             FROM raw_sf_contact WHERE id IN (SELECT id FROM sf_page)""",
             ["$.AccountId", "$.Name", "$.Email"],
+        )
+    if stream == "accountcontactrole":
+        return (
+            f"""INSERT OR REPLACE INTO core_account_contact_roles
+            SELECT id, {j}, {j}, {j}, coalesce(CAST({j} AS BOOLEAN), FALSE), system_modstamp,
+              is_deleted
+            FROM raw_sf_accountcontactrole WHERE id IN (SELECT id FROM sf_page)""",
+            ["$.AccountId", "$.ContactId", "$.Role", "$.IsPrimary"],
         )
     if stream == "datedconversionrate":
         return (

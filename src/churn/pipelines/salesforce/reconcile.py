@@ -28,6 +28,7 @@ CORE_KEYS: dict[str, tuple[str, str] | None] = {
     "user": ("core_users", "user_id"),
     "opportunity": ("core_opportunities", "opportunity_id"),
     "contact": ("core_contacts", "contact_id"),
+    "accountcontactrole": ("core_account_contact_roles", "role_id"),
     "task": None,
     "datedconversionrate": ("core_dated_conversion_rates", "rate_id"),
 }

@@ -153,6 +153,16 @@ def default_schema(
             FieldDef("Email", "email"),
             FieldDef("AccountId", "reference", reference_to=("Account",)),
         ),
+        # The role a Contact plays on an Account (Role: "Decision Maker, Approver, Buyer, and
+        # so on"; "each account has only one primary contact role").
+        _obj(
+            "AccountContactRole",
+            "02Z",
+            FieldDef("AccountId", "reference", reference_to=("Account",)),
+            FieldDef("ContactId", "reference", reference_to=("Contact",)),
+            FieldDef("Role", "picklist"),
+            FieldDef("IsPrimary", "boolean"),
+        ),
         _obj(
             "User",
             "005",
