@@ -39,7 +39,12 @@ if TYPE_CHECKING:  # settings take their defaults from the signal registry
 
 from churn.signals.facts import IN_FORCE_STATUSES, sql_in
 from churn.signals.money import display
-from churn.signals.mrr import account_key, item_mrr_sql, subscription_mrr_sql
+from churn.signals.mrr import (
+    account_key,
+    item_change_instants,
+    mrr_around_changes,
+    subscription_owner,
+)
 from churn.signals.tables import Tables
 
 #: Every kind of change, in the order the timeline settings list them.
@@ -57,22 +62,7 @@ KINDS: tuple[str, ...] = (
 #: with MRR on both sides: its items and discounts. (A new version of the subscription alone,
 #: a renewal or a status, moves no price or seat: MRR from or to zero is not a plan change.)
 #: The cancellations' instants join them, for the MRR at stake.
-_INSTANTS = """
-  SELECT subscription_id, valid_from AS c FROM history_subscription_items
-  WHERE valid_from > $since AND valid_from <= $as_of
-  UNION SELECT subscription_id, valid_to FROM history_subscription_items
-  WHERE valid_to > $since AND valid_to <= $as_of
-  UNION SELECT subscription_id, starts_at FROM core_subscription_discounts
-  WHERE starts_at > $since AND starts_at <= $as_of
-  UNION SELECT subscription_id, ends_at FROM core_subscription_discounts
-  WHERE ends_at > $since AND ends_at <= $as_of
-"""
-
-#: Each instant and the instant just before it, per subscription.
-_AROUND = """
-  SELECT subscription_id, c AS t FROM chg
-  UNION ALL SELECT subscription_id, c - INTERVAL 1 MICROSECOND FROM chg
-"""
+_INSTANTS = item_change_instants("$since")
 
 _INTERVAL_WORDS = {"day": "daily", "week": "weekly", "month": "monthly", "year": "yearly"}
 
@@ -115,12 +105,7 @@ chg AS MATERIALIZED (
     UNION SELECT subscription_id, valid_from FROM cancel_versions
   ) WHERE c IS NOT NULL
 ),
-around_items AS MATERIALIZED ({item_mrr_sql(_AROUND, settings, per_subscription=True)}),
-sub_mrr AS ({
-        subscription_mrr_sql(
-            _AROUND, settings, per_subscription=True, items="SELECT * FROM around_items"
-        )
-    }),
+{mrr_around_changes(settings)},
 side AS (
   SELECT i.subscription_id, i.t,
     string_agg(DISTINCT {_plan_label()}, ' + ' ORDER BY {_plan_label()}) AS plan,
@@ -130,12 +115,7 @@ side AS (
   LEFT JOIN core_products pr ON pr.product_id = p.product_id
   GROUP BY ALL
 ),
-owner AS (
-  SELECT DISTINCT h.subscription_id, {account_key("h.customer_id")} AS account_id
-  FROM history_subscriptions h LEFT JOIN account_links_as_of($as_of) l
-    ON l.customer_id = h.customer_id
-  WHERE h.valid_from <= $as_of
-),
+owner AS ({subscription_owner()}),
 plan_moves AS (
   SELECT o.account_id, c.subscription_id, c.c AS occurred_at,
     COALESCE(ma.currency, mb.currency) AS currency,

@@ -33,7 +33,14 @@ import polars as pl
 if TYPE_CHECKING:  # settings take their defaults from the signal registry
     from churn.settings import SignalSettings
 
-from churn.signals.mrr import account_key, account_mrr_sql, item_mrr_sql, subscription_mrr_sql
+from churn.signals.mrr import (
+    account_key,
+    account_mrr_sql,
+    item_change_instants,
+    item_mrr_sql,
+    mrr_around_changes,
+    subscription_owner,
+)
 from churn.signals.schema import finish
 from churn.signals.tables import Tables
 
@@ -47,21 +54,7 @@ _CHANGES = """
   WHERE valid_from > $start AND valid_from <= $as_of
   UNION SELECT subscription_id, ended_at FROM history_subscriptions
   WHERE ended_at > $start AND ended_at <= $as_of AND valid_from <= $as_of
-  UNION SELECT subscription_id, valid_from FROM history_subscription_items
-  WHERE valid_from > $start AND valid_from <= $as_of
-  UNION SELECT subscription_id, valid_to FROM history_subscription_items
-  WHERE valid_to > $start AND valid_to <= $as_of
-  UNION SELECT subscription_id, starts_at FROM core_subscription_discounts
-  WHERE starts_at > $start AND starts_at <= $as_of
-  UNION SELECT subscription_id, ends_at FROM core_subscription_discounts
-  WHERE ends_at > $start AND ends_at <= $as_of
-"""
-
-# Each change instant and the instant just before it, per subscription.
-_AROUND = """
-  SELECT subscription_id, c AS t FROM chg
-  UNION ALL SELECT subscription_id, c - INTERVAL 1 MICROSECOND FROM chg
-"""
+  UNION""" + item_change_instants("$start")
 
 
 def _sql(settings: SignalSettings) -> str:
@@ -122,21 +115,12 @@ ends AS (
 fell AS MATERIALIZED (
   SELECT * FROM ends WHERE mrr_end > 0 AND (mrr_drop >= $min_drop OR seat_drop >= $min_drop)
 ),
-owner AS (
-  SELECT DISTINCT h.subscription_id, {account_key("h.customer_id")} AS account_id
-  FROM history_subscriptions h LEFT JOIN account_links_as_of($as_of) l ON l.customer_id = h.customer_id
-  WHERE h.valid_from <= $as_of
-),
+owner AS ({subscription_owner()}),
 chg AS MATERIALIZED (
   SELECT * FROM ({_CHANGES})
   WHERE subscription_id IN (SELECT o.subscription_id FROM owner o SEMI JOIN fell USING (account_id))
 ),
-around_items AS MATERIALIZED ({item_mrr_sql(_AROUND, settings, per_subscription=True)}),
-sub_mrr AS ({
-        subscription_mrr_sql(
-            _AROUND, settings, per_subscription=True, items="SELECT * FROM around_items"
-        )
-    }),
+{mrr_around_changes(settings)},
 sub_seats AS (
   SELECT subscription_id, t, sum(quantity) AS seats
   FROM around_items

@@ -474,3 +474,52 @@ def movements(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl.D
     """
     sql = changed_months_sql(account_mrr_sql(points, settings), points)
     return classify_movements(tables.frame(sql, {"as_of": as_of}))
+
+
+# --- MRR around a subscription's changes (the downgrade signal, the timeline's changes) ---
+
+
+def item_change_instants(since: str) -> str:
+    """SQL rows ``(subscription_id, c)``: every instant in ``(since, $as_of]`` at which a
+    subscription's items or discounts change (the bounds of its item versions and of its
+    discounts): where its plan, seats or MRR may move. ``since`` names the parameter."""
+    return f"""
+  SELECT subscription_id, valid_from AS c FROM history_subscription_items
+  WHERE valid_from > {since} AND valid_from <= $as_of
+  UNION SELECT subscription_id, valid_to FROM history_subscription_items
+  WHERE valid_to > {since} AND valid_to <= $as_of
+  UNION SELECT subscription_id, starts_at FROM core_subscription_discounts
+  WHERE starts_at > {since} AND starts_at <= $as_of
+  UNION SELECT subscription_id, ends_at FROM core_subscription_discounts
+  WHERE ends_at > {since} AND ends_at <= $as_of
+"""
+
+
+#: Each change instant (``c`` of the CTE ``chg``) and the instant just before it, per
+#: subscription: the points :func:`mrr_around_changes` prices.
+AROUND_CHANGES = """
+  SELECT subscription_id, c AS t FROM chg
+  UNION ALL SELECT subscription_id, c - INTERVAL 1 MICROSECOND FROM chg
+"""
+
+
+def mrr_around_changes(settings: SignalSettings) -> str:
+    """Two CTEs over a CTE ``chg`` (``subscription_id, c``): ``around_items``, each
+    subscription's items at each change and just before it (:func:`item_mrr_sql`, computed
+    once), and ``sub_mrr``, its MRR there (:func:`subscription_mrr_sql` over those items)."""
+    items = item_mrr_sql(AROUND_CHANGES, settings, per_subscription=True)
+    mrr = subscription_mrr_sql(
+        AROUND_CHANGES, settings, per_subscription=True, items="SELECT * FROM around_items"
+    )
+    return f"around_items AS MATERIALIZED ({items}),\nsub_mrr AS ({mrr})"
+
+
+def subscription_owner() -> str:
+    """SQL rows ``(subscription_id, account_id)``: each subscription's account by its
+    customer's link as of ``$as_of``."""
+    return f"""
+  SELECT DISTINCT h.subscription_id, {account_key("h.customer_id")} AS account_id
+  FROM history_subscriptions h LEFT JOIN account_links_as_of($as_of) l
+    ON l.customer_id = h.customer_id
+  WHERE h.valid_from <= $as_of
+"""
