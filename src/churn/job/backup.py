@@ -15,8 +15,6 @@ views over views, e.g. "Table with name account_link_versions does not exist".)
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 from churn import warehouse
@@ -40,14 +38,8 @@ def backup(settings: Settings, path: Path) -> Path:
             con.execute("CHECKPOINT")
         finally:
             con.close()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            with db.open("rb") as src, tmp.open("wb") as dst:
-                shutil.copyfileobj(src, dst, length=16 * 1024 * 1024)
-                dst.flush()
-                os.fsync(dst.fileno())
-            os.replace(tmp, path)
+            warehouse.copy_whole(db, path)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise WarehouseError(f"cannot write the backup {path}: {exc.strerror}") from exc
     return path

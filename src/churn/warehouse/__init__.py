@@ -9,7 +9,12 @@ package may import it. Table families are listed in ``docs/architecture.md``.
 from __future__ import annotations
 
 from churn.warehouse.connection import Migration, connect, migrate, migrations, transaction, utcnow
-from churn.warehouse.read_copy import connect_read_copy, publish_read_copy, read_copy_path
+from churn.warehouse.read_copy import (
+    connect_read_copy,
+    copy_whole,
+    publish_read_copy,
+    read_copy_path,
+)
 from churn.warehouse.sync_state import SyncState, read_state, write_state
 
 __all__ = [
@@ -17,6 +22,7 @@ __all__ = [
     "SyncState",
     "connect",
     "connect_read_copy",
+    "copy_whole",
     "migrate",
     "migrations",
     "publish_read_copy",

@@ -38,7 +38,24 @@ import duckdb
 
 from churn.errors import WarehouseError
 
-__all__ = ["connect_read_copy", "publish_read_copy", "read_copy_path"]
+__all__ = ["connect_read_copy", "copy_whole", "publish_read_copy", "read_copy_path"]
+
+
+def copy_whole(source: Path, target: Path, tmp: Path | None = None) -> None:
+    """Copy the file ``source`` to ``target``, whole or not at all: into ``tmp`` beside it
+    (default ``.<target name>.<pid>.tmp``), flushed to disk, then renamed onto ``target``
+    (atomic on POSIX). The read copy's versions and ``churn backup`` are written so. Raises
+    OSError, the temporary file removed."""
+    tmp = tmp or target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with source.open("rb") as src, tmp.open("wb") as dst:
+            shutil.copyfileobj(src, dst, length=16 * 1024 * 1024)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, target)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_copy_path(db: Path | str) -> Path:
@@ -112,19 +129,15 @@ def publish_read_copy(db: Path | str, *, keep: int = 1) -> Path:
     target = read_copy_path(db)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     version = db.with_name(f"{db.stem}.read.v{stamp}-{os.getpid()}{db.suffix or '.duckdb'}")
-    tmp = version.with_name(f".{version.name}.tmp")
     link = target.with_name(f".{target.name}.{os.getpid()}.link")
     try:
-        with db.open("rb") as src, tmp.open("wb") as dst:
-            shutil.copyfileobj(src, dst, length=16 * 1024 * 1024)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, version)
+        # The temporary file's name ends as the version's does: a killed publisher's is
+        # found by the version pattern (_sweep).
+        copy_whole(db, version, version.with_name(f".{version.name}.tmp"))
         link.unlink(missing_ok=True)
         link.symlink_to(version.name)
         os.replace(link, target)  # atomic: readers resolve the old version or the new
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         link.unlink(missing_ok=True)
         raise WarehouseError(f"cannot publish the read copy {target}: {exc.strerror}") from exc
     _sweep(db, version, keep)
