@@ -4,7 +4,7 @@ scoring leave them. Rows go in through SQL, as the real stages write them."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +31,11 @@ CREATE TABLE IF NOT EXISTS account_health (
     stripe_customer_ids JSON, PRIMARY KEY (as_of, account_id)
 );
 """
+
+
+#: The ``kill_push`` fixture (conftest): ``kill_push(sf, sobject, nth=4)`` runs ``churn
+#: push`` in a process of its own and SIGKILLs it while the org holds its nth record.
+KillPush = Callable[..., None]
 
 
 def account_id(i: int) -> str:

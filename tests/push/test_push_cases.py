@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from push_world import World
+from push_world import KillPush, World
 
 from churn.pipelines.push.sync import push
 from churn.sandbox.salesforce.server import RunningSalesforce, start_salesforce_server
@@ -324,60 +324,18 @@ def test_a_case_on_a_deleted_account_is_refused_by_the_stand_in(sf: RunningSales
 @pytest.mark.slow
 @pytest.mark.faults
 def test_kill_mid_push_then_rerun_makes_no_duplicate_case(
-    world: World, sf: RunningSalesforce, db_path: Path
+    world: World, sf: RunningSalesforce, db_path: Path, kill_push: KillPush
 ) -> None:
     """SIGKILL of `churn push` once Salesforce has created some Cases (a call landed, its
     commit may not have): the rerun upserts by Churn_Case_Key__c, one Case per episode."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     from churn import warehouse
     from faults import tally
 
-    accounts = sf.seed("Account", [{"Name": f"A{i}", "OwnerId": OWNER} for i in range(6)])
-    world.users({OWNER: True})
-    world.accounts(accounts, owner=OWNER)
-    as_of = FAILED_AT + timedelta(hours=30)
-    world.health([{"account_id": a, "payment_health": "Failed"} for a in accounts], as_of)
-    evidence = {"attempts": 1, "first_failed_at": FAILED_AT.isoformat(sep=" ")}
-    world.signals(
-        [
-            {"account_id": a, "episode_key": f"payment_failure:in{i}", "evidence": evidence}
-            for i, a in enumerate(accounts)
-        ],
-        as_of,
-    )
+    _failing_accounts(world, sf, 6)
     world.con.close()
-
-    def slow_org(sobject: str, record: Any) -> None:
-        time.sleep(0.15 if sobject == "Case" else 0.0)  # a busy org: writes take time
-
-    sf.add_rule(slow_org)
-    env = {
-        **os.environ,
-        **sf.settings_env(),
-        "PYTHONPATH": "src",
-        "SALESFORCE_API_RESERVE": "0",
-        "CHURN_PUSH__COLLECTION_SIZE": "2",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "churn", "--db", str(db_path), "push"],
-        env=env,
-        cwd=Path(__file__).resolve().parents[2],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while len(_cases(sf)) < 2 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
-    assert proc.returncode == -signal.SIGKILL
+    # Killed while the org holds the second call of Cases (two a call).
+    kill_push(sf, "Case", nth=4)
     assert 2 <= len(_cases(sf)) < 6
-    sf.org.rules.clear()
     con = warehouse.connect(db_path)
     try:
         rerun = push(_settings(sf, db_path), con)

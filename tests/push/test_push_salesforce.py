@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from push_world import AS_OF, World
+from push_world import AS_OF, KillPush, World
 
 from churn.errors import ApiBudgetExhaustedError, ProductionSafetyError
 from churn.pipelines.push.sync import PushResult, push
@@ -30,8 +25,6 @@ WRITES = ("PATCH", "POST", "PUT", "DELETE")
 
 
 FALLBACK = "005000000000FALLBK"
-#: Seconds a wait may take before the test fails: a guard against a hang, not a speed check.
-HANG = 600.0
 
 
 @pytest.fixture
@@ -211,51 +204,14 @@ def test_rejected_records_are_reported_and_do_not_stop_the_rest(
 
 @pytest.mark.faults
 def test_kill_during_apply_then_rerun_no_duplicate_task_no_lost_update(
-    world: World, sf: RunningSalesforce, db_path: Path
+    world: World, sf: RunningSalesforce, db_path: Path, kill_push: KillPush
 ) -> None:
     ids = _seed(world, sf, 6, payment_health="Failed")
     world.signals([{"account_id": a, "episode_key": f"pf:{a}"} for a in ids])
     world.con.close()
-
-    # The kill lands at one point, whatever the machine's load: the org holds the second
-    # Task call after applying its first record (the call landed, its answer never comes,
-    # so the push cannot have committed it), until the process is dead.
-    reached, release = threading.Event(), threading.Event()
-    tasks_seen: list[Mapping[str, Any]] = []
-
-    def hold_the_second_task_call(sobject: str, record: Mapping[str, Any]) -> None:
-        if sobject == "Task":
-            tasks_seen.append(record)
-            if len(tasks_seen) == 4:  # the second record of the second call of two
-                reached.set()
-                release.wait(HANG)
-        return None
-
-    sf.add_rule(hold_the_second_task_call)
-    env = {
-        **os.environ,
-        **sf.settings_env(),
-        "PYTHONPATH": "src",
-        "SALESFORCE_API_RESERVE": "0",
-        "CHURN_PUSH__COLLECTION_SIZE": "2",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "churn", "--db", str(db_path), "push"],
-        env=env,
-        cwd=Path(__file__).resolve().parents[2],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert reached.wait(HANG), "the push never sent its second Task call"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=HANG)
-    finally:
-        release.set()  # the held call ends (its record applied, its answer to no one)
-    assert proc.returncode == -signal.SIGKILL
-    with sf.org.lock:  # the held call holds the org until it has finished
-        assert 2 <= len(sf.records["Task"]) < 6
-    sf.org.rules.clear()
+    # Killed while the org holds the second Task call (two records a call).
+    kill_push(sf, "Task", nth=4)
+    assert 2 <= len(sf.records["Task"]) < 6
     from churn import warehouse
 
     con = warehouse.connect(db_path)

@@ -5,18 +5,13 @@ only the window's changes; each kind is off-able."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from push_world import AS_OF, World
+from push_world import AS_OF, KillPush, World
 
 from churn.pipelines.push.sync import Scores, build_plan, push
 from churn.pipelines.push.timeline import ACTION
@@ -149,44 +144,16 @@ def test_a_downgrade_is_one_completed_task_with_before_and_after_and_none_on_a_r
 
 
 def test_kill_mid_push_then_rerun_leaves_no_duplicate(
-    world: World, sf: RunningSalesforce, db_path: Path
+    world: World, sf: RunningSalesforce, db_path: Path, kill_push: KillPush
 ) -> None:
     ids = _accounts(world, sf, 6)
     seed(world.con, PRICES)
     for i in range(6):
         seed(world.con, _seat_cut(i, AS_OF - (i + 1) * DAY))
     world.con.close()
-
-    def slow_org(sobject: str, record: Mapping[str, Any]) -> None:
-        time.sleep(0.15 if sobject == "Task" else 0.0)  # a busy org: writes take time
-        return None
-
-    sf.add_rule(slow_org)
-    env = {
-        **os.environ,
-        **sf.settings_env(),
-        "PYTHONPATH": "src",
-        "SALESFORCE_API_RESERVE": "0",
-        "CHURN_PUSH__COLLECTION_SIZE": "2",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "churn", "--db", str(db_path), "push"],
-        env=env,
-        cwd=Path(__file__).resolve().parents[2],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    # Kill once Salesforce has applied some records: a call landed, its commit may not have.
-    while len(_timeline(sf)) < 2 and time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
-    assert proc.returncode == -signal.SIGKILL
+    # Killed while the org holds the second call of timeline records (two a call).
+    kill_push(sf, "Task", nth=4)
     assert 2 <= len(_timeline(sf)) < 6
-    sf.org.rules.clear()
     from churn import warehouse
 
     con = warehouse.connect(db_path)
