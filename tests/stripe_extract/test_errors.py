@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import duckdb
 import pytest
@@ -19,63 +16,22 @@ from churn.errors import ModeMismatchError, PartialRunError, StripeRequestError
 from churn.pipelines.stripe.client import StripeApi, make_stripe_client
 from churn.pipelines.stripe.extract import extract_stripe
 from churn.settings import Settings, StripeSettings
+from stripe_extract.scripted import EMPTY, Script, scripted_server
 
 pytestmark = pytest.mark.slow
 
 KEY = "sk_test_secret_never_shown"
-EMPTY = {"object": "list", "data": [], "has_more": False, "url": "/v1/x"}
 
 
 def _error(kind: str, message: str) -> dict[str, Any]:
     return {"error": {"type": kind, "message": message}}
 
 
-class Script:
-    """Queued answers per path; an empty list page once a path's queue is spent."""
-
-    def __init__(self) -> None:
-        self.queues: dict[str, list[tuple[int, dict[str, str], Any]]] = {}
-        self.requests: list[str] = []
-        self.queries: list[str] = []  # path and query string, as sent
-
-    def add(self, path: str, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        self.queues.setdefault(path, []).append((status, headers or {}, body))
-
-    def answer(self, path: str) -> tuple[int, dict[str, str], Any]:
-        self.requests.append(path)
-        queue = self.queues.get(path)
-        return queue.pop(0) if queue else (200, {}, EMPTY)
-
-
 @pytest.fixture
 def server() -> Iterator[tuple[str, Script]]:
     script = Script()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            script.queries.append(unquote(self.path))
-            status, headers, body = script.answer(self.path.split("?", 1)[0])
-            # bytes are sent as they are: a body cut off on the way
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", script
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with scripted_server(script) as base:
+        yield base, script
 
 
 def _api(base: str, **kw: Any) -> tuple[StripeApi, list[float]]:
@@ -456,9 +412,11 @@ def test_payment_methods_set_on_subscriptions_and_legacy_cards_come_embedded(
     script.add("/v1/subscriptions", 200, _page(sub))
     con = warehouse.connect(db_path)
     extract_stripe(_settings(db_path, base), con, progress=False)
-    asked = [q for q in script.queries if q.startswith(("/v1/customers", "/v1/subscriptions"))]
-    assert "expand[0]=data.default_payment_method" in asked[1]
-    assert "data.default_source" in asked[0]
+    # The streams are listed concurrently: their first requests come in either order.
+    [customers] = [q for q in script.queries if q.startswith("/v1/customers?")]
+    [subscriptions] = [q for q in script.queries if q.startswith("/v1/subscriptions?")]
+    assert "expand[0]=data.default_payment_method" in subscriptions
+    assert "data.default_source" in customers
     assert con.execute(
         "SELECT payment_method_id, card_exp_year FROM core_payment_methods ORDER BY 1"
     ).fetchall() == [("card_1", 2027), ("pm_sub", 2028)]

@@ -11,16 +11,14 @@ limit." No test here sleeps: time moves only when the limiter's own sleep is cal
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 
 from churn.pipelines.stripe.client import StripeApi, make_stripe_client
 from churn.pipelines.stripe.ratelimit import RateLimiter, TokenBucket, endpoint_of
 from churn.settings import StripeSettings
+from stripe_extract.scripted import Script, scripted_server
 
 
 class FakeClock:
@@ -116,44 +114,14 @@ KEY = "sk_test_ratelimiter"
 @pytest.fixture
 def limited_server() -> Iterator[tuple[str, list[str]]]:
     """Answers 429 (Retry-After: 2) to the first /v1/customers request, 200 otherwise."""
-    seen: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            path = self.path.split("?")[0]
-            seen.append(path)
-            if path == "/v1/customers" and seen.count(path) == 1:
-                status, body = (
-                    429,
-                    (
-                        b'{"error":{"type":"invalid_request_error","code":"rate_limit",'
-                        b'"message":"Too many requests hit the API too quickly."}}'
-                    ),
-                )
-                headers = {"Retry-After": "2"}
-            else:
-                status, body, headers = 200, b'{"object":"list","data":[],"has_more":false}', {}
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    script = Script()
+    body = (
+        b'{"error":{"type":"invalid_request_error","code":"rate_limit",'
+        b'"message":"Too many requests hit the API too quickly."}}'
+    )
+    script.add("/v1/customers", 429, body, {"Retry-After": "2"})
+    with scripted_server(script, keep_alive=True) as base:
+        yield base, script.requests
 
 
 def test_a_429_on_one_stream_backs_off_every_stream(limited_server: tuple[str, list[str]]) -> None:
