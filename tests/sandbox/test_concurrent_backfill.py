@@ -7,7 +7,6 @@ pages make dozens of transactions, interleaved across streams.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
@@ -17,54 +16,40 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 
 from churn import warehouse
 from churn.pipelines.stripe.extract import extract_stripe
-from churn.pipelines.stripe.streams import CORE_TABLES, STREAMS
+from churn.pipelines.stripe.streams import STREAMS
 from churn.sandbox.stripe.server import stripe_server
 from churn.sandbox.world import World
 from churn.settings import load_settings
 from faults import tally
+from stripe_extract.landed import (
+    COMMITTED,
+    extract_cli,
+    extract_env,
+    landed,
+    lost_and_extra,
+    read_commits,
+)
 
-SRC = Path(__file__).resolve().parents[2] / "src"
 #: Before any run of this module: the small world's own times are all earlier.
 FETCHED_AFTER = warehouse.utcnow().replace(microsecond=0) - timedelta(minutes=1)
 
-#: Every landed row, minus the columns that say when it was fetched.
-COMPARED = {
-    **{s.table: "id, payload::VARCHAR, is_deleted, source, livemode" for s in STREAMS},
-    "raw_stripe_event": "id, type, created, payload::VARCHAR",
-    "stripe_subscription_versions": "subscription_id, source, payload::VARCHAR",
-    **{
-        t: "*"
-        for t in (
-            *(core.name for _, core in CORE_TABLES),
-            "history_subscriptions",
-            "history_subscription_items",
-        )
-    },
-    "quarantine": "source, stream, object_id, reason",
-}
-
 
 def _env(db: Path, base: str, key: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "CHURN_"))}
-    env.update(
-        CHURN_DB=str(db),
-        STRIPE_API_KEY=key,
-        STRIPE_API_BASE=base,
+    return extract_env(
+        db,
+        base,
+        key,
         STRIPE_PAGE_SIZE="5",
         STRIPE_LAND_BATCH_PAGES="2",
-        STRIPE_RECONCILE_EVERY_HOURS="0",
         # No client-side limit here (the stand-in enforces none): tested on its own.
         STRIPE_RATE_PER_SECOND="0",
         STRIPE_ENDPOINT_RATE_PER_SECOND="0",
-        PYTHONPATH=str(SRC),
+        **extra,
     )
-    env.update(extra)
-    return env
 
 
 def _extract(env: dict[str, str]) -> Any:
@@ -76,28 +61,9 @@ def _extract(env: dict[str, str]) -> Any:
         con.close()
 
 
-#: History intervals a listing opens start at its fetch time (just before its second),
-#: which differs between two runs: compared as "a fetch time", not as the instant.
-FETCHED_HISTORY = ("history_subscriptions", "history_subscription_items")
-
-
 def _contents(db: Path) -> dict[str, list[tuple[Any, ...]]]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        out = {}
-        for table, cols in COMPARED.items():
-            if table in FETCHED_HISTORY:
-                names = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
-                cols = ", ".join(
-                    f"CASE WHEN {n} >= TIMESTAMP '{FETCHED_AFTER}' THEN NULL ELSE {n} END"
-                    if n in ("valid_from", "valid_to")
-                    else n
-                    for n in names
-                )
-            out[table] = sorted(con.execute(f"SELECT {cols} FROM {table}").fetchall(), key=repr)
-        return out
-    finally:
-        con.close()
+    # History bounds a listing opens are its fetch time: compared as "a fetch time".
+    return landed(db, FETCHED_AFTER)
 
 
 def _differences(want: dict[str, list[Any]], got: dict[str, list[Any]]) -> dict[str, int]:
@@ -156,9 +122,6 @@ def test_a_rate_limited_stand_in_is_ridden_out_by_all_streams(
     assert _differences(want, got) == {}
 
 
-COMMITTED = b"page committed"
-
-
 @pytest.mark.slow
 @pytest.mark.faults
 def test_sigkill_during_a_concurrent_backfill_heals(
@@ -186,19 +149,8 @@ def test_sigkill_during_a_concurrent_backfill_heals(
         for i in range(3):
             db = tmp_path / f"kill{i}.duckdb"
             after = rng.randrange(1, commits - 2)
-            killed = subprocess.Popen(
-                [sys.executable, "-m", "churn", "-v", "extract", "stripe", "--no-progress"],
-                env={**env, "CHURN_DB": str(db)},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-            assert killed.stderr is not None
-            seen = 0
-            while seen < after:
-                line = killed.stderr.readline()
-                if not line:
-                    break
-                seen += COMMITTED in line
+            killed = extract_cli({**env, "CHURN_DB": str(db)})
+            read_commits(killed, after)
             killed.send_signal(signal.SIGKILL)
             killed.communicate(timeout=60)
             landed = _contents(db)
@@ -206,9 +158,8 @@ def test_sigkill_during_a_concurrent_backfill_heals(
             shutil.copy(db, tmp_path / f"kill{i}-as-killed.duckdb")
             _extract({**env, "CHURN_DB": str(db)})
             got = _contents(db)
-            lost = sum(len(set(rows) - set(got.get(t, []))) for t, rows in expected.items())
-            extra = sum(len(rows) - len(expected.get(t, [])) for t, rows in got.items())
-            tally.record(kills=1, runs_healed=1, rows_lost=lost, duplicates=max(extra, 0))
+            lost, extra = lost_and_extra(expected, got)
+            tally.record(kills=1, runs_healed=1, rows_lost=lost, duplicates=extra)
             assert _differences(expected, got) == {}, f"killed after commit {after}"
         # the kills landed mid-backfill, at different points
         assert len(states) >= 2, states

@@ -3,77 +3,44 @@ backfill and of an incremental run; the rerun must leave the warehouse as one cl
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import duckdb
 import pytest
 
 from churn import warehouse
 from churn.pipelines.stripe.extract import extract_stripe
-from churn.pipelines.stripe.streams import CORE_TABLES, STREAMS
 from churn.settings import load_settings
 from faults import tally
 
 from .conftest import HANG, TEST_KEY, LocalStripe, add_card, build_world
+from .landed import COMMITTED, extract_cli, extract_env, landed, lost_and_extra, read_commits
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.xdist_group("localstripe-kill")]
 
-SRC = Path(__file__).resolve().parents[2] / "src"
 KILLS_PER_PHASE = 6
-
-# What must be equal: every landed row, minus columns that say when it was fetched.
-COMPARED = {
-    **{s.table: "id, payload::VARCHAR, is_deleted, source, livemode" for s in STREAMS},
-    "raw_stripe_event": "id, type, created, payload::VARCHAR",
-    "stripe_subscription_versions": "subscription_id, source, payload::VARCHAR",
-    **{
-        t: "*"
-        for t in (
-            *(core.name for _, core in CORE_TABLES),
-            "history_subscriptions",
-            "history_subscription_items",
-        )
-    },
-    "quarantine": "source, stream, object_id, reason",
-}
 
 
 def _env(db: Path, base: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "CHURN_"))}
-    env.update(
-        CHURN_DB=str(db),
-        STRIPE_API_KEY=TEST_KEY,
-        STRIPE_API_BASE=base,
+    return extract_env(
+        db,
+        base,
+        TEST_KEY,
         STRIPE_PAGE_SIZE="2",  # many pages: many transactions to be killed between
         STRIPE_LAND_BATCH_PAGES="2",  # and batches of pages, as a real backfill lands them
         STRIPE_MAX_RETRIES="0",
         STRIPE_EVENTS_OVERLAP_SECONDS="0",
         STRIPE_EVENTS_ORDER="oldest_first",
-        STRIPE_RECONCILE_EVERY_HOURS="0",
-        PYTHONPATH=str(SRC),
     )
-    return env
-
-
-COMMITTED = b"page committed"
 
 
 def _cli(db: Path, base: str) -> subprocess.Popen[bytes]:
     # -v: the extract logs each committed page, which lets the kills land mid-run.
-    return subprocess.Popen(
-        [sys.executable, "-m", "churn", "-v", "extract", "stripe", "--no-progress"],
-        env=_env(db, base),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    return extract_cli(_env(db, base))
 
 
 def _clean_run(db: Path, base: str) -> int:
@@ -93,17 +60,6 @@ def _rerun(db: Path, base: str) -> None:
         con.close()
 
 
-def _contents(db: Path) -> dict[str, list[tuple[Any, ...]]]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return {
-            table: sorted(con.execute(f"SELECT {cols} FROM {table}").fetchall(), key=repr)
-            for table, cols in COMPARED.items()
-        }
-    finally:
-        con.close()
-
-
 def _progress(db: Path) -> tuple[int, bool]:
     """(committed sync_state rows, backfill complete) of a killed run's file."""
     con = warehouse.connect(db)
@@ -119,13 +75,7 @@ def _progress(db: Path) -> tuple[int, bool]:
 def _kill_after(db: Path, base: str, commits: int, jitter: float) -> None:
     """SIGKILL ``jitter`` seconds after the ``commits``-th committed page (0: after start)."""
     process = _cli(db, base)
-    assert process.stderr is not None
-    seen = 0
-    while seen < commits:
-        line = process.stderr.readline()
-        if not line:
-            break
-        seen += COMMITTED in line
+    read_commits(process, commits)
     time.sleep(jitter)
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=HANG)
@@ -146,7 +96,7 @@ def _phase(
     pages = _clean_run(clean, base)
     assert pages >= 2 * KILLS_PER_PHASE
     _rerun(clean, base)  # a rerun after a clean run changes nothing either
-    expected = _contents(clean)
+    expected = landed(clean)
     rng = random.Random(seed)
     points = []
     for i in range(KILLS_PER_PHASE):
@@ -158,10 +108,9 @@ def _phase(
         committed, _ = _progress(db)
         points.append((after, committed))
         _rerun(db, base)
-        got = _contents(db)
-        lost = sum(len(set(rows) - set(got.get(t, []))) for t, rows in expected.items())
-        extra = sum(len(rows) - len(expected.get(t, [])) for t, rows in got.items())
-        tally.record(kills=1, runs_healed=1, rows_lost=lost, duplicates=max(extra, 0))
+        got = landed(db)
+        lost, extra = lost_and_extra(expected, got)
+        tally.record(kills=1, runs_healed=1, rows_lost=lost, duplicates=extra)
         assert got == expected, f"{name}: killed {jitter:.3f}s after page {after}"
     return points
 
