@@ -39,6 +39,7 @@ from churn.pipelines.push.plan import (
     Owner,
     PushedState,
     canon,
+    close_record,
     episode_started,
     ladder,
     record_change,
@@ -162,24 +163,9 @@ def plan_cases(
         why = CLOSED_BECAUSE.get(status or "") or (
             known.resolution if known else UNKNOWN_RESOLUTION
         )
-        description = (pushed.fields.get("Description") or "") + (
-            f"\n\nClosed by the churn service on {as_of.date().isoformat()}: {why}."
-        )
-        send = {ext: key, "Status": case.status_closed, "Description": description}
-        send["Description"] = str(send["Description"])[:_MAX_DESCRIPTION]
-        new_state = {**pushed.fields, **{k: canon(v) for k, v in send.items()}}
         changes.append(
-            record_change(
-                CASE,
-                key,
-                ext,
-                "close_case",
-                send,
-                new_state,
-                "closed",
-                last_errors,
-                pushed.first_seen_at,
-                pushed.sf_id,
+            close_record(
+                pushed, ext, case.status_closed, "close_case", why, as_of.date(), last_errors
             )
         )
     return changes

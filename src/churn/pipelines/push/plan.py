@@ -455,7 +455,8 @@ def plan_tasks(
         new_state["_signal"] = episode.signal  # says why, when the Task is closed
         new_state["_stage"] = str(stage)  # the rung, which a Task never climbs down
         changes.append(
-            _task_change(
+            record_change(
+                TASK,
                 episode.episode_key,
                 external_id_field,
                 action,
@@ -470,47 +471,44 @@ def plan_tasks(
     for key, pushed in sorted(state.items()):
         if pushed.sobject != TASK or pushed.status != "open" or key in open_keys:
             continue
-        signal = str(pushed.fields.get("_signal") or "")
-        why = _resolution(signal)
-        description = (pushed.fields.get("Description") or "") + (
-            f"\n\nClosed by the churn service on {as_of.date().isoformat()}: {why}."
-        )
-        send = {
-            external_id_field: key,
-            "Status": settings.task_status_closed,
-            "Description": description[:_MAX_DESCRIPTION],
-        }
-        new_state = {**pushed.fields, **{k: canon(v) for k, v in send.items()}}
+        why = _resolution(str(pushed.fields.get("_signal") or ""))
         changes.append(
-            _task_change(
-                key,
+            close_record(
+                pushed,
                 external_id_field,
+                settings.task_status_closed,
                 "close_task",
-                send,
-                new_state,
-                "closed",
+                why,
+                as_of.date(),
                 last_errors,
-                pushed.first_seen_at,
-                pushed.sf_id,
             )
         )
     return changes
 
 
-def _task_change(
-    key: str,
+def close_record(
+    pushed: PushedState,
     external_id_field: str,
-    action: str,
-    send: dict[str, Any],
-    new_state: dict[str, Any],
     status: str,
+    action: str,
+    why: str,
+    day: date,
     last_errors: Mapping[str, str],
-    first_seen_at: datetime | None,
-    sf_id: str | None = None,
 ) -> Change:
+    """A Task's or a Case's close: its closed ``status`` and a line on its description
+    saying when and why."""
+    description = (pushed.fields.get("Description") or "") + (
+        f"\n\nClosed by the churn service on {day.isoformat()}: {why}."
+    )
+    send = {
+        external_id_field: pushed.record_key,
+        "Status": status,
+        "Description": description[:_MAX_DESCRIPTION],
+    }
+    new_state = {**pushed.fields, **{k: canon(v) for k, v in send.items()}}
     return record_change(
-        TASK, key, external_id_field, action, send, new_state, status, last_errors,
-        first_seen_at, sf_id,
+        pushed.sobject, pushed.record_key, external_id_field, action, send, new_state,
+        "closed", last_errors, pushed.first_seen_at, pushed.sf_id,
     )  # fmt: skip
 
 
@@ -595,29 +593,7 @@ def close_all_tasks(
         if pushed.sobject not in closing or pushed.status != "open":
             continue
         ext, status, action = closing[pushed.sobject]
-        description = (pushed.fields.get("Description") or "") + (
-            f"\n\nClosed by the churn service on {today.isoformat()}: {CLOSED_BY_OPERATOR}."
-        )
-        send = {
-            ext: pushed.record_key,
-            "Status": status,
-            "Description": description[:_MAX_DESCRIPTION],
-        }
-        new_state = {**pushed.fields, **{k: canon(v) for k, v in send.items()}}
-        changes.append(
-            record_change(
-                pushed.sobject,
-                pushed.record_key,
-                ext,
-                action,
-                send,
-                new_state,
-                "closed",
-                {},
-                pushed.first_seen_at,
-                pushed.sf_id,
-            )
-        )
+        changes.append(close_record(pushed, ext, status, action, CLOSED_BY_OPERATOR, today, {}))
     return Plan(as_of=None, changes=tuple(changes))
 
 
