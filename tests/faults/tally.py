@@ -85,6 +85,9 @@ def record(
         "duplicates": duplicates,
     }
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    # Made again if it went (a session whose process another's sweep could not see): a
+    # test never fails for its report.
+    Path(directory).mkdir(parents=True, exist_ok=True)
     with (Path(directory) / f"{worker}.jsonl").open("a", encoding="utf-8") as out:
         out.write(json.dumps(row) + "\n")
 
