@@ -62,19 +62,26 @@ _LINE_SUBSCRIPTION = (
     "stripe_id(l->'$.subscription'), i.subscription_id)"
 )
 
-#: Every invoice's lines, as the history reads them (``lines`` below).
+#: Every invoice's lines, as the history reads them (``lines`` below); each line's
+#: fields read from it parsed once or twice, not once a field (parsed_once).
+_LINE_FIELDS, _LINE_LISTS = parsed_once(
+    [_LINE_SUBSCRIPTION, "stripe_ts(l->'$.period.start')", "stripe_ts(l->'$.period.end')",
+     _LINE_ITEM, _LINE_PRICE, "TRY_CAST(l->>'$.quantity' AS BIGINT)", _LINE_PRORATION,
+     "TRY_CAST(l->>'$.amount' AS BIGINT)"],
+    doc="l",
+)  # fmt: skip
 _LINES = f"""
-        SELECT {_LINE_SUBSCRIPTION} AS subscription_id, i.invoice_id,
-               stripe_ts(l->'$.period.start') AS period_start,
-               stripe_ts(l->'$.period.end') AS period_end,
-               {_LINE_ITEM} AS item_id, {_LINE_PRICE} AS price_id,
-               TRY_CAST(l->>'$.quantity' AS BIGINT) AS quantity,
-               {_LINE_PRORATION} AS proration, TRY_CAST(l->>'$.amount' AS BIGINT) AS amount
-        FROM (SELECT i.invoice_id, i.subscription_id,
+        SELECT {_LINE_FIELDS[0]} AS subscription_id, i.invoice_id,
+               {_LINE_FIELDS[1]} AS period_start, {_LINE_FIELDS[2]} AS period_end,
+               {_LINE_FIELDS[3]} AS item_id, {_LINE_FIELDS[4]} AS price_id,
+               {_LINE_FIELDS[5]} AS quantity, {_LINE_FIELDS[6]} AS proration,
+               {_LINE_FIELDS[7]} AS amount
+        FROM (SELECT *, {_LINE_LISTS} FROM (
+              SELECT i.invoice_id, i.subscription_id,
                      unnest(CAST(r.payload->'$.lines.data' AS JSON[])) AS l
               FROM core_invoices i JOIN raw_stripe_invoice r ON r.id = i.invoice_id
               WHERE i.subscription_id IS NOT NULL AND i.status IS DISTINCT FROM 'draft'
-                AND NOT i.is_deleted) i
+                AND NOT i.is_deleted) i) i
 """
 
 _VERSIONS = f"""
@@ -568,7 +575,7 @@ def prepare_chunks(con: duckdb.DuckDBPyConnection) -> None:
     them. Temporary tables: a kill loses them, and the rerun builds them again."""
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _invoice_lines AS SELECT * FROM ({_LINES}) l "
-        f"WHERE {dirty('subscription', 'l.subscription_id')}"
+        f"WHERE {dirty('subscription', 'l.subscription_id')} ORDER BY subscription_id"
     )
     con.execute(_CHARGE_CARDS)
     con.execute(
@@ -606,7 +613,9 @@ def build_subscription_span(con: duckdb.DuckDBPyConnection, span: Span) -> None:
     """The history of the dirty subscriptions inside ``span``, as :func:`build_history`
     makes it for all of them (every window is per subscription); the caller's
     transaction, after :func:`prepare_chunks`."""
-    con.execute(_versions(span.dirty("s.subscription_id"), "SELECT * FROM _invoice_lines"))
+    # only the span's lines: every line reaches the result through its own subscription
+    lines = f"SELECT * FROM _invoice_lines WHERE {span.bounds('subscription_id')}"
+    con.execute(_versions(span.dirty("s.subscription_id"), lines))
     for table in ("history_subscriptions", "history_subscription_items"):
         con.execute(f"DELETE FROM {table} WHERE {span.dirty('subscription_id')}")
     con.execute(_SUBSCRIPTIONS)

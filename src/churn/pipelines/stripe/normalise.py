@@ -196,19 +196,17 @@ def _ok(stream: str) -> str:
     )
 
 
-_FIELD = re.compile(r"(?<![\w.])payload\s*(->>|->)\s*'([^']*)'")
-
-
-def parsed_once(exprs: list[str]) -> tuple[list[str], str]:
+def parsed_once(exprs: list[str], doc: str = "payload") -> tuple[list[str], str]:
     """``exprs`` with each ``payload->'path'`` read from one ``json_extract(payload,
     [paths])`` (``_v``) and each ``payload->>'path'`` from one ``json_extract_string``
     (``_s``): the payload parsed twice per row, not once per field (DuckDB keeps each
     JSON call's parsed documents for a vector: 20 MB or more a call, 25 calls a table).
     Returns the expressions and the select list that adds ``_v`` and ``_s`` ('' if
-    none), to select them from."""
+    none), to select them from. ``doc``: the JSON column read (``payload``)."""
+    pattern = re.compile(rf"(?<![\w.]){re.escape(doc)}\s*(->>|->)\s*'([^']*)'")
     paths: dict[str, list[str]] = {"->": [], "->>": []}
     for expr in exprs:
-        for op, path in _FIELD.findall(expr):
+        for op, path in pattern.findall(expr):
             if path not in paths[op]:
                 paths[op].append(path)
 
@@ -216,9 +214,9 @@ def parsed_once(exprs: list[str]) -> tuple[list[str], str]:
         op, path = match[1], match[2]
         return f"{'_v' if op == '->' else '_s'}[{paths[op].index(path) + 1}]"
 
-    out = [_FIELD.sub(field, expr) for expr in exprs]
+    out = [pattern.sub(field, expr) for expr in exprs]
     lists = [
-        f"{fn}(payload, [{', '.join(literal(p) for p in paths[op])}]) AS {alias}"
+        f"{fn}({doc}, [{', '.join(literal(p) for p in paths[op])}]) AS {alias}"
         for op, fn, alias in (("->", "json_extract", "_v"), ("->>", "json_extract_string", "_s"))
         if paths[op]
     ]

@@ -8,7 +8,8 @@ time, so memory follows the chunk, not the account:
 
 1. each stream's quarantine and core tables, for its dirty ids in spans of ``chunk`` ids
    (:class:`~churn.pipelines.stripe.normalise.Span`);
-2. the subscriptions' history, span by span, from the dirty subscriptions' invoice lines
+2. the subscriptions' history, in spans of a tenth of ``chunk`` (each subscription is
+   tens of versions and billed periods), from the dirty subscriptions' invoice lines
    read once (:func:`~churn.pipelines.stripe.history.prepare_chunks`);
 3. the customers' and payment methods' in-place history, span by span;
 4. ``stripe_dirty`` emptied (``keep_pending``: kept).
@@ -74,7 +75,9 @@ def rebuild_core(
             _committed("core", span.stream, chunks)
     prepare_chunks(con)
     try:
-        for span in subscription_spans(con, chunk):
+        # A subscription's history reads all its versions and billed periods (tens of
+        # rows, JSON each): a tenth of the ids per chunk.
+        for span in subscription_spans(con, max(1, chunk // 10)):
             with transaction(con):
                 build_subscription_span(con, span)
             chunks += 1
