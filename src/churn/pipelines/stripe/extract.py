@@ -203,10 +203,14 @@ def _memory_limit(con: duckdb.DuckDBPyConnection, settings: Settings) -> Iterato
     # fetchall, not fetchone: DuckDB 2 keeps an unfinished result busy on the connection.
     rows = con.execute(
         "SELECT current_setting('memory_limit'), current_setting('temp_directory'), "
-        "(SELECT path FROM duckdb_databases() WHERE database_name = current_database())"
+        "(SELECT path FROM duckdb_databases() WHERE database_name = current_database()), "
+        "current_setting('allocator_flush_threshold')"
     ).fetchall()
-    memory, temp, path = rows[0] if rows else (None, None, None)
+    memory, temp, path, flush = rows[0] if rows else (None, None, None, None)
     con.execute(f"SET memory_limit = '{limit}'")
+    # The allocator hands freed memory back to the system after any task that peaked past
+    # this (DuckDB's default: 128 MiB), so the process's RSS follows what is in use.
+    con.execute("SET allocator_flush_threshold = '16MB'")
     spill = str(Path(path).with_name(Path(path).name + ".tmp")) if path else None
     if spill is not None and temp != spill:
         # Kept after (DuckDB cannot switch a temporary directory once it has been used),
@@ -218,6 +222,8 @@ def _memory_limit(con: duckdb.DuckDBPyConnection, settings: Settings) -> Iterato
     finally:
         if memory is not None:
             con.execute(f"SET memory_limit = '{memory}'")
+        if flush is not None:
+            con.execute(f"SET allocator_flush_threshold = '{flush}'")
 
 
 def refresh_core(

@@ -62,6 +62,9 @@ def rebuild_core(
     chunks of at most ``chunk`` ids, each committed on its own (see the module
     docstring); not inside a transaction. Returns (quarantined, intervals), as
     :func:`~churn.pipelines.stripe.extract.refresh_core` does."""
+    # What landing left in memory (the primary keys' indexes, the new row groups) written
+    # to the file, where DuckDB can evict it under its memory limit.
+    con.execute("CHECKPOINT")
     if full:
         with transaction(con):
             _mark_all_dirty(con)
