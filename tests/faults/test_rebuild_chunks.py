@@ -15,6 +15,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -200,3 +201,72 @@ def test_a_kill_during_a_chunked_rebuild_heals(world: Path, tmp_path: Path) -> N
         lost, extra, tables = difference(want, contents(db))
         tally.record(kills=1, runs_healed=1, rows_lost=lost, duplicates=extra)
         assert (lost, extra) == (0, 0), (after, tables)
+
+
+def test_the_rebuild_runs_under_the_extract_memory_limit(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STRIPE_EXTRACT_MEMORY_LIMIT holds DuckDB in the rebuild too (it was restored before
+    it), spilling beside the warehouse; the connection's own limit is back after."""
+    from churn.pipelines.stripe import extract
+
+    seen: list[tuple[object, ...]] = []
+
+    def spy(con: Any, *args: Any, **kwargs: Any) -> tuple[int, int]:
+        seen.extend(
+            con.execute(
+                "SELECT current_setting('memory_limit'), current_setting('temp_directory')"
+            ).fetchall()
+        )
+        return rebuild_core(con, *args, **kwargs)
+
+    monkeypatch.setattr(extract, "rebuild_core", spy)
+    db = tmp_path / "w.duckdb"
+    with serve_world(world) as box:
+        settings = load_settings(env={**_env(box, db), "STRIPE_EXTRACT_MEMORY_LIMIT": "200MB"})
+        con = warehouse.connect(db)
+        try:
+            before = con.execute("SELECT current_setting('memory_limit')").fetchall()
+            extract_stripe(settings, con, progress=False)
+            after = con.execute("SELECT current_setting('memory_limit')").fetchall()
+        finally:
+            con.close()
+    ((limit, spill),) = seen
+    assert limit == "190.7 MiB"  # DuckDB shows 200MB (10^6 bytes) in MiB
+    assert spill == str(tmp_path / "w.duckdb.tmp")
+    assert after == before
+
+
+def test_a_rebuild_out_of_memory_is_redone_under_the_connections_limit(
+    world: Path, landed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB's "Out of Memory" in the rebuild under STRIPE_EXTRACT_MEMORY_LIMIT (here
+    injected in the first subscription-history chunk, after the core chunks committed):
+    the rebuild is done again without it, the run succeeds and counts it, and the
+    tables equal an extract's that met no such error."""
+    import duckdb
+
+    from churn.pipelines.stripe import rebuild
+
+    real = rebuild.build_subscription_span
+    calls = {"n": 0}
+
+    def once(con: Any, span: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise duckdb.OutOfMemoryException("Out of Memory Error: injected")
+        real(con, span)
+
+    monkeypatch.setattr(rebuild, "build_subscription_span", once)
+    db = tmp_path / "w.duckdb"
+    with serve_world(world) as box:
+        settings = load_settings(env=_env(box, db))
+        con = warehouse.connect(db)
+        try:
+            result = extract_stripe(settings, con, progress=False)
+        finally:
+            con.close()
+    assert result.counts.get("rebuild_out_of_memory") == 1
+    lost, extra, tables = difference(contents(landed), contents(db))
+    tally.record(faults_injected=1, runs_healed=1, rows_lost=lost, duplicates=extra)
+    assert (lost, extra) == (0, 0), tables

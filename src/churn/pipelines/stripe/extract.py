@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import queue
@@ -166,14 +167,28 @@ def extract_stripe(
     partial_backfill = backfilling and failure is not None and not run.backfill_complete()
     # In chunks of ids, each committed on its own (churn.pipelines.stripe.rebuild): the
     # rows a single transaction gives, in memory that follows the chunk, not the account.
-    with _memory_limit(con, settings):
-        quarantined, intervals = rebuild_core(
-            con,
-            run.run_id,
-            full=full,
-            keep_pending=partial_backfill,
-            chunk=settings.stripe.rebuild_chunk_ids,
+    rebuild = functools.partial(
+        rebuild_core,
+        con,
+        run.run_id,
+        full=full,
+        keep_pending=partial_backfill,
+        chunk=settings.stripe.rebuild_chunk_ids,
+    )
+    try:
+        with _memory_limit(con, settings):
+            quarantined, intervals = rebuild()
+    except duckdb.OutOfMemoryException:
+        # Not measured past 10,000 accounts: rather than fail the run, the rebuild is done
+        # again (it is idempotent, and what is pending is kept until it ends) under the
+        # connection's own limit, and the run says so.
+        log.warning(
+            "Stripe core rebuild: out of memory under STRIPE_EXTRACT_MEMORY_LIMIT=%s;"
+            " redone under the warehouse connection's limit (raise the setting)",
+            settings.stripe.extract_memory_limit,
         )
+        result.add("rebuild_out_of_memory", 1)
+        quarantined, intervals = rebuild()
     result.add("quarantined", quarantined)
     result.add("history_intervals", intervals)
     result.seconds = round(time.monotonic() - started, 3)
@@ -202,11 +217,10 @@ def _memory_limit(con: duckdb.DuckDBPyConnection, settings: Settings) -> Iterato
         return
     # fetchall, not fetchone: DuckDB 2 keeps an unfinished result busy on the connection.
     rows = con.execute(
-        "SELECT current_setting('memory_limit'), current_setting('temp_directory'), "
-        "(SELECT path FROM duckdb_databases() WHERE database_name = current_database()), "
-        "current_setting('allocator_flush_threshold')"
+        "SELECT current_setting('temp_directory'), "
+        "(SELECT path FROM duckdb_databases() WHERE database_name = current_database())"
     ).fetchall()
-    memory, temp, path, flush = rows[0] if rows else (None, None, None, None)
+    temp, path = rows[0] if rows else (None, None)
     con.execute(f"SET memory_limit = '{limit}'")
     # The allocator hands freed memory back to the system after any task that peaked past
     # this (DuckDB's default: 128 MiB), so the process's RSS follows what is in use.
@@ -220,10 +234,11 @@ def _memory_limit(con: duckdb.DuckDBPyConnection, settings: Settings) -> Iterato
     try:
         yield
     finally:
-        if memory is not None:
-            con.execute(f"SET memory_limit = '{memory}'")
-        if flush is not None:
-            con.execute(f"SET allocator_flush_threshold = '{flush}'")
+        # Without run.duckdb_memory_limit the connection has DuckDB's defaults: RESET gives
+        # them back exactly (a SET of the value current_setting shows rounds it down by
+        # 0.1 GiB each time: 18.8 GiB came back as 18.7).
+        con.execute("RESET memory_limit")
+        con.execute("RESET allocator_flush_threshold")
 
 
 def refresh_core(
