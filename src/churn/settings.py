@@ -110,14 +110,16 @@ class StripeSettings(_Section):
     #: Requests a second to one endpoint (0: no limit): "API endpoints have a default
     #: limit of 25 requests per second" (docs.stripe.com/rate-limits).
     endpoint_rate_per_second: float = Field(25.0, ge=0)
-    #: DuckDB's ``memory_limit`` while the Stripe extract lists (backfill pages, events,
-    #: reconciliation; restored before core and the history are rebuilt, whose whole-table
-    #: statements need more), unless ``run.duckdb_memory_limit`` bounds the whole run.
-    #: None: DuckDB's default (80% of the RAM). 256MB met "Out of Memory" in the rebuild
-    #: at 10,000 accounts, hence listing only.
+    #: DuckDB's ``memory_limit`` during the Stripe extract (listing, events,
+    #: reconciliation, and the rebuild of core and history in chunks), spilling past it
+    #: to ``<warehouse>.tmp/``; restored after. Unless ``run.duckdb_memory_limit`` bounds
+    #: the whole run. None: DuckDB's default (80% of the RAM).
     extract_memory_limit: str | None = Field(
-        None, pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"
+        "256MB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"
     )
+    #: The rebuild of core and history after an extract goes this many ids (of one
+    #: stream) per transaction: memory follows the chunk, not the account.
+    rebuild_chunk_ids: int = Field(10_000, ge=1)
     #: Streams a backfill lists at once (threads; the warehouse keeps one writer). Four
     #: endpoints at 25 a second make the global 100; more keep it full as streams end.
     concurrency: int = Field(6, ge=1, le=32)

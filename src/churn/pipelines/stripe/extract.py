@@ -13,12 +13,15 @@
   re-list the mutable streams, diff against the raw tables, land what events missed and
   count each difference (new, changed, gone -> kept as deleted).
 - Then ``core_*`` and the history are redone for the objects landed since the last
-  rebuild (``stripe_dirty``; ``full``: for all), in one transaction.
+  rebuild (``stripe_dirty``; ``full``: for all), in chunks of ids, each chunk its own
+  transaction (:mod:`churn.pipelines.stripe.rebuild`); all of it under
+  ``stripe.extract_memory_limit``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import queue
@@ -28,6 +31,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -49,8 +53,10 @@ from churn.pipelines.stripe import land as stripe_land
 from churn.pipelines.stripe.client import StripeApi, make_stripe_client
 from churn.pipelines.stripe.history import build_history
 from churn.pipelines.stripe.land import Version, check_mode, land, mark_deleted
+from churn.pipelines.stripe.normalise import literal as _literal
 from churn.pipelines.stripe.normalise import normalise
 from churn.pipelines.stripe.partial import QUARANTINE_SOURCE, is_partial, missing_fields
+from churn.pipelines.stripe.rebuild import rebuild_core
 from churn.pipelines.stripe.streams import (
     LISTED,
     OBJECT_TABLES,
@@ -159,12 +165,32 @@ def extract_stripe(
     # stop at different points (a subscription's invoices half landed), so the run that
     # completes the backfill builds those objects and their history again, whole.
     partial_backfill = backfilling and failure is not None and not run.backfill_complete()
-    with transaction(con):
-        quarantined, intervals = refresh_core(
-            con, run.run_id, full=full, keep_pending=partial_backfill
+    # In chunks of ids, each committed on its own (churn.pipelines.stripe.rebuild): the
+    # rows a single transaction gives, in memory that follows the chunk, not the account.
+    rebuild = functools.partial(
+        rebuild_core,
+        con,
+        run.run_id,
+        full=full,
+        keep_pending=partial_backfill,
+        chunk=settings.stripe.rebuild_chunk_ids,
+    )
+    try:
+        with _memory_limit(con, settings):
+            quarantined, intervals = rebuild()
+    except duckdb.OutOfMemoryException:
+        # Not measured past 10,000 accounts: rather than fail the run, the rebuild is done
+        # again (it is idempotent, and what is pending is kept until it ends) under the
+        # connection's own limit, and the run says so.
+        log.warning(
+            "Stripe core rebuild: out of memory under STRIPE_EXTRACT_MEMORY_LIMIT=%s;"
+            " redone under the warehouse connection's limit (raise the setting)",
+            settings.stripe.extract_memory_limit,
         )
-        result.add("quarantined", quarantined)
-        result.add("history_intervals", intervals)
+        result.add("rebuild_out_of_memory", 1)
+        quarantined, intervals = rebuild()
+    result.add("quarantined", quarantined)
+    result.add("history_intervals", intervals)
     result.seconds = round(time.monotonic() - started, 3)
     landed = {k: v for k, v in result.counts.items() if v and k.startswith(("objects", "events"))}
     _log_end(con, result, failure, partial=bool(landed))
@@ -183,19 +209,36 @@ def extract_stripe(
 
 @contextlib.contextmanager
 def _memory_limit(con: duckdb.DuckDBPyConnection, settings: Settings) -> Iterator[None]:
-    """DuckDB held to ``stripe.extract_memory_limit`` inside, restored after."""
+    """DuckDB held to ``stripe.extract_memory_limit`` inside (restored after), spilling
+    past it to ``<warehouse>.tmp/`` beside the file, as ``run.duckdb_memory_limit`` does."""
     limit = settings.stripe.extract_memory_limit
     if limit is None or settings.run.duckdb_memory_limit is not None:
         yield
         return
     # fetchall, not fetchone: DuckDB 2 keeps an unfinished result busy on the connection.
-    rows = con.execute("SELECT current_setting('memory_limit')").fetchall()
+    rows = con.execute(
+        "SELECT current_setting('temp_directory'), "
+        "(SELECT path FROM duckdb_databases() WHERE database_name = current_database())"
+    ).fetchall()
+    temp, path = rows[0] if rows else (None, None)
     con.execute(f"SET memory_limit = '{limit}'")
+    # The allocator hands freed memory back to the system after any task that peaked past
+    # this (DuckDB's default: 128 MiB), so the process's RSS follows what is in use.
+    con.execute("SET allocator_flush_threshold = '16MB'")
+    spill = str(Path(path).with_name(Path(path).name + ".tmp")) if path else None
+    if spill is not None and temp != spill:
+        # Kept after (DuckDB cannot switch a temporary directory once it has been used),
+        # and left as it is when it has been: spilling then goes where it went.
+        with contextlib.suppress(duckdb.NotImplementedException):
+            con.execute(f"SET temp_directory = {_literal(spill)}")
     try:
         yield
     finally:
-        if rows:
-            con.execute(f"SET memory_limit = '{rows[0][0]}'")
+        # Without run.duckdb_memory_limit the connection has DuckDB's defaults: RESET gives
+        # them back exactly (a SET of the value current_setting shows rounds it down by
+        # 0.1 GiB each time: 18.8 GiB came back as 18.7).
+        con.execute("RESET memory_limit")
+        con.execute("RESET allocator_flush_threshold")
 
 
 def refresh_core(

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import duckdb
 
-from churn.pipelines.stripe.normalise import dirty, typed
+from churn.pipelines.stripe.normalise import Span, dirty, parsed_once, spans, typed
 
 _ITEMS = "CAST(payload->'$.items.data' AS JSON[])"
 
@@ -62,6 +62,28 @@ _LINE_SUBSCRIPTION = (
     "stripe_id(l->'$.subscription'), i.subscription_id)"
 )
 
+#: Every invoice's lines, as the history reads them (``lines`` below); each line's
+#: fields read from it parsed once or twice, not once a field (parsed_once).
+_LINE_FIELDS, _LINE_LISTS = parsed_once(
+    [_LINE_SUBSCRIPTION, "stripe_ts(l->'$.period.start')", "stripe_ts(l->'$.period.end')",
+     _LINE_ITEM, _LINE_PRICE, "TRY_CAST(l->>'$.quantity' AS BIGINT)", _LINE_PRORATION,
+     "TRY_CAST(l->>'$.amount' AS BIGINT)"],
+    doc="l",
+)  # fmt: skip
+_LINES = f"""
+        SELECT {_LINE_FIELDS[0]} AS subscription_id, i.invoice_id,
+               {_LINE_FIELDS[1]} AS period_start, {_LINE_FIELDS[2]} AS period_end,
+               {_LINE_FIELDS[3]} AS item_id, {_LINE_FIELDS[4]} AS price_id,
+               {_LINE_FIELDS[5]} AS quantity, {_LINE_FIELDS[6]} AS proration,
+               {_LINE_FIELDS[7]} AS amount
+        FROM (SELECT *, {_LINE_LISTS} FROM (
+              SELECT i.invoice_id, i.subscription_id,
+                     unnest(CAST(r.payload->'$.lines.data' AS JSON[])) AS l
+              FROM core_invoices i JOIN raw_stripe_invoice r ON r.id = i.invoice_id
+              WHERE i.subscription_id IS NOT NULL AND i.status IS DISTINCT FROM 'draft'
+                AND NOT i.is_deleted) i) i
+"""
+
 _VERSIONS = f"""
     CREATE OR REPLACE TEMP TABLE _sub_versions AS
     WITH observed AS (
@@ -79,17 +101,7 @@ _VERSIONS = f"""
         FROM observed GROUP BY subscription_id
     ), lines AS (
         -- what each period's invoice billed: the items and seats in force at its start
-        SELECT {_LINE_SUBSCRIPTION} AS subscription_id, i.invoice_id,
-               stripe_ts(l->'$.period.start') AS period_start,
-               stripe_ts(l->'$.period.end') AS period_end,
-               {_LINE_ITEM} AS item_id, {_LINE_PRICE} AS price_id,
-               TRY_CAST(l->>'$.quantity' AS BIGINT) AS quantity,
-               {_LINE_PRORATION} AS proration, TRY_CAST(l->>'$.amount' AS BIGINT) AS amount
-        FROM (SELECT i.invoice_id, i.subscription_id,
-                     unnest(CAST(r.payload->'$.lines.data' AS JSON[])) AS l
-              FROM core_invoices i JOIN raw_stripe_invoice r ON r.id = i.invoice_id
-              WHERE i.subscription_id IS NOT NULL AND i.status IS DISTINCT FROM 'draft'
-                AND NOT i.is_deleted) i
+        __LINES__
     ), billed AS (
         SELECT subscription_id, invoice_id, min(period_start) AS period_start,
                max(period_end) AS period_end,
@@ -118,12 +130,19 @@ _VERSIONS = f"""
         -- A first state seen in a list holds since the last period billed before it (a
         -- snapshot's own time is only when it was read); one seen canceled keeps its
         -- end, and one seen in an event its event's time (the change it records).
-        SELECT f.subscription_id, f.first_ts, f.payload,
+        -- (the first state's fields read here, once a subscription, not once a period)
+        SELECT f.subscription_id, f.first_ts, f.payload, f.first_currency, f.first_trial_end,
                max(b.period_start) FILTER (WHERE b.period_start < f.first_ts
-                                             AND f.payload->>'$.status' <> 'canceled'
+                                             AND f.first_status <> 'canceled'
                                              AND f.source <> 'event') AS held_since,
                max(b.period_end) FILTER (WHERE b.period_start < f.first_ts) AS last_billed_end
-        FROM first_seen f LEFT JOIN periods b USING (subscription_id)
+        FROM (SELECT *, payload->>'$.status' AS first_status,
+                     lower(coalesce(payload->>'$.currency', payload->>'$.plan.currency',
+                                    {_ITEMS}[1]->>'$.price.currency',
+                                    {_ITEMS}[1]->>'$.plan.currency')) AS first_currency,
+                     stripe_ts(payload->'$.trial_end') AS first_trial_end
+              FROM first_seen) f
+        LEFT JOIN periods b USING (subscription_id)
         GROUP BY ALL
     ), invoiced AS (
         -- one version per billed period before that: the first seen state, active
@@ -131,11 +150,8 @@ _VERSIONS = f"""
         SELECT a.subscription_id, b.period_start AS version_ts, -1 AS version_seq,
                'invoice:' || b.invoice_id AS version_key,
                json_merge_patch(a.payload, json_object(
-                   'currency', lower(coalesce(a.payload->>'$.currency',
-                                              a.payload->>'$.plan.currency',
-                                              {_ITEMS.replace("payload", "a.payload")}[1]->>'$.price.currency',
-                                              {_ITEMS.replace("payload", "a.payload")}[1]->>'$.plan.currency')),
-                   'status', CASE WHEN stripe_ts(a.payload->'$.trial_end') > b.period_start
+                   'currency', a.first_currency,
+                   'status', CASE WHEN a.first_trial_end > b.period_start
                                   THEN 'trialing' ELSE 'active' END,
                    'cancel_at_period_end', FALSE, 'cancel_at', NULL, 'canceled_at', NULL,
                    'ended_at', NULL, 'pause_collection', NULL,
@@ -270,6 +286,15 @@ _VERSIONS = f"""
     FROM distinct_instants
 """
 
+# The state columns read from each version's payload parsed once (parsed_once).
+_HEAD, _REST = _VERSIONS.split("    , s AS (\n    SELECT ", 1)
+_SELECT, _TAIL = _REST.split("\n    FROM latest_per_instant\n", 1)
+(_SELECT,), _LISTS = parsed_once([_SELECT])
+_VERSIONS = (
+    f"{_HEAD}    , s AS (\n    SELECT {_SELECT}\n"
+    f"    FROM (SELECT *, {_LISTS} FROM latest_per_instant)\n{_TAIL}"
+)
+
 # Each version's start: its own time, the first one's pulled back to `created`.
 _START = (
     "CASE WHEN n = 1 THEN least(version_ts, coalesce(created_at, version_ts)) ELSE version_ts END"
@@ -350,9 +375,10 @@ _IN_PLACE = """
                payload->'$.data.previous_attributes' AS prev
         FROM raw_stripe_event
         WHERE object_type IN ({kinds}) AND object_id IS NOT NULL AND object_id IN ({scope})
+          AND {object_bounds}
         UNION ALL
         SELECT id, version_ts, 0, '', payload, is_deleted, NULL FROM {raw}
-        WHERE id IN ({scope})
+        WHERE id IN ({scope}) AND {id_bounds}
         {extra_versions}
     ), before_first AS (
         -- the state before the earliest event, when that event says what it changed
@@ -409,6 +435,29 @@ _CHARGE_VERSIONS = f"""
         WHERE c->>'$.exp_year' IS NOT NULL
 """
 
+#: The cards of every charge, as ``_CHARGE_VERSIONS`` reads them, with the payment method
+#: its core row names (the scope): built once for a rebuild in chunks, which then reads
+#: them by payment method instead of reading every charge's payload again per chunk.
+_CHARGE_CARDS = f"""
+    CREATE OR REPLACE TEMP TABLE _charge_cards AS
+    SELECT cc.payment_method_id AS scope_pm, {_CHARGE_PM} AS id,
+           stripe_ts(payload->'$.created') AS ts, 2 AS rank, 'charge:' || id AS k,
+           json_object('object', 'payment_method', 'type', 'card',
+                       'customer', payload->'$.customer',
+                       'card', json_object('brand', c->'$.brand', 'last4', c->'$.last4',
+                                           'exp_month', c->'$.exp_month',
+                                           'exp_year', c->'$.exp_year')) AS p,
+           FALSE AS gone, NULL::JSON AS prev
+    FROM (SELECT r.*, {_CHARGE_CARD} AS c FROM raw_stripe_charge r) r
+    JOIN (SELECT charge_id, payment_method_id FROM core_charges
+          WHERE card_exp_year IS NOT NULL) cc ON cc.charge_id = r.id
+    WHERE c->>'$.exp_year' IS NOT NULL
+"""
+_CHARGE_CARDS_VERSIONS = """
+        UNION ALL
+        SELECT id, ts, rank, k, p, gone, prev FROM _charge_cards WHERE scope_pm IN ({scope})
+"""
+
 _CUSTOMER_COLUMNS = (
     ("default_payment_method", "stripe_id(p->'$.invoice_settings.default_payment_method')"),
     ("default_source", "stripe_id(p->'$.default_source')"),
@@ -428,7 +477,7 @@ _PAYMENT_METHOD_COLUMNS = (
 
 def _in_place_sql(
     table: str, stream: str, kinds: tuple[str, ...], columns: tuple[tuple[str, str], ...],
-    *, scope: str, with_deleted: bool, extra_versions: str = "",
+    *, scope: str, with_deleted: bool, extra_versions: str = "", bounds: Span | None = None,
 ) -> str:  # fmt: skip
     names = ", ".join(n for n, _ in columns)
     return _IN_PLACE.format(
@@ -436,6 +485,8 @@ def _in_place_sql(
         raw=f"raw_stripe_{stream}",
         kinds=", ".join(f"'{k}'" for k in kinds),
         scope=scope,
+        object_bounds=bounds.bounds("object_id") if bounds else "TRUE",
+        id_bounds=bounds.bounds("id") if bounds else "TRUE",
         extra_versions=extra_versions.replace("{scope}", scope),
         columns=", ".join(f"{e} AS {n}" for n, e in columns),
         state=names,
@@ -494,11 +545,11 @@ def build_history(con: duckdb.DuckDBPyConnection, *, full: bool = False) -> int:
     rebuild would give for it.
     """
     if full:
-        con.execute(_VERSIONS.replace("__SCOPE__", "TRUE"))
+        con.execute(_versions("TRUE", _LINES))
         con.execute("DELETE FROM history_subscriptions")
         con.execute("DELETE FROM history_subscription_items")
     else:
-        con.execute(_VERSIONS.replace("__SCOPE__", dirty("subscription", "s.subscription_id")))
+        con.execute(_versions(dirty("subscription", "s.subscription_id"), _LINES))
         for table in ("history_subscriptions", "history_subscription_items"):
             con.execute(f"DELETE FROM {table} WHERE {dirty('subscription', 'subscription_id')}")
     con.execute(_SUBSCRIPTIONS)
@@ -507,3 +558,86 @@ def build_history(con: duckdb.DuckDBPyConnection, *, full: bool = False) -> int:
     build_in_place_history(con, full=full)
     row = con.execute("SELECT count(*) FROM history_subscriptions").fetchone()
     return int(row[0]) if row else 0
+
+
+def _versions(scope: str, lines: str) -> str:
+    return _VERSIONS.replace("__SCOPE__", scope).replace("__LINES__", lines)
+
+
+# -- the same, in chunks (churn.pipelines.stripe.rebuild) -------------------------------
+
+
+def prepare_chunks(con: duckdb.DuckDBPyConnection) -> None:
+    """What every chunk reads, built once from the core tables (normalised first): the
+    dirty subscriptions' invoice lines (``_invoice_lines``), the cards of charges
+    (``_charge_cards``), and the customers and payment methods whose in-place history is
+    to redo (``_customer_scope``, ``_pm_scope``), as :func:`build_in_place_history` picks
+    them. Temporary tables: a kill loses them, and the rerun builds them again."""
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _invoice_lines AS SELECT * FROM ({_LINES}) l "
+        f"WHERE {dirty('subscription', 'l.subscription_id')} ORDER BY subscription_id"
+    )
+    con.execute(_CHARGE_CARDS)
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _customer_scope AS "
+        "SELECT id FROM stripe_dirty WHERE stream = 'customer' EXCEPT SELECT object_id "
+        "FROM quarantine WHERE source = 'stripe' AND stream = 'customer'"
+    )
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _pm_scope AS "
+        "SELECT id FROM stripe_dirty WHERE stream = 'payment_method' UNION "
+        f"SELECT payment_method_id FROM core_charges WHERE {dirty('charge', 'charge_id')}"
+    )
+
+
+def drop_chunks(con: duckdb.DuckDBPyConnection) -> None:
+    for table in ("_invoice_lines", "_charge_cards", "_customer_scope", "_pm_scope"):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def subscription_spans(con: duckdb.DuckDBPyConnection, size: int) -> list[Span]:
+    return spans(
+        con, "subscription", "SELECT id FROM stripe_dirty WHERE stream = 'subscription'", size
+    )
+
+
+def in_place_spans(con: duckdb.DuckDBPyConnection, size: int) -> list[Span]:
+    """Spans of ``_customer_scope`` (stream ``customer``), then of ``_pm_scope``."""
+    return [
+        *spans(con, "customer", "SELECT id FROM _customer_scope", size),
+        *spans(con, "payment_method", "SELECT id FROM _pm_scope", size),
+    ]
+
+
+def build_subscription_span(con: duckdb.DuckDBPyConnection, span: Span) -> None:
+    """The history of the dirty subscriptions inside ``span``, as :func:`build_history`
+    makes it for all of them (every window is per subscription); the caller's
+    transaction, after :func:`prepare_chunks`."""
+    # only the span's lines: every line reaches the result through its own subscription
+    lines = f"SELECT * FROM _invoice_lines WHERE {span.bounds('subscription_id')}"
+    con.execute(_versions(span.dirty("s.subscription_id"), lines))
+    for table in ("history_subscriptions", "history_subscription_items"):
+        con.execute(f"DELETE FROM {table} WHERE {span.dirty('subscription_id')}")
+    con.execute(_SUBSCRIPTIONS)
+    con.execute(_ITEMS_HISTORY)
+    con.execute("DROP TABLE _sub_versions")
+
+
+def build_in_place_span(con: duckdb.DuckDBPyConnection, span: Span) -> None:
+    """The in-place history of the customers (``span.stream`` customer) or payment
+    methods inside ``span``, as :func:`build_in_place_history` makes it for all in
+    scope; the caller's transaction, after :func:`prepare_chunks`."""
+    if span.stream == "customer":
+        table, key, scope_table = "history_customer_defaults", "customer_id", "_customer_scope"
+    else:
+        table, key, scope_table = "history_payment_methods", "payment_method_id", "_pm_scope"
+    scope = f"SELECT id FROM {scope_table} WHERE {span.bounds('id')}"
+    if span.stream == "customer":
+        sql = _in_place_sql(table, "customer", ("customer",), _CUSTOMER_COLUMNS, scope=scope,
+                            with_deleted=False, bounds=span)  # fmt: skip
+    else:
+        sql = _in_place_sql(table, "payment_method", ("payment_method", "card", "source"),
+                            _PAYMENT_METHOD_COLUMNS, scope=scope, with_deleted=True,
+                            extra_versions=_CHARGE_CARDS_VERSIONS, bounds=span)  # fmt: skip
+    con.execute(f"DELETE FROM {table} WHERE {span.bounds(key)} AND {key} IN ({scope})")
+    con.execute(sql)
