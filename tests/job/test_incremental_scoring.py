@@ -207,3 +207,32 @@ def test_a_run_after_changes_pushes_what_a_whole_push_would(landed: Landed, tmp_
     finally:
         con.close()
     assert plan.changes == (), [c.action for c in plan.changes][:10]
+
+
+def test_a_currency_type_saved_again_unchanged_scores_incrementally(
+    landed: Landed, tmp_path: Path
+) -> None:
+    """A CurrencyType saved again with the same rate moves only its SystemModstamp ("the
+    date and time when a record was last modified by a user or by an automated process",
+    Salesforce's system fields): no score reads it, so it must not score every account
+    (the sandbox's org restamps its corporate USD at every start, which made the first run
+    after a restart whole). A changed rate still scores everything."""
+    db = tmp_path / "churn.duckdb"
+    shutil.copy(landed.before, db)
+    settings = Settings(db=db)
+    con = warehouse.connect(db)
+    try:
+        from churn.job.model import in_force_version
+
+        t1 = warehouse.utcnow().replace(hour=1)
+        version = in_force_version(con, t1)
+        score(settings, con, as_of=t1, incremental=True)
+        later = t1 + timedelta(hours=1)
+        con.execute("UPDATE core_currency_rates SET system_modstamp = ?", [later])
+        con.execute("UPDATE core_dated_conversion_rates SET system_modstamp = ?", [later])
+        assert not decide(con, settings, later, version).full
+        con.execute("UPDATE core_currency_rates SET conversion_rate = conversion_rate * 2"
+                    " WHERE NOT is_corporate")  # fmt: skip
+        assert decide(con, settings, later, version).reason == "currency rates changed"
+    finally:
+        con.close()

@@ -186,15 +186,26 @@ _SHARED_TABLES = (
     ("core_dated_conversion_rates", "currency rates"),
 )
 
+#: Columns of a shared table that no score reads and that move without its content: a
+#: Salesforce record's ``SystemModstamp`` changes when it is saved again unchanged (the
+#: sandbox's org restamps its corporate CurrencyType at every start), which must not
+#: score every account. The rates a score reads are the code, rate, activity and dates.
+_NOT_READ = {
+    "core_currency_rates": ("system_modstamp",),
+    "core_dated_conversion_rates": ("system_modstamp",),
+}
+
 
 def shared_digest(con: duckdb.DuckDBPyConnection) -> str:
     """A digest of the input every account reads, table by table (``name=md5;...``)."""
     parts = []
     for table, _ in _SHARED_TABLES:
         if _table_exists(con, table):
+            skip = _NOT_READ.get(table, ())
+            rows = f"(SELECT * EXCLUDE ({', '.join(skip)}) FROM {table})" if skip else table
             row = con.execute(
                 f"SELECT md5(COALESCE(string_agg(t::VARCHAR, '|' ORDER BY t::VARCHAR), ''))"
-                f" FROM {table} t"
+                f" FROM {rows} t"
             ).fetchall()[0]
             parts.append(f"{table}={row[0]}")
     q = con.execute("SELECT count(*), max(quarantined_at) FROM quarantine").fetchall()[0]
