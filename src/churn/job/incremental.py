@@ -41,7 +41,9 @@ full one's over a world after changes.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import importlib
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -272,8 +274,10 @@ def _changed_accounts(
     accounts AS (
       -- an Account's owner or deletion as the last scoring read it (not its landing time:
       -- the push's own updates land every pushed Account again)
+      -- or its currency (the push converts its Currency fields to it)
       SELECT account_id AS id FROM core_accounts a FULL JOIN score_sf_accounts s USING (account_id)
       WHERE a.owner_id IS DISTINCT FROM s.owner_id OR a.is_deleted IS DISTINCT FROM s.is_deleted
+         OR upper(a.currency_iso_code) IS DISTINCT FROM upper(s.currency_iso_code)
       {"UNION " + sf_children if sf_children else ""}
       UNION SELECT a.account_id FROM core_accounts a
         JOIN raw_sf_user u ON u.id = a.owner_id WHERE u.fetched_at > $since
@@ -336,7 +340,8 @@ def record(
     )  # fmt: skip
     con.execute("DELETE FROM score_sf_accounts")
     con.execute(
-        "INSERT INTO score_sf_accounts SELECT account_id, owner_id, is_deleted FROM core_accounts"
+        "INSERT INTO score_sf_accounts BY NAME"
+        " SELECT account_id, owner_id, is_deleted, currency_iso_code FROM core_accounts"
     )
     con.execute("DELETE FROM score_state_accounts")
     if not decision.full and decision.accounts:
@@ -346,11 +351,16 @@ def record(
         )
 
 
-def pushed_accounts(con: duckdb.DuckDBPyConnection) -> Sequence[str] | None:
+def pushed_accounts(
+    con: duckdb.DuckDBPyConnection, account_fields: Mapping[str, str] | None = None
+) -> Sequence[str] | None:
     """The accounts the push plans after the newest scoring: None (all) after a full one;
     after an incremental one, those it computed, the Salesforce Accounts landed since the
-    scoring before read, and those with an open Task of the service (a ladder moves by
-    the clock) or a change Salesforce refused last time."""
+    scoring before read that hold other values than the push recorded (:func:`_edited`),
+    and those with an open Task of the service (a ladder moves by the clock) or a change
+    Salesforce refused last time. ``account_fields``: the fields the push owns
+    (``push.account_fields``: logical name -> Salesforce name); None compares every field
+    pushed."""
     rows = con.execute("SELECT as_of, kind FROM score_state ORDER BY as_of DESC LIMIT 1").fetchall()
     if not rows or rows[0][1] != "incremental":
         return None
@@ -365,9 +375,6 @@ def pushed_accounts(con: duckdb.DuckDBPyConnection) -> Sequence[str] | None:
     ids = con.execute(
         """
         SELECT account_id FROM score_state_accounts WHERE as_of = $as_of
-        -- Accounts landed since (an edit in Salesforce of a field the push owns; the
-        -- plan finds the push's own updates unchanged)
-        UNION SELECT id FROM raw_sf_account WHERE fetched_at > $since
         UNION SELECT fields->>'WhatId' FROM push_state WHERE sobject = 'Task' AND status = 'open'
         UNION SELECT CASE WHEN s.sobject = 'Account' THEN s.record_key ELSE s.fields->>'WhatId' END
           FROM push_state s JOIN (
@@ -376,6 +383,44 @@ def pushed_accounts(con: duckdb.DuckDBPyConnection) -> Sequence[str] | None:
                                        ORDER BY logged_at DESC) = 1 AND NOT success
           ) f USING (sobject, record_key)
         """,
-        {"as_of": rows[0][0], "since": before[0][0]},
+        {"as_of": rows[0][0]},
     ).fetchall()
-    return sorted(str(r[0]) for r in ids if r[0] is not None)
+    accounts = {str(r[0]) for r in ids if r[0] is not None}
+    owned = None if account_fields is None else set(account_fields.values())
+    return sorted(accounts | _edited(con, rows[0][0], before[0][0], owned))
+
+
+def _edited(
+    con: duckdb.DuckDBPyConnection, as_of: datetime, since: datetime, owned: set[str] | None
+) -> set[str]:
+    """Accounts of the ``as_of`` snapshot (the only ones a plan has values for) whose
+    Salesforce Account landed after ``since`` holding owned fields that differ from what the
+    push recorded (``push_state``), or that it never wrote: an edit in Salesforce of a
+    field the push owns, which the plan then restores. The push's own updates land every
+    Account it wrote again (its SystemModstamp moved), and the extract's lookback lands
+    recent ones again, holding the values recorded: those are left out, since the plan
+    finds them unchanged. An owner, a deletion or a CurrencyIsoCode changed makes the
+    account a scoring change already (``score_sf_accounts``)."""
+    # the push's own comparison of values (canon: 42.0 from Salesforce is 42 pushed),
+    # reached at call time as the run's steps reach the pipelines
+    canon = importlib.import_module("churn.pipelines.push.plan").canon
+    landed = con.execute(
+        "SELECT r.id, r.payload, s.fields FROM raw_sf_account r"
+        " LEFT JOIN push_state s ON s.sobject = 'Account' AND s.record_key = r.id"
+        " WHERE r.fetched_at > $since"
+        " AND r.id IN (SELECT account_id FROM account_health WHERE as_of = $as_of)",
+        {"since": since, "as_of": as_of},
+    ).fetchall()
+    edited: set[str] = set()
+    for account_id, payload, fields in landed:
+        if fields is None or payload is None:
+            edited.add(str(account_id))
+            continue
+        held, pushed = json.loads(payload), json.loads(fields)
+        if any(
+            name in held and canon(held[name]) != value
+            for name, value in pushed.items()
+            if owned is None or name in owned
+        ):
+            edited.add(str(account_id))
+    return edited
