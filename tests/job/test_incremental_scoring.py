@@ -130,6 +130,12 @@ def test_an_incremental_score_after_changes_equals_a_full_score(
     total = full.counts["account_health"]
     assert 0 < inc.counts["accounts_computed"] < total
     assert inc.counts["account_health"] == total
+    # the run's counts and notes about usage gaps too: the computed accounts' recomputed,
+    # the others' carried (score_usage_gaps), equal to every account's read
+    gaps = {k: v for k, v in full.counts.items() if k.startswith("seat_usage_")}
+    assert gaps, "the world has usage gaps to count"
+    assert {k: v for k, v in inc.counts.items() if k.startswith("seat_usage_")} == gaps
+    assert inc.notes == full.notes
     got, want = _marts(db, t2), _marts(whole, t2)
     for name in MARTS:
         assert_frame_equal(
