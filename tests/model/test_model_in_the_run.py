@@ -115,9 +115,8 @@ def test_the_model_in_force_is_rebuilt_once_per_process(
 ) -> None:
     """Rebuilding a stored model imports scikit-learn and skops and reads its bytes (about
     2 CPU seconds, most of a 1% incremental run's scoring): each stored row is rebuilt once
-    per process, a preload started at the run's start is the one the scoring finds, and
-    another warehouse's model under the same version name is its own."""
-    from churn.job import model as job_model
+    per process (``churn schedule`` runs the job in one process), and another warehouse's
+    model under the same version name is its own."""
     from churn.signals.model import serialize
 
     calls: list[int] = []
@@ -131,7 +130,6 @@ def test_the_model_in_force_is_rebuilt_once_per_process(
     version = f"logistic-{tmp_path.name}"  # a name no other test's row has in this process
     _store_fitted(con, version, seed=1)
     at = CUTOFF + timedelta(days=1)
-    assert job_model.preload_in_force(con, at)
     first = load_in_force(con, at)
     second = load_in_force(con, at)
     assert first is not None and first is second

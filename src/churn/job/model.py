@@ -119,13 +119,11 @@ _MODELS_LOCK = threading.Lock()
 _MODELS_KEPT = 4
 
 
-def _loaded(
-    version: Any, kind: Any, blob: Any, card: Any, *, background: bool = False
-) -> Future[ChurnModel]:
+def _loaded(version: Any, kind: Any, blob: Any, card: Any) -> Future[ChurnModel]:
     """The model of one ``model_registry`` row, rebuilt once per process: a future already
-    done (or being done by :func:`preload_in_force`'s thread), else rebuilt here (or, with
-    ``background``, in a thread of its own). A rebuild that failed is not kept: its error
-    reaches the caller, and the next call tries again."""
+    done (or being done by another thread: the webhook worker's), else rebuilt here. A
+    rebuild that failed is not kept: its error reaches the caller, and the next call
+    tries again."""
     data = None if blob is None else bytes(blob)
     key = hashlib.sha256(
         json.dumps([str(version), str(kind), str(card)]).encode() + (data or b"")
@@ -147,23 +145,8 @@ def _loaded(
         except BaseException as exc:  # handed to whoever asks for the model
             future.set_exception(exc)
 
-    if background:
-        threading.Thread(target=build, name="churn-model-load", daemon=True).start()
-    else:
-        build()
+    build()
     return future
-
-
-def preload_in_force(con: duckdb.DuckDBPyConnection, as_of: datetime) -> bool:
-    """Start rebuilding the model :func:`load_in_force` will return for ``as_of`` in a
-    thread, so its imports and deserialisation overlap the run's extracts (which wait on
-    the network and on DuckDB); the scoring step then finds it done or waits for it. Only
-    the row is read here, on the caller's connection. Returns whether one was started."""
-    rows = con.execute(_IN_FORCE, [as_of, _FEATURES_JSON]).fetchall()
-    if not rows or rows[0][2] is None:
-        return False
-    _loaded(*rows[0], background=True)
-    return True
 
 
 def load_in_force(con: duckdb.DuckDBPyConnection, as_of: datetime) -> ChurnModel | None:

@@ -400,8 +400,6 @@ def run_job(
             threads=settings.run.duckdb_threads,
         )
         try:
-            if any(step.run is _score for step in steps):
-                _preload_model(settings, con)
             result = _run_locked(settings, con, dry_run, steps, on_step, should_stop)
             _alert(settings, result, con)
         finally:
@@ -409,18 +407,6 @@ def run_job(
         # Closed and still locked: the dashboard's consistent copy (warehouse.read_copy).
         warehouse.publish_read_copy(settings.db)
         return result
-
-
-def _preload_model(settings: Settings, con: duckdb.DuckDBPyConnection) -> None:
-    """Start rebuilding the churn model in force in a thread (``job.model.preload_in_force``):
-    its imports and deserialisation, seconds of CPU, overlap the extracts' waits on the
-    network and DuckDB instead of opening the scoring step. The scoring step loads the
-    model as before and finds it rebuilt (or waits for it); a model the model step trains
-    in between is another row, loaded by the scoring step itself."""
-    try:
-        _call("churn.job.model", "preload_in_force")(con, scoring_as_of(settings))
-    except (ImportError, duckdb.Error):
-        log.debug("the model in force was not preloaded", exc_info=True)
 
 
 def _alert(settings: Settings, result: JobResult, con: duckdb.DuckDBPyConnection) -> None:
