@@ -130,6 +130,12 @@ def test_an_incremental_score_after_changes_equals_a_full_score(
     total = full.counts["account_health"]
     assert 0 < inc.counts["accounts_computed"] < total
     assert inc.counts["account_health"] == total
+    # the run's counts and notes about usage gaps too: the computed accounts' recomputed,
+    # the others' carried (score_usage_gaps), equal to every account's read
+    gaps = {k: v for k, v in full.counts.items() if k.startswith("seat_usage_")}
+    assert gaps, "the world has usage gaps to count"
+    assert {k: v for k, v in inc.counts.items() if k.startswith("seat_usage_")} == gaps
+    assert inc.notes == full.notes
     got, want = _marts(db, t2), _marts(whole, t2)
     for name in MARTS:
         assert_frame_equal(
@@ -207,3 +213,102 @@ def test_a_run_after_changes_pushes_what_a_whole_push_would(landed: Landed, tmp_
     finally:
         con.close()
     assert plan.changes == (), [c.action for c in plan.changes][:10]
+
+
+def test_a_currency_type_saved_again_unchanged_scores_incrementally(
+    landed: Landed, tmp_path: Path
+) -> None:
+    """A CurrencyType saved again with the same rate moves only its SystemModstamp ("the
+    date and time when a record was last modified by a user or by an automated process",
+    Salesforce's system fields): no score reads it, so it must not score every account
+    (the sandbox's org restamps its corporate USD at every start, which made the first run
+    after a restart whole). A changed rate still scores everything."""
+    db = tmp_path / "churn.duckdb"
+    shutil.copy(landed.before, db)
+    settings = Settings(db=db)
+    con = warehouse.connect(db)
+    try:
+        from churn.job.model import in_force_version
+
+        t1 = warehouse.utcnow().replace(hour=1)
+        version = in_force_version(con, t1)
+        score(settings, con, as_of=t1, incremental=True)
+        later = t1 + timedelta(hours=1)
+        con.execute("UPDATE core_currency_rates SET system_modstamp = ?", [later])
+        con.execute("UPDATE core_dated_conversion_rates SET system_modstamp = ?", [later])
+        assert not decide(con, settings, later, version).full
+        con.execute("UPDATE core_currency_rates SET conversion_rate = conversion_rate * 2"
+                    " WHERE NOT is_corporate")  # fmt: skip
+        assert decide(con, settings, later, version).reason == "currency rates changed"
+    finally:
+        con.close()
+
+
+def test_the_push_after_an_incremental_scoring_leaves_out_its_own_echo(
+    landed: Landed, tmp_path: Path
+) -> None:
+    """The first run's push updates many Accounts, which the next run's Salesforce extract
+    lands again (their SystemModstamp moved): those echoes of the push's own values are no
+    reason to plan the Account again. An Account whose owned field was edited in Salesforce
+    is (the push restores it), and so is one whose CurrencyIsoCode changed (its Currency
+    fields are "in the currency of the record", Salesforce's multi-currency help): after
+    the second run a whole plan is empty."""
+    from churn.job.incremental import pushed_accounts
+    from churn.pipelines.push.sync import build_plan
+    from churn.sandbox.demo import demo_settings
+
+    db = tmp_path / "churn.duckdb"
+    shutil.copy(landed.before, db)
+    box = landed.box
+    settings = demo_settings(box, db)
+    field = settings.push.account_fields["subscription_count"]
+    org = box.salesforce.org
+    with org.lock:  # the module's org may hold the values already: the first push writes all
+        for rid, record in list(org.records["Account"].items()):
+            if not record["IsDeleted"]:
+                org.update("Account", rid, {field: None})
+    assert run_job(settings).status == "success"
+    con = warehouse.connect(db, read_only=True)
+    try:
+        pushed = con.execute(
+            "SELECT s.record_key, a.currency_iso_code FROM push_state s"
+            " JOIN core_accounts a ON a.account_id = s.record_key"
+            " WHERE s.sobject = 'Account' AND s.fields->>$f IS NOT NULL"
+            " AND a.account_id NOT IN (SELECT fields->>'WhatId' FROM push_state"
+            "   WHERE sobject = 'Task' AND status = 'open')"
+            " ORDER BY 1",
+            {"f": field},
+        ).fetchall()
+        other = con.execute(
+            "SELECT iso_code FROM core_currency_rates WHERE is_active ORDER BY iso_code"
+        ).fetchall()
+    finally:
+        con.close()
+    assert len(pushed) > 10
+    (edited, _), (moved, currency) = pushed[0], pushed[1]
+    new_currency = next(str(r[0]) for r in other if r[0] != (currency or "").upper())
+    with org.lock:
+        org.update("Account", edited, {field: 999})
+        org.update("Account", moved, {"CurrencyIsoCode": new_currency})
+    second = run_job(settings)
+    assert second.status == "success"
+    con = warehouse.connect(db, read_only=True)
+    try:
+        kinds = con.execute("SELECT kind, reason FROM score_state ORDER BY as_of").fetchall()
+        if kinds[-1] == ("full", "the first scoring of the day"):
+            pytest.skip("the two runs straddled a UTC midnight: the second scored in full")
+        assert kinds[-1] == ("incremental", "changed accounts"), kinds
+        computed = {r[0] for r in con.execute("SELECT account_id FROM score_state_accounts")
+                    .fetchall()}  # fmt: skip
+        scope = set(pushed_accounts(con, settings.push.account_fields) or ())
+        open_tasks = {r[0] for r in con.execute(
+            "SELECT fields->>'WhatId' FROM push_state WHERE sobject = 'Task' AND status = 'open'"
+        ).fetchall()}  # fmt: skip
+        assert edited in scope
+        assert moved in scope
+        echoed = scope - computed - open_tasks - {edited}
+        assert not echoed, f"{len(echoed)} Accounts planned only because the push landed them"
+        plan = build_plan(settings, con)
+    finally:
+        con.close()
+    assert plan.changes == (), [(c.action, c.record_key) for c in plan.changes][:10]

@@ -8,7 +8,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import pytest
 
+from churn import warehouse
 from churn.job.model import load_in_force, retrain_if_due
 from churn.job.run import DEFAULT_STEPS
 from churn.settings import Settings, SignalSettings
@@ -88,3 +90,55 @@ def test_a_version_trained_on_other_features_is_not_in_force_and_retraining_is_d
     assert got.counts["trained"] == 1
     assert load_in_force(con, CUTOFF + timedelta(days=2)) is None  # empty: the baseline
     assert retrain_if_due(settings, con, CUTOFF + timedelta(days=2)).counts["trained"] == 0
+
+
+def _store_fitted(con: duckdb.DuckDBPyConnection, version: str, seed: int) -> None:
+    """A promoted row holding a small fitted estimator, stored as skops bytes."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from churn.signals.model import serialize
+
+    rnd = np.random.default_rng(seed)
+    x = rnd.normal(size=(40, len(FEATURE_NAMES)))
+    est = LogisticRegression().fit(x, (x[:, 0] > 0).astype(int))
+    con.execute(
+        "INSERT INTO model_registry (version, kind, trained_at, cutoff, horizon_days, features,"
+        " metrics, card, serialization, model, promoted, promoted_at)"
+        " VALUES (?, 'logistic', ?, ?, 90, ?, '{}', '{}', 'skops', ?, TRUE, ?)",
+        [version, CUTOFF, CUTOFF, json.dumps(list(FEATURE_NAMES)), serialize.dumps(est), CUTOFF],
+    )  # fmt: skip
+
+
+def test_the_model_in_force_is_rebuilt_once_per_process(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rebuilding a stored model imports scikit-learn and skops and reads its bytes (about
+    2 CPU seconds, most of a 1% incremental run's scoring): each stored row is rebuilt once
+    per process (``churn schedule`` runs the job in one process), and another warehouse's
+    model under the same version name is its own."""
+    from churn.signals.model import serialize
+
+    calls: list[int] = []
+    real = serialize.loads
+
+    def counted(data: bytes) -> object:
+        calls.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(serialize, "loads", counted)
+    version = f"logistic-{tmp_path.name}"  # a name no other test's row has in this process
+    _store_fitted(con, version, seed=1)
+    at = CUTOFF + timedelta(days=1)
+    first = load_in_force(con, at)
+    second = load_in_force(con, at)
+    assert first is not None and first is second
+    assert len(calls) == 1
+    other = warehouse.connect(tmp_path / "other.duckdb")
+    try:
+        _store_fitted(other, version, seed=2)
+        elsewhere = load_in_force(other, at)
+    finally:
+        other.close()
+    assert elsewhere is not None and elsewhere is not first
+    assert len(calls) == 2

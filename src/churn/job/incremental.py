@@ -41,7 +41,9 @@ full one's over a world after changes.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import importlib
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -63,7 +65,7 @@ __all__ = [
 
 #: Bumped when a change to the scoring code changes what an account's rows hold without a
 #: change of settings or model: the next scoring is then whole.
-SCORING_CODE_VERSION = "1"
+SCORING_CODE_VERSION = "2"  # 2: score_usage_gaps (migration 100) filled by a whole one
 
 #: Stripe objects whose landing names a customer: raw table -> how its customer is found.
 _PER_CUSTOMER_STRIPE = (
@@ -186,15 +188,26 @@ _SHARED_TABLES = (
     ("core_dated_conversion_rates", "currency rates"),
 )
 
+#: Columns of a shared table that no score reads and that move without its content: a
+#: Salesforce record's ``SystemModstamp`` changes when it is saved again unchanged (the
+#: sandbox's org restamps its corporate CurrencyType at every start), which must not
+#: score every account. The rates a score reads are the code, rate, activity and dates.
+_NOT_READ = {
+    "core_currency_rates": ("system_modstamp",),
+    "core_dated_conversion_rates": ("system_modstamp",),
+}
+
 
 def shared_digest(con: duckdb.DuckDBPyConnection) -> str:
     """A digest of the input every account reads, table by table (``name=md5;...``)."""
     parts = []
     for table, _ in _SHARED_TABLES:
         if _table_exists(con, table):
+            skip = _NOT_READ.get(table, ())
+            rows = f"(SELECT * EXCLUDE ({', '.join(skip)}) FROM {table})" if skip else table
             row = con.execute(
                 f"SELECT md5(COALESCE(string_agg(t::VARCHAR, '|' ORDER BY t::VARCHAR), ''))"
-                f" FROM {table} t"
+                f" FROM {rows} t"
             ).fetchall()[0]
             parts.append(f"{table}={row[0]}")
     q = con.execute("SELECT count(*), max(quarantined_at) FROM quarantine").fetchall()[0]
@@ -261,8 +274,10 @@ def _changed_accounts(
     accounts AS (
       -- an Account's owner or deletion as the last scoring read it (not its landing time:
       -- the push's own updates land every pushed Account again)
+      -- or its currency (the push converts its Currency fields to it)
       SELECT account_id AS id FROM core_accounts a FULL JOIN score_sf_accounts s USING (account_id)
       WHERE a.owner_id IS DISTINCT FROM s.owner_id OR a.is_deleted IS DISTINCT FROM s.is_deleted
+         OR upper(a.currency_iso_code) IS DISTINCT FROM upper(s.currency_iso_code)
       {"UNION " + sf_children if sf_children else ""}
       UNION SELECT a.account_id FROM core_accounts a
         JOIN raw_sf_user u ON u.id = a.owner_id WHERE u.fetched_at > $since
@@ -325,7 +340,8 @@ def record(
     )  # fmt: skip
     con.execute("DELETE FROM score_sf_accounts")
     con.execute(
-        "INSERT INTO score_sf_accounts SELECT account_id, owner_id, is_deleted FROM core_accounts"
+        "INSERT INTO score_sf_accounts BY NAME"
+        " SELECT account_id, owner_id, is_deleted, currency_iso_code FROM core_accounts"
     )
     con.execute("DELETE FROM score_state_accounts")
     if not decision.full and decision.accounts:
@@ -335,11 +351,16 @@ def record(
         )
 
 
-def pushed_accounts(con: duckdb.DuckDBPyConnection) -> Sequence[str] | None:
+def pushed_accounts(
+    con: duckdb.DuckDBPyConnection, account_fields: Mapping[str, str] | None = None
+) -> Sequence[str] | None:
     """The accounts the push plans after the newest scoring: None (all) after a full one;
     after an incremental one, those it computed, the Salesforce Accounts landed since the
-    scoring before read, and those with an open Task of the service (a ladder moves by
-    the clock) or a change Salesforce refused last time."""
+    scoring before read that hold other values than the push recorded (:func:`_edited`),
+    and those with an open Task of the service (a ladder moves by the clock) or a change
+    Salesforce refused last time. ``account_fields``: the fields the push owns
+    (``push.account_fields``: logical name -> Salesforce name); None compares every field
+    pushed."""
     rows = con.execute("SELECT as_of, kind FROM score_state ORDER BY as_of DESC LIMIT 1").fetchall()
     if not rows or rows[0][1] != "incremental":
         return None
@@ -354,9 +375,6 @@ def pushed_accounts(con: duckdb.DuckDBPyConnection) -> Sequence[str] | None:
     ids = con.execute(
         """
         SELECT account_id FROM score_state_accounts WHERE as_of = $as_of
-        -- Accounts landed since (an edit in Salesforce of a field the push owns; the
-        -- plan finds the push's own updates unchanged)
-        UNION SELECT id FROM raw_sf_account WHERE fetched_at > $since
         UNION SELECT fields->>'WhatId' FROM push_state WHERE sobject = 'Task' AND status = 'open'
         UNION SELECT CASE WHEN s.sobject = 'Account' THEN s.record_key ELSE s.fields->>'WhatId' END
           FROM push_state s JOIN (
@@ -365,6 +383,44 @@ def pushed_accounts(con: duckdb.DuckDBPyConnection) -> Sequence[str] | None:
                                        ORDER BY logged_at DESC) = 1 AND NOT success
           ) f USING (sobject, record_key)
         """,
-        {"as_of": rows[0][0], "since": before[0][0]},
+        {"as_of": rows[0][0]},
     ).fetchall()
-    return sorted(str(r[0]) for r in ids if r[0] is not None)
+    accounts = {str(r[0]) for r in ids if r[0] is not None}
+    owned = None if account_fields is None else set(account_fields.values())
+    return sorted(accounts | _edited(con, rows[0][0], before[0][0], owned))
+
+
+def _edited(
+    con: duckdb.DuckDBPyConnection, as_of: datetime, since: datetime, owned: set[str] | None
+) -> set[str]:
+    """Accounts of the ``as_of`` snapshot (the only ones a plan has values for) whose
+    Salesforce Account landed after ``since`` holding owned fields that differ from what the
+    push recorded (``push_state``), or that it never wrote: an edit in Salesforce of a
+    field the push owns, which the plan then restores. The push's own updates land every
+    Account it wrote again (its SystemModstamp moved), and the extract's lookback lands
+    recent ones again, holding the values recorded: those are left out, since the plan
+    finds them unchanged. An owner, a deletion or a CurrencyIsoCode changed makes the
+    account a scoring change already (``score_sf_accounts``)."""
+    # the push's own comparison of values (canon: 42.0 from Salesforce is 42 pushed),
+    # reached at call time as the run's steps reach the pipelines
+    canon = importlib.import_module("churn.pipelines.push.plan").canon
+    landed = con.execute(
+        "SELECT r.id, r.payload, s.fields FROM raw_sf_account r"
+        " LEFT JOIN push_state s ON s.sobject = 'Account' AND s.record_key = r.id"
+        " WHERE r.fetched_at > $since"
+        " AND r.id IN (SELECT account_id FROM account_health WHERE as_of = $as_of)",
+        {"since": since, "as_of": as_of},
+    ).fetchall()
+    edited: set[str] = set()
+    for account_id, payload, fields in landed:
+        if fields is None or payload is None:
+            edited.add(str(account_id))
+            continue
+        held, pushed = json.loads(payload), json.loads(fields)
+        if any(
+            name in held and canon(held[name]) != value
+            for name, value in pushed.items()
+            if owned is None or name in owned
+        ):
+            edited.add(str(account_id))
+    return edited

@@ -9,8 +9,11 @@ trusted-type list: nothing stored is ever unpickled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,13 +101,52 @@ def load_promoted(con: duckdb.DuckDBPyConnection) -> ChurnModel | None:
 
 
 def _first_model(rows: list[Any]) -> ChurnModel | None:
-    """The first (version, kind, model, card) row of ``model_registry`` rebuilt, or None."""
+    """The first (version, kind, model, card) row of ``model_registry`` rebuilt, or None:
+    once per process for the same row (:func:`_loaded`)."""
     if not rows:
         return None
-    version, kind, blob, card = rows[0]
-    return ChurnModel.from_stored(
-        str(version), str(kind), None if blob is None else bytes(blob), json.loads(card)
-    )
+    return _loaded(*rows[0]).result()
+
+
+#: Models rebuilt in this process, by their row's digest (version, kind, skops bytes,
+#: card): rebuilding one imports scikit-learn and skops (about 2 CPU seconds, most of a
+#: 1% incremental run's scoring) and reads the bytes through the trusted-type list. A
+#: version is immutable once stored; the digest of the row itself keys it all the same,
+#: so two warehouses holding different models under one version name never share one.
+_MODELS: dict[str, Future[ChurnModel]] = {}
+_MODELS_LOCK = threading.Lock()
+#: Rebuilt models kept per process (a run has one in force; tests open many warehouses).
+_MODELS_KEPT = 4
+
+
+def _loaded(version: Any, kind: Any, blob: Any, card: Any) -> Future[ChurnModel]:
+    """The model of one ``model_registry`` row, rebuilt once per process: a future already
+    done (or being done by another thread: the webhook worker's), else rebuilt here. A
+    rebuild that failed is not kept: its error reaches the caller, and the next call
+    tries again."""
+    data = None if blob is None else bytes(blob)
+    key = hashlib.sha256(
+        json.dumps([str(version), str(kind), str(card)]).encode() + (data or b"")
+    ).hexdigest()
+    with _MODELS_LOCK:
+        future = _MODELS.get(key)
+        if future is not None and not (future.done() and future.exception() is not None):
+            return future
+        future = Future()
+        _MODELS[key] = future
+        while len(_MODELS) > _MODELS_KEPT:
+            del _MODELS[next(iter(_MODELS))]
+
+    def build() -> None:
+        try:
+            future.set_result(
+                ChurnModel.from_stored(str(version), str(kind), data, json.loads(card))
+            )
+        except BaseException as exc:  # handed to whoever asks for the model
+            future.set_exception(exc)
+
+    build()
+    return future
 
 
 def load_in_force(con: duckdb.DuckDBPyConnection, as_of: datetime) -> ChurnModel | None:
@@ -118,14 +160,15 @@ def load_in_force(con: duckdb.DuckDBPyConnection, as_of: datetime) -> ChurnModel
     trained on another feature list than this release computes (an upgrade added one) is
     not in force: the rule-based score stands in until the run's model step retrains.
     """
-    return _first_model(
-        con.execute(
-            "SELECT version, kind, model, card FROM model_registry"
-            " WHERE promoted_at IS NOT NULL AND model IS NOT NULL AND cutoff <= ?"
-            " AND features = ? ORDER BY promoted DESC, promoted_at DESC LIMIT 1",
-            [as_of, _FEATURES_JSON],
-        ).fetchall()
-    )
+    return _first_model(con.execute(_IN_FORCE, [as_of, _FEATURES_JSON]).fetchall())
+
+
+#: The row of the model in force at ``?`` (``load_in_force``).
+_IN_FORCE = (
+    "SELECT version, kind, model, card FROM model_registry"
+    " WHERE promoted_at IS NOT NULL AND model IS NOT NULL AND cutoff <= ?"
+    " AND features = ? ORDER BY promoted DESC, promoted_at DESC LIMIT 1"
+)
 
 
 def in_force_version(con: duckdb.DuckDBPyConnection, as_of: datetime) -> str | None:

@@ -261,7 +261,7 @@ def _push(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
             return _NotPushed({"not_pushed_backfill": 1})
     # After an incremental scoring, the accounts it computed (and those with an open Task
     # or a refused change): the others' rows were carried unchanged.
-    accounts = _call("churn.job.incremental", "pushed_accounts")(con)
+    accounts = _call("churn.job.incremental", "pushed_accounts")(con, s.push.account_fields)
     push = _call("churn.pipelines.push.sync", "push")
     if accounts is None:
         return push(s, con, dry_run=dry_run)

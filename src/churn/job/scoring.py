@@ -73,10 +73,28 @@ def compute(
     """
     if isinstance(model, _Unset):
         model = load_in_force(con, as_of)
+    return _scored(con, settings, as_of, accounts, model, gaps=False)[0]
+
+
+def _scored(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    as_of: datetime,
+    accounts: Sequence[str] | None,
+    model: ChurnModel | None,
+    *,
+    gaps: bool,
+) -> tuple[dict[str, pl.DataFrame], pl.DataFrame | None]:
+    """:func:`compute`'s marts and, with ``gaps``, the same accounts' usage gaps
+    (:func:`churn.signals.seat_utilization.unsupported`), over the same connection."""
     if accounts is None:
-        return _compute(con, settings, as_of, model, None)
+        marts = _compute(con, settings, as_of, model, None)
+        return marts, _unsupported(con, settings, as_of) if gaps else None
     with scoped(con, accounts, as_of) as cur:
-        return keep(_compute(cur, settings, as_of, model, accounts), accounts)
+        marts = keep(_compute(cur, settings, as_of, model, accounts), accounts)
+        if not gaps:
+            return marts, None
+        return marts, keep({"gaps": _unsupported(cur, settings, as_of)}, accounts)["gaps"]
 
 
 def _compute(
@@ -161,7 +179,7 @@ def score(
             if (settings.run.incremental_scoring if incremental is None else incremental)
             else Decision(True, "every account asked for")
         )
-        marts = compute(con, settings, as_of, accounts=decision.accounts, model=model)
+        marts, gaps = _scored(con, settings, as_of, decision.accounts, model, gaps=True)
         with transaction(con):
             for name in MARTS:
                 con.execute(f"DELETE FROM {name} WHERE as_of = ?", [as_of])
@@ -171,6 +189,8 @@ def score(
                 if frame.height:
                     con.execute(_INSERT[name])
             computed = marts["account_health"].height
+            if gaps is not None:
+                _store_gaps(con, gaps, as_of, decision)
             record(con, settings, as_of, landed, decision, version, computed)
             thinned = thin_snapshots(con, settings.run.keep_every_snapshot_days)
         if decision.accounts is not None:
@@ -222,7 +242,9 @@ def score(
             " CHURN_SIGNALS__CURRENCY_RATES)",
             missing, settings.signals.reporting_currency, ", ".join(currencies),
         )  # fmt: skip
-    usage_counts, notes = usage_gaps(con, settings, as_of)
+    # the snapshot's usage gaps: the rows just stored (an incremental scoring's computed
+    # accounts' recomputed, the others' kept)
+    usage_counts, notes = _worded_gaps(_stored_gaps(con, as_of), settings)
     counts.update(usage_counts)
     debt_counts, debt_notes = uncollected_debt(con, settings, as_of)
     counts.update(debt_counts)
@@ -334,11 +356,57 @@ def usage_gaps(
     e.g. "seat signals: 40 accounts skipped: 1 usage sample in the 30-day window (one
     every 31 days); seat signals need 2". No account is named.
     """
-    sig = settings.signals
+    return _worded_gaps(_unsupported(con, settings, as_of), settings)
+
+
+def _unsupported(
+    con: duckdb.DuckDBPyConnection, settings: Settings, as_of: datetime
+) -> pl.DataFrame:
     try:
-        rows = seat_utilization.unsupported(Tables(con), as_of, sig)
+        return seat_utilization.unsupported(Tables(con), as_of, settings.signals)
     except duckdb.Error as exc:
         raise ScoringError(f"usage coverage as_of {as_of.isoformat()} failed: {exc}") from exc
+
+
+_GAP_COLUMNS = ("account_id", "code", "samples", "days", "cadence_days", "window_days")
+
+
+def _store_gaps(
+    con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, as_of: datetime, decision: Decision
+) -> None:
+    """``score_usage_gaps`` (migration 100) of the ``as_of`` snapshot: the rows computed,
+    and after an incremental scoring the other accounts' rows carried from the snapshot
+    before; rows of snapshots older than the newest are dropped. The caller's
+    transaction."""
+    con.execute("DELETE FROM score_usage_gaps WHERE as_of = ?", [as_of])
+    frame = rows.select(_GAP_COLUMNS).with_columns(  # noqa: F841 (read by the INSERT)
+        as_of=pl.lit(as_of).cast(pl.Datetime("us"))
+    )
+    con.execute("INSERT INTO score_usage_gaps BY NAME SELECT * FROM frame")
+    if decision.accounts is not None:
+        con.execute(
+            "INSERT INTO score_usage_gaps SELECT * REPLACE (CAST($as_of AS TIMESTAMP) AS as_of)"
+            " FROM score_usage_gaps WHERE as_of = $prev"
+            " AND account_id NOT IN (SELECT unnest($ids::VARCHAR[]))",
+            {"as_of": as_of, "prev": decision.previous, "ids": list(decision.accounts)},
+        )
+    con.execute(
+        "DELETE FROM score_usage_gaps WHERE as_of <> ?"
+        " AND as_of < (SELECT max(as_of) FROM account_health)",
+        [as_of],
+    )
+
+
+def _stored_gaps(con: duckdb.DuckDBPyConnection, as_of: datetime) -> pl.DataFrame:
+    return con.sql(
+        f"SELECT {', '.join(_GAP_COLUMNS)} FROM score_usage_gaps WHERE as_of = ?",
+        params=[as_of],
+    ).pl()
+
+
+def _worded_gaps(rows: pl.DataFrame, settings: Settings) -> tuple[dict[str, int], tuple[str, ...]]:
+    """Counts by code and notes by worded reason (:func:`usage_gaps`) of unsupported rows."""
+    sig = settings.signals
     counts = {f"seat_usage_{code}": int(n) for code, n in rows["code"].value_counts().iter_rows()}
     by_reason: dict[str, int] = {}
     for row in rows.filter(pl.col("code").is_in(_NOTED)).iter_rows(named=True):

