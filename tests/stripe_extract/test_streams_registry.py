@@ -29,6 +29,7 @@ NOT_STRIPE = {
     "core_users",
     "core_opportunities",
     "core_contacts",
+    "core_account_contact_roles",
     "core_currency_rates",
     "core_account_links",
     "core_usage",
