@@ -133,8 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     if not reuse:
         for p in (db, db.with_name(db.name + ".wal"), db.with_name(db.name + ".lock")):
             p.unlink(missing_ok=True)
-    if args.accounts >= 100_000 and "webhooks" in parts:
-        results["webhook_note"] = "100,000 accounts: slow (each micro-batch scores every account)"
     if "stripe" in parts:
         for p in (db, db.with_name(db.name + ".wal"), db.with_name(db.name + ".lock")):
             p.unlink(missing_ok=True)
