@@ -283,3 +283,29 @@ def test_gradient_boosting_learns_with_a_feature_empty_in_a_calibration_fold() -
         est = fit_calibrated("gradient_boosting", frame)
     y = frame["churned"].cast(pl.Int8).to_numpy()
     assert summary(y, probabilities(est, frame))["roc_auc"] > 0.8
+
+
+def test_churners_no_fold_can_test_leave_the_baseline_in_force(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Enough churners, all in the earliest snapshots: no back-test fold has churners in
+    its test block, so no candidate is chosen. Training keeps the rule-based score with
+    the reason on its card (it raised "unknown model kind 'baseline'" before)."""
+    from churn.settings import SignalSettings
+    from churn.signals.model import model
+
+    frame = synthetic(60).with_columns(
+        churned=pl.col("snapshot_at") <= SNAPS[5], known_churn=pl.lit(False)
+    )
+    monkeypatch.setattr(model, "training_frame", lambda tables, settings, cutoff: frame)
+    monkeypatch.setattr(
+        model,
+        "baseline_at",
+        lambda tables, as_of, settings: pl.DataFrame({"account_id": ["a0"], "risk_score": [0]}),
+    )
+    settings = SignalSettings()
+    assert frame["churned"].sum() >= settings.model_min_churners
+    churn_model, card = model.train(None, settings, SNAPS[-1] + timedelta(days=200))  # type: ignore[arg-type]
+    assert churn_model.kind == model.BASELINE
+    assert card["kind"] == "baseline"
+    assert "no back-test fold" in card["why"]

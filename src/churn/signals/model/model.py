@@ -211,17 +211,23 @@ def train(
         " since (no Salesforce field history kept)",
     }
     if churners < settings.model_min_churners or len(set(y.tolist())) < 2:
-        card |= {
-            "kind": BASELINE,
-            "why": f"{churners} churners in usable history, fewer than "
-            f"{settings.model_min_churners}: the rule-based risk score stays in force",
-        }
-        version = f"baseline-{cutoff:%Y%m%d}"
-        card["version"] = version
-        return ChurnModel(version, BASELINE, None, [], card), card
+        why = (
+            f"{churners} churners in usable history, fewer than "
+            f"{settings.model_min_churners}: the rule-based risk score stays in force"
+        )
+        return _baseline(card, cutoff, why)
     test_snaps = _backtest_test_snapshots(rows, horizon)
     base = {s: baseline_at(tables, s, settings) for s in test_snaps}
     result = backtest(rows, horizon, base, seed)
+    if result.chosen == BASELINE:
+        # Enough churners, but bunched in time: no fold had churners and stayers on both
+        # its sides, so no candidate could be tested against the baseline.
+        why = (
+            f"{churners} churners in usable history, but no back-test fold had churners"
+            " and stayers in both its training and its test snapshots: the rule-based"
+            " risk score stays in force"
+        )
+        return _baseline(card | {"backtest": {"metrics": result.metrics, "folds": []}}, cutoff, why)
     estimator = fit_calibrated(result.chosen, rows, seed)
     reference = _reference(rows)
     blob = serialize.dumps(estimator)
@@ -233,6 +239,15 @@ def train(
         "reference": reference,
     }
     return ChurnModel(version, result.chosen, estimator, reference, card), card
+
+
+def _baseline(
+    card: dict[str, Any], cutoff: datetime, why: str
+) -> tuple[ChurnModel, dict[str, Any]]:
+    """The rule-based score in force, with the card saying why."""
+    version = f"baseline-{cutoff:%Y%m%d}"
+    card = card | {"kind": BASELINE, "why": why, "version": version}
+    return ChurnModel(version, BASELINE, None, [], card), card
 
 
 def _backtest_test_snapshots(rows: pl.DataFrame, horizon: int) -> list[datetime]:
