@@ -13,7 +13,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from churn import warehouse
 from churn.cli import app
@@ -198,6 +198,18 @@ def counting_stripe() -> Iterator[_CountingStripe]:
         stand_in.close()
 
 
+def _churn_run(sf: RunningSalesforce, counting_stripe: _CountingStripe, tmp_path: Path) -> Result:
+    """`churn run` against the Salesforce stand-in and the counting Stripe, no retries."""
+    env = {
+        **sf.settings_env(),
+        "CHURN_DB": str(tmp_path / "w.duckdb"),
+        "STRIPE_API_KEY": "sk_test_churn_tests",
+        "STRIPE_API_BASE": counting_stripe.base,
+        "STRIPE_MAX_RETRIES": "0",
+    }
+    return CliRunner().invoke(app, ["run"], env=env)
+
+
 def test_churn_run_with_an_expired_fixed_session_exits_2_before_any_stripe_call(
     sf: RunningSalesforce, counting_stripe: _CountingStripe, tmp_path: Path
 ) -> None:
@@ -208,14 +220,7 @@ def test_churn_run_with_an_expired_fixed_session_exits_2_before_any_stripe_call(
     found by the credentials check at the start, before the Stripe extract spends calls.
     Before: the Stripe extract ran first, then the Salesforce step failed (exit 3)."""
     sf.expire_sessions()  # every session issued so far has timed out
-    env = {
-        **sf.settings_env(),
-        "CHURN_DB": str(tmp_path / "w.duckdb"),
-        "STRIPE_API_KEY": "sk_test_churn_tests",
-        "STRIPE_API_BASE": counting_stripe.base,
-        "STRIPE_MAX_RETRIES": "0",
-    }
-    out = CliRunner().invoke(app, ["run"], env=env)
+    out = _churn_run(sf, counting_stripe, tmp_path)
     assert out.exit_code == 2, out.output
     assert "SALESFORCE_SESSION_ID has expired" in out.output
     assert len(out.output.strip().splitlines()) == 1, out.output
@@ -232,14 +237,7 @@ def test_a_fixed_session_that_expires_mid_run_exits_2(
     exits 2 (settings), not 3 (partial, as if the next run could heal it without a change):
     no rerun succeeds until SALESFORCE_SESSION_ID is replaced."""
     sf.expire_sessions(after_requests=3)  # the check at the start, then two of the extract
-    env = {
-        **sf.settings_env(),
-        "CHURN_DB": str(tmp_path / "w.duckdb"),
-        "STRIPE_API_KEY": "sk_test_churn_tests",
-        "STRIPE_API_BASE": counting_stripe.base,
-        "STRIPE_MAX_RETRIES": "0",
-    }
-    out = CliRunner().invoke(app, ["run"], env=env)
+    out = _churn_run(sf, counting_stripe, tmp_path)
     assert out.exit_code == 2, out.output
     # the summary's table wraps the step's error over lines
     assert "ConfigError" in out.output and "SALESFORCE_SESSION_ID" in out.output

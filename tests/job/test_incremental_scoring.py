@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
@@ -152,6 +153,18 @@ def test_an_incremental_score_after_changes_equals_a_full_score(
     assert carried == total - inc.counts["accounts_computed"]
 
 
+def _scored_then_an_hour_later(
+    con: duckdb.DuckDBPyConnection, settings: Settings
+) -> tuple[datetime, datetime, str | None]:
+    """Score at 01:00 today; (that time, an hour later, the model version in force)."""
+    from churn.job.model import in_force_version
+
+    t1 = warehouse.utcnow().replace(hour=1)
+    version = in_force_version(con, t1)
+    score(settings, con, as_of=t1, incremental=True)
+    return t1, t1 + timedelta(hours=1), version
+
+
 def test_settings_the_model_a_new_day_or_shared_input_score_everything(
     landed: Landed, tmp_path: Path
 ) -> None:
@@ -160,12 +173,7 @@ def test_settings_the_model_a_new_day_or_shared_input_score_everything(
     settings = Settings(db=db)
     con = warehouse.connect(db)
     try:
-        from churn.job.model import in_force_version
-
-        t1 = warehouse.utcnow().replace(hour=1)
-        version = in_force_version(con, t1)
-        score(settings, con, as_of=t1, incremental=True)
-        later = t1 + timedelta(hours=1)
+        t1, later, version = _scored_then_an_hour_later(con, settings)
         assert not decide(con, settings, later, version).full
         other = settings.with_overrides(signals={"card_expiry_horizon_days": 45})
         assert decide(con, other, later, version).reason == "settings or scoring code changed"
@@ -228,12 +236,7 @@ def test_a_currency_type_saved_again_unchanged_scores_incrementally(
     settings = Settings(db=db)
     con = warehouse.connect(db)
     try:
-        from churn.job.model import in_force_version
-
-        t1 = warehouse.utcnow().replace(hour=1)
-        version = in_force_version(con, t1)
-        score(settings, con, as_of=t1, incremental=True)
-        later = t1 + timedelta(hours=1)
+        _, later, version = _scored_then_an_hour_later(con, settings)
         con.execute("UPDATE core_currency_rates SET system_modstamp = ?", [later])
         con.execute("UPDATE core_dated_conversion_rates SET system_modstamp = ?", [later])
         assert not decide(con, settings, later, version).full
