@@ -91,7 +91,12 @@ def landed(db: Path, fetched_after: datetime | None = None) -> dict[str, list[tu
                     else n
                     for n in names
                 )
-            out[table] = sorted(con.execute(f"SELECT {cols} FROM {table}").fetchall(), key=repr)
+            rows = con.execute(f"SELECT {cols} FROM {table}").fetchall()
+            # list columns (core_invoices.other_subscriptions) as tuples: rows are compared
+            # as sets
+            out[table] = sorted(
+                (tuple(tuple(v) if isinstance(v, list) else v for v in r) for r in rows), key=repr
+            )
         return out
     finally:
         con.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -19,6 +20,7 @@ from churn import warehouse
 from churn.pipelines.stripe.history import build_history
 from churn.pipelines.stripe.land import Version, land
 from churn.pipelines.stripe.normalise import normalise
+from churn.pipelines.stripe.rebuild import rebuild_core
 
 DAY = 86_400
 T0 = 1_750_000_000  # 2025-06-15
@@ -256,3 +258,113 @@ def test_a_subscription_seen_cancelling_was_not_cancelling_before_its_request(
         " ORDER BY valid_from"
     ).fetchall()
     assert rows == [(_ts(T0), "active", False), (_ts(asked), "active", True)]
+
+
+def _sub2_items(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
+    return con.execute(
+        "SELECT valid_from, valid_to, quantity FROM history_subscription_items "
+        "WHERE subscription_id = 'sub_2' ORDER BY valid_from"
+    ).fetchall()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["build_history", "rebuild_core"])
+def test_a_line_naming_another_subscription_reaches_it_when_only_that_one_is_rebuilt(
+    con: duckdb.DuckDBPyConnection, chunked: bool
+) -> None:
+    """A line is its own subscription's (``parent.subscription_item_details.subscription``,
+    before basil ``subscription``), whatever the invoice's subscription. When only that
+    other subscription is rebuilt (a new version of it, nothing new on the invoice), its
+    history still reads the line: the rebuild reads its own invoices' lines and those of
+    invoices whose lines name another subscription (``core_invoices.other_subscriptions``),
+    not every invoice's, and must find it there."""
+
+    def foreign(start: int) -> dict[str, Any]:
+        line = _line(start, 9, basil=True)
+        line["id"] = f"il_foreign_{start}"
+        line["parent"]["subscription_item_details"].update(
+            subscription="sub_2", subscription_item="si_2"
+        )
+        return line
+
+    # sub_2's two billed periods (9 seats) on sub_1's invoices, then 4 seats today
+    invoices = [
+        _invoice(0, [_line(T0, 10, basil=True), foreign(T0)], basil=True),
+        _invoice(1, [_line(T0 + 30 * DAY, 10, basil=True), foreign(T0 + 30 * DAY)], basil=True),
+    ]
+    sub2 = _sub(4)
+    sub2["id"] = "sub_2"
+    sub2["items"]["data"][0]["id"] = "si_2"
+    v = Version("list", FETCHED, 0, "list", None)
+    land(con, "subscription", [(sub2, v)], FETCHED)
+    _build(con, _sub(10), invoices)
+    assert con.execute(
+        "SELECT invoice_id, other_subscriptions FROM core_invoices ORDER BY invoice_id"
+    ).fetchall() == [("in_0", ["sub_2"]), ("in_1", ["sub_2"])]
+    whole = _sub2_items(con)
+    assert whole[0] == (_ts(T0), _ts(T0 + 30 * DAY), 9)  # the foreign line's 9 seats
+
+    # only sub_2 is dirty: its history redone from what is stored
+    con.execute("DELETE FROM history_subscription_items WHERE subscription_id = 'sub_2'")
+    con.execute("DELETE FROM history_subscriptions WHERE subscription_id = 'sub_2'")
+    con.execute("DELETE FROM stripe_dirty")
+    con.execute("INSERT INTO stripe_dirty VALUES ('subscription', 'sub_2')")
+    if chunked:
+        rebuild_core(con)
+    else:
+        build_history(con)
+    assert _sub2_items(con) == whole
+
+
+def test_an_invoice_stored_before_its_other_subscriptions_were_known_is_read(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    """A row the migration could not fill (NULL: unknown) is read like one naming other
+    subscriptions, so a rebuild of one subscription never misses its lines."""
+    invoices = [_invoice(n, [_line(T0 + n * 30 * DAY, q, basil=True)], basil=True)
+                for n, q in enumerate([10, 10, 6])]  # fmt: skip
+    _build(con, _sub(6), invoices)
+    whole = _items(con)
+    con.execute("UPDATE core_invoices SET other_subscriptions = NULL")
+    con.execute("UPDATE core_invoices SET subscription_id = 'sub_other'")  # not sub_1's
+    con.execute("DELETE FROM history_subscription_items")
+    con.execute("DELETE FROM history_subscriptions")
+    con.execute("DELETE FROM stripe_dirty")
+    con.execute("INSERT INTO stripe_dirty VALUES ('subscription', 'sub_1')")
+    build_history(con)
+    assert _items(con) == whole
+
+
+def test_the_migration_fills_other_subscriptions_of_the_invoices_already_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 109 adds ``core_invoices.other_subscriptions`` and fills it for the rows
+    a warehouse already holds, with core's own expression (a full rebuild gives the same)."""
+    from churn.warehouse import connection
+
+    every = connection.migrations()
+    monkeypatch.setattr(connection, "migrations", lambda: [m for m in every if m.version < 109])
+    db = tmp_path / "w.duckdb"
+    con = connection.connect(db)
+    line = _line(T0, 9, basil=False)
+    line["subscription"] = "sub_2"
+    invoices = [_invoice(0, [_line(T0, 10, basil=False), line], basil=False),
+                _invoice(1, [_line(T0, 10, basil=True)], basil=True),
+                {**_invoice(2, [], basil=True), "lines": None}]  # fmt: skip
+    land(con, "invoice", [(i, Version("list", FETCHED, 0, "list", None)) for i in invoices],
+         FETCHED)  # fmt: skip
+    con.execute("INSERT INTO core_invoices (invoice_id) SELECT id FROM raw_stripe_invoice")
+    con.close()
+    monkeypatch.setattr(connection, "migrations", lambda: every)
+    con = connection.connect(db)
+    migrated = con.execute(
+        "SELECT invoice_id, other_subscriptions FROM core_invoices ORDER BY invoice_id"
+    ).fetchall()
+    assert migrated == [("in_0", ["sub_2"]), ("in_1", []), ("in_2", [])]
+    normalise(con, None, full=True)
+    assert (
+        con.execute(
+            "SELECT invoice_id, other_subscriptions FROM core_invoices ORDER BY invoice_id"
+        ).fetchall()
+        == migrated
+    )
+    con.close()

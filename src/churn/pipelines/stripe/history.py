@@ -81,8 +81,20 @@ _LINES = f"""
                      unnest(CAST(r.payload->'$.lines.data' AS JSON[])) AS l
               FROM core_invoices i JOIN raw_stripe_invoice r ON r.id = i.invoice_id
               WHERE i.subscription_id IS NOT NULL AND i.status IS DISTINCT FROM 'draft'
-                AND NOT i.is_deleted) i) i
+                AND NOT i.is_deleted AND __INVOICES__) i) i
 """
+#: The invoices whose lines can belong to a dirty subscription: its own, and those whose
+#: lines name another subscription (or not known: a row from before migration 109). The
+#: lines are then kept by their own subscription; this only spares unnesting the rest.
+_DIRTY_INVOICES = (
+    f"({dirty('subscription', 'i.subscription_id')} OR i.other_subscriptions IS NULL "
+    "OR len(i.other_subscriptions) > 0)"
+)
+
+
+def _lines(invoices: str) -> str:
+    return _LINES.replace("__INVOICES__", invoices)
+
 
 _VERSIONS = f"""
     CREATE OR REPLACE TEMP TABLE _sub_versions AS
@@ -545,11 +557,11 @@ def build_history(con: duckdb.DuckDBPyConnection, *, full: bool = False) -> int:
     rebuild would give for it.
     """
     if full:
-        con.execute(_versions("TRUE", _LINES))
+        con.execute(_versions("TRUE", _lines("TRUE")))
         con.execute("DELETE FROM history_subscriptions")
         con.execute("DELETE FROM history_subscription_items")
     else:
-        con.execute(_versions(dirty("subscription", "s.subscription_id"), _LINES))
+        con.execute(_versions(dirty("subscription", "s.subscription_id"), _lines(_DIRTY_INVOICES)))
         for table in ("history_subscriptions", "history_subscription_items"):
             con.execute(f"DELETE FROM {table} WHERE {dirty('subscription', 'subscription_id')}")
     con.execute(_SUBSCRIPTIONS)
@@ -574,7 +586,8 @@ def prepare_chunks(con: duckdb.DuckDBPyConnection) -> None:
     to redo (``_customer_scope``, ``_pm_scope``), as :func:`build_in_place_history` picks
     them. Temporary tables: a kill loses them, and the rerun builds them again."""
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _invoice_lines AS SELECT * FROM ({_LINES}) l "
+        "CREATE OR REPLACE TEMP TABLE _invoice_lines AS "
+        f"SELECT * FROM ({_lines(_DIRTY_INVOICES)}) l "
         f"WHERE {dirty('subscription', 'l.subscription_id')} ORDER BY subscription_id"
     )
     con.execute(_CHARGE_CARDS)

@@ -22,6 +22,14 @@ from typing import Any
 ITEMS_JSON = "CAST(payload->'$.items.data' AS JSON[])"
 
 _LINES = "CAST(payload->'$.lines.data' AS JSON[])"
+# The subscriptions an invoice's lines name other than its own (both shapes; a line
+# naming none is the invoice's own); [] when there are none or no lines.
+_OTHER_SUBSCRIPTIONS = (
+    f"coalesce(list_distinct(list_filter(list_transform({_LINES}, lambda l: coalesce("
+    "l->>'$.parent.subscription_item_details.subscription', stripe_id(l->'$.subscription'))), "
+    "lambda s: s IS NOT NULL AND s IS DISTINCT FROM coalesce(stripe_id(payload->'$.subscription'), "
+    "payload->>'$.parent.subscription_details.subscription'))), [])"
+)
 # An invoice line's inclusive tax entries, in both shapes.
 _INCL = (
     "list_filter(coalesce(CAST(l->'$.taxes' AS JSON[]), CAST(l->'$.tax_amounts' AS JSON[]), []), "
@@ -419,6 +427,10 @@ STREAMS: tuple[Stream, ...] = (
                         "inclusive_taxable",
                         f"list_sum(list_transform({_LINES}, lambda l: {_INCL_TAXABLE}))",
                     ),
+                    # the other subscriptions its lines name (almost always none): the
+                    # history rebuild of a few subscriptions reads only their invoices
+                    # and these, not every invoice's lines (history.prepare_chunks)
+                    ("other_subscriptions", _OTHER_SUBSCRIPTIONS),
                     ("attempt_count", "TRY_CAST(payload->>'$.attempt_count' AS INTEGER)"),
                     ("attempted", "TRY_CAST(payload->>'$.attempted' AS BOOLEAN)"),
                     ("next_payment_attempt", "stripe_ts(payload->'$.next_payment_attempt')"),
