@@ -55,8 +55,8 @@ def save_model(con: duckdb.DuckDBPyConnection, model: ChurnModel, trained_at: da
         con.execute("DELETE FROM model_registry WHERE version = ?", [model.version])
         con.execute(
             "INSERT INTO model_registry (version, kind, trained_at, cutoff, data_from, data_to,"
-            " horizon_days, features, metrics, card, serialization, model)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " horizon_days, features, metrics, card, serialization, model, compiled)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 model.version,
                 model.kind,
@@ -70,6 +70,7 @@ def save_model(con: duckdb.DuckDBPyConnection, model: ChurnModel, trained_at: da
                 json.dumps(card, default=str),
                 None if blob is None else "skops",
                 blob,
+                model.compiled_bytes(),
             ],
         )
 
@@ -94,14 +95,14 @@ def load_promoted(con: duckdb.DuckDBPyConnection) -> ChurnModel | None:
     """The model in force, or None (the rule-based score then stays in force)."""
     return _first_model(
         con.execute(
-            "SELECT version, kind, model, card FROM model_registry WHERE promoted"
+            "SELECT version, kind, model, card, compiled FROM model_registry WHERE promoted"
             " ORDER BY promoted_at DESC LIMIT 1"
         ).fetchall()
     )
 
 
 def _first_model(rows: list[Any]) -> ChurnModel | None:
-    """The first (version, kind, model, card) row of ``model_registry`` rebuilt, or None:
+    """The first (version, kind, model, card, compiled) row of ``model_registry`` rebuilt, or None:
     once per process for the same row (:func:`_loaded`)."""
     if not rows:
         return None
@@ -119,14 +120,20 @@ _MODELS_LOCK = threading.Lock()
 _MODELS_KEPT = 4
 
 
-def _loaded(version: Any, kind: Any, blob: Any, card: Any) -> Future[ChurnModel]:
+def _loaded(
+    version: Any, kind: Any, blob: Any, card: Any, compiled: Any = None
+) -> Future[ChurnModel]:
     """The model of one ``model_registry`` row, rebuilt once per process: a future already
     done (or being done by another thread: the webhook worker's), else rebuilt here. A
     rebuild that failed is not kept: its error reaches the caller, and the next call
     tries again."""
     data = None if blob is None else bytes(blob)
+    arrays = None if compiled is None else bytes(compiled)
     key = hashlib.sha256(
-        json.dumps([str(version), str(kind), str(card)]).encode() + (data or b"")
+        json.dumps([str(version), str(kind), str(card)]).encode()
+        + (data or b"")
+        + b"\0compiled\0"
+        + (arrays or b"")
     ).hexdigest()
     with _MODELS_LOCK:
         future = _MODELS.get(key)
@@ -140,7 +147,7 @@ def _loaded(version: Any, kind: Any, blob: Any, card: Any) -> Future[ChurnModel]
     def build() -> None:
         try:
             future.set_result(
-                ChurnModel.from_stored(str(version), str(kind), data, json.loads(card))
+                ChurnModel.from_stored(str(version), str(kind), data, json.loads(card), arrays)
             )
         except BaseException as exc:  # handed to whoever asks for the model
             future.set_exception(exc)
@@ -165,7 +172,7 @@ def load_in_force(con: duckdb.DuckDBPyConnection, as_of: datetime) -> ChurnModel
 
 #: The row of the model in force at ``?`` (``load_in_force``).
 _IN_FORCE = (
-    "SELECT version, kind, model, card FROM model_registry"
+    "SELECT version, kind, model, card, compiled FROM model_registry"
     " WHERE promoted_at IS NOT NULL AND model IS NOT NULL AND cutoff <= ?"
     " AND features = ? ORDER BY promoted DESC, promoted_at DESC LIMIT 1"
 )

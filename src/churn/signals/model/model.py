@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -32,6 +33,8 @@ if TYPE_CHECKING:  # settings take their defaults from the signal registry
 
 from churn.errors import ScoringError
 from churn.signals.model import serialize
+from churn.signals.model.compiled import MAX_ROWS as MAX_COMPILED_ROWS
+from churn.signals.model.compiled import CompiledModel, compile_estimator
 from churn.signals.model.features import (
     DESCRIPTIONS,
     FEATURE_NAMES,
@@ -40,7 +43,7 @@ from churn.signals.model.features import (
 )
 from churn.signals.model.metrics import calibration_table, summary
 from churn.signals.model.reasons import contributions, reasons_frame
-from churn.signals.model.routing import may_change
+from churn.signals.model.routing import may_change, may_change_compiled
 from churn.signals.model.train import (
     backtest,
     fit_calibrated,
@@ -65,35 +68,67 @@ BASELINE = "baseline"
 
 @dataclass
 class ChurnModel:
-    """A trained model (or the baseline), its reference values and its card."""
+    """A trained model (or the baseline), its reference values and its card.
+
+    ``compiled`` (:mod:`churn.signals.model.compiled`), when the pipeline could be
+    compiled, gives the same probabilities without scikit-learn; the fitted estimator is
+    then rebuilt from ``blob`` only when it is needed (more rows than
+    :data:`~churn.signals.model.compiled.MAX_ROWS`)."""
 
     version: str
     kind: str
     estimator: Any | None
     reference: list[float]
     card: dict[str, Any] = field(default_factory=dict)
+    compiled: CompiledModel | None = None
+    blob: bytes | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def is_baseline(self) -> bool:
-        return self.estimator is None
+        return self.estimator is None and self.blob is None
+
+    def fitted(self) -> Any:
+        """The scikit-learn estimator, rebuilt from its skops bytes on first use."""
+        with self._lock:
+            if self.estimator is None and self.blob is not None:
+                self.estimator = serialize.loads(self.blob)
+            return self.estimator
 
     def proba(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-        assert self.estimator is not None
+        assert not self.is_baseline
         if x.shape[0] == 0:
             return np.zeros(0)
+        if self.compiled is not None and x.shape[0] <= MAX_COMPILED_ROWS:
+            return self.compiled.proba(x)
+        estimator = self.fitted()
         with threads():
-            return np.asarray(self.estimator.predict_proba(x)[:, 1], dtype=np.float64)
+            return np.asarray(estimator.predict_proba(x)[:, 1], dtype=np.float64)
 
     def to_blob(self) -> bytes | None:
+        if self.blob is not None:
+            return self.blob
         return None if self.estimator is None else serialize.dumps(self.estimator)
+
+    def compiled_bytes(self) -> bytes | None:
+        return None if self.compiled is None else self.compiled.to_bytes()
 
     @classmethod
     def from_stored(
-        cls, version: str, kind: str, blob: bytes | None, card: dict[str, Any]
+        cls,
+        version: str,
+        kind: str,
+        blob: bytes | None,
+        card: dict[str, Any],
+        compiled: bytes | None = None,
     ) -> ChurnModel:
-        """Rebuild from ``model_registry`` columns; the blob through skops' trusted list."""
-        estimator = None if blob is None else serialize.loads(blob)
-        return cls(version, kind, estimator, list(card.get("reference", [])), card)
+        """Rebuild from ``model_registry`` columns: the compiled arrays when stored (the
+        estimator's bytes kept for when they are needed), else the estimator, through
+        skops' trusted list."""
+        arrays = None if compiled is None or blob is None else CompiledModel.from_bytes(compiled)
+        estimator = None if blob is None or arrays is not None else serialize.loads(blob)
+        reference = list(card.get("reference", []))
+        return cls(version, kind, estimator, reference, card, arrays, blob)
 
 
 def history_start(tables: Tables) -> datetime | None:
@@ -231,14 +266,20 @@ def train(
     estimator = fit_calibrated(result.chosen, rows, seed)
     reference = _reference(rows)
     blob = serialize.dumps(estimator)
+    with threads():
+        compiled = compile_estimator(estimator, matrix(rows))
     version = f"{result.chosen}-{cutoff:%Y%m%d}-{hashlib.sha256(blob).hexdigest()[:8]}"
     card |= {
         "kind": result.chosen,
         "version": version,
         "backtest": {"metrics": result.metrics, "folds": result.folds},
         "reference": reference,
+        "prediction": "compiled arrays (npz, no pickle), equal bit for bit to"
+        " scikit-learn's on the training rows"
+        if compiled is not None
+        else "scikit-learn (this pipeline is not compiled)",
     }
-    return ChurnModel(version, result.chosen, estimator, reference, card), card
+    return ChurnModel(version, result.chosen, estimator, reference, card, compiled, blob), card
 
 
 def _baseline(
@@ -264,9 +305,12 @@ def _score_frame(
     reference = np.asarray(model.reference, dtype=np.float32)
     if len(reference) != x.shape[1]:
         reference = np.full(x.shape[1], np.nan, dtype=np.float32)
-    p, contrib = contributions(
-        model.proba, x, reference, may_change=may_change(model.estimator, x, reference)
-    )
+    if model.compiled is None:
+        routed = may_change(model.fitted(), x, reference)
+    else:  # the same splits read from the arrays (scikit-learn not loaded for them)
+        layout = model.compiled.tree_layout()
+        routed = None if layout is None else may_change_compiled(layout, x, reference)
+    p, contrib = contributions(model.proba, x, reference, may_change=routed)
     return p, reasons_frame(feats, contrib)
 
 

@@ -20,6 +20,7 @@ Anything else (another estimator, a categorical split, an unexpected pipeline) g
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -77,27 +78,62 @@ def may_change(
     nodes = [p.nodes for per_iteration in model._predictors for p in per_iteration]
     if not nodes:
         return None
-    every = np.concatenate(nodes)
+    indicators: list[int] | str = []
+    if imputer is not None:
+        indicator = getattr(imputer, "indicator_", None)
+        if hasattr(imputer, "transformer_list"):  # value, then an indicator per feature
+            indicators = "all"
+        elif indicator is not None:
+            indicators = [int(j) for j in indicator.features_]
+    transform = None if imputer is None else imputer.transform
+    return _routed(transform, indicators, np.concatenate(nodes), model.n_features_in_, x, reference)
+
+
+def may_change_compiled(
+    layout: tuple[Any, list[int] | str, npt.NDArray[Any], int],
+    x: npt.NDArray[np.float32],
+    reference: npt.NDArray[np.float32],
+) -> npt.NDArray[np.bool_] | None:
+    """:func:`may_change` for a compiled tree model
+    (:meth:`~churn.signals.model.compiled.CompiledModel.tree_layout`): the same splits,
+    the same imputation, the same answer."""
+    step, indicators, every, n_features_in = layout
+    if len(every) == 0:
+        return None
+    return _routed(
+        None if step is None else step.apply, indicators, every, n_features_in, x, reference
+    )
+
+
+def _routed(
+    transform: Callable[[npt.NDArray[Any]], npt.NDArray[Any]] | None,
+    indicators_of: list[int] | str,
+    every: npt.NDArray[Any],
+    n_features_in: int,
+    x: npt.NDArray[np.float32],
+    reference: npt.NDArray[np.float32],
+) -> npt.NDArray[np.bool_] | None:
+    """The routing of :func:`may_change`: ``transform`` the imputing step (None: raw
+    features reach the trees), ``indicators_of`` the features with an indicator column
+    after the values (``"all"``: every feature), ``every`` the trees' nodes."""
     splits = every[every["is_leaf"] == 0]
     if splits["is_categorical"].any():
         return None
     n, n_features = x.shape
     if n == 0:
         return np.zeros((0, n_features), dtype=bool)
-    if imputer is None:  # missing values reach the trees
+    if transform is None:  # missing values reach the trees
         xt = np.asarray(x, dtype=np.float64)
         rt = np.asarray(reference, dtype=np.float64)
-        if xt.shape[1] != n_features or model.n_features_in_ != n_features:
+        if xt.shape[1] != n_features or n_features_in != n_features:
             return None
         indicators: list[int] = []
     else:
-        xt = np.asarray(imputer.transform(x), dtype=np.float64)
-        rt = np.asarray(imputer.transform(reference.reshape(1, -1)), dtype=np.float64)[0]
-        indicator = getattr(imputer, "indicator_", None)
-        if hasattr(imputer, "transformer_list"):  # value, then an indicator per feature
-            indicators = list(range(n_features))
-        else:
-            indicators = [] if indicator is None else [int(j) for j in indicator.features_]
+        xt = np.asarray(transform(x), dtype=np.float64)
+        rt = np.asarray(transform(reference.reshape(1, -1)), dtype=np.float64)[0]
+        indicators = (
+            list(range(n_features)) if isinstance(indicators_of, str) else list(indicators_of)
+        )
         if xt.shape[1] != n_features + len(indicators) or np.isnan(xt).any() or np.isnan(rt).any():
             return None  # a missing value reaching these trees would follow its own rule
     # the columns the trees see for feature j: its value, then its indicator (imputed)
