@@ -220,7 +220,8 @@ def test_scores_and_reasons_are_the_same_with_the_arrays_as_with_the_estimator(
 
     estimator, _, model = fitted[kind]
     assert model is not None
-    frame = synthetic(40, seed=9)
+    # few enough rows that the moved ones stay under MAX_ROWS (the linear one moves all)
+    frame = synthetic(40, seed=9).head(300)
     reference = _reference(synthetic(60, seed=5))
     blob = dumps(estimator)
     arrays = ChurnModel("v", kind, None, reference, {}, model, blob)
@@ -231,3 +232,26 @@ def test_scores_and_reasons_are_the_same_with_the_arrays_as_with_the_estimator(
     assert reasons_arrays == reasons_sklearn
     assert any(reasons_arrays)
     assert arrays.estimator is None  # scored without rebuilding the estimator
+
+
+def test_a_scoring_past_max_rows_in_all_is_predicted_by_the_estimator(
+    fitted: Fitted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The choice is made once for a scoring, on every row it predicts (its accounts and
+    the reasons' moved rows, however they are cut into calls): the arrays' walk costs
+    more per row than scikit-learn's, whose import is paid once."""
+    from churn.signals.model import model as model_mod
+    from churn.signals.model.model import _reference, _score_frame
+
+    estimator, _, compiled = fitted["gradient_boosting"]
+    frame = synthetic(40, seed=9)
+    reference = _reference(synthetic(60, seed=5))
+    small = ChurnModel("v", "gradient_boosting", None, reference, {}, compiled, dumps(estimator))
+    want = _score_frame(small, frame)
+    assert small.estimator is None
+    monkeypatch.setattr(model_mod, "MAX_COMPILED_ROWS", frame.height)  # accounts alone fit
+    large = ChurnModel("v", "gradient_boosting", None, reference, {}, compiled, dumps(estimator))
+    got = _score_frame(large, frame)
+    assert large.estimator is not None  # the moved rows took it past: the estimator scored
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[1] == want[1]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -96,14 +96,28 @@ class ChurnModel:
             return self.estimator
 
     def proba(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """Probabilities of churn: :meth:`predictor` for ``x``'s rows alone."""
+        return self.predictor(x.shape[0])(x)
+
+    def predictor(self, rows: int) -> Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float64]]:
+        """What predicts a scoring of ``rows`` rows in all (its accounts and the reasons'
+        moved rows, however they are cut in calls): the compiled arrays up to
+        :data:`~churn.signals.model.compiled.MAX_ROWS` rows, else the estimator (the
+        arrays' walk costs about 3 times scikit-learn's per row, whose import costs 1.5
+        CPU seconds once). Both give the same numbers."""
         assert not self.is_baseline
-        if x.shape[0] == 0:
-            return np.zeros(0)
-        if self.compiled is not None and x.shape[0] <= MAX_COMPILED_ROWS:
-            return self.compiled.proba(x)
-        estimator = self.fitted()
-        with threads():
-            return np.asarray(estimator.predict_proba(x)[:, 1], dtype=np.float64)
+        compiled = self.compiled if rows <= MAX_COMPILED_ROWS else None
+
+        def predict(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+            if x.shape[0] == 0:
+                return np.zeros(0)
+            if compiled is not None:
+                return compiled.proba(x)
+            estimator = self.fitted()
+            with threads():
+                return np.asarray(estimator.predict_proba(x)[:, 1], dtype=np.float64)
+
+        return predict
 
     def to_blob(self) -> bytes | None:
         if self.blob is not None:
@@ -310,7 +324,12 @@ def _score_frame(
     else:  # the same splits read from the arrays (scikit-learn not loaded for them)
         layout = model.compiled.tree_layout()
         routed = None if layout is None else may_change_compiled(layout, x, reference)
-    p, contrib = contributions(model.proba, x, reference, may_change=routed)
+    # every row predicted in this scoring: the accounts, and each move that can change one
+    moved = ~((x == reference) | (np.isnan(x) & np.isnan(reference)))
+    if routed is not None:
+        moved &= routed
+    predict = model.predictor(x.shape[0] + int(moved.sum()))
+    p, contrib = contributions(predict, x, reference, may_change=routed)
     return p, reasons_frame(feats, contrib)
 
 
