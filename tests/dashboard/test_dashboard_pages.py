@@ -220,6 +220,28 @@ def test_account_page_explains_the_score(page_env: Dash) -> None:
     }
 
 
+def test_the_seat_panel_reads_usage_keyed_by_the_linked_stripe_customer(page_env: Dash) -> None:
+    """The usage feed may key its rows by Stripe customer id (the sandbox's does); the seat
+    signal maps them to the Account through the links, and the Account page's seat panel
+    must show the same samples, not "No usage samples" beside a seat reason."""
+    (account,) = rows(
+        page_env,
+        f"SELECT account_id FROM signal_events WHERE as_of = {LATEST}"
+        " AND signal = 'seat_utilization' ORDER BY account_id LIMIT 1",
+    )[0]
+    con = page_env.read()
+    try:
+        keyed = con.execute(
+            "SELECT count(*) FROM core_usage WHERE account_id = ?", [account]
+        ).fetchall()[0]
+        seats = q.account_seats(con, account)
+    finally:
+        con.close()
+    assert keyed == (0,)  # this world keys its usage by customer, not by Account Id
+    assert seats.height > 0
+    assert (seats["active_seats"] > 0).any() and (seats["seats_held"] > 0).all()
+
+
 # --- portfolio ------------------------------------------------------------------------
 
 

@@ -466,14 +466,20 @@ def account_mrr_history(con: duckdb.DuckDBPyConnection, account_id: str) -> pl.D
 
 
 def account_seats(con: duckdb.DuckDBPyConnection, account_id: str, days: int = 120) -> pl.DataFrame:
-    """Active seats (usage feed) against seats held, per sampled day in the last ``days``."""
+    """Active seats (usage feed) against seats held, per sampled day in the last ``days``.
+
+    The feed keys a row by Salesforce Account Id or by Stripe customer id; the seat signal
+    maps the latter to the Account through the links, and so does this (summed per day
+    over the Account's customers, as the signal sums them)."""
     return _frame(
         con,
         f"""WITH cust AS ({_CUSTOMERS}),
             subs AS (SELECT DISTINCT subscription_id FROM history_subscriptions
                      WHERE customer_id IN (SELECT customer_id FROM cust)),
-            u AS (SELECT day, active_seats FROM core_usage WHERE account_id = $a
-                  AND day > (SELECT CAST(max(as_of) AS DATE) FROM account_health) - $days)
+            u AS (SELECT day, sum(active_seats)::BIGINT AS active_seats FROM core_usage
+                  WHERE (account_id = $a OR account_id IN (SELECT customer_id FROM cust))
+                    AND day > (SELECT CAST(max(as_of) AS DATE) FROM account_health) - $days
+                  GROUP BY day)
             SELECT u.day, u.active_seats,
                    (SELECT sum(COALESCE(i.quantity, 0)) FROM history_subscription_items i
                     WHERE i.subscription_id IN (SELECT subscription_id FROM subs)
