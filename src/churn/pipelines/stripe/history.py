@@ -43,6 +43,7 @@ from __future__ import annotations
 import duckdb
 
 from churn.pipelines.stripe.normalise import Span, dirty, parsed_once, spans, typed
+from churn.pipelines.stripe.streams import LINE_SUBSCRIPTION
 
 _ITEMS = "CAST(payload->'$.items.data' AS JSON[])"
 
@@ -57,10 +58,9 @@ _LINE_PRORATION = (
     "coalesce(TRY_CAST(l->>'$.parent.subscription_item_details.proration' AS BOOLEAN), "
     "TRY_CAST(l->>'$.proration' AS BOOLEAN), FALSE)"
 )
-_LINE_SUBSCRIPTION = (
-    "coalesce(l->>'$.parent.subscription_item_details.subscription', "
-    "stripe_id(l->'$.subscription'), i.subscription_id)"
-)
+# (a line naming no subscription is its invoice's; core_invoices.other_subscriptions
+# reads lines by the same rule)
+_LINE_SUBSCRIPTION = f"coalesce({LINE_SUBSCRIPTION}, i.subscription_id)"
 
 #: Every invoice's lines, as the history reads them (``lines`` below); each line's
 #: fields read from it parsed once or twice, not once a field (parsed_once).

@@ -22,11 +22,17 @@ from typing import Any
 ITEMS_JSON = "CAST(payload->'$.items.data' AS JSON[])"
 
 _LINES = "CAST(payload->'$.lines.data' AS JSON[])"
-# The subscriptions an invoice's lines name other than its own (both shapes; a line
-# naming none is the invoice's own); [] when there are none or no lines.
+#: The subscription an invoice line ``l`` names itself, in both shapes (since
+#: 2025-03-31.basil under ``parent.subscription_item_details``, before at the top); NULL
+#: when it names none (the invoice's own). The history reads lines by it too.
+LINE_SUBSCRIPTION = (
+    "coalesce(l->>'$.parent.subscription_item_details.subscription', "
+    "stripe_id(l->'$.subscription'))"
+)
+# The subscriptions an invoice's lines name other than its own; [] when there are none
+# or no lines.
 _OTHER_SUBSCRIPTIONS = (
-    f"coalesce(list_distinct(list_filter(list_transform({_LINES}, lambda l: coalesce("
-    "l->>'$.parent.subscription_item_details.subscription', stripe_id(l->'$.subscription'))), "
+    f"coalesce(list_distinct(list_filter(list_transform({_LINES}, lambda l: {LINE_SUBSCRIPTION}), "
     "lambda s: s IS NOT NULL AND s IS DISTINCT FROM coalesce(stripe_id(payload->'$.subscription'), "
     "payload->>'$.parent.subscription_details.subscription'))), [])"
 )
