@@ -42,7 +42,7 @@ from churn.signals.model.features import (
     snapshot_dates,
 )
 from churn.signals.model.metrics import calibration_table, summary
-from churn.signals.model.reasons import contributions, reasons_frame
+from churn.signals.model.reasons import contributions, moves, reasons_frame
 from churn.signals.model.routing import may_change, may_change_compiled
 from churn.signals.model.train import (
     backtest,
@@ -325,10 +325,7 @@ def _score_frame(
         layout = model.compiled.tree_layout()
         routed = None if layout is None else may_change_compiled(layout, x, reference)
     # every row predicted in this scoring: the accounts, and each move that can change one
-    moved = ~((x == reference) | (np.isnan(x) & np.isnan(reference)))
-    if routed is not None:
-        moved &= routed
-    predict = model.predictor(x.shape[0] + int(moved.sum()))
+    predict = model.predictor(x.shape[0] + int(moves(x, reference, routed).sum()))
     p, contrib = contributions(predict, x, reference, may_change=routed)
     return p, reasons_frame(feats, contrib)
 

@@ -222,6 +222,19 @@ def sentence(feature: str, row: Mapping[str, float]) -> str:
 CONTRIBUTION_BLOCK_ROWS = 8_192
 
 
+def moves(
+    x: npt.NDArray[np.float32],
+    reference: npt.NDArray[np.float32],
+    may_change: npt.NDArray[np.bool_] | None = None,
+) -> npt.NDArray[np.bool_]:
+    """Per row and feature: the moved copy :func:`contributions` predicts (the value
+    differs from the reference, a missing one from a present one; with ``may_change``,
+    only where a split can see it)."""
+    ref = np.asarray(reference, dtype=np.float32)
+    moved = ~((x == ref) | (np.isnan(x) & np.isnan(ref)))
+    return moved if may_change is None else moved & may_change
+
+
 def contributions(
     predict: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float64]],
     x: npt.NDArray[np.float32],
@@ -243,7 +256,7 @@ def contributions(
     base = predict(x)
     out = np.zeros(x.shape, dtype=np.float64)
     ref = np.asarray(reference, dtype=np.float32)
-    differs = ~((x == ref) | (np.isnan(x) & np.isnan(ref)))
+    differs = moves(x, ref)
     if may_change is None:
         # Not a model whose rows are independent to the last bit (the linear candidate
         # computes in float32, and its sums' last bits depend on the rows predicted with
