@@ -29,6 +29,7 @@ from churn.sandbox.demo import Sandbox, ensure_world, serve_world
 from churn.settings import load_settings
 from faults import tally
 from faults.warehouse_compare import contents, difference
+from stripe_extract.landed import read_commits
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -161,13 +162,7 @@ def _kill_after(box: Sandbox, db: Path, chunks: int) -> int:
     """SIGKILL the extract right after its ``chunks``-th committed rebuild chunk; returns
     how many it committed (fewer when it ended first)."""
     process = _cli(box, db)
-    assert process.stderr is not None
-    seen = 0
-    while seen < chunks:
-        line = process.stderr.readline()
-        if not line:
-            break
-        seen += COMMITTED in line
+    seen = read_commits(process, chunks, COMMITTED)
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=600)  # a guard against a hang, not a speed check
     return seen

@@ -65,15 +65,17 @@ def extract_cli(env: Mapping[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
-def read_commits(process: subprocess.Popen[bytes], commits: int) -> None:
-    """Read the process's log until its ``commits``-th committed batch (or its end)."""
+def read_commits(process: subprocess.Popen[bytes], commits: int, marker: bytes = COMMITTED) -> int:
+    """Read the process's log until its ``commits``-th line holding ``marker`` (a
+    committed batch), or its end; returns how many it read."""
     assert process.stderr is not None
     seen = 0
     while seen < commits:
         line = process.stderr.readline()
         if not line:
             break
-        seen += COMMITTED in line
+        seen += marker in line
+    return seen
 
 
 def landed(db: Path, fetched_after: datetime | None = None) -> dict[str, list[tuple[Any, ...]]]:
