@@ -14,7 +14,6 @@ the push, so it is compared in the stand-in's records, not in core_accounts.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -29,11 +28,11 @@ from churn.job.run import DEFAULT_STEPS, run_job
 from churn.sandbox.demo import Sandbox, ensure_world, serve_world
 from churn.settings import load_settings
 from faults import tally
+from faults.child_env import sandbox_env
 from faults.warehouse_compare import contents, difference
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
-SRC = Path(__file__).resolve().parents[2] / "src"
 NOW = datetime(2026, 11, 2, tzinfo=UTC).replace(tzinfo=None)
 STEPS = tuple(s for s in DEFAULT_STEPS if s.name != "model")
 #: Kill points per phase (backfill, incremental): 2 x 11 = 22 kills.
@@ -43,23 +42,15 @@ PUSHED_BACK = {"core_accounts": {"stripe_customer_id"}}
 
 
 def _env(box: Sandbox, db: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("STRIPE_", "CHURN_", "SALESFORCE_"))
-    }
-    env.update(box.env())
-    env.update(
-        CHURN_DB=str(db),
+    return sandbox_env(
+        box,
+        db,
         CHURN_RUN__AS_OF=NOW.isoformat(),
         # the model's cadence off: `churn run` here is extract, links, score and push
         CHURN_SIGNALS__MODEL_RETRAIN_EVERY_DAYS="0",
         STRIPE_PAGE_SIZE="10",  # many pages: many transactions to be killed between
         STRIPE_LAND_BATCH_PAGES="1",
-        PYTHONPATH=str(SRC),
     )
-    env.pop(tally.ENV, None)
-    return env
 
 
 def _run(box: Sandbox, db: Path) -> None:

@@ -8,7 +8,6 @@ subscription history and the in-place histories each take several chunks.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -28,12 +27,12 @@ from churn.pipelines.stripe.streams import STREAMS
 from churn.sandbox.demo import Sandbox, ensure_world, serve_world
 from churn.settings import load_settings
 from faults import tally
+from faults.child_env import sandbox_env
 from faults.warehouse_compare import contents, difference
 from stripe_extract.landed import read_commits
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
-SRC = Path(__file__).resolve().parents[2] / "src"
 NOW = datetime(2026, 11, 2, tzinfo=UTC).replace(tzinfo=None)
 CHUNK = 5
 COMMITTED = b"rebuild chunk committed"
@@ -45,20 +44,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _env(box: Sandbox, db: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("STRIPE_", "CHURN_", "SALESFORCE_"))
-    }
-    env.update(box.env())
-    env.update(
-        CHURN_DB=str(db),
-        STRIPE_REBUILD_CHUNK_IDS=str(CHUNK),
-        STRIPE_RECONCILE_EVERY_HOURS="0",
-        PYTHONPATH=str(SRC),
+    return sandbox_env(
+        box, db, STRIPE_REBUILD_CHUNK_IDS=str(CHUNK), STRIPE_RECONCILE_EVERY_HOURS="0"
     )
-    env.pop(tally.ENV, None)
-    return env
 
 
 def _extract(box: Sandbox, db: Path) -> None:
