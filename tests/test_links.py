@@ -648,3 +648,89 @@ def test_signals_can_read_links_as_of_through_tables(tmp_path: Path) -> None:
         "  AND l.in_force_from <= p.t AND (l.valid_to IS NULL OR l.valid_to > p.t) ORDER BY p.t"
     )
     assert many["account_id"].to_list() == ["001A", "001A", "001B"]
+
+
+def _links_world(db: Path) -> duckdb.DuckDBPyConnection:
+    con = connect(db)
+    con.execute(
+        "INSERT INTO core_accounts (account_id, name, website_domain, stripe_customer_id) VALUES"
+        " ('001A', 'Acme', 'acme.io', NULL), ('001B', 'Beta', 'beta.io', NULL),"
+        " ('001C', 'Gamma', 'gamma.io', 'cus_4')"
+    )
+    con.execute(
+        "INSERT INTO core_customers (customer_id, name, email_domain, metadata) VALUES"
+        " ('cus_1', 'x', 'acme.io', NULL), ('cus_2', 'Beta', NULL, NULL),"
+        " ('cus_3', 'z', 'beta.io', NULL), ('cus_4', 'w', NULL, NULL)"
+    )
+    return con
+
+
+#: Edits between runs: a column the matching reads, one it does not, a deletion, a merge.
+_EDITS = (
+    "UPDATE core_customers SET currency = 'eur' WHERE customer_id = 'cus_1'",
+    "UPDATE core_accounts SET website_domain = 'beta.io' WHERE account_id = '001A'",
+    'UPDATE core_customers SET metadata = \'{"sf_account_id": "001C"}\''
+    " WHERE customer_id = 'cus_2'",
+    "UPDATE core_accounts SET stripe_customer_id = NULL WHERE account_id = '001C'",
+    "UPDATE core_customers SET is_deleted = TRUE WHERE customer_id = 'cus_3'",
+    "UPDATE core_accounts SET is_deleted = TRUE, master_record_id = '001B'"
+    " WHERE account_id = '001C'",
+    "UPDATE core_customers SET name = 'Gamma' WHERE customer_id = 'cus_4'",
+)
+
+
+def test_unchanged_input_skips_the_matching(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run whose customers and Accounts hold what the last matching read (in the columns
+    it reads) gives the same links, so it does not match again (at 100,000 accounts the
+    matching is seconds of every run); any change of such a column, of the matching's
+    settings, or a warehouse whose link_state was lost, matches again."""
+    import churn.pipelines.links as links
+
+    calls: list[int] = []
+    real = links.match_customers
+
+    def counted(*args: object, **kwargs: object) -> pl.DataFrame:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(links, "match_customers", counted)
+    db = tmp_path / "w.duckdb"
+    con = _links_world(db)
+    settings = Settings(db=db)
+    first = link_customers(settings, con)
+    again = link_customers(settings, con)
+    assert len(calls) == 1
+    assert again.counts == first.counts and again.links.equals(first.links)
+    con.execute(_EDITS[0])  # currency: not read by any rule
+    link_customers(settings, con)
+    assert len(calls) == 1
+    con.execute(_EDITS[1])  # a website domain
+    link_customers(settings, con)
+    assert len(calls) == 2
+    other = Settings(db=db, salesforce={"personal_email_domains": ["acme.io"]})
+    link_customers(other, con)
+    assert len(calls) == 3
+    link_customers(other, con)
+    assert len(calls) == 3
+    con.execute("DELETE FROM link_state")
+    link_customers(other, con)
+    assert len(calls) == 4
+
+
+def test_skipping_gives_what_matching_again_gives(tmp_path: Path) -> None:
+    """After each edit, a warehouse whose runs may skip holds the same links and versions
+    as one made to match at every run."""
+    skipping, matching = _links_world(tmp_path / "a.duckdb"), _links_world(tmp_path / "b.duckdb")
+    settings = Settings(db=tmp_path / "a.duckdb")
+    for day, edit in enumerate(("SELECT 1", "SELECT 1", *_EDITS), start=1):
+        now = datetime(2026, 3, day, 12)  # noqa: DTZ001
+        for con in (skipping, matching):
+            con.execute(edit)
+        matching.execute("DELETE FROM link_state")
+        link_customers(settings, skipping, now=now)
+        link_customers(settings, matching, now=now)
+        for table in ("core_account_links", "history_account_links"):
+            query = f"SELECT * FROM {table} ORDER BY ALL"
+            assert skipping.execute(query).fetchall() == matching.execute(query).fetchall(), edit

@@ -12,6 +12,9 @@ polars frames; :func:`link_customers` reads and writes the warehouse around it.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,10 +25,24 @@ import duckdb
 import polars as pl
 from publicsuffixlist import PublicSuffixList
 
+from churn import __version__
 from churn.settings import Settings
 from churn.warehouse import transaction, utcnow
 
 RULES = ("metadata", "account_field", "email_domain", "name")
+
+#: Bumped when a change to the matching changes what it gives for the same input: the
+#: next run matches again even though its input's digest is unchanged.
+LINKS_CODE_VERSION = "1"
+#: What the matching reads: the live customers and every Account (deleted ones too).
+_CUSTOMERS = (
+    "SELECT customer_id, name, email_domain, CAST(metadata AS VARCHAR) AS metadata"
+    " FROM core_customers WHERE NOT is_deleted"
+)
+_ACCOUNTS = (
+    "SELECT account_id, name, website_domain, stripe_customer_id, is_deleted,"
+    " master_record_id FROM core_accounts"
+)
 
 #: A conflict's detail names at most this many Accounts, then how many more.
 _DETAIL_IDS = 10
@@ -408,33 +425,61 @@ def _follow_merges(named: pl.DataFrame, every: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema, orient="row")
 
 
+def input_digest(settings: Settings, con: duckdb.DuckDBPyConnection) -> str:
+    """A digest of what the matching reads: the rows (an order-free sum of row hashes, and
+    their count), the matching settings, the code's and the suffix list's versions."""
+    rows = con.execute(
+        f"""SELECT (SELECT count(*) || ':' || COALESCE(sum(hash(c)::HUGEINT), 0)
+                    FROM ({_CUSTOMERS}) c),
+                   (SELECT count(*) || ':' || COALESCE(sum(hash(a)::HUGEINT), 0)
+                    FROM ({_ACCOUNTS}) a)"""
+    ).fetchall()
+    text = "|".join(
+        (
+            __version__,
+            LINKS_CODE_VERSION,
+            _psl_version(),
+            json.dumps(list(settings.salesforce.link_metadata_keys)),
+            json.dumps(list(settings.salesforce.personal_email_domains)),
+            *map(str, rows[0]),
+        )
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@cache
+def _psl_version() -> str:
+    try:
+        return importlib.metadata.version("publicsuffixlist")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def link_customers(
     settings: Settings, con: duckdb.DuckDBPyConnection, *, now: datetime | None = None
 ) -> LinkReport:
     """Rebuild core_account_links from core_customers and core_accounts, and version the
     changes in history_account_links (``now``, default the clock: when they were seen)."""
     seen_at = now or utcnow()
-    customers = con.sql(
-        "SELECT customer_id, name, email_domain, CAST(metadata AS VARCHAR) AS metadata"
-        " FROM core_customers WHERE NOT is_deleted"
-    ).pl()
-    # Deleted Accounts too: metadata naming one is followed through its merges or reported.
-    accounts = con.sql(
-        "SELECT account_id, name, website_domain, stripe_customer_id, is_deleted,"
-        " master_record_id FROM core_accounts"
-    ).pl()
-    links = match_customers(
-        customers,
-        accounts,
-        metadata_keys=settings.salesforce.link_metadata_keys,
-        personal_domains=settings.salesforce.personal_email_domains,
-    )
-    con.register("new_links", links.to_arrow())
-    try:
-        with transaction(con):
-            _write_links(con, seen_at)
-    finally:
-        con.unregister("new_links")
+    digest = input_digest(settings, con)
+    stored = con.execute("SELECT digest FROM link_state").fetchall()
+    # The same input gives the same links, which _write_links would leave as they are:
+    # a run where no customer or Account changed what the rules read skips the matching.
+    if not stored or stored[0][0] != digest:
+        # Deleted Accounts too: metadata naming one is followed through its merges.
+        links = match_customers(
+            con.sql(_CUSTOMERS).pl(),
+            con.sql(_ACCOUNTS).pl(),
+            metadata_keys=settings.salesforce.link_metadata_keys,
+            personal_domains=settings.salesforce.personal_email_domains,
+        )
+        con.register("new_links", links.to_arrow())
+        try:
+            with transaction(con):
+                _write_links(con, seen_at)
+                con.execute("INSERT OR REPLACE INTO link_state VALUES (1, ?, ?)", [digest, seen_at])
+        finally:
+            con.unregister("new_links")
     links = con.sql(
         "SELECT customer_id, account_id, method, detail, linked_at, valid_from"
         " FROM core_account_links ORDER BY customer_id"
