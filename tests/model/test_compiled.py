@@ -255,3 +255,15 @@ def test_a_scoring_past_max_rows_in_all_is_predicted_by_the_estimator(
     assert large.estimator is not None  # the moved rows took it past: the estimator scored
     np.testing.assert_array_equal(got[0], want[0])
     assert got[1] == want[1]
+
+
+def test_a_renamed_private_attribute_keeps_the_estimator(
+    fitted: Fitted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The arrays come from scikit-learn's private attributes: a release without them (here
+    ``_baseline_prediction`` gone) leaves the model uncompiled, scoring through its
+    estimator, instead of failing the training."""
+    estimator, x, _ = fitted["gradient_boosting"]
+    booster = estimator.calibrated_classifiers_[0].estimator.steps[-1][1]
+    monkeypatch.delattr(booster, "_baseline_prediction")
+    assert compile_estimator(estimator, x) is None

@@ -37,11 +37,14 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+log = logging.getLogger(__name__)
 
 #: The format's version, in the layout; another version is not read (the estimator is).
 FORMAT = 1
@@ -351,6 +354,12 @@ def compile_estimator(estimator: Any, x: npt.NDArray[np.float32]) -> CompiledMod
         compiled = _compile(estimator)
         again = CompiledModel.from_bytes(compiled.to_bytes())
     except NotCompiled:
+        return None
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        # The arrays are read from scikit-learn's private attributes (``_predictors``,
+        # ``_baseline_prediction``): a release that renames or reshapes them must leave
+        # the model scoring through its estimator, never fail the training.
+        log.warning("model not compiled (%s: %s): the estimator scores", type(exc).__name__, exc)
         return None
     if again is None:
         return None
