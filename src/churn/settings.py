@@ -502,6 +502,14 @@ class RunSettings(_Section):
         None, pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"
     )
     duckdb_threads: int | None = Field(None, ge=1, le=256)
+    #: DuckDB's ``memory_limit`` while a model trains or is evaluated (the features' SQL
+    #: over every snapshot, then the fit), spilling past it beside the file; restored
+    #: after. Unless ``duckdb_memory_limit`` bounds the whole run. None: the connection's.
+    #: Without it the blocks the features read stay cached beside the fit: a training at
+    #: 100,000 accounts peaked at 4.5 GB, 2.9 GB of it DuckDB's.
+    model_memory_limit: str | None = Field(
+        "1GB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"
+    )
     #: A partial run (some steps landed, or the API budget stopped one) exits 3, which
     #: systemd and cron count as a failure; true makes it exit 0 (still ``partial`` in
     #: run_log, and still alerted).

@@ -9,6 +9,7 @@ package may import it. Table families are listed in ``docs/architecture.md``.
 from __future__ import annotations
 
 from churn.warehouse.connection import Migration, connect, migrate, migrations, transaction, utcnow
+from churn.warehouse.memory import memory_limited
 from churn.warehouse.read_copy import (
     connect_read_copy,
     copy_whole,
@@ -23,6 +24,7 @@ __all__ = [
     "connect",
     "connect_read_copy",
     "copy_whole",
+    "memory_limited",
     "migrate",
     "migrations",
     "publish_read_copy",

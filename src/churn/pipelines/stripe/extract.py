@@ -29,9 +29,9 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -53,7 +53,6 @@ from churn.pipelines.stripe import land as stripe_land
 from churn.pipelines.stripe.client import StripeApi, make_stripe_client
 from churn.pipelines.stripe.history import build_history
 from churn.pipelines.stripe.land import Version, check_mode, land, mark_deleted
-from churn.pipelines.stripe.normalise import literal as _literal
 from churn.pipelines.stripe.normalise import normalise
 from churn.pipelines.stripe.partial import QUARANTINE_SOURCE, is_partial, missing_fields
 from churn.pipelines.stripe.rebuild import rebuild_core
@@ -66,7 +65,7 @@ from churn.pipelines.stripe.streams import (
     flatten,
 )
 from churn.settings import Settings
-from churn.warehouse import read_state, transaction, utcnow, write_state
+from churn.warehouse import memory_limited, read_state, transaction, utcnow, write_state
 
 log = logging.getLogger(__name__)
 
@@ -207,38 +206,14 @@ def extract_stripe(
     return result
 
 
-@contextlib.contextmanager
-def _memory_limit(con: duckdb.DuckDBPyConnection, settings: Settings) -> Iterator[None]:
-    """DuckDB held to ``stripe.extract_memory_limit`` inside (restored after), spilling
-    past it to ``<warehouse>.tmp/`` beside the file, as ``run.duckdb_memory_limit`` does."""
-    limit = settings.stripe.extract_memory_limit
-    if limit is None or settings.run.duckdb_memory_limit is not None:
-        yield
-        return
-    # fetchall, not fetchone: DuckDB 2 keeps an unfinished result busy on the connection.
-    rows = con.execute(
-        "SELECT current_setting('temp_directory'), "
-        "(SELECT path FROM duckdb_databases() WHERE database_name = current_database())"
-    ).fetchall()
-    temp, path = rows[0] if rows else (None, None)
-    con.execute(f"SET memory_limit = '{limit}'")
-    # The allocator hands freed memory back to the system after any task that peaked past
-    # this (DuckDB's default: 128 MiB), so the process's RSS follows what is in use.
-    con.execute("SET allocator_flush_threshold = '16MB'")
-    spill = str(Path(path).with_name(Path(path).name + ".tmp")) if path else None
-    if spill is not None and temp != spill:
-        # Kept after (DuckDB cannot switch a temporary directory once it has been used),
-        # and left as it is when it has been: spilling then goes where it went.
-        with contextlib.suppress(duckdb.NotImplementedException):
-            con.execute(f"SET temp_directory = {_literal(spill)}")
-    try:
-        yield
-    finally:
-        # Without run.duckdb_memory_limit the connection has DuckDB's defaults: RESET gives
-        # them back exactly (a SET of the value current_setting shows rounds it down by
-        # 0.1 GiB each time: 18.8 GiB came back as 18.7).
-        con.execute("RESET memory_limit")
-        con.execute("RESET allocator_flush_threshold")
+def _memory_limit(
+    con: duckdb.DuckDBPyConnection, settings: Settings
+) -> AbstractContextManager[None]:
+    """DuckDB held to ``stripe.extract_memory_limit`` inside (restored after), unless
+    ``run.duckdb_memory_limit`` bounds the whole run."""
+    if settings.run.duckdb_memory_limit is not None:
+        return memory_limited(con, None)
+    return memory_limited(con, settings.stripe.extract_memory_limit)
 
 
 def refresh_core(

@@ -1,0 +1,66 @@
+"""A model trains with DuckDB held to ``run.model_memory_limit`` (the blocks its features
+read are not kept cached beside the fit), restored after, and again without it when a
+warehouse's features need more."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+import churn.job.model as job_model
+from churn.settings import Settings
+from churn.warehouse import connect
+
+AT = datetime(2026, 3, 1)  # noqa: DTZ001
+
+
+def _limit(con: duckdb.DuckDBPyConnection) -> str:
+    return str(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
+
+
+def test_training_runs_under_the_model_memory_limit_and_restores_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    con = connect(tmp_path / "w.duckdb")
+    default = _limit(con)
+    seen: list[str] = []
+
+    def evaluate(tables: Any, *args: Any, **kwargs: Any) -> str:
+        seen.append(_limit(tables.con))
+        return "evaluated"
+
+    monkeypatch.setattr(job_model, "evaluate", evaluate)
+    settings = Settings(db=tmp_path / "w.duckdb", run={"model_memory_limit": "300MB"})
+    assert job_model.evaluate_at(settings, con, AT) == "evaluated"
+    assert seen == ["286.1 MiB"] and _limit(con) == default
+    # A run bounded as a whole keeps its own bound.
+    whole = Settings(db=tmp_path / "w.duckdb", run={"duckdb_memory_limit": "2GB"})
+    con.execute("SET memory_limit = '2GB'")
+    job_model.evaluate_at(whole, con, AT)
+    assert seen[-1] == _limit(con) == "1.8 GiB"
+
+
+def test_features_past_the_limit_are_computed_again_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    con = connect(tmp_path / "w.duckdb")
+    default = _limit(con)
+    seen: list[str] = []
+
+    def evaluate(tables: Any, *args: Any, **kwargs: Any) -> str:
+        seen.append(_limit(tables.con))
+        if len(seen) == 1:
+            raise duckdb.OutOfMemoryException("Out of Memory Error: could not allocate")
+        return "evaluated"
+
+    monkeypatch.setattr(job_model, "evaluate", evaluate)
+    settings = Settings(db=tmp_path / "w.duckdb", run={"model_memory_limit": "300MB"})
+    with caplog.at_level(logging.WARNING):
+        assert job_model.evaluate_at(settings, con, AT) == "evaluated"
+    assert seen == ["286.1 MiB", default]
+    assert "CHURN_RUN__MODEL_MEMORY_LIMIT=300MB" in caplog.text
