@@ -370,25 +370,20 @@ def store_deferred(
     """The changes put off by backoff, in ``push_plan`` with their next attempt."""
     if not changes:
         return
+    unique = list({c.idempotency_key: c for c in changes}.values())
+    frame = _plan_frame(unique, run_id, dry_run).with_columns(
+        pl.Series("runs_to_wait", [deferred[c.idempotency_key] for c in unique], pl.Int64)
+    )
+    # One statement: a row each costs ~12 ms against the grown table (534 put-off
+    # changes took 6.3 s of a 1% run at 100,000 accounts).
     with transaction(con):
-        for c in {c.idempotency_key: c for c in changes}.values():
+        con.register("_push_deferred_batch", frame)
+        try:
             con.execute(
-                "INSERT OR REPLACE INTO push_plan (run_id, planned_at, dry_run, idempotency_key,"
-                " sobject, record_key, action, fields, last_error, runs_to_wait)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    run_id,
-                    utcnow(),
-                    dry_run,
-                    c.idempotency_key,
-                    c.sobject,
-                    c.record_key,
-                    c.action,
-                    json_body(dict(c.fields)),
-                    c.last_error,
-                    deferred[c.idempotency_key],
-                ],
+                "INSERT OR REPLACE INTO push_plan BY NAME SELECT * FROM _push_deferred_batch"
             )
+        finally:
+            con.unregister("_push_deferred_batch")
 
 
 def _log_run(
@@ -861,12 +856,9 @@ def close_all_plan(settings: Settings, con: duckdb.DuckDBPyConnection) -> Plan:
     )
 
 
-def store_plan(con: duckdb.DuckDBPyConnection, plan: Plan, run_id: str, dry_run: bool) -> None:
-    """Keep the plan in ``push_plan`` (a dry run's only write)."""
-    if not plan.changes:
-        return
-    unique = {c.idempotency_key: c for c in plan.changes}.values()
-    frame = pl.DataFrame(
+def _plan_frame(unique: Sequence[Change], run_id: str, dry_run: bool) -> pl.DataFrame:
+    """``push_plan``'s columns for ``unique`` (one change per idempotency key)."""
+    return pl.DataFrame(
         {
             "run_id": [run_id] * len(unique),
             "planned_at": [utcnow()] * len(unique),
@@ -879,6 +871,15 @@ def store_plan(con: duckdb.DuckDBPyConnection, plan: Plan, run_id: str, dry_run:
             "last_error": [c.last_error for c in unique],
         },
         schema_overrides={"last_error": pl.Utf8, "planned_at": pl.Datetime("us")},
+    )
+
+
+def store_plan(con: duckdb.DuckDBPyConnection, plan: Plan, run_id: str, dry_run: bool) -> None:
+    """Keep the plan in ``push_plan`` (a dry run's only write)."""
+    if not plan.changes:
+        return
+    frame = _plan_frame(
+        list({c.idempotency_key: c for c in plan.changes}.values()), run_id, dry_run
     )
     with transaction(con):
         con.register("_push_plan_batch", frame)
