@@ -113,7 +113,12 @@ def scoped(
             " UNION SELECT id FROM temp._scope_customers"
         )
         for table, where in SHADOWED:
-            cur.execute(f"CREATE TEMP TABLE {table} AS SELECT * FROM {main}.{table} WHERE {where}")
+            # By row id: the wide rows read for the accounts in scope only (a filter on
+            # the key alone reads every row's columns: 2.1 s against 1.4 s at 100,000).
+            cur.execute(
+                f"CREATE TEMP TABLE {table} AS SELECT * FROM {main}.{table}"
+                f" WHERE rowid IN (SELECT rowid FROM {main}.{table} WHERE {where})"
+            )
         yield cur
     finally:
         cur.close()

@@ -81,7 +81,11 @@ _LINES = f"""
                      unnest(CAST(r.payload->'$.lines.data' AS JSON[])) AS l
               FROM core_invoices i JOIN raw_stripe_invoice r ON r.id = i.invoice_id
               WHERE i.subscription_id IS NOT NULL AND i.status IS DISTINCT FROM 'draft'
-                AND NOT i.is_deleted AND __INVOICES__) i) i
+                AND NOT i.is_deleted AND __INVOICES__
+                -- the payloads read for these invoices only (rows_where)
+                AND r.rowid IN (SELECT r.rowid FROM core_invoices i
+                                JOIN raw_stripe_invoice r ON r.id = i.invoice_id
+                                WHERE __INVOICES__)) i) i
 """
 #: The invoices whose lines can belong to a dirty subscription: its own, and those whose
 #: lines name another subscription (or not known: a row from before migration 109). The
@@ -101,7 +105,9 @@ _VERSIONS = f"""
     WITH observed AS (
         SELECT subscription_id, version_ts, version_seq, version_key, payload, source
         FROM stripe_subscription_versions s
-        WHERE __SCOPE__ AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.source = 'stripe'
+        -- the payloads of the versions in scope only (rows_where)
+        WHERE s.rowid IN (SELECT s.rowid FROM stripe_subscription_versions s WHERE __SCOPE__)
+          AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.source = 'stripe'
                           AND q.stream = 'subscription' AND q.object_id = s.subscription_id)
           -- an older version the quarantine rule would refuse (the latest one passed)
           AND stripe_id(payload->'$.customer') IS NOT NULL AND payload->>'$.status' IS NOT NULL

@@ -29,6 +29,7 @@ import duckdb
 import pyarrow as pa
 
 from churn.errors import ModeMismatchError
+from churn.pipelines.stripe.normalise import rows_where
 
 _RAW_SCHEMA = pa.schema(
     [
@@ -194,7 +195,8 @@ def _land_stored(con: duckdb.DuckDBPyConnection, table: str) -> None:
         f"""
         INSERT INTO stripe_dirty
         SELECT DISTINCT '{table}', b.id FROM _land_batch b
-        JOIN raw_stripe_{table} r ON r.id = b.id
+        JOIN {rows_where(f"raw_stripe_{table}", "id IN (SELECT id FROM _land_batch)")} r
+          ON r.id = b.id
         WHERE r.payload::VARCHAR <> b.payload OR r.is_deleted <> b.is_deleted
         ON CONFLICT DO NOTHING
         """
@@ -238,11 +240,14 @@ def _add_subscription_versions(con: duckdb.DuckDBPyConnection) -> None:
         """
     ).fetchall()
     added += con.execute(
-        """
+        f"""
         WITH latest AS (
             SELECT subscription_id, payload::VARCHAR AS payload
-            FROM stripe_subscription_versions
-            WHERE subscription_id IN (SELECT id FROM _land_batch)
+            FROM {
+            rows_where(
+                "stripe_subscription_versions", "subscription_id IN (SELECT id FROM _land_batch)"
+            )
+        }
             QUALIFY row_number() OVER (
                 PARTITION BY subscription_id
                 ORDER BY version_ts DESC, version_seq DESC, version_key DESC) = 1
