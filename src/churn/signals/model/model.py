@@ -267,6 +267,8 @@ def train(
         return _baseline(card, cutoff, why)
     test_snaps = _backtest_test_snapshots(rows, horizon)
     base = {s: baseline_at(tables, s, settings) for s in test_snaps}
+    # The warehouse is read; what follows is scikit-learn's, beside the rows in memory.
+    tables.release_cache()
     result = backtest(rows, horizon, base, seed)
     if result.chosen == BASELINE:
         # Enough churners, but bunched in time: no fold had churners and stayers on both
