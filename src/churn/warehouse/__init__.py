@@ -8,7 +8,15 @@ package may import it. Table families are listed in ``docs/architecture.md``.
 
 from __future__ import annotations
 
-from churn.warehouse.connection import Migration, connect, migrate, migrations, transaction, utcnow
+from churn.warehouse.connection import (
+    Migration,
+    connect,
+    migrate,
+    migrations,
+    rows_where,
+    transaction,
+    utcnow,
+)
 from churn.warehouse.memory import memory_limited
 from churn.warehouse.read_copy import (
     connect_read_copy,
@@ -30,6 +38,7 @@ __all__ = [
     "publish_read_copy",
     "read_copy_path",
     "read_state",
+    "rows_where",
     "transaction",
     "utcnow",
     "write_state",

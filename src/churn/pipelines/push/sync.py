@@ -65,7 +65,7 @@ from churn.signals import money
 from churn.signals.changes import derive as derive_changes
 from churn.signals.rates import rates_at_sql
 from churn.signals.tables import Tables
-from churn.warehouse import transaction, utcnow
+from churn.warehouse import rows_where, transaction, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -691,9 +691,11 @@ def read_billing(
     )
     con.register("_billing_keys", frame)
     try:
+        # the payloads of these invoices only (2.1 s for 600 at 100,000 accounts by a join)
+        invoices = rows_where("raw_stripe_invoice", "id IN (SELECT invoice_id FROM _billing_keys)")
         rows = _dicts(
             con,
-            """
+            f"""
             WITH roles AS (
                 SELECT r.account_id, r.contact_id, r.role,
                        row_number() OVER (
@@ -713,7 +715,7 @@ def read_billing(
             FROM _billing_keys k
             LEFT JOIN roles ro ON ro.account_id = k.account_id AND ro.n = 1
             LEFT JOIN core_invoices i ON i.invoice_id = k.invoice_id
-            LEFT JOIN raw_stripe_invoice r ON r.id = k.invoice_id
+            LEFT JOIN {invoices} r ON r.id = k.invoice_id
             LEFT JOIN core_customers cu ON cu.customer_id = i.customer_id
             """,
             {"roles": list(roles)},
@@ -728,10 +730,15 @@ def read_billing(
                 JOIN core_invoices i ON i.invoice_id = k.invoice_id
                 JOIN core_charges ch ON ch.payment_intent_id = i.payment_intent_id
               UNION
+              -- two joins, not one on "a OR b", which DuckDB can only nest-loop (every
+              -- payment against every charge: 0.85 s at 100,000 accounts)
               SELECT k.episode_key, ch.charge_id FROM _billing_keys k
                 JOIN core_invoice_payments ip ON ip.invoice_id = k.invoice_id
                 JOIN core_charges ch ON ch.payment_intent_id = ip.payment_intent_id
-                  OR ch.charge_id = ip.charge_id
+              UNION
+              SELECT k.episode_key, ip.charge_id FROM _billing_keys k
+                JOIN core_invoice_payments ip ON ip.invoice_id = k.invoice_id
+                JOIN core_charges ch ON ch.charge_id = ip.charge_id
             )
             SELECT l.episode_key, ch.created_at, COALESCE(ch.decline_code, ch.failure_code)
             FROM links l JOIN core_charges ch ON ch.charge_id = l.charge_id

@@ -29,7 +29,7 @@ import duckdb
 import pyarrow as pa
 
 from churn.errors import ModeMismatchError
-from churn.pipelines.stripe.normalise import rows_where
+from churn.warehouse import rows_where
 
 _RAW_SCHEMA = pa.schema(
     [
