@@ -44,6 +44,7 @@ import duckdb
 
 from churn.pipelines.stripe.normalise import Span, dirty, parsed_once, spans, typed
 from churn.pipelines.stripe.streams import LINE_SUBSCRIPTION
+from churn.warehouse import rows_where
 
 _ITEMS = "CAST(payload->'$.items.data' AS JSON[])"
 
@@ -70,6 +71,12 @@ _LINE_FIELDS, _LINE_LISTS = parsed_once(
      "TRY_CAST(l->>'$.amount' AS BIGINT)"],
     doc="l",
 )  # fmt: skip
+#: The payloads of the invoices and versions a rebuild reads, not every row's (rows_where).
+_INVOICE_PAYLOADS = rows_where(
+    "raw_stripe_invoice", "id IN (SELECT i.invoice_id FROM core_invoices i WHERE __INVOICES__)"
+)
+_VERSION_PAYLOADS = rows_where("stripe_subscription_versions", "__SCOPE__")
+
 _LINES = f"""
         SELECT {_LINE_FIELDS[0]} AS subscription_id, i.invoice_id,
                {_LINE_FIELDS[1]} AS period_start, {_LINE_FIELDS[2]} AS period_end,
@@ -79,13 +86,10 @@ _LINES = f"""
         FROM (SELECT *, {_LINE_LISTS} FROM (
               SELECT i.invoice_id, i.subscription_id,
                      unnest(CAST(r.payload->'$.lines.data' AS JSON[])) AS l
-              FROM core_invoices i JOIN raw_stripe_invoice r ON r.id = i.invoice_id
+              FROM core_invoices i
+              JOIN {_INVOICE_PAYLOADS} r ON r.id = i.invoice_id
               WHERE i.subscription_id IS NOT NULL AND i.status IS DISTINCT FROM 'draft'
-                AND NOT i.is_deleted AND __INVOICES__
-                -- the payloads read for these invoices only (rows_where)
-                AND r.rowid IN (SELECT r.rowid FROM core_invoices i
-                                JOIN raw_stripe_invoice r ON r.id = i.invoice_id
-                                WHERE __INVOICES__)) i) i
+                AND NOT i.is_deleted AND __INVOICES__) i) i
 """
 #: The invoices whose lines can belong to a dirty subscription: its own, and those whose
 #: lines name another subscription (or not known: a row from before migration 109). The
@@ -104,10 +108,9 @@ _VERSIONS = f"""
     CREATE OR REPLACE TEMP TABLE _sub_versions AS
     WITH observed AS (
         SELECT subscription_id, version_ts, version_seq, version_key, payload, source
-        FROM stripe_subscription_versions s
-        -- the payloads of the versions in scope only (rows_where)
-        WHERE s.rowid IN (SELECT s.rowid FROM stripe_subscription_versions s WHERE __SCOPE__)
-          AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.source = 'stripe'
+        -- ``__SCOPE__`` names its columns bare (rows_where)
+        FROM {_VERSION_PAYLOADS} s
+        WHERE NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.source = 'stripe'
                           AND q.stream = 'subscription' AND q.object_id = s.subscription_id)
           -- an older version the quarantine rule would refuse (the latest one passed)
           AND stripe_id(payload->'$.customer') IS NOT NULL AND payload->>'$.status' IS NOT NULL
@@ -570,7 +573,7 @@ def build_history(con: duckdb.DuckDBPyConnection, *, full: bool = False) -> int:
         con.execute("DELETE FROM history_subscriptions")
         con.execute("DELETE FROM history_subscription_items")
     else:
-        con.execute(_versions(dirty("subscription", "s.subscription_id"), _lines(_DIRTY_INVOICES)))
+        con.execute(_versions(dirty("subscription", "subscription_id"), _lines(_DIRTY_INVOICES)))
         for table in ("history_subscriptions", "history_subscription_items"):
             con.execute(f"DELETE FROM {table} WHERE {dirty('subscription', 'subscription_id')}")
     con.execute(_SUBSCRIPTIONS)
@@ -639,7 +642,7 @@ def build_subscription_span(con: duckdb.DuckDBPyConnection, span: Span) -> None:
     transaction, after :func:`prepare_chunks`."""
     # only the span's lines: every line reaches the result through its own subscription
     lines = f"SELECT * FROM _invoice_lines WHERE {span.bounds('subscription_id')}"
-    con.execute(_versions(span.dirty("s.subscription_id"), lines))
+    con.execute(_versions(span.dirty("subscription_id"), lines))
     for table in ("history_subscriptions", "history_subscription_items"):
         con.execute(f"DELETE FROM {table} WHERE {span.dirty('subscription_id')}")
     con.execute(_SUBSCRIPTIONS)
