@@ -545,6 +545,11 @@ class RunSettings(_Section):
             v = v.astimezone(UTC).replace(tzinfo=None)
         return v
 
+    def step_memory_limit(self, limit: str | None) -> str | None:
+        """The DuckDB limit a step sets for itself (``limit``), or None when
+        ``duckdb_memory_limit`` bounds the whole run already."""
+        return None if self.duckdb_memory_limit is not None else limit
+
 
 class AlertSettings(_Section):
     """Where a failed or partial run, or one whose push Salesforce partly rejected, is

@@ -23,18 +23,29 @@ def _limit(con: duckdb.DuckDBPyConnection) -> str:
     return str(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
 
 
+def _record_limits(
+    monkeypatch: pytest.MonkeyPatch, *, out_of_memory_first: bool = False
+) -> list[str]:
+    """The model's evaluation replaced by one recording the DuckDB limit it runs under
+    (the first call out of memory, with ``out_of_memory_first``); the list it fills."""
+    seen: list[str] = []
+
+    def evaluate(tables: Any, *args: Any, **kwargs: Any) -> str:
+        seen.append(_limit(tables.con))
+        if out_of_memory_first and len(seen) == 1:
+            raise duckdb.OutOfMemoryException("Out of Memory Error: could not allocate")
+        return "evaluated"
+
+    monkeypatch.setattr(job_model, "evaluate", evaluate)
+    return seen
+
+
 def test_training_runs_under_the_model_memory_limit_and_restores_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     con = connect(tmp_path / "w.duckdb")
     default = _limit(con)
-    seen: list[str] = []
-
-    def evaluate(tables: Any, *args: Any, **kwargs: Any) -> str:
-        seen.append(_limit(tables.con))
-        return "evaluated"
-
-    monkeypatch.setattr(job_model, "evaluate", evaluate)
+    seen = _record_limits(monkeypatch)
     settings = Settings(db=tmp_path / "w.duckdb", run={"model_memory_limit": "300MB"})
     assert job_model.evaluate_at(settings, con, AT) == "evaluated"
     assert seen == ["286.1 MiB"] and _limit(con) == default
@@ -50,15 +61,7 @@ def test_features_past_the_limit_are_computed_again_without_it(
 ) -> None:
     con = connect(tmp_path / "w.duckdb")
     default = _limit(con)
-    seen: list[str] = []
-
-    def evaluate(tables: Any, *args: Any, **kwargs: Any) -> str:
-        seen.append(_limit(tables.con))
-        if len(seen) == 1:
-            raise duckdb.OutOfMemoryException("Out of Memory Error: could not allocate")
-        return "evaluated"
-
-    monkeypatch.setattr(job_model, "evaluate", evaluate)
+    seen = _record_limits(monkeypatch, out_of_memory_first=True)
     settings = Settings(db=tmp_path / "w.duckdb", run={"model_memory_limit": "300MB"})
     with caplog.at_level(logging.WARNING):
         assert job_model.evaluate_at(settings, con, AT) == "evaluated"

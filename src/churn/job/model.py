@@ -277,9 +277,7 @@ def _bounded(settings: Settings, con: duckdb.DuckDBPyConnection, work: Callable[
     with DuckDB held to ``run.model_memory_limit``, so the blocks the features read do
     not stay cached beside the fit (2.9 GB at 100,000 accounts). A warehouse whose
     features need more than that is trained again under the connection's own limit."""
-    limit = settings.run.model_memory_limit
-    if settings.run.duckdb_memory_limit is not None:
-        limit = None  # the whole run is bounded already
+    limit = settings.run.step_memory_limit(settings.run.model_memory_limit)
     try:
         with memory_limited(con, limit):
             return work()

@@ -211,9 +211,7 @@ def _memory_limit(
 ) -> AbstractContextManager[None]:
     """DuckDB held to ``stripe.extract_memory_limit`` inside (restored after), unless
     ``run.duckdb_memory_limit`` bounds the whole run."""
-    if settings.run.duckdb_memory_limit is not None:
-        return memory_limited(con, None)
-    return memory_limited(con, settings.stripe.extract_memory_limit)
+    return memory_limited(con, settings.run.step_memory_limit(settings.stripe.extract_memory_limit))
 
 
 def refresh_core(
