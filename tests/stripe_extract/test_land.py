@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -82,3 +83,52 @@ def test_flatten_takes_embedded_payment_methods_out() -> None:
     }
     # a discount is a stream of its own now (raw_stripe_discount), taken out like a card
     assert sorted(e["id"] for e in embedded) == ["card_1", "di_1", "pm_1"]
+
+
+def _stdlib_canonical(obj: object) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()  # past 64 bits too
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from([1e-5, 2.5e-7, 1e16, 1e22, 0.0001, 1234567890123456.0, -0.0, 25.0])
+    | st.text(st.characters(codec=None), max_size=12),  # non-ASCII, controls, DEL, surrogates
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(st.characters(codec=None), max_size=6), inner, max_size=5)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(obj=json_values)
+def test_canonical_text_is_the_standard_librarys_byte_for_byte(obj: object) -> None:
+    """Stored payloads are compared as text and subscription versions keyed by the text's
+    hash: the fast writer (orjson) must give exactly what ``json.dumps`` gives."""
+    assert dumps(obj) == _stdlib_canonical(obj)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"a": '\x00\x1f\x7f\b\f\n\r\t"\\/'},
+        {"small": 0.00001, "tiny": 2.5e-07, "large": 1e16, "plain": 0.5},
+        {"big": 2**70, "neg": -(2**64)},
+        {"name": "Zoë Ångström", "line": "\u2028"},
+        {"lone": "\ud800"},
+        {"b": 1, "a": {"d": [], "c": {}}},
+        1e-05,
+    ],
+)
+def test_canonical_text_where_orjson_would_differ(obj: object) -> None:
+    assert dumps(obj) == _stdlib_canonical(obj)
+
+
+def test_nan_is_not_json_and_lands_as_null() -> None:
+    """The one documented difference: NaN is not JSON (the warehouse's JSON column refuses
+    the standard library's ``NaN``); Stripe never sends it."""
+    assert dumps({"x": float("nan")}) == '{"x":null}'

@@ -52,7 +52,15 @@ from churn.errors import (
 from churn.pipelines.stripe import land as stripe_land
 from churn.pipelines.stripe.client import StripeApi, make_stripe_client
 from churn.pipelines.stripe.history import build_history
-from churn.pipelines.stripe.land import Version, check_mode, land, mark_deleted
+from churn.pipelines.stripe.land import (
+    Landable,
+    Version,
+    check_mode,
+    land,
+    land_prepared,
+    landable,
+    mark_deleted,
+)
 from churn.pipelines.stripe.normalise import normalise
 from churn.pipelines.stripe.partial import QUARANTINE_SOURCE, is_partial, missing_fields
 from churn.pipelines.stripe.rebuild import rebuild_core
@@ -85,17 +93,33 @@ _STAGED = pa.schema(
 
 
 @dataclass
+class _Page:
+    """One listed page made ready to land (:func:`~.land.landable`): by table, the
+    stream's objects (flattened) and what they embed, each as canonical text; made by
+    whoever read the page, so the writer only lands it."""
+
+    by_table: dict[str, list[Landable]]
+    count: int  # the stream's own objects
+    last_id: str | None  # the page's last object: the stream's cursor after it
+    fetched: datetime
+
+
+@dataclass
 class _Fetched:
     """What a backfill's reader hands the writer: a page of one stream, the end of a
     stream (``finished``), the end of a reader (no ``stream``), or a reader's failure."""
 
     stream: Stream | None
-    objects: list[dict[str, Any]] | None
+    page: _Page | None
     has_more: bool
     path: str | None
     fetched: datetime
     finished: bool = False
     error: BaseException | None = None
+    #: From the events reader: a page of events to stage, or (``events_end``) its end,
+    #: with ``error`` when the read failed.
+    events: pa.Table | None = None
+    events_end: bool = False
 
 
 @dataclass
@@ -249,6 +273,10 @@ class _Run:
         self._unserved: set[str] = set()
         #: A concurrent backfill's streams' committed state, read before the readers start.
         self._state_of: dict[str, tuple[str | None, datetime | None, dict[str, Any]]] = {}
+        #: The events read staged during a concurrent backfill: when it began, and how
+        #: it failed (raised by :meth:`events`, after the listing, as a read made then).
+        self._events_staged: datetime | None = None
+        self._events_failure: BaseException | None = None
 
     # -- state -------------------------------------------------------------------------
 
@@ -397,42 +425,44 @@ class _Run:
                 return found
             after = data[-1]["id"]
 
-    def _land_pages(
-        self,
-        stream: Stream,
-        pages: list[tuple[list[dict[str, Any]], datetime]],
-        source: str,
-    ) -> int:
-        """Land listed pages, and what they embed, in one statement per table, each object
-        versioned by its own page's fetch time; inside the caller's transaction."""
-        main: list[tuple[dict[str, Any], Version]] = []
-        embedded: list[tuple[dict[str, Any], Version]] = []
-        fetched = pages[-1][1] if pages else utcnow()
-        for objects, page_fetched in pages:
-            check_mode(self.settings.stripe.key_mode, objects, f"stream {stream.name}")
-            # Lists of the same second: the later fetch wins (sequence = its microsecond).
-            version = Version(
-                source,
-                stripe_land.list_version_ts(page_fetched),
-                page_fetched.microsecond,
-                "",
-                self.api.api_version,
-            )
-            for obj in objects:
-                flat, inner = flatten(obj)
-                main.append((flat, version))
-                embedded.extend((e, version) for e in inner)
-        land(self.con, stream.name, main, fetched)
-        if embedded:
-            check_mode(
-                self.settings.stripe.key_mode, [e for e, _ in embedded], f"stream {stream.name}"
-            )
-            by_table: dict[str, list[tuple[dict[str, Any], Version]]] = {}
-            for e, v in embedded:
-                by_table.setdefault(embedded_table(e), []).append((e, v))
-            for table, items in sorted(by_table.items()):
-                land(self.con, table, items, fetched)
-                self.result.add(f"objects_{table}", len(items))
+    def _prepare_page(
+        self, stream: Stream, objects: list[dict[str, Any]], fetched: datetime, source: str
+    ) -> _Page:
+        """A listed page made ready to land, versioned by its fetch time; refuses objects
+        of the other mode than the key's (nothing of the page lands)."""
+        where = f"stream {stream.name}"
+        check_mode(self.settings.stripe.key_mode, objects, where)
+        # Lists of the same second: the later fetch wins (sequence = its microsecond).
+        version = Version(
+            source,
+            stripe_land.list_version_ts(fetched),
+            fetched.microsecond,
+            "",
+            self.api.api_version,
+        )
+        by_table: dict[str, list[Landable]] = {stream.name: []}
+        for obj in objects:
+            flat, inner = flatten(obj)
+            by_table[stream.name].append(landable(flat, version))
+            if inner:
+                check_mode(self.settings.stripe.key_mode, inner, where)
+            for e in inner:
+                by_table.setdefault(embedded_table(e), []).append(landable(e, version))
+        return _Page(by_table, len(objects), objects[-1]["id"] if objects else None, fetched)
+
+    def _land_pages(self, stream: Stream, pages: list[_Page]) -> int:
+        """Land prepared pages in one statement per table (inside the caller's
+        transaction); each object keeps its own page's version."""
+        fetched = pages[-1].fetched if pages else utcnow()
+        by_table: dict[str, list[Landable]] = {stream.name: []}
+        for page in pages:
+            for table, rows in page.by_table.items():
+                by_table.setdefault(table, []).extend(rows)
+        main = by_table.pop(stream.name)
+        land_prepared(self.con, stream.name, main, fetched)
+        for table, rows in sorted(by_table.items()):
+            land_prepared(self.con, table, rows, fetched)
+            self.result.add(f"objects_{table}", len(rows))
         self.result.add(f"objects_{stream.name}", len(main))
         return len(main)
 
@@ -481,14 +511,14 @@ class _Run:
         # Several pages per transaction: a statement's fixed cost (about 40 ms against a
         # million-row table) paid once per batch instead of once per 100 objects. The
         # cursor still moves with the rows it covers; a kill loses at most one batch.
-        batch: list[tuple[list[dict[str, Any]], datetime]] = []
+        batch: list[_Page] = []
         last, path = cursor, details.get("path", stream.path)
 
         def commit(done: bool) -> None:
             nonlocal batch
             with transaction(self.con):
-                n = self._land_pages(stream, batch, "list")
-                self._set_state(key, last, batch[-1][1], {"done": done, "path": path})
+                n = self._land_pages(stream, batch)
+                self._set_state(key, last, batch[-1].fetched, {"done": done, "path": path})
             # "page committed" is what the kill tests wait for between transactions.
             log.debug("stream %s: page committed (%d pages, %d objects, after %s)",
                       stream.name, len(batch), n, last)  # fmt: skip
@@ -497,9 +527,10 @@ class _Run:
 
         try:
             for objects, has_more, asked in self._pages(stream, cursor, path):
-                batch.append((objects, utcnow()))
+                page = self._prepare_page(stream, objects, utcnow(), "list")
+                batch.append(page)
                 path = asked  # the path that answered (/v1/plans on an old API)
-                last = objects[-1]["id"] if objects else last
+                last = page.last_id or last
                 if not has_more or len(batch) >= self.settings.stripe.land_batch_pages:
                     commit(done=not has_more)
         except StripeExtractError:
@@ -511,6 +542,11 @@ class _Run:
     def _backfill_concurrently(self, streams: list[Stream], workers: int) -> None:
         """List ``streams`` with ``workers`` threads, one stream per thread at a time (a
         stream's pages follow each other's cursor), under the API's shared rate limiter.
+
+        Beside the streams, one more reader lists the events (an endpoint of its own,
+        with its own rate limit), which this thread stages for :meth:`events` to apply
+        after the listing; a failure of that read does not stop the listing: it is
+        :meth:`events` that raises it, as when it read them itself.
 
         This thread is the warehouse's only writer: it lands each stream's pages in
         batches of ``land_batch_pages``, in the stream's order, with the stream's cursor
@@ -546,7 +582,10 @@ class _Run:
                 path = details.get("path", stream.path)
                 try:
                     for objects, has_more, asked in self._pages(stream, cursor, path):
-                        if not put(_Fetched(stream, objects, has_more, asked, utcnow())):
+                        # Flattened and written as text here, beside the other readers:
+                        # the writer's thread only lands, and the queue holds text.
+                        page = self._prepare_page(stream, objects, utcnow(), "list")
+                        if not put(_Fetched(stream, page, has_more, asked, page.fetched)):
                             return
                     if not put(_Fetched(stream, None, False, None, utcnow(), finished=True)):
                         return
@@ -555,9 +594,22 @@ class _Run:
                     return
             put(_Fetched(None, None, False, None, utcnow(), finished=True))
 
+        def read_events(since: datetime | None) -> None:
+            listed = 0
+            try:
+                for data in self._event_pages(since):
+                    batch = _events_batch(data, listed)
+                    listed += len(data)
+                    if not put(_Fetched(None, None, False, None, utcnow(), events=batch)):
+                        return
+            except BaseException as exc:
+                put(_Fetched(None, None, False, None, utcnow(), events_end=True, error=exc))
+                return
+            put(_Fetched(None, None, False, None, utcnow(), events_end=True))
+
         # Each stream's committed state, read here: the readers never touch the warehouse.
         self._state_of = {s.name: self._state(BACKFILL_PREFIX + s.name) for s in streams}
-        batches: dict[str, list[tuple[list[dict[str, Any]], datetime]]] = {}
+        batches: dict[str, list[_Page]] = {}
         last: dict[str, str | None] = {s.name: self._state_of[s.name][0] for s in streams}
         paths: dict[str, str | None] = {
             s.name: self._state_of[s.name][2].get("path", s.path) for s in streams
@@ -571,8 +623,8 @@ class _Run:
                 return
             stream = by_name[name]
             with transaction(self.con):
-                n = self._land_pages(stream, batch, "list")
-                self._set_state(BACKFILL_PREFIX + name, last[name], batch[-1][1],
+                n = self._land_pages(stream, batch)
+                self._set_state(BACKFILL_PREFIX + name, last[name], batch[-1].fetched,
                                 {"done": done, "path": paths[name]})  # fmt: skip
             log.debug("stream %s: page committed (%d pages, %d objects, after %s)",
                       name, len(batch), n, last[name])  # fmt: skip
@@ -582,18 +634,37 @@ class _Run:
             threading.Thread(target=read, name=f"stripe-backfill-{k}", daemon=True)
             for k in range(workers)
         ]
+        events_began = utcnow()
+        self._new_events_read()
+        threads.append(
+            threading.Thread(
+                target=read_events,
+                args=(self._events_since(events_began),),
+                name="stripe-backfill-events",
+                daemon=True,
+            )
+        )
         for t in threads:
             t.start()
         failure: BaseException | None = None
         running = workers
+        events_reading = True
         try:
-            while running:
+            while running or events_reading:
                 try:
                     item = pages.get(timeout=0.2)
                 except queue.Empty:
                     # Readers stopped by a failure end without a word.
                     if stop.is_set() and not any(t.is_alive() for t in threads):
                         break
+                    continue
+                if item.events is not None:
+                    self._stage_events(item.events)
+                    continue
+                if item.events_end:
+                    events_reading = False
+                    self._events_staged = events_began
+                    self._events_failure = item.error
                     continue
                 if item.stream is None:
                     running -= 1
@@ -611,10 +682,10 @@ class _Run:
                     commit(name, done=False)  # only pages a failure left behind
                     self._finish(tasks[name])
                     continue
-                assert item.objects is not None
-                batches.setdefault(name, []).append((item.objects, item.fetched))
+                assert item.page is not None
+                batches.setdefault(name, []).append(item.page)
                 paths[name] = item.path
-                last[name] = item.objects[-1]["id"] if item.objects else last[name]
+                last[name] = item.page.last_id or last[name]
                 if not item.has_more or len(batches[name]) >= size:
                     commit(name, done=not item.has_more)
         except BaseException as exc:
@@ -643,32 +714,23 @@ class _Run:
         sequences within each second, what is new and which event is each object's newest
         are then computed over the whole read in SQL, exactly as over a list in memory.
         """
-        polled = utcnow()
         _, cursor_ts, details = self._state(EVENTS)
-        overlap = timedelta(seconds=self.settings.stripe.events_overlap_seconds)
         retained = details.get("retained") == "pending"
-        since = None if retained else (cursor_ts or polled) - overlap
         task = self._task("events")
-        self.con.execute(
-            "CREATE OR REPLACE TEMP TABLE _events_read (id VARCHAR, listed BIGINT, "
-            "created BIGINT, object_id VARCHAR, payload VARCHAR)"
-        )
-        listed = 0
-        starting_after: str | None = None
-        while True:
-            params: dict[str, Any] = {"limit": self.settings.stripe.page_size}
-            if since is not None:
-                params["created"] = {"gte": _epoch(since)}
-            if starting_after:
-                params["starting_after"] = starting_after
-            page = self.api.get("events", "/v1/events", params)
-            data = [e for e in page.get("data") or [] if isinstance(e, dict) and "id" in e]
-            if data:
-                self._stage_events(data, listed)
+        if self._events_staged is not None:
+            # Read beside the backfill's streams (its own endpoint's rate limit): only
+            # applied here, after the listing, exactly as a read made now would be.
+            polled, self._events_staged = self._events_staged, None
+            if self._events_failure is not None:
+                failure, self._events_failure = self._events_failure, None
+                raise failure
+        else:
+            polled = utcnow()
+            self._new_events_read()
+            listed = 0
+            for data in self._event_pages(self._events_since(polled)):
+                self._stage_events(_events_batch(data, listed))
                 listed += len(data)
-            if not (page.get("has_more") and data):
-                break
-            starting_after = data[-1]["id"]
         n_read, n_new = self._order_events()
         self.result.add("seen_events", n_read)
         cursor = cursor_ts or polled
@@ -715,22 +777,40 @@ class _Run:
         self.con.execute("DROP TABLE IF EXISTS _events_new")
         self._finish(task)
 
-    def _stage_events(self, data: list[dict[str, Any]], listed: int) -> None:
-        """One page of events into ``_events_read``, in the API's order."""
-        objs = [(e.get("data") or {}).get("object") for e in data]
-        batch = pa.Table.from_pydict(
-            {
-                "id": [str(e["id"]) for e in data],
-                "listed": list(range(listed, listed + len(data))),
-                "created": [int(e.get("created") or 0) for e in data],
-                "object_id": [
-                    o.get("id") if isinstance(o, dict) and isinstance(o.get("id"), str) else None
-                    for o in objs
-                ],
-                "payload": [json.dumps(e, separators=(",", ":")) for e in data],
-            },
-            schema=_STAGED,
+    def _events_since(self, polled: datetime) -> datetime | None:
+        """Where an events read starts: the cursor less the overlap; None (all Stripe
+        keeps) for the first read after a backfill."""
+        _, cursor_ts, details = self._state(EVENTS)
+        if details.get("retained") == "pending":
+            return None
+        overlap = timedelta(seconds=self.settings.stripe.events_overlap_seconds)
+        return (cursor_ts or polled) - overlap
+
+    def _event_pages(self, since: datetime | None) -> Iterator[list[dict[str, Any]]]:
+        """``/v1/events`` from ``since``, a page at a time, in the API's order."""
+        starting_after: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": self.settings.stripe.page_size}
+            if since is not None:
+                params["created"] = {"gte": _epoch(since)}
+            if starting_after:
+                params["starting_after"] = starting_after
+            page = self.api.get("events", "/v1/events", params)
+            data = [e for e in page.get("data") or [] if isinstance(e, dict) and "id" in e]
+            if data:
+                yield data
+            if not (page.get("has_more") and data):
+                return
+            starting_after = data[-1]["id"]
+
+    def _new_events_read(self) -> None:
+        self.con.execute(
+            "CREATE OR REPLACE TEMP TABLE _events_read (id VARCHAR, listed BIGINT, "
+            "created BIGINT, object_id VARCHAR, payload VARCHAR)"
         )
+
+    def _stage_events(self, batch: pa.Table) -> None:
+        """One page of events (:func:`_events_batch`) into ``_events_read``."""
         self.con.register("_events_page", batch)
         try:
             self.con.execute("INSERT INTO _events_read SELECT * FROM _events_page")
@@ -883,7 +963,8 @@ class _Run:
             stream = replace(stream, params={**stream.params, "created": {"gte": _epoch(since)}})
             self.result.add(f"reconcile_window_days_{stream.name}", (began - since).days)
         for objects, _, _path in self._pages(stream, None, stream.path):
-            flat = {o["id"]: stripe_land.dumps(flatten(o)[0]) for o in objects}
+            page = self._prepare_page(stream, objects, utcnow(), "reconcile")
+            flat = {row.id: row.text for row in page.by_table[stream.name]}
             stored = dict(
                 self.con.execute(
                     f"SELECT id, payload::VARCHAR FROM {table} WHERE NOT is_deleted "
@@ -894,7 +975,7 @@ class _Run:
             new += sum(1 for k in flat if k not in stored)
             changed += sum(1 for k, text in flat.items() if k in stored and text != stored[k])
             with transaction(self.con):
-                self._land_pages(stream, [(objects, utcnow())], "reconcile")
+                self._land_pages(stream, [page])
                 self.con.execute(
                     "INSERT INTO _reconcile_seen SELECT DISTINCT unnest(?::VARCHAR[]) "
                     "ON CONFLICT DO NOTHING",
@@ -922,6 +1003,25 @@ class _Run:
         self.result.add(f"reconcile_changed_{stream.name}", changed)
         self.result.add(f"reconcile_deleted_{stream.name}", len(gone))
         self._finish(task)
+
+
+def _events_batch(data: list[dict[str, Any]], listed: int) -> pa.Table:
+    """One page of events as staged in ``_events_read``, in the API's order (``listed``:
+    the place of its first event in the read)."""
+    objs = [(e.get("data") or {}).get("object") for e in data]
+    return pa.Table.from_pydict(
+        {
+            "id": [str(e["id"]) for e in data],
+            "listed": list(range(listed, listed + len(data))),
+            "created": [int(e.get("created") or 0) for e in data],
+            "object_id": [
+                o.get("id") if isinstance(o, dict) and isinstance(o.get("id"), str) else None
+                for o in objs
+            ],
+            "payload": [stripe_land.dumps(e) for e in data],
+        },
+        schema=_STAGED,
+    )
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC).replace(tzinfo=None)

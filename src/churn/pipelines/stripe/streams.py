@@ -677,6 +677,10 @@ def embedded_table(obj: dict[str, Any]) -> str:
     return OBJECT_TABLES[obj["object"]]
 
 
+#: What parsed JSON nests in (the SDK's ``OrderedDict`` is a dict).
+_CONTAINERS: tuple[type, ...] = (dict, list)
+
+
 def flatten(obj: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Un-expand one payload: embedded objects become their ids again.
 
@@ -687,7 +691,13 @@ def flatten(obj: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """
     out: dict[str, Any] = {}
     embedded: list[dict[str, Any]] = []
-    for key, value in obj.items():
+    for key, field_value in obj.items():
+        if not isinstance(field_value, _CONTAINERS):
+            # most of a payload's fields: nothing embedded (checked first: this runs for
+            # every field of every object a backfill lands)
+            out[key] = field_value
+            continue
+        value: Any = field_value  # a dict or a list, read by the rules below
         if key in _FOREIGN_LISTS and isinstance(value, dict) and value.get("object") == "list":
             embedded.extend(_payment_methods(value.get("data") or []))
             continue
