@@ -277,6 +277,8 @@ class _Run:
         #: it failed (raised by :meth:`events`, after the listing, as a read made then).
         self._events_staged: datetime | None = None
         self._events_failure: BaseException | None = None
+        #: The events being applied (:meth:`_events_steps`), begun by a backfill's writer.
+        self._events_applier: Iterator[None] | None = None
 
     # -- state -------------------------------------------------------------------------
 
@@ -544,9 +546,10 @@ class _Run:
         stream's pages follow each other's cursor), under the API's shared rate limiter.
 
         Beside the streams, one more reader lists the events (an endpoint of its own,
-        with its own rate limit), which this thread stages for :meth:`events` to apply
-        after the listing; a failure of that read does not stop the listing: it is
-        :meth:`events` that raises it, as when it read them itself.
+        with its own rate limit), which this thread stages; once they are all read and
+        the subscriptions listed, it applies them a chunk at a time whenever no page is
+        waiting (:meth:`events` applies what is left). A failure of that read or apply
+        does not stop the listing: :meth:`events` raises it, as when it read them itself.
 
         This thread is the warehouse's only writer: it lands each stream's pages in
         batches of ``land_batch_pages``, in the stream's order, with the stream's cursor
@@ -617,7 +620,11 @@ class _Run:
         tasks: dict[str, Any] = {}
         by_name = {s.name: s for s in streams}
 
+        listed: set[str] = set()  # streams whose listing ended in this run
+
         def commit(name: str, done: bool) -> None:
+            if done:
+                listed.add(name)
             batch = batches.pop(name, [])
             if not batch:
                 return
@@ -649,14 +656,45 @@ class _Run:
         failure: BaseException | None = None
         running = workers
         events_reading = True
+        events_applied = False
+
+        def may_apply_events() -> bool:
+            # Subscriptions listed first: a list snapshot is kept as a version only when
+            # it differs from the newest kept, so it must not come after the events'.
+            # (Every other landing is newer-over-older, in any order.)
+            return (
+                not events_applied
+                and (self._events_staged is not None or self._events_applier is not None)
+                and self._events_failure is None
+                and not stop.is_set()
+                and ("subscription" in listed or "subscription" not in by_name)
+            )
+
+        def apply_events_step() -> bool:
+            """One chunk of the events, in time the writer would wait; True when all are."""
+            if self._events_applier is None:
+                self._events_applier = self._events_steps(self._events_staged)
+                self._events_staged = None
+            try:
+                next(self._events_applier)
+            except StopIteration:
+                self._events_applier = iter(())  # nothing left for events()
+                return True
+            except Exception as exc:  # raised by events(), after the listing
+                self._events_failure, self._events_applier = exc, None
+                return True
+            return False
+
         try:
             while running or events_reading:
                 try:
-                    item = pages.get(timeout=0.2)
+                    item = pages.get(timeout=0.01 if may_apply_events() else 0.2)
                 except queue.Empty:
                     # Readers stopped by a failure end without a word.
                     if stop.is_set() and not any(t.is_alive() for t in threads):
                         break
+                    if may_apply_events():
+                        events_applied = apply_events_step()
                     continue
                 if item.events is not None:
                     self._stage_events(item.events)
@@ -714,16 +752,26 @@ class _Run:
         sequences within each second, what is new and which event is each object's newest
         are then computed over the whole read in SQL, exactly as over a list in memory.
         """
+        if self._events_failure is not None:
+            # the read beside the backfill failed: raised here, as a read made now
+            failure, self._events_failure = self._events_failure, None
+            raise failure
+        if self._events_applier is None:
+            self._events_applier = self._events_steps(self._events_staged)
+        self._events_staged = None
+        for _ in self._events_applier:
+            pass
+        self._events_applier = None
+
+    def _events_steps(self, staged: datetime | None) -> Iterator[None]:
+        """:meth:`events` a committed chunk at a time (a step each), so a backfill's
+        writer can apply them while it waits for pages. ``staged``: when the read staged
+        beside the backfill began (None: read here)."""
         _, cursor_ts, details = self._state(EVENTS)
         retained = details.get("retained") == "pending"
         task = self._task("events")
-        if self._events_staged is not None:
-            # Read beside the backfill's streams (its own endpoint's rate limit): only
-            # applied here, after the listing, exactly as a read made now would be.
-            polled, self._events_staged = self._events_staged, None
-            if self._events_failure is not None:
-                failure, self._events_failure = self._events_failure, None
-                raise failure
+        if staged is not None:
+            polled = staged
         else:
             polled = utcnow()
             self._new_events_read()
@@ -773,6 +821,7 @@ class _Run:
                 self._set_state(EVENTS, None, cursor, state)
             log.debug("stream events: page committed (%d events, cursor %s)", len(chunk), cursor)
             self._advance(task, len(chunk))
+            yield
         self.con.execute("DROP TABLE IF EXISTS _events_read")
         self.con.execute("DROP TABLE IF EXISTS _events_new")
         self._finish(task)
