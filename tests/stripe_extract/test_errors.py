@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -662,4 +664,58 @@ def test_a_partial_object_that_cannot_be_retrieved_is_kept_out(
     assert got == [("Two",)]  # the full payload stays
     rows = con.execute("SELECT source, stream, object_id FROM quarantine").fetchall()
     assert rows == [("stripe_event", "customer", "evt_thin")]
+    con.close()
+
+
+def test_a_backfill_applies_the_events_while_a_stream_is_still_listing(
+    db_path: Path,
+) -> None:
+    """The events are read beside the listing and applied in the writer's idle time once
+    the subscriptions are listed: here the customers' second page is only answered once an
+    events chunk has committed, so the backfill ends only if they were applied during it
+    (the wait is bounded: a backfill that applies them after the listing fails this test
+    instead of hanging). And what is applied is right: the event, newer than the listed
+    customer, wins."""
+    committed = threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("stream events: page committed"):
+                committed.set()
+
+    class Held(Script):
+        opened: bool | None = None
+
+        def answer(self, path: str) -> tuple[int, dict[str, str], Any]:
+            if path == "/v1/customers" and self.requests.count(path) == 1:
+                self.opened = committed.wait(60)
+            return super().answer(path)
+
+    script = Held()
+    listed = _customer(1, "One")
+    script.add("/v1/customers", 200, {**_page(listed), "has_more": True})
+    event = {
+        "id": "evt_1",
+        "object": "event",
+        "type": "customer.updated",
+        "created": int(time.time()) + 5,  # newer than the listing's fetch
+        "livemode": False,
+        "api_version": "2024-06-20",
+        "data": {"object": {**listed, "name": "One renamed"}},
+    }
+    script.add("/v1/events", 200, _page(event))
+    logger = logging.getLogger("churn.pipelines.stripe.extract")
+    handler, level = Watch(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        with scripted_server(script) as base:
+            con = warehouse.connect(db_path)
+            result = extract_stripe(_settings(db_path, base), con, progress=False)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert script.opened is True, "the events were not applied while customers were listing"
+    assert result.mode == "backfill" and result.counts["events"] == 1
+    assert con.execute("SELECT name FROM core_customers").fetchall() == [("One renamed",)]
     con.close()
