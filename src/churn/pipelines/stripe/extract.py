@@ -680,6 +680,12 @@ class _Run:
             except StopIteration:
                 self._events_applier = iter(())  # nothing left for events()
                 return True
+            except duckdb.OutOfMemoryException:
+                # Beside the landing's own memory: left whole to events(), after the
+                # listing (the failed chunk rolled back; applied events are skipped by id).
+                log.info("stream events: out of memory beside the listing; applied after it")
+                self._events_staged, self._events_applier = events_began, None
+                return True
             except Exception as exc:  # raised by events(), after the listing
                 self._events_failure, self._events_applier = exc, None
                 return True
@@ -871,8 +877,11 @@ class _Run:
         second (:func:`~churn.pipelines.stripe.land.sequence_events`' rule) and its place
         (``ord``) oldest first. Returns (events read, new ones)."""
         # First sighting of each id, in the API's order.
+        # The windows over the events' keys only: the payloads (gigabytes on a large
+        # account's first read) join back once, streamed, never held by a window.
         self.con.execute(
-            "CREATE OR REPLACE TEMP TABLE _events_first AS SELECT * FROM _events_read "
+            "CREATE OR REPLACE TEMP TABLE _events_first AS "
+            "SELECT id, listed, created, object_id FROM _events_read "
             "QUALIFY row_number() OVER (PARTITION BY id ORDER BY listed) = 1"
         )
         order = self.settings.stripe.events_order
@@ -888,15 +897,20 @@ class _Run:
         self.con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE _events_new AS
-            SELECT id, object_id, payload, seq,
-                   row_number() OVER (ORDER BY created, seq) AS ord
-            FROM (
-                -- sequences over the whole read, stored events included (a rerun after a
-                -- kill gives each event the sequence the killed read gave it)
-                SELECT f.*, row_number() OVER (PARTITION BY f.created ORDER BY {within}) AS seq
-                FROM _events_first f
+            WITH keys AS (
+                SELECT id, object_id, listed, seq,
+                       row_number() OVER (ORDER BY created, seq) AS ord
+                FROM (
+                    -- sequences over the whole read, stored events included (a rerun after
+                    -- a kill gives each event the sequence the killed read gave it)
+                    SELECT f.*,
+                           row_number() OVER (PARTITION BY f.created ORDER BY {within}) AS seq
+                    FROM _events_first f
+                )
+                WHERE id NOT IN (SELECT id FROM raw_stripe_event)
             )
-            WHERE id NOT IN (SELECT id FROM raw_stripe_event)
+            SELECT k.id, k.object_id, r.payload, k.seq, k.ord
+            FROM keys k JOIN _events_read r ON r.listed = k.listed
             """
         )
         ((n_read, n_new),) = self.con.execute(
