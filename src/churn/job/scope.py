@@ -125,5 +125,7 @@ def scoped(
 
 def keep(frames: dict[str, pl.DataFrame], accounts: Sequence[str]) -> dict[str, pl.DataFrame]:
     """The rows of ``accounts`` only, of every frame (each has ``account_id``)."""
-    ids = pl.Series("ids", list(accounts), dtype=pl.String)
+    # one list value (``implode``): polars deprecates ``is_in`` with a Series of the
+    # column's own type (ambiguous between "in this list" and "element-wise")
+    ids = pl.Series("ids", list(accounts), dtype=pl.String).implode()
     return {name: f.filter(pl.col("account_id").is_in(ids)) for name, f in frames.items()}
