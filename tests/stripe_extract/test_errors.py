@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ import pytest
 from churn import warehouse
 from churn.errors import ModeMismatchError, PartialRunError, StripeRequestError
 from churn.pipelines.stripe.client import StripeApi, make_stripe_client
-from churn.pipelines.stripe.extract import _Run, extract_stripe
+from churn.pipelines.stripe.extract import extract_stripe
 from churn.settings import Settings, StripeSettings
 from stripe_extract.scripted import EMPTY, Script, scripted_server
 
@@ -132,12 +130,13 @@ def test_partial_run_says_what_landed_and_resumes(
     assert con.execute("SELECT status FROM run_log").fetchall() == [("partial",)]
     assert con.execute("SELECT count(*) FROM core_products").fetchone() == (2,)
 
-    # The rerun resumes at customers: products are not listed again (the events, read
-    # beside the lists, may come first).
+    # The rerun resumes at customers: the streams done (products, prices) are not listed
+    # again. (The streams left are read concurrently, the events beside them: which
+    # request comes first is the threads' order, not the backfill's.)
     script.requests.clear()
     result = extract_stripe(_settings(db_path, base), con, progress=False)
-    listed = [path for path in script.requests if path != "/v1/events"]
-    assert "/v1/products" not in listed and listed[0] == "/v1/customers"
+    assert "/v1/products" not in script.requests and "/v1/prices" not in script.requests
+    assert "/v1/customers" in script.requests
     assert result.mode == "backfill"
     con.close()
 
@@ -664,98 +663,4 @@ def test_a_partial_object_that_cannot_be_retrieved_is_kept_out(
     assert got == [("Two",)]  # the full payload stays
     rows = con.execute("SELECT source, stream, object_id FROM quarantine").fetchall()
     assert rows == [("stripe_event", "customer", "evt_thin")]
-    con.close()
-
-
-class _Held(Script):
-    """The customers' second page is only answered once ``gate`` is set (60 s bound: a
-    backfill that never sets it fails its test instead of hanging)."""
-
-    def __init__(self, gate: threading.Event) -> None:
-        super().__init__()
-        self.gate = gate
-        self.opened: bool | None = None
-
-    def answer(self, path: str) -> tuple[int, dict[str, str], Any]:
-        if path == "/v1/customers" and self.requests.count(path) == 1:
-            self.opened = self.gate.wait(60)
-        return super().answer(path)
-
-
-def _backfill_held(db_path: Path, script: _Held) -> tuple[Any, duckdb.DuckDBPyConnection]:
-    """A backfill of one customer (listed on a first page, more to come) and one newer
-    event renaming it, with the events' debug lines on."""
-    listed = _customer(1, "One")
-    script.add("/v1/customers", 200, {**_page(listed), "has_more": True})
-    event = {
-        "id": "evt_1",
-        "object": "event",
-        "type": "customer.updated",
-        "created": int(time.time()) + 5,  # newer than the listing's fetch
-        "livemode": False,
-        "api_version": "2024-06-20",
-        "data": {"object": {**listed, "name": "One renamed"}},
-    }
-    script.add("/v1/events", 200, _page(event))
-    logger = logging.getLogger("churn.pipelines.stripe.extract")
-    level = logger.level
-    logger.setLevel(logging.DEBUG)
-    try:
-        with scripted_server(script) as base:
-            con = warehouse.connect(db_path)
-            return extract_stripe(_settings(db_path, base), con, progress=False), con
-    finally:
-        logger.setLevel(level)
-
-
-def test_a_backfill_applies_the_events_while_a_stream_is_still_listing(
-    db_path: Path,
-) -> None:
-    """The events are read beside the listing and applied in the writer's idle time once
-    the subscriptions are listed: the customers' second page is only answered once an
-    events chunk has committed, so the backfill ends only if they were applied during it.
-    And what is applied is right: the event, newer than the listed customer, wins."""
-    committed = threading.Event()
-
-    class Watch(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.getMessage().startswith("stream events: page committed"):
-                committed.set()
-
-    script = _Held(committed)
-    logger = logging.getLogger("churn.pipelines.stripe.extract")
-    handler = Watch()
-    logger.addHandler(handler)
-    try:
-        result, con = _backfill_held(db_path, script)
-    finally:
-        logger.removeHandler(handler)
-    assert script.opened is True, "the events were not applied while customers were listing"
-    assert result.mode == "backfill" and result.counts["events"] == 1
-    assert con.execute("SELECT name FROM core_customers").fetchall() == [("One renamed",)]
-    con.close()
-
-
-def test_events_out_of_memory_beside_the_listing_are_applied_after_it(
-    db_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """DuckDB out of memory while the writer applies the events beside the landing (its
-    memory limit shared with it): not a failure of the run; the events are applied after
-    the listing, whole."""
-    failed = threading.Event()
-    order = _Run._order_events
-
-    def out_of_memory_once(self: _Run) -> tuple[int, int]:
-        if not failed.is_set():
-            failed.set()
-            raise duckdb.OutOfMemoryException("Out of Memory Error: could not allocate block")
-        return order(self)
-
-    monkeypatch.setattr(_Run, "_order_events", out_of_memory_once)
-    script = _Held(failed)
-    result, con = _backfill_held(db_path, script)
-    assert script.opened is True  # the failure came while customers were listing
-    assert result.mode == "backfill" and result.counts["events"] == 1
-    assert con.execute("SELECT name FROM core_customers").fetchall() == [("One renamed",)]
-    assert con.execute("SELECT status FROM run_log").fetchall() == [("success",)]
     con.close()

@@ -277,8 +277,6 @@ class _Run:
         #: it failed (raised by :meth:`events`, after the listing, as a read made then).
         self._events_staged: datetime | None = None
         self._events_failure: BaseException | None = None
-        #: The events being applied (:meth:`_events_steps`), begun by a backfill's writer.
-        self._events_applier: Iterator[None] | None = None
 
     # -- state -------------------------------------------------------------------------
 
@@ -546,10 +544,10 @@ class _Run:
         stream's pages follow each other's cursor), under the API's shared rate limiter.
 
         Beside the streams, one more reader lists the events (an endpoint of its own,
-        with its own rate limit), which this thread stages; once they are all read and
-        the subscriptions listed, it applies them a chunk at a time whenever no page is
-        waiting (:meth:`events` applies what is left). A failure of that read or apply
-        does not stop the listing: :meth:`events` raises it, as when it read them itself.
+        with its own rate limit), which this thread stages for :meth:`events` to apply
+        after the listing (applied beside it, their temporary tables and the landing
+        met DuckDB's memory limit at 100,000 accounts). A failure of that read does not
+        stop the listing: :meth:`events` raises it, as when it read them itself.
 
         This thread is the warehouse's only writer: it lands each stream's pages in
         batches of ``land_batch_pages``, in the stream's order, with the stream's cursor
@@ -567,13 +565,16 @@ class _Run:
         stop = threading.Event()
 
         def put(item: _Fetched) -> bool:
-            while not stop.is_set():
+            """Hand ``item`` over; False when the readers are to stop. A page fetched
+            when a failure stopped them is still handed over if there is room: what was
+            fetched lands."""
+            while True:
                 try:
                     pages.put(item, timeout=0.05)
-                    return True
+                    return not stop.is_set()
                 except queue.Full:
-                    continue
-            return False
+                    if stop.is_set():
+                        return False
 
         def read() -> None:
             while not stop.is_set():
@@ -620,11 +621,7 @@ class _Run:
         tasks: dict[str, Any] = {}
         by_name = {s.name: s for s in streams}
 
-        listed: set[str] = set()  # streams whose listing ended in this run
-
         def commit(name: str, done: bool) -> None:
-            if done:
-                listed.add(name)
             batch = batches.pop(name, [])
             if not batch:
                 return
@@ -656,51 +653,15 @@ class _Run:
         failure: BaseException | None = None
         running = workers
         events_reading = True
-        events_applied = False
-
-        def may_apply_events() -> bool:
-            # Subscriptions listed first: a list snapshot is kept as a version only when
-            # it differs from the newest kept, so it must not come after the events'.
-            # (Every other landing is newer-over-older, in any order.)
-            return (
-                not events_applied
-                and (self._events_staged is not None or self._events_applier is not None)
-                and self._events_failure is None
-                and not stop.is_set()
-                and ("subscription" in listed or "subscription" not in by_name)
-            )
-
-        def apply_events_step() -> bool:
-            """One chunk of the events, in time the writer would wait; True when all are."""
-            if self._events_applier is None:
-                self._events_applier = self._events_steps(self._events_staged)
-                self._events_staged = None
-            try:
-                next(self._events_applier)
-            except StopIteration:
-                self._events_applier = iter(())  # nothing left for events()
-                return True
-            except duckdb.OutOfMemoryException:
-                # Beside the landing's own memory: left whole to events(), after the
-                # listing (the failed chunk rolled back; applied events are skipped by id).
-                log.info("stream events: out of memory beside the listing; applied after it")
-                self._events_staged, self._events_applier = events_began, None
-                return True
-            except Exception as exc:  # raised by events(), after the listing
-                self._events_failure, self._events_applier = exc, None
-                return True
-            return False
 
         try:
             while running or events_reading:
                 try:
-                    item = pages.get(timeout=0.01 if may_apply_events() else 0.2)
+                    item = pages.get(timeout=0.2)
                 except queue.Empty:
                     # Readers stopped by a failure end without a word.
                     if stop.is_set() and not any(t.is_alive() for t in threads):
                         break
-                    if may_apply_events():
-                        events_applied = apply_events_step()
                     continue
                 if item.events is not None:
                     self._stage_events(item.events)
@@ -739,7 +700,23 @@ class _Run:
         finally:
             stop.set()
             if failure is not None:
-                # What was fetched before the failure lands: the rerun goes on from it.
+                # What was fetched before the failure lands, the pages still queued too
+                # (another stream's first page may not have reached this thread yet):
+                # the rerun goes on from it. The readers end first (each after the
+                # request it is making), so none is left half-handed.
+                for t in threads:
+                    t.join()
+                while True:
+                    try:
+                        item = pages.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item.stream is not None and item.page is not None:
+                        batches.setdefault(item.stream.name, []).append(item.page)
+                        paths[item.stream.name] = item.path
+                        last[item.stream.name] = item.page.last_id or last[item.stream.name]
+                        if item.stream.name not in tasks:
+                            tasks[item.stream.name] = self._task(item.stream.name)
                 for name in list(batches):
                     with contextlib.suppress(Exception):
                         commit(name, done=False)
@@ -762,17 +739,12 @@ class _Run:
             # the read beside the backfill failed: raised here, as a read made now
             failure, self._events_failure = self._events_failure, None
             raise failure
-        if self._events_applier is None:
-            self._events_applier = self._events_steps(self._events_staged)
-        self._events_staged = None
-        for _ in self._events_applier:
-            pass
-        self._events_applier = None
+        staged, self._events_staged = self._events_staged, None
+        self._read_and_apply(staged)
 
-    def _events_steps(self, staged: datetime | None) -> Iterator[None]:
-        """:meth:`events` a committed chunk at a time (a step each), so a backfill's
-        writer can apply them while it waits for pages. ``staged``: when the read staged
-        beside the backfill began (None: read here)."""
+    def _read_and_apply(self, staged: datetime | None) -> None:
+        """:meth:`events`' work; ``staged``: when the read staged beside the backfill
+        began (None: read here)."""
         _, cursor_ts, details = self._state(EVENTS)
         retained = details.get("retained") == "pending"
         task = self._task("events")
@@ -827,7 +799,6 @@ class _Run:
                 self._set_state(EVENTS, None, cursor, state)
             log.debug("stream events: page committed (%d events, cursor %s)", len(chunk), cursor)
             self._advance(task, len(chunk))
-            yield
         self.con.execute("DROP TABLE IF EXISTS _events_read")
         self.con.execute("DROP TABLE IF EXISTS _events_new")
         self._finish(task)
