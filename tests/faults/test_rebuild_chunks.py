@@ -8,6 +8,7 @@ subscription history and the in-place histories each take several chunks.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import signal
 import subprocess
@@ -221,7 +222,11 @@ def test_the_rebuild_runs_under_the_extract_memory_limit(
 
 
 def test_a_rebuild_out_of_memory_is_redone_under_the_connections_limit(
-    world: Path, landed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    world: Path,
+    landed: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """DuckDB's "Out of Memory" in the rebuild under STRIPE_EXTRACT_MEMORY_LIMIT (here
     injected in the first subscription-history chunk, after the core chunks committed):
@@ -246,10 +251,15 @@ def test_a_rebuild_out_of_memory_is_redone_under_the_connections_limit(
         settings = load_settings(env=_env(box, db))
         con = warehouse.connect(db)
         try:
-            result = extract_stripe(settings, con, progress=False)
+            with caplog.at_level(logging.WARNING, logger="churn.pipelines.stripe.rebuild"):
+                result = extract_stripe(settings, con, progress=False)
         finally:
             con.close()
     assert result.counts.get("rebuild_out_of_memory") == 1
+    # where it met the limit, for whoever bounds that step next
+    assert any(
+        "out of memory in history of subscriptions, chunk" in r.getMessage() for r in caplog.records
+    )
     lost, extra, tables = difference(contents(landed), contents(db))
     tally.record(faults_injected=1, runs_healed=1, rows_lost=lost, duplicates=extra)
     assert (lost, extra) == (0, 0), tables

@@ -69,29 +69,40 @@ def rebuild_core(
         with transaction(con):
             _mark_all_dirty(con)
     chunks = 0
-    for stream in STREAMS:
-        ids = f"SELECT id FROM stripe_dirty WHERE stream = '{stream.name}'"
-        for span in spans(con, stream.name, ids, chunk):
-            with transaction(con):
-                normalise_span(con, stream, span, run_id)
-            chunks += 1
-            _committed("core", span.stream, chunks)
-    prepare_chunks(con)
+    # Where the rebuild is, for the warning an "Out of Memory" gets (the caller redoes
+    # the rebuild; which step met the limit is what a fix needs to know).
+    at = "core"
     try:
-        # A subscription's history reads all its versions and billed periods (tens of
-        # rows, JSON each): a tenth of the ids per chunk.
-        for span in subscription_spans(con, max(1, chunk // 10)):
-            with transaction(con):
-                build_subscription_span(con, span)
-            chunks += 1
-            _committed("history", span.stream, chunks)
-        for span in in_place_spans(con, chunk):
-            with transaction(con):
-                build_in_place_span(con, span)
-            chunks += 1
-            _committed("history", span.stream, chunks)
-    finally:
-        drop_chunks(con)
+        for stream in STREAMS:
+            ids = f"SELECT id FROM stripe_dirty WHERE stream = '{stream.name}'"
+            for span in spans(con, stream.name, ids, chunk):
+                at = f"core of {stream.name}, chunk {chunks + 1}"
+                with transaction(con):
+                    normalise_span(con, stream, span, run_id)
+                chunks += 1
+                _committed("core", span.stream, chunks)
+        at = "the history's preparation (prepare_chunks)"
+        prepare_chunks(con)
+        try:
+            # A subscription's history reads all its versions and billed periods (tens of
+            # rows, JSON each): a tenth of the ids per chunk.
+            for span in subscription_spans(con, max(1, chunk // 10)):
+                at = f"history of subscriptions, chunk {chunks + 1}"
+                with transaction(con):
+                    build_subscription_span(con, span)
+                chunks += 1
+                _committed("history", span.stream, chunks)
+            for span in in_place_spans(con, chunk):
+                at = f"in-place history of {span.stream}, chunk {chunks + 1}"
+                with transaction(con):
+                    build_in_place_span(con, span)
+                chunks += 1
+                _committed("history", span.stream, chunks)
+        finally:
+            drop_chunks(con)
+    except duckdb.OutOfMemoryException:
+        log.warning("Stripe core rebuild: out of memory in %s", at)
+        raise
     with transaction(con):
         if not keep_pending:
             con.execute("DELETE FROM stripe_dirty")
