@@ -99,7 +99,6 @@ class _Page:
     whoever read the page, so the writer only lands it."""
 
     by_table: dict[str, list[Landable]]
-    count: int  # the stream's own objects
     last_id: str | None  # the page's last object: the stream's cursor after it
     fetched: datetime
 
@@ -448,7 +447,7 @@ class _Run:
                 check_mode(self.settings.stripe.key_mode, inner, where)
             for e in inner:
                 by_table.setdefault(embedded_table(e), []).append(landable(e, version))
-        return _Page(by_table, len(objects), objects[-1]["id"] if objects else None, fetched)
+        return _Page(by_table, objects[-1]["id"] if objects else None, fetched)
 
     def _land_pages(self, stream: Stream, pages: list[_Page]) -> int:
         """Land prepared pages in one statement per table (inside the caller's

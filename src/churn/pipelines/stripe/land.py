@@ -88,8 +88,8 @@ def dumps(obj: Any) -> str:
     The text is the standard library's ``json.dumps(obj, sort_keys=True,
     separators=(",", ":"))`` byte for byte (stored payloads are compared as text, and a
     subscription's list version is keyed by its text's hash, so the form must never
-    drift). orjson writes it about ten times faster (a backfill canonicalises every
-    object it lands); where its text could differ (:func:`_orjson_may_differ`, and what it
+    drift). orjson writes it about four times faster (4.5 against 16.3 µs for an
+    invoice-sized object; a backfill canonicalises every object it lands); where its text could differ (:func:`_orjson_may_differ`, and what it
     refuses: integers past 64 bits, lone surrogates, keys that are not strings) the
     standard library writes it. One difference is kept: NaN and Infinity, which are not
     JSON and which Stripe never sends, become ``null`` (the standard library's ``NaN``
@@ -98,8 +98,8 @@ def dumps(obj: Any) -> str:
     try:
         text = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
     except (orjson.JSONEncodeError, TypeError):
-        return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-    if _orjson_may_differ(text):
+        text = None
+    if text is None or _orjson_may_differ(text):
         return json.dumps(obj, sort_keys=True, separators=(",", ":"))
     return text.decode()
 
