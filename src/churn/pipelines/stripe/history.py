@@ -439,6 +439,14 @@ _CHARGE_CARD = (
     "coalesce(payload->'$.payment_method_details.card', "
     "CASE WHEN json_type(payload->'$.source') = 'OBJECT' THEN payload->'$.source' END)"
 )
+#: The charges of the payment methods in scope (``{scope}``, as the core rows name them)
+#: that carried a card: picked on the typed columns first, and only their payloads read,
+#: so a chunk of payment methods reads its own charges, not every charge.
+_CARD_CHARGES = rows_where(
+    "raw_stripe_charge",
+    "id IN (SELECT charge_id FROM core_charges "
+    "WHERE payment_method_id IN ({scope}) AND card_exp_year IS NOT NULL)",
+)
 _CHARGE_VERSIONS = f"""
         UNION ALL
         SELECT {_CHARGE_PM}, stripe_ts(payload->'$.created'), 2, 'charge:' || id,
@@ -448,38 +456,8 @@ _CHARGE_VERSIONS = f"""
                                                'exp_month', c->'$.exp_month',
                                                'exp_year', c->'$.exp_year')),
                FALSE, NULL
-        FROM (SELECT r.*, {_CHARGE_CARD} AS c FROM raw_stripe_charge r
-              -- typed first (columnar, no JSON read) to pick the charges of the cards
-              SEMI JOIN (SELECT charge_id FROM core_charges
-                         WHERE payment_method_id IN ({{scope}})
-                           AND card_exp_year IS NOT NULL) cc ON cc.charge_id = r.id)
+        FROM (SELECT r.*, {_CHARGE_CARD} AS c FROM {_CARD_CHARGES} r)
         WHERE c->>'$.exp_year' IS NOT NULL
-"""
-
-#: The cards of the charges of the payment methods in scope (``_pm_scope``), as
-#: ``_CHARGE_VERSIONS`` reads them, with the payment method its core row names (the
-#: scope): built once for a rebuild in chunks, which then reads them by payment method
-#: instead of reading every charge's payload again per chunk.
-_CHARGE_CARDS = f"""
-    CREATE OR REPLACE TEMP TABLE _charge_cards AS
-    SELECT cc.payment_method_id AS scope_pm, {_CHARGE_PM} AS id,
-           stripe_ts(payload->'$.created') AS ts, 2 AS rank, 'charge:' || id AS k,
-           json_object('object', 'payment_method', 'type', 'card',
-                       'customer', payload->'$.customer',
-                       'card', json_object('brand', c->'$.brand', 'last4', c->'$.last4',
-                                           'exp_month', c->'$.exp_month',
-                                           'exp_year', c->'$.exp_year')) AS p,
-           FALSE AS gone, NULL::JSON AS prev
-    FROM (SELECT r.*, {_CHARGE_CARD} AS c FROM raw_stripe_charge r) r
-    JOIN (SELECT charge_id, payment_method_id FROM core_charges
-          WHERE card_exp_year IS NOT NULL
-            -- only what a chunk will read: the cards of the payment methods in scope
-            AND payment_method_id IN (SELECT id FROM _pm_scope)) cc ON cc.charge_id = r.id
-    WHERE c->>'$.exp_year' IS NOT NULL
-"""
-_CHARGE_CARDS_VERSIONS = """
-        UNION ALL
-        SELECT id, ts, rank, k, p, gone, prev FROM _charge_cards WHERE scope_pm IN ({scope})
 """
 
 _CUSTOMER_COLUMNS = (
@@ -509,8 +487,8 @@ def _in_place_sql(
         raw=f"raw_stripe_{stream}",
         kinds=", ".join(f"'{k}'" for k in kinds),
         scope=scope,
-        object_bounds=bounds.bounds("object_id") if bounds else "TRUE",
-        id_bounds=bounds.bounds("id") if bounds else "TRUE",
+        object_bounds=bounds.bounds("object_id", indexed=True) if bounds else "TRUE",
+        id_bounds=bounds.bounds("id", indexed=True) if bounds else "TRUE",
         extra_versions=extra_versions.replace("{scope}", scope),
         columns=", ".join(f"{e} AS {n}" for n, e in columns),
         state=names,
@@ -593,10 +571,12 @@ def _versions(scope: str, lines: str) -> str:
 
 def prepare_chunks(con: duckdb.DuckDBPyConnection) -> None:
     """What every chunk reads, built once from the core tables (normalised first): the
-    dirty subscriptions' invoice lines (``_invoice_lines``), the cards of charges
-    (``_charge_cards``), and the customers and payment methods whose in-place history is
-    to redo (``_customer_scope``, ``_pm_scope``), as :func:`build_in_place_history` picks
-    them. Temporary tables: a kill loses them, and the rerun builds them again."""
+    dirty subscriptions' invoice lines (``_invoice_lines``), and the customers and payment
+    methods whose in-place history is to redo (``_customer_scope``, ``_pm_scope``), as
+    :func:`build_in_place_history` picks them; each chunk of payment methods reads its own
+    charges' cards (``_CHARGE_VERSIONS``: held here for all, they met a 256MB limit at
+    100,000 accounts). Temporary tables: a kill loses them, and the rerun builds them
+    again."""
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _invoice_lines AS "
         f"SELECT * FROM ({_lines(_DIRTY_INVOICES)}) l "
@@ -612,13 +592,10 @@ def prepare_chunks(con: duckdb.DuckDBPyConnection) -> None:
         "SELECT id FROM stripe_dirty WHERE stream = 'payment_method' UNION "
         f"SELECT payment_method_id FROM core_charges WHERE {dirty('charge', 'charge_id')}"
     )
-    # after _pm_scope: only its cards (every charge's, parsed, was 0.6 s at 10,000
-    # accounts for the ten or so a 1% run reads)
-    con.execute(_CHARGE_CARDS)
 
 
 def drop_chunks(con: duckdb.DuckDBPyConnection) -> None:
-    for table in ("_invoice_lines", "_charge_cards", "_customer_scope", "_pm_scope"):
+    for table in ("_invoice_lines", "_customer_scope", "_pm_scope"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
 
 
@@ -642,7 +619,8 @@ def build_subscription_span(con: duckdb.DuckDBPyConnection, span: Span) -> None:
     transaction, after :func:`prepare_chunks`."""
     # only the span's lines: every line reaches the result through its own subscription
     lines = f"SELECT * FROM _invoice_lines WHERE {span.bounds('subscription_id')}"
-    con.execute(_versions(span.dirty("subscription_id"), lines))
+    # (stripe_subscription_versions' primary key leads with subscription_id)
+    con.execute(_versions(span.dirty("subscription_id", indexed=True), lines))
     for table in ("history_subscriptions", "history_subscription_items"):
         con.execute(f"DELETE FROM {table} WHERE {span.dirty('subscription_id')}")
     con.execute(_SUBSCRIPTIONS)
@@ -665,6 +643,6 @@ def build_in_place_span(con: duckdb.DuckDBPyConnection, span: Span) -> None:
     else:
         sql = _in_place_sql(table, "payment_method", ("payment_method", "card", "source"),
                             _PAYMENT_METHOD_COLUMNS, scope=scope, with_deleted=True,
-                            extra_versions=_CHARGE_CARDS_VERSIONS, bounds=span)  # fmt: skip
+                            extra_versions=_CHARGE_VERSIONS, bounds=span)  # fmt: skip
     con.execute(f"DELETE FROM {table} WHERE {span.bounds(key)} AND {key} IN ({scope})")
     con.execute(sql)
