@@ -254,24 +254,40 @@ def land_prepared(
 def _land_stored(con: duckdb.DuckDBPyConnection, table: str) -> None:
     """The batch's ids already stored: newer over older (the new ones, just inserted,
     compare equal to themselves and lose, which leaves them as they are)."""
+    stored = rows_where(f"raw_stripe_{table}", "id IN (SELECT id FROM _land_batch)")
     # What core and the history must redo: rows different (a superset: an older payload
     # that loses below still marks its id, which costs a no-op redo).
     con.execute(
         f"""
         INSERT INTO stripe_dirty
-        SELECT DISTINCT '{table}', b.id FROM _land_batch b
-        JOIN {rows_where(f"raw_stripe_{table}", "id IN (SELECT id FROM _land_batch)")} r
-          ON r.id = b.id
+        SELECT DISTINCT '{table}', b.id FROM _land_batch b JOIN {stored} r ON r.id = b.id
         WHERE r.payload::VARCHAR <> b.payload OR r.is_deleted <> b.is_deleted
         ON CONFLICT DO NOTHING
         """
     )
+    # Only the ids whose batch row is newer are written: an upsert over rows that all
+    # lose still costs DuckDB's conflict handling per row (0.35 s a batch of 640 invoices
+    # at 100,000 accounts), and most lose where this is called: the events Stripe keeps
+    # are older than the listing a backfill landed first, and a rerun lands the same.
+    newer = [
+        r[0]
+        for r in con.execute(
+            f"""
+            SELECT b.id FROM (SELECT * FROM _land_batch QUALIFY row_number() OVER (
+                PARTITION BY id ORDER BY version_ts DESC, version_seq DESC, payload DESC) = 1) b
+            JOIN {stored} r ON r.id = b.id
+            WHERE {_NEWER.format(new="b", old="r")}
+            """
+        ).fetchall()
+    ]
+    if not newer:
+        return
     con.execute(
         f"""
             INSERT INTO raw_stripe_{table}
             SELECT id, payload::JSON, api_version, source, version_ts, version_seq,
                    fetched_at, is_deleted, livemode
-            FROM _land_batch
+            FROM _land_batch WHERE id IN (SELECT unnest(?::VARCHAR[]))
             QUALIFY row_number() OVER (
                 PARTITION BY id ORDER BY version_ts DESC, version_seq DESC, payload DESC) = 1
             ON CONFLICT (id) DO UPDATE SET
@@ -279,13 +295,19 @@ def _land_stored(con: duckdb.DuckDBPyConnection, table: str) -> None:
                 source = excluded.source, version_ts = excluded.version_ts,
                 version_seq = excluded.version_seq, fetched_at = excluded.fetched_at,
                 is_deleted = excluded.is_deleted, livemode = excluded.livemode
-            WHERE excluded.version_ts > raw_stripe_{table}.version_ts
-               OR (excluded.version_ts = raw_stripe_{table}.version_ts
-                   AND (excluded.version_seq > raw_stripe_{table}.version_seq
-                        OR (excluded.version_seq = raw_stripe_{table}.version_seq
-                            AND excluded.payload::VARCHAR > raw_stripe_{table}.payload::VARCHAR)))
-            """
+            WHERE {_NEWER.format(new="excluded", old=f"raw_stripe_{table}")}
+            """,
+        [newer],
     )
+
+
+#: SQL: the row ``new`` is newer than the stored ``old``: later, then later in its second,
+#: then (the same instant) the larger payload, so any order of landing ends the same.
+_NEWER = (
+    "{new}.version_ts > {old}.version_ts OR ({new}.version_ts = {old}.version_ts "
+    "AND ({new}.version_seq > {old}.version_seq OR ({new}.version_seq = {old}.version_seq "
+    "AND {new}.payload::VARCHAR > {old}.payload::VARCHAR)))"
+)
 
 
 def _add_subscription_versions(con: duckdb.DuckDBPyConnection) -> None:
