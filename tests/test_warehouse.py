@@ -88,3 +88,49 @@ def test_a_memory_limit_that_is_not_a_size_is_a_settings_error() -> None:
 
     with pytest.raises(ConfigError, match=r"DUCKDB_MEMORY_LIMIT|duckdb_memory_limit"):
         load_settings(env={"CHURN_RUN__DUCKDB_MEMORY_LIMIT": "lots"})
+
+
+def test_core_loses_its_keys_and_keeps_its_rows(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 112 on a warehouse made before it: every Stripe core row, column and
+    NOT NULL kept; no primary key left (a repeated id is the rebuild's to prevent)."""
+    every = warehouse.migrations()
+    monkeypatch.setattr(warehouse, "migrations", lambda: [m for m in every if m.version < 112])
+    con = warehouse.connect(db_path)
+    con.execute(
+        "INSERT INTO core_invoices (invoice_id, customer_id, total, is_deleted, "
+        "other_subscriptions) VALUES ('in_1', 'cus_1', 1200, FALSE, ['sub_2'])"
+    )
+    con.execute(
+        "INSERT INTO core_subscription_discounts (subscription_id, discount_id, percent_off) "
+        "VALUES ('sub_1', 'di_1', 12.5)"
+    )
+
+    def columns() -> list[tuple[object, ...]]:
+        return con.execute(
+            "SELECT table_name, column_name, column_index, data_type, is_nullable, "
+            "column_default FROM duckdb_columns() WHERE table_name LIKE 'core_%' ORDER BY 1, 3"
+        ).fetchall()
+
+    before = columns()
+    monkeypatch.setattr(warehouse, "migrations", lambda: every)
+    assert warehouse.migrate(con) == [m.version for m in every if m.version >= 112]
+    assert columns() == before
+    assert con.execute(
+        "SELECT invoice_id, customer_id, total, other_subscriptions FROM core_invoices"
+    ).fetchall() == [("in_1", "cus_1", 1200, ["sub_2"])]
+    assert con.execute(
+        "SELECT subscription_id, discount_id, percent_off FROM core_subscription_discounts"
+    ).fetchall() == [("sub_1", "di_1", 12.5)]
+    keyed = con.execute(
+        "SELECT DISTINCT table_name FROM duckdb_constraints() WHERE constraint_type = "
+        "'PRIMARY KEY' AND table_name IN ('core_customers', 'core_subscriptions', "
+        "'core_subscription_items', 'core_subscription_discounts', 'core_invoices', "
+        "'core_charges', 'core_refunds', 'core_payment_methods', 'core_payment_intents', "
+        "'core_invoice_payments')"
+    ).fetchall()
+    assert keyed == []
+    with pytest.raises(duckdb.ConstraintException):  # the key columns stay NOT NULL
+        con.execute("INSERT INTO core_invoices (invoice_id) VALUES (NULL)")
+    con.close()
