@@ -760,9 +760,11 @@ class _Run:
         self.result.add("seen_events", n_read)
         cursor = cursor_ts or polled
         # A page's worth per transaction; the first read of everything Stripe keeps is
-        # redone whole if killed, so it commits in larger steps (tens of thousands of
-        # events on a big account).
-        size = self.settings.stripe.page_size * (20 if retained else 1)
+        # redone whole if killed, so it commits in larger steps (hundreds of thousands of
+        # events on a big account; each step reads the stored rows of its objects, a scan
+        # of the table's ids: at 100,000 accounts 5,000 events a step took 17.5 s for
+        # 60,000 events against 27.4 s at 2,000, for 25 MB more of parsed events).
+        size = self.settings.stripe.page_size * (50 if retained else 1)
         more_items: dict[str, list[dict[str, Any]]] = {}
         for start in range(0, max(n_new, 1), size):
             chunk = self._events_chunk(start, size)
