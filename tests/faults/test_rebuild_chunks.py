@@ -283,3 +283,38 @@ def test_a_rebuild_out_of_memory_is_redone_under_the_connections_limit(
     lost, extra, tables = difference(contents(landed), contents(db))
     tally.record(faults_injected=1, runs_healed=1, rows_lost=lost, duplicates=extra)
     assert (lost, extra) == (0, 0), tables
+
+
+def test_an_out_of_memory_while_landing_is_healed(
+    world: Path, landed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB out of memory in one landing transaction of the backfill (what a
+    100,000-account listing met once under the 256MB limit): the writer checkpoints and
+    lands the rolled-back batch again; the run succeeds, says so in its counts, and the
+    warehouse equals a clean extract's."""
+    import duckdb
+
+    from churn.pipelines.stripe import extract
+
+    real = extract._Run._land_pages
+    calls: list[str] = []
+
+    def once(self: Any, stream: Any, pages: Any) -> int:
+        calls.append(stream.name)
+        if len(calls) == 3:
+            raise duckdb.OutOfMemoryException("Out of Memory Error: injected")
+        return real(self, stream, pages)
+
+    monkeypatch.setattr(extract._Run, "_land_pages", once)
+    db = tmp_path / "oom.duckdb"
+    with serve_world(world) as box:
+        settings = load_settings(env=_env(box, db))
+        con = warehouse.connect(db)
+        try:
+            result = extract_stripe(settings, con, progress=False)
+        finally:
+            con.close()
+    assert len(calls) > 3
+    assert result.counts.get("landing_out_of_memory") == 1
+    tally.record(faults_injected=1, runs_healed=1)
+    assert difference(contents(landed), contents(db)) == (0, 0, {})

@@ -28,7 +28,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -449,6 +449,24 @@ class _Run:
                 by_table.setdefault(embedded_table(e), []).append(landable(e, version))
         return _Page(by_table, objects[-1]["id"] if objects else None, fetched)
 
+    def _healing_out_of_memory(self, stream: str, land: Callable[[], int]) -> int:
+        """``land()`` (one transaction), done again once after a CHECKPOINT when DuckDB
+        ran out of memory in it. What landing holds in memory between DuckDB's own
+        checkpoints (the new rows and their keys' index entries) is written to the file
+        by one, where the memory limit can evict it; a backfill at 100,000 accounts met
+        the 256MB limit once this way, part-way through the listing, and stopped (the
+        rerun resumed it). The rolled-back batch is landed whole again: the same rows."""
+        try:
+            return land()
+        except duckdb.OutOfMemoryException:
+            log.warning(
+                "stream %s: out of memory while landing a batch; checkpointed, landing it again",
+                stream,
+            )
+            self.result.add("landing_out_of_memory", 1)
+            self.con.execute("CHECKPOINT")
+            return land()
+
     def _land_pages(self, stream: Stream, pages: list[_Page]) -> int:
         """Land prepared pages in one statement per table (inside the caller's
         transaction); each object keeps its own page's version."""
@@ -515,9 +533,14 @@ class _Run:
 
         def commit(done: bool) -> None:
             nonlocal batch
-            with transaction(self.con):
-                n = self._land_pages(stream, batch)
-                self._set_state(key, last, batch[-1].fetched, {"done": done, "path": path})
+
+            def land() -> int:
+                with transaction(self.con):
+                    n = self._land_pages(stream, batch)
+                    self._set_state(key, last, batch[-1].fetched, {"done": done, "path": path})
+                return n
+
+            n = self._healing_out_of_memory(stream.name, land)
             # "page committed" is what the kill tests wait for between transactions.
             log.debug("stream %s: page committed (%d pages, %d objects, after %s)",
                       stream.name, len(batch), n, last)  # fmt: skip
@@ -625,10 +648,15 @@ class _Run:
             if not batch:
                 return
             stream = by_name[name]
-            with transaction(self.con):
-                n = self._land_pages(stream, batch)
-                self._set_state(BACKFILL_PREFIX + name, last[name], batch[-1].fetched,
-                                {"done": done, "path": paths[name]})  # fmt: skip
+
+            def land() -> int:
+                with transaction(self.con):
+                    n = self._land_pages(stream, batch)
+                    self._set_state(BACKFILL_PREFIX + name, last[name], batch[-1].fetched,
+                                    {"done": done, "path": paths[name]})  # fmt: skip
+                return n
+
+            n = self._healing_out_of_memory(name, land)
             log.debug("stream %s: page committed (%d pages, %d objects, after %s)",
                       name, len(batch), n, last[name])  # fmt: skip
             self._advance(tasks[name], n)
