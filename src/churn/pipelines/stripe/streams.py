@@ -112,10 +112,6 @@ class CoreTable:
     source: str = "FROM {ok}"
     #: A QUALIFY condition over the output columns (de-duplication), if any.
     qualify: str | None = None
-    #: The columns that name one row (``key`` when empty). Not a constraint: core is
-    #: derived, one row each by construction (migration 112 says why the keys went), and
-    #: the rebuild tests check it.
-    unique: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -365,7 +361,6 @@ STREAMS: tuple[Stream, ...] = (
             CoreTable(
                 "core_subscription_items",
                 key="subscription_id",
-                unique=("item_id",),
                 columns=(
                     ("item_id", "i->>'$.id'"),
                     ("subscription_id", "id"),
@@ -386,7 +381,6 @@ STREAMS: tuple[Stream, ...] = (
             CoreTable(
                 "core_subscription_discounts",
                 key="subscription_id",
-                unique=("subscription_id", "discount_id"),
                 columns=(
                     ("subscription_id", "id"),
                     ("discount_id", "coalesce(d->>'$.id', 'coupon:' || (c->>'$.id'))"),
