@@ -451,11 +451,11 @@ class _Run:
 
     def _healing_out_of_memory(self, stream: str, land: Callable[[], int]) -> int:
         """``land()`` (one transaction), done again once after a CHECKPOINT when DuckDB
-        ran out of memory in it. What landing holds in memory between DuckDB's own
-        checkpoints (the new rows and their keys' index entries) is written to the file
-        by one, where the memory limit can evict it; a backfill at 100,000 accounts met
-        the 256MB limit once this way, part-way through the listing, and stopped (the
-        rerun resumed it). The rolled-back batch is landed whole again: the same rows."""
+        ran out of memory in it: a checkpoint writes what landing holds in memory between
+        DuckDB's own (new rows, their keys' index entries) to the file, where the memory
+        limit can evict it. A backfill at 100,000 accounts met the 256MB limit once
+        part-way through its listing and stopped partial (not seen in the runs before
+        and after it). The rolled-back batch is landed whole again: the same rows."""
         try:
             return land()
         except duckdb.OutOfMemoryException:
