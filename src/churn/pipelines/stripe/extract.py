@@ -28,7 +28,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -449,19 +449,31 @@ class _Run:
                 by_table.setdefault(embedded_table(e), []).append(landable(e, version))
         return _Page(by_table, objects[-1]["id"] if objects else None, fetched)
 
-    def _healing_out_of_memory(self, stream: str, land: Callable[[], int]) -> int:
-        """``land()`` (one transaction), done again once after a CHECKPOINT when DuckDB
-        ran out of memory in it: a checkpoint writes what landing holds in memory between
-        DuckDB's own (new rows, their keys' index entries) to the file, where the memory
-        limit can evict it. A backfill at 100,000 accounts met the 256MB limit once
-        part-way through its listing and stopped partial (not seen in the runs before
-        and after it). The rolled-back batch is landed whole again: the same rows."""
+    def _commit_pages(
+        self, stream: Stream, pages: list[_Page], cursor: str | None, path: str | None, done: bool
+    ) -> int:
+        """Land a backfill's batch of ``stream``'s pages with its cursor after them, in one
+        transaction; returns the objects landed. When DuckDB runs out of memory in it, the
+        transaction is done again once after a CHECKPOINT: a checkpoint writes what
+        landing holds in memory between DuckDB's own (new rows, their keys' index entries)
+        to the file, where the memory limit can evict it. A backfill at 100,000 accounts
+        met the 256MB limit once part-way through its listing and stopped partial (not
+        seen in the runs before and after it). The rolled-back batch is landed whole
+        again: the same rows."""
+
+        def land() -> int:
+            with transaction(self.con):
+                n = self._land_pages(stream, pages)
+                self._set_state(BACKFILL_PREFIX + stream.name, cursor, pages[-1].fetched,
+                                {"done": done, "path": path})  # fmt: skip
+            return n
+
         try:
             return land()
         except duckdb.OutOfMemoryException:
             log.warning(
                 "stream %s: out of memory while landing a batch; checkpointed, landing it again",
-                stream,
+                stream.name,
             )
             self.result.add("landing_out_of_memory", 1)
             self.con.execute("CHECKPOINT")
@@ -533,14 +545,7 @@ class _Run:
 
         def commit(done: bool) -> None:
             nonlocal batch
-
-            def land() -> int:
-                with transaction(self.con):
-                    n = self._land_pages(stream, batch)
-                    self._set_state(key, last, batch[-1].fetched, {"done": done, "path": path})
-                return n
-
-            n = self._healing_out_of_memory(stream.name, land)
+            n = self._commit_pages(stream, batch, last, path, done)
             # "page committed" is what the kill tests wait for between transactions.
             log.debug("stream %s: page committed (%d pages, %d objects, after %s)",
                       stream.name, len(batch), n, last)  # fmt: skip
@@ -647,16 +652,7 @@ class _Run:
             batch = batches.pop(name, [])
             if not batch:
                 return
-            stream = by_name[name]
-
-            def land() -> int:
-                with transaction(self.con):
-                    n = self._land_pages(stream, batch)
-                    self._set_state(BACKFILL_PREFIX + name, last[name], batch[-1].fetched,
-                                    {"done": done, "path": paths[name]})  # fmt: skip
-                return n
-
-            n = self._healing_out_of_memory(name, land)
+            n = self._commit_pages(by_name[name], batch, last[name], paths[name], done)
             log.debug("stream %s: page committed (%d pages, %d objects, after %s)",
                       name, len(batch), n, last[name])  # fmt: skip
             self._advance(tasks[name], n)
@@ -766,12 +762,8 @@ class _Run:
             # the read beside the backfill failed: raised here, as a read made now
             failure, self._events_failure = self._events_failure, None
             raise failure
+        # when the read staged beside the backfill began (None: read here)
         staged, self._events_staged = self._events_staged, None
-        self._read_and_apply(staged)
-
-    def _read_and_apply(self, staged: datetime | None) -> None:
-        """:meth:`events`' work; ``staged``: when the read staged beside the backfill
-        began (None: read here)."""
         _, cursor_ts, details = self._state(EVENTS)
         retained = details.get("retained") == "pending"
         task = self._task("events")

@@ -89,9 +89,9 @@ def dumps(obj: Any) -> str:
     separators=(",", ":"))`` byte for byte (stored payloads are compared as text, and a
     subscription's list version is keyed by its text's hash, so the form must never
     drift). orjson writes it about four times faster (4.5 against 16.3 µs for an
-    invoice-sized object; a backfill canonicalises every object it lands); where its text could differ (:func:`_orjson_may_differ`, and what it
-    refuses: integers past 64 bits, lone surrogates, keys that are not strings) the
-    standard library writes it. One difference is kept: NaN and Infinity, which are not
+    invoice-sized object; a backfill canonicalises every object it lands); where its text
+    could differ (:func:`_orjson_may_differ`, and what it refuses: integers past 64 bits,
+    lone surrogates, keys that are not strings) the standard library writes it. One difference is kept: NaN and Infinity, which are not
     JSON and which Stripe never sends, become ``null`` (the standard library's ``NaN``
     would fail the warehouse's JSON column).
     """
@@ -269,6 +269,8 @@ def _land_stored(con: duckdb.DuckDBPyConnection, table: str) -> None:
     # rows all lost took 0.35 s a batch of 640 invoices at 100,000 accounts (this select
     # and the skip: 0.03 s), and most lose where this is called: the events Stripe keeps
     # are older than the listing a backfill landed first, and a rerun lands the same.
+    # (The two reads of the stored rows as one grouped statement measured 0.34 s a batch:
+    # kept apart.)
     newer = [
         r[0]
         for r in con.execute(
