@@ -1,6 +1,7 @@
-"""The two seat signals read the usage and the seats once per score (one statement gives
-both signals' rows). The shared read must give each signal the rows its own statement
-gives, on every golden case of both signals; and a new score reads again."""
+"""The two seat signals and the usage they cannot use (the run's usage gaps) read the usage
+and the seats once per score (one statement gives all three's rows). The shared read must
+give each the rows its own statement gives, on every golden case of both signals; and a
+new score reads again."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def _sorted(frame: pl.DataFrame) -> list[dict[str, object]]:
 
 
 @pytest.mark.parametrize("path", CASES, ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_one_read_gives_each_signal_its_own_rows(
+def test_one_read_gives_each_signal_and_the_gaps_their_own_rows(
     path: Path, con: duckdb.DuckDBPyConnection
 ) -> None:
     case = load_case(path)
@@ -31,11 +32,27 @@ def test_one_read_gives_each_signal_its_own_rows(
     settings = SignalSettings(**case.get("settings", {}))
     tables = Tables(con)
     as_of = case["as_of_dt"]
-    both = su._both(tables, as_of, settings)
+    reads: list[str] = []
+    frame = Tables.frame
+
+    def counted(self: Tables, sql: str, params: object = None) -> pl.DataFrame:
+        reads.append(sql)
+        return frame(self, sql, params)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Tables, "frame", counted)
+        shared = {
+            kind: su._all(tables, as_of, settings, kind) for kind in ("low", "expansion", "gap")
+        }
+        assert reads == [su._ALL]  # the three kinds, one statement
+        # a new score reads again
+        su._all(Tables(con), as_of, settings, "low")
+        assert len(reads) == 2
     low = tables.frame(su._LOW, su._params(as_of, settings, "low"))
     expansion = tables.frame(su._EXPANSION, su._params(as_of, settings, "high"))
-    assert _sorted(both.filter(pl.col("kind") == "low").drop("kind")) == _sorted(low)
-    assert _sorted(both.filter(pl.col("kind") == "expansion").drop("kind")) == _sorted(expansion)
-    # the second signal of the score takes the same read; a new score reads again
-    assert su._both(tables, as_of, settings) is both
-    assert su._both(Tables(con), as_of, settings) is not both
+    gaps = tables.frame(su._UNSUPPORTED, su._params(as_of, settings))
+    assert _sorted(shared["low"]) == _sorted(low)
+    assert _sorted(shared["expansion"]) == _sorted(expansion)
+    assert _sorted(shared["gap"]) == _sorted(gaps)
+    assert shared["gap"].schema == gaps.schema
+    assert shared["low"].schema == low.schema

@@ -143,6 +143,44 @@ def test_movements_sum_to_the_mrr_change(series: pl.DataFrame) -> None:
     assert (moves.filter(pl.col("movement") == "churn")["end_mrr_minor"] == 0).all()
 
 
+def _reference_movements(series: pl.DataFrame) -> list[tuple[str, date, str, int]]:
+    """classify_movements' rule account by account in plain Python: a month starting at 0
+    is new when the account never had MRR before (no earlier start or end above 0), else
+    a reactivation; ending at 0 is a churn; otherwise the sign of the change."""
+    out = []
+    for account in sorted(set(series["account_id"])):
+        rows = sorted(
+            (r["month"], r["start_mrr_minor"], r["end_mrr_minor"])
+            for r in series.filter(pl.col("account_id") == account).to_dicts()
+        )
+        had = False
+        for month, start, end in rows:
+            had = had or start > 0
+            if end != start:
+                kind = (
+                    ("reactivation" if had else "new") if start == 0
+                    else "churn" if end == 0
+                    else "expansion" if end > start else "contraction"
+                )  # fmt: skip
+                out.append((account, month, kind, end - start))
+            had = had or end > 0
+    return out
+
+
+@given(mrr_series(), st.randoms(use_true_random=False))
+def test_movements_follow_the_rule_in_any_row_order(series: pl.DataFrame, random: object) -> None:
+    """Rows in any order, unchanged months left out (as changed_months_sql gives them):
+    each account's movements are the reference's. Guards the windows' rewrite (the shift
+    in its own step, measured 16.8 s -> 1.3 s on 1,022,865 rows)."""
+    changed = series.filter(pl.col("start_mrr_minor") != pl.col("end_mrr_minor"))
+    shuffled = changed.sample(fraction=1.0, shuffle=True, seed=random.randint(0, 2**31))  # type: ignore[attr-defined]
+    moves = classify_movements(shuffled).sort("account_id", "month")
+    got = [
+        (r["account_id"], r["month"], r["movement"], r["amount_minor"]) for r in moves.to_dicts()
+    ]
+    assert got == _reference_movements(changed)
+
+
 def test_new_then_reactivation() -> None:
     series = pl.DataFrame(
         {

