@@ -118,14 +118,30 @@ def sql_round_div(num: str, den: str) -> str:
     return f"(sign({n}) * ((2 * abs({n}) + {d}) // (2 * {d})))"
 
 
-def sql_convert(minor: str, source: str, target: str, source_rate: str, target_rate: str) -> str:
-    """SQL twin of :func:`convert`; NULL when a rate is NULL or the result exceeds BIGINT."""
+def sql_convert_factors(
+    source: str, target: str, source_rate: str, target_rate: str
+) -> tuple[str, str]:
+    """SQL of the two HUGEINT factors of a conversion, ``(num, den)``: an amount converts
+    to ``round(minor x num / den)`` (:func:`sql_convert_by`). They depend on the currencies
+    and rates only, so a caller converting many amounts computes them once per pair."""
     shift = f"({sql_exponent(target)} - {sql_exponent(source)})"
     src = f"CAST(CAST({source_rate} AS DECIMAL(38, 9)) * {RATE_SCALE} AS HUGEINT)"
     tgt = f"CAST(CAST({target_rate} AS DECIMAL(38, 9)) * {RATE_SCALE} AS HUGEINT)"
-    num = f"(CAST({minor} AS HUGEINT) * {tgt} * CAST(pow(10, greatest({shift}, 0)) AS HUGEINT))"
+    num = f"({tgt} * CAST(pow(10, greatest({shift}, 0)) AS HUGEINT))"
     den = f"({src} * CAST(pow(10, greatest(-{shift}, 0)) AS HUGEINT))"
-    return f"TRY_CAST({sql_round_div(num, den)} AS BIGINT)"
+    return num, den
+
+
+def sql_convert_by(minor: str, num: str, den: str) -> str:
+    """SQL: ``minor`` converted by the factors of :func:`sql_convert_factors`; NULL when a
+    factor is NULL (no rate) or the result exceeds BIGINT. The product is exact whatever
+    the grouping (integers; every factor is at least 1, so no partial product is larger)."""
+    return f"TRY_CAST({sql_round_div(f'(CAST({minor} AS HUGEINT) * {num})', den)} AS BIGINT)"
+
+
+def sql_convert(minor: str, source: str, target: str, source_rate: str, target_rate: str) -> str:
+    """SQL twin of :func:`convert`; NULL when a rate is NULL or the result exceeds BIGINT."""
+    return sql_convert_by(minor, *sql_convert_factors(source, target, source_rate, target_rate))
 
 
 #: Symbols for the currencies people recognise at a glance; others show their ISO code.

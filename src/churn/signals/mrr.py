@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # settings take their defaults from the signal registry
     from churn.settings import SignalSettings
 
 from churn.signals.facts import MRR_STATUSES
-from churn.signals.money import sql_convert, sql_round_div
+from churn.signals.money import sql_convert_by, sql_convert_factors, sql_round_div
 from churn.signals.rates import rates_at_sql
 from churn.signals.tables import Tables
 
@@ -270,17 +270,18 @@ def subscription_mrr_sql(
         AND (d.duration = 'forever' OR (d.duration IN ('once', 'repeating') AND {temporary}))
       GROUP BY ALL
     ),
+    -- without a discount the rounding divisions are identities: skipped (most rows)
     net AS (
       SELECT ps.*,
-        {sql_round_div("ps.gross * (1000000 - COALESCE(d.pct_units, 0))", "1000000")}
+        CASE WHEN COALESCE(d.pct_units, 0) = 0 THEN ps.gross ELSE
+        {sql_round_div("ps.gross * (1000000 - d.pct_units)", "1000000")} END
           AS after_pct,
-        {
+        CASE WHEN COALESCE(d.amount_off, 0) = 0 THEN 0 ELSE {
         sql_round_div(
-            "COALESCE(d.amount_off, 0) * CASE ps.interval WHEN 'week' THEN 52 "
-            "WHEN 'day' THEN 365 ELSE 1 END",
+            "d.amount_off * CASE ps.interval WHEN 'week' THEN 52 WHEN 'day' THEN 365 ELSE 1 END",
             "CASE ps.interval WHEN 'month' THEN 1 ELSE 12 END * COALESCE(ps.interval_count, 1)",
         )
-    } AS monthly_amount_off
+    } END AS monthly_amount_off
       FROM per_sub ps LEFT JOIN disc d USING (t, subscription_id)
     )
     SELECT n.t, n.subscription_id, n.customer_id, {key} AS account_id,
@@ -316,6 +317,9 @@ def account_mrr_sql(
     """
     rep = settings.reporting_currency.upper()
     subs = subscription_mrr_sql(points, settings, by_customer=by_customer, items=items)
+    num, den = sql_convert_factors(
+        "c.currency", f"'{rep}'", "src.conversion_rate", "tgt.conversion_rate"
+    )
     return f"""
     WITH subs AS ({subs}),
     acc AS (
@@ -333,26 +337,25 @@ def account_mrr_sql(
       FROM (SELECT DISTINCT t FROM acc) p
       CROSS JOIN ({_configured_rates(settings)}) c(iso, conversion_rate)
       ANTI JOIN known_rates k ON k.t = p.t AND k.iso = c.iso
+    ),
+    -- the rates and conversion factors once per point and currency, not per account
+    conv AS (
+      SELECT c.t, c.currency,
+             CASE WHEN upper(c.currency) = '{rep}' THEN CAST(1 AS DECIMAL(18, 9))
+                  ELSE src.conversion_rate END AS source_rate,
+             CASE WHEN upper(c.currency) = '{rep}' THEN CAST(1 AS DECIMAL(18, 9))
+                  ELSE tgt.conversion_rate END AS reporting_rate,
+             upper(c.currency) = '{rep}' AS same, {num} AS num, {den} AS den
+      FROM (SELECT DISTINCT t, currency FROM acc) c
+      LEFT JOIN rates src ON src.t = c.t AND src.iso = upper(c.currency)
+      LEFT JOIN rates tgt ON tgt.t = c.t AND tgt.iso = '{rep}'
     )
     SELECT acc.t, acc.account_id, acc.currency, acc.mrr_minor, acc.subscription_count,
-           '{rep}' AS reporting_currency,
-           CASE WHEN upper(acc.currency) = '{rep}' THEN CAST(1 AS DECIMAL(18, 9))
-                ELSE src.conversion_rate END AS source_rate,
-           CASE WHEN upper(acc.currency) = '{rep}' THEN CAST(1 AS DECIMAL(18, 9))
-                ELSE tgt.conversion_rate END AS reporting_rate,
-           CASE WHEN upper(acc.currency) = '{rep}' THEN acc.mrr_minor
-                ELSE {
-        sql_convert(
-            "acc.mrr_minor",
-            "acc.currency",
-            f"'{rep}'",
-            "src.conversion_rate",
-            "tgt.conversion_rate",
-        )
-    } END AS reporting_mrr_minor
-    FROM acc
-    LEFT JOIN rates src ON src.t = acc.t AND src.iso = upper(acc.currency)
-    LEFT JOIN rates tgt ON tgt.t = acc.t AND tgt.iso = '{rep}'
+           '{rep}' AS reporting_currency, cv.source_rate, cv.reporting_rate,
+           CASE WHEN cv.same THEN acc.mrr_minor
+                ELSE {sql_convert_by("acc.mrr_minor", "cv.num", "cv.den")} END
+             AS reporting_mrr_minor
+    FROM acc JOIN conv cv ON cv.t = acc.t AND cv.currency IS NOT DISTINCT FROM acc.currency
     """
 
 
