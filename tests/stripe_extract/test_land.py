@@ -132,3 +132,57 @@ def test_nan_is_not_json_and_lands_as_null() -> None:
     """The one documented difference: NaN is not JSON (the warehouse's JSON column refuses
     the standard library's ``NaN``); Stripe never sends it."""
     assert dumps({"x": float("nan")}) == '{"x":null}'
+
+
+def _tables(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[object, ...]]]:
+    return {
+        t: sorted(con.execute(f"SELECT * FROM {t}").fetchall(), key=repr)
+        for t in ("raw_stripe_subscription", "stripe_subscription_versions", "stripe_dirty")
+    }
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batch=st.lists(
+        st.tuples(st.integers(0, 3), st.sampled_from(["list", "event"]), st.integers(0, 2)),
+        min_size=1,
+        max_size=6,
+    ),
+    stored=st.booleans(),
+)
+def test_new_only_landing_equals_the_general_way(
+    batch: list[tuple[int, str, int]], stored: bool
+) -> None:
+    """A backfill's batch lands by plain inserts (``new_only``); where that is refused (an
+    id stored already, or a version twice in the batch) the caller lands it again the
+    general way. Either way the raw rows, the subscription versions and the dirty ids are
+    what the general way alone gives."""
+    from churn.pipelines.stripe.land import land_prepared, landable
+    from churn.warehouse import transaction
+
+    items = [
+        landable(
+            {"id": f"sub_{k}", "object": "subscription", "status": f"s{v}", "livemode": False},
+            Version(source, T0 + timedelta(seconds=v), 0, f"evt_{k}_{v}", None),
+        )
+        for k, source, v in batch
+    ]
+    got = []
+    for new_only in (True, False):
+        con = warehouse.connect(":memory:")
+        if stored:  # one id landed before, by an event
+            old = {"id": "sub_0", "object": "subscription", "status": "old", "livemode": False}
+            land(con, "subscription", [(old, Version("event", T0, 0, "evt_old", None))], T0)
+        try:
+            with transaction(con):
+                land_prepared(con, "subscription", items, T0, new_only=new_only)
+            refused = False
+        except duckdb.ConstraintException:
+            refused = True
+            with transaction(con):
+                land_prepared(con, "subscription", items, T0)
+        got.append(_tables(con))
+        con.close()
+        if new_only and stored and any(k == 0 for k, _, _ in batch):
+            assert refused  # a stored id is never inserted twice
+    assert got[0] == got[1]

@@ -453,42 +453,58 @@ class _Run:
         self, stream: Stream, pages: list[_Page], cursor: str | None, path: str | None, done: bool
     ) -> int:
         """Land a backfill's batch of ``stream``'s pages with its cursor after them, in one
-        transaction; returns the objects landed. When DuckDB runs out of memory in it, the
-        transaction is done again once after a CHECKPOINT: a checkpoint writes what
-        landing holds in memory between DuckDB's own (new rows, their keys' index entries)
-        to the file, where the memory limit can evict it. A backfill at 100,000 accounts
-        met the 256MB limit once part-way through its listing and stopped partial (not
-        seen in the runs before and after it). The rolled-back batch is landed whole
-        again: the same rows."""
+        transaction; returns the objects landed.
 
-        def land() -> int:
+        A backfill's own pages are new to the table (the cursor is committed with each
+        batch, so a resumed listing goes on after the last one landed): they go in by
+        plain inserts first (``new_only``, :func:`churn.pipelines.stripe.land.land_prepared`).
+        When some id is stored after all (a listing started again from the top, an object
+        an event landed first), the transaction is rolled back and the batch lands again
+        the general way. When DuckDB runs out of memory in it, the transaction is done
+        again once after a CHECKPOINT: a checkpoint writes what landing holds in memory
+        between DuckDB's own (new rows, their keys' index entries) to the file, where the
+        memory limit can evict it. A backfill at 100,000 accounts met the 256MB limit once
+        part-way through its listing and stopped partial (not seen in the runs before and
+        after it). A rolled-back batch is landed whole again: the same rows."""
+
+        def land(new_only: bool) -> int:
             with transaction(self.con):
-                n = self._land_pages(stream, pages)
+                n = self._land_pages(stream, pages, new_only=new_only)
                 self._set_state(BACKFILL_PREFIX + stream.name, cursor, pages[-1].fetched,
                                 {"done": done, "path": path})  # fmt: skip
             return n
 
-        try:
-            return land()
-        except duckdb.OutOfMemoryException:
-            log.warning(
-                "stream %s: out of memory while landing a batch; checkpointed, landing it again",
-                stream.name,
-            )
-            self.result.add("landing_out_of_memory", 1)
-            self.con.execute("CHECKPOINT")
-            return land()
+        def healing(new_only: bool) -> int:
+            try:
+                return land(new_only)
+            except duckdb.OutOfMemoryException:
+                log.warning(
+                    "stream %s: out of memory while landing a batch; checkpointed, landing"
+                    " it again",
+                    stream.name,
+                )
+                self.result.add("landing_out_of_memory", 1)
+                self.con.execute("CHECKPOINT")
+                return land(new_only)
 
-    def _land_pages(self, stream: Stream, pages: list[_Page]) -> int:
+        try:
+            return healing(True)
+        except duckdb.ConstraintException:
+            self.result.add("batches_with_stored_ids", 1)
+            return healing(False)
+
+    def _land_pages(self, stream: Stream, pages: list[_Page], *, new_only: bool = False) -> int:
         """Land prepared pages in one statement per table (inside the caller's
-        transaction); each object keeps its own page's version."""
+        transaction); each object keeps its own page's version. ``new_only`` is for the
+        stream's own objects; the objects embedded in them (a price in many items, a
+        payment method in several customers) land the general way."""
         fetched = pages[-1].fetched if pages else utcnow()
         by_table: dict[str, list[Landable]] = {stream.name: []}
         for page in pages:
             for table, rows in page.by_table.items():
                 by_table.setdefault(table, []).extend(rows)
         main = by_table.pop(stream.name)
-        land_prepared(self.con, stream.name, main, fetched)
+        land_prepared(self.con, stream.name, main, fetched, new_only=new_only)
         for table, rows in sorted(by_table.items()):
             land_prepared(self.con, table, rows, fetched)
             self.result.add(f"objects_{table}", len(rows))

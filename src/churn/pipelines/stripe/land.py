@@ -191,8 +191,18 @@ def land_prepared(
     table: str,
     items: Sequence[Landable],
     fetched_at: datetime,
+    *,
+    new_only: bool = False,
 ) -> int:
-    """:func:`land` for payloads already made ready (:func:`landable`)."""
+    """:func:`land` for payloads already made ready (:func:`landable`).
+
+    ``new_only``: the caller expects every id to be new to the table (a backfill's own
+    pages). The rows then go in by plain inserts, the primary keys checking them, instead
+    of ``ON CONFLICT DO NOTHING``, whose cost grows with the table in DuckDB 2.0
+    (measured: 1,000 ids into a keyed table of 2,000,000 rows, 45 ms a batch with it
+    against 4 ms without, the same at any size). A stored id raises
+    ``duckdb.ConstraintException`` and aborts the caller's transaction: the caller lands
+    the batch again without ``new_only``."""
     if not items:
         return 0
     batch = pa.Table.from_pydict(
@@ -215,6 +225,7 @@ def land_prepared(
         # Ids not stored yet go in first, found by the primary key's index (a backfill's
         # pages are all such): no statement here reads the stored rows for them, so a
         # batch costs the same whatever the table's size.
+        conflict = "" if new_only else "ON CONFLICT DO NOTHING"
         new = con.execute(
             f"""
             INSERT INTO raw_stripe_{table}
@@ -223,19 +234,19 @@ def land_prepared(
             FROM _land_batch
             QUALIFY row_number() OVER (
                 PARTITION BY id ORDER BY version_ts DESC, version_seq DESC, payload DESC) = 1
-            ON CONFLICT DO NOTHING
+            {conflict}
             RETURNING id
             """
         ).fetchall()
         if new:
             con.execute(
-                "INSERT INTO stripe_dirty SELECT ?, unnest(?::VARCHAR[]) ON CONFLICT DO NOTHING",
+                f"INSERT INTO stripe_dirty SELECT ?, unnest(?::VARCHAR[]) {conflict}",
                 [table, [r[0] for r in new]],
             )
         if len(new) < len({i.id for i in items}):
             _land_stored(con, table)
         if table == "subscription":
-            _add_subscription_versions(con)
+            _add_subscription_versions(con, new_only=new_only)
         elif table == "discount":
             # a discount fills core_subscription_discounts through its subscription
             con.execute(
@@ -312,19 +323,23 @@ _NEWER = (
 )
 
 
-def _add_subscription_versions(con: duckdb.DuckDBPyConnection) -> None:
+def _add_subscription_versions(con: duckdb.DuckDBPyConnection, *, new_only: bool = False) -> None:
     """Keep every version of a subscription for the history.
 
     Event payloads are kept once per event; a list snapshot only when it differs from
     the latest version already kept, so reruns over the same state add nothing.
+    ``new_only``: the batch's subscriptions were all new to the raw table just now, so
+    all are marked dirty already: plain inserts, nothing marked again (see
+    :func:`land_prepared`).
     """
+    conflict = "" if new_only else "ON CONFLICT DO NOTHING"
     added = con.execute(
-        """
+        f"""
         INSERT INTO stripe_subscription_versions
         SELECT b.id, b.version_key, b.version_ts,
                b.version_seq, b.source, b.payload::JSON
         FROM _land_batch b WHERE b.source = 'event'
-        ON CONFLICT DO NOTHING
+        {conflict}
         RETURNING subscription_id
         """
     ).fetchall()
@@ -346,12 +361,12 @@ def _add_subscription_versions(con: duckdb.DuckDBPyConnection) -> None:
                b.version_seq, b.source, b.payload::JSON
         FROM _land_batch b LEFT JOIN latest l ON l.subscription_id = b.id
         WHERE b.source <> 'event' AND (l.payload IS NULL OR l.payload <> b.payload)
-        ON CONFLICT DO NOTHING
+        {conflict}
         RETURNING subscription_id
         """
     ).fetchall()
     # A new version changes the history even when the raw row stays (an older event).
-    if added:
+    if added and not new_only:
         con.execute(
             "INSERT INTO stripe_dirty SELECT DISTINCT 'subscription', unnest(?::VARCHAR[]) "
             "ON CONFLICT DO NOTHING",
