@@ -88,3 +88,64 @@ def test_a_memory_limit_that_is_not_a_size_is_a_settings_error() -> None:
 
     with pytest.raises(ConfigError, match=r"DUCKDB_MEMORY_LIMIT|duckdb_memory_limit"):
         load_settings(env={"CHURN_RUN__DUCKDB_MEMORY_LIMIT": "lots"})
+
+
+MARTS_UNKEYED = (
+    "signal_events",
+    "account_health",
+    "account_mrr",
+    "mrr_movements",
+    "score_usage_gaps",
+    "score_sf_accounts",
+)
+
+
+def test_the_marts_lose_their_keys_and_keep_their_rows(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 112 on a warehouse made before it: every mart row, column, type, NOT NULL
+    and default kept; no primary key left (a snapshot deletes its as_of's rows before it
+    writes them, so a key cannot repeat; the fault suite counts duplicates)."""
+    every = warehouse.migrations()
+    monkeypatch.setattr(warehouse, "migrations", lambda: [m for m in every if m.version < 112])
+    con = warehouse.connect(db_path)
+    con.execute(
+        "INSERT INTO account_health (account_id, as_of, payment_health, risk_score, known_churn,"
+        " reporting_currency, subscription_count, top_reasons, churn_probability) VALUES"
+        " ('001A', TIMESTAMP '2026-01-01', 'Failed', 80, FALSE, 'USD', 2, '[\"a\"]', 0.25)"
+    )
+    con.execute(
+        "INSERT INTO mrr_movements VALUES ('001A', DATE '2025-12-01', TIMESTAMP '2026-01-01',"
+        " 'USD', 'expansion', 100, 250, 150)"
+    )
+
+    def columns() -> list[tuple[object, ...]]:
+        return con.execute(
+            "SELECT table_name, column_name, column_index, data_type, is_nullable, "
+            "column_default FROM duckdb_columns() WHERE table_name IN ? ORDER BY 1, 3",
+            [list(MARTS_UNKEYED)],
+        ).fetchall()
+
+    before = columns()
+    monkeypatch.setattr(warehouse, "migrations", lambda: every)
+    assert warehouse.migrate(con) == [m.version for m in every if m.version >= 112]
+    assert columns() == before
+    assert con.execute(
+        "SELECT account_id, payment_health, risk_score, top_reasons::VARCHAR, churn_probability"
+        " FROM account_health"
+    ).fetchall() == [("001A", "Failed", 80, '["a"]', 0.25)]
+    assert con.execute("SELECT amount_minor, movement FROM mrr_movements").fetchall() == [
+        (150, "expansion")
+    ]
+    keyed = con.execute(
+        "SELECT DISTINCT table_name FROM duckdb_constraints() WHERE constraint_type ="
+        " 'PRIMARY KEY' AND table_name IN ?",
+        [list(MARTS_UNKEYED)],
+    ).fetchall()
+    assert keyed == []
+    with pytest.raises(duckdb.ConstraintException):  # the key columns stay NOT NULL
+        con.execute(
+            "INSERT INTO account_mrr (account_id, as_of, currency, reporting_currency)"
+            " VALUES ('001A', NULL, 'usd', 'USD')"
+        )
+    con.close()
