@@ -103,11 +103,11 @@ MARTS_UNKEYED = (
 def test_the_marts_lose_their_keys_and_keep_their_rows(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Migration 112 on a warehouse made before it: every mart row, column, type, NOT NULL
+    """Migration 113 on a warehouse made before it: every mart row, column, type, NOT NULL
     and default kept; no primary key left (a snapshot deletes its as_of's rows before it
     writes them, so a key cannot repeat; the fault suite counts duplicates)."""
     every = warehouse.migrations()
-    monkeypatch.setattr(warehouse, "migrations", lambda: [m for m in every if m.version < 112])
+    monkeypatch.setattr(warehouse, "migrations", lambda: [m for m in every if m.version < 113])
     con = warehouse.connect(db_path)
     con.execute(
         "INSERT INTO account_health (account_id, as_of, payment_health, risk_score, known_churn,"
@@ -128,7 +128,7 @@ def test_the_marts_lose_their_keys_and_keep_their_rows(
 
     before = columns()
     monkeypatch.setattr(warehouse, "migrations", lambda: every)
-    assert warehouse.migrate(con) == [m.version for m in every if m.version >= 112]
+    assert warehouse.migrate(con) == [m.version for m in every if m.version >= 113]
     assert columns() == before
     assert con.execute(
         "SELECT account_id, payment_health, risk_score, top_reasons::VARCHAR, churn_probability"
