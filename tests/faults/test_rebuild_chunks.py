@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from churn import warehouse
-from churn.pipelines.stripe.extract import extract_stripe, refresh_core
+from churn.pipelines.stripe.extract import StripeExtractResult, extract_stripe, refresh_core
 from churn.pipelines.stripe.history import build_history
 from churn.pipelines.stripe.normalise import normalise, spans
 from churn.pipelines.stripe.rebuild import rebuild_core
@@ -50,12 +50,12 @@ def _env(box: Sandbox, db: Path) -> dict[str, str]:
     )
 
 
-def _extract(box: Sandbox, db: Path) -> None:
-    """One extract in this process (the rerun after a kill)."""
+def _extract(box: Sandbox, db: Path) -> StripeExtractResult:
+    """One extract in this process (the rerun after a kill); its result."""
     settings = load_settings(env=_env(box, db))
     con = warehouse.connect(db)
     try:
-        extract_stripe(settings, con, progress=False)
+        return extract_stripe(settings, con, progress=False)
     finally:
         con.close()
 
@@ -288,12 +288,7 @@ def test_an_out_of_memory_while_landing_is_healed(
     monkeypatch.setattr(extract._Run, "_land_pages", once)
     db = tmp_path / "oom.duckdb"
     with serve_world(world) as box:
-        settings = load_settings(env=_env(box, db))
-        con = warehouse.connect(db)
-        try:
-            result = extract_stripe(settings, con, progress=False)
-        finally:
-            con.close()
+        result = _extract(box, db)
     assert len(calls) > 3
     assert result.counts.get("landing_out_of_memory") == 1
     tally.record(faults_injected=1, runs_healed=1)
@@ -327,12 +322,7 @@ def test_a_backfill_meeting_stored_ids_lands_those_batches_the_general_way(
     finally:
         con.close()
     with serve_world(world) as box:
-        settings = load_settings(env=_env(box, db))
-        con = warehouse.connect(db)
-        try:
-            result = extract_stripe(settings, con, progress=False)
-        finally:
-            con.close()
+        result = _extract(box, db)
     assert result.counts.get("batches_with_stored_ids") == 1
     tally.record(faults_injected=1, runs_healed=1)
     assert difference(contents(landed), contents(db)) == (0, 0, {})
