@@ -265,6 +265,60 @@ def test_a_rebuild_out_of_memory_is_redone_under_the_connections_limit(
     assert (lost, extra) == (0, 0), tables
 
 
+def test_a_core_chunk_out_of_memory_is_done_in_halves_under_the_limit(
+    world: Path,
+    landed: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every core chunk of more than two ids "out of memory" (injected): each is rolled
+    back and done again in halves, under the extract's limit all along, never redone
+    without it; the tables equal an extract's that met no such error. (A 100,000-account
+    rebuild met DuckDB's limit in one chunk, and the whole rebuild redone unbounded
+    peaked at 2,951 MB.)"""
+    import duckdb
+
+    from churn.pipelines.stripe import normalise as stripe_normalise
+    from churn.pipelines.stripe import rebuild
+
+    real = stripe_normalise.normalise_span
+    done: list[int] = []
+    limits: set[str] = set()
+
+    def small_only(con: Any, stream: Any, span: Any, run_id: Any = None) -> None:
+        ((n, limit),) = con.execute(
+            "SELECT count(*), current_setting('memory_limit') FROM stripe_dirty "
+            f"WHERE stream = '{stream.name}' AND {span.bounds('id')}"
+        ).fetchall()
+        limits.add(limit)
+        if n > 2:
+            raise duckdb.OutOfMemoryException("Out of Memory Error: injected")
+        real(con, stream, span, run_id)
+        done.append(n)
+
+    monkeypatch.setattr(rebuild, "normalise_span", small_only)
+    db = tmp_path / "w.duckdb"
+    with serve_world(world) as box:
+        settings = load_settings(env={**_env(box, db), "STRIPE_EXTRACT_MEMORY_LIMIT": "200MB"})
+        con = warehouse.connect(db)
+        try:
+            with caplog.at_level(logging.INFO, logger="churn.pipelines.stripe.rebuild"):
+                result = extract_stripe(settings, con, progress=False)
+        finally:
+            con.close()
+    split = result.counts.get("rebuild_chunks_split", 0)
+    # chunks of 5 ids: each split at least once, and no chunk done of more than 2 ids
+    assert split >= len([n for n in done if n]) // 2 > 0
+    assert max(done) <= 2
+    assert "rebuild_out_of_memory" not in result.counts
+    assert limits == {"190.7 MiB"}  # every attempt under the extract's limit
+    assert any("done in halves" in r.getMessage() for r in caplog.records)
+    lost, extra, tables = difference(contents(landed), contents(db))
+    tally.record(faults_injected=split, runs_healed=1, rows_lost=lost, duplicates=extra)
+    assert (lost, extra) == (0, 0), tables
+
+
 def test_an_out_of_memory_while_landing_is_healed(
     world: Path, landed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -15,7 +15,7 @@ import duckdb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from churn.pipelines.stripe.normalise import Span, spans
+from churn.pipelines.stripe.normalise import Span, halve, spans
 
 # Ids as any text: Stripe's are ASCII, but a span must hold whatever the table holds.
 _TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=6)
@@ -88,3 +88,38 @@ def test_a_span_over_an_indexed_column_leaves_the_index_on_disk(tmp_path: Path) 
         assert _art_bytes(con) == 0
     finally:
         con.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ids=st.lists(_TEXT, max_size=12, unique=True),
+    lo=st.none() | _TEXT,
+    hi=st.none() | _TEXT,
+)
+def test_a_span_halved_holds_its_ids_in_two_nonempty_halves(
+    ids: list[str], lo: str | None, hi: str | None
+) -> None:
+    """What a rebuild chunk out of memory is done again as: two spans that keep the
+    span's own ends and between them hold its ids, each some; none for fewer than two."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t (id VARCHAR)")
+    if ids:
+        con.executemany("INSERT INTO t VALUES (?)", [(i,) for i in ids])
+    span = Span("invoice", lo, hi)
+
+    def inside(s: Span) -> list[str]:
+        return [
+            r[0]
+            for r in con.execute(f"SELECT id FROM t WHERE {s.bounds('id')} ORDER BY id").fetchall()
+        ]
+
+    halves = halve(con, span, "SELECT id FROM t")
+    if len(inside(span)) < 2:
+        assert halves is None
+        return
+    assert halves is not None
+    first, second = halves
+    assert (first.stream, first.lo, second.hi) == ("invoice", lo, hi)
+    assert first.hi == second.lo
+    assert inside(first) and inside(second)
+    assert inside(first) + inside(second) == inside(span)

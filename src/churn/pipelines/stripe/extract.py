@@ -199,18 +199,23 @@ def extract_stripe(
     )
     try:
         with _memory_limit(con, settings):
-            quarantined, intervals = rebuild()
+            rebuilt = rebuild()
     except duckdb.OutOfMemoryException:
-        # Not measured past 10,000 accounts: rather than fail the run, the rebuild is done
-        # again (it is idempotent, and what is pending is kept until it ends) under the
-        # connection's own limit, and the run says so.
+        # Chunks out of memory are done again in halves under the limit; this is a chunk
+        # of one id, or the history's preparation (every dirty subscription's invoice
+        # lines at once). Rather than fail the run, the rebuild is done again (it is
+        # idempotent, and what is pending is kept until it ends) under the connection's
+        # own limit, and the run says so.
         log.warning(
             "Stripe core rebuild: out of memory under STRIPE_EXTRACT_MEMORY_LIMIT=%s;"
             " redone under the warehouse connection's limit (raise the setting)",
             settings.stripe.extract_memory_limit,
         )
         result.add("rebuild_out_of_memory", 1)
-        quarantined, intervals = rebuild()
+        rebuilt = rebuild()
+    quarantined, intervals = rebuilt.quarantined, rebuilt.intervals
+    if rebuilt.chunks_split:
+        result.add("rebuild_chunks_split", rebuilt.chunks_split)
     result.add("quarantined", quarantined)
     result.add("history_intervals", intervals)
     result.seconds = round(time.monotonic() - started, 3)

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import duckdb
 
-from churn.pipelines.stripe.normalise import Span, dirty, parsed_once, spans, typed
+from churn.pipelines.stripe.normalise import Span, dirty, dirty_ids, parsed_once, spans, typed
 from churn.pipelines.stripe.streams import LINE_SUBSCRIPTION
 from churn.warehouse import rows_where
 
@@ -599,18 +599,21 @@ def drop_chunks(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"DROP TABLE IF EXISTS {table}")
 
 
+#: The ids the in-place history's spans are cut from (and one split by), by span stream;
+#: after :func:`prepare_chunks`.
+IN_PLACE_IDS = {
+    "customer": "SELECT id FROM _customer_scope",
+    "payment_method": "SELECT id FROM _pm_scope",
+}
+
+
 def subscription_spans(con: duckdb.DuckDBPyConnection, size: int) -> list[Span]:
-    return spans(
-        con, "subscription", "SELECT id FROM stripe_dirty WHERE stream = 'subscription'", size
-    )
+    return spans(con, "subscription", dirty_ids("subscription"), size)
 
 
 def in_place_spans(con: duckdb.DuckDBPyConnection, size: int) -> list[Span]:
     """Spans of ``_customer_scope`` (stream ``customer``), then of ``_pm_scope``."""
-    return [
-        *spans(con, "customer", "SELECT id FROM _customer_scope", size),
-        *spans(con, "payment_method", "SELECT id FROM _pm_scope", size),
-    ]
+    return [s for stream, ids in IN_PLACE_IDS.items() for s in spans(con, stream, ids, size)]
 
 
 def build_subscription_span(con: duckdb.DuckDBPyConnection, span: Span) -> None:

@@ -242,6 +242,11 @@ def dirty(stream: str, column: str = "id") -> str:
     return f"{column} IN (SELECT d.id FROM stripe_dirty d WHERE d.stream = '{stream}')"
 
 
+def dirty_ids(stream: str) -> str:
+    """SQL: the ids of ``stream`` landed since the last rebuild (a column ``id``)."""
+    return f"SELECT id FROM stripe_dirty WHERE stream = '{stream}'"
+
+
 def literal(text: str) -> str:
     """SQL: ``text`` as a string literal."""
     return "'" + text.replace("'", "''") + "'"
@@ -311,6 +316,20 @@ def spans(
         Span(stream, None if k == 0 else lo, starts[k + 1] if k + 1 < len(starts) else None)
         for k, lo in enumerate(starts)
     ]
+
+
+def halve(con: duckdb.DuckDBPyConnection, span: Span, ids: str) -> tuple[Span, Span] | None:
+    """``span`` cut in two at its middle id (of ``ids``, the SQL it was cut from), each
+    half keeping the span's open end; None when it holds fewer than two ids. For a chunk
+    that met the memory limit: the halves hold every id the span held, whatever lands."""
+    row = con.execute(
+        f"SELECT id FROM (SELECT id, row_number() OVER (ORDER BY id) AS n, count(*) OVER () AS c"
+        f" FROM ({ids}) WHERE id IS NOT NULL AND {span.bounds('id')}) WHERE c > 1 AND n = c // 2 + 1"
+    ).fetchone()
+    if row is None:
+        return None
+    middle = str(row[0])
+    return Span(span.stream, span.lo, middle), Span(span.stream, middle, span.hi)
 
 
 def normalise_span(

@@ -15,7 +15,9 @@ time, so memory follows the chunk, not the account:
 4. ``stripe_dirty`` emptied (``keep_pending``: kept).
 
 Every step only derives rows from the raw tables and the steps before it, so a chunk done
-twice gives the same rows. ``stripe_dirty`` is emptied last: a kill at any point leaves it
+twice gives the same rows. That is also what makes a chunk out of memory safe to do
+again in halves (:func:`~churn.pipelines.stripe.normalise.halve`), down to one id,
+under the same limit. ``stripe_dirty`` is emptied last: a kill at any point leaves it
 whole, and the next rebuild (the rerun's) does every chunk again. ``full`` first marks
 every raw object dirty and empties the derived tables, in one transaction, so a kill
 after it still leads to a whole rebuild.
@@ -23,11 +25,15 @@ after it still leads to a whole rebuild.
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import duckdb
 
 from churn.pipelines.stripe.history import (
+    IN_PLACE_IDS,
     build_in_place_span,
     build_subscription_span,
     drop_chunks,
@@ -35,7 +41,7 @@ from churn.pipelines.stripe.history import (
     prepare_chunks,
     subscription_spans,
 )
-from churn.pipelines.stripe.normalise import normalise_span, spans
+from churn.pipelines.stripe.normalise import Span, dirty_ids, halve, normalise_span, spans
 from churn.pipelines.stripe.streams import STREAMS
 from churn.warehouse import transaction
 
@@ -50,6 +56,16 @@ _DERIVED = (
 )
 
 
+@dataclass(frozen=True)
+class Rebuilt:
+    """What a rebuild leaves: the Stripe quarantine's rows, the subscription history's
+    intervals, and how many chunks met the memory limit and were done again in halves."""
+
+    quarantined: int
+    intervals: int
+    chunks_split: int = 0
+
+
 def rebuild_core(
     con: duckdb.DuckDBPyConnection,
     run_id: str | None = None,
@@ -57,51 +73,41 @@ def rebuild_core(
     full: bool = False,
     keep_pending: bool = False,
     chunk: int = 10_000,
-) -> tuple[int, int]:
+) -> Rebuilt:
     """Core and history for what landed since the last rebuild (``full``: for all), in
     chunks of at most ``chunk`` ids, each committed on its own (see the module
-    docstring); not inside a transaction. Returns (quarantined, intervals), as
-    :func:`~churn.pipelines.stripe.extract.refresh_core` does."""
+    docstring); not inside a transaction.
+
+    A chunk that runs out of memory is rolled back and done again in two halves, down to
+    one id: memory stays under the limit the caller set, where a whole redo without it
+    would hold what the limit was there to bound. Only a chunk of one id (or the
+    history's preparation) out of memory raises ``duckdb.OutOfMemoryException``.
+    """
     # What landing left in memory (the primary keys' indexes, the new row groups) written
     # to the file, where DuckDB can evict it under its memory limit.
     con.execute("CHECKPOINT")
     if full:
         with transaction(con):
             _mark_all_dirty(con)
-    chunks = 0
-    # Where the rebuild is, for the warning an "Out of Memory" gets (the caller redoes
-    # the rebuild; which step met the limit is what a fix needs to know).
-    at = "core"
+    done = _Chunks(con)
     try:
         for stream in STREAMS:
-            ids = f"SELECT id FROM stripe_dirty WHERE stream = '{stream.name}'"
-            for span in spans(con, stream.name, ids, chunk):
-                at = f"core of {stream.name}, chunk {chunks + 1}"
-                with transaction(con):
-                    normalise_span(con, stream, span, run_id)
-                chunks += 1
-                _committed("core", span.stream, chunks)
-        at = "the history's preparation (prepare_chunks)"
+            done.each(f"core of {stream.name}", spans(con, stream.name, dirty_ids(stream.name), chunk),
+                      dirty_ids, functools.partial(normalise_span, con, stream, run_id=run_id))  # fmt: skip
+        done.at = "the history's preparation (prepare_chunks)"
         prepare_chunks(con)
         try:
             # A subscription's history reads all its versions and billed periods (tens of
             # rows, JSON each): a tenth of the ids per chunk.
-            for span in subscription_spans(con, max(1, chunk // 10)):
-                at = f"history of subscriptions, chunk {chunks + 1}"
-                with transaction(con):
-                    build_subscription_span(con, span)
-                chunks += 1
-                _committed("history", span.stream, chunks)
-            for span in in_place_spans(con, chunk):
-                at = f"in-place history of {span.stream}, chunk {chunks + 1}"
-                with transaction(con):
-                    build_in_place_span(con, span)
-                chunks += 1
-                _committed("history", span.stream, chunks)
+            done.each("history of subscriptions", subscription_spans(con, max(1, chunk // 10)),
+                      dirty_ids, functools.partial(build_subscription_span, con))  # fmt: skip
+            done.each("in-place history of {stream}", in_place_spans(con, chunk),
+                      IN_PLACE_IDS.__getitem__, functools.partial(build_in_place_span, con))  # fmt: skip
         finally:
             drop_chunks(con)
     except duckdb.OutOfMemoryException:
-        log.warning("Stripe core rebuild: out of memory in %s", at)
+        # Where, and what DuckDB held then: what whoever bounds that step next needs.
+        log.warning("Stripe core rebuild: out of memory in %s (%s)", done.at, _held(con))
         raise
     with transaction(con):
         if not keep_pending:
@@ -110,7 +116,59 @@ def rebuild_core(
         "SELECT (SELECT count(*) FROM quarantine WHERE source = 'stripe'), "
         "(SELECT count(*) FROM history_subscriptions)"
     ).fetchall()
-    return int(quarantined), int(intervals)
+    return Rebuilt(int(quarantined), int(intervals), done.split)
+
+
+@dataclass
+class _Chunks:
+    """The rebuild's chunks as they commit: where it is (for the warning an "Out of
+    Memory" gets), how many committed and how many were split."""
+
+    con: duckdb.DuckDBPyConnection
+    committed: int = 0
+    split: int = 0
+    at: str = "core"
+
+    def each(
+        self,
+        where: str,
+        todo: list[Span],
+        ids: Callable[[str], str],
+        work: Callable[[Span], None],
+    ) -> None:
+        """``work`` for each span, each in its own transaction. A span out of memory is
+        rolled back and its halves done in its place (``ids``: the SQL a stream's spans
+        were cut from); ``where`` names the step in messages (``{stream}``: the span's)."""
+        stack = list(reversed(todo))
+        while stack:
+            span = stack.pop()
+            self.at = f"{where.format(stream=span.stream)}, chunk {self.committed + 1}"
+            try:
+                with transaction(self.con):
+                    work(span)
+            except duckdb.OutOfMemoryException:
+                halves = halve(self.con, span, ids(span.stream))
+                if halves is None:
+                    raise
+                self.split += 1
+                log.info("Stripe core rebuild: out of memory in %s, done in halves", self.at)
+                stack.extend(reversed(halves))
+                continue
+            self.committed += 1
+            _committed("core" if where.startswith("core") else "history", span.stream,
+                       self.committed)  # fmt: skip
+
+
+def _held(con: duckdb.DuckDBPyConnection) -> str:
+    """What DuckDB holds, by kind ("ART_INDEX 150MB, ..."): no data, only sizes."""
+    try:
+        rows = con.execute(
+            "SELECT tag, memory_usage_bytes // 1000000 FROM duckdb_memory()"
+            " WHERE memory_usage_bytes >= 1000000 ORDER BY 2 DESC"
+        ).fetchall()
+    except duckdb.Error:
+        return "memory by kind unknown"
+    return ", ".join(f"{tag} {mb}MB" for tag, mb in rows) or "under 1MB"
 
 
 def _committed(what: str, stream: str, n: int) -> None:
