@@ -103,6 +103,10 @@ class StripeSettings(_Section):
     reconcile_window_days: int = Field(60, ge=0)
     #: A backfill commits this many list pages per transaction (with their cursor).
     land_batch_pages: int = Field(10, ge=1)
+    #: Events are applied this many pages per transaction (with their cursor). Each
+    #: transaction lands into the keyed raw tables, whose conflict checks cost with the
+    #: table's size, not the page's; a kill loses nothing but the work of the step.
+    events_batch_pages: int = Field(50, ge=1)
     #: Requests a second to the account, all streams together (0: no limit). Stripe's
     #: rate limits page: "Global API rate limit: Live mode: 100 requests per second;
     #: Sandbox: 25 requests per second" (set 25 for a test-mode key's own account).

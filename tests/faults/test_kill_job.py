@@ -50,6 +50,7 @@ def _env(box: Sandbox, db: Path) -> dict[str, str]:
         CHURN_SIGNALS__MODEL_RETRAIN_EVERY_DAYS="0",
         STRIPE_PAGE_SIZE="10",  # many pages: many transactions to be killed between
         STRIPE_LAND_BATCH_PAGES="1",
+        STRIPE_EVENTS_BATCH_PAGES="1",
     )
 
 

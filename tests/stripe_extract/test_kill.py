@@ -32,6 +32,7 @@ def _env(db: Path, base: str) -> dict[str, str]:
         TEST_KEY,
         STRIPE_PAGE_SIZE="2",  # many pages: many transactions to be killed between
         STRIPE_LAND_BATCH_PAGES="2",  # and batches of pages, as a real backfill lands them
+        STRIPE_EVENTS_BATCH_PAGES="1",  # events a page a transaction: as many kill points
         STRIPE_MAX_RETRIES="0",
         STRIPE_EVENTS_OVERLAP_SECONDS="0",
         STRIPE_EVENTS_ORDER="oldest_first",

@@ -795,7 +795,6 @@ class _Run:
         # when the read staged beside the backfill began (None: read here)
         staged, self._events_staged = self._events_staged, None
         _, cursor_ts, details = self._state(EVENTS)
-        retained = details.get("retained") == "pending"
         task = self._task("events")
         if staged is not None:
             polled = staged
@@ -809,12 +808,13 @@ class _Run:
         n_read, n_new = self._order_events()
         self.result.add("seen_events", n_read)
         cursor = cursor_ts or polled
-        # A page's worth per transaction; the first read of everything Stripe keeps is
-        # redone whole if killed, so it commits in larger steps (hundreds of thousands of
-        # events on a big account; each step reads the stored rows of its objects, a scan
-        # of the table's ids: at 100,000 accounts 5,000 events a step took 17.5 s for
-        # 60,000 events against 27.4 s at 2,000, for 25 MB more of parsed events).
-        size = self.settings.stripe.page_size * (50 if retained else 1)
+        # STRIPE_EVENTS_BATCH_PAGES pages a transaction: each step reads the stored rows of
+        # its objects and lands into the keyed raw tables, both costing with the account,
+        # not the step (the first read of everything Stripe keeps, at 100,000 accounts:
+        # 60,000 events 2,000 a step took 27.4 s, 5,000 a step 17.5 s; for 25 MB more of
+        # parsed events). Events are staged before any is applied, so a kill loses only
+        # the step's work: the rerun reads again from the committed cursor.
+        size = self.settings.stripe.page_size * self.settings.stripe.events_batch_pages
         more_items: dict[str, list[dict[str, Any]]] = {}
         for start in range(0, max(n_new, 1), size):
             chunk = self._events_chunk(start, size)
