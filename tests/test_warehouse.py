@@ -7,7 +7,6 @@ import pytest
 
 from churn.errors import MigrationError
 from churn.warehouse import connection as warehouse
-from churn.warehouse import wal_allowed
 
 
 def test_open_applies_every_migration_once(db_path: Path) -> None:
@@ -150,41 +149,3 @@ def test_the_marts_lose_their_keys_and_keep_their_rows(
             " VALUES ('001A', NULL, 'usd', 'USD')"
         )
     con.close()
-
-
-def _wal_bytes(db: Path) -> int:
-    wal = db.with_name(db.name + ".wal")
-    return wal.stat().st_size if wal.exists() else 0
-
-
-def test_wal_allowed_lets_the_log_grow_then_folds_it(tmp_path: Path) -> None:
-    """Inside ``wal_allowed``, 40 MB of keyed rows committed in small transactions stay in
-    the write-ahead log (no checkpoint at DuckDB's 16 MiB, each of which rewrites the key's
-    index whole); after it, DuckDB's threshold is back and the log is folded into the
-    file. The same load outside it is checkpointed on the way."""
-    db = tmp_path / "w.duckdb"
-    con = warehouse.connect(db)
-    try:
-        default = con.execute("SELECT current_setting('checkpoint_threshold')").fetchall()
-        con.execute("CREATE TABLE t (id VARCHAR PRIMARY KEY, payload VARCHAR)")
-
-        def load(start: int) -> None:
-            for i in range(start, start + 40_000, 2_000):
-                con.execute(
-                    "INSERT INTO t SELECT 'k' || i, repeat('x', 1000) "
-                    f"FROM range({i}, {i + 2_000}) r(i)"
-                )
-
-        with wal_allowed(con, "1GB"):
-            load(0)
-            inside = _wal_bytes(db)
-            setting = con.execute("SELECT current_setting('checkpoint_threshold')").fetchall()
-        assert inside > 32 * 2**20  # never folded inside
-        assert setting == [("953.6 MiB",)]  # 1GB (10^9 bytes) as DuckDB shows it
-        assert _wal_bytes(db) == 0  # folded after
-        assert con.execute("SELECT current_setting('checkpoint_threshold')").fetchall() == default
-        load(40_000)  # outside: DuckDB checkpoints past its 16 MiB on the way
-        assert _wal_bytes(db) < 32 * 2**20
-        assert con.execute("SELECT count(*) FROM t").fetchall() == [(80_000,)]
-    finally:
-        con.close()

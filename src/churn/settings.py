@@ -121,12 +121,6 @@ class StripeSettings(_Section):
     extract_memory_limit: str | None = Field(
         "256MB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"
     )
-    #: DuckDB's ``checkpoint_threshold`` while a backfill lands (the write-ahead log grows
-    #: to this before DuckDB folds it into the file, rewriting the keyed tables' indexes
-    #: whole each time); folded after. None: DuckDB's default (16 MiB).
-    backfill_wal_size: str | None = Field(
-        "1GB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"
-    )
     #: The rebuild of core and history after an extract goes this many ids (of one
     #: stream) per transaction: memory follows the chunk, not the account.
     rebuild_chunk_ids: int = Field(10_000, ge=1)

@@ -221,43 +221,6 @@ def test_the_rebuild_runs_under_the_extract_memory_limit(
     assert after == before
 
 
-def test_the_backfill_lands_with_the_log_allowed_to_grow(
-    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """STRIPE_BACKFILL_WAL_SIZE is DuckDB's checkpoint threshold while the backfill lists
-    (warehouse.checkpoints: each checkpoint rewrites the keyed raw tables' indexes whole),
-    the default back before the rebuild, and the rebuild starts on a folded log."""
-    from churn.pipelines.stripe import extract
-
-    seen: dict[str, object] = {}
-    real_backfill = extract._Run.backfill
-
-    def backfill(self: Any, **kw: Any) -> None:
-        seen["listing"] = self.con.execute(
-            "SELECT current_setting('checkpoint_threshold')"
-        ).fetchall()
-        real_backfill(self, **kw)
-
-    def rebuild(con: Any, *args: Any, **kwargs: Any) -> Any:
-        seen["rebuild"] = con.execute("SELECT current_setting('checkpoint_threshold')").fetchall()
-        seen["wal"] = wal.stat().st_size if wal.exists() else 0
-        return rebuild_core(con, *args, **kwargs)
-
-    monkeypatch.setattr(extract._Run, "backfill", backfill)
-    monkeypatch.setattr(extract, "rebuild_core", rebuild)
-    db = tmp_path / "w.duckdb"
-    wal = db.with_name(db.name + ".wal")
-    with serve_world(world) as box:
-        settings = load_settings(env={**_env(box, db), "STRIPE_BACKFILL_WAL_SIZE": "512MB"})
-        con = warehouse.connect(db)
-        try:
-            default = con.execute("SELECT current_setting('checkpoint_threshold')").fetchall()
-            extract_stripe(settings, con, progress=False)
-        finally:
-            con.close()
-    assert seen == {"listing": [("488.2 MiB",)], "rebuild": default, "wal": 0}
-
-
 def test_a_rebuild_out_of_memory_is_redone_under_the_connections_limit(
     world: Path,
     landed: Path,

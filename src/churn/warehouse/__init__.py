@@ -8,7 +8,6 @@ package may import it. Table families are listed in ``docs/architecture.md``.
 
 from __future__ import annotations
 
-from churn.warehouse.checkpoints import wal_allowed
 from churn.warehouse.connection import (
     Migration,
     connect,
@@ -42,6 +41,5 @@ __all__ = [
     "rows_where",
     "transaction",
     "utcnow",
-    "wal_allowed",
     "write_state",
 ]

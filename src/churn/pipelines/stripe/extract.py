@@ -73,14 +73,7 @@ from churn.pipelines.stripe.streams import (
     flatten,
 )
 from churn.settings import Settings
-from churn.warehouse import (
-    memory_limited,
-    read_state,
-    transaction,
-    utcnow,
-    wal_allowed,
-    write_state,
-)
+from churn.warehouse import memory_limited, read_state, transaction, utcnow, write_state
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +163,9 @@ def extract_stripe(
     try:
         with run.progress_bar(), _memory_limit(con, settings):
             if backfilling:
-                # Millions of keyed rows in small transactions: see warehouse.checkpoints.
-                with wal_allowed(con, settings.stripe.backfill_wal_size):
-                    run.backfill(full=full)
-                    # The events Stripe still keeps (30 days) are history a first run has.
-                    run.events()
+                run.backfill(full=full)
+                # The events Stripe still keeps (30 days) are history a first run has too.
+                run.events()
             else:
                 # Decided before reading events, which move the cursor forward.
                 due = run.reconcile_due()
