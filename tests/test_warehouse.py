@@ -7,6 +7,7 @@ import pytest
 
 from churn.errors import MigrationError
 from churn.warehouse import connection as warehouse
+from churn.warehouse import memory_limited, memory_unbounded
 
 
 def test_open_applies_every_migration_once(db_path: Path) -> None:
@@ -149,3 +150,24 @@ def test_the_marts_lose_their_keys_and_keep_their_rows(
             " VALUES ('001A', NULL, 'usd', 'USD')"
         )
     con.close()
+
+
+def test_memory_unbounded_lifts_the_limit_and_sets_it_again(tmp_path: Path) -> None:
+    """The heal of an "Out of Memory" checkpoints above the limit (a checkpoint that
+    cannot pin a block invalidates the database in DuckDB 2), then the limit holds again."""
+    con = warehouse.connect(tmp_path / "w.duckdb")
+    try:
+        default = con.execute("SELECT current_setting('memory_limit')").fetchall()
+        with memory_limited(con, "100MB"):
+            bounded = con.execute("SELECT current_setting('memory_limit')").fetchall()
+            with memory_unbounded(con, "100MB"):
+                inside = con.execute("SELECT current_setting('memory_limit')").fetchall()
+                con.execute("CHECKPOINT")
+            after = con.execute("SELECT current_setting('memory_limit')").fetchall()
+        with memory_unbounded(con, None):
+            pass
+        unset = con.execute("SELECT current_setting('memory_limit')").fetchall()
+        assert bounded == after == [("95.3 MiB",)]  # 100MB (10^6 bytes) as DuckDB shows it
+        assert inside == unset == default != bounded
+    finally:
+        con.close()

@@ -8,11 +8,13 @@ subscription history and the in-place histories each take several chunks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -340,11 +342,24 @@ def test_an_out_of_memory_while_landing_is_healed(
         return real(self, stream, pages, **kw)
 
     monkeypatch.setattr(extract._Run, "_land_pages", once)
+    real_unbounded = extract.memory_unbounded
+    lifted: list[tuple[object, ...]] = []
+
+    @contextlib.contextmanager
+    def unbounded(con: Any, then: str | None) -> Iterator[None]:
+        with real_unbounded(con, then):
+            lifted.append((then, *con.execute("SELECT current_setting('memory_limit')").fetchone()))
+            yield
+
+    monkeypatch.setattr(extract, "memory_unbounded", unbounded)
     db = tmp_path / "oom.duckdb"
     with serve_world(world) as box:
         result = _extract(box, db)
     assert len(calls) > 3
     assert result.counts.get("landing_out_of_memory") == 1
+    # the heal's checkpoint above the extract's limit (one that cannot pin a block is
+    # fatal), which holds again after it
+    assert len(lifted) == 1 and lifted[0][0] == "256MB" and lifted[0][1] != "244.1 MiB"
     tally.record(faults_injected=1, runs_healed=1)
     assert difference(contents(landed), contents(db)) == (0, 0, {})
 

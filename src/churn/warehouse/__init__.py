@@ -17,7 +17,7 @@ from churn.warehouse.connection import (
     transaction,
     utcnow,
 )
-from churn.warehouse.memory import memory_limited
+from churn.warehouse.memory import memory_limited, memory_unbounded
 from churn.warehouse.read_copy import (
     connect_read_copy,
     copy_whole,
@@ -33,6 +33,7 @@ __all__ = [
     "connect_read_copy",
     "copy_whole",
     "memory_limited",
+    "memory_unbounded",
     "migrate",
     "migrations",
     "publish_read_copy",

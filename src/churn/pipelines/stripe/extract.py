@@ -73,7 +73,14 @@ from churn.pipelines.stripe.streams import (
     flatten,
 )
 from churn.settings import Settings
-from churn.warehouse import memory_limited, read_state, transaction, utcnow, write_state
+from churn.warehouse import (
+    memory_limited,
+    memory_unbounded,
+    read_state,
+    transaction,
+    utcnow,
+    write_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +205,9 @@ def extract_stripe(
         chunk=settings.stripe.rebuild_chunk_ids,
     )
     try:
+        # What landing left in memory written to the file first, at the connection's own
+        # limit: under the extract's, a checkpoint that cannot pin a block is fatal.
+        con.execute("CHECKPOINT")
         with _memory_limit(con, settings):
             rebuilt = rebuild()
     except duckdb.OutOfMemoryException:
@@ -240,6 +250,14 @@ def _memory_limit(
     """DuckDB held to ``stripe.extract_memory_limit`` inside (restored after), unless
     ``run.duckdb_memory_limit`` bounds the whole run."""
     return memory_limited(con, settings.run.step_memory_limit(settings.stripe.extract_memory_limit))
+
+
+def _limit_in_force(settings: Settings) -> str | None:
+    """The memory limit the extract runs under (None: DuckDB's default)."""
+    return (
+        settings.run.step_memory_limit(settings.stripe.extract_memory_limit)
+        or settings.run.duckdb_memory_limit
+    )
 
 
 def refresh_core(
@@ -468,7 +486,8 @@ class _Run:
         the general way. When DuckDB runs out of memory in it, the transaction is done
         again once after a CHECKPOINT: a checkpoint writes what landing holds in memory
         between DuckDB's own (new rows, their keys' index entries) to the file, where the
-        memory limit can evict it. A backfill at 100,000 accounts met the 256MB limit once
+        memory limit can evict it. It is made above the limit: DuckDB makes a checkpoint
+        that cannot pin a block fatal to the database. A backfill at 100,000 accounts met the 256MB limit once
         part-way through its listing and stopped partial (not seen in the runs before and
         after it). A rolled-back batch is landed whole again: the same rows."""
 
@@ -489,7 +508,9 @@ class _Run:
                     stream.name,
                 )
                 self.result.add("landing_out_of_memory", 1)
-                self.con.execute("CHECKPOINT")
+                # above the limit: a checkpoint that cannot pin a block is fatal
+                with memory_unbounded(self.con, _limit_in_force(self.settings)):
+                    self.con.execute("CHECKPOINT")
                 return land(new_only)
 
         try:

@@ -84,7 +84,8 @@ def rebuild_core(
     history's preparation) out of memory raises ``duckdb.OutOfMemoryException``.
     """
     # What landing left in memory (the primary keys' indexes, the new row groups) written
-    # to the file, where DuckDB can evict it under its memory limit.
+    # to the file, where DuckDB can evict it under its memory limit. (The extract
+    # checkpoints before it sets the limit: a checkpoint that cannot pin a block is fatal.)
     con.execute("CHECKPOINT")
     if full:
         with transaction(con):
