@@ -83,10 +83,6 @@ def rebuild_core(
     would hold what the limit was there to bound. Only a chunk of one id (or the
     history's preparation) out of memory raises ``duckdb.OutOfMemoryException``.
     """
-    # What landing left in memory (the primary keys' indexes, the new row groups) written
-    # to the file, where DuckDB can evict it under its memory limit. (The extract
-    # checkpoints before it sets the limit: a checkpoint that cannot pin a block is fatal.)
-    con.execute("CHECKPOINT")
     if full:
         with transaction(con):
             _mark_all_dirty(con)
