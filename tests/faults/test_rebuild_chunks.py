@@ -223,6 +223,44 @@ def test_the_rebuild_runs_under_the_extract_memory_limit(
     assert after == before
 
 
+def test_a_full_extract_marks_every_object_above_the_extract_limit(
+    world: Path, landed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``churn extract stripe --full``: every raw object marked pending (one transaction,
+    millions of keyed rows at 100,000 accounts: out of the extract's 256MB within 32 s)
+    at the connection's own limit, then the rebuild under the extract's; the tables are a
+    clean extract's."""
+    from churn.pipelines.stripe import extract
+
+    real = extract.mark_all_dirty
+    limits: list[str] = []
+
+    def spy(con: Any) -> None:
+        limits.extend(
+            r[0] for r in con.execute("SELECT current_setting('memory_limit')").fetchall()
+        )
+        real(con)
+        ((pending, raw),) = con.execute(
+            "SELECT (SELECT count(*) FROM stripe_dirty), (SELECT count(*) FROM"
+            " raw_stripe_customer) + (SELECT count(*) FROM raw_stripe_invoice)"
+        ).fetchall()
+        assert pending > raw > 0  # every object, not only those the listing changed
+
+    monkeypatch.setattr(extract, "mark_all_dirty", spy)
+    db = _copy(landed, tmp_path / "full.duckdb")
+    with serve_world(world) as box:
+        settings = load_settings(env={**_env(box, db), "STRIPE_EXTRACT_MEMORY_LIMIT": "200MB"})
+        con = warehouse.connect(db)
+        try:
+            own = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+            result = extract_stripe(settings, con, progress=False, full=True)
+        finally:
+            con.close()
+    assert limits == [own] and own != "190.7 MiB"
+    assert "rebuild_out_of_memory" not in result.counts
+    assert difference(contents(landed), contents(db)) == (0, 0, {})
+
+
 def test_a_rebuild_out_of_memory_is_redone_under_the_connections_limit(
     world: Path,
     landed: Path,

@@ -85,7 +85,7 @@ def rebuild_core(
     """
     if full:
         with transaction(con):
-            _mark_all_dirty(con)
+            mark_all_dirty(con)
     done = _Chunks(con)
     try:
         for stream in STREAMS:
@@ -173,7 +173,7 @@ def _committed(what: str, stream: str, n: int) -> None:
     log.debug("stripe %s rebuild chunk committed (%s, chunk %d)", what, stream, n)
 
 
-def _mark_all_dirty(con: duckdb.DuckDBPyConnection) -> None:
+def mark_all_dirty(con: duckdb.DuckDBPyConnection) -> None:
     """Every raw object pending, and what is derived from them emptied: a whole rebuild
     is then the rebuild of everything pending (the caller's transaction)."""
     for stream in STREAMS:
