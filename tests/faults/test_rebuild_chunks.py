@@ -25,7 +25,7 @@ from churn import warehouse
 from churn.pipelines.stripe.extract import StripeExtractResult, extract_stripe, refresh_core
 from churn.pipelines.stripe.history import build_history
 from churn.pipelines.stripe.normalise import normalise, spans
-from churn.pipelines.stripe.rebuild import rebuild_core
+from churn.pipelines.stripe.rebuild import Rebuilt, rebuild_core
 from churn.pipelines.stripe.streams import STREAMS
 from churn.sandbox.demo import Sandbox, ensure_world, serve_world
 from churn.settings import load_settings
@@ -52,9 +52,10 @@ def _env(box: Sandbox, db: Path) -> dict[str, str]:
     )
 
 
-def _extract(box: Sandbox, db: Path) -> StripeExtractResult:
-    """One extract in this process (the rerun after a kill); its result."""
-    settings = load_settings(env=_env(box, db))
+def _extract(box: Sandbox, db: Path, **env: str) -> StripeExtractResult:
+    """One extract in this process (the rerun after a kill; ``env``: settings besides the
+    file's); its result."""
+    settings = load_settings(env={**_env(box, db), **env})
     con = warehouse.connect(db)
     try:
         return extract_stripe(settings, con, progress=False)
@@ -198,7 +199,7 @@ def test_the_rebuild_runs_under_the_extract_memory_limit(
 
     seen: list[tuple[object, ...]] = []
 
-    def spy(con: Any, *args: Any, **kwargs: Any) -> tuple[int, int]:
+    def spy(con: Any, *args: Any, **kwargs: Any) -> Rebuilt:
         seen.extend(
             con.execute(
                 "SELECT current_setting('memory_limit'), current_setting('temp_directory')"
@@ -287,14 +288,9 @@ def test_a_rebuild_out_of_memory_is_redone_under_the_connections_limit(
 
     monkeypatch.setattr(rebuild, "build_subscription_span", once)
     db = tmp_path / "w.duckdb"
-    with serve_world(world) as box:
-        settings = load_settings(env=_env(box, db))
-        con = warehouse.connect(db)
-        try:
-            with caplog.at_level(logging.WARNING, logger="churn.pipelines.stripe.rebuild"):
-                result = extract_stripe(settings, con, progress=False)
-        finally:
-            con.close()
+    log = caplog.at_level(logging.WARNING, logger="churn.pipelines.stripe.rebuild")
+    with serve_world(world) as box, log:
+        result = _extract(box, db)
     assert result.counts.get("rebuild_out_of_memory") == 1
     # where it met the limit, for whoever bounds that step next
     assert any(
@@ -339,14 +335,9 @@ def test_a_core_chunk_out_of_memory_is_done_in_halves_under_the_limit(
 
     monkeypatch.setattr(rebuild, "normalise_span", small_only)
     db = tmp_path / "w.duckdb"
-    with serve_world(world) as box:
-        settings = load_settings(env={**_env(box, db), "STRIPE_EXTRACT_MEMORY_LIMIT": "200MB"})
-        con = warehouse.connect(db)
-        try:
-            with caplog.at_level(logging.INFO, logger="churn.pipelines.stripe.rebuild"):
-                result = extract_stripe(settings, con, progress=False)
-        finally:
-            con.close()
+    log = caplog.at_level(logging.INFO, logger="churn.pipelines.stripe.rebuild")
+    with serve_world(world) as box, log:
+        result = _extract(box, db, STRIPE_EXTRACT_MEMORY_LIMIT="200MB")
     split = result.counts.get("rebuild_chunks_split", 0)
     # chunks of 5 ids: each split at least once, and no chunk done of more than 2 ids
     assert split >= len([n for n in done if n]) // 2 > 0
