@@ -8,8 +8,9 @@ literals: 'strings', numbers, true/false/null, dates and datetimes
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -39,8 +40,10 @@ _TOKEN = re.compile(
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f", '"': '"', "'": "'", "\\": "\\"}
 
 
+@functools.lru_cache(maxsize=1 << 18)
 def parse_datetime(text: str) -> datetime:
-    """A Salesforce datetime literal or record value, as naive UTC."""
+    """A Salesforce datetime literal or record value, as naive UTC. Cached: a filter on
+    a stamp parses every record's each query (100,000 Accounts at each incremental)."""
     t = text.replace("Z", "+00:00")
     m = re.match(r"^(.*)([+-]\d{2}):?(\d{2})$", t)
     if m:
@@ -76,7 +79,7 @@ def tokenize(text: str) -> list[Tok]:
     return out
 
 
-Cond = Callable[[dict[str, Any]], bool]
+Cond = Callable[[Mapping[str, Any]], bool]
 
 
 @dataclass
@@ -278,8 +281,8 @@ def _sort_key(value: Any) -> Any:
     return value
 
 
-def run(q: Query, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Filter, order and limit records (given with lower-case keys)."""
+def run(q: Query, records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Filter, order and limit records (read by lower-case keys)."""
     rows = [r for r in records if q.where is None or q.where(r)]
     for order_name, desc, nulls_last in reversed(q.order):
         name = order_name.lower()
