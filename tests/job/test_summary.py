@@ -100,3 +100,25 @@ def test_step_notes_are_shown_apart_and_only_when_there_are_some(tmp_path: Path)
     quiet = Console(record=True, width=200)
     quiet.print(render(JobResult("run_y", "success", [usage], 1.0), None))
     assert "Needs attention" not in quiet.export_text()
+
+
+def test_what_the_cap_left_for_later_runs_is_in_the_pushed_table(tmp_path: Path) -> None:
+    """New Tasks and Cases past the per-run cap are counted beside what was pushed, so the
+    summary says more are coming; none deferred, no such row."""
+    db = tmp_path / "w.duckdb"
+    _world(db)
+    con = warehouse.connect(db, read_only=True)
+    try:
+        counts = {"sent": 1, "deferred_tasks": 8_189, "deferred_cases": 34}
+        push = StepOutcome("push", "success", counts=counts, api_calls=3, seconds=1.0)
+        console = Console(record=True, width=160)
+        console.print(render(JobResult("run_new", "success", [push], 2.0), con))
+        text = console.export_text()
+        plain = Console(record=True, width=160)
+        quiet = StepOutcome("push", "success", counts={"sent": 1}, api_calls=3, seconds=1.0)
+        plain.print(render(JobResult("run_new", "success", [quiet], 2.0), con))
+    finally:
+        con.close()
+    assert "new Tasks left for later runs (the cap)" in text and "8,189" in text
+    assert "new Cases left for later runs (the cap)" in text
+    assert "left for later runs" not in plain.export_text()

@@ -29,6 +29,11 @@ REASON_WIDTH = 140
 PLAN_LIMIT = 10
 #: Actions of the pushed table named for people (others show their action name).
 _PUSHED_LABELS = {"log_timeline": "timeline records written (plan changes)"}
+#: The push's counts of what the per-run cap left for later runs, as the table names them.
+_DEFERRED = (
+    ("deferred_tasks", "new Tasks left for later runs (the cap)"),
+    ("deferred_cases", "new Cases left for later runs (the cap)"),
+)
 
 
 def _table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
@@ -361,6 +366,11 @@ def _push_parts(
     t.add_column("records", justify="right")
     for action, n in push_counts.items():
         t.add_row(_PUSHED_LABELS.get(action, action), f"{n:,}")
+    # New Tasks and Cases past PUSH_MAX_NEW_TASKS_PER_RUN wait for the next runs: an owner
+    # reading this summary should know more are coming, not only what was sent.
+    for key, label in _DEFERRED:
+        if n := result.counts.get(f"push.{key}", 0):
+            t.add_row(label, f"{n:,}")
     if not push_counts:
         t.add_row("(nothing)", "0")
     return [t, rejections_table(rejections(con, result.run_id))]
