@@ -386,7 +386,7 @@ class OrgState:
             raise ApiFault(400, exc.code, str(exc)) from exc
         if q.count:
             return {"totalSize": len(rows), "done": True, "records": []}
-        out = [self.shape(od, row.record, selected) for row in rows if isinstance(row, _Lowered)]
+        out = [self.shape(od, row.record, selected) for row in rows]
         return self.page(out, len(out), batch_size)
 
     def obj_for_query(self, name: str) -> ObjectDef:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 
 class SoqlError(ValueError):
@@ -281,7 +281,10 @@ def _sort_key(value: Any) -> Any:
     return value
 
 
-def run(q: Query, records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+_Row = TypeVar("_Row", bound=Mapping[str, Any])
+
+
+def run(q: Query, records: Sequence[_Row]) -> list[_Row]:
     """Filter, order and limit records (read by lower-case keys)."""
     rows = [r for r in records if q.where is None or q.where(r)]
     for order_name, desc, nulls_last in reversed(q.order):
