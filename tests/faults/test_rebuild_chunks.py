@@ -25,7 +25,7 @@ from churn import warehouse
 from churn.pipelines.stripe.extract import StripeExtractResult, extract_stripe, refresh_core
 from churn.pipelines.stripe.history import build_history
 from churn.pipelines.stripe.normalise import normalise, spans
-from churn.pipelines.stripe.rebuild import Rebuilt, rebuild_core
+from churn.pipelines.stripe.rebuild import Rebuilt, mark_all_dirty, rebuild_core
 from churn.pipelines.stripe.streams import STREAMS
 from churn.sandbox.demo import Sandbox, ensure_world, serve_world
 from churn.settings import load_settings
@@ -99,7 +99,9 @@ def test_a_chunked_rebuild_equals_a_whole_one(landed: Path, tmp_path: Path) -> N
         con.close()
     con = warehouse.connect(chunked)
     try:
-        rebuild_core(con, "r", full=True, chunk=CHUNK)
+        with warehouse.transaction(con):
+            mark_all_dirty(con)
+        rebuild_core(con, "r", chunk=CHUNK)
         assert con.execute("SELECT count(*) FROM stripe_dirty").fetchall() == [(0,)]
     finally:
         con.close()

@@ -498,9 +498,10 @@ class _Run:
         again once after a CHECKPOINT: a checkpoint writes what landing holds in memory
         between DuckDB's own (new rows, their keys' index entries) to the file, where the
         memory limit can evict it. It is made above the limit: DuckDB makes a checkpoint
-        that cannot pin a block fatal to the database. A backfill at 100,000 accounts met the 256MB limit once
-        part-way through its listing and stopped partial (not seen in the runs before and
-        after it). A rolled-back batch is landed whole again: the same rows."""
+        that cannot pin a block fatal to the database. A backfill at 100,000 accounts met
+        the 256MB limit once part-way through its listing and stopped partial (not seen in
+        the runs before and after it). A rolled-back batch is landed whole again: the same
+        rows."""
 
         def land(new_only: bool) -> int:
             with transaction(self.con):

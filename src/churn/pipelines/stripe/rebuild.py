@@ -18,9 +18,10 @@ Every step only derives rows from the raw tables and the steps before it, so a c
 twice gives the same rows. That is also what makes a chunk out of memory safe to do
 again in halves (:func:`~churn.pipelines.stripe.normalise.halve`), down to one id,
 under the same limit. ``stripe_dirty`` is emptied last: a kill at any point leaves it
-whole, and the next rebuild (the rerun's) does every chunk again. ``full`` first marks
-every raw object dirty and empties the derived tables, in one transaction, so a kill
-after it still leads to a whole rebuild.
+whole, and the next rebuild (the rerun's) does every chunk again. A whole rebuild is
+:func:`mark_all_dirty` first (every raw object pending, the derived tables emptied, in one
+transaction, so a kill after it still leads to a whole rebuild), then this; the extract
+marks at the connection's own memory limit, before it sets the rebuild's.
 """
 
 from __future__ import annotations
@@ -70,35 +71,33 @@ def rebuild_core(
     con: duckdb.DuckDBPyConnection,
     run_id: str | None = None,
     *,
-    full: bool = False,
     keep_pending: bool = False,
     chunk: int = 10_000,
 ) -> Rebuilt:
-    """Core and history for what landed since the last rebuild (``full``: for all), in
-    chunks of at most ``chunk`` ids, each committed on its own (see the module
-    docstring); not inside a transaction.
+    """Core and history for what landed since the last rebuild (all of it after
+    :func:`mark_all_dirty`), in chunks of at most ``chunk`` ids, each committed on its own
+    (see the module docstring); not inside a transaction.
 
     A chunk that runs out of memory is rolled back and done again in two halves, down to
     one id: memory stays under the limit the caller set, where a whole redo without it
     would hold what the limit was there to bound. Only a chunk of one id (or the
     history's preparation) out of memory raises ``duckdb.OutOfMemoryException``.
     """
-    if full:
-        with transaction(con):
-            mark_all_dirty(con)
     done = _Chunks(con)
     try:
         for stream in STREAMS:
-            done.each(f"core of {stream.name}", spans(con, stream.name, dirty_ids(stream.name), chunk),
-                      dirty_ids, functools.partial(normalise_span, con, stream, run_id=run_id))  # fmt: skip
+            done.each("core", f"core of {stream.name}",
+                      spans(con, stream.name, dirty_ids(stream.name), chunk), dirty_ids,
+                      functools.partial(normalise_span, con, stream, run_id=run_id))  # fmt: skip
         done.at = "the history's preparation (prepare_chunks)"
         prepare_chunks(con)
         try:
             # A subscription's history reads all its versions and billed periods (tens of
             # rows, JSON each): a tenth of the ids per chunk.
-            done.each("history of subscriptions", subscription_spans(con, max(1, chunk // 10)),
-                      dirty_ids, functools.partial(build_subscription_span, con))  # fmt: skip
-            done.each("in-place history of {stream}", in_place_spans(con, chunk),
+            done.each("history", "history of subscriptions",
+                      subscription_spans(con, max(1, chunk // 10)), dirty_ids,
+                      functools.partial(build_subscription_span, con))  # fmt: skip
+            done.each("history", "in-place history of {stream}", in_place_spans(con, chunk),
                       IN_PLACE_IDS.__getitem__, functools.partial(build_in_place_span, con))  # fmt: skip
         finally:
             drop_chunks(con)
@@ -128,6 +127,7 @@ class _Chunks:
 
     def each(
         self,
+        what: str,
         where: str,
         todo: list[Span],
         ids: Callable[[str], str],
@@ -135,7 +135,8 @@ class _Chunks:
     ) -> None:
         """``work`` for each span, each in its own transaction. A span out of memory is
         rolled back and its halves done in its place (``ids``: the SQL a stream's spans
-        were cut from); ``where`` names the step in messages (``{stream}``: the span's)."""
+        were cut from). ``what`` is the committed-chunk log's kind (core, history);
+        ``where`` names the step in messages (``{stream}``: the span's)."""
         stack = list(reversed(todo))
         while stack:
             span = stack.pop()
@@ -152,8 +153,7 @@ class _Chunks:
                 stack.extend(reversed(halves))
                 continue
             self.committed += 1
-            _committed("core" if where.startswith("core") else "history", span.stream,
-                       self.committed)  # fmt: skip
+            _committed(what, span.stream, self.committed)
 
 
 def _held(con: duckdb.DuckDBPyConnection) -> str:
