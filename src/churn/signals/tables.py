@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import duckdb
 import polars as pl
 
 from churn.errors import ScoringError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,18 @@ class Tables:
     """
 
     con: duckdb.DuckDBPyConnection
+    #: What :meth:`once` read, by key; lives and dies with this instance (one score).
+    _memo: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def once(self, key: Hashable, read: Callable[[], T]) -> T:
+        """``read()``, called once per instance and ``key``: what several signals of one
+        score share (the plans the worded reasons name, the seat rows of two signals and
+        the gaps). Each score makes its own instance (the job's scoring step and the
+        webhook worker's batches alike), so nothing is shared across scores, where data
+        may have landed in between, and the rows go with the instance."""
+        if key not in self._memo:
+            self._memo[key] = read()
+        return self._memo[key]
 
     def frame(self, sql: str, params: Mapping[str, Any] | None = None) -> pl.DataFrame:
         statements = duckdb.extract_statements(sql)

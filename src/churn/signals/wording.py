@@ -87,22 +87,11 @@ class _Plans:
         return self.by_subscription.get(subscription_id, (None, None))
 
 
-#: The last plans read: (the Tables instance, as_of, the plans). Four worded signals run
-#: in one score over one Tables instance; each score makes its own instance (the job's
-#: scoring step and the webhook worker's batches alike), so an identity match can only
-#: be the same score, never data that changed since.
-_LAST: list[tuple[Tables, datetime, _Plans]] = []
-
-
 def plans_at(tables: Tables, as_of: datetime) -> _Plans:
     """The plans as of ``as_of``, read once per score (``PLANS_SQL`` scans every
     subscription and item with the links as of T: a quarter of a 10,000-account score
     when each of the four worded signals read it)."""
-    if _LAST and _LAST[0][0] is tables and _LAST[0][1] == as_of:
-        return _LAST[0][2]
-    plans = _Plans(tables, as_of)
-    _LAST[:] = [(tables, as_of, plans)]
-    return plans
+    return tables.once(("plans", as_of), lambda: _Plans(tables, as_of))
 
 
 #: Stripe's card brands (``card.brand``) as people write them.
