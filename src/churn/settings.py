@@ -526,6 +526,10 @@ class RunSettings(_Section):
     #: ``incremental_max_share`` of the accounts changed (``churn.job.incremental``).
     incremental_scoring: bool = True
     incremental_max_share: float = Field(0.3, ge=0.0, le=1.0)
+    #: Keep the read copy a run supersedes as the spare the next run writes its read copy
+    #: over, only the chunks that changed (``churn.warehouse.read_copy``): a third copy of
+    #: the warehouse on disk between runs; false copies the whole file each run.
+    read_copy_spare: bool = True
 
     @field_validator("every")
     @classmethod

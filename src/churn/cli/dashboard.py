@@ -30,7 +30,7 @@ def ensure_read_copy(settings: Settings) -> str:
         raise WarehouseError(f"no warehouse {settings.db}: run `churn run` (or `make demo`) first")
     with run_lock(lock_path_for(settings)):
         warehouse.connect(settings.db).close()  # migrated, checkpointed and closed
-        warehouse.publish_read_copy(settings.db)
+        warehouse.publish_read_copy(settings.db, spare=settings.run.read_copy_spare)
     return f"published {copy} from {settings.db}"
 
 

@@ -405,7 +405,7 @@ def run_job(
         finally:
             con.close()
         # Closed and still locked: the dashboard's consistent copy (warehouse.read_copy).
-        warehouse.publish_read_copy(settings.db)
+        warehouse.publish_read_copy(settings.db, spare=settings.run.read_copy_spare)
         return result
 
 

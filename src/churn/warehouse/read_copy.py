@@ -25,13 +25,30 @@ A file copy was chosen over exporting tables (Parquet, ``COPY FROM DATABASE``): 
 sequential read and write of the file, done in the kernel (about 1 s per GB), keeps every
 table and index the readers may want (notebooks too), and needs no schema of its own to
 keep in step.
+
+**The spare.** A whole copy writes the whole file and flushes it to disk each run, though
+a run of a few changes rewrites a small share of the warehouse's blocks (at 100,000
+accounts a 2.4 GB file: about 4 s of a 15 s incremental run). So the version a publish
+supersedes is kept as the spare (``.<db stem>.read.spare.duckdb``), and the next publish
+writes its new version over the spare: it compares the two files chunk by chunk and writes
+only the chunks that differ, so the flush writes what changed. The spare is first renamed
+to the new version's temporary name (a reader that resolved it since then finds it gone
+and resolves the link again), then locked the way DuckDB locks what it opens: a reader
+still holding it (a dashboard page opened before the last publish) holds DuckDB's lock, so
+the publish lets the reader keep that file (unlinked) and copies whole. The price is a
+third copy of the warehouse on disk between runs (the whole copy needed it only while it
+was written); ``run.read_copy_spare = false`` gives it back.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import os
 import re
 import shutil
+import struct
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,7 +56,15 @@ import duckdb
 
 from churn.errors import WarehouseError
 
-__all__ = ["connect_read_copy", "copy_whole", "publish_read_copy", "read_copy_path"]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "connect_read_copy",
+    "copy_whole",
+    "publish_read_copy",
+    "read_copy_path",
+    "spare_path",
+]
 
 
 def copy_whole(source: Path, target: Path, tmp: Path | None = None) -> None:
@@ -68,6 +93,71 @@ def read_copy_path(db: Path | str) -> Path:
     """Where the read copy of ``db`` lives: ``data/churn.duckdb`` -> ``data/churn.read.duckdb``."""
     db = Path(db)
     return db.with_name(f"{db.stem}.read{db.suffix or '.duckdb'}")
+
+
+def spare_path(db: Path | str) -> Path:
+    """The superseded version kept to write the next one over (see the module)."""
+    db = Path(db)
+    return db.with_name(f".{db.stem}.read.spare{db.suffix or '.duckdb'}")
+
+
+#: The chunk compared and, where it differs, written: four of DuckDB's 256 KiB blocks.
+_CHUNK = 1 << 20
+
+
+def _refresh(spare: Path, source: Path, tmp: Path) -> int | None:
+    """Make ``spare`` a copy of ``source`` at ``tmp`` by writing only the chunks that
+    differ, flushed to disk; returns the bytes written, or None when the spare is gone or
+    a reader holds it (then it is left to that reader, unlinked, and nothing is at
+    ``tmp``). Raises OSError, ``tmp`` removed."""
+    try:
+        os.rename(spare, tmp)  # off its name first: no reader can find it from here on
+    except FileNotFoundError:
+        return None
+    try:
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            if not _lock(fd):
+                tmp.unlink()  # a reader's: it keeps reading its file
+                return None
+            written = _write_changes(source, fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)  # and the lock with it
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    return written
+
+
+def _lock(fd: int) -> bool:
+    """Take a write lock on the whole file, or say a reader holds one. DuckDB locks a file
+    it opens (``fcntl``; a shared lock when read-only) for as long as it holds it; an open
+    file description's lock (``F_OFD_SETLK``) conflicts with it even within this process,
+    where a process-owned lock would not."""
+    try:
+        fcntl.fcntl(
+            fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        )
+    except OSError:
+        return False
+    return True
+
+
+def _write_changes(source: Path, fd: int) -> int:
+    """Write into ``fd`` the chunks of ``source`` that differ from what ``fd`` holds at the
+    same offset, and cut or extend it to ``source``'s size; returns the bytes written."""
+    new, old = bytearray(_CHUNK), bytearray(_CHUNK)
+    offset = written = 0
+    with open(source, "rb", buffering=0) as src:
+        while n := src.readinto(new):
+            held = os.preadv(fd, [old], offset)
+            if held != n or (new != old if n == _CHUNK else new[:n] != old[:n]):
+                os.pwrite(fd, memoryview(new)[:n], offset)
+                written += n
+            offset += n
+    os.ftruncate(fd, offset)
+    return written
 
 
 def _versions(db: Path) -> list[Path]:
@@ -119,10 +209,14 @@ def _sweep(db: Path, current: Path, keep: int) -> None:
             path.unlink(missing_ok=True)
 
 
-def publish_read_copy(db: Path | str, *, keep: int = 1) -> Path:
+def publish_read_copy(db: Path | str, *, keep: int = 1, spare: bool = True) -> Path:
     """Copy the closed warehouse ``db`` to a new version and point the read copy at it;
     returns the read copy's path. Superseded versions are removed but the ``keep - 1``
     newest (1: only the one the link names), and what killed publishers left behind.
+
+    With ``spare`` the new version is written over the spare where there is one (only
+    the chunks that changed), and the version the link named before becomes the spare;
+    without it the spare is removed (see the module).
 
     The caller must hold the job's lock and have closed its connection, so nothing writes
     ``db`` while it is copied.
@@ -135,14 +229,33 @@ def publish_read_copy(db: Path | str, *, keep: int = 1) -> Path:
     target = read_copy_path(db)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     version = db.with_name(f"{db.stem}.read.v{stamp}-{os.getpid()}{db.suffix or '.duckdb'}")
+    # The temporary file's name ends as the version's does: a killed publisher's is found
+    # by the version pattern (_sweep).
+    tmp = version.with_name(f".{version.name}.tmp")
     link = target.with_name(f".{target.name}.{os.getpid()}.link")
     try:
-        # The temporary file's name ends as the version's does: a killed publisher's is
-        # found by the version pattern (_sweep).
-        copy_whole(db, version, version.with_name(f".{version.name}.tmp"))
+        previous: Path | None = target.resolve(strict=True)
+    except (FileNotFoundError, RuntimeError):
+        previous = None
+    try:
+        if not spare:
+            spare_path(db).unlink(missing_ok=True)
+        written = _refresh(spare_path(db), db, tmp) if spare else None
+        if written is None:
+            copy_whole(db, version, tmp)
+        else:
+            os.replace(tmp, version)
+            log.info(
+                "read copy: %d of %d bytes written over the spare", written, version.stat().st_size
+            )
         link.unlink(missing_ok=True)
         link.symlink_to(version.name)
         os.replace(link, target)  # atomic: readers resolve the old version or the new
+        if spare and previous is not None and previous.parent == db.parent:
+            # A reader that resolved it just before the swap finds it gone and resolves
+            # the link again, as when a superseded version is removed.
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(previous, spare_path(db))
     except OSError as exc:
         link.unlink(missing_ok=True)
         raise WarehouseError(f"cannot publish the read copy {target}: {exc.strerror}") from exc
