@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import signal
 import threading
 import time
@@ -96,6 +97,11 @@ def register(app: typer.Typer, state: CliState) -> None:
                                          stripe_rate=stripe_rate or None,
                                          stripe_endpoint_rate=stripe_endpoint_rate or None,
                                          )) as box:  # fmt: skip
+            # The loaded world lives as long as the server (5.8 GB of objects at 100,000
+            # accounts): frozen out of the collector's reach, a full collection no longer
+            # walks it. Each one took about 0.9 s there, every third Salesforce query of
+            # an incremental run (0.12 s each with the freeze), stalling the Stripe side too.
+            gc.freeze()
             for k, v in box.env().items():
                 print(f"export {k}={v}", flush=True)
             sender = None
