@@ -74,6 +74,20 @@ def test_the_next_version_is_the_spare_rewritten_where_it_changed(
     assert sorted(p.name for p in db.parent.iterdir() if p.name.startswith(".")) == [spare.name]
 
 
+def test_a_warehouse_named_by_a_relative_path_keeps_its_spare(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``CHURN_DB=data/churn.duckdb``, as the demo and most deployments name it."""
+    monkeypatch.chdir(db.parent)
+    relative = Path(db.name)
+    warehouse.publish_read_copy(relative)
+    warehouse.publish_read_copy(relative)
+    assert read_copy.spare_path(db).exists()
+    inode = read_copy.spare_path(db).stat().st_ino
+    warehouse.publish_read_copy(relative)
+    assert _version(db).stat().st_ino == inode
+
+
 def test_a_spare_a_reader_still_holds_is_left_to_it(db: Path) -> None:
     """A dashboard page opened before the last publish holds the version that became the
     spare: DuckDB's lock on it says so, the reader keeps its file and the publish copies

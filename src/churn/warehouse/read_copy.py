@@ -160,6 +160,15 @@ def _write_changes(source: Path, fd: int) -> int:
     return written
 
 
+def _linked(db: Path) -> Path | None:
+    """The version the read copy's link names (a name beside ``db``), if any."""
+    try:
+        name = os.readlink(read_copy_path(db))
+    except OSError:
+        return None
+    return db.with_name(name) if os.sep not in name else None
+
+
 def _versions(db: Path) -> list[Path]:
     """The published versions of ``db``'s read copy, oldest first (names sort by time)."""
     return sorted(db.parent.glob(f"{db.stem}.read.v*{db.suffix or '.duckdb'}"))
@@ -233,10 +242,7 @@ def publish_read_copy(db: Path | str, *, keep: int = 1, spare: bool = True) -> P
     # by the version pattern (_sweep).
     tmp = version.with_name(f".{version.name}.tmp")
     link = target.with_name(f".{target.name}.{os.getpid()}.link")
-    try:
-        previous: Path | None = target.resolve(strict=True)
-    except (FileNotFoundError, RuntimeError):
-        previous = None
+    previous = _linked(db)
     try:
         if not spare:
             spare_path(db).unlink(missing_ok=True)
@@ -251,7 +257,7 @@ def publish_read_copy(db: Path | str, *, keep: int = 1, spare: bool = True) -> P
         link.unlink(missing_ok=True)
         link.symlink_to(version.name)
         os.replace(link, target)  # atomic: readers resolve the old version or the new
-        if spare and previous is not None and previous.parent == db.parent:
+        if spare and previous is not None:
             # A reader that resolved it just before the swap finds it gone and resolves
             # the link again, as when a superseded version is removed.
             with contextlib.suppress(FileNotFoundError):
