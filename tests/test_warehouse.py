@@ -171,3 +171,37 @@ def test_memory_unbounded_lifts_the_limit_and_sets_it_again(tmp_path: Path) -> N
         assert inside == unset == default != bounded
     finally:
         con.close()
+
+
+def test_the_events_keep_their_key_and_lose_the_object_index(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 114: no index on ``raw_stripe_event.object_id`` (upkeep on every insert
+    and checkpoint), the rows and the event id's key kept. The reads by object join on it,
+    which DuckDB plans without the index even while it is there."""
+    every = warehouse.migrations()
+    monkeypatch.setattr(warehouse, "migrations", lambda: [m for m in every if m.version < 114])
+    con = warehouse.connect(db_path)
+    event = (
+        "INSERT INTO raw_stripe_event (id, type, created, object_type, object_id, payload,"
+        " fetched_at) VALUES ('evt_1', 'invoice.payment_failed', TIMESTAMP '2026-01-01',"
+        " 'invoice', 'in_1', '{}', TIMESTAMP '2026-01-01')"
+    )
+    con.execute(event)
+    by_object = (
+        "SELECT e.id FROM raw_stripe_event e"
+        " SEMI JOIN (SELECT 'in_1' AS invoice_id) inv ON inv.invoice_id = e.object_id"
+    )
+    plan = " ".join(str(r[1]) for r in con.execute("EXPLAIN " + by_object).fetchall()).lower()
+    assert "index scan" not in plan and "hash join" in plan
+    monkeypatch.setattr(warehouse, "migrations", lambda: every)
+    assert warehouse.migrate(con) == [m.version for m in every if m.version >= 114]
+    assert (
+        con.execute(
+            "SELECT index_name FROM duckdb_indexes() WHERE table_name = 'raw_stripe_event'"
+        ).fetchall()
+        == []
+    )
+    assert con.execute(by_object).fetchall() == [("evt_1",)]
+    with pytest.raises(duckdb.ConstraintException):  # an event lands once
+        con.execute(event)
