@@ -28,7 +28,8 @@ keep in step.
 
 **The spare.** A whole copy writes the whole file and flushes it to disk each run, though
 a run of a few changes rewrites a small share of the warehouse's blocks (at 100,000
-accounts a 2.4 GB file: about 4 s of a 15 s incremental run). So the version a publish
+accounts a 2.5 GB file: about 4 s of a 15 s incremental run; over the spare 0.6-1.0 s,
+570-630 MB written). So the version a publish
 supersedes is kept as the spare (``.<db stem>.read.spare.duckdb``), and the next publish
 writes its new version over the spare: it compares the two files chunk by chunk and writes
 only the chunks that differ, so the flush writes what changed. The spare is first renamed
