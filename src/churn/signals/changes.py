@@ -89,6 +89,11 @@ versions AS MATERIALIZED (
   FROM history_subscriptions h LEFT JOIN account_links_as_of($as_of) l
     ON l.customer_id = h.customer_id
   WHERE h.valid_from <= $as_of
+    -- every version of the subscriptions with one in the window, and no other: only
+    -- those make a cancellation change (cancel_versions), and their lags see every
+    -- version before (at 100,000 accounts 864,000 versions windowed otherwise)
+    AND h.subscription_id IN (SELECT subscription_id FROM history_subscriptions
+                              WHERE valid_from > $since AND valid_from <= $as_of)
   WINDOW w AS (PARTITION BY h.subscription_id ORDER BY h.valid_from)
 ),
 cancel_versions AS MATERIALIZED (
