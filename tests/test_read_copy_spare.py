@@ -208,6 +208,20 @@ def test_the_spare_ends_byte_for_byte_the_source(
     assert written <= len(body) and (differing == 0) == (written == 0)
 
 
+def test_without_open_file_description_locks_each_version_is_a_whole_copy(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """macOS has no ``F_OFD_SETLK``: a reader of the spare in this process could not be
+    told, so the spare is never written over."""
+    monkeypatch.setattr(read_copy, "_OFD_SETLK", None)
+    warehouse.publish_read_copy(db)
+    warehouse.publish_read_copy(db)
+    inode = read_copy.spare_path(db).stat().st_ino
+    warehouse.publish_read_copy(db)
+    assert _version(db).stat().st_ino != inode
+    assert _version(db).read_bytes() == db.read_bytes()
+
+
 def test_duckdb_locks_what_it_opens_read_only(tmp_path: Path) -> None:
     """What the spare's check stands on: a read-only DuckDB connection holds a lock on
     its file for as long as it is open (if a DuckDB release stopped doing so, a publish

@@ -111,6 +111,8 @@ def _refresh(spare: Path, source: Path, tmp: Path) -> int | None:
     differ, flushed to disk; returns the bytes written, or None when the spare is gone or
     a reader holds it (then it is left to that reader, unlinked, and nothing is at
     ``tmp``). Raises OSError, ``tmp`` removed."""
+    if _OFD_SETLK is None:
+        return None  # no way to tell a reader's file here: copy whole
     try:
         os.rename(spare, tmp)  # off its name first: no reader can find it from here on
     except FileNotFoundError:
@@ -136,13 +138,18 @@ def _lock(fd: int) -> bool:
     it opens (``fcntl``; a shared lock when read-only) for as long as it holds it; an open
     file description's lock (``F_OFD_SETLK``) conflicts with it even within this process,
     where a process-owned lock would not."""
+    if _OFD_SETLK is None:
+        return False
     try:
-        fcntl.fcntl(
-            fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
-        )
+        fcntl.fcntl(fd, _OFD_SETLK, struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
     except OSError:
         return False
     return True
+
+
+#: Linux's open-file-description lock; where the platform has none (macOS), no spare is
+#: written over (a process-owned lock would not see this process's own readers).
+_OFD_SETLK: int | None = getattr(fcntl, "F_OFD_SETLK", None)
 
 
 def _write_changes(source: Path, fd: int) -> int:
