@@ -29,10 +29,10 @@ keep in step.
 **The spare.** A whole copy writes the whole file and flushes it to disk each run, though
 a run of a few changes rewrites a small share of the warehouse's blocks (at 100,000
 accounts a 2.5 GB file: about 4 s of a 15 s incremental run; over the spare 0.6-1.0 s,
-570-630 MB written). So the version a publish
-supersedes is kept as the spare (``.<db stem>.read.spare.duckdb``), and the next publish
-writes its new version over the spare: it compares the two files chunk by chunk and writes
-only the chunks that differ, so the flush writes what changed. The spare is first renamed
+570-630 MB written). So the version a publish supersedes is kept as the spare
+(``.<db stem>.read.spare.duckdb``), and the next publish writes its new version over the
+spare: it compares the two files chunk by chunk and writes only the chunks that differ, so
+the flush writes what changed. The spare is first renamed
 to the new version's temporary name (a reader that resolved it since then finds it gone
 and resolves the link again), then locked the way DuckDB locks what it opens: a reader
 still holding it (a dashboard page opened before the last publish) holds DuckDB's lock, so
@@ -105,6 +105,10 @@ def spare_path(db: Path | str) -> Path:
 #: The chunk compared and, where it differs, written: four of DuckDB's 256 KiB blocks.
 _CHUNK = 1 << 20
 
+#: Linux's open-file-description lock; where the platform has none (macOS), no spare is
+#: written over (a process-owned lock would not see this process's own readers).
+_OFD_SETLK: int | None = getattr(fcntl, "F_OFD_SETLK", None)
+
 
 def _refresh(spare: Path, source: Path, tmp: Path) -> int | None:
     """Make ``spare`` a copy of ``source`` at ``tmp`` by writing only the chunks that
@@ -145,11 +149,6 @@ def _lock(fd: int) -> bool:
     except OSError:
         return False
     return True
-
-
-#: Linux's open-file-description lock; where the platform has none (macOS), no spare is
-#: written over (a process-owned lock would not see this process's own readers).
-_OFD_SETLK: int | None = getattr(fcntl, "F_OFD_SETLK", None)
 
 
 def _write_changes(source: Path, fd: int) -> int:
