@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -59,6 +60,9 @@ StepFn = Callable[[Settings, duckdb.DuckDBPyConnection, bool], Any]
 class Step:
     name: str
     run: StepFn
+    #: The step this one may run beside (the one just before it in the run), each on a
+    #: connection of its own, when :func:`side_by_side` allows.
+    beside: str | None = None
 
 
 @dataclass
@@ -272,7 +276,7 @@ def _push(s: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool) -> Any:
 
 DEFAULT_STEPS: tuple[Step, ...] = (
     Step("stripe", _stripe),
-    Step("salesforce", _salesforce),
+    Step("salesforce", _salesforce, beside="stripe"),
     Step("usage", _usage),
     Step("links", _links),
     Step("model", _model),
@@ -281,6 +285,49 @@ DEFAULT_STEPS: tuple[Step, ...] = (
 )
 # A failed extract leaves stale data: scoring and pushing over it would mislead owners.
 _NEEDS_EXTRACTS = {"links", "model", "score", "push"}
+
+
+def side_by_side(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the extracts may run beside each other: both have landed their first read
+    (each incremental now). Their incremental reads wait on different APIs and write
+    different tables, so the Salesforce extract's second or so passes inside the Stripe
+    events' wait for the rate limit. A first read is not run beside the other: DuckDB's
+    memory limit is the database's, and the Stripe extract's (``extract_memory_limit``)
+    would bound a Salesforce backfill too."""
+    try:
+        stripe = _call("churn.pipelines.stripe.extract", "backfilled")
+        salesforce = _call("churn.pipelines.salesforce.extract", "extracted_before")
+    except ModuleNotFoundError:
+        return False
+    return bool(stripe(con) and salesforce(con))
+
+
+def _run_beside(
+    first: Step, second: Step, settings: Settings, con: duckdb.DuckDBPyConnection, dry_run: bool
+) -> tuple[StepOutcome, StepOutcome]:
+    """``first`` here and ``second`` in a thread on a connection of its own (a DuckDB
+    cursor: the same database, its own transactions); both outcomes, in step order. An
+    error no step expected, in either, is raised after both ended."""
+    caught: list[BaseException] = []
+    got: list[StepOutcome] = []
+    cursor = con.cursor()
+
+    def other() -> None:
+        try:
+            got.append(_run_step(second, settings, cursor, dry_run))
+        except BaseException as exc:  # raised below, in the run's thread
+            caught.append(exc)
+
+    thread = threading.Thread(target=other, name=f"step-{second.name}", daemon=True)
+    thread.start()
+    try:
+        outcome = _run_step(first, settings, con, dry_run)
+    finally:
+        thread.join()
+        cursor.close()
+    if caught:
+        raise caught[0]
+    return outcome, got[0]
 
 
 #: What a step's error message may hold at most (characters): errors name the stream,
@@ -457,37 +504,31 @@ def _run_locked(
     log.info("run started", extra={"run_id": run_id, "dry_run": dry_run})
     outcomes: list[StepOutcome] = []
     extract_failed = False
+    beside_done: set[str] = set()
     try:
-        for step in steps:
+        for at, step in enumerate(steps):
+            if step.name in beside_done:
+                continue
             if should_stop is not None and should_stop():
                 outcomes.append(StepOutcome(step.name, "skipped", error="stopped by signal"))
                 continue
             if extract_failed and step.name in _NEEDS_EXTRACTS:
                 outcomes.append(StepOutcome(step.name, "skipped", error="an extract failed"))
                 continue
-            if on_step is not None:
-                on_step(step.name)
-            outcome = _run_step(step, settings, con, dry_run)
-            outcomes.append(outcome)
-            log.log(
-                logging.INFO if outcome.status == "success" else logging.WARNING,
-                "step %s %s in %.1fs",
-                step.name,
-                outcome.status,
-                outcome.seconds,
-                extra={
-                    "run_id": run_id,
-                    "step": step.name,
-                    "status": outcome.status,
-                    "seconds": round(outcome.seconds, 3),
-                    "api_calls": outcome.api_calls,
-                    "counts": outcome.counts,
-                    # the error's class, not its message (which may name a record)
-                    "error_type": error_type_of(outcome.error),
-                },
-            )
-            if outcome.status != "success" and step.name in {"stripe", "salesforce", "usage"}:
-                extract_failed = True
+            partner = steps[at + 1] if at + 1 < len(steps) else None
+            if partner is not None and partner.beside == step.name and side_by_side(con):
+                if on_step is not None:
+                    on_step(step.name)
+                    on_step(partner.name)
+                ran: tuple[StepOutcome, ...] = _run_beside(step, partner, settings, con, dry_run)
+                beside_done.add(partner.name)
+            else:
+                if on_step is not None:
+                    on_step(step.name)
+                ran = (_run_step(step, settings, con, dry_run),)
+            for outcome in ran:
+                extract_failed = _logged(outcome, run_id) or extract_failed
+                outcomes.append(outcome)
     except Exception as exc:
         # An error no step expected: the row is closed (not left 'running'), naming the
         # kind only (its text may carry what a customer wrote), and the error goes on.
@@ -540,6 +581,28 @@ def _run_locked(
         },
     )
     return result
+
+
+def _logged(outcome: StepOutcome, run_id: str) -> bool:
+    """Log a step's outcome; True when it was an extract that did not succeed."""
+    log.log(
+        logging.INFO if outcome.status == "success" else logging.WARNING,
+        "step %s %s in %.1fs",
+        outcome.name,
+        outcome.status,
+        outcome.seconds,
+        extra={
+            "run_id": run_id,
+            "step": outcome.name,
+            "status": outcome.status,
+            "seconds": round(outcome.seconds, 3),
+            "api_calls": outcome.api_calls,
+            "counts": outcome.counts,
+            # the error's class, not its message (which may name a record)
+            "error_type": error_type_of(outcome.error),
+        },
+    )
+    return outcome.status != "success" and outcome.name in {"stripe", "salesforce", "usage"}
 
 
 def error_type_of(error: str | None) -> str | None:

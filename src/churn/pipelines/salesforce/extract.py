@@ -357,6 +357,12 @@ def _cursor(con: duckdb.DuckDBPyConnection, stream: str) -> datetime | None:
     return state.cursor_ts if state else None
 
 
+def extracted_before(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether Accounts have been read whole before (a complete read sets the watermark):
+    the next extract reads the changes since."""
+    return _watermark(con, "account") is not None
+
+
 def _watermark(con: duckdb.DuckDBPyConnection, stream: str) -> datetime | None:
     state = read_state(con, f"salesforce.{stream}")
     mark = (state.details or {}).get("watermark") if state else None

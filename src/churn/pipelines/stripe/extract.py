@@ -255,6 +255,12 @@ def extract_stripe(
     return result
 
 
+def backfilled(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the account's backfill is complete: the next extract reads events."""
+    state = read_state(con, BACKFILL_PREFIX + "all")
+    return bool(state is not None and (state.details or {}).get("done"))
+
+
 def _memory_limit(
     con: duckdb.DuckDBPyConnection, settings: Settings
 ) -> AbstractContextManager[None]:
@@ -329,8 +335,7 @@ class _Run:
         write_state(self.con, stream, cursor=cursor, cursor_ts=cursor_ts, details=details)
 
     def backfill_complete(self) -> bool:
-        _, _, details = self._state(BACKFILL_PREFIX + "all")
-        return bool(details.get("done"))
+        return backfilled(self.con)
 
     def cursor_stale(self) -> bool:
         """Events were last read longer ago than Stripe keeps them: a gap is possible."""
