@@ -205,3 +205,73 @@ def test_the_events_keep_their_key_and_lose_the_object_index(
     assert con.execute(by_object).fetchall() == [("evt_1",)]
     with pytest.raises(duckdb.ConstraintException):  # an event lands once
         con.execute(event)
+
+
+#: What migration 115 takes the primary keys from: Stripe's core and history, derived.
+STRIPE_UNKEYED = (
+    "core_products", "core_prices", "core_coupons", "core_customers", "core_subscriptions",
+    "core_subscription_items", "core_subscription_discounts", "core_invoices", "core_charges",
+    "core_invoice_payments", "core_payment_intents", "core_refunds", "core_payment_methods",
+    "history_subscriptions", "history_subscription_items", "history_payment_methods",
+    "history_customer_defaults",
+)  # fmt: skip
+
+
+def test_stripe_core_and_history_lose_their_keys_and_keep_their_rows(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 115 on a warehouse made before it: every Stripe core and history row,
+    column, type, NOT NULL and default kept; no primary key left (each rebuild chunk
+    deletes its ids' rows before it inserts them; the rebuild tests count repeats)."""
+    every = warehouse.migrations()
+    monkeypatch.setattr(warehouse, "migrations", lambda: [m for m in every if m.version < 115])
+    con = warehouse.connect(db_path)
+    con.execute(
+        "INSERT INTO core_invoices (invoice_id, customer_id, total, is_deleted, "
+        "other_subscriptions) VALUES ('in_1', 'cus_1', 1200, FALSE, ['sub_2'])"
+    )
+    con.execute(
+        "INSERT INTO core_subscription_discounts (subscription_id, discount_id, percent_off) "
+        "VALUES ('sub_1', 'di_1', 12.5)"
+    )
+    con.execute(
+        "INSERT INTO history_subscriptions (subscription_id, valid_from, customer_id, status,"
+        " cancel_at_period_end) VALUES ('sub_1', TIMESTAMP '2026-01-01', 'cus_1', 'active',"
+        " FALSE)"
+    )
+
+    def columns() -> list[tuple[object, ...]]:
+        return con.execute(
+            "SELECT table_name, column_name, column_index, data_type, is_nullable, "
+            "column_default FROM duckdb_columns() WHERE table_name IN ? ORDER BY 1, 3",
+            [list(STRIPE_UNKEYED)],
+        ).fetchall()
+
+    before = columns()
+    assert len({c[0] for c in before}) == len(STRIPE_UNKEYED)
+    monkeypatch.setattr(warehouse, "migrations", lambda: every)
+    assert warehouse.migrate(con) == [m.version for m in every if m.version >= 115]
+    assert columns() == before
+    assert con.execute(
+        "SELECT invoice_id, customer_id, total, other_subscriptions FROM core_invoices"
+    ).fetchall() == [("in_1", "cus_1", 1200, ["sub_2"])]
+    assert con.execute(
+        "SELECT subscription_id, discount_id, percent_off FROM core_subscription_discounts"
+    ).fetchall() == [("sub_1", "di_1", 12.5)]
+    assert con.execute(
+        "SELECT subscription_id, valid_from::VARCHAR, valid_to, status FROM history_subscriptions"
+    ).fetchall() == [("sub_1", "2026-01-01 00:00:00", None, "active")]
+    keyed = con.execute(
+        "SELECT DISTINCT table_name FROM duckdb_constraints() WHERE constraint_type ="
+        " 'PRIMARY KEY' AND table_name IN ?",
+        [list(STRIPE_UNKEYED)],
+    ).fetchall()
+    assert keyed == []
+    with pytest.raises(duckdb.ConstraintException):  # the key columns stay NOT NULL
+        con.execute("INSERT INTO core_invoices (invoice_id) VALUES (NULL)")
+    with pytest.raises(duckdb.ConstraintException):
+        con.execute(
+            "INSERT INTO history_subscriptions (subscription_id, valid_from, customer_id,"
+            " status, cancel_at_period_end) VALUES ('sub_2', NULL, 'cus_1', 'active', FALSE)"
+        )
+    con.close()

@@ -112,6 +112,20 @@ class CoreTable:
     source: str = "FROM {ok}"
     #: A QUALIFY condition over the output columns (de-duplication), if any.
     qualify: str | None = None
+    #: The columns that name one row (``key`` when empty). Not a constraint: core is
+    #: derived, one row each by construction (migration 115 says why the keys went), and
+    #: the rebuild tests check it.
+    unique: tuple[str, ...] = ()
+
+
+#: The Stripe history's tables and the columns that name one row in each: not
+#: constraints either (migration 115), held by the rebuild and checked by its tests.
+HISTORY_KEYS: dict[str, tuple[str, ...]] = {
+    "history_subscriptions": ("subscription_id", "valid_from"),
+    "history_subscription_items": ("item_id", "valid_from"),
+    "history_payment_methods": ("payment_method_id", "valid_from"),
+    "history_customer_defaults": ("customer_id", "valid_from"),
+}
 
 
 @dataclass(frozen=True)
@@ -361,6 +375,7 @@ STREAMS: tuple[Stream, ...] = (
             CoreTable(
                 "core_subscription_items",
                 key="subscription_id",
+                unique=("item_id",),
                 columns=(
                     ("item_id", "i->>'$.id'"),
                     ("subscription_id", "id"),
@@ -381,6 +396,7 @@ STREAMS: tuple[Stream, ...] = (
             CoreTable(
                 "core_subscription_discounts",
                 key="subscription_id",
+                unique=("subscription_id", "discount_id"),
                 columns=(
                     ("subscription_id", "id"),
                     ("discount_id", "coalesce(d->>'$.id', 'coupon:' || (c->>'$.id'))"),
