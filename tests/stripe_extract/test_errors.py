@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from churn import warehouse
 from churn.errors import ModeMismatchError, PartialRunError, StripeRequestError
+from churn.pipelines.stripe import extract as extract_mod
 from churn.pipelines.stripe.client import StripeApi, make_stripe_client
 from churn.pipelines.stripe.extract import extract_stripe
 from churn.settings import Settings, StripeSettings
@@ -21,6 +23,8 @@ from stripe_extract.scripted import EMPTY, Script, scripted_server
 pytestmark = pytest.mark.slow
 
 KEY = "sk_test_secret_never_shown"
+#: A guard against a hang, not a speed check: each wait ends on a request's answer.
+HANG = 600.0
 
 
 def _error(kind: str, message: str) -> dict[str, Any]:
@@ -663,4 +667,74 @@ def test_a_partial_object_that_cannot_be_retrieved_is_kept_out(
     assert got == [("Two",)]  # the full payload stays
     rows = con.execute("SELECT source, stream, object_id FROM quarantine").fetchall()
     assert rows == [("stripe_event", "customer", "evt_thin")]
+    con.close()
+
+
+def test_an_incremental_read_fetches_the_next_events_page_while_one_is_staged(
+    server: tuple[str, Script], db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The events' pages come at the endpoint's rate limit; staging each waits on the
+    warehouse. The next page is asked for while the first is being staged (the first
+    staging waits for that request: one after the other, it would wait in vain), and every
+    event of both pages is applied in order."""
+    base, script = server
+    con = _backfilled(db_path, base, script)
+    now = int(time.time())
+    # newest first, as Stripe lists them; both after the backfill's listing
+    first = _thin_event("evt_2", {**_customer(2, "Two, renamed"), "object": "customer"}, now + 2)
+    second = _thin_event("evt_1", {**_customer(1, "One, renamed"), "object": "customer"}, now + 1)
+    script.add("/v1/events", 200, {**_page(first), "has_more": True})
+    script.add("/v1/events", 200, _page(second))
+    asked_twice = threading.Event()
+    answer = script.answer
+    before = script.requests.count("/v1/events")  # the backfill's own read
+
+    def counting(path: str) -> tuple[int, dict[str, str], Any]:
+        got = answer(path)
+        if script.requests.count("/v1/events") >= before + 2:
+            asked_twice.set()
+        return got
+
+    monkeypatch.setattr(script, "answer", counting)
+    stage = extract_mod._Run._stage_events
+    staged: list[bool] = []
+
+    def waiting(self: Any, batch: Any) -> None:
+        staged.append(asked_twice.wait(HANG))
+        stage(self, batch)
+
+    monkeypatch.setattr(extract_mod._Run, "_stage_events", waiting)
+    result = extract_stripe(_settings(db_path, base), con, progress=False)
+    assert result.mode == "incremental"
+    assert staged == [True, True]
+    assert con.execute("SELECT customer_id, name FROM core_customers ORDER BY 1").fetchall() == [
+        ("cus_1", "One, renamed"),
+        ("cus_2", "Two, renamed"),
+    ]
+    con.close()
+
+
+def test_a_failed_events_page_stops_the_read_and_names_the_request(
+    server: tuple[str, Script], db_path: Path
+) -> None:
+    """A page that fails after one that came: the read raises the request's error (the
+    pages are fetched by a thread of their own) and the cursor stays where it was, so the
+    rerun reads both again."""
+    base, script = server
+    con = _backfilled(db_path, base, script)
+    (cursor,) = con.execute(
+        "SELECT cursor_ts FROM sync_state WHERE stream = 'stripe:events'"
+    ).fetchone()
+    now = int(time.time())
+    event = _thin_event("evt_2", {**_customer(2, "Two, renamed"), "object": "customer"}, now)
+    script.add("/v1/events", 200, {**_page(event), "has_more": True})
+    script.add("/v1/events", 400, _error("invalid_request_error", "No such event"))
+    with pytest.raises(StripeRequestError, match=r"stream events: GET /v1/events"):
+        extract_stripe(_settings(db_path, base), con, progress=False)
+    assert con.execute(
+        "SELECT cursor_ts FROM sync_state WHERE stream = 'stripe:events'"
+    ).fetchone() == (cursor,)
+    assert con.execute(
+        "SELECT name FROM core_customers WHERE customer_id = 'cus_2'"
+    ).fetchone() == ("Two",)
     con.close()

@@ -830,10 +830,8 @@ class _Run:
         else:
             polled = utcnow()
             self._new_events_read()
-            listed = 0
-            for data in self._event_pages(self._events_since(polled)):
-                self._stage_events(_events_batch(data, listed))
-                listed += len(data)
+            for batch in self._events_read_ahead(self._events_since(polled)):
+                self._stage_events(batch)
         n_read, n_new = self._order_events()
         self.result.add("seen_events", n_read)
         cursor = cursor_ts or polled
@@ -908,6 +906,51 @@ class _Run:
             if not (page.get("has_more") and data):
                 return
             starting_after = data[-1]["id"]
+
+    def _events_read_ahead(self, since: datetime | None) -> Iterator[pa.Table]:
+        """The pages of an events read as staged batches (:func:`_events_batch`), in the
+        API's order, fetched and converted by a thread of their own a few pages ahead of
+        the caller: the pages come at the events endpoint's rate limit (25 a second), and
+        staging one waits on the warehouse, so the two overlap instead of adding up. A
+        failure of the read is raised here, after the pages before it; the caller's own
+        failure stops the thread (after the request it is making)."""
+        ahead: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=4)
+        stop = threading.Event()
+
+        def put(kind: str, item: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    ahead.put((kind, item), timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def read() -> None:
+            listed = 0
+            try:
+                for data in self._event_pages(since):
+                    if not put("batch", _events_batch(data, listed)):
+                        return
+                    listed += len(data)
+            except BaseException as exc:  # raised in the caller's thread
+                put("error", exc)
+                return
+            put("end", None)
+
+        reader = threading.Thread(target=read, name="stripe-events-read", daemon=True)
+        reader.start()
+        try:
+            while True:
+                kind, item = ahead.get()
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            reader.join()
 
     def _new_events_read(self) -> None:
         self.con.execute(
