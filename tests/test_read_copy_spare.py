@@ -67,8 +67,9 @@ def test_the_next_version_is_the_spare_rewritten_where_it_changed(
     assert third.read_bytes() == db.read_bytes()
     assert _rows(db) == 1_000_002
     (record,) = [r for r in caplog.records if "written over the spare" in r.getMessage()]
-    written, size = record.args  # type: ignore[misc]
+    written, size, seconds = record.args  # type: ignore[misc]
     assert 0 < written < size / 2  # type: ignore[operator]
+    assert seconds >= 0  # type: ignore[operator]
     versions = sorted(p.name for p in db.parent.glob("churn.read.v*.duckdb"))
     assert versions == [third.name]
     assert sorted(p.name for p in db.parent.iterdir() if p.name.startswith(".")) == [spare.name]

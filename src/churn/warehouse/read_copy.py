@@ -50,6 +50,7 @@ import os
 import re
 import shutil
 import struct
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -253,13 +254,17 @@ def publish_read_copy(db: Path | str, *, keep: int = 1, spare: bool = True) -> P
     try:
         if not spare:
             spare_path(db).unlink(missing_ok=True)
+        started = time.perf_counter()
         written = _refresh(spare_path(db), db, tmp) if spare else None
         if written is None:
             copy_whole(db, version, tmp)
         else:
             os.replace(tmp, version)
             log.info(
-                "read copy: %d of %d bytes written over the spare", written, version.stat().st_size
+                "read copy: %d of %d bytes written over the spare in %.1f s",
+                written,
+                version.stat().st_size,
+                time.perf_counter() - started,
             )
         link.unlink(missing_ok=True)
         link.symlink_to(version.name)
