@@ -3,7 +3,9 @@
 The settings come from the environment (the stand-ins' addresses as `churn sandbox serve`
 prints them, ``CHURN_DB``). Besides each step's time, calls and counts, it reads the
 process's peak resident memory (``VmHWM``) as each step starts, so the Stripe extract's
-own peak is the high-water mark when the next step begins.
+own peak is the high-water mark when the next step begins. Where the Salesforce extract
+runs beside Stripe's (an incremental run), both start together: their peak and CPU are
+the Salesforce step's figures, and the Stripe step's read about zero.
 """
 
 from __future__ import annotations
