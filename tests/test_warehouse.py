@@ -101,6 +101,24 @@ MARTS_UNKEYED = (
 )
 
 
+def _columns(con: duckdb.DuckDBPyConnection, tables: tuple[str, ...]) -> list[tuple[object, ...]]:
+    """Every column of ``tables``: name, place, type, nullability and default."""
+    return con.execute(
+        "SELECT table_name, column_name, column_index, data_type, is_nullable, "
+        "column_default FROM duckdb_columns() WHERE table_name IN ? ORDER BY 1, 3",
+        [list(tables)],
+    ).fetchall()
+
+
+def _keyed(con: duckdb.DuckDBPyConnection, tables: tuple[str, ...]) -> list[tuple[object, ...]]:
+    """Which of ``tables`` have a primary key."""
+    return con.execute(
+        "SELECT DISTINCT table_name FROM duckdb_constraints() WHERE constraint_type ="
+        " 'PRIMARY KEY' AND table_name IN ?",
+        [list(tables)],
+    ).fetchall()
+
+
 def test_the_marts_lose_their_keys_and_keep_their_rows(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -120,17 +138,10 @@ def test_the_marts_lose_their_keys_and_keep_their_rows(
         " 'USD', 'expansion', 100, 250, 150)"
     )
 
-    def columns() -> list[tuple[object, ...]]:
-        return con.execute(
-            "SELECT table_name, column_name, column_index, data_type, is_nullable, "
-            "column_default FROM duckdb_columns() WHERE table_name IN ? ORDER BY 1, 3",
-            [list(MARTS_UNKEYED)],
-        ).fetchall()
-
-    before = columns()
+    before = _columns(con, MARTS_UNKEYED)
     monkeypatch.setattr(warehouse, "migrations", lambda: every)
     assert warehouse.migrate(con) == [m.version for m in every if m.version >= 113]
-    assert columns() == before
+    assert _columns(con, MARTS_UNKEYED) == before
     assert con.execute(
         "SELECT account_id, payment_health, risk_score, top_reasons::VARCHAR, churn_probability"
         " FROM account_health"
@@ -138,12 +149,7 @@ def test_the_marts_lose_their_keys_and_keep_their_rows(
     assert con.execute("SELECT amount_minor, movement FROM mrr_movements").fetchall() == [
         (150, "expansion")
     ]
-    keyed = con.execute(
-        "SELECT DISTINCT table_name FROM duckdb_constraints() WHERE constraint_type ="
-        " 'PRIMARY KEY' AND table_name IN ?",
-        [list(MARTS_UNKEYED)],
-    ).fetchall()
-    assert keyed == []
+    assert _keyed(con, MARTS_UNKEYED) == []
     with pytest.raises(duckdb.ConstraintException):  # the key columns stay NOT NULL
         con.execute(
             "INSERT INTO account_mrr (account_id, as_of, currency, reporting_currency)"
@@ -240,18 +246,11 @@ def test_stripe_core_and_history_lose_their_keys_and_keep_their_rows(
         " FALSE)"
     )
 
-    def columns() -> list[tuple[object, ...]]:
-        return con.execute(
-            "SELECT table_name, column_name, column_index, data_type, is_nullable, "
-            "column_default FROM duckdb_columns() WHERE table_name IN ? ORDER BY 1, 3",
-            [list(STRIPE_UNKEYED)],
-        ).fetchall()
-
-    before = columns()
+    before = _columns(con, STRIPE_UNKEYED)
     assert len({c[0] for c in before}) == len(STRIPE_UNKEYED)
     monkeypatch.setattr(warehouse, "migrations", lambda: every)
     assert warehouse.migrate(con) == [m.version for m in every if m.version >= 115]
-    assert columns() == before
+    assert _columns(con, STRIPE_UNKEYED) == before
     assert con.execute(
         "SELECT invoice_id, customer_id, total, other_subscriptions FROM core_invoices"
     ).fetchall() == [("in_1", "cus_1", 1200, ["sub_2"])]
@@ -261,12 +260,7 @@ def test_stripe_core_and_history_lose_their_keys_and_keep_their_rows(
     assert con.execute(
         "SELECT subscription_id, valid_from::VARCHAR, valid_to, status FROM history_subscriptions"
     ).fetchall() == [("sub_1", "2026-01-01 00:00:00", None, "active")]
-    keyed = con.execute(
-        "SELECT DISTINCT table_name FROM duckdb_constraints() WHERE constraint_type ="
-        " 'PRIMARY KEY' AND table_name IN ?",
-        [list(STRIPE_UNKEYED)],
-    ).fetchall()
-    assert keyed == []
+    assert _keyed(con, STRIPE_UNKEYED) == []
     with pytest.raises(duckdb.ConstraintException):  # the key columns stay NOT NULL
         con.execute("INSERT INTO core_invoices (invoice_id) VALUES (NULL)")
     with pytest.raises(duckdb.ConstraintException):

@@ -651,16 +651,9 @@ class _Run:
         stop = threading.Event()
 
         def put(item: _Fetched) -> bool:
-            """Hand ``item`` over; False when the readers are to stop. A page fetched
-            when a failure stopped them is still handed over if there is room: what was
-            fetched lands."""
-            while True:
-                try:
-                    pages.put(item, timeout=0.05)
-                    return not stop.is_set()
-                except queue.Full:
-                    if stop.is_set():
-                        return False
+            # A page fetched when a failure stopped the readers still lands if there is
+            # room: what was fetched lands.
+            return _hand_over(pages, item, stop)
 
         def read() -> None:
             while not stop.is_set():
@@ -918,13 +911,7 @@ class _Run:
         stop = threading.Event()
 
         def put(kind: str, item: Any) -> bool:
-            while not stop.is_set():
-                try:
-                    ahead.put((kind, item), timeout=0.05)
-                    return True
-                except queue.Full:
-                    continue
-            return False
+            return _hand_over(ahead, (kind, item), stop)
 
         def read() -> None:
             listed = 0
@@ -1160,6 +1147,18 @@ class _Run:
         self.result.add(f"reconcile_changed_{stream.name}", changed)
         self.result.add(f"reconcile_deleted_{stream.name}", len(gone))
         self._finish(task)
+
+
+def _hand_over(to: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
+    """Put ``item`` on a reader's bounded queue, waiting for room unless ``stop`` is set;
+    False when the reader is to stop (``item`` is still put if there was room)."""
+    while True:
+        try:
+            to.put(item, timeout=0.05)
+            return not stop.is_set()
+        except queue.Full:
+            if stop.is_set():
+                return False
 
 
 def _events_batch(data: list[dict[str, Any]], listed: int) -> pa.Table:
