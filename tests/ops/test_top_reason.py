@@ -64,3 +64,30 @@ def test_a_failed_account_leads_with_its_failed_payment_not_a_higher_card_expiry
     ]
     # known churn comes before a higher-scored downgrade
     assert got["001C"]["top_reasons"][0].startswith("Pro plan cancels")
+
+
+def test_tied_reasons_come_in_one_order_whatever_order_the_signals_arrive_in(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    """Two signals of one rank and score (two failed invoices, a downgrade and a seat
+    drop scored alike): the frames come from parallel queries in no set order, and a top
+    reason that followed them changed Churn_Top_Reason__c on a rerun over the same data
+    (an Account update no one needed: the demo's rerun check caught it in CI)."""
+    rows = [
+        ("001A", "payment_failure", 0.7, "Payment failed: the $100 invoice is unpaid."),
+        ("001A", "payment_failure", 0.7, "Payment failed: the $250 invoice is unpaid."),
+        ("001B", "seat_utilization", 0.5, "Seat use fell from 80% to 35%."),
+        ("001B", "downgrade", 0.5, "MRR fell 40%."),
+    ]
+    mrr = pl.DataFrame(schema={"account_id": pl.String, "reporting_mrr_minor": pl.Int64})
+    seen = [
+        {
+            r["account_id"]: r["top_reasons"]
+            for r in account_health(
+                Tables(con), AS_OF, SignalSettings(), _signals(order), mrr
+            ).iter_rows(named=True)
+        }
+        for order in (rows, rows[::-1])
+    ]
+    assert seen[0] == seen[1]
+    assert seen[0]["001B"] == ["MRR fell 40%.", "Seat use fell from 80% to 35%."]

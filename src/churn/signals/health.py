@@ -172,7 +172,10 @@ def account_health(
     reasons = (
         signals.filter(~pl.col("signal").is_in(names_of("expansion")))
         .with_columns(_rank=pl.col("signal").replace_strict(REASON_RANK, default=len(REASON_RANK)))
-        .sort(["_rank", "score"], descending=[False, True])
+        # Ties (two signals of one rank and score) broken by name and wording: the
+        # frames arrive in no set order, and a top reason that flips between two runs
+        # of the same data is an Account update Salesforce never needed.
+        .sort(["_rank", "score", "signal", "reason"], descending=[False, True, False, False])
         .group_by("account_id", maintain_order=True)
         .agg(signal_reasons=pl.col("reason"))
     )

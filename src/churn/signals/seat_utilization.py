@@ -77,10 +77,13 @@ NO_SEATS = "no_seats"
 TOO_FEW_SAMPLES = "too_few_samples"
 TOO_LITTLE_COVERAGE = "too_little_coverage"
 
+# The weighted mean of ``util`` is summed in decimals: a float sum's last digits follow the
+# order DuckDB's threads finish in, and a mean on a rounding edge then read 42% on one run
+# and 43% on the next (a reason, a Task subject and a score that change with no data).
 _AGG = """
   SELECT account_id, any_value(seats_now) AS seats, count(*) AS samples,
     sum(covers) AS days, any_value(cadence) AS cadence, any_value(window_days) AS window_days,
-    sum(util * covers) / sum(covers) AS util, min(util_vs_now) AS min_util,
+    sum(CAST(util AS DECIMAL(18, 12)) * covers) / sum(covers) AS util, min(util_vs_now) AS min_util,
     sum(active * covers) / sum(covers) AS avg_active, min(active) AS min_active,
     min(seats) AS min_seats, max(seats) AS max_seats"""
 

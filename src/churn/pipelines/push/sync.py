@@ -728,7 +728,7 @@ def read_billing(
             SELECT l.episode_key, ch.created_at, COALESCE(ch.decline_code, ch.failure_code)
             FROM links l JOIN core_charges ch ON ch.charge_id = l.charge_id
             WHERE ch.status = 'failed' AND ch.created_at <= $as_of
-            ORDER BY l.episode_key, ch.created_at
+            ORDER BY l.episode_key, ch.created_at, ch.charge_id
             """,
             {"as_of": as_of},
         ).fetchall()

@@ -117,8 +117,8 @@ _VERSIONS = f"""
           AND NOT coalesce(({typed("subscription")}), FALSE)
     ), first_seen AS (
         SELECT subscription_id, min(version_ts) AS first_ts,
-               arg_min(payload, (version_ts, version_seq)) AS payload,
-               arg_min(source, (version_ts, version_seq)) AS source
+               arg_min(payload, (version_ts, version_seq, version_key)) AS payload,
+               arg_min(source, (version_ts, version_seq, version_key)) AS source
         FROM observed GROUP BY subscription_id
     ), lines AS (
         -- what each period's invoice billed: the items and seats in force at its start
@@ -130,6 +130,13 @@ _VERSIONS = f"""
                                         'quantity', quantity) ORDER BY item_id)) AS items
         FROM lines WHERE NOT proration AND item_id IS NOT NULL AND price_id IS NOT NULL
         GROUP BY ALL
+    ), billed_one AS (
+        -- one invoice per period start (a metered line billed in arrears starts where the
+        -- previous invoice did): the greatest id, as latest_per_instant prefers, where a
+        -- join or arg_min over ties would take whichever row a thread met first
+        SELECT * FROM billed
+        QUALIFY row_number() OVER (PARTITION BY subscription_id, period_start
+                                   ORDER BY invoice_id DESC) = 1
     ), prorated AS (
         -- A change mid-period: its "remaining time" line (not negative; the "unused
         -- time" one is) names the item's new price and quantity from the change on; the
@@ -142,7 +149,7 @@ _VERSIONS = f"""
                                'quantity', pr.quantity))) AS items
         FROM (SELECT * FROM lines WHERE proration AND coalesce(amount, 0) >= 0
                 AND item_id IS NOT NULL AND price_id IS NOT NULL) pr
-        ASOF JOIN billed b
+        ASOF JOIN billed_one b
           ON pr.subscription_id = b.subscription_id AND pr.period_start >= b.period_start
         WHERE pr.period_start > b.period_start
     ), periods AS (
@@ -197,7 +204,7 @@ _VERSIONS = f"""
                      coalesce(stripe_ts(f.payload->'$.trial_start'),
                               stripe_ts(f.payload->'$.created')) AS trial_start,
                      stripe_ts(f.payload->'$.trial_end') AS trial_end,
-                     (SELECT arg_min(b.items, b.period_start) FROM billed b
+                     (SELECT arg_min(b.items, b.period_start) FROM billed_one b
                       WHERE b.subscription_id = f.subscription_id) AS first_items,
                      (SELECT min(b.period_start) FROM billed b
                       WHERE b.subscription_id = f.subscription_id) AS first_billed

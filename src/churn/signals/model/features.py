@@ -359,7 +359,9 @@ streak AS (
   -- failed charges since the last successful one: the customer is in dunning now
   SELECT c.t, c.account_id, count(*) AS failed_since_payment,
     min(c.created_at) AS streak_from,
-    arg_max(COALESCE(c.decline_code, c.failure_code), c.created_at) AS last_code
+    -- two failures in one second: the greater code, not whichever thread came last
+    arg_max(COALESCE(c.decline_code, c.failure_code),
+            (c.created_at, COALESCE(c.decline_code, c.failure_code))) AS last_code
   FROM charges c
   LEFT JOIN pay py ON py.t = c.t AND py.account_id = c.account_id
   WHERE c.status = 'failed' AND (py.last_paid IS NULL OR c.created_at > py.last_paid)

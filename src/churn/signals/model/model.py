@@ -205,7 +205,7 @@ def baseline_at(tables: Tables, as_of: datetime, settings: SignalSettings) -> pl
             }
         )
     reasons = (
-        signals.sort("score", descending=True)
+        signals.sort(["score", "signal", "reason"], descending=[True, False, False])
         .group_by("account_id", maintain_order=True)
         .agg(top_reasons=pl.col("reason").head(3))
     )
