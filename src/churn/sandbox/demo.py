@@ -362,8 +362,18 @@ def check_demo(
         figures["timeline_records_second_run"] = float(counts2.get("log_timeline", 0))
         ok = (push2 is not None and push2.status == "success" and written == 0
               and counts2.get("create_task", 0) <= deferred)  # fmt: skip
+        detail = json.dumps(counts2 if push2 else None)
+        if push2 is not None and written:
+            # Which fields the rerun wrote (names, never values): what a flaky rerun needs
+            # to be traced from CI's log alone.
+            names = con.execute(
+                "SELECT DISTINCT action || ':' || unnest(json_keys(fields)) FROM push_log"
+                " WHERE action <> 'create_task' AND run_id = (SELECT run_id FROM run_log"
+                " WHERE command = 'push' ORDER BY started_at DESC LIMIT 1) ORDER BY 1"
+            ).fetchall()
+            detail += f"; fields written: {', '.join(n for (n,) in names)}"
         checks.append(("second run pushes nothing new but the Tasks the cap deferred", ok,
-                       json.dumps(counts2 if push2 else None)))  # fmt: skip
+                       detail))  # fmt: skip
     finally:
         con.close()
     figures.update(backtest_separation(settings, sandbox))
