@@ -372,6 +372,10 @@ def check_demo(
                 " WHERE command = 'push' ORDER BY started_at DESC LIMIT 1) ORDER BY 1"
             ).fetchall()
             detail += f"; fields written: {', '.join(n for (n,) in names)}"
+            # and what the rerun read and scored (counts only)
+            for step in second.steps:
+                if step.name in ("stripe", "salesforce", "links", "score"):
+                    detail += f"; {step.name}: {json.dumps(step.counts, sort_keys=True)}"
         checks.append(("second run pushes nothing new but the Tasks the cap deferred", ok,
                        detail))  # fmt: skip
     finally:
