@@ -91,12 +91,29 @@ def register(app: typer.Typer, state: CliState) -> None:
         from churn.sandbox.stripe.webhooks import WebhookSender, fail_payment, pay_invoice
 
         stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        with guarded(lambda: serve_world(world, stripe_port=stripe_port,
-                                         sf_port=salesforce_port,
-                                         stripe_rate=stripe_rate or None,
-                                         stripe_endpoint_rate=stripe_endpoint_rate or None,
-                                         )) as box:  # fmt: skip
+        loading = threading.Event()
+        loading.set()
+
+        def on_term(*_: object) -> None:
+            # Loading a world takes minutes at 100,000 accounts: a stop asked for then
+            # stops it (the stand-ins started so far are stopped on the way out) instead
+            # of being noticed once the world is served.
+            stop.set()
+            if loading.is_set():
+                loading.clear()
+                typer.echo("stopped while loading the world", err=True)
+                raise typer.Exit(128 + signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, on_term)
+        with contextlib.ExitStack() as stack:
+            # Entered inside guarded: the world loads on entering, and a world that cannot
+            # be loaded is a one-line error, not a traceback.
+            box = guarded(lambda: stack.enter_context(serve_world(
+                world, stripe_port=stripe_port, sf_port=salesforce_port,
+                stripe_rate=stripe_rate or None,
+                stripe_endpoint_rate=stripe_endpoint_rate or None,
+            )))  # fmt: skip
+            loading.clear()
             # The loaded world lives as long as the server (5.8 GB of objects at 100,000
             # accounts): frozen out of the collector's reach, a full collection no longer
             # walks it. Each one took about 0.9 s there, every third Salesforce query of
