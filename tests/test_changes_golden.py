@@ -49,3 +49,36 @@ def test_timeline_golden(path: Path, con: duckdb.DuckDBPyConnection) -> None:
     # derived twice, the same keys: what makes the push idempotent
     again = derive(Tables(con), case["as_of_dt"], settings, window_days=case.get("window_days", 30))
     assert {c.change_key for c in again} >= set(got)
+
+
+@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
+def test_each_accounts_changes_from_its_own_customers_equal_the_whole_derivations(
+    path: Path, con: duckdb.DuckDBPyConnection
+) -> None:
+    """An incremental run's push derives its accounts' changes from their customers' rows
+    only (``customers``): for every account of each case, the same changes as the whole
+    derivation gives it; and an empty scope gives no change at all."""
+    case = load_case(path)
+    seed(con, case["tables"])
+    settings = SignalSettings(**case.get("settings", {}))
+    as_of, window = case["as_of_dt"], case.get("window_days", 30)
+    kinds = tuple(case.get("kinds", KINDS))
+    whole = derive(Tables(con), as_of, settings, window_days=window, kinds=kinds)
+    accounts = {c.account_id for c in whole}
+    assert accounts or not case["expected"]
+    for account in accounts:
+        customers = [
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT customer_id FROM history_account_links WHERE account_id = ?"
+                " UNION SELECT ?",
+                [account, account],
+            ).fetchall()
+        ]
+        scoped = derive(
+            Tables(con), as_of, settings, window_days=window, kinds=kinds, customers=customers
+        )
+        assert [c for c in scoped if c.account_id == account] == [
+            c for c in whole if c.account_id == account
+        ]
+    assert derive(Tables(con), as_of, settings, window_days=window, kinds=kinds, customers=[]) == []

@@ -28,6 +28,7 @@ later run whose window still holds the change, derives the same key.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -77,9 +78,24 @@ def _plan_label() -> str:
               ELSE ' ' || CASE i.interval {words} ELSE i.interval END END"""
 
 
-def _sql(settings: SignalSettings) -> str:
+#: The customers in scope (``derive``'s ``customers``), a list parameter.
+_CUSTOMERS = "SELECT unnest($customers::VARCHAR[])"
+
+
+def _sql(settings: SignalSettings, scoped: bool = False) -> str:
+    """The derivation; ``scoped``: only the subscriptions and invoices of ``$customers``
+    (every CTE after them reads their rows only)."""
+    in_scope = (
+        f"in_scope AS MATERIALIZED (SELECT DISTINCT subscription_id FROM history_subscriptions"
+        f" WHERE customer_id IN ({_CUSTOMERS})),"
+        if scoped
+        else ""
+    )
+    subs = " AND subscription_id IN (SELECT subscription_id FROM in_scope)" if scoped else ""
+    customers = f" AND customer_id IN ({_CUSTOMERS})" if scoped else ""
     return f"""
 WITH
+{in_scope}
 versions AS MATERIALIZED (
   SELECT h.*, {account_key("h.customer_id")} AS account_id,
     h.cancel_at_period_end OR h.cancel_at IS NOT NULL AS scheduled,
@@ -93,7 +109,7 @@ versions AS MATERIALIZED (
     -- those make a cancellation change (cancel_versions), and their lags see every
     -- version before (at 100,000 accounts 864,000 versions windowed otherwise)
     AND h.subscription_id IN (SELECT subscription_id FROM history_subscriptions
-                              WHERE valid_from > $since AND valid_from <= $as_of)
+                              WHERE valid_from > $since AND valid_from <= $as_of{subs})
   WINDOW w AS (PARTITION BY h.subscription_id ORDER BY h.valid_from)
 ),
 cancel_versions AS MATERIALIZED (
@@ -108,7 +124,7 @@ chg AS MATERIALIZED (
   SELECT DISTINCT subscription_id, c FROM (
     {_INSTANTS}
     UNION SELECT subscription_id, valid_from FROM cancel_versions
-  ) WHERE c IS NOT NULL
+  ) WHERE c IS NOT NULL{subs}
 ),
 {mrr_around_changes(settings)},
 side AS (
@@ -153,7 +169,7 @@ cancels AS (
 paid AS (
   SELECT * FROM core_invoices
   WHERE status = 'paid' AND NOT COALESCE(is_deleted, FALSE)
-    AND paid_at > $since AND paid_at <= $as_of
+    AND paid_at > $since AND paid_at <= $as_of{customers}
 ),
 linked AS (
   -- the invoice's charges in both API shapes (as payment_failure links them), equi-joins
@@ -290,12 +306,20 @@ def derive(
     *,
     window_days: int,
     kinds: tuple[str, ...] = KINDS,
+    customers: Sequence[str] | None = None,
 ) -> list[TimelineChange]:
-    """The changes in ``(as_of - window_days, as_of]`` of the given kinds, oldest first."""
+    """The changes in ``(as_of - window_days, as_of]`` of the given kinds, oldest first.
+
+    ``customers``: read only these customers' subscriptions and invoices (an incremental
+    run's push: the customers ever linked to its accounts, and the keys that are customer
+    ids); their accounts' changes are the same as a whole derivation's, each change
+    belonging to the customer its subscription or invoice names."""
     if window_days <= 0 or not kinds:
         return []
-    params = {"as_of": as_of, "since": as_of - timedelta(days=window_days)}
-    frame = tables.frame(_sql(settings), params)
+    params: dict[str, Any] = {"as_of": as_of, "since": as_of - timedelta(days=window_days)}
+    if customers is not None:
+        params["customers"] = list(customers)
+    frame = tables.frame(_sql(settings, scoped=customers is not None), params)
     out = []
     for row in frame.sort("occurred_at", "change_key").iter_rows(named=True):
         if row["kind"] not in kinds or row["account_id"] is None:
