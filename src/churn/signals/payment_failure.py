@@ -110,7 +110,6 @@ INVOICE_EVENTS = """
   SELECT e.object_id AS invoice_id,
          e.type AS event_type,
          e.created AS created_at,
-         e.id AS event_id,
          TRY_CAST(e.payload->>'$.data.object.attempt_count' AS INTEGER) AS attempt_count,
          stripe_ts(e.payload->'$.data.object.next_payment_attempt') AS next_payment_attempt,
          e.payload->>'$.data.object.status' AS status
@@ -191,7 +190,8 @@ events AS (
     greatest(count(*) FILTER (WHERE event_type = 'invoice.payment_failed'),
              COALESCE(max(attempt_count) FILTER (WHERE event_type = 'invoice.payment_failed'), 0))
       AS failed_events,
-    arg_max(next_payment_attempt, (created_at, event_id)) AS next_attempt_then,
+    -- two events of one second: the later retry, not whichever thread came last
+    arg_max(next_payment_attempt, (created_at, next_payment_attempt)) AS next_attempt_then,
     min(created_at) FILTER (WHERE event_type = 'invoice.payment_failed') AS first_failed_event_at,
     count(*) AS n_events
   FROM inv_events GROUP BY invoice_id
