@@ -77,13 +77,16 @@ NO_SEATS = "no_seats"
 TOO_FEW_SAMPLES = "too_few_samples"
 TOO_LITTLE_COVERAGE = "too_little_coverage"
 
-# The weighted mean of ``util`` is summed in decimals: a float sum's last digits follow the
-# order DuckDB's threads finish in, and a mean on a rounding edge then read 42% on one run
-# and 43% on the next (a reason, a Task subject and a score that change with no data).
+# The weighted mean of ``util`` is summed in decimals and rounded to 9 places: a float
+# sum's last digits follow the order DuckDB's threads finish in, and use of exactly half
+# the seats (1/3, 2/3, 2/3, 1/3 of 3) came out 0.49999999999999994 on one run and 0.5 on
+# the next: a "50% used" signal at a score of 1e-16 that came and went with no data (and
+# with it the account's top reason); at 100,000 accounts 10 such accounts, 4 others after
+# the decimal sum alone (its per-sample rounding, 1e-13).
 _AGG = """
   SELECT account_id, any_value(seats_now) AS seats, count(*) AS samples,
     sum(covers) AS days, any_value(cadence) AS cadence, any_value(window_days) AS window_days,
-    sum(CAST(util AS DECIMAL(18, 12)) * covers) / sum(covers) AS util, min(util_vs_now) AS min_util,
+    round(sum(CAST(util AS DECIMAL(18, 12)) * covers) / sum(covers), 9) AS util, min(util_vs_now) AS min_util,
     sum(active * covers) / sum(covers) AS avg_active, min(active) AS min_active,
     min(seats) AS min_seats, max(seats) AS max_seats"""
 
