@@ -12,6 +12,7 @@ import pytest
 
 from churn.settings import SignalSettings
 from churn.signals.changes import KINDS, derive
+from churn.signals.mrr import customers_of
 from churn.signals.tables import Tables
 from golden_world import cases, load_case, seed
 
@@ -68,12 +69,7 @@ def test_each_accounts_changes_from_its_own_customers_equal_the_whole_derivation
     assert accounts or not case["expected"]
     for account in accounts:
         customers = [
-            r[0]
-            for r in con.execute(
-                "SELECT DISTINCT customer_id FROM history_account_links WHERE account_id = ?"
-                " UNION SELECT ?",
-                [account, account],
-            ).fetchall()
+            r[0] for r in con.execute(customers_of("SELECT $a::VARCHAR"), {"a": account}).fetchall()
         ]
         scoped = derive(
             Tables(con), as_of, settings, window_days=window, kinds=kinds, customers=customers

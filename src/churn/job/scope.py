@@ -39,6 +39,7 @@ from datetime import datetime
 import duckdb
 import polars as pl
 
+from churn.signals.mrr import customers_of
 from churn.warehouse import rows_where
 
 __all__ = ["SHADOWED", "keep", "scoped"]
@@ -101,14 +102,10 @@ def scoped(
             "INSERT INTO temp._scope_accounts SELECT DISTINCT unnest(?::VARCHAR[])",
             [list(accounts)],
         )
-        # every customer ever linked to an account in scope, and keys that are customers
         cur.execute(
-            f"""
-            CREATE TEMP TABLE _scope_customers AS
-            SELECT DISTINCT customer_id AS id FROM {main}.history_account_links
-            WHERE account_id IN (SELECT id FROM temp._scope_accounts)
-            UNION SELECT id FROM temp._scope_accounts
-            """
+            "CREATE TEMP TABLE _scope_customers AS SELECT customer_id AS id FROM ("
+            + customers_of("SELECT id FROM temp._scope_accounts", f"{main}.history_account_links")
+            + ")"
         )
         cur.execute(
             "CREATE TEMP TABLE _scope_keys AS SELECT id FROM temp._scope_accounts"

@@ -91,6 +91,19 @@ def links_at_join(customer_column: str, instant: str) -> str:
     )
 
 
+def customers_of(accounts: str, links: str = "history_account_links") -> str:
+    """SQL rows ``(customer_id)``: the customers whose rows an account's score can read,
+    for the accounts of the query ``accounts`` (one column of ids): every customer ever
+    linked to one of them (any version of ``links``: a score keys each instant by the
+    links of that instant) and the ids that are customer ids themselves (an unlinked
+    customer is its own account). Scoped scoring and the incremental push's timeline
+    take their scope so."""
+    return (
+        f"SELECT DISTINCT customer_id FROM {links} WHERE account_id IN ({accounts})"
+        f" UNION SELECT * FROM ({accounts})"
+    )
+
+
 #: Period amounts are carried in 10**-12 minor units: Stripe's decimal amounts have at
 #: most 12 decimal places, so a sub-cent price is exact until MRR's one rounding.
 DECIMAL_SCALE = 10**12

@@ -63,6 +63,7 @@ from churn.pipelines.salesforce.doctor import case_picklist_problem, check_task_
 from churn.settings import Settings
 from churn.signals import money
 from churn.signals.changes import derive as derive_changes
+from churn.signals.mrr import customers_of
 from churn.signals.rates import rates_at_sql
 from churn.signals.tables import Tables
 from churn.warehouse import rows_where, transaction, utcnow
@@ -792,10 +793,7 @@ def timeline_changes(
         customers = [
             r[0]
             for r in con.execute(
-                "SELECT DISTINCT customer_id FROM history_account_links"
-                " WHERE account_id IN (SELECT unnest($ids::VARCHAR[]))"
-                " UNION SELECT unnest($ids::VARCHAR[])",
-                {"ids": list(scores.account_ids)},
+                customers_of("SELECT unnest($ids::VARCHAR[])"), {"ids": list(scores.account_ids)}
             ).fetchall()
         ]
     derived = derive_changes(
