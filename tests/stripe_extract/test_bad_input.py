@@ -203,6 +203,26 @@ def test_a_quantity_that_is_not_an_integer_is_quarantined(
     ]
 
 
+def test_a_payload_breaking_two_rules_is_quarantined_once_with_the_first(
+    con: duckdb.DuckDBPyConnection, resources: dict[str, Any]
+) -> None:
+    """One quarantine row per object (its key), its reason the first rule broken in the
+    rules' order: an item quantity that is a string comes before another item's negative
+    one. The rules of a stream are judged in one statement; the row must not depend on
+    which rule a statement met first."""
+    sub = _with_items(resources, "sub_two", "cus_two", [("price_good", 1), ("price_good", -2)])
+    sub["items"]["data"][0]["quantity"] = "3"
+    events = [
+        _event(resources, "evt_p", "price.created", T0, _price("price_good")),
+        _event(resources, "evt_s", "customer.subscription.created", T0, sub),
+    ]
+    _apply(con, [sequence_events(events, "oldest_first")])
+    assert con.execute("SELECT object_id, reason FROM quarantine").fetchall() == [
+        ("sub_two", "an item quantity is not an integer")
+    ]
+    assert con.execute("SELECT count(*) FROM core_subscriptions").fetchone() == (0,)
+
+
 def _ts(epoch: int) -> Any:
     from datetime import UTC, datetime
 

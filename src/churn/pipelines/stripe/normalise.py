@@ -342,29 +342,42 @@ def normalise_span(
         + span.dirty("object_id"),
         [stream.name],
     )
-    for rule in RULES:
-        if rule.stream == stream.name:
-            _quarantine_rule(con, rule, span.dirty("id", indexed=True), run_id)
+    _quarantine_stream(con, stream.name, span.dirty("id", indexed=True), run_id)
     for core in stream.core:
         con.execute(f"DELETE FROM {core.name} WHERE {span.dirty(core.key)}")
         con.execute(_statement(stream, core, span.dirty("id", indexed=True)))
 
 
-def _quarantine_rule(
-    con: duckdb.DuckDBPyConnection, rule: Rule, scope: str, run_id: str | None
+def _quarantine_stream(
+    con: duckdb.DuckDBPyConnection, stream: str, scope: str, run_id: str | None
 ) -> None:
+    """Quarantine the payloads of ``stream`` in ``scope`` that break a rule, each with the
+    first rule it breaks in :data:`RULES`' order (one row per object: the key). One pass
+    over the stream's rows for all its rules: a statement per rule read the raw table once
+    per rule (five times for subscriptions), about a second of a 1% run at 100,000
+    accounts."""
+    rules = [r for r in RULES if r.stream == stream]
+    if not rules:
+        return
+    # CASE takes the first WHEN that holds; a NULL test is not TRUE (as coalesce(.., FALSE))
+    reason = "CASE " + " ".join(f"WHEN ({r.broken}) THEN {literal(r.reason)}" for r in rules)
     con.execute(
         f"""
         INSERT INTO quarantine
         -- materialised first: DuckDB would otherwise test every row's JSON
-        WITH scoped AS MATERIALIZED (SELECT * FROM raw_stripe_{rule.stream} WHERE {scope})
-        SELECT 'stripe', '{rule.stream}', id, ?, payload, ?, now()::TIMESTAMP
-        FROM scoped
-        WHERE coalesce(({rule.broken}), FALSE)
+        WITH scoped AS MATERIALIZED (SELECT * FROM raw_stripe_{stream} WHERE {scope}),
+        judged AS (SELECT id, payload, {reason} END AS reason FROM scoped)
+        SELECT 'stripe', '{stream}', id, reason, payload, ?, now()::TIMESTAMP
+        FROM judged
+        WHERE reason IS NOT NULL
         ON CONFLICT DO NOTHING
         """,
-        [rule.reason, run_id],
+        [run_id],
     )
+
+
+#: The streams that have rules, in their first rule's order.
+_RULED = tuple(dict.fromkeys(r.stream for r in RULES))
 
 
 def quarantine(con: duckdb.DuckDBPyConnection, run_id: str | None, *, full: bool = False) -> int:
@@ -376,8 +389,8 @@ def quarantine(con: duckdb.DuckDBPyConnection, run_id: str | None, *, full: bool
             "DELETE FROM quarantine WHERE source = 'stripe' AND (stream, object_id) IN "
             "(SELECT stream, id FROM stripe_dirty)"
         )
-    for rule in RULES:
-        _quarantine_rule(con, rule, "TRUE" if full else dirty(rule.stream), run_id)
+    for stream in _RULED:
+        _quarantine_stream(con, stream, "TRUE" if full else dirty(stream), run_id)
     row = con.execute("SELECT count(*) FROM quarantine WHERE source = 'stripe'").fetchone()
     return int(row[0]) if row else 0
 
