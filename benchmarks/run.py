@@ -24,7 +24,8 @@ process never holds the world. From the backfill: ``backfill_objects_per_second`
 objects landed over the Stripe step's time), ``backfill_rate_limit_ratio`` (that time over
 the floor the rate limit sets: list calls / the configured rate) and
 ``backfill_peak_rss_mb`` (the run's peak resident memory when the Stripe step ends).
-The webhooks part still serves the world in this process (it drives the world directly).
+The webhooks part too: it asks the Stripe stand-in for the world's changes (renewals, failed
+payments) and reads Salesforce's request count and Tasks from the stand-in's own counters.
 
 Prints a table and writes benchmarks/results.json: the keys measured now replace their
 old values, the others are kept.
@@ -48,7 +49,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from churn.sandbox.demo import demo_settings, ensure_world, serve_world
+from churn.sandbox.demo import ensure_world
 
 # A fixed world date so the cached world is reused across days.
 WORLD_NOW = datetime(2026, 11, 1, tzinfo=UTC)
@@ -158,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     elif not db.exists():
         raise SystemExit("--parts without 'runs' needs a warehouse (--reuse-backfill)")
     if "webhooks" in parts:
-        with serve_world(folder) as box:
-            _webhooks(box, demo_settings(box, db), results, args.webhook_failures)
+        with _served(folder) as served:
+            _webhooks(served, db, results, args.webhook_failures)
     if "model" in parts:
         _model(db, results)
     if "score" in parts:
@@ -230,7 +231,7 @@ def _scoring_scale(console: Console, out: Path) -> int:
 
 
 class _Served:
-    """`churn sandbox serve` in its own process: its env lines, its stats, advance."""
+    """`churn sandbox serve` in its own process: its env lines, its stats, its controls."""
 
     def __init__(self, proc: subprocess.Popen[str], env: dict[str, str]) -> None:
         self.proc, self.env = proc, env
@@ -250,6 +251,23 @@ class _Served:
     def advance(self, share: float, seconds: int, seed: int) -> int:
         got = self._call("POST", f"/_sandbox/advance?share={share}&seconds={seconds}&seed={seed}")
         return int(got["changed"])
+
+    def events(self, control: str) -> list[dict[str, Any]]:
+        """The events a world change made (``renew?count=N``, ``fail_payment?subscription=``)."""
+        return list(self._call("POST", "/_sandbox/" + control)["data"])
+
+    def salesforce(self, control: str) -> dict[str, Any]:
+        """The Salesforce stand-in's own reads (``stats``, ``tasks?...``): not API requests,
+        not counted among them."""
+        import requests
+
+        answer = requests.get(
+            self.env["SALESFORCE_INSTANCE_URL"] + "/_sandbox/" + control,
+            headers={"Authorization": f"Bearer {self.env['SALESFORCE_SESSION_ID']}"},
+            verify=self.env["SALESFORCE_CA_BUNDLE"], timeout=60,
+        )  # fmt: skip
+        answer.raise_for_status()
+        return dict(answer.json())
 
 
 @contextmanager
@@ -350,12 +368,12 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start_receiver(box: Any, settings: Any, port: int, secret: str, worker: bool) -> Any:
+def _start_receiver(served: _Served, db: Path, port: int, secret: str, worker: bool) -> Any:
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "SALESFORCE_"))}
-    env.update(box.env())
-    env.update(CHURN_DB=str(settings.db), STRIPE_WEBHOOK_SECRET=secret,
+    env.update(served.env)
+    env.update(CHURN_DB=str(db), STRIPE_WEBHOOK_SECRET=secret,
                CHURN_WEBHOOK__PORT=str(port), CHURN_WEBHOOK__POLL_SECONDS="0.05")  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-m", "churn", "webhook", "serve",
@@ -390,35 +408,28 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _webhooks(
-    box: Any, settings: Any, results: dict[str, float | int | str], failures: int
+    served: _Served, db: Path, results: dict[str, float | int | str], failures: int
 ) -> None:
-    """The burst (acknowledgements, then the drain) and the delivery -> Task latency."""
+    """The burst (acknowledgements, then the drain) and the delivery -> Task latency, with
+    the stand-ins served apart: the world's changes asked of the Stripe stand-in
+    (``/_sandbox/renew``, ``/_sandbox/fail_payment``), Salesforce's requests and Tasks read
+    from its own counters (``/_sandbox/stats``, ``/_sandbox/tasks``)."""
     import secrets
     import threading
 
     import requests
 
     from churn.job.webhook import open_spool, work
-    from churn.sandbox.demo import linked_live_subscriptions
-    from churn.sandbox.stripe.webhooks import (
-        WebhookSender,
-        fail_payment,
-        live_subscriptions,
-        renew,
-        sign,
-    )
+    from churn.sandbox.stripe.webhooks import WebhookSender, sign
+    from churn.settings import load_settings
 
     secret = "whsec_" + secrets.token_hex(16)
-    hooked = settings.with_overrides(stripe={"webhook_secret": [secret]})
-    world = box.stripe.world
+    hooked = load_settings(env={**served.env, "CHURN_DB": str(db), "STRIPE_WEBHOOK_SECRET": secret})
     # Burst: 500 renewals paid on the first of the month, two events each.
-    events: list[dict[str, Any]] = []
-    for sub_id in live_subscriptions(world)[:500]:
-        events += renew(world, sub_id)
-    events = events[:1000]
+    events = served.events("renew?count=500")[:1000]
     port = _free_port()
     url = f"http://127.0.0.1:{port}/stripe/webhook"
-    proc = _start_receiver(box, hooked, port, secret, worker=False)
+    proc = _start_receiver(served, db, port, secret, worker=False)
     statuses: list[int] = []
     ack_seconds: list[float] = []
     lock = threading.Lock()
@@ -456,40 +467,37 @@ def _webhooks(
     results["webhook_burst_ack_p95_ms"] = round(1000 * _percentile(ack_seconds, 0.95), 1)
     _stop(proc)
     # The drain of the burst: how long, and Salesforce calls per 100 events.
-    calls0 = len(box.salesforce.request_log)
+    calls0 = served.salesforce("stats")["requests"]
     t0 = time.perf_counter()
     totals = work(hooked, open_spool(hooked), threading.Event(), once=True)
     results["webhook_burst_drain_seconds"] = round(time.perf_counter() - t0, 1)
     results["webhook_burst_batches"] = totals.batches
-    sf_calls = len(box.salesforce.request_log) - calls0
+    sf_calls = served.salesforce("stats")["requests"] - calls0
     results["webhook_salesforce_calls_per_100_events"] = round(
         100 * sf_calls / max(1, totals.events), 2
     )
     # Latency: failed payments one at a time, delivery to the Task in the stand-in.
-    field = settings.salesforce.task_external_id_field
-    targets = linked_live_subscriptions(settings, box)[:failures]
-    proc = _start_receiver(box, hooked, port, secret, worker=True)
+    field = hooked.salesforce.task_external_id_field
+    targets = _linked_live_subscriptions(db)[:failures]
+    proc = _start_receiver(served, db, port, secret, worker=True)
     sender = WebhookSender()
     sender.register(url, secret)
     sender.start()
     latencies: list[float] = []
-    calls0 = len(box.salesforce.request_log)
+    calls0 = served.salesforce("stats")["requests"]
     n_events = 0
     try:
         # The first one is untimed: the worker process loads the model in force first.
         for k, (sub_id, account) in enumerate(targets):
             if k == 1:
                 latencies.clear()
-                calls0, n_events = len(box.salesforce.request_log), 0
+                calls0, n_events = served.salesforce("stats")["requests"], 0
+            failed = served.events(f"fail_payment?subscription={sub_id}")
             started = time.perf_counter()
-            _, failed = fail_payment(world, sub_id)
             n_events += len(failed)
             sender.send(failed)
             while time.perf_counter() - started < 120:
-                with box.salesforce.org.lock:
-                    found = any(t.get("WhatId") == account and t.get(field)
-                                for t in box.salesforce.records.get("Task", {}).values())  # fmt: skip
-                if found:
+                if served.salesforce(f"tasks?WhatId={account}&with={field}")["count"]:
                     latencies.append(time.perf_counter() - started)
                     break
                 time.sleep(0.02)
@@ -503,8 +511,32 @@ def _webhooks(
         results["webhook_task_latency_p50_s"] = round(_percentile(latencies, 0.5), 2)
         results["webhook_task_latency_p95_s"] = round(_percentile(latencies, 0.95), 2)
     results["webhook_latency_salesforce_calls_per_100_events"] = round(
-        100 * (len(box.salesforce.request_log) - calls0) / max(1, n_events), 1
+        100 * (served.salesforce("stats")["requests"] - calls0) / max(1, n_events), 1
     )
+
+
+def _linked_live_subscriptions(db: Path) -> list[tuple[str, str]]:
+    """Active subscriptions linked to an Account that has no Task yet, with the Account;
+    one per Account (from the warehouse the runs left: the stand-in is served apart)."""
+    from churn import warehouse
+
+    con = warehouse.connect(db, read_only=True)
+    try:
+        rows = con.execute(
+            """
+            SELECT s.subscription_id, l.account_id
+            FROM core_subscriptions s JOIN core_account_links l USING (customer_id)
+            WHERE s.status = 'active' AND l.account_id IS NOT NULL
+              AND l.account_id NOT IN (
+                SELECT fields->>'WhatId' FROM push_state
+                WHERE sobject = 'Task' AND fields->>'WhatId' IS NOT NULL)
+            QUALIFY row_number() OVER (PARTITION BY l.account_id ORDER BY s.subscription_id) = 1
+            ORDER BY s.subscription_id
+            """
+        ).fetchall()
+    finally:
+        con.close()
+    return [(str(sub), str(account)) for sub, account in rows]
 
 
 def _score(db: Path, results: dict[str, float | int | str]) -> None:

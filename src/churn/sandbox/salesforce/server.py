@@ -504,6 +504,9 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path = url.path
         raw = self._body()
+        if path.startswith("/_sandbox/") and method == "GET":
+            self._control(path, {k: v[0] for k, v in parse_qs(url.query).items()})
+            return
         with org.lock:
             org.request_log.append((method, path))
             hook = org.on_request
@@ -579,6 +582,33 @@ class _Handler(BaseHTTPRequestHandler):
             if key == "batchSize" and value.isdigit():
                 return max(200, min(int(value), DEFAULT_BATCH))
         return None
+
+    def _control(self, path: str, q: dict[str, str]) -> None:
+        """The sandbox's own reads (not Salesforce's API, not counted as requests), for an
+        org served in its own process (``churn sandbox serve``), with the session's token:
+
+        - ``stats``: how many API requests the org has answered;
+        - ``tasks?WhatId=ID&with=Field``: how many Tasks of that record have the field set
+          (the bench's wait for a webhook's Task, without its own queries counted).
+        """
+        org = self.server.org
+        if not self._authorized():
+            self._send(401, [{"errorCode": "INVALID_SESSION_ID",
+                              "message": "Session expired or invalid"}])  # fmt: skip
+            return
+        if path == "/_sandbox/stats":
+            with org.lock:
+                requests = len(org.request_log)
+            self._send(200, {"object": "sandbox_stats", "requests": requests})
+        elif path == "/_sandbox/tasks":
+            what, field = q.get("WhatId"), q.get("with", "Id")
+            with org.lock:
+                tasks = list(org.records.get("Task", {}).values())
+            count = sum(1 for t in tasks if t.get("WhatId") == what and t.get(field))
+            self._send(200, {"object": "sandbox_tasks", "count": count})
+        else:
+            self._send(404, [{"errorCode": "NOT_FOUND",
+                              "message": "The requested resource does not exist"}])  # fmt: skip
 
     def _authorized(self) -> bool:
         auth = self.headers.get("Authorization", "")

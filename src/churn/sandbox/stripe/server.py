@@ -601,24 +601,54 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         url = urlsplit(self.path)
-        if url.path == "/_sandbox/advance":
-            # The sandbox's own control (not Stripe's API), for a stand-in served in its
-            # own process: StripeWorld.advance, answering how many subscriptions changed.
-            if self.headers.get("Authorization", "") != f"Bearer {self.server.api_key}":
-                raise_body = {"error": {"type": "invalid_request_error", "code": None,
-                                        "param": None, "message": "Invalid API Key provided."}}  # fmt: skip
-                self._send(401, raise_body)
-                return
-            q = dict(parse_qsl(url.query))
-            changed = self.server.world.advance(
-                float(q.get("share", "0.01")),
-                seconds=int(q.get("seconds", "3600")),
-                seed=int(q.get("seed", "0")),
-            )
-            self._send(200, {"object": "sandbox_advance", "changed": changed})
+        if url.path.startswith("/_sandbox/"):
+            self._control(url.path, dict(parse_qsl(url.query)))
             return
         self._send(405, {"error": {"type": "invalid_request_error", "code": None, "param": None,
                                    "message": "The sandbox Stripe stand-in is read-only."}})  # fmt: skip
+
+    def _control(self, path: str, q: dict[str, str]) -> None:
+        """The sandbox's own controls (not Stripe's API), for a stand-in served in its own
+        process (``churn sandbox serve``): what a test or the bench would otherwise do to
+        the world in its own process.
+
+        - ``advance?share=&seconds=&seed=``: :meth:`StripeWorld.advance`; answers how many
+          subscriptions changed;
+        - ``renew?count=N``: the first N live subscriptions renewed and paid (the first of
+          the month's burst); answers the events, to deliver as webhooks;
+        - ``fail_payment?subscription=ID``: a renewal of it whose first charge fails;
+          answers the events.
+        """
+        from churn.sandbox.stripe import webhooks
+
+        if self.headers.get("Authorization", "") != f"Bearer {self.server.api_key}":
+            self._send(401, {"error": {"type": "invalid_request_error", "code": None,
+                                       "param": None, "message": "Invalid API Key provided."}})  # fmt: skip
+            return
+        world = self.server.world
+        try:
+            if path == "/_sandbox/advance":
+                changed = world.advance(float(q.get("share", "0.01")),
+                                        seconds=int(q.get("seconds", "3600")),
+                                        seed=int(q.get("seed", "0")))  # fmt: skip
+                self._send(200, {"object": "sandbox_advance", "changed": changed})
+            elif path == "/_sandbox/renew":
+                events: list[dict[str, Any]] = []
+                for sub_id in webhooks.live_subscriptions(world)[: int(q.get("count", "1"))]:
+                    events += webhooks.renew(world, sub_id)
+                self._send(200, {"object": "sandbox_events", "data": events})
+            elif path == "/_sandbox/fail_payment":
+                _, events = webhooks.fail_payment(world, q.get("subscription", ""))
+                self._send(200, {"object": "sandbox_events", "data": events})
+            else:
+                raise _ApiError(404, "invalid_request_error",
+                                f"Unrecognized request URL (POST: {path}).", None, None)  # fmt: skip
+        except (ValueError, KeyError) as exc:
+            raise_body = {"error": {"type": "invalid_request_error", "code": None,
+                                    "param": None, "message": f"bad sandbox control: {exc}"}}  # fmt: skip
+            self._send(400, raise_body)
+        except _ApiError as exc:
+            self._send(exc.status, exc.body)
 
     do_DELETE = do_POST
 
