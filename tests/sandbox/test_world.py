@@ -55,6 +55,20 @@ def test_current_api_shapes(small_world: tuple[World, Path]) -> None:
     assert "subscription" not in inv and "invoice" not in world.stripe["charge"][0]
 
 
+def test_salesforce_ids_are_ids_a_real_org_writes(small_world: tuple[World, Path]) -> None:
+    """Every Account, Contact and Opportunity Id is an 18-character Id whose suffix is the
+    one its first 15 characters give: the 15-character form (the one the UI and reports
+    show, which people copy into Stripe metadata) names the same record. The count used
+    to run into the suffix ("001000000000006541": no suffix holds a 6)."""
+    from churn.pipelines.links import sf_id18
+
+    world, _ = small_world
+    for sobject in ("Account", "Contact", "Opportunity"):
+        ids = [r["Id"] for r in world.salesforce[sobject]]
+        assert ids and len(set(ids)) == len(ids)
+        assert [sf_id18(i[:15]) for i in ids] == ids, sobject
+
+
 def test_folder_format_round_trips(small_world: tuple[World, Path]) -> None:
     world, folder = small_world
     manifest = json.loads((folder / "world.json").read_text())

@@ -98,8 +98,13 @@ class _Ids:
         return f"{prefix}_{self._salt:08x}{self._n:010d}"
 
     def sf(self, prefix: str) -> str:
+        """A Salesforce Id as the API writes it: the key prefix and a 12-digit count (15
+        characters), then the suffix that encodes their case, "AAA" for a head without an
+        upper-case letter. The count used to run into the last three characters, which no
+        real Id holds there (a suffix has no digit past 5), so the 15-character form of the
+        world's Ids named no record."""
         self._n += 1
-        return f"{prefix}{self._n:015d}"[:18].ljust(18, "A")
+        return f"{prefix}{self._n:012d}AAA"
 
 
 def _sf_time(ts: int) -> str:
