@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import itertools
 import json
 import shutil
 from collections.abc import Iterator
@@ -112,27 +111,20 @@ def _load_salesforce(running: Any, folder: Path) -> dict[str, str]:
             with org.lock:
                 have = {r.get("IsoCode") for r in org.records.get("CurrencyType", {}).values()}
             rows = [r for r in rows if r.get("IsoCode") not in have]
+        # seeded under the world's own Ids (the fresh Ids the org hands out later skip them)
         clean = [{k: v for k, v in row.items() if k not in _SF_SYSTEM and v is not None}
-                 for row in rows]  # fmt: skip
-        new_ids = running.seed(sobject, clean)
+                 | {"Id": row["Id"]} for row in rows]  # fmt: skip
+        running.seed(sobject, clean)
         with org.lock:
             store = org.records[sobject]
-            # All taken off their fresh Ids first: a world Id may be a fresh Id of another
-            # record not moved yet (both are Ids as a real org writes them).
-            seeded = [store.pop(new) for new in new_ids]
-            for row, rec in zip(rows, seeded, strict=True):
-                rec["Id"] = row["Id"]
+            for row in rows:
                 # The world's own stamps, not the load time: serving the same world again
                 # must not look to an incremental extract like 100,000 fresh edits.
                 if row.get("SystemModstamp"):
+                    rec = store[row["Id"]]
                     for stamp in ("SystemModstamp", "CreatedDate", "LastModifiedDate"):
                         rec[stamp] = row["SystemModstamp"]
-                store[row["Id"]] = rec
                 ids[row["Id"]] = row["Id"]
-    with org.lock:
-        # Records created later through the API get Ids past every world Id's count.
-        counts = [int(i[3:15]) for i in ids if len(i) == 18 and i[3:15].isdigit()]
-        org.ids = itertools.count(max([next(org.ids), *counts]) + 1)
     return ids
 
 

@@ -138,8 +138,14 @@ class OrgState:
     truncate_csv_only: bool = False
 
     def new_id(self, obj: str) -> str:
+        """A fresh Id no record of ``obj`` holds: records seeded under Ids of their own
+        (a served world's) are written the same way, and an org never hands one out
+        twice."""
         prefix = self.schema[obj].key_prefix
-        return f"{prefix}{next(self.ids):012d}AAA"
+        held = self.records.get(obj, {})
+        while (rid := f"{prefix}{next(self.ids):012d}AAA") in held:
+            pass
+        return rid
 
     def obj(self, name: str) -> ObjectDef:
         for key, od in self.schema.items():
