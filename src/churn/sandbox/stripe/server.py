@@ -621,12 +621,11 @@ class _Handler(BaseHTTPRequestHandler):
         """
         from churn.sandbox.stripe import webhooks
 
-        if self.headers.get("Authorization", "") != f"Bearer {self.server.api_key}":
-            self._send(401, {"error": {"type": "invalid_request_error", "code": None,
-                                       "param": None, "message": "Invalid API Key provided."}})  # fmt: skip
-            return
         world = self.server.world
         try:
+            if self.headers.get("Authorization", "") != f"Bearer {self.server.api_key}":
+                raise _ApiError(401, "invalid_request_error",
+                                "Invalid API Key provided.", None, None)  # fmt: skip
             if path == "/_sandbox/advance":
                 changed = world.advance(float(q.get("share", "0.01")),
                                         seconds=int(q.get("seconds", "3600")),
@@ -644,9 +643,8 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _ApiError(404, "invalid_request_error",
                                 f"Unrecognized request URL (POST: {path}).", None, None)  # fmt: skip
         except (ValueError, KeyError) as exc:
-            raise_body = {"error": {"type": "invalid_request_error", "code": None,
-                                    "param": None, "message": f"bad sandbox control: {exc}"}}  # fmt: skip
-            self._send(400, raise_body)
+            bad = _ApiError(400, "invalid_request_error", f"bad sandbox control: {exc}", None, None)
+            self._send(bad.status, bad.body)
         except _ApiError as exc:
             self._send(exc.status, exc.body)
 
