@@ -49,7 +49,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from churn.sandbox.demo import ensure_world
+from churn.sandbox.demo import ensure_world, linked_live_subscriptions
 
 # A fixed world date so the cached world is reused across days.
 WORLD_NOW = datetime(2026, 11, 1, tzinfo=UTC)
@@ -478,7 +478,7 @@ def _webhooks(
     )
     # Latency: failed payments one at a time, delivery to the Task in the stand-in.
     field = hooked.salesforce.task_external_id_field
-    targets = _linked_live_subscriptions(db)[:failures]
+    targets = linked_live_subscriptions(db, _live_subscriptions(db))[:failures]
     proc = _start_receiver(served, db, port, secret, worker=True)
     sender = WebhookSender()
     sender.register(url, secret)
@@ -515,28 +515,22 @@ def _webhooks(
     )
 
 
-def _linked_live_subscriptions(db: Path) -> list[tuple[str, str]]:
-    """Active subscriptions linked to an Account that has no Task yet, with the Account;
-    one per Account (from the warehouse the runs left: the stand-in is served apart)."""
+def _live_subscriptions(db: Path) -> list[tuple[str, str | None]]:
+    """The active subscriptions and their customers, by id, as the warehouse the runs left
+    holds them (the stand-in is served apart)."""
     from churn import warehouse
 
     con = warehouse.connect(db, read_only=True)
     try:
-        rows = con.execute(
-            """
-            SELECT s.subscription_id, l.account_id
-            FROM core_subscriptions s JOIN core_account_links l USING (customer_id)
-            WHERE s.status = 'active' AND l.account_id IS NOT NULL
-              AND l.account_id NOT IN (
-                SELECT fields->>'WhatId' FROM push_state
-                WHERE sobject = 'Task' AND fields->>'WhatId' IS NOT NULL)
-            QUALIFY row_number() OVER (PARTITION BY l.account_id ORDER BY s.subscription_id) = 1
-            ORDER BY s.subscription_id
-            """
-        ).fetchall()
+        return [
+            (str(sub), customer)
+            for sub, customer in con.execute(
+                "SELECT subscription_id, customer_id FROM core_subscriptions"
+                " WHERE status = 'active' ORDER BY subscription_id"
+            ).fetchall()
+        ]
     finally:
         con.close()
-    return [(str(sub), str(account)) for sub, account in rows]
 
 
 def _score(db: Path, results: dict[str, float | int | str]) -> None:

@@ -13,7 +13,7 @@ import gzip
 import hashlib
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -198,12 +198,14 @@ def run_demo(
     return sandbox, DemoReport([first, second], checks, figures)
 
 
-def linked_live_subscriptions(settings: Settings, sandbox: Sandbox) -> list[tuple[str, str]]:
-    """Live subscriptions linked to an Account that has no Task yet, with the Account;
-    one per Account."""
-    from churn.sandbox.stripe.webhooks import live_subscriptions
-
-    con = warehouse.connect(settings.db, read_only=True)
+def linked_live_subscriptions(
+    db: Path, live: Iterable[tuple[str, str | None]]
+) -> list[tuple[str, str]]:
+    """Of the ``live`` subscriptions (subscription, customer), in their order, those whose
+    customer is linked to an Account that has no Task yet, with the Account; one per
+    Account. The demo takes its live subscriptions from the world it serves, the bench
+    (the stand-ins in a process of their own) from the warehouse."""
+    con = warehouse.connect(db, read_only=True)
     try:
         links = dict(
             con.execute(
@@ -219,10 +221,9 @@ def linked_live_subscriptions(settings: Settings, sandbox: Sandbox) -> list[tupl
         }
     finally:
         con.close()
-    world = sandbox.stripe.world
     out: dict[str, str] = {}
-    for sub_id in live_subscriptions(world):
-        account = links.get((world.get(sub_id) or {}).get("customer"))
+    for sub_id, customer in live:
+        account = links.get(customer)
         if account and account not in tasked and account not in out:
             out[account] = sub_id
     return [(sub, account) for account, sub in out.items()]
@@ -239,9 +240,13 @@ def webhook_step(
     import time
 
     from churn.job.webhook import receiver
-    from churn.sandbox.stripe.webhooks import WebhookSender, fail_payment
+    from churn.sandbox.stripe.webhooks import WebhookSender, fail_payment, live_subscriptions
 
-    found = linked_live_subscriptions(settings, sandbox)
+    world = sandbox.stripe.world
+    found = linked_live_subscriptions(
+        settings.db,
+        ((sub, (world.get(sub) or {}).get("customer")) for sub in live_subscriptions(world)),
+    )
     if not found:
         return [("webhook: a failed payment reaches Salesforce", False, "no linked account")], {}
     sub_id, account = found[0]
@@ -259,7 +264,7 @@ def webhook_step(
         rx.ready.wait(timeout_seconds)  # the worker has loaded the model in force
         try:
             started = time.perf_counter()
-            _, events = fail_payment(sandbox.stripe.world, sub_id)
+            _, events = fail_payment(world, sub_id)
             sender.send(events)
             while time.perf_counter() - started < timeout_seconds:
                 with sandbox.salesforce.org.lock:
