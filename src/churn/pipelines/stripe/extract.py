@@ -63,7 +63,7 @@ from churn.pipelines.stripe.land import (
 )
 from churn.pipelines.stripe.normalise import normalise
 from churn.pipelines.stripe.partial import QUARANTINE_SOURCE, is_partial, missing_fields
-from churn.pipelines.stripe.rebuild import mark_all_dirty, rebuild_core
+from churn.pipelines.stripe.rebuild import forget_pending, mark_all_dirty, rebuild_core
 from churn.pipelines.stripe.streams import (
     LISTED,
     OBJECT_TABLES,
@@ -291,7 +291,7 @@ def refresh_core(
     quarantined = normalise(con, run_id, full=full)
     intervals = build_history(con, full=full)
     if not keep_pending:
-        con.execute("DELETE FROM stripe_dirty")
+        forget_pending(con)
     return quarantined, intervals
 
 
@@ -870,6 +870,9 @@ class _Run:
                 self._set_state(EVENTS, None, cursor, state)
             log.debug("stream events: page committed (%d events, cursor %s)", len(chunk), cursor)
             self._advance(task, len(chunk))
+            # Let go of this step's parsed events before the next step's are read: held
+            # across the read, two steps' at once made the backfill's peak memory.
+            del chunk, retrieved, at_event
         self.con.execute("DROP TABLE IF EXISTS _events_read")
         self.con.execute("DROP TABLE IF EXISTS _events_new")
         self._finish(task)

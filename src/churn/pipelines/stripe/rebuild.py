@@ -12,7 +12,7 @@ time, so memory follows the chunk, not the account:
    tens of versions and billed periods), from the dirty subscriptions' invoice lines
    read once (:func:`~churn.pipelines.stripe.history.prepare_chunks`);
 3. the customers' and payment methods' in-place history, span by span;
-4. ``stripe_dirty`` emptied (``keep_pending``: kept).
+4. ``stripe_dirty`` emptied (``keep_pending``: kept; :func:`forget_pending`).
 
 Every step only derives rows from the raw tables and the steps before it, so a chunk done
 twice gives the same rows. That is also what makes a chunk out of memory safe to do
@@ -107,7 +107,7 @@ def rebuild_core(
         raise
     with transaction(con):
         if not keep_pending:
-            con.execute("DELETE FROM stripe_dirty")
+            forget_pending(con)
     ((quarantined, intervals),) = con.execute(
         "SELECT (SELECT count(*) FROM quarantine WHERE source = 'stripe'), "
         "(SELECT count(*) FROM history_subscriptions)"
@@ -171,6 +171,24 @@ def _held(con: duckdb.DuckDBPyConnection) -> str:
 def _committed(what: str, stream: str, n: int) -> None:
     # "rebuild chunk committed" is what the kill tests wait for between transactions.
     log.debug("stripe %s rebuild chunk committed (%s, chunk %d)", what, stream, n)
+
+
+def forget_pending(con: duckdb.DuckDBPyConnection) -> None:
+    """Empty ``stripe_dirty`` (the caller's transaction): the table dropped and created
+    again from its own definition, key included.
+
+    Not ``DELETE``: DuckDB takes each deleted row out of the table's key index when the
+    transaction commits, one row at a time. After a backfill every object is pending:
+    the commit took 6.4 s of a 67 s Stripe step at 10,000 accounts (316,000 rows), and
+    37 s for 3.2 million (100,000 accounts); the drop commits at once, and a kill before
+    the commit leaves every row, as a kill before the delete's did.
+    """
+    ((ddl,),) = con.execute(
+        "SELECT sql FROM duckdb_tables() WHERE table_name = 'stripe_dirty'"
+        " AND database_name = current_database() AND schema_name = current_schema()"
+    ).fetchall()
+    con.execute("DROP TABLE stripe_dirty")
+    con.execute(ddl)
 
 
 def mark_all_dirty(con: duckdb.DuckDBPyConnection) -> None:
