@@ -349,7 +349,7 @@ def test_a_core_chunk_out_of_memory_is_done_in_halves_under_the_limit(
     def small_only(con: Any, stream: Any, span: Any, run_id: Any = None) -> None:
         ((n, limit),) = con.execute(
             "SELECT count(*), current_setting('memory_limit') FROM stripe_dirty "
-            f"WHERE stream = '{stream.name}' AND {span.bounds('id')}"
+            f"WHERE stream = '{stream.name}' AND {span.dirty('id')}"
         ).fetchall()
         limits.add(limit)
         if n > 2:

@@ -12,10 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from churn.pipelines.stripe.normalise import Span, halve, spans
+from churn.pipelines.stripe.normalise import Span, halve, row_spans, spans
 
 # Ids as any text: Stripe's are ASCII, but a span must hold whatever the table holds.
 _TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=6)
@@ -123,3 +124,77 @@ def test_a_span_halved_holds_its_ids_in_two_nonempty_halves(
     assert first.hi == second.lo
     assert inside(first) and inside(second)
     assert inside(first) + inside(second) == inside(span)
+
+
+def _rows_world(stored: list[str], pending: list[str]) -> duckdb.DuckDBPyConnection:
+    """A raw invoice table of ``stored`` ids in that (landing) order, one row each, and
+    ``pending`` of them (or others) in ``stripe_dirty``; both as the warehouse has them."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE raw_stripe_invoice (id VARCHAR PRIMARY KEY, payload VARCHAR)")
+    con.execute("CREATE TABLE stripe_dirty (stream VARCHAR, id VARCHAR, PRIMARY KEY (stream, id))")
+    if stored:
+        con.executemany("INSERT INTO raw_stripe_invoice VALUES (?, 'x')", [(i,) for i in stored])
+    if pending:
+        con.executemany("INSERT INTO stripe_dirty VALUES ('invoice', ?)", [(i,) for i in pending])
+    return con
+
+
+def _held(con: duckdb.DuckDBPyConnection, span: Span) -> list[str]:
+    return [
+        r[0]
+        for r in con.execute(
+            f"SELECT id FROM raw_stripe_invoice WHERE {span.raw_scope()} ORDER BY rowid"
+        ).fetchall()
+    ]
+
+
+_IDS = st.lists(st.text("abcdef", min_size=1, max_size=3), unique=True, max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(stored=_IDS, share=st.integers(0, 3), extra=_IDS, size=st.integers(1, 7))
+def test_spans_of_raw_rows_hold_every_pending_object_once(
+    stored: list[str], share: int, extra: list[str], size: int
+) -> None:
+    """``row_spans``: the pending objects of a stream in spans of raw rows, in the raw
+    table's own order (a backfill's spans of ids each read the whole payload column).
+    Together the spans hold every pending object exactly once, each at most ``size``, and
+    no object that is not pending; with an object pending that has no raw row, or one span's
+    worth or fewer, there are none (the caller cuts by id). A span halved holds the same
+    objects in two."""
+    # every pending (share 0), every other, every third..., plus ids no raw row holds
+    pending = [i for k, i in enumerate(stored) if share == 0 or k % (share + 1) == 0]
+    orphans = [i for i in extra if i not in stored][:1] if share == 3 else []
+    con = _rows_world(stored, pending + orphans)
+    got = row_spans(con, "invoice", size)
+    if orphans or len(pending) <= size:
+        assert got is None
+        return
+    assert got is not None
+    held = [_held(con, s) for s in got]
+    assert sorted(i for h in held for i in h) == sorted(pending)
+    assert all(0 < len(h) <= size for h in held)
+    # in the table's order: each span's rows come after the previous span's
+    order = {i: k for k, i in enumerate(stored)}
+    flat = [order[i] for h in held for i in h]
+    assert flat == sorted(flat)
+    assert all(s.all_pending == (len(pending) == len(stored)) for s in got)
+    # the derived tables' rows are found by the same objects
+    for span, h in zip(got, held, strict=True):
+        core = con.execute(
+            f"SELECT id FROM raw_stripe_invoice WHERE {span.dirty('id')} ORDER BY rowid"
+        ).fetchall()
+        assert [r[0] for r in core] == h
+        halves = halve(con, span, "unused")
+        if len(h) < 2:
+            assert halves is None
+            continue
+        assert halves is not None
+        a, b = (_held(con, x) for x in halves)
+        assert a and b and a + b == h
+
+
+def test_a_span_of_raw_rows_has_no_id_bounds() -> None:
+    """Its ids are no range: asked for one, it refuses instead of giving every id."""
+    with pytest.raises(ValueError, match="no id bounds"):
+        Span("invoice", rows=(0, 10)).bounds("id")

@@ -7,7 +7,8 @@ growing with the account). :func:`rebuild_core` gives the same rows a chunk of i
 time, so memory follows the chunk, not the account:
 
 1. each stream's quarantine and core tables, for its dirty ids in spans of ``chunk`` ids
-   (:class:`~churn.pipelines.stripe.normalise.Span`);
+   (:class:`~churn.pipelines.stripe.normalise.Span`; when every one has its raw row,
+   spans of ``chunk`` raw rows in the table's order: ``row_spans``);
 2. the subscriptions' history, in spans of a tenth of ``chunk`` (each subscription is
    tens of versions and billed periods), from the dirty subscriptions' invoice lines
    read once (:func:`~churn.pipelines.stripe.history.prepare_chunks`);
@@ -42,7 +43,14 @@ from churn.pipelines.stripe.history import (
     prepare_chunks,
     subscription_spans,
 )
-from churn.pipelines.stripe.normalise import Span, dirty_ids, halve, normalise_span, spans
+from churn.pipelines.stripe.normalise import (
+    Span,
+    dirty_ids,
+    halve,
+    normalise_span,
+    row_spans,
+    spans,
+)
 from churn.pipelines.stripe.streams import STREAMS
 from churn.warehouse import transaction
 
@@ -87,7 +95,8 @@ def rebuild_core(
     try:
         for stream in STREAMS:
             done.each("core", f"core of {stream.name}",
-                      spans(con, stream.name, dirty_ids(stream.name), chunk), dirty_ids,
+                      row_spans(con, stream.name, chunk)
+                      or spans(con, stream.name, dirty_ids(stream.name), chunk), dirty_ids,
                       functools.partial(normalise_span, con, stream, run_id=run_id))  # fmt: skip
         done.at = "the history's preparation (prepare_chunks)"
         prepare_chunks(con)
