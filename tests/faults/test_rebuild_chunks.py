@@ -304,11 +304,11 @@ def test_a_rebuild_out_of_memory_is_redone_under_the_connections_limit(
     real = rebuild.build_subscription_span
     calls = {"n": 0}
 
-    def once(con: Any, span: Any) -> None:
+    def once(con: Any, span: Any, **how: Any) -> None:
         calls["n"] += 1
         if calls["n"] == 1:
             raise duckdb.OutOfMemoryException("Out of Memory Error: injected")
-        real(con, span)
+        real(con, span, **how)
 
     monkeypatch.setattr(rebuild, "build_subscription_span", once)
     db = tmp_path / "w.duckdb"

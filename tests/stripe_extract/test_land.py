@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from churn import warehouse
-from churn.pipelines.stripe.land import Version, dumps, land, sequence_events
+from churn.pipelines.stripe.land import Version, all_pending, dumps, land, sequence_events
 from churn.pipelines.stripe.streams import flatten
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC).replace(tzinfo=None)
@@ -186,3 +187,42 @@ def test_new_only_landing_equals_the_general_way(
         if new_only and stored and any(k == 0 for k, _, _ in batch):
             assert refused  # a stored id is never inserted twice
     assert got[0] == got[1]
+
+
+def test_landing_over_rows_all_pending_lands_the_same_and_marks_nothing_new(
+    tmp_path: Path,
+) -> None:
+    """``all_pending`` names the raw tables whose every row is pending (a backfill's, until
+    its rebuild); landing over them with ``stored_pending`` skips comparing stored payloads
+    to mark them, and gives the rows and marks the full comparison gives."""
+    con = warehouse.connect(tmp_path / "w.duckdb")
+
+    def customer(name: str) -> dict[str, object]:
+        return {"id": "cus_1", "object": "customer", "name": name, "livemode": False}
+
+    land(con, "customer", [(customer("a"), Version("list", T0, 0, "", None))], T0)
+    land(
+        con,
+        "invoice",
+        [({"id": "in_1", "object": "invoice"}, Version("list", T0, 0, "", None))],
+        T0,
+    )
+    assert all_pending(con, ["customer", "invoice", "charge"]) == {"customer", "invoice", "charge"}
+    con.execute("DELETE FROM stripe_dirty WHERE stream = 'invoice'")
+    assert all_pending(con, ["customer", "invoice"]) == {"customer"}
+    newer = [(customer("b"), Version("event", T0 + timedelta(seconds=1), 1, "evt_1", None))]
+    got = []
+    for pending in (False, True):
+        land(con, "customer", newer, T0, stored_pending=pending)
+        got.append(con.execute(
+            "SELECT r.payload->>'$.name', (SELECT list(id ORDER BY id) FROM stripe_dirty)"
+            " FROM raw_stripe_customer r"
+        ).fetchall())  # fmt: skip
+    assert got[0] == got[1] == [("b", ["cus_1"])]
+    # and where a stored row was not pending, the full comparison marks it
+    land(con, "invoice", [({"id": "in_1", "object": "invoice", "paid": True},
+                           Version("event", T0 + timedelta(seconds=1), 1, "evt_2", None))], T0)  # fmt: skip
+    assert con.execute("SELECT id FROM stripe_dirty WHERE stream = 'invoice'").fetchall() == [
+        ("in_1",)
+    ]
+    con.close()

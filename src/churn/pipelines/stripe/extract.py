@@ -55,6 +55,7 @@ from churn.pipelines.stripe.history import build_history
 from churn.pipelines.stripe.land import (
     Landable,
     Version,
+    all_pending,
     check_mode,
     land,
     land_prepared,
@@ -67,6 +68,7 @@ from churn.pipelines.stripe.rebuild import forget_pending, mark_all_dirty, rebui
 from churn.pipelines.stripe.streams import (
     LISTED,
     OBJECT_TABLES,
+    STREAMS,
     STREAMS_BY_NAME,
     Stream,
     embedded_table,
@@ -316,6 +318,7 @@ class _Run:
         #: it failed (raised by :meth:`events`, after the listing, as a read made then).
         self._events_staged: datetime | None = None
         self._events_failure: BaseException | None = None
+        self._pending_tables: frozenset[str] = frozenset()
 
     # -- state -------------------------------------------------------------------------
 
@@ -827,6 +830,13 @@ class _Run:
                 self._stage_events(batch)
         n_read, n_new = self._order_events()
         self.result.add("seen_events", n_read)
+        # A backfill's events land over what its listing landed, all of it pending until
+        # the rebuild (a --full one's marks everything after): nothing to mark there.
+        self._pending_tables = (
+            all_pending(self.con, [s.name for s in STREAMS])
+            if self.result.mode == "backfill" and n_new
+            else frozenset()
+        )
         cursor = cursor_ts or polled
         # STRIPE_EVENTS_BATCH_PAGES pages a transaction: each step reads the stored rows of
         # its objects and lands into the keyed raw tables, both costing with the account,
@@ -1071,7 +1081,10 @@ class _Run:
         if not events:
             return
         key_mode = self.settings.stripe.key_mode
-        n = apply_events(self.con, events, key_mode, self.result, more_items, retrieved, at_event)
+        n = apply_events(
+            self.con, events, key_mode, self.result, more_items, retrieved, at_event,
+            self._pending_tables,
+        )  # fmt: skip
         self.result.add("events", n)
 
     # -- reconciliation ----------------------------------------------------------------
@@ -1194,6 +1207,7 @@ def apply_events(
     more_items: dict[str, list[dict[str, Any]]] | None = None,
     retrieved: dict[str, tuple[dict[str, Any], datetime]] | None = None,
     at_event: set[str] | None = None,
+    pending_tables: frozenset[str] = frozenset(),
 ) -> int:
     """Store events (once each) and land their objects newer-over-older.
 
@@ -1204,7 +1218,8 @@ def apply_events(
     id, the whole object retrieved for a partial one and when: landed as of that fetch
     (as a listing is), or as of the event for the events in ``at_event`` (each its
     object's newest); the event is stored as sent. A partial object not retrieved is kept
-    out, with a quarantine row (source ``stripe_event``).
+    out, with a quarantine row (source ``stripe_event``). ``pending_tables``: the raw
+    tables whose every row is pending (:func:`~churn.pipelines.stripe.land.all_pending`).
     """
     fetched = utcnow()
     check_mode(key_mode, [e for e, _ in events], "stream events")
@@ -1291,7 +1306,7 @@ def apply_events(
         if result is not None:
             result.add("quarantined_partial_events", len(partial))
     for table, items in sorted(by_table.items()):
-        land(con, table, items, fetched)
+        land(con, table, items, fetched, stored_pending=table in pending_tables)
         if result is not None:
             result.add(f"objects_{table}", len(items))
     return len(events)

@@ -11,7 +11,8 @@ time, so memory follows the chunk, not the account:
    spans of ``chunk`` raw rows in the table's order: ``row_spans``);
 2. the subscriptions' history, in spans of a tenth of ``chunk`` (each subscription is
    tens of versions and billed periods), from the dirty subscriptions' invoice lines
-   read once (:func:`~churn.pipelines.stripe.history.prepare_chunks`);
+   read once (:func:`~churn.pipelines.stripe.history.prepare_chunks`) and, for more than
+   one span, their versions sorted once (``prepare_version_rows``);
 3. the customers' and payment methods' in-place history, span by span;
 4. ``stripe_dirty`` emptied (``keep_pending``: kept; :func:`forget_pending`).
 
@@ -41,6 +42,7 @@ from churn.pipelines.stripe.history import (
     drop_chunks,
     in_place_spans,
     prepare_chunks,
+    prepare_version_rows,
     subscription_spans,
 )
 from churn.pipelines.stripe.normalise import (
@@ -103,9 +105,12 @@ def rebuild_core(
         try:
             # A subscription's history reads all its versions and billed periods (tens of
             # rows, JSON each): a tenth of the ids per chunk.
-            done.each("history", "history of subscriptions",
-                      subscription_spans(con, max(1, chunk // 10)), dirty_ids,
-                      functools.partial(build_subscription_span, con))  # fmt: skip
+            subs = subscription_spans(con, max(1, chunk // 10))
+            if len(subs) > 1:
+                prepare_version_rows(con)
+            done.each("history", "history of subscriptions", subs, dirty_ids,
+                      functools.partial(build_subscription_span, con,
+                                        sorted_rows=len(subs) > 1))  # fmt: skip
             done.each("history", "in-place history of {stream}", in_place_spans(con, chunk),
                       IN_PLACE_IDS.__getitem__, functools.partial(build_in_place_span, con))  # fmt: skip
         finally:
