@@ -1,7 +1,7 @@
 """What a rebuild has done is forgotten by emptying ``stripe_dirty`` whole
 (``churn.pipelines.stripe.rebuild.forget_pending``): the table dropped and made again
 from its own definition, instead of a ``DELETE`` whose commit takes each row out of the
-key's index one at a time (6.4 s of a 10,000-account backfill, 37 s at 100,000).
+key's index one at a time (6.4 s of a 10,000-account backfill, 60 s at 100,000).
 
 What must hold is what the ``DELETE`` gave: the table empty, its key still there for the
 next landing's ``ON CONFLICT DO NOTHING`` (without a key DuckDB refuses that clause), and

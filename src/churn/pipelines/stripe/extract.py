@@ -318,7 +318,6 @@ class _Run:
         #: it failed (raised by :meth:`events`, after the listing, as a read made then).
         self._events_staged: datetime | None = None
         self._events_failure: BaseException | None = None
-        self._pending_tables: frozenset[str] = frozenset()
 
     # -- state -------------------------------------------------------------------------
 
@@ -832,7 +831,7 @@ class _Run:
         self.result.add("seen_events", n_read)
         # A backfill's events land over what its listing landed, all of it pending until
         # the rebuild (a --full one's marks everything after): nothing to mark there.
-        self._pending_tables = (
+        pending_tables = (
             all_pending(self.con, [s.name for s in STREAMS])
             if self.result.mode == "backfill" and n_new
             else frozenset()
@@ -876,7 +875,7 @@ class _Run:
                 state["polled_at"] = polled.isoformat()
                 state.pop("retained", None)
             with transaction(self.con):
-                self._apply_events(chunk, more_items, retrieved, at_event)
+                self._apply_events(chunk, more_items, retrieved, at_event, pending_tables)
                 self._set_state(EVENTS, None, cursor, state)
             log.debug("stream events: page committed (%d events, cursor %s)", len(chunk), cursor)
             self._advance(task, len(chunk))
@@ -1077,13 +1076,14 @@ class _Run:
         more_items: dict[str, list[dict[str, Any]]],
         retrieved: dict[str, tuple[dict[str, Any], datetime]],
         at_event: set[str],
+        pending_tables: frozenset[str],
     ) -> None:
         if not events:
             return
         key_mode = self.settings.stripe.key_mode
         n = apply_events(
             self.con, events, key_mode, self.result, more_items, retrieved, at_event,
-            self._pending_tables,
+            pending_tables,
         )  # fmt: skip
         self.result.add("events", n)
 

@@ -30,6 +30,7 @@ import orjson
 import pyarrow as pa
 
 from churn.errors import ModeMismatchError
+from churn.pipelines.stripe.normalise import pending_counts
 from churn.warehouse import rows_where
 
 _RAW_SCHEMA = pa.schema(
@@ -197,17 +198,11 @@ def land(
 
 def all_pending(con: duckdb.DuckDBPyConnection, tables: Sequence[str]) -> frozenset[str]:
     """Of ``tables`` (``raw_stripe_<table>``), those whose every stored row is pending in
-    ``stripe_dirty``, as a backfill's are until its rebuild: landing over them need not
-    mark what changed (:func:`land_prepared`'s ``stored_pending``). One anti-join each."""
+    ``stripe_dirty`` (:func:`~churn.pipelines.stripe.normalise.pending_counts`), as a
+    backfill's are until its rebuild: landing over them need not mark what changed
+    (:func:`land_prepared`'s ``stored_pending``)."""
     return frozenset(
-        table
-        for table in tables
-        if con.execute(
-            f"SELECT count(*) FROM raw_stripe_{table} WHERE id NOT IN "
-            "(SELECT d.id FROM stripe_dirty d WHERE d.stream = ?)",
-            [table],
-        ).fetchall()
-        == [(0,)]
+        table for table in tables if (counts := pending_counts(con, table))[1] == counts[2]
     )
 
 

@@ -339,6 +339,18 @@ def spans(
     ]
 
 
+def pending_counts(con: duckdb.DuckDBPyConnection, stream: str) -> tuple[int, int, int]:
+    """Of ``stream``: its ids pending in ``stripe_dirty``, how many of them have their raw
+    row, and the raw rows stored. Every raw row is pending when the last two are equal
+    (a backfill's, until its rebuild)."""
+    table = f"raw_stripe_{stream}"
+    ((pending, landed, stored),) = con.execute(
+        f"SELECT (SELECT count(*) FROM stripe_dirty WHERE stream = {literal(stream)}),"
+        f" (SELECT count(*) FROM {table} WHERE {dirty(stream)}), (SELECT count(*) FROM {table})"
+    ).fetchall()
+    return int(pending), int(landed), int(stored)
+
+
 def row_spans(con: duckdb.DuckDBPyConnection, stream: str, size: int) -> list[Span] | None:
     """The objects of ``stream`` landed since the last rebuild, cut into spans of at most
     ``size`` of its raw rows in the table's own order (rowid), when every one of them has
@@ -353,10 +365,7 @@ def row_spans(con: duckdb.DuckDBPyConnection, stream: str, size: int) -> list[Sp
     groups. Each raw table holds one row per id (its key), so a span of rows is a span of
     ids, and the table does not change while the rebuild runs (the run's only writer)."""
     table = f"raw_stripe_{stream}"
-    ((pending, landed, stored),) = con.execute(
-        f"SELECT (SELECT count(*) FROM stripe_dirty WHERE stream = {literal(stream)}),"
-        f" (SELECT count(*) FROM {table} WHERE {dirty(stream)}), (SELECT count(*) FROM {table})"
-    ).fetchall()
+    pending, landed, stored = pending_counts(con, stream)
     if pending <= size or pending != landed:
         return None  # one span anyway, or ids with no raw row, which no rowid span holds
     every = landed == stored

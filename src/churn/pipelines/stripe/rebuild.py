@@ -106,11 +106,11 @@ def rebuild_core(
             # A subscription's history reads all its versions and billed periods (tens of
             # rows, JSON each): a tenth of the ids per chunk.
             subs = subscription_spans(con, max(1, chunk // 10))
-            if len(subs) > 1:
+            sorted_rows = len(subs) > 1
+            if sorted_rows:
                 prepare_version_rows(con)
             done.each("history", "history of subscriptions", subs, dirty_ids,
-                      functools.partial(build_subscription_span, con,
-                                        sorted_rows=len(subs) > 1))  # fmt: skip
+                      functools.partial(build_subscription_span, con, sorted_rows=sorted_rows))  # fmt: skip
             done.each("history", "in-place history of {stream}", in_place_spans(con, chunk),
                       IN_PLACE_IDS.__getitem__, functools.partial(build_in_place_span, con))  # fmt: skip
         finally:
@@ -194,7 +194,7 @@ def forget_pending(con: duckdb.DuckDBPyConnection) -> None:
     Not ``DELETE``: DuckDB takes each deleted row out of the table's key index when the
     transaction commits, one row at a time. After a backfill every object is pending:
     the commit took 6.4 s of a 67 s Stripe step at 10,000 accounts (316,000 rows), and
-    37 s for 3.2 million (100,000 accounts); the drop commits at once, and a kill before
+    60 s for the 3.19 million of a 100,000-account warehouse; the drop commits at once, and a kill before
     the commit leaves every row, as a kill before the delete's did.
     """
     ((ddl,),) = con.execute(
