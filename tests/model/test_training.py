@@ -22,6 +22,7 @@ from churn.signals.model.train import (
     backtest_folds,
     fit_calibrated,
     probabilities,
+    sample_stayers,
     usable,
 )
 from churn.signals.tables import Tables
@@ -124,6 +125,65 @@ def test_calibrated_probabilities_match_the_observed_rate_per_decile(kind: str) 
     figures = summary(y, probabilities(est, test))
     assert figures["max_calibration_gap"] < 0.05, figures
     assert figures["brier"] < 0.8 * figures["base_rate_brier"], figures
+
+
+def test_a_sample_of_stayers_keeps_every_churner_and_weighs_the_stayers_back() -> None:
+    frame = synthetic(400, seed=3)
+    assert sample_stayers(frame, frame.height) == (frame, None)
+    fitted, weights = sample_stayers(frame, 8_000, seed=1)
+    assert weights is not None
+    churned = frame["churned"].sum()
+    stayers = frame.height - churned
+    assert fitted.height == 8_000
+    assert fitted["churned"].sum() == churned  # every churner
+    kept = ~fitted["churned"].to_numpy()
+    assert (weights[~kept] == 1.0).all()
+    assert weights[kept].sum() == pytest.approx(stayers)  # as many stayers as the whole
+    assert fitted.select("account_id", "snapshot_at").is_unique().all()
+    again, _ = sample_stayers(frame.reverse(), 8_000, seed=1)
+    assert again.equals(fitted)  # the same rows whatever order they came in
+    other, _ = sample_stayers(frame, 8_000, seed=2)
+    assert not other.equals(fitted)
+
+
+@pytest.mark.parametrize("kind", CANDIDATES)
+def test_a_model_fitted_on_a_sample_of_stayers_is_calibrated_to_the_whole(kind: str) -> None:
+    """The back-test's folds past BACKTEST_MAX_ROWS train on every churner and a sample of
+    the stayers: the calibration's weights bring the probabilities back to the whole's
+    rate; the same sample without them is off by more than the 5-point bar."""
+    frame = synthetic(600, seed=2)
+    train = frame.filter(pl.col("snapshot_at") < SNAPS[30])
+    test = frame.filter(pl.col("snapshot_at") >= SNAPS[33])
+    fitted, weights = sample_stayers(train, 5_000, seed=0)
+    assert weights is not None and weights.max() > 3
+    y = test["churned"].cast(pl.Int8).to_numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the intended calibration-only weights warn nothing
+        weighted = summary(y, probabilities(fit_calibrated(kind, fitted, 0, weights), test))
+    assert weighted["max_calibration_gap"] < 0.05, weighted
+    assert weighted["brier"] < 0.8 * weighted["base_rate_brier"], weighted
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        unweighted = summary(y, probabilities(fit_calibrated(kind, fitted), test))
+    assert unweighted["max_calibration_gap"] > 0.05, unweighted
+
+
+def test_a_backtest_on_samples_of_its_folds_ranks_as_on_every_row() -> None:
+    frame = synthetic(150)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = backtest(frame, 90)
+        sampled = backtest(frame, 90, max_rows=2_500)
+    assert all(f["train_rows_fitted"] == f["train_rows"] for f in whole.folds)
+    assert all(f["stayer_weight"] == 1.0 for f in whole.folds)
+    assert all(f["train_rows_fitted"] == 2_500 < f["train_rows"] for f in sampled.folds)
+    assert all(f["stayer_weight"] > 1.0 for f in sampled.folds)
+    # the same test rows: the figures differ only by what the sample left out
+    assert [f["test_rows"] for f in sampled.folds] == [f["test_rows"] for f in whole.folds]
+    for kind in CANDIDATES:
+        assert sampled.metrics[kind]["roc_auc"] == pytest.approx(
+            whole.metrics[kind]["roc_auc"], abs=0.02
+        )
 
 
 @pytest.mark.parametrize("kind", CANDIDATES)

@@ -8,7 +8,9 @@ Everything here is pure: feature frames in, fitted scikit-learn estimators and f
 - **Back-test** (:func:`backtest_folds`): the usable snapshots in time order; each fold
   tests on a block of later snapshots and trains only on snapshots whose horizon ends
   at or before the block's first snapshot, so no training label reads a day the test
-  block has not reached and no account is on both sides at the same time.
+  block has not reached and no account is on both sides at the same time. A fold with
+  more than :data:`BACKTEST_MAX_ROWS` training rows fits on every churner and a sample
+  of the stayers, weighted back in the calibration (:func:`sample_stayers`).
 - **Candidates**: a regularised logistic regression (median imputation with missing
   indicators, standard scaling, L2) and a histogram gradient-boosted classifier
   (native missing values, L2, few leaves). Each is fitted on every training row and
@@ -21,6 +23,7 @@ Everything here is pure: feature frames in, fitted scikit-learn estimators and f
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -204,13 +207,27 @@ def threads() -> Any:
     return threadpool_limits(limits=THREADS, user_api="openmp")
 
 
-def fit_calibrated(kind: str, frame: pl.DataFrame, seed: int = 0) -> Any:
-    """Fit ``kind`` on the earlier snapshots of ``frame``, calibrate on its latest slice."""
+def fit_calibrated(
+    kind: str,
+    frame: pl.DataFrame,
+    seed: int = 0,
+    weights: npt.NDArray[np.float64] | None = None,
+) -> Any:
+    """Fit ``kind`` on ``frame``, calibrated on out-of-fold predictions (folds by account).
+    ``weights`` (:func:`sample_stayers`'): each row's weight in the calibration, so that
+    probabilities learned from a sample of the stayers are those of the whole."""
     with threads():
-        return _fit_calibrated(kind, frame, seed)
+        return _fit_calibrated(kind, frame, seed, weights)
 
 
-def _fit_calibrated(kind: str, frame: pl.DataFrame, seed: int) -> Any:
+#: The warning scikit-learn gives when a pipeline's ``fit`` takes no ``sample_weight``:
+#: the weights then calibrate only, which is what :func:`sample_stayers` asks of them.
+_CALIBRATION_ONLY = "Since .* does not appear to accept sample_weight"
+
+
+def _fit_calibrated(
+    kind: str, frame: pl.DataFrame, seed: int, weights: npt.NDArray[np.float64] | None
+) -> Any:
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.model_selection import GroupKFold
 
@@ -218,16 +235,56 @@ def _fit_calibrated(kind: str, frame: pl.DataFrame, seed: int) -> Any:
     groups = frame["account_id"].to_numpy()
     churners = int(y.sum())
     folds = min(CALIBRATION_FOLDS, len(set(groups.tolist())), churners, len(y) - churners)
+    uncalibrated = {} if weights is None else {"model__sample_weight": weights}
     if folds < 2:
-        return make_estimator(kind, seed).fit(x, y)
+        return make_estimator(kind, seed).fit(x, y, **uncalibrated)
     splits = list(GroupKFold(n_splits=folds).split(x, y, groups))
     if any(len(set(y[train].tolist())) < 2 for train, _ in splits):
-        return make_estimator(kind, seed).fit(x, y)
+        return make_estimator(kind, seed).fit(x, y, **uncalibrated)
     method = "isotonic" if churners >= ISOTONIC_MIN_CHURNERS else "sigmoid"
     cal = CalibratedClassifierCV(
         make_estimator(kind, seed), method=method, cv=splits, ensemble=False
     )
-    return cal.fit(x, y)
+    if weights is None:
+        return cal.fit(x, y)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_CALIBRATION_ONLY, category=UserWarning)
+        return cal.fit(x, y, sample_weight=weights)
+
+
+#: Rows a back-test fold trains on at most. The back-test fits each candidate on each of
+#: its five folds and calibrates each fit on three more: 40 fits, 87% of a training's
+#: time (measured on the synthetic warehouse of 20,000 accounts: 68 of 78 s; at 100,000,
+#: 591,323 rows, a training took 35-45 minutes). Past the bound a fold trains on every
+#: churner and a seeded sample of the stayers, which the calibration weighs back to their
+#: share (negative down-sampling, as click-prediction models are trained: He et al.,
+#: "Practical Lessons from Predicting Clicks on Ads at Facebook", 2014): the choice
+#: between the candidates rests on rankings, which the sample keeps, and the back-test's
+#: figures are taken on every row of the later snapshots. The model in force is fitted
+#: on every usable row.
+BACKTEST_MAX_ROWS = 100_000
+
+
+def sample_stayers(
+    frame: pl.DataFrame, max_rows: int, seed: int = 0
+) -> tuple[pl.DataFrame, npt.NDArray[np.float64] | None]:
+    """``frame`` itself (no weights) when it has at most ``max_rows`` rows; else every
+    churner and a seeded sample of the other rows (at least as many as the churners),
+    with each row's weight: 1 for a churner, stayers / sampled stayers for a stayer, so
+    the weighted rows hold as many stayers as the whole."""
+    if frame.height <= max_rows:
+        return frame, None
+    ordered = frame.sort("snapshot_at", "account_id")
+    churned = ordered["churned"].to_numpy().astype(bool)
+    stayers = np.flatnonzero(~churned)
+    keep = min(len(stayers), max(max_rows - int(churned.sum()), int(churned.sum())))
+    if keep >= len(stayers):
+        return frame, None
+    rng = np.random.default_rng(seed)
+    kept = np.sort(rng.choice(stayers, size=keep, replace=False))
+    rows = np.sort(np.concatenate([np.flatnonzero(churned), kept]))
+    weights = np.where(churned[rows], 1.0, len(stayers) / keep)
+    return ordered[rows], weights
 
 
 def probabilities(estimator: Any, frame: pl.DataFrame) -> npt.NDArray[np.float64]:
@@ -251,9 +308,12 @@ def backtest(
     horizon_days: int,
     baseline: dict[datetime, pl.DataFrame] | None = None,
     seed: int = 0,
+    max_rows: int = BACKTEST_MAX_ROWS,
 ) -> BacktestResult:
     """Time-ordered back-test of every candidate (and the baseline score, when given as
-    ``{snapshot: frame(account_id, risk_score)}``) on usable rows of ``frame``."""
+    ``{snapshot: frame(account_id, risk_score)}``) on usable rows of ``frame``; each
+    fold's candidates are fitted on at most ``max_rows`` of its training rows
+    (:func:`sample_stayers`) and tested on all of its test rows."""
     rows = frame.filter(~pl.col("known_churn"))
     folds = backtest_folds(rows["snapshot_at"].unique().to_list(), horizon_days)
     per: dict[str, list[dict[str, float]]] = {k: [] for k in (*CANDIDATES, "baseline")}
@@ -264,18 +324,21 @@ def backtest(
         y_test = labels(test)
         if len(set(labels(train).tolist())) < 2 or len(set(y_test.tolist())) < 2:
             continue
+        fitted, weights = sample_stayers(train, max_rows, seed)
         fold_info.append(
             {
                 "train_until": max(fold.train).isoformat(),
                 "test_from": min(fold.test).isoformat(),
                 "test_until": max(fold.test).isoformat(),
                 "train_rows": train.height,
+                "train_rows_fitted": fitted.height,
+                "stayer_weight": 1.0 if weights is None else float(weights.max()),
                 "test_rows": test.height,
                 "test_churners": int(y_test.sum()),
             }
         )
         for kind in CANDIDATES:
-            est = fit_calibrated(kind, train, seed)
+            est = fit_calibrated(kind, fitted, seed, weights)
             per[kind].append(summary(y_test, probabilities(est, test)))
         if baseline is not None:
             score = baseline_scores(test, baseline)
