@@ -214,14 +214,15 @@ def fit_calibrated(
     weights: npt.NDArray[np.float64] | None = None,
 ) -> Any:
     """Fit ``kind`` on ``frame``, calibrated on out-of-fold predictions (folds by account).
-    ``weights`` (:func:`sample_stayers`'): each row's weight in the calibration, so that
-    probabilities learned from a sample of the stayers are those of the whole."""
+    ``weights`` (:func:`sample_stayers`'): each row's weight, in the fits and in the
+    calibration, so that a fit on a sample of the stayers approaches the fit on all of
+    them and its probabilities are those of the whole."""
     with threads():
         return _fit_calibrated(kind, frame, seed, weights)
 
 
-#: The warning scikit-learn gives when a pipeline's ``fit`` takes no ``sample_weight``:
-#: the weights then calibrate only, which is what :func:`sample_stayers` asks of them.
+#: The warning scikit-learn gives when a pipeline's ``fit`` takes no ``sample_weight``
+#: (weights for the calibration only): the fits get theirs as ``model__sample_weight``.
 _CALIBRATION_ONLY = "Since .* does not appear to accept sample_weight"
 
 
@@ -249,7 +250,7 @@ def _fit_calibrated(
         return cal.fit(x, y)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_CALIBRATION_ONLY, category=UserWarning)
-        return cal.fit(x, y, sample_weight=weights)
+        return cal.fit(x, y, sample_weight=weights, model__sample_weight=weights)
 
 
 #: Rows a back-test fold trains on at most. The back-test fits each candidate on each of
