@@ -168,6 +168,21 @@ def test_a_model_fitted_on_a_sample_of_stayers_is_calibrated_to_the_whole(kind: 
     assert unweighted["max_calibration_gap"] > 0.05, unweighted
 
 
+def test_the_card_says_when_back_test_folds_were_fitted_on_a_sample() -> None:
+    from churn.cli.model import sampled_folds_note
+
+    whole = {"train_rows": 5_000, "train_rows_fitted": 5_000, "stayer_weight": 1.0}
+    assert sampled_folds_note([whole, whole]) is None
+    assert sampled_folds_note([{"train_rows": 5_000}]) is None  # a card from before
+    sampled = [whole, {"train_rows": 433_519, "train_rows_fitted": 100_000},
+               {"train_rows": 662_149, "train_rows_fitted": 100_000}]  # fmt: skip
+    assert sampled_folds_note(sampled) == (
+        "2 of 3 back-test folds were fitted on every churner and a sample of the stayers"
+        " (100,000 of 433,519-662,149 rows), weighted back to their share; each was tested"
+        " on all of its rows. The model in force is fitted on every row."
+    )
+
+
 def test_a_backtest_on_samples_of_its_folds_ranks_as_on_every_row() -> None:
     frame = synthetic(150)
     with warnings.catch_warnings():

@@ -112,6 +112,24 @@ def print_evaluation(ev: Evaluation) -> None:
         out.print(f"Hidden health alone (-health): ROC AUC {_f(ev.extra['hidden_health_auc'])}")
 
 
+def sampled_folds_note(folds: list[dict[str, Any]]) -> str | None:
+    """A sentence when back-test folds were fitted on a sample of their stayers
+    (``churn.signals.model.train.sample_stayers``); None when every fold used every row."""
+    sampled = [
+        f for f in folds if f.get("train_rows_fitted", f.get("train_rows")) != f.get("train_rows")
+    ]
+    if not sampled:
+        return None
+    fitted = sorted({int(f["train_rows_fitted"]) for f in sampled})
+    whole = [int(f["train_rows"]) for f in sampled]
+    return (
+        f"{len(sampled)} of {len(folds)} back-test folds were fitted on every churner and a"
+        f" sample of the stayers ({', '.join(f'{n:,}' for n in fitted)} of"
+        f" {min(whole):,}-{max(whole):,} rows), weighted back to their share; each was"
+        " tested on all of its rows. The model in force is fitted on every row."
+    )
+
+
 def print_card(card: dict[str, Any]) -> None:
     window = card.get("data_window") or {}
     out.print(f"[bold]Model {card.get('version')}[/] ({card.get('kind')})")
@@ -127,6 +145,9 @@ def print_card(card: dict[str, Any]) -> None:
     metrics = (card.get("backtest") or {}).get("metrics") or {}
     if metrics:
         out.print(metrics_table("Back-test (mean over time-ordered folds)", metrics))
+    note = sampled_folds_note((card.get("backtest") or {}).get("folds") or [])
+    if note:
+        out.print(note)
     out.print(f"Stored with: {card.get('serialization')}.")
     feats = Table(title="Features")
     feats.add_column("Feature")
