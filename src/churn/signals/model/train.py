@@ -255,14 +255,17 @@ def _fit_calibrated(
 
 #: Rows a back-test fold trains on at most. The back-test fits each candidate on each of
 #: its five folds and calibrates each fit on three more: 40 fits, 87% of a training's
-#: time (measured on the synthetic warehouse of 20,000 accounts: 68 of 78 s; at 100,000,
-#: 591,323 rows, a training took 35-45 minutes). Past the bound a fold trains on every
-#: churner and a seeded sample of the stayers, which the calibration weighs back to their
-#: share (negative down-sampling, as click-prediction models are trained: He et al.,
-#: "Practical Lessons from Predicting Clicks on Ads at Facebook", 2014): the choice
-#: between the candidates rests on rankings, which the sample keeps, and the back-test's
-#: figures are taken on every row of the later snapshots. The model in force is fitted
-#: on every usable row.
+#: time (the synthetic warehouse of 20,000 accounts: 68 of 78 s). Past the bound a fold
+#: trains on every churner and a seeded sample of the stayers, weighted back to their
+#: share in the fits and the calibration (negative down-sampling, as click-prediction
+#: models are trained: He et al., "Practical Lessons from Predicting Clicks on Ads at
+#: Facebook", 2014): the choice between the candidates rests on rankings, which the
+#: sample keeps, and the back-test's figures are taken on every row of the later
+#: snapshots. The model in force is fitted
+#: on every usable row. Measured on the 100,000-account warehouse (923,048 rows, folds of
+#: 433,519-662,149): the back-test 1,501 s on every row, 365 s on samples, the same
+#: candidate chosen, each mean figure within 0.0003 of ROC AUC (0.8268 / 0.8271 boosting,
+#: 0.8027 / 0.8029 logistic) and 0.003 of calibration gap.
 BACKTEST_MAX_ROWS = 100_000
 
 
