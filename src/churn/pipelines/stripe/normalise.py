@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 
@@ -326,17 +327,33 @@ def spans(
     """``ids`` (SQL selecting a column ``id``) cut into spans of at most ``size`` ids, in
     id order; none when it selects none. The first span is open below and the last above,
     so together they hold every id, whatever lands between."""
-    starts = [
-        str(r[0])
-        for r in con.execute(
-            f"SELECT id FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM ({ids}) "
-            f"WHERE id IS NOT NULL) WHERE (n - 1) % {int(size)} = 0 ORDER BY id"
-        ).fetchall()
-    ]
+    starts = [str(v) for v in _every_nth(con, "id", f"({ids}) WHERE id IS NOT NULL", size)]
     return [
         Span(stream, None if k == 0 else lo, starts[k + 1] if k + 1 < len(starts) else None)
         for k, lo in enumerate(starts)
     ]
+
+
+def _every_nth(con: duckdb.DuckDBPyConnection, column: str, rows: str, n: int) -> list[Any]:
+    """The 1st, (n+1)-th, (2n+1)-th ... value of ``column`` over ``rows`` (SQL after FROM:
+    a table or subquery and its WHERE), in ``column``'s order: where spans of n start."""
+    return [
+        r[0]
+        for r in con.execute(
+            f"SELECT {column} FROM (SELECT {column}, row_number() OVER (ORDER BY {column}) AS n"
+            f" FROM {rows}) WHERE (n - 1) % {int(n)} = 0 ORDER BY {column}"
+        ).fetchall()
+    ]
+
+
+def _middle(con: duckdb.DuckDBPyConnection, column: str, rows: str) -> Any | None:
+    """The middle value of ``column`` over ``rows`` (as for :func:`_every_nth`), the first
+    of the upper half; None when they hold fewer than two."""
+    row = con.execute(
+        f"SELECT {column} FROM (SELECT {column}, row_number() OVER (ORDER BY {column}) AS n,"
+        f" count(*) OVER () AS c FROM {rows}) WHERE c > 1 AND n = c // 2 + 1"
+    ).fetchone()
+    return None if row is None else row[0]
 
 
 def pending_counts(con: duckdb.DuckDBPyConnection, stream: str) -> tuple[int, int, int]:
@@ -369,13 +386,7 @@ def row_spans(con: duckdb.DuckDBPyConnection, stream: str, size: int) -> list[Sp
     if pending <= size or pending != landed:
         return None  # one span anyway, or ids with no raw row, which no rowid span holds
     every = landed == stored
-    starts = [
-        int(r[0])
-        for r in con.execute(
-            f"SELECT rowid FROM (SELECT rowid, row_number() OVER (ORDER BY rowid) AS n"
-            f" FROM {table} WHERE {dirty(stream)}) WHERE (n - 1) % {int(size)} = 0 ORDER BY rowid"
-        ).fetchall()
-    ]
+    starts = [int(v) for v in _every_nth(con, "rowid", f"{table} WHERE {dirty(stream)}", size)]
     return [
         Span(
             stream,
@@ -393,26 +404,19 @@ def halve(con: duckdb.DuckDBPyConnection, span: Span, ids: str) -> tuple[Span, S
     A span of rows (:func:`row_spans`) is cut at its middle row (``ids`` unused)."""
     if span.rows is not None:
         first, end = span.rows
-        rows = con.execute(
-            f"SELECT rowid FROM (SELECT rowid, row_number() OVER (ORDER BY rowid) AS n,"
-            f" count(*) OVER () AS c FROM raw_stripe_{span.stream} WHERE {span.raw_scope()})"
-            f" WHERE c > 1 AND n = c // 2 + 1"
-        ).fetchall()
-        if not rows:
+        at = _middle(con, "rowid", f"raw_stripe_{span.stream} WHERE {span.raw_scope()}")
+        if at is None:
             return None
-        cut = int(rows[0][0])
+        cut = int(at)
         every = span.all_pending
         return (
             Span(span.stream, rows=(first, cut), all_pending=every),
             Span(span.stream, rows=(cut, end), all_pending=every),
         )
-    row = con.execute(
-        f"SELECT id FROM (SELECT id, row_number() OVER (ORDER BY id) AS n, count(*) OVER () AS c"
-        f" FROM ({ids}) WHERE id IS NOT NULL AND {span.bounds('id')}) WHERE c > 1 AND n = c // 2 + 1"
-    ).fetchone()
-    if row is None:
+    at = _middle(con, "id", f"({ids}) WHERE id IS NOT NULL AND {span.bounds('id')}")
+    if at is None:
         return None
-    middle = str(row[0])
+    middle = str(at)
     return Span(span.stream, span.lo, middle), Span(span.stream, middle, span.hi)
 
 

@@ -194,8 +194,8 @@ def forget_pending(con: duckdb.DuckDBPyConnection) -> None:
     Not ``DELETE``: DuckDB takes each deleted row out of the table's key index when the
     transaction commits, one row at a time. After a backfill every object is pending:
     the commit took 6.4 s of a 67 s Stripe step at 10,000 accounts (316,000 rows), and
-    60 s for the 3.19 million of a 100,000-account warehouse; the drop commits at once, and a kill before
-    the commit leaves every row, as a kill before the delete's did.
+    60 s for the 3.19 million of a 100,000-account warehouse; the drop commits at once,
+    and a kill before the commit leaves every row, as a kill before the delete's did.
     """
     ((ddl,),) = con.execute(
         "SELECT sql FROM duckdb_tables() WHERE table_name = 'stripe_dirty'"
