@@ -14,7 +14,13 @@ import duckdb
 import pytest
 
 from churn.errors import ApiBudgetExhaustedError
-from churn.pipelines.salesforce.extract import build_soql, extract_salesforce, streams
+from churn.pipelines.salesforce.extract import (
+    build_soql,
+    extract_salesforce,
+    page_frame,
+    parse_sf_datetime,
+    streams,
+)
 from churn.sandbox.salesforce.server import RunningSalesforce, start_salesforce_server
 from churn.settings import Settings, load_settings
 from churn.warehouse import connect
@@ -74,6 +80,57 @@ def test_build_soql_formats_the_cursor_and_task_filter() -> None:
     bad = s.with_overrides(salesforce={"account_stripe_customer_field": "X__c FROM User--"})
     with pytest.raises(Exception, match="SALESFORCE_ACCOUNT_STRIPE_CUSTOMER_FIELD"):
         streams(bad, multi_currency=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "utc"),
+    [
+        # the REST API's form ("2024-01-01T00:00:00.000+0000") and Bulk API 2.0's CSV ("Z")
+        ("2024-01-02T03:04:05.678+0000", datetime(2024, 1, 2, 3, 4, 5, 678000)),  # noqa: DTZ001
+        ("2024-01-02T03:04:05.678Z", datetime(2024, 1, 2, 3, 4, 5, 678000)),  # noqa: DTZ001
+        # an offset other than UTC is moved to UTC, across the day
+        ("2024-01-01T23:30:00.000-0800", datetime(2024, 1, 2, 7, 30)),  # noqa: DTZ001
+        ("2024-01-02T05:00:00.000+05:30", datetime(2024, 1, 1, 23, 30)),  # noqa: DTZ001
+    ],
+)
+def test_salesforce_datetimes_are_read_as_naive_utc(text: str, utc: datetime) -> None:
+    assert parse_sf_datetime(text) == utc
+
+
+@pytest.mark.parametrize("text", ["2024-01-02T03:04:05.678", "2024-01-02", "yesterday"])
+def test_a_datetime_without_its_offset_is_refused(text: str) -> None:
+    """Read as the machine's local time, it would be off by the machine's zone."""
+    with pytest.raises(ValueError):
+        parse_sf_datetime(text)
+
+
+def test_page_frame_has_one_row_per_record_with_its_own_stamp() -> None:
+    """Records share stamps on a page (a data load, the push): each keeps its own."""
+    fetched = datetime(2024, 2, 1)  # noqa: DTZ001
+    records = [
+        {"attributes": {"type": "Account"}, "Id": "001A", "Name": "Ä", "IsDeleted": False,
+         "SystemModstamp": "2024-01-02T03:04:05.000+0000"},
+        {"attributes": {"type": "Account"}, "Id": "001B", "Name": None, "IsDeleted": True,
+         "SystemModstamp": "2024-01-02T03:04:06.000+0000"},
+        {"attributes": {"type": "Account"}, "Id": "001C", "Name": "C",
+         "SystemModstamp": "2024-01-02T03:04:05.000+0000"},
+    ]  # fmt: skip
+    frame = page_frame(records, fetched)
+    assert frame.rows() == [
+        ("001A", '{"Id": "001A", "Name": "\\u00c4", "IsDeleted": false, "SystemModstamp":'
+         ' "2024-01-02T03:04:05.000+0000"}', datetime(2024, 1, 2, 3, 4, 5), False, fetched),  # noqa: DTZ001
+        ("001B", '{"Id": "001B", "Name": null, "IsDeleted": true, "SystemModstamp":'
+         ' "2024-01-02T03:04:06.000+0000"}', datetime(2024, 1, 2, 3, 4, 6), True, fetched),  # noqa: DTZ001
+        ("001C", '{"Id": "001C", "Name": "C", "SystemModstamp": "2024-01-02T03:04:05.000+0000"}',
+         datetime(2024, 1, 2, 3, 4, 5), False, fetched),  # noqa: DTZ001
+    ]  # fmt: skip
+    assert page_frame([], fetched).columns == [
+        "id",
+        "payload",
+        "system_modstamp",
+        "is_deleted",
+        "fetched_at",
+    ]
 
 
 @pytest.mark.slow

@@ -154,8 +154,14 @@ def streams(
 
 
 def parse_sf_datetime(text: str) -> datetime:
-    """``2024-01-01T00:00:00.000+0000`` as naive UTC."""
-    value = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z")
+    """``2024-01-01T00:00:00.000+0000`` (the REST API) or ``...000Z`` (Bulk API 2.0's
+    CSV) as naive UTC. A value without its offset is refused (ValueError): read as local
+    time it would be wrong by the machine's zone."""
+    # fromisoformat is C (about 1.3 us a value; strptime 8.7 us, 0.7 s of an 85,000-Account
+    # read) and takes both offsets; it also takes a date alone, hence the check.
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise ValueError(f"a Salesforce dateTime without its offset: {text!r}")
     return value.astimezone(UTC).replace(tzinfo=None)
 
 
@@ -177,26 +183,38 @@ def build_soql(stream: Stream, since: datetime | None, *, ordered: bool = True) 
 
 def page_frame(records: list[dict[str, Any]], fetched_at: datetime) -> pl.DataFrame:
     """One page as the raw table's columns."""
-    rows = []
+    ids: list[str] = []
+    payloads: list[str] = []
+    stamps: list[datetime] = []
+    deleted: list[bool] = []
+    # A page's records share stamps (a data load, our own push: thousands to the second),
+    # so each distinct stamp is parsed once.
+    parsed: dict[str, datetime] = {}
     for rec in records:
-        payload = {k: v for k, v in rec.items() if k != "attributes"}
-        rows.append(
-            {
-                "id": str(rec["Id"]),
-                "payload": json.dumps(payload),
-                "system_modstamp": parse_sf_datetime(rec["SystemModstamp"]),
-                "is_deleted": bool(rec.get("IsDeleted") or False),
-                "fetched_at": fetched_at,
-            }
-        )
-    schema: dict[str, pl.DataType | type[pl.DataType]] = {
-        "id": pl.Utf8,
-        "payload": pl.Utf8,
-        "system_modstamp": pl.Datetime("us"),
-        "is_deleted": pl.Boolean,
-        "fetched_at": pl.Datetime("us"),
-    }
-    return pl.DataFrame(rows, schema=schema)
+        ids.append(str(rec["Id"]))
+        payloads.append(json.dumps({k: v for k, v in rec.items() if k != "attributes"}))
+        text = rec["SystemModstamp"]
+        stamp = parsed.get(text)
+        if stamp is None:
+            stamp = parsed[text] = parse_sf_datetime(text)
+        stamps.append(stamp)
+        deleted.append(bool(rec.get("IsDeleted") or False))
+    return pl.DataFrame(
+        {
+            "id": ids,
+            "payload": payloads,
+            "system_modstamp": stamps,
+            "is_deleted": deleted,
+            "fetched_at": [fetched_at] * len(ids),
+        },
+        schema={
+            "id": pl.Utf8,
+            "payload": pl.Utf8,
+            "system_modstamp": pl.Datetime("us"),
+            "is_deleted": pl.Boolean,
+            "fetched_at": pl.Datetime("us"),
+        },
+    )
 
 
 def _core_sql(stream: str, settings: Settings) -> tuple[str, list[Any]] | None:
