@@ -66,8 +66,9 @@ __all__ = [
 #: Bumped when a change to the scoring code changes what an account's rows hold without a
 #: change of settings or model: the next scoring is then whole. 2: score_usage_gaps
 #: (migration 100) filled by a whole one; 3: ties broken by total orders (tied reasons,
-#: same-second failures, the seat mean summed in decimals).
-SCORING_CODE_VERSION = "3"
+#: same-second failures, the seat mean summed in decimals); 4: a card whose expiry month
+#: is over is worded "expired", not "expires".
+SCORING_CODE_VERSION = "4"
 
 #: Stripe objects whose landing names a customer: raw table -> how its customer is found.
 _PER_CUSTOMER_STRIPE = (

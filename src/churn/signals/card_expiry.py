@@ -80,11 +80,19 @@ SELECT account_id,
   CASE WHEN kind = 'no_payment_method'
        THEN 'Subscription ' || subscription_id || ' renews on ' || strftime(renewal_at, '%Y-%m-%d')
             || ' and is charged automatically, but the customer has no payment method.'
+       WHEN good_until <= $as_of
+       THEN 'The card ' || COALESCE(card_brand || ' ', '') || 'ending ' || COALESCE(card_last4, '?')
+            || ' expired ' || lpad(CAST(card_exp_month AS VARCHAR), 2, '0') || '/' || card_exp_year
+            || ', and it is the card Stripe will charge at the renewal on '
+            || strftime(renewal_at, '%Y-%m-%d') || '.'
        ELSE 'The card ' || COALESCE(card_brand || ' ', '') || 'ending ' || COALESCE(card_last4, '?')
             || ' expires ' || lpad(CAST(card_exp_month AS VARCHAR), 2, '0') || '/' || card_exp_year
             || ', before the renewal on ' || strftime(renewal_at, '%Y-%m-%d')
             || ', and it is the card Stripe will charge.' END AS reason,
-  json_object('kind', kind, 'subscription_id', subscription_id, 'payment_method_id', pm_id,
+  -- expired: good through a month already over at as_of (a reason says "expired", not
+  -- "expires", which read as a date to come)
+  json_object('kind', kind, 'expired', good_until <= $as_of,
+    'subscription_id', subscription_id, 'payment_method_id', pm_id,
     'card_exp_month', card_exp_month, 'card_exp_year', card_exp_year,
     'card_brand', card_brand, 'card_last4', card_last4,
     'renewal_at', renewal_at)::VARCHAR AS evidence,

@@ -11,7 +11,9 @@ licensed seats), with amounts in their currency (:func:`churn.signals.money.disp
 - ``Pro plan, 40 → 25 seats: MRR fell 38%, $1,960 → $1,225, in the last 90 days.``
 - ``Pro plan (40 seats, MRR $1,960) cancels on 2026-03-01, in 14 days.``
 - ``The Visa card ending 4242 expires 02/2026, before the Pro plan renews on
-  2026-03-01; it is the card Stripe will charge.``
+  2026-03-01; it is the card Stripe will charge.`` (a month already over: ``The Visa card
+  ending 4242 expired 12/2025, and it is the card Stripe will charge when the Pro plan
+  renews on 2026-03-01.``)
 
 A row whose evidence lacks what a sentence needs keeps its SQL sentence. Only the
 sentence changes: scores, evidence and episode keys are the signal's own. Pure: reads the
@@ -189,6 +191,11 @@ def card_expiry(
     brand = str(e.get("card_brand") or "")
     brand = BRANDS.get(brand.lower(), brand.title()) + " " if brand else ""
     last4 = e.get("card_last4") or "?"
+    if e.get("expired"):
+        return (
+            f"The {brand}card ending {last4} expired {month:02d}/{year}, and it is the card "
+            f"Stripe will charge when {subject} renews on {renews}."
+        )
     return (
         f"The {brand}card ending {last4} expires {month:02d}/{year}, before {subject} renews "
         f"on {renews}; it is the card Stripe will charge."
