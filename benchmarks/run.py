@@ -6,7 +6,8 @@ default), serves it with the sandbox stand-ins, and measures:
 - backfill: `churn run` on an empty warehouse (Stripe list streams, Salesforce, usage,
   links, score, push) and Stripe API calls per 100 objects landed;
 - incremental: after 1% of subscriptions changed (events emitted), `churn run` end to end,
-  after one run that reads back what the run before it pushed (``catch_up_*``);
+  after one run that reads back what the run before it pushed (``catch_up_*``); three
+  such runs one after another (``--incremental-runs``), the median reported;
 - scoring: `score()` alone, with the process's peak RSS;
 - push: the push step's time in the backfill run;
 - dashboard: the worklist query and each page's first render (AppTest) on the read copy
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         help="Write each key with this after its first word (--tag 100k:"
         " backfill_100k_objects_per_second), beside the default size's keys.",
     )
+    ap.add_argument("--incremental-runs", type=int, default=3,
+                    help="1%% runs timed one after another; the median is reported.")  # fmt: skip
     ap.add_argument("--webhook-failures", type=int, default=20,
                     help="Failed payments timed from delivery to Task.")  # fmt: skip
     args = ap.parse_args(argv)
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             results["catch_up_seconds"] = round(catch_up["seconds"], 1)
             for step in catch_up["steps"]:
                 results[f"catch_up_{step['name']}_seconds"] = round(step["seconds"], 1)
-            _incremental(served, env, results)
+            _incremental(served, env, results, max(1, args.incremental_runs))
     elif not db.exists():
         raise SystemExit("--parts without 'runs' needs a warehouse (--reuse-backfill)")
     if "webhooks" in parts:
@@ -352,11 +355,22 @@ def _backfill(
         results["push_status"] = by_name["push"]["status"]
 
 
-def _incremental(served: _Served, env: dict[str, str], results: dict[str, Any]) -> None:
-    """1% of live subscriptions change (events stamped now), then `churn run`, timed."""
-    changed = served.advance(0.01, seconds=60, seed=int(time.time()) % 10_000)
+def _incremental(
+    served: _Served, env: dict[str, str], results: dict[str, Any], runs: int = 3
+) -> None:
+    """``runs`` times: 1% of live subscriptions change (events stamped now), then `churn
+    run`, timed. The run with the median wall gives the keys; every run's wall is kept
+    (``incremental_runs_seconds``): at 100,000 accounts one run's wall varies by half
+    (8.1-14.3 s in stop 37's steady runs, with DuckDB's automatic checkpoint landing in
+    some runs' scoring commit and not others), so one run says little."""
+    timed = []
+    for i in range(runs):
+        changed = served.advance(0.01, seconds=60, seed=(int(time.time()) + i) % 10_000)
+        timed.append((changed, _job(env)))
+    walls = [round(float(job["seconds"]), 1) for _, job in timed]
+    changed, incremental = sorted(timed, key=lambda t: float(t[1]["seconds"]))[len(timed) // 2]
+    results["incremental_runs_seconds"] = walls
     results["incremental_changed_subscriptions"] = changed
-    incremental = _job(env)
     results["incremental_seconds"] = round(incremental["seconds"], 1)
     results["incremental_status"] = incremental["status"]
     results["incremental_api_calls"] = incremental["api_calls"]
