@@ -71,27 +71,26 @@ j AS (
 hit AS (
   SELECT *, CASE WHEN pm_id IS NULL AND attached = 0 THEN 'no_payment_method'
                  WHEN good_until IS NOT NULL AND good_until <= renewal_at
-                   THEN 'expires_before_renewal' END AS kind
+                   THEN 'expires_before_renewal' END AS kind,
+    -- good through a month already over at as_of: the higher score, and a reason that
+    -- says "expired", not "expires" (which reads as a date to come)
+    good_until <= $as_of AS expired
   FROM j
 )
 SELECT account_id,
-  CASE WHEN kind = 'no_payment_method' THEN 0.8
-       WHEN good_until <= $as_of THEN 0.9 ELSE 0.6 END AS score,
+  CASE WHEN kind = 'no_payment_method' THEN 0.8 WHEN expired THEN 0.9 ELSE 0.6 END AS score,
   CASE WHEN kind = 'no_payment_method'
        THEN 'Subscription ' || subscription_id || ' renews on ' || strftime(renewal_at, '%Y-%m-%d')
             || ' and is charged automatically, but the customer has no payment method.'
-       WHEN good_until <= $as_of
-       THEN 'The card ' || COALESCE(card_brand || ' ', '') || 'ending ' || COALESCE(card_last4, '?')
-            || ' expired ' || lpad(CAST(card_exp_month AS VARCHAR), 2, '0') || '/' || card_exp_year
-            || ', and it is the card Stripe will charge at the renewal on '
-            || strftime(renewal_at, '%Y-%m-%d') || '.'
        ELSE 'The card ' || COALESCE(card_brand || ' ', '') || 'ending ' || COALESCE(card_last4, '?')
-            || ' expires ' || lpad(CAST(card_exp_month AS VARCHAR), 2, '0') || '/' || card_exp_year
-            || ', before the renewal on ' || strftime(renewal_at, '%Y-%m-%d')
-            || ', and it is the card Stripe will charge.' END AS reason,
-  -- expired: good through a month already over at as_of (a reason says "expired", not
-  -- "expires", which read as a date to come)
-  json_object('kind', kind, 'expired', good_until <= $as_of,
+            || CASE WHEN expired THEN ' expired ' ELSE ' expires ' END
+            || lpad(CAST(card_exp_month AS VARCHAR), 2, '0') || '/' || card_exp_year
+            || CASE WHEN expired
+                    THEN ', and it is the card Stripe will charge at the renewal on '
+                         || strftime(renewal_at, '%Y-%m-%d') || '.'
+                    ELSE ', before the renewal on ' || strftime(renewal_at, '%Y-%m-%d')
+                         || ', and it is the card Stripe will charge.' END END AS reason,
+  json_object('kind', kind, 'expired', expired,
     'subscription_id', subscription_id, 'payment_method_id', pm_id,
     'card_exp_month', card_exp_month, 'card_exp_year', card_exp_year,
     'card_brand', card_brand, 'card_last4', card_last4,
