@@ -162,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             catch_up = _job(env)
             results["catch_up_status"] = catch_up["status"]
             results["catch_up_seconds"] = round(catch_up["seconds"], 1)
-            for step in catch_up["steps"]:
-                results[f"catch_up_{step['name']}_seconds"] = round(step["seconds"], 1)
+            _step_seconds(results, "catch_up", catch_up)
             _incremental(served, env, results, max(1, args.incremental_runs))
     elif not db.exists():
         raise SystemExit("--parts without 'runs' needs a warehouse (--reuse-backfill)")
@@ -322,6 +321,12 @@ def _job(env: dict[str, str], steps: list[str] | None = None) -> dict[str, Any]:
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
+def _step_seconds(results: dict[str, Any], prefix: str, job: dict[str, Any]) -> None:
+    """Each step's wall of a run's figures as ``<prefix>_<step>_seconds``."""
+    for step in job["steps"]:
+        results[f"{prefix}_{step['name']}_seconds"] = round(step["seconds"], 1)
+
+
 def _backfill(
     env: dict[str, str],
     results: dict[str, Any],
@@ -337,8 +342,7 @@ def _backfill(
     results["backfill_stripe_calls"] = calls
     results["backfill_stripe_objects"] = stripe_objects
     results["backfill_calls_per_100_objects"] = round(100 * calls / max(1, stripe_objects), 3)
-    for step in backfill["steps"]:
-        results[f"backfill_{step['name']}_seconds"] = round(step["seconds"], 1)
+    _step_seconds(results, "backfill", backfill)
     seconds = float(stripe_step["seconds"])
     results["backfill_objects_per_second"] = round(stripe_objects / max(seconds, 1e-9), 0)
     # CPU seconds of the run's process in the Stripe step (its threads; DuckDB's too):
@@ -374,8 +378,7 @@ def _incremental(
     results["incremental_seconds"] = round(incremental["seconds"], 1)
     results["incremental_status"] = incremental["status"]
     results["incremental_api_calls"] = incremental["api_calls"]
-    for step in incremental["steps"]:
-        results[f"incremental_{step['name']}_seconds"] = round(step["seconds"], 1)
+    _step_seconds(results, "incremental", incremental)
     stripe_step = next(s for s in incremental["steps"] if s["name"] == "stripe")
     results["incremental_stripe_events"] = int(stripe_step["counts"].get("seen_events", 0))
 
